@@ -77,6 +77,12 @@ func (s *State) Primary() (Call, bool) {
 	return s.Calls[0], true
 }
 
+// LinePhone is the phone state from calls and devices alone, ignoring
+// person state: what the lines are doing even while the person is on dnd.
+func (s *State) LinePhone() PhoneState {
+	return phoneState(s.Device, s.Calls, &PersonState{})
+}
+
 // phoneState derives the summary from calls, person and device states.
 func phoneState(dev DeviceState, calls []Call, person *PersonState) PhoneState {
 	if person.DND() {

@@ -1,0 +1,87 @@
+package body
+
+import (
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// PIDF appends the PIDF document (RFC 3863, with RPID and phonestate) that
+// describes st to dst. entity is exactly the presentity URI the watcher
+// subscribed to; it is also the tuple's contact (the presentity's address,
+// not the watcher's).
+func PIDF(dst []byte, entity string, st *bridge.State, opt Options) []byte {
+	user := userOf(entity)
+	if user == "" {
+		user = st.User.ID
+	}
+	dst = append(dst, xmlDecl...)
+	dst = append(dst, `<presence xmlns="`+NSPIDF+`" xmlns:dm="`+NSDataModel+`" xmlns:rpid="`+NSRPID+`"`...)
+	if !opt.Plain {
+		dst = append(dst, ` xmlns:ps="`+NSPhoneState+`"`...)
+	}
+	dst = append(dst, ` entity="`...)
+	dst = esc(dst, entity)
+	dst = append(dst, "\">\n <tuple id=\""...)
+	dst = esc(dst, xmlID("t-", user))
+	dst = append(dst, "\">\n  <status><basic>"...)
+	if st.Open() {
+		dst = append(dst, "open"...)
+	} else {
+		dst = append(dst, "closed"...)
+	}
+	dst = append(dst, "</basic>"...)
+	if !opt.Plain {
+		dst = append(dst, "<ps:phonestate>"...)
+		dst = append(dst, st.Phone.String()...)
+		dst = append(dst, "</ps:phonestate>"...)
+	}
+	dst = append(dst, "</status>\n  <contact priority=\"1\">"...)
+	dst = esc(dst, entity)
+	dst = append(dst, "</contact>\n  <note>"...)
+	dst = esc(dst, lineNote(st))
+	dst = append(dst, "</note>\n </tuple>\n <dm:person id=\""...)
+	dst = esc(dst, xmlID("p-", user))
+	dst = append(dst, "\">\n"...)
+	if acts := activities(st); len(acts) > 0 {
+		dst = append(dst, "  <rpid:activities>"...)
+		for _, a := range acts {
+			dst = append(dst, "<rpid:"...)
+			dst = append(dst, a...)
+			dst = append(dst, "/>"...)
+		}
+		dst = append(dst, "</rpid:activities>\n"...)
+	}
+	for _, x := range st.Person.Extra {
+		dst = append(dst, "  "...)
+		dst = append(dst, x...)
+		dst = append(dst, '\n')
+	}
+	dst = append(dst, "  <dm:note>"...)
+	dst = esc(dst, PersonNote(st))
+	dst = append(dst, "</dm:note>\n </dm:person>\n</presence>\n"...)
+	return dst
+}
+
+// activities lists the RPID activity elements for st: the person's own
+// (dnd as "busy"), then "on-the-phone" while a line is in use. Only RFC
+// 4480 tokens are emitted, each once.
+func activities(st *bridge.State) []string {
+	var out []string
+	add := func(s string) {
+		for _, x := range out {
+			if x == s {
+				return
+			}
+		}
+		out = append(out, s)
+	}
+	for _, a := range st.Person.Activities {
+		if a.Valid() {
+			add(a.RPID())
+		}
+	}
+	switch st.LinePhone() {
+	case bridge.PhoneRinging, bridge.PhoneDialing, bridge.PhoneBusy, bridge.PhoneHeld:
+		add(string(bridge.ActivityOnThePhone))
+	}
+	return out
+}
