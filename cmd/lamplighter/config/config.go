@@ -1,0 +1,391 @@
+// Package config reads and checks Lamplighter's YAML configuration. It is
+// strict: an unknown key, a duplicate extension, a device claimed twice, a
+// user on an unknown PBX, a missing secret file or a bad address is an
+// error that names the file and line, so that `lamplighter -check-config`
+// can list every problem at once, like `nginx -t`.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/lamplighter/lamplighter/adapters/sim"
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	SIP      SIP    `yaml:"sip"`
+	Policy   Policy `yaml:"policy"`
+	HTTP     HTTP   `yaml:"http"`
+	StateDir string `yaml:"state_dir"`
+	Log      Log    `yaml:"log"`
+	PBX      []PBX  `yaml:"pbx"`
+	Users    []User `yaml:"users"`
+
+	// File is the path the config was read from.
+	File string `yaml:"-"`
+}
+
+// SIP is the `sip:` section: where the presence server listens and in
+// which domain.
+type SIP struct {
+	// Domain is the SIP domain presentities live in (sip:100@Domain).
+	Domain string `yaml:"domain"`
+	// Realm is the digest realm; it defaults to Domain.
+	Realm  string     `yaml:"realm"`
+	Listen []Listener `yaml:"listen"`
+	// TrustedNetworks are CIDRs whose requests skip authentication.
+	TrustedNetworks []string `yaml:"trusted_networks"`
+	// UserAgent is sent in requests and responses.
+	UserAgent string `yaml:"user_agent"`
+}
+
+// Listener is one SIP transport and address.
+type Listener struct {
+	Transport string `yaml:"transport"` // udp, tcp or tls
+	Address   string `yaml:"address"`   // host:port, [::]:5060
+	CertFile  string `yaml:"cert_file"` // tls only
+	KeyFile   string `yaml:"key_file"`  // tls only
+}
+
+// Policy holds the knobs of the presence server.
+type Policy struct {
+	MinExpires     int `yaml:"min_expires"`     // seconds; shorter SUBSCRIBE/PUBLISH get 423
+	MaxExpires     int `yaml:"max_expires"`     // seconds; longer ones are shortened
+	DefaultExpires int `yaml:"default_expires"` // seconds, when the request has none
+	// MaxSubscriptionsPerSource bounds subscriptions from one IP address.
+	MaxSubscriptionsPerSource int `yaml:"max_subscriptions_per_source"`
+	// MaxBodyBytes bounds PUBLISH bodies.
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// Coalesce is how long bursts of non-urgent changes for one user are
+	// gathered into one NOTIFY. A change to ringing is never delayed.
+	Coalesce time.Duration `yaml:"coalesce"`
+	// SingleDialog renders one dialog per dialog-info document for the
+	// phones that need it.
+	SingleDialog SingleDialog `yaml:"single_dialog"`
+}
+
+// SingleDialog chooses the watchers that get one dialog per document.
+type SingleDialog struct {
+	All bool `yaml:"all"`
+	// UserAgents are prefixes of User-Agent headers ("Cisco/SPA").
+	UserAgents []string `yaml:"user_agents"`
+}
+
+// HTTP is the `http:` section: metrics, health, the API and the page.
+type HTTP struct {
+	Listen    string `yaml:"listen"`
+	Token     string `yaml:"token"`
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+}
+
+// Log is the `log:` section.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// PBX is one PBX connection.
+type PBX struct {
+	Name         string `yaml:"name"`
+	Kind         string `yaml:"kind"`    // ari, esl or sim
+	Address      string `yaml:"address"` // ari: http(s)://host:8088; esl: host:8021
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+	// Sim is the section of a PBX of kind sim.
+	Sim *sim.Config `yaml:"sim"`
+}
+
+// User is one person.
+type User struct {
+	ID         string   `yaml:"id"`
+	Name       string   `yaml:"name"`
+	Extensions []string `yaml:"extensions"`
+	Aliases    []string `yaml:"aliases"`
+	Devices    []Device `yaml:"devices"`
+	Groups     []string `yaml:"groups"`
+	SIP        UserSIP  `yaml:"sip"`
+	// SingleDialog, when set, overrides the policy for this user's own
+	// phones when they watch others.
+	SingleDialog *bool `yaml:"single_dialog"`
+}
+
+// Device is one device of a user on one PBX.
+type Device struct {
+	PBX    string `yaml:"pbx"`
+	Device string `yaml:"device"`
+}
+
+// UserSIP holds a user's SIP credentials for SUBSCRIBE, PUBLISH and
+// REGISTER.
+type UserSIP struct {
+	Username     string `yaml:"username"` // defaults to the user id
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+}
+
+// Kinds of PBX connection.
+const (
+	KindARI = "ari"
+	KindESL = "esl"
+	KindSim = "sim"
+)
+
+// Error is one problem, with where it is.
+type Error struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.File, e.Msg)
+}
+
+// Errors is every problem found in a file, in line order.
+type Errors []Error
+
+func (es Errors) Error() string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.Error())
+	}
+	return b.String()
+}
+
+// Env looks up environment variables; os.LookupEnv in production.
+type Env func(string) (string, bool)
+
+// Load reads and checks the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{{File: path, Msg: err.Error()}}
+	}
+	return Parse(path, data, os.LookupEnv)
+}
+
+var lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
+var fieldNotFound = regexp.MustCompile(`^field (\S+) not found in type \S+\.(\w+)$`)
+
+// Parse reads and checks a config file's content; file names it in errors.
+func Parse(file string, data []byte, env Env) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, Errors{yamlError(file, err)}
+	}
+	cfg := &Config{File: file}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var errs Errors
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, Errors{yamlError(file, err)}
+		}
+		for _, m := range te.Errors {
+			e := Error{File: file, Msg: m}
+			if sub := lineMsg.FindStringSubmatch(m); sub != nil {
+				e.Line, _ = strconv.Atoi(sub[1])
+				e.Msg = sub[2]
+				if f := fieldNotFound.FindStringSubmatch(e.Msg); f != nil {
+					e.Msg = fmt.Sprintf("unknown key %q in %s", f[1], sectionName(f[2]))
+				}
+			}
+			errs = append(errs, e)
+		}
+	}
+	cfg.File = file
+	v := &validator{file: file, root: &root, env: env}
+	if len(root.Content) > 0 {
+		v.root = root.Content[0]
+	}
+	cfg.defaults()
+	v.check(cfg)
+	errs = append(errs, v.errs...)
+	if len(errs) > 0 {
+		sortErrors(errs)
+		return nil, errs
+	}
+	return cfg, nil
+}
+
+func sectionName(typeName string) string {
+	switch typeName {
+	case "Config":
+		return "the top level"
+	case "PBX":
+		return "a pbx entry"
+	case "User":
+		return "a user"
+	case "UserSIP":
+		return "a user's sip section"
+	case "Listener":
+		return "a sip listener"
+	}
+	return strings.ToLower(typeName) + " section"
+}
+
+func yamlError(file string, err error) Error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	e := Error{File: file, Msg: msg}
+	if sub := lineMsg.FindStringSubmatch(msg); sub != nil {
+		e.Line, _ = strconv.Atoi(sub[1])
+		e.Msg = sub[2]
+	}
+	return e
+}
+
+func sortErrors(es Errors) {
+	// Stable insertion sort by line: lists are short.
+	for i := 1; i < len(es); i++ {
+		for j := i; j > 0 && es[j].Line < es[j-1].Line; j-- {
+			es[j], es[j-1] = es[j-1], es[j]
+		}
+	}
+}
+
+// defaults fills in what the administrator may leave out.
+func (c *Config) defaults() {
+	if c.SIP.Domain == "" {
+		c.SIP.Domain = "localhost"
+	}
+	if c.SIP.Realm == "" {
+		c.SIP.Realm = c.SIP.Domain
+	}
+	if len(c.SIP.Listen) == 0 {
+		c.SIP.Listen = []Listener{{Transport: "udp", Address: "0.0.0.0:5060"}, {Transport: "tcp", Address: "0.0.0.0:5060"}}
+	}
+	if c.SIP.UserAgent == "" {
+		c.SIP.UserAgent = "Lamplighter"
+	}
+	p := &c.Policy
+	if p.MinExpires == 0 {
+		p.MinExpires = 60
+	}
+	if p.MaxExpires == 0 {
+		p.MaxExpires = 3600
+	}
+	if p.DefaultExpires == 0 {
+		p.DefaultExpires = min(600, p.MaxExpires)
+	}
+	if p.MaxSubscriptionsPerSource == 0 {
+		p.MaxSubscriptionsPerSource = 1000
+	}
+	if p.MaxBodyBytes == 0 {
+		p.MaxBodyBytes = 64 << 10
+	}
+	if p.Coalesce == 0 {
+		p.Coalesce = 20 * time.Millisecond
+	}
+	if c.HTTP.Listen == "" {
+		c.HTTP.Listen = "127.0.0.1:8080"
+	}
+	if c.StateDir == "" {
+		if d := os.Getenv("STATE_DIRECTORY"); d != "" { // set by systemd's StateDirectory=
+			c.StateDir = d
+		} else {
+			c.StateDir = "/var/lib/lamplighter"
+		}
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	for i := range c.Users {
+		if c.Users[i].SIP.Username == "" {
+			c.Users[i].SIP.Username = c.Users[i].ID
+		}
+	}
+	for i := range c.PBX {
+		if c.PBX[i].Kind == KindSim && c.PBX[i].Sim == nil {
+			c.PBX[i].Sim = &sim.Config{}
+		}
+	}
+}
+
+// Directory builds the bridge directory from the users.
+func (c *Config) Directory() (*bridge.Directory, error) {
+	users := make([]bridge.User, 0, len(c.Users))
+	for _, u := range c.Users {
+		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups}
+		if bu.Name == "" {
+			bu.Name = u.ID
+		}
+		for _, d := range u.Devices {
+			bu.Devices = append(bu.Devices, bridge.DeviceRef{Source: d.PBX, Device: d.Device})
+		}
+		users = append(users, bu)
+	}
+	return bridge.NewDirectory(users)
+}
+
+// PBXPassword returns a PBX connection's password from wherever the
+// config says it is.
+func (c *Config) PBXPassword(p *PBX, env Env) (string, error) {
+	return resolveSecret(p.Password, p.PasswordFile, p.PasswordEnv, env)
+}
+
+// UserPassword returns a user's SIP password ("" when none is set).
+func (c *Config) UserPassword(u *User, env Env) (string, error) {
+	return resolveSecret(u.SIP.Password, u.SIP.PasswordFile, u.SIP.PasswordEnv, env)
+}
+
+// HTTPToken returns the API token ("" when none is set).
+func (c *Config) HTTPToken(env Env) (string, error) {
+	return resolveSecret(c.HTTP.Token, c.HTTP.TokenFile, c.HTTP.TokenEnv, env)
+}
+
+// resolveSecret reads a secret given inline, in a file (trailing newline
+// removed) or in an environment variable.
+func resolveSecret(inline, file, envName string, env Env) (string, error) {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	switch {
+	case file != "":
+		b, err := os.ReadFile(ExpandPath(file, env))
+		if err != nil {
+			return "", fmt.Errorf("secret file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case envName != "":
+		v, ok := env(envName)
+		if !ok {
+			return "", fmt.Errorf("environment variable %s is not set", envName)
+		}
+		return v, nil
+	}
+	return inline, nil
+}
+
+// ExpandPath replaces ${VAR} and $VAR in a file path from the environment,
+// so that a secret can live in systemd's $CREDENTIALS_DIRECTORY.
+func ExpandPath(path string, env Env) string {
+	return os.Expand(path, func(k string) string {
+		v, _ := env(k)
+		return v
+	})
+}

@@ -1,0 +1,171 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeEnv is an environment with a credentials directory of real files.
+func fakeEnv(t *testing.T) Env {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"ari-password", "api-token", "sip-debbie"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("s3cret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vars := map[string]string{
+		"CREDENTIALS_DIRECTORY":    dir,
+		"LAMPLIGHTER_ESL_PASSWORD": "ClueCon",
+		"LAMPLIGHTER_SIP_BOB":      "b", "LAMPLIGHTER_SIP_CAROL": "c", "LAMPLIGHTER_SIP_DAN": "d",
+	}
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+func TestExampleConfigIsValid(t *testing.T) {
+	data, err := os.ReadFile("../../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := fakeEnv(t)
+	cfg, err := Parse("config.example.yaml", data, env)
+	if err != nil {
+		t.Fatalf("the example config has errors:\n%v", err)
+	}
+	if len(cfg.PBX) != 2 || cfg.PBX[0].Kind != KindARI || cfg.PBX[1].Kind != KindESL {
+		t.Errorf("pbx: %+v", cfg.PBX)
+	}
+	dir, err := cfg.Directory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, ok := dir.Lookup("debbie")
+	if !ok || len(u.Devices) != 2 || u.Name != "Debbie Harry" {
+		t.Errorf("debbie: %+v", u)
+	}
+	if pw, err := cfg.PBXPassword(&cfg.PBX[0], env); err != nil || pw != "s3cret" {
+		t.Errorf("ari password from file = %q, %v", pw, err)
+	}
+	if pw, err := cfg.PBXPassword(&cfg.PBX[1], env); err != nil || pw != "ClueCon" {
+		t.Errorf("esl password from env = %q, %v", pw, err)
+	}
+	if pw, err := cfg.UserPassword(&cfg.Users[1], env); err != nil || pw != "b" {
+		t.Errorf("bob's sip password = %q, %v", pw, err)
+	}
+	if cfg.Policy.Coalesce != 20*time.Millisecond || cfg.Policy.MaxExpires != 3600 {
+		t.Errorf("policy: %+v", cfg.Policy)
+	}
+	if cfg.Users[0].SIP.Username != "debbie" {
+		t.Errorf("sip username does not default to the id: %q", cfg.Users[0].SIP.Username)
+	}
+}
+
+// base is a small valid config; each case below breaks one line of it.
+const base = `sip:
+  domain: example.com
+pbx:
+  - name: ast
+    kind: ari
+    address: http://127.0.0.1:8088
+    username: u
+    password: p
+  - name: demo
+    kind: sim
+users:
+  - id: a
+    extensions: ["100"]
+    devices:
+      - {pbx: ast, device: PJSIP/100}
+  - id: b
+    extensions: ["101"]
+    aliases: [bee]
+    devices:
+      - {pbx: demo, device: SIM/101}
+`
+
+func TestBaseIsValid(t *testing.T) {
+	if _, err := Parse("c.yaml", []byte(base), fakeEnv(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCheckConfigErrors(t *testing.T) {
+	cases := []struct {
+		name    string
+		replace [2]string // old, new within base
+		line    int
+		want    string
+	}{
+		{"unknown key", [2]string{"  domain: example.com", "  domain: example.com\n  domian: x"}, 3, `unknown key "domian"`},
+		{"unknown key in user", [2]string{"  - id: b\n", "  - id: b\n    nmae: Bee\n"}, 17, `unknown key "nmae" in a user`},
+		{"duplicate extension", [2]string{`extensions: ["101"]`, `extensions: ["100"]`}, 17, `"100" is already used by user "a"`},
+		{"alias clashes with extension", [2]string{`aliases: [bee]`, `aliases: ["100"]`}, 18, `"100" is already used by user "a"`},
+		{"device claimed twice", [2]string{"{pbx: demo, device: SIM/101}", "{pbx: ast, device: PJSIP/100}"}, 20, `already claimed by user "a"`},
+		{"unknown pbx", [2]string{"{pbx: demo, device: SIM/101}", "{pbx: nope, device: SIM/101}"}, 20, `unknown pbx "nope"`},
+		{"missing secret file", [2]string{"    password: p", "    password_file: /nonexistent/ari.secret"}, 8, "cannot read password file: /nonexistent/ari.secret"},
+		{"unset secret env", [2]string{"    password: p", "    password_env: NOT_SET_ANYWHERE"}, 8, "environment variable NOT_SET_ANYWHERE is not set"},
+		{"bad pbx address", [2]string{"http://127.0.0.1:8088", "127.0.0.1:8088"}, 6, "bad address"},
+		{"bad pbx port", [2]string{"http://127.0.0.1:8088", "http://127.0.0.1:99999"}, 6, `port "99999"`},
+		{"bad listen address", [2]string{"  domain: example.com", "  domain: example.com\n  listen:\n    - {transport: udp, address: \"0.0.0.0\"}"}, 4, "bad address"},
+		{"bad transport", [2]string{"  domain: example.com", "  domain: example.com\n  listen:\n    - {transport: sctp, address: \":5060\"}"}, 4, `transport "sctp"`},
+		{"tls without cert", [2]string{"  domain: example.com", "  domain: example.com\n  listen:\n    - {transport: tls, address: \":5061\"}"}, 4, "needs cert_file and key_file"},
+		{"bad kind", [2]string{"kind: sim", "kind: asterisk"}, 10, `kind "asterisk"`},
+		{"duplicate pbx", [2]string{"name: demo", "name: ast"}, 9, `pbx name "ast" is used twice`},
+		{"duplicate user id", [2]string{"  - id: b", "  - id: a"}, 16, `user id "a" is already used at line 12`},
+		{"missing ari password", [2]string{"    password: p\n", ""}, 4, "has no password"},
+		{"bad cidr", [2]string{"  domain: example.com", "  domain: example.com\n  trusted_networks: [10.0.0.0/33]"}, 3, "bad network"},
+		{"expires order", [2]string{"sip:", "policy:\n  min_expires: 600\n  max_expires: 60\nsip:"}, 3, "max_expires (60) is below min_expires (600)"},
+		{"type error", [2]string{"sip:", "policy:\n  min_expires: soon\nsip:"}, 2, "cannot unmarshal"},
+		{"sim section checked", [2]string{"kind: sim", "kind: sim\n    sim: {answer_rate: 3}"}, 11, "answer_rate: must be between 0 and 1"},
+		{"extension not a URI user", [2]string{`extensions: ["101"]`, `extensions: ["10 1"]`}, 17, "cannot be the user part"},
+		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if !strings.Contains(base, c.replace[0]) {
+				t.Fatalf("base lacks %q", c.replace[0])
+			}
+			src := strings.Replace(base, c.replace[0], c.replace[1], 1)
+			_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("no config errors for:\n%s\n(err = %v)", src, err)
+			}
+			for _, e := range errs {
+				if e.Line == c.line && strings.Contains(e.Msg, c.want) && strings.HasPrefix(e.Error(), "c.yaml:") {
+					return
+				}
+			}
+			t.Errorf("want c.yaml:%d: …%s…, got:\n%v", c.line, c.want, err)
+		})
+	}
+}
+
+func TestEveryProblemIsListed(t *testing.T) {
+	src := strings.NewReplacer(
+		"  domain: example.com", "  domain: example.com\n  bogus: 1",
+		`extensions: ["101"]`, `extensions: ["100"]`,
+		"{pbx: demo, device: SIM/101}", "{pbx: gone, device: SIM/101}",
+	).Replace(base)
+	_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 3 {
+		t.Fatalf("want 3 problems, got %v", err)
+	}
+	for i := 1; i < len(errs); i++ {
+		if errs[i].Line < errs[i-1].Line {
+			t.Errorf("problems not in line order: %v", errs)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load("/nonexistent/lamplighter.yaml")
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/lamplighter.yaml") {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+}

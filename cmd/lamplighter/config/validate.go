@@ -1,0 +1,340 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// validator checks a decoded config and names the line of each problem by
+// walking the YAML node tree along the same path.
+type validator struct {
+	file string
+	root *yaml.Node
+	env  Env
+	errs Errors
+}
+
+// at reports a problem at the node found by path (keys and indices); when
+// the path goes further than the file does, the deepest node found names
+// the line.
+func (v *validator) at(path []any, format string, args ...any) {
+	v.errs = append(v.errs, Error{File: v.file, Line: lineOf(v.root, path), Msg: fmt.Sprintf(format, args...)})
+}
+
+func lineOf(n *yaml.Node, path []any) int {
+	if n == nil {
+		return 0
+	}
+	line := n.Line
+	for _, p := range path {
+		var next *yaml.Node
+		switch k := p.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == k {
+						next = n.Content[i+1]
+						line = n.Content[i].Line
+						break
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && k < len(n.Content) {
+				next = n.Content[k]
+				line = next.Line
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+func p(parts ...any) []any { return parts }
+
+func (v *validator) check(c *Config) {
+	v.checkSIP(c)
+	v.checkPolicy(c)
+	if err := checkHostPort(c.HTTP.Listen); err != nil {
+		v.at(p("http", "listen"), "bad address %q: %v", c.HTTP.Listen, err)
+	}
+	v.checkSecret(p("http"), "token", c.HTTP.TokenFile, c.HTTP.TokenEnv)
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.at(p("log", "level"), "log level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		v.at(p("log", "format"), "log format %q is not text or json", c.Log.Format)
+	}
+	pbxs := v.checkPBXs(c)
+	v.checkUsers(c, pbxs)
+}
+
+func (v *validator) checkSIP(c *Config) {
+	if strings.ContainsAny(c.SIP.Domain, " @:;<>") {
+		v.at(p("sip", "domain"), "bad domain %q", c.SIP.Domain)
+	}
+	seen := map[string]int{}
+	for i, l := range c.SIP.Listen {
+		path := p("sip", "listen", i)
+		switch l.Transport {
+		case "udp", "tcp":
+			if l.CertFile != "" || l.KeyFile != "" {
+				v.at(append(path, "cert_file"), "cert_file and key_file are for tls listeners only")
+			}
+		case "tls":
+			if l.CertFile == "" || l.KeyFile == "" {
+				v.at(path, "a tls listener needs cert_file and key_file")
+			}
+			for key, f := range map[string]string{"cert_file": l.CertFile, "key_file": l.KeyFile} {
+				if f != "" {
+					if _, err := os.Stat(f); err != nil {
+						v.at(append(path, key), "cannot read %s: %v", key, unwrapPath(err))
+					}
+				}
+			}
+		default:
+			v.at(append(path, "transport"), "transport %q is not udp, tcp or tls", l.Transport)
+		}
+		if err := checkHostPort(l.Address); err != nil {
+			v.at(append(path, "address"), "bad address %q: %v", l.Address, err)
+		}
+		key := l.Transport + " " + l.Address
+		if prev, dup := seen[key]; dup {
+			v.at(path, "listener %s %s is already defined at line %d", l.Transport, l.Address, prev)
+		}
+		seen[key] = lineOf(v.root, path)
+	}
+	for i, n := range c.SIP.TrustedNetworks {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			if _, err2 := netip.ParseAddr(n); err2 != nil {
+				v.at(p("sip", "trusted_networks", i), "bad network %q: want a CIDR like 10.0.0.0/8 or an address", n)
+			}
+		}
+	}
+}
+
+func (v *validator) checkPolicy(c *Config) {
+	pol := &c.Policy
+	if pol.MinExpires < 1 {
+		v.at(p("policy", "min_expires"), "min_expires must be at least 1 second")
+	}
+	if pol.MaxExpires < pol.MinExpires {
+		v.at(p("policy", "max_expires"), "max_expires (%d) is below min_expires (%d)", pol.MaxExpires, pol.MinExpires)
+	}
+	if pol.DefaultExpires < pol.MinExpires || pol.DefaultExpires > pol.MaxExpires {
+		v.at(p("policy", "default_expires"), "default_expires (%d) is not between min_expires and max_expires", pol.DefaultExpires)
+	}
+	if pol.MaxSubscriptionsPerSource < 1 {
+		v.at(p("policy", "max_subscriptions_per_source"), "must be at least 1")
+	}
+	if pol.MaxBodyBytes < 512 {
+		v.at(p("policy", "max_body_bytes"), "must be at least 512")
+	}
+	if pol.Coalesce < 0 {
+		v.at(p("policy", "coalesce"), "must not be negative")
+	}
+}
+
+func (v *validator) checkPBXs(c *Config) map[string]bool {
+	names := map[string]bool{}
+	for i := range c.PBX {
+		pb := &c.PBX[i]
+		path := p("pbx", i)
+		if pb.Name == "" {
+			v.at(path, "pbx entry has no name")
+		} else if names[pb.Name] {
+			v.at(append(path, "name"), "pbx name %q is used twice", pb.Name)
+		}
+		names[pb.Name] = true
+		switch pb.Kind {
+		case KindARI:
+			u, err := url.Parse(pb.Address)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				v.at(append(path, "address"), "bad address %q: an ari pbx needs http://host:port or https://host:port", pb.Address)
+			} else if err := checkHostPort(withDefaultPort(u)); err != nil {
+				v.at(append(path, "address"), "bad address %q: %v", pb.Address, err)
+			}
+		case KindESL:
+			if err := checkHostPort(pb.Address); err != nil {
+				v.at(append(path, "address"), "bad address %q: an esl pbx needs host:port (%v)", pb.Address, err)
+			}
+		case KindSim:
+			if pb.Sim != nil {
+				for _, e := range pb.Sim.Validate() {
+					v.at(append(path, "sim", e.Key), "%s", e.Error())
+				}
+			}
+		case "":
+			v.at(path, "pbx %q has no kind (ari, esl or sim)", pb.Name)
+		default:
+			v.at(append(path, "kind"), "kind %q is not ari, esl or sim", pb.Kind)
+		}
+		if pb.Kind != KindSim && pb.Sim != nil {
+			v.at(append(path, "sim"), "a sim section on a pbx of kind %q", pb.Kind)
+		}
+		if pb.Kind == KindARI || pb.Kind == KindESL {
+			n := 0
+			for _, s := range []string{pb.Password, pb.PasswordFile, pb.PasswordEnv} {
+				if s != "" {
+					n++
+				}
+			}
+			if n == 0 {
+				v.at(path, "pbx %q has no password, password_file or password_env", pb.Name)
+			}
+			if n > 1 {
+				v.at(path, "pbx %q: give only one of password, password_file and password_env", pb.Name)
+			}
+			if pb.Kind == KindARI && pb.Username == "" {
+				v.at(path, "pbx %q: an ari pbx needs a username", pb.Name)
+			}
+		}
+		v.checkSecret(path, "password", pb.PasswordFile, pb.PasswordEnv)
+	}
+	return names
+}
+
+func (v *validator) checkUsers(c *Config, pbxs map[string]bool) {
+	ids := map[string]int{}
+	names := map[string]string{} // extension/alias (lower case) → user id
+	devices := map[Device]string{}
+	sipNames := map[string]string{}
+	for i := range c.Users {
+		u := &c.Users[i]
+		path := p("users", i)
+		if u.ID == "" {
+			v.at(path, "user has no id")
+		} else if strings.ContainsAny(u.ID, " /:@<>\"") {
+			v.at(append(path, "id"), "user id %q may not contain spaces or any of /:@<>\"", u.ID)
+		} else if prev, dup := ids[u.ID]; dup {
+			v.at(append(path, "id"), "user id %q is already used at line %d", u.ID, prev)
+		}
+		ids[u.ID] = lineOf(v.root, append(path, "id"))
+		if len(u.Extensions) == 0 && len(u.Aliases) == 0 {
+			v.at(path, "user %q has no extension or alias to be watched by", u.ID)
+		}
+		for _, field := range []string{"extensions", "aliases"} {
+			list := u.Extensions
+			if field == "aliases" {
+				list = u.Aliases
+			}
+			for j, n := range list {
+				key := strings.ToLower(n)
+				switch {
+				case n == "":
+					v.at(append(path, field, j), "empty %s entry", strings.TrimSuffix(field, "s"))
+				case strings.ContainsAny(n, " @:;<>\"?"):
+					v.at(append(path, field, j), "%q cannot be the user part of a SIP URI", n)
+				case names[key] != "":
+					v.at(append(path, field, j), "%q is already used by user %q", n, names[key])
+				default:
+					names[key] = u.ID
+				}
+			}
+		}
+		for j, d := range u.Devices {
+			dp := append(path, "devices", j)
+			if d.PBX == "" || d.Device == "" {
+				v.at(dp, "a device needs pbx and device")
+				continue
+			}
+			if !pbxs[d.PBX] {
+				v.at(append(dp, "pbx"), "user %q refers to unknown pbx %q", u.ID, d.PBX)
+			}
+			if owner, dup := devices[d]; dup {
+				v.at(append(dp, "device"), "device %s on %s is already claimed by user %q", d.Device, d.PBX, owner)
+			} else {
+				devices[d] = u.ID
+			}
+		}
+		if owner, dup := sipNames[u.SIP.Username]; dup && u.SIP.Username != "" {
+			v.at(append(path, "sip", "username"), "sip username %q is already used by user %q", u.SIP.Username, owner)
+		} else {
+			sipNames[u.SIP.Username] = u.ID
+		}
+		n := 0
+		for _, s := range []string{u.SIP.Password, u.SIP.PasswordFile, u.SIP.PasswordEnv} {
+			if s != "" {
+				n++
+			}
+		}
+		if n > 1 {
+			v.at(append(path, "sip"), "give only one of password, password_file and password_env")
+		}
+		v.checkSecret(append(path, "sip"), "password", u.SIP.PasswordFile, u.SIP.PasswordEnv)
+	}
+}
+
+// checkSecret checks that a secret file is readable and an environment
+// variable is set.
+func (v *validator) checkSecret(path []any, what, file, envName string) {
+	if file != "" {
+		f, err := os.Open(ExpandPath(file, v.env))
+		if err != nil {
+			v.at(append(path, what+"_file"), "cannot read %s file: %v", what, unwrapPath(err))
+		} else {
+			f.Close()
+		}
+	}
+	if envName != "" {
+		if _, ok := v.env(envName); !ok {
+			v.at(append(path, what+"_env"), "environment variable %s is not set", envName)
+		}
+	}
+}
+
+func unwrapPath(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
+}
+
+// checkHostPort accepts host:port with a port from 1 to 65535 and a host
+// that is empty, an IP address or a plausible name.
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return fmt.Errorf("host %q is not an address or name", host)
+		}
+	}
+	return nil
+}
+
+func withDefaultPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}
