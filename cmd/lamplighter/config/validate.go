@@ -283,6 +283,17 @@ func (v *validator) checkUsers(c *Config, pbxs map[string]bool) {
 // variable is set.
 func (v *validator) checkSecret(path []any, what, file, envName string) {
 	if file != "" {
+		var unset []string
+		os.Expand(file, func(k string) string {
+			if _, ok := v.env(k); !ok {
+				unset = append(unset, "$"+k)
+			}
+			return ""
+		})
+		if len(unset) > 0 {
+			v.at(append(path, what+"_file"), "cannot read %s file %s: %s not set", what, file, strings.Join(unset, ", "))
+			return
+		}
 		f, err := os.Open(ExpandPath(file, v.env))
 		if err != nil {
 			v.at(append(path, what+"_file"), "cannot read %s file: %v", what, unwrapPath(err))

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/adapters/sim"
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/presence/body"
+)
+
+// daemon is one running Lamplighter: the bridge, the PBX adapters and the
+// servers around them, with a lifecycle driven by a context.
+type daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	bridge   *bridge.Bridge
+	adapters []adapters.Adapter
+}
+
+func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
+	dir, err := cfg.Directory()
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{cfg: cfg, log: log, bridge: bridge.New(dir)}
+	for i := range cfg.PBX {
+		a, err := d.newAdapter(&cfg.PBX[i], dir)
+		if err != nil {
+			return nil, fmt.Errorf("pbx %q: %w", cfg.PBX[i].Name, err)
+		}
+		d.adapters = append(d.adapters, a)
+	}
+	return d, nil
+}
+
+// newAdapter builds the adapter for one PBX entry.
+func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adapter, error) {
+	pw, err := d.cfg.PBXPassword(p, nil)
+	if err != nil {
+		return nil, err
+	}
+	conn := adapters.Connection{Name: p.Name, Address: p.Address, Username: p.Username, Password: pw}
+	switch p.Kind {
+	case config.KindSim:
+		return sim.New(conn, *p.Sim, simPhones(p.Name, dir), d.log), nil
+	}
+	return nil, fmt.Errorf("the %s adapter is not part of this build yet", p.Kind)
+}
+
+// simPhones lists the devices that users have on a sim PBX.
+func simPhones(pbx string, dir *bridge.Directory) []sim.Phone {
+	var phones []sim.Phone
+	for _, u := range dir.Users() {
+		for _, ref := range u.Devices {
+			if ref.Source == pbx {
+				phones = append(phones, sim.Phone{Device: ref.Device, Extension: u.Presentity(), Name: u.Name})
+			}
+		}
+	}
+	return phones
+}
+
+// Run runs everything until ctx ends.
+func (d *daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cancelLog := d.bridge.Listen(d.logChange)
+	defer cancelLog()
+
+	var wg sync.WaitGroup
+	for _, a := range d.adapters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(ctx, d.bridge); err != nil {
+				d.log.Error("pbx adapter stopped", "pbx", a.Name(), "err", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.expirePersons(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.feedWatchdog(ctx)
+	}()
+	d.log.Info("lamplighter running", "users", d.bridge.Directory().Len(), "pbx", len(d.adapters))
+	notifySystemd(d.log, sddaemon.SdNotifyReady)
+	<-ctx.Done()
+	notifySystemd(d.log, sddaemon.SdNotifyStopping)
+	wg.Wait()
+	d.log.Info("lamplighter stopped")
+	return nil
+}
+
+// expirePersons lets person states lapse when their expiry comes.
+func (d *daemon) expirePersons(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if next := d.bridge.NextExpiry(); !next.IsZero() && !next.After(now) {
+				d.bridge.Expire()
+			}
+		}
+	}
+}
+
+// logChange logs every lamp change: at info level in the demo (so that a
+// newcomer sees it work), at debug level otherwise.
+func (d *daemon) logChange(c bridge.Change) {
+	level := slog.LevelDebug
+	if d.isDemo() {
+		level = slog.LevelInfo
+	}
+	if !d.log.Enabled(context.Background(), level) {
+		return
+	}
+	if c.State == nil {
+		d.log.Log(context.Background(), level, "user removed", "user", c.UserID)
+		return
+	}
+	d.log.Log(context.Background(), level, "lamp",
+		"user", c.UserID, "state", c.State.Phone.String(), "devices", c.State.Device.String(),
+		"note", body.LineNote(c.State), "calls", len(c.State.Calls))
+}
+
+func (d *daemon) isDemo() bool {
+	for _, p := range d.cfg.PBX {
+		if p.Kind != config.KindSim {
+			return false
+		}
+	}
+	return true
+}
+
+// feedWatchdog tells systemd the process is alive at half the WatchdogSec
+// interval, but only after checking that the bridge answers: a deadlocked
+// core stops the pings and systemd restarts the service.
+func (d *daemon) feedWatchdog(ctx context.Context) {
+	interval, err := sddaemon.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			alive := make(chan struct{})
+			go func() { d.bridge.States(); close(alive) }()
+			select {
+			case <-alive:
+				notifySystemd(d.log, sddaemon.SdNotifyWatchdog)
+			case <-time.After(interval / 4):
+				d.log.Error("bridge did not answer: withholding the systemd watchdog ping")
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// notifySystemd sends a state to systemd when running under Type=notify;
+// elsewhere it does nothing.
+func notifySystemd(log *slog.Logger, state string) {
+	if _, err := sddaemon.SdNotify(false, state); err != nil {
+		log.Warn("cannot notify systemd", "state", state, "err", err)
+	}
+}

@@ -1,0 +1,107 @@
+// Command lamplighter is the busy-lamp and presence server: it follows the
+// calls of one or more PBXs (Asterisk over ARI, FreeSWITCH over the event
+// socket, or the built-in demo PBX), merges each person's devices into one
+// state, and serves it to phones as SIP presence and dialog-info.
+//
+//	lamplighter -config /etc/lamplighter/config.yaml   run
+//	lamplighter -check-config FILE                     check a file, print ok or FILE:LINE: problems
+//	lamplighter -demo                                  run on the demo PBX (also with no -config)
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+)
+
+//go:embed demo.yaml
+var demoConfig []byte
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the process around it, so that tests can call it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lamplighter", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "configuration `file` (without it, or with -demo, Lamplighter runs on its demo PBX)")
+	check := fs.String("check-config", "", "check the configuration `file`, print ok or every problem as FILE:LINE: what, and exit")
+	demo := fs.Bool("demo", false, "run on the built-in demo PBX with a built-in directory")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: lamplighter [-config FILE | -demo | -check-config FILE]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "lamplighter: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *check != "" {
+		if _, err := config.Load(*check); err != nil {
+			fmt.Fprintln(stdout, err)
+			return 1
+		}
+		fmt.Fprintln(stdout, "ok")
+		return 0
+	}
+	var cfg *config.Config
+	var err error
+	if *demo || *configPath == "" {
+		cfg, err = config.Parse("(built-in demo config)", demoConfig, os.LookupEnv)
+		if err == nil {
+			cfg.StateDir = demoStateDir()
+		}
+	} else {
+		cfg, err = config.Load(*configPath)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg.Log, stderr)
+	if *demo || *configPath == "" {
+		log.Info("no -config given: running the demo PBX with a built-in directory", "users", len(cfg.Users))
+	}
+	d, err := newDaemon(cfg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := d.Run(ctx); err != nil {
+		log.Error("stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func demoStateDir() string {
+	return fmt.Sprintf("%s/lamplighter-demo-%d", os.TempDir(), os.Getuid())
+}
+
+// newLogger builds the slog logger the config asks for.
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls out until it contains want or the deadline passes.
+func waitFor(t *testing.T, out *syncBuffer, want string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(out.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %v in:\n%s", want, d, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("users:\n  - {id: a, extensions: [\"100\"]}\n"), 0o644)
+	os.WriteFile(bad, []byte("users:\n  - {id: a, extensions: [\"100\"]}\n  - {id: b, extensions: [\"100\"], devices: [{pbx: x, device: y}]}\n"), 0o644)
+
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"-check-config", good}, &out, &errOut); code != 0 || out.String() != "ok\n" {
+		t.Errorf("good file: exit %d, output %q %q", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	code := run(context.Background(), []string{"-check-config", bad}, &out, &errOut)
+	want := []string{bad + `:3: "100" is already used by user "a"`, bad + `:3: user "b" refers to unknown pbx "x"`}
+	if code != 1 {
+		t.Errorf("bad file: exit %d", code)
+	}
+	for _, w := range want {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("bad file: output lacks %q:\n%s", w, out.String())
+		}
+	}
+	if code := run(context.Background(), []string{"-check-config", filepath.Join(dir, "missing.yaml")}, &out, &errOut); code != 1 {
+		t.Errorf("missing file: exit %d", code)
+	}
+}
+
+func TestDemoRunsAndStops(t *testing.T) {
+	// The demo's own listeners are on fixed loopback ports; the demo must
+	// start, show lamps changing and stop cleanly when its context ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"-demo"}, &out, &out) }()
+	waitFor(t, &out, "lamplighter running", 10*time.Second)
+	waitFor(t, &out, "msg=lamp user=debbie state=idle", 10*time.Second)
+	// The demo places a call every five seconds on average.
+	waitFor(t, &out, "state=ringing", 60*time.Second)
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d:\n%s", code, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not stop within 10s of its context ending")
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-nope"}, &out, &out); code != 2 {
+		t.Errorf("unknown flag: exit %d", code)
+	}
+	if code := run(context.Background(), []string{"extra"}, &out, &out); code != 2 {
+		t.Errorf("stray argument: exit %d", code)
+	}
+}
