@@ -98,12 +98,12 @@ func TestParsePIDFRejects(t *testing.T) {
 		`<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><note>&lol2;</note></presence>`
 	deep := `<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b">` + strings.Repeat("<x>", 100) + strings.Repeat("</x>", 100) + `</presence>`
 	for name, body := range map[string]string{
-		"entity expansion": laughs,
-		"not pidf":         `<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info"/>`,
-		"not xml":          `hello`,
-		"empty":            ``,
-		"truncated":        `<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple>`,
-		"too deep":         deep,
+		"entity expansion":  laughs,
+		"not pidf":          `<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info"/>`,
+		"not xml":           `hello`,
+		"empty":             ``,
+		"truncated":         `<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple>`,
+		"too deep":          deep,
 		"undeclared entity": `<presence xmlns="urn:ietf:params:xml:ns:pidf"><note>&xxe;</note></presence>`,
 	} {
 		if _, err := ParsePIDF([]byte(body)); err == nil {

@@ -1,0 +1,203 @@
+package presence
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+)
+
+// Credential is one user's SIP login for SUBSCRIBE, PUBLISH and REGISTER.
+type Credential struct {
+	Username string // the digest username
+	UserID   string // the directory user it authenticates as
+	Password string
+}
+
+// identity is who sent a request, once authenticated.
+type identity struct {
+	UserID  string // "" when a trusted request names no known user
+	Trusted bool   // came from a trusted network, no digest checked
+}
+
+// authOutcome is the result of checking a request's credentials.
+type authOutcome int
+
+const (
+	authOK        authOutcome = iota
+	authChallenge             // no or unusable credentials: 401 with a fresh challenge
+	authStale                 // right password, expired nonce: 401 stale=true
+	authFailed                // wrong credentials: 401, counted as a failure
+)
+
+// authenticator checks digest credentials (RFC 8760: SHA-256 and MD5,
+// qop=auth) against the configured users, and lets trusted networks in.
+// Nonces are stateless: a timestamp and an HMAC of it under a per-process
+// key, valid for nonceTTL.
+type authenticator struct {
+	realm    string
+	key      [32]byte
+	trusted  []netip.Prefix
+	creds    atomic.Pointer[map[string]Credential] // by username
+	nonceTTL time.Duration
+	now      func() time.Time
+}
+
+func newAuthenticator(realm string, trusted []netip.Prefix, creds []Credential) *authenticator {
+	a := &authenticator{realm: realm, trusted: trusted, nonceTTL: 5 * time.Minute, now: time.Now}
+	if _, err := rand.Read(a.key[:]); err != nil {
+		panic("presence: no randomness: " + err.Error())
+	}
+	a.setCredentials(creds)
+	return a
+}
+
+func (a *authenticator) setCredentials(creds []Credential) {
+	m := make(map[string]Credential, len(creds))
+	for _, c := range creds {
+		m[c.Username] = c
+	}
+	a.creds.Store(&m)
+}
+
+// isTrusted reports whether a request's source address is in a trusted
+// network.
+func (a *authenticator) isTrusted(source string) bool {
+	host, _, err := net.SplitHostPort(source)
+	if err != nil {
+		host = source
+	}
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range a.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// userByName returns the credential for a digest username.
+func (a *authenticator) userByName(name string) (Credential, bool) {
+	c, ok := (*a.creds.Load())[name]
+	return c, ok
+}
+
+// check authenticates req. A trusted request is accepted as the user its
+// From names (if any); any other needs a valid Authorization (or
+// Proxy-Authorization) header.
+func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
+	if a.isTrusted(req.Source()) {
+		id := identity{Trusted: true}
+		if from := req.From(); from != nil {
+			if c, ok := a.userByName(from.Address.User); ok {
+				id.UserID = c.UserID
+			}
+		}
+		return id, authOK
+	}
+	h := req.GetHeader("Authorization")
+	if h == nil {
+		h = req.GetHeader("Proxy-Authorization")
+	}
+	if h == nil {
+		return identity{}, authChallenge
+	}
+	cred, err := digest.ParseCredentials(h.Value())
+	if err != nil || cred.Realm != a.realm || cred.Username == "" {
+		return identity{}, authChallenge
+	}
+	user, ok := a.userByName(cred.Username)
+	if !ok || user.Password == "" {
+		return identity{}, authFailed
+	}
+	switch strings.ToUpper(cred.Algorithm) {
+	case "", "MD5", "SHA-256":
+	default:
+		return identity{}, authChallenge
+	}
+	if cred.QOP != "" && cred.QOP != "auth" {
+		return identity{}, authChallenge
+	}
+	if !uriMatches(cred.URI, &req.Recipient) {
+		return identity{}, authFailed
+	}
+	fresh, valid := a.checkNonce(cred.Nonce)
+	if !valid {
+		return identity{}, authChallenge
+	}
+	chal := &digest.Challenge{Realm: a.realm, Nonce: cred.Nonce, Algorithm: cred.Algorithm}
+	if cred.QOP != "" {
+		chal.QOP = []string{cred.QOP}
+	}
+	want, err := digest.Digest(chal, digest.Options{
+		Method: string(req.Method), URI: cred.URI, Username: cred.Username, Password: user.Password,
+		Count: cred.Nc, Cnonce: cred.Cnonce,
+	})
+	if err != nil || subtle.ConstantTimeCompare([]byte(strings.ToLower(want.Response)), []byte(strings.ToLower(cred.Response))) != 1 {
+		return identity{}, authFailed
+	}
+	if !fresh {
+		return identity{}, authStale
+	}
+	return identity{UserID: user.UserID}, authOK
+}
+
+// uriMatches checks that the digest-uri names the request's target (user
+// and host), as RFC 3261 §22.4 asks, tolerating parameter differences.
+func uriMatches(digestURI string, target *sip.Uri) bool {
+	var u sip.Uri
+	if err := sip.ParseUri(digestURI, &u); err != nil {
+		return false
+	}
+	return strings.EqualFold(u.User, target.User) && strings.EqualFold(u.Host, target.Host)
+}
+
+// nonce makes a fresh nonce: hex(timestamp || HMAC(key, timestamp)[:16]).
+func (a *authenticator) nonce() string {
+	var buf [8 + 16]byte
+	binary.BigEndian.PutUint64(buf[:8], uint64(a.now().Unix()))
+	m := hmac.New(sha256.New, a.key[:])
+	m.Write(buf[:8])
+	copy(buf[8:], m.Sum(nil))
+	return hex.EncodeToString(buf[:])
+}
+
+// checkNonce reports whether a nonce is ours (valid) and not expired
+// (fresh).
+func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
+	raw, err := hex.DecodeString(n)
+	if err != nil || len(raw) != 24 {
+		return false, false
+	}
+	m := hmac.New(sha256.New, a.key[:])
+	m.Write(raw[:8])
+	if !hmac.Equal(m.Sum(nil)[:16], raw[8:]) {
+		return false, false
+	}
+	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
+	return a.now().Sub(issued) <= a.nonceTTL, true
+}
+
+// challenge adds WWW-Authenticate headers to a 401: SHA-256 first, then
+// MD5, as RFC 8760 asks, so that old phones still find one they know.
+func (a *authenticator) challenge(res *sip.Response, stale bool) {
+	n := a.nonce()
+	for _, alg := range []string{"SHA-256", "MD5"} {
+		c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
+		res.AppendHeader(sip.NewHeader("WWW-Authenticate", c.String()))
+	}
+}

@@ -1,0 +1,28 @@
+package presence
+
+import "time"
+
+// Metrics receives the server's counts. cmd/lamplighter implements it with
+// Prometheus; tests and embedders may pass nil.
+type Metrics interface {
+	// Response counts a response sent, by status code.
+	Response(code int)
+	// AuthFailure counts wrong credentials, by method.
+	AuthFailure(method string)
+	// NotifySent counts a NOTIFY answered with 2xx.
+	NotifySent(pkg Package, transport string)
+	// NotifyFailed counts a NOTIFY that failed: "timeout", "481",
+	// "rejected" (another final error) or "transport".
+	NotifyFailed(reason string)
+	// NotifyLatency observes the time from a state change to its NOTIFY
+	// leaving.
+	NotifyLatency(d time.Duration)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Response(int)                {}
+func (nopMetrics) AuthFailure(string)          {}
+func (nopMetrics) NotifySent(Package, string)  {}
+func (nopMetrics) NotifyFailed(string)         {}
+func (nopMetrics) NotifyLatency(time.Duration) {}

@@ -1,0 +1,199 @@
+package presence
+
+import (
+	"context"
+	"mime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/body"
+)
+
+// Publication is one PUBLISHed state (RFC 3903), known by its entity tag.
+type Publication struct {
+	ETag    string
+	UserID  string
+	Expires time.Time
+	Person  bridge.PersonState
+}
+
+// origin is the bridge origin under which a publication's person state is
+// kept: one per entity tag, so two clients of one user both count.
+func (p *Publication) origin() string { return "publish:" + p.ETag }
+
+// publications holds the event state compositor's entries.
+type publications struct {
+	s     *Server
+	mu    sync.Mutex
+	byTag map[string]*Publication
+}
+
+func newPublications(s *Server) *publications {
+	return &publications{s: s, byTag: map[string]*Publication{}}
+}
+
+// Publications returns the current publications.
+func (s *Server) Publications() []Publication {
+	s.pubs.mu.Lock()
+	defer s.pubs.mu.Unlock()
+	out := make([]Publication, 0, len(s.pubs.byTag))
+	for _, p := range s.pubs.byTag {
+		out = append(out, *p)
+	}
+	return out
+}
+
+// sweep removes expired publications once a second.
+func (ps *publications) sweep(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			ps.expire(now)
+		}
+	}
+}
+
+func (ps *publications) expire(now time.Time) {
+	ps.mu.Lock()
+	var gone []*Publication
+	for tag, p := range ps.byTag {
+		if !p.Expires.After(now) {
+			delete(ps.byTag, tag)
+			gone = append(gone, p)
+		}
+	}
+	ps.mu.Unlock()
+	for _, p := range gone {
+		ps.s.states.ClearPerson(p.UserID, p.origin())
+	}
+}
+
+// handlePublish answers PUBLISH (RFC 3903) for Event: presence: a soft
+// client's own person state (activities, note, open/closed) merged into
+// its user's state, so every watcher sees it with the PBX call state.
+func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
+	if len(req.Body()) > s.opt.MaxBodyBytes {
+		s.reply(req, tx, 413, "Request Entity Too Large")
+		return
+	}
+	ev := req.GetHeader("Event")
+	if ev == nil {
+		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", "presence"))
+		return
+	}
+	if pkg, _ := parseEvent(ev.Value()); pkg != "presence" {
+		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", "presence"))
+		return
+	}
+	id, ok := s.authenticate(req, tx)
+	if !ok {
+		return
+	}
+	user, found := s.states.Directory().Lookup(req.Recipient.User)
+	if !found {
+		s.reply(req, tx, 404, "Not Found")
+		return
+	}
+	// A watcher may only publish for itself; a trusted network may speak
+	// for anyone (a gateway or the PBX).
+	if !id.Trusted && id.UserID != user.ID {
+		s.reply(req, tx, 403, "Forbidden")
+		return
+	}
+	if id.Trusted && id.UserID != "" && id.UserID != user.ID {
+		s.reply(req, tx, 403, "Forbidden")
+		return
+	}
+	expires := s.expiresOf(req)
+	if expires < 0 {
+		s.reply(req, tx, 400, "Bad Expires")
+		return
+	}
+	expires, ok = s.clampExpires(expires)
+	if !ok {
+		s.intervalTooBrief(req, tx)
+		return
+	}
+	var match string
+	if h := req.GetHeader("SIP-If-Match"); h != nil {
+		match = strings.TrimSpace(h.Value())
+	}
+	hasBody := len(req.Body()) > 0
+	var person bridge.PersonState
+	if hasBody {
+		ct := ""
+		if h := req.ContentType(); h != nil {
+			ct = h.Value()
+		}
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != body.TypePIDF {
+			s.reply(req, tx, 415, "Unsupported Media Type", sip.NewHeader("Accept", body.TypePIDF))
+			return
+		}
+		person, err = body.ParsePIDF(req.Body())
+		if err != nil {
+			s.log.Info("bad PUBLISH body", "user", user.ID, "source", req.Source(), "err", err)
+			s.reply(req, tx, 400, "Bad PIDF Document")
+			return
+		}
+	}
+
+	ps := s.pubs
+	ps.mu.Lock()
+	var pub *Publication
+	if match != "" {
+		pub = ps.byTag[match]
+		if pub == nil || pub.UserID != user.ID {
+			ps.mu.Unlock()
+			s.reply(req, tx, 412, "Conditional Request Failed")
+			return
+		}
+		delete(ps.byTag, match)
+	} else if !hasBody {
+		ps.mu.Unlock()
+		s.reply(req, tx, 400, "Missing Body")
+		return
+	}
+	oldOrigin := ""
+	if pub != nil {
+		oldOrigin = pub.origin()
+	}
+	if expires == 0 {
+		ps.mu.Unlock()
+		if oldOrigin != "" {
+			s.states.ClearPerson(user.ID, oldOrigin)
+		}
+		s.reply(req, tx, 200, "OK", sip.NewHeader("SIP-ETag", match), sip.NewHeader("Expires", "0"))
+		return
+	}
+	next := &Publication{ETag: sip.GenerateTagN(16), UserID: user.ID,
+		Expires: time.Now().Add(time.Duration(expires) * time.Second)}
+	if hasBody {
+		next.Person = person
+	} else {
+		next.Person = pub.Person // a refresh keeps the state
+	}
+	next.Person.Expires = next.Expires
+	ps.byTag[next.ETag] = next
+	ps.mu.Unlock()
+	// Set the new entry before clearing the old, so that watchers never
+	// see the person state vanish between the two.
+	if err := s.states.SetPerson(user.ID, next.origin(), next.Person); err != nil {
+		s.reply(req, tx, 404, "Not Found")
+		return
+	}
+	if oldOrigin != "" {
+		s.states.ClearPerson(user.ID, oldOrigin)
+	}
+	s.log.Debug("published", "user", user.ID, "etag", next.ETag, "activities", next.Person.Activities, "note", next.Person.Note)
+	s.reply(req, tx, 200, "OK", sip.NewHeader("SIP-ETag", next.ETag), sip.NewHeader("Expires", strconv.Itoa(expires)))
+}

@@ -1,0 +1,187 @@
+package presence
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Binding is one registered contact of a user: the line a phone dedicates
+// to busy lamps registers here so that its BLF keys subscribe to
+// Lamplighter. It is not a PBX device and does not change the user's
+// state.
+type Binding struct {
+	UserID    string
+	Contact   string // the Contact URI
+	CallID    string
+	CSeq      uint32
+	Source    string
+	Transport string
+	UserAgent string
+	Expires   time.Time
+}
+
+// registrar keeps the bindings of every user.
+type registrar struct {
+	mu     sync.Mutex
+	byUser map[string][]Binding
+}
+
+func newRegistrar() *registrar { return &registrar{byUser: map[string][]Binding{}} }
+
+// current returns a user's unexpired bindings, dropping the expired.
+func (r *registrar) current(userID string, now time.Time) []Binding {
+	bs := r.byUser[userID]
+	out := bs[:0]
+	for _, b := range bs {
+		if b.Expires.After(now) {
+			out = append(out, b)
+		}
+	}
+	if len(out) == 0 {
+		delete(r.byUser, userID)
+		return nil
+	}
+	r.byUser[userID] = out
+	return out
+}
+
+// Registrations returns every current binding.
+func (s *Server) Registrations() []Binding {
+	r := s.regs
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	var out []Binding
+	for id := range r.byUser {
+		out = append(out, r.current(id, now)...)
+	}
+	return out
+}
+
+// handleRegister is a small registrar (RFC 3261 §10.3) for the users in
+// the directory, with digest authentication.
+func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
+	to := req.To()
+	if to == nil || req.CallID() == nil || req.CSeq() == nil {
+		s.reply(req, tx, 400, "Missing Headers")
+		return
+	}
+	id, ok := s.authenticate(req, tx)
+	if !ok {
+		return
+	}
+	// The address of record is the To URI's user: a SIP username, an
+	// extension or an alias of the user.
+	aor := to.Address.User
+	userID := ""
+	if c, ok := s.auth.userByName(aor); ok {
+		userID = c.UserID
+	} else if u, ok := s.states.Directory().Lookup(aor); ok {
+		userID = u.ID
+	}
+	if userID == "" {
+		s.reply(req, tx, 404, "Not Found")
+		return
+	}
+	if !id.Trusted && id.UserID != userID {
+		s.reply(req, tx, 403, "Forbidden")
+		return
+	}
+	defaultExpires := s.expiresOf(req)
+	if defaultExpires < 0 {
+		s.reply(req, tx, 400, "Bad Expires")
+		return
+	}
+	contacts := req.GetHeaders("Contact")
+	now := time.Now()
+	ua := ""
+	if h := req.GetHeader("User-Agent"); h != nil {
+		ua = h.Value()
+	}
+	r := s.regs
+	r.mu.Lock()
+	bindings := r.current(userID, now)
+	// Contact: * with Expires: 0 removes every binding.
+	for _, h := range contacts {
+		if strings.TrimSpace(h.Value()) == "*" {
+			if defaultExpires != 0 || len(contacts) != 1 {
+				r.mu.Unlock()
+				s.reply(req, tx, 400, "Bad Wildcard Contact")
+				return
+			}
+			delete(r.byUser, userID)
+			r.mu.Unlock()
+			s.reply(req, tx, 200, "OK", sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+			return
+		}
+	}
+	for _, h := range contacts {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok || c.Address.Host == "" {
+			r.mu.Unlock()
+			s.reply(req, tx, 400, "Bad Contact")
+			return
+		}
+		exp := defaultExpires
+		if v, ok := c.Params.Get("expires"); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				r.mu.Unlock()
+				s.reply(req, tx, 400, "Bad Contact Expires")
+				return
+			}
+			exp = n
+		}
+		exp, valid := s.clampExpires(exp)
+		if !valid {
+			r.mu.Unlock()
+			s.intervalTooBrief(req, tx)
+			return
+		}
+		uri := c.Address.String()
+		idx := -1
+		for i := range bindings {
+			if bindings[i].Contact == uri {
+				idx = i
+			}
+		}
+		if idx >= 0 && bindings[idx].CallID == req.CallID().Value() && req.CSeq().SeqNo <= bindings[idx].CSeq {
+			continue // an old or repeated request must not undo a newer one
+		}
+		if exp == 0 {
+			if idx >= 0 {
+				bindings = append(bindings[:idx], bindings[idx+1:]...)
+			}
+			continue
+		}
+		b := Binding{UserID: userID, Contact: uri, CallID: req.CallID().Value(), CSeq: req.CSeq().SeqNo,
+			Source: req.Source(), Transport: strings.ToUpper(req.Transport()), UserAgent: ua,
+			Expires: now.Add(time.Duration(exp) * time.Second)}
+		if idx >= 0 {
+			bindings[idx] = b
+		} else {
+			bindings = append(bindings, b)
+		}
+	}
+	if len(bindings) == 0 {
+		delete(r.byUser, userID)
+	} else {
+		r.byUser[userID] = bindings
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	for _, b := range bindings {
+		res.AppendHeader(sip.NewHeader("Contact", "<"+b.Contact+">;expires="+
+			strconv.Itoa(int(time.Until(b.Expires).Round(time.Second)/time.Second))))
+	}
+	r.mu.Unlock()
+	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+	if len(contacts) > 0 {
+		s.log.Debug("registered", "user", userID, "bindings", len(bindings), "source", req.Source())
+	}
+	s.respond(tx, res)
+}

@@ -1,0 +1,491 @@
+package presence
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// States is what the server needs from the bridge: the directory, each
+// user's state, and a place to put published person state.
+// *bridge.Bridge implements it.
+type States interface {
+	Directory() *bridge.Directory
+	State(userID string) (*bridge.State, bool)
+	SetPerson(userID, origin string, p bridge.PersonState) error
+	ClearPerson(userID, origin string)
+}
+
+// Listener is one transport and address to serve SIP on.
+type Listener struct {
+	Transport string      // udp, tcp or tls
+	Address   string      // host:port; port 0 picks a free one
+	TLS       *tls.Config // for tls
+}
+
+// Options configure a Server. Zero values get the defaults noted.
+type Options struct {
+	Realm     string // digest realm
+	UserAgent string // default "Lamplighter"
+	Listen    []Listener
+	Trusted   []netip.Prefix
+	// Credentials of the users who may SUBSCRIBE, PUBLISH and REGISTER.
+	Credentials []Credential
+	// Expiry bounds in seconds for SUBSCRIBE, PUBLISH and REGISTER:
+	// below min is 423, above max is shortened. Defaults 60, 3600, 600.
+	MinExpires, MaxExpires, DefaultExpires int
+	// MaxSubscriptionsPerSource bounds the subscriptions one IP address
+	// may hold (default 1000).
+	MaxSubscriptionsPerSource int
+	// MaxBodyBytes bounds request bodies (default 64 KiB).
+	MaxBodyBytes int
+	// Coalesce gathers bursts of non-urgent changes of one user into one
+	// NOTIFY per watcher; ringing is never delayed. Default 20ms.
+	Coalesce time.Duration
+	// SingleDialog decides, per subscriber, whether dialog-info documents
+	// carry only the most important call (nil: never).
+	SingleDialog func(userAgent, watcherUserID string) bool
+	// NotifyRetries is how many failed NOTIFYs in a row (timeouts, 5xx)
+	// end a subscription (default 5).
+	NotifyRetries int
+	// Logger for the server's own messages.
+	Logger *slog.Logger
+	// Metrics receives counts; nil for none.
+	Metrics Metrics
+}
+
+func (o *Options) defaults() {
+	if o.UserAgent == "" {
+		o.UserAgent = "Lamplighter"
+	}
+	if o.MinExpires == 0 {
+		o.MinExpires = 60
+	}
+	if o.MaxExpires == 0 {
+		o.MaxExpires = 3600
+	}
+	if o.DefaultExpires == 0 {
+		o.DefaultExpires = min(600, o.MaxExpires)
+	}
+	if o.MaxSubscriptionsPerSource == 0 {
+		o.MaxSubscriptionsPerSource = 1000
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 64 << 10
+	}
+	if o.Coalesce == 0 {
+		o.Coalesce = 20 * time.Millisecond
+	}
+	if o.NotifyRetries == 0 {
+		o.NotifyRetries = 5
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
+	}
+}
+
+// Server is the SIP presence server.
+type Server struct {
+	opt    Options
+	states States
+	log    *slog.Logger
+	auth   *authenticator
+
+	ua     *sipgo.UserAgent
+	srv    *sipgo.Server
+	client *sipgo.Client
+
+	subs    *store
+	queue   *sendQueue
+	pending sync.Map // user id → *time.Timer (coalescing)
+	pubs    *publications
+	regs    *registrar
+
+	ctx       context.Context // the Run context, for NOTIFY transactions
+	ready     chan struct{}
+	addrsMu   sync.Mutex
+	addrs     []net.Addr
+	localIPs  sync.Map // remote IP string → local IP string
+	closed    atomic.Bool
+	listeners []io2Closer
+}
+
+type io2Closer interface{ Close() error }
+
+// New builds a server; Run starts it.
+func New(states States, opt Options) (*Server, error) {
+	opt.defaults()
+	if len(opt.Listen) == 0 {
+		return nil, errors.New("presence: no listeners")
+	}
+	log := opt.Logger
+	quiet := slog.New(demoteHandler{log.Handler()})
+	ua, err := sipgo.NewUA(
+		sipgo.WithUserAgent(opt.UserAgent),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
+		sipgo.WithUserAgentTransactionLayerOptions(
+			sip.WithTransactionLayerLogger(quiet),
+			sip.WithTransactionLayerUnhandledResponseHandler(func(*sip.Response) {}),
+		),
+	)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	if err != nil {
+		return nil, err
+	}
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(quiet))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		opt: opt, states: states, log: log,
+		auth: newAuthenticator(opt.Realm, opt.Trusted, opt.Credentials),
+		ua:   ua, srv: srv, client: client,
+		subs:  newStore(),
+		queue: newSendQueue(),
+		ready: make(chan struct{}),
+	}
+	s.pubs = newPublications(s)
+	s.regs = newRegistrar()
+	srv.OnSubscribe(s.handleSubscribe)
+	srv.OnPublish(s.handlePublish)
+	srv.OnRegister(s.handleRegister)
+	srv.OnOptions(s.handleOptions)
+	srv.OnNoRoute(s.handleUnknown)
+	return s, nil
+}
+
+// SetCredentials replaces the users' SIP credentials (a reload).
+func (s *Server) SetCredentials(creds []Credential) { s.auth.setCredentials(creds) }
+
+// Ready is closed once every listener is bound.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addrs returns the bound addresses, in the order of Options.Listen.
+func (s *Server) Addrs() []net.Addr {
+	s.addrsMu.Lock()
+	defer s.addrsMu.Unlock()
+	return append([]net.Addr(nil), s.addrs...)
+}
+
+// Run binds the listeners and serves until ctx ends. An address that
+// cannot be bound is an error returned at once.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.ctx = ctx
+	type serve func() error
+	var serves []serve
+	for _, l := range s.opt.Listen {
+		switch strings.ToLower(l.Transport) {
+		case "udp":
+			pc, err := net.ListenPacket("udp", l.Address)
+			if err != nil {
+				s.closeListeners()
+				return fmt.Errorf("sip udp %s: %w", l.Address, err)
+			}
+			s.listeners = append(s.listeners, pc)
+			s.addrs = append(s.addrs, pc.LocalAddr())
+			serves = append(serves, func() error { return s.srv.ServeUDP(pc) })
+		case "tcp", "tls":
+			ln, err := net.Listen("tcp", l.Address)
+			if err != nil {
+				s.closeListeners()
+				return fmt.Errorf("sip %s %s: %w", l.Transport, l.Address, err)
+			}
+			s.addrs = append(s.addrs, ln.Addr())
+			if strings.ToLower(l.Transport) == "tls" {
+				if l.TLS == nil {
+					ln.Close()
+					s.closeListeners()
+					return fmt.Errorf("sip tls %s: no certificate", l.Address)
+				}
+				tln := tls.NewListener(ln, l.TLS)
+				s.listeners = append(s.listeners, tln)
+				serves = append(serves, func() error { return s.srv.ServeTLS(tln) })
+			} else {
+				s.listeners = append(s.listeners, ln)
+				serves = append(serves, func() error { return s.srv.ServeTCP(ln) })
+			}
+		default:
+			s.closeListeners()
+			return fmt.Errorf("sip: unknown transport %q", l.Transport)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, f := range serves {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !s.closed.Load() && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("sip listener stopped", "err", err)
+			}
+		}()
+	}
+	workers := 8
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.sendLoop(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.pubs.sweep(ctx)
+	}()
+	// ServeUDP registers its socket with the transport layer from its own
+	// goroutine; NOTIFYs must find it there to leave from the listening
+	// port, so readiness waits for it.
+	for i, a := range s.addrs {
+		if strings.ToLower(s.opt.Listen[i].Transport) == "udp" {
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if c, err := s.ua.TransportLayer().GetConnection("udp", a.String()); err == nil && c != nil {
+					break
+				}
+			}
+		}
+		s.log.Info("sip listening", "transport", s.opt.Listen[i].Transport, "address", a.String())
+	}
+	close(s.ready)
+	<-ctx.Done()
+	s.closed.Store(true)
+	s.closeListeners()
+	s.queue.close()
+	s.ua.Close()
+	wg.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+}
+
+// Subscriptions returns the number of active subscriptions, in total and
+// per package (indexed by Package).
+func (s *Server) Subscriptions() (total int, byPackage [2]int) { return s.subs.count() }
+
+// Watchers returns the number of subscriptions to one user.
+func (s *Server) Watchers(userID string) int { return len(s.subs.watchers(userID, nil)) }
+
+// respond sends a response, logging a failure to send it.
+func (s *Server) respond(tx sip.ServerTransaction, res *sip.Response) {
+	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
+	if err := tx.Respond(res); err != nil {
+		s.log.Debug("cannot send response", "status", res.StatusCode, "err", err)
+	}
+	s.opt.Metrics.Response(res.StatusCode)
+}
+
+// reply sends a response with no body and the given extra headers.
+func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	s.respond(tx, res)
+}
+
+// authenticate checks req and answers 401 itself when it fails; ok tells
+// the handler whether to go on.
+func (s *Server) authenticate(req *sip.Request, tx sip.ServerTransaction) (identity, bool) {
+	id, out := s.auth.check(req)
+	switch out {
+	case authOK:
+		return id, true
+	case authFailed:
+		s.opt.Metrics.AuthFailure(string(req.Method))
+		s.log.Info("authentication failed", "method", req.Method, "source", req.Source())
+	}
+	res := sip.NewResponseFromRequest(req, 401, "Unauthorized", nil)
+	s.auth.challenge(res, out == authStale)
+	s.respond(tx, res)
+	return identity{}, false
+}
+
+const allowedMethods = "SUBSCRIBE, NOTIFY, PUBLISH, REGISTER, OPTIONS"
+const allowedEvents = "presence, dialog"
+
+func (s *Server) handleOptions(req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(req, tx, 200, "OK",
+		sip.NewHeader("Allow", allowedMethods),
+		sip.NewHeader("Allow-Events", allowedEvents),
+		sip.NewHeader("Accept", "application/pidf+xml, application/dialog-info+xml"),
+		sip.NewHeader("Accept-Language", "en"),
+		sip.NewHeader("Supported", ""),
+	)
+}
+
+func (s *Server) handleUnknown(req *sip.Request, tx sip.ServerTransaction) {
+	if req.IsAck() {
+		return
+	}
+	s.reply(req, tx, 405, "Method Not Allowed", sip.NewHeader("Allow", allowedMethods))
+}
+
+// expiresOf reads a request's Expires header: the default when absent, -1
+// when malformed.
+func (s *Server) expiresOf(req *sip.Request) int {
+	h := req.GetHeader("Expires")
+	if h == nil {
+		return s.opt.DefaultExpires
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
+	if err != nil {
+		return -1
+	}
+	return int(min(n, 1<<31-1))
+}
+
+// clampExpires applies the policy: 0 stays 0, below min is too brief
+// (false), above max is shortened.
+func (s *Server) clampExpires(n int) (int, bool) {
+	switch {
+	case n == 0:
+		return 0, true
+	case n < s.opt.MinExpires:
+		return n, false
+	case n > s.opt.MaxExpires:
+		return s.opt.MaxExpires, true
+	}
+	return n, true
+}
+
+func (s *Server) intervalTooBrief(req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(req, tx, 423, "Interval Too Brief", sip.NewHeader("Min-Expires", strconv.Itoa(s.opt.MinExpires)))
+}
+
+// accepts reports whether the request's Accept headers allow the media
+// type (no Accept header allows the package's default).
+func accepts(req *sip.Request, mediaType string) bool {
+	hs := req.GetHeaders("Accept")
+	if len(hs) == 0 {
+		return true
+	}
+	major, _, _ := strings.Cut(mediaType, "/")
+	for _, h := range hs {
+		for _, part := range strings.Split(h.Value(), ",") {
+			t, _, _ := strings.Cut(part, ";")
+			t = strings.ToLower(strings.TrimSpace(t))
+			if t == "" && len(hs) == 1 && strings.TrimSpace(h.Value()) == "" {
+				return true // an empty Accept header: treat as absent
+			}
+			if t == mediaType || t == "*/*" || t == major+"/*" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// parseEvent splits an Event header into package token and id parameter.
+func parseEvent(v string) (pkg, id string) {
+	parts := strings.Split(v, ";")
+	pkg = strings.ToLower(strings.TrimSpace(parts[0]))
+	for _, p := range parts[1:] {
+		k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+		if strings.EqualFold(k, "id") {
+			id = strings.Trim(val, `"`)
+		}
+	}
+	return pkg, id
+}
+
+// localAddr is the address we advertise (Via, Contact) to reach a
+// subscriber over a transport: the listener's own address, or where it is
+// a wildcard, the local address the routing table picks for the peer.
+func (s *Server) localAddr(transport, peer string) (string, int) {
+	want := "udp"
+	if transport != "UDP" {
+		want = "tcp"
+	}
+	peerHost := hostOnly(peer)
+	peerIP, _ := netip.ParseAddr(strings.Trim(peerHost, "[]"))
+	for i, l := range s.opt.Listen {
+		lt := strings.ToLower(l.Transport)
+		if (want == "udp") != (lt == "udp") || (transport == "TLS") != (lt == "tls") {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(s.addrs[i].String())
+		if err != nil {
+			continue
+		}
+		if peerIP.IsValid() && peerIP.Unmap().Is4() != ap.Addr().Unmap().Is4() && !ap.Addr().IsUnspecified() {
+			continue
+		}
+		host := ap.Addr().Unmap()
+		if host.IsUnspecified() {
+			host = s.routeTo(peerIP)
+		}
+		return host.String(), int(ap.Port())
+	}
+	return "127.0.0.1", 5060
+}
+
+// routeTo returns the local IP the kernel would use to reach ip.
+func (s *Server) routeTo(ip netip.Addr) netip.Addr {
+	if !ip.IsValid() {
+		return netip.MustParseAddr("127.0.0.1")
+	}
+	key := ip.String()
+	if v, ok := s.localIPs.Load(key); ok {
+		return v.(netip.Addr)
+	}
+	local := netip.MustParseAddr("127.0.0.1")
+	if c, err := net.Dial("udp", netip.AddrPortFrom(ip, 9).String()); err == nil {
+		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			local = ap.Addr().Unmap()
+		}
+		c.Close()
+	}
+	s.localIPs.Store(key, local)
+	return local
+}
+
+// demoteHandler logs sipgo's own messages one level lower (its errors are
+// about peers' malformed packets: noise for an administrator, not news).
+type demoteHandler struct{ slog.Handler }
+
+func (h demoteHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.Handler.Enabled(ctx, demote(l))
+}
+
+func (h demoteHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = demote(r.Level)
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h demoteHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return demoteHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h demoteHandler) WithGroup(n string) slog.Handler { return demoteHandler{h.Handler.WithGroup(n)} }
+
+func demote(l slog.Level) slog.Level {
+	if l >= slog.LevelWarn {
+		return slog.LevelDebug
+	}
+	return slog.LevelDebug - 4
+}

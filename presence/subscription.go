@@ -1,0 +1,187 @@
+package presence
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// Package is a SIP event package the server answers.
+type Package uint8
+
+// Event packages.
+const (
+	PackagePresence Package = iota // Event: presence, application/pidf+xml (RFC 3856)
+	PackageDialog                  // Event: dialog, application/dialog-info+xml (RFC 4235)
+)
+
+// String returns the Event header token.
+func (p Package) String() string {
+	if p == PackageDialog {
+		return "dialog"
+	}
+	return "presence"
+}
+
+// Subscription is one subscription dialog (RFC 6665): SIP's dialog helpers
+// in sipgo are INVITE-only, so this type is the whole dialog state: ids,
+// route set, remote target, our CSeq and the dialog-info version.
+type Subscription struct {
+	// Immutable after creation.
+	ID        string // our tag (To-tag of the 200, From-tag of NOTIFYs)
+	CallID    string
+	RemoteTag string
+	UserID    string // the watched user
+	Entity    string // the presentity URI as subscribed
+	Package   Package
+	EventID   string // the Event header's id parameter, echoed back
+	LocalURI  sip.Uri
+	RemoteURI sip.Uri
+	Transport string // UDP, TCP or TLS
+	Source    string // host:port the SUBSCRIBE came from
+	Watcher   string // authenticated user id of the subscriber ("" if trusted and unknown)
+	UserAgent string
+	Single    bool // one dialog per dialog-info document
+
+	mu         sync.Mutex
+	target     sip.Uri   // remote target (Contact), refreshed by re-SUBSCRIBE
+	routes     []sip.Uri // route set from Record-Route
+	remoteCSeq uint32
+	cseq       uint32    // last NOTIFY CSeq sent
+	version    uint32    // next dialog-info version
+	expires    time.Time // when the subscription lapses
+	timer      *time.Timer
+	dirty      bool          // state changed since the last NOTIFY was built
+	queued     bool          // waiting in the send queue
+	inflight   bool          // a NOTIFY transaction is under way
+	final      string        // reason of the terminating NOTIFY still to send
+	done       bool          // terminated and final NOTIFY sent
+	failures   int           // consecutive failed NOTIFYs
+	removed    bool          // gone from the store
+	force      bool          // send even if the state is unchanged
+	changedAt  time.Time     // first unsent change, for the latency metric
+	lastState  *bridge.State // state rendered in the last NOTIFY
+}
+
+// Expires returns when the subscription lapses.
+func (s *Subscription) Expires() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.expires
+}
+
+// CSeq returns the CSeq of the last NOTIFY sent.
+func (s *Subscription) CSeq() uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cseq
+}
+
+// sourceIP returns the host of Source, the unit of the per-source limit.
+func (s *Subscription) sourceIP() string { return hostOnly(s.Source) }
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
+// store holds every subscription with indices by id, watched user and
+// source address.
+type store struct {
+	mu       sync.RWMutex
+	byID     map[string]*Subscription
+	byUser   map[string]map[*Subscription]struct{}
+	bySource map[string]int
+}
+
+func newStore() *store {
+	return &store{
+		byID:     map[string]*Subscription{},
+		byUser:   map[string]map[*Subscription]struct{}{},
+		bySource: map[string]int{},
+	}
+}
+
+// add inserts s unless its source already has max subscriptions.
+func (st *store) add(s *Subscription, max int) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ip := s.sourceIP()
+	if max > 0 && st.bySource[ip] >= max {
+		return false
+	}
+	st.byID[s.ID] = s
+	m := st.byUser[s.UserID]
+	if m == nil {
+		m = map[*Subscription]struct{}{}
+		st.byUser[s.UserID] = m
+	}
+	m[s] = struct{}{}
+	st.bySource[ip]++
+	return true
+}
+
+// remove takes s out of every index; it reports whether s was there.
+func (st *store) remove(s *Subscription) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.byID[s.ID] != s {
+		return false
+	}
+	delete(st.byID, s.ID)
+	if m := st.byUser[s.UserID]; m != nil {
+		delete(m, s)
+		if len(m) == 0 {
+			delete(st.byUser, s.UserID)
+		}
+	}
+	ip := s.sourceIP()
+	if st.bySource[ip]--; st.bySource[ip] <= 0 {
+		delete(st.bySource, ip)
+	}
+	return true
+}
+
+func (st *store) get(id string) (*Subscription, bool) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	s, ok := st.byID[id]
+	return s, ok
+}
+
+// watchers returns the subscriptions to a user.
+func (st *store) watchers(userID string, dst []*Subscription) []*Subscription {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	for s := range st.byUser[userID] {
+		dst = append(dst, s)
+	}
+	return dst
+}
+
+// count returns the number of subscriptions, per package.
+func (st *store) count() (total int, byPackage [2]int) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	for _, s := range st.byID {
+		byPackage[s.Package]++
+	}
+	return len(st.byID), byPackage
+}
+
+// all returns every subscription.
+func (st *store) all() []*Subscription {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	out := make([]*Subscription, 0, len(st.byID))
+	for _, s := range st.byID {
+		out = append(out, s)
+	}
+	return out
+}
