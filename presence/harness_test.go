@@ -52,7 +52,7 @@ func newEnv(t *testing.T, opts ...envOption) *testEnv {
 	b.Apply(bridge.Snapshot{Source: "pbx", Devices: map[string]bridge.DeviceState{
 		"PJSIP/100": bridge.DeviceIdle, "PJSIP/101": bridge.DeviceIdle}})
 	opt := Options{
-		Realm: "test.invalid",
+		Realm:  "test.invalid",
 		Listen: []Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "tcp", Address: "127.0.0.1:0"}},
 		Credentials: []Credential{
 			{Username: "debbie", UserID: "debbie", Password: "d-secret"},
@@ -142,12 +142,12 @@ func newPhone(t *testing.T, transport string) *phone {
 
 // subReq describes a SUBSCRIBE.
 type subReq struct {
-	user    string // presentity user part
-	event   string
-	expires int // -1: no Expires header
-	accept  string
+	user      string // presentity user part
+	event     string
+	expires   int // -1: no Expires header
+	accept    string
 	noContact bool
-	body    []byte
+	body      []byte
 }
 
 // dialog is the subscriber's side of a subscription.

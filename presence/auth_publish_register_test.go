@@ -1,0 +1,289 @@
+package presence
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+)
+
+// request builds an out-of-dialog request from the phone to the server.
+func (p *phone) request(server string, method sip.RequestMethod, user string, hdrs map[string]string, body []byte) *sip.Request {
+	req := sip.NewRequest(method, p.target(server, user))
+	fromUser := p.user
+	if fromUser == "" {
+		fromUser = "anonymous"
+	}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: fromUser, Host: "127.0.0.1"}, Params: sip.NewParams()}
+	from.Params.Add("tag", sip.GenerateTagN(10))
+	req.AppendHeader(from)
+	toUser := user
+	if method == sip.REGISTER {
+		toUser = p.user
+	}
+	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: toUser, Host: "127.0.0.1"}})
+	cid := sip.CallIDHeader(sip.GenerateTagN(16) + "@test")
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: method})
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	for k, v := range hdrs {
+		req.AppendHeader(sip.NewHeader(k, v))
+	}
+	req.SetBody(body)
+	req.Laddr = sip.Addr{IP: p.addr.IP, Port: p.addr.Port}
+	return req
+}
+
+func withCreds(p *phone, user, pw string) *phone {
+	p.user, p.password = user, pw
+	return p
+}
+
+func TestUnauthenticatedLearnNothing(t *testing.T) {
+	env := newEnv(t) // no trusted networks
+	p := newPhone(t, "UDP")
+	for _, user := range []string{"100", "999"} {
+		res, _ := p.subscribe(env.udp, subReq{user: user, event: "presence", expires: 600})
+		if res.StatusCode != 401 {
+			t.Errorf("SUBSCRIBE to %s without credentials: %d, want 401 (never 404)", user, res.StatusCode)
+		}
+		hs := res.GetHeaders("WWW-Authenticate")
+		if len(hs) != 2 || !strings.Contains(hs[0].Value(), "algorithm=SHA-256") || !strings.Contains(hs[1].Value(), "algorithm=MD5") {
+			t.Errorf("challenges: %v", hs)
+		}
+	}
+	// Wrong password: still 401, still no state.
+	withCreds(p, "bob", "wrong")
+	res, _ := p.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600})
+	if res.StatusCode != 401 {
+		t.Errorf("wrong password: %d", res.StatusCode)
+	}
+	// A known user with the right password and an unknown presentity: 404
+	// only now that the caller is known.
+	withCreds(p, "bob", "b-secret")
+	if res, _ := p.subscribe(env.udp, subReq{user: "999", event: "presence", expires: 600}); res.StatusCode != 404 {
+		t.Errorf("authenticated, unknown presentity: %d", res.StatusCode)
+	}
+	p.noNotify(200 * time.Millisecond)
+}
+
+func TestDigestSHA256(t *testing.T) {
+	env := newEnv(t)
+	p := withCreds(newPhone(t, "UDP"), "bob", "b-secret")
+	res, _ := p.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600})
+	if res.StatusCode != 200 {
+		t.Fatalf("SHA-256 digest: %d", res.StatusCode)
+	}
+	p.nextNotify(2 * time.Second)
+}
+
+func TestDigestMD5(t *testing.T) {
+	env := newEnv(t)
+	p := newPhone(t, "UDP")
+	p.user = "debbie"
+	req := p.request(env.udp, sip.REGISTER, "", map[string]string{"Expires": "600",
+		"Contact": "<sip:debbie@127.0.0.1:" + strconv.Itoa(p.addr.Port) + ">"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := p.client.Do(ctx, req)
+	if err != nil || res.StatusCode != 401 {
+		t.Fatalf("first REGISTER: %v %v", res, err)
+	}
+	var md5 *digest.Challenge
+	for _, h := range res.GetHeaders("WWW-Authenticate") {
+		if c, err := digest.ParseChallenge(h.Value()); err == nil && c.Algorithm == "MD5" {
+			md5 = c
+		}
+	}
+	if md5 == nil {
+		t.Fatal("no MD5 challenge")
+	}
+	cred, err := digest.Digest(md5, digest.Options{Method: "REGISTER", URI: req.Recipient.Addr(), Username: "debbie", Password: "d-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req2 := req.Clone()
+	req2.RemoveHeader("Via")
+	req2.CSeq().SeqNo++
+	req2.AppendHeader(sip.NewHeader("Authorization", cred.String()))
+	res, err = p.client.Do(ctx, req2)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("MD5 REGISTER: %v %v", res, err)
+	}
+}
+
+func TestStaleNonce(t *testing.T) {
+	a := newAuthenticator("r", nil, []Credential{{Username: "u", UserID: "u", Password: "p"}})
+	past := time.Now().Add(-time.Hour)
+	a.now = func() time.Time { return past }
+	old := a.nonce()
+	a.now = time.Now
+	if fresh, valid := a.checkNonce(old); fresh || !valid {
+		t.Errorf("hour-old nonce: fresh %v valid %v", fresh, valid)
+	}
+	if _, valid := a.checkNonce(old[:len(old)-2] + "00"); valid {
+		t.Error("tampered nonce accepted")
+	}
+	if _, valid := a.checkNonce("zz"); valid {
+		t.Error("garbage nonce accepted")
+	}
+	// The right password on an expired nonce gives stale, not failure.
+	req := sip.NewRequest(sip.SUBSCRIBE, sip.Uri{Scheme: "sip", User: "1", Host: "h"})
+	req.SetSource("192.0.2.1:5060")
+	cred, _ := digest.Digest(&digest.Challenge{Realm: "r", Nonce: old, Algorithm: "MD5", QOP: []string{"auth"}},
+		digest.Options{Method: "SUBSCRIBE", URI: "sip:1@h", Username: "u", Password: "p"})
+	req.AppendHeader(sip.NewHeader("Authorization", cred.String()))
+	if _, out := a.check(req); out != authStale {
+		t.Errorf("right password, old nonce: %v, want stale", out)
+	}
+	// The digest-uri must name the request's target.
+	cred, _ = digest.Digest(&digest.Challenge{Realm: "r", Nonce: a.nonce(), Algorithm: "MD5", QOP: []string{"auth"}},
+		digest.Options{Method: "SUBSCRIBE", URI: "sip:2@h", Username: "u", Password: "p"})
+	req.RemoveHeader("Authorization")
+	req.AppendHeader(sip.NewHeader("Authorization", cred.String()))
+	if _, out := a.check(req); out != authFailed {
+		t.Errorf("digest for another URI: %v, want failure", out)
+	}
+}
+
+const meetingPIDF = `<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+ xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:debbie@127.0.0.1">
+ <tuple id="t1"><status><basic>open</basic></status></tuple>
+ <dm:person id="p1"><rpid:activities><rpid:meeting/></rpid:activities><dm:note>Budget review</dm:note></dm:person>
+</presence>`
+
+func TestPublish(t *testing.T) {
+	env := newEnv(t)
+	watcher := withCreds(newPhone(t, "UDP"), "bob", "b-secret")
+	if res, _ := watcher.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600}); res.StatusCode != 200 {
+		t.Fatal(res.StatusCode)
+	}
+	watcher.nextNotify(2 * time.Second)
+
+	pub := withCreds(newPhone(t, "UDP"), "debbie", "d-secret")
+	publish := func(hdrs map[string]string, body string) *sip.Response {
+		if _, ok := hdrs["Event"]; !ok {
+			hdrs["Event"] = "presence"
+		}
+		if body != "" {
+			hdrs["Content-Type"] = "application/pidf+xml"
+		}
+		var b []byte
+		if body != "" {
+			b = []byte(body)
+		}
+		return pub.do(pub.request(env.udp, sip.PUBLISH, "100", hdrs, b))
+	}
+	res := publish(map[string]string{"Expires": "600"}, meetingPIDF)
+	etag := header(res, "SIP-ETag")
+	if res.StatusCode != 200 || etag == "" || header(res, "Expires") != "600" {
+		t.Fatalf("PUBLISH: %d etag %q expires %q", res.StatusCode, etag, header(res, "Expires"))
+	}
+	n := watcher.notifyWhere("Budget review", 2*time.Second)
+	if !strings.Contains(string(n.Body()), "<rpid:meeting/>") {
+		t.Errorf("watcher does not see the meeting:\n%s", n.Body())
+	}
+	// Refresh without a body: a new entity tag, the old one is gone.
+	res = publish(map[string]string{"Expires": "600", "SIP-If-Match": etag}, "")
+	etag2 := header(res, "SIP-ETag")
+	if res.StatusCode != 200 || etag2 == "" || etag2 == etag {
+		t.Errorf("refresh: %d etag %q", res.StatusCode, etag2)
+	}
+	if res := publish(map[string]string{"Expires": "600", "SIP-If-Match": etag}, ""); res.StatusCode != 412 {
+		t.Errorf("stale entity tag: %d, want 412", res.StatusCode)
+	}
+	if st, _ := env.bridge.State("debbie"); !st.Person.Has("meeting") {
+		t.Errorf("refresh lost the published state: %+v", st.Person)
+	}
+	// Removal.
+	if res := publish(map[string]string{"Expires": "0", "SIP-If-Match": etag2}, ""); res.StatusCode != 200 {
+		t.Errorf("removal: %d", res.StatusCode)
+	}
+	n = watcher.nextNotify(2 * time.Second)
+	if strings.Contains(string(n.Body()), "Budget review") {
+		t.Errorf("removed publication still shown:\n%s", n.Body())
+	}
+	// Errors.
+	if res := publish(map[string]string{"Expires": "600", "Event": "dialog"}, meetingPIDF); res.StatusCode != 489 {
+		t.Errorf("Event: dialog: %d", res.StatusCode)
+	}
+	r := pub.request(env.udp, sip.PUBLISH, "100", map[string]string{"Event": "presence", "Content-Type": "text/plain"}, []byte("hi"))
+	if res := pub.do(r); res.StatusCode != 415 || header(res, "Accept") == "" {
+		t.Errorf("text/plain: %d", res.StatusCode)
+	}
+	if res := publish(map[string]string{"Expires": "600"}, "<presence"); res.StatusCode != 400 {
+		t.Errorf("bad XML: %d", res.StatusCode)
+	}
+	if res := publish(map[string]string{"Expires": "5"}, meetingPIDF); res.StatusCode != 423 {
+		t.Errorf("too brief: %d", res.StatusCode)
+	}
+	if res := publish(map[string]string{"Expires": "600"}, ""); res.StatusCode != 400 {
+		t.Errorf("initial PUBLISH without body: %d", res.StatusCode)
+	}
+	// Bob may not publish for Debbie.
+	bobPub := withCreds(newPhone(t, "UDP"), "bob", "b-secret")
+	r = bobPub.request(env.udp, sip.PUBLISH, "100", map[string]string{"Event": "presence", "Content-Type": "application/pidf+xml"}, []byte(meetingPIDF))
+	if res := bobPub.do(r); res.StatusCode != 403 {
+		t.Errorf("publishing for another user: %d, want 403", res.StatusCode)
+	}
+}
+
+func TestPublicationExpires(t *testing.T) {
+	env := newEnv(t, func(o *Options) { o.MinExpires = 1 })
+	pub := withCreds(newPhone(t, "UDP"), "debbie", "d-secret")
+	r := pub.request(env.udp, sip.PUBLISH, "100", map[string]string{"Event": "presence", "Expires": "1",
+		"Content-Type": "application/pidf+xml"}, []byte(meetingPIDF))
+	if res := pub.do(r); res.StatusCode != 200 {
+		t.Fatal(res.StatusCode)
+	}
+	waitUntil(t, 5*time.Second, "publication expires", func() bool {
+		st, _ := env.bridge.State("debbie")
+		return st.Person.IsZero() && len(env.srv.Publications()) == 0
+	})
+}
+
+func TestRegister(t *testing.T) {
+	env := newEnv(t)
+	p := withCreds(newPhone(t, "UDP"), "debbie", "d-secret")
+	contact := "<sip:debbie@127.0.0.1:" + strconv.Itoa(p.addr.Port) + ">"
+	res := p.do(p.request(env.udp, sip.REGISTER, "", map[string]string{"Contact": contact, "Expires": "7200"}, nil))
+	if res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d", res.StatusCode)
+	}
+	if c := header(res, "Contact"); !strings.Contains(c, "expires=3600") && !strings.Contains(c, "expires=3599") {
+		t.Errorf("binding not clamped to max_expires: %q", c)
+	}
+	if header(res, "Date") == "" || !strings.HasSuffix(header(res, "Date"), "GMT") {
+		t.Errorf("Date: %q", header(res, "Date"))
+	}
+	regs := env.srv.Registrations()
+	if len(regs) != 1 || regs[0].UserID != "debbie" {
+		t.Fatalf("registrations: %+v", regs)
+	}
+	// Registration is not a PBX device: the state does not change.
+	if st, _ := env.bridge.State("debbie"); len(st.Devices) != 1 {
+		t.Errorf("registration changed devices: %+v", st.Devices)
+	}
+	if res := p.do(p.request(env.udp, sip.REGISTER, "", map[string]string{"Contact": contact, "Expires": "10"}, nil)); res.StatusCode != 423 {
+		t.Errorf("too brief: %d", res.StatusCode)
+	}
+	// Bob may not register Debbie's line.
+	bob := withCreds(newPhone(t, "UDP"), "bob", "b-secret")
+	r := bob.request(env.udp, sip.REGISTER, "", map[string]string{"Contact": contact, "Expires": "600"}, nil)
+	r.To().Address.User = "debbie"
+	if res := bob.do(r); res.StatusCode != 403 {
+		t.Errorf("registering another user: %d, want 403", res.StatusCode)
+	}
+	if res := p.do(p.request(env.udp, sip.REGISTER, "", map[string]string{"Contact": "*", "Expires": "0"}, nil)); res.StatusCode != 200 {
+		t.Errorf("unregister all: %d", res.StatusCode)
+	}
+	if regs := env.srv.Registrations(); len(regs) != 0 {
+		t.Errorf("bindings left: %+v", regs)
+	}
+}
