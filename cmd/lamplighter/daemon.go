@@ -13,6 +13,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 )
 
@@ -22,6 +23,7 @@ type daemon struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	bridge   *bridge.Bridge
+	sip      *presence.Server
 	adapters []adapters.Adapter
 }
 
@@ -31,6 +33,14 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{cfg: cfg, log: log, bridge: bridge.New(dir)}
+	opt, err := presenceOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opt.Logger = log.With("component", "sip")
+	if d.sip, err = presence.New(d.bridge, opt); err != nil {
+		return nil, err
+	}
 	for i := range cfg.PBX {
 		a, err := d.newAdapter(&cfg.PBX[i], dir)
 		if err != nil {
@@ -74,8 +84,17 @@ func (d *daemon) Run(ctx context.Context) error {
 	defer cancel()
 	cancelLog := d.bridge.Listen(d.logChange)
 	defer cancelLog()
+	cancelSIP := d.bridge.Listen(d.sip.HandleChange)
+	defer cancelSIP()
 
 	var wg sync.WaitGroup
+	sipDone := make(chan error, 1)
+	go func() { sipDone <- d.sip.Run(ctx) }()
+	select {
+	case <-d.sip.Ready():
+	case err := <-sipDone:
+		return err
+	}
 	for _, a := range d.adapters {
 		wg.Add(1)
 		go func() {
@@ -97,9 +116,20 @@ func (d *daemon) Run(ctx context.Context) error {
 	}()
 	d.log.Info("lamplighter running", "users", d.bridge.Directory().Len(), "pbx", len(d.adapters))
 	notifySystemd(d.log, sddaemon.SdNotifyReady)
-	<-ctx.Done()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-sipDone:
+		cancel()
+	}
 	notifySystemd(d.log, sddaemon.SdNotifyStopping)
 	wg.Wait()
+	if runErr == nil {
+		runErr = <-sipDone
+	}
+	if runErr != nil {
+		return runErr
+	}
 	d.log.Info("lamplighter stopped")
 	return nil
 }

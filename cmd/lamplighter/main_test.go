@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,13 +69,26 @@ func TestCheckConfig(t *testing.T) {
 	}
 }
 
+// demoOnFreePorts is the built-in demo config with its listeners moved to
+// free ports, so that the test does not fight a running demo for 5060.
+func demoOnFreePorts(t *testing.T) string {
+	t.Helper()
+	src := strings.NewReplacer(`127.0.0.1:5060`, `127.0.0.1:0`, `127.0.0.1:8080`, `127.0.0.1:0`).Replace(string(demoConfig))
+	path := filepath.Join(t.TempDir(), "demo.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestDemoRunsAndStops(t *testing.T) {
-	// The demo's own listeners are on fixed loopback ports; the demo must
-	// start, show lamps changing and stop cleanly when its context ends.
+	// The demo directory on the simulated PBX: it must start, show lamps
+	// changing and stop cleanly when its context ends.
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"-demo"}, &out, &out) }()
+	go func() { done <- run(ctx, []string{"-config", demoOnFreePorts(t)}, &out, &out) }()
+	waitFor(t, &out, "sip listening", 10*time.Second)
 	waitFor(t, &out, "lamplighter running", 10*time.Second)
 	waitFor(t, &out, "msg=lamp user=debbie state=idle", 10*time.Second)
 	// The demo places a call every five seconds on average.
@@ -86,7 +100,24 @@ func TestDemoRunsAndStops(t *testing.T) {
 			t.Errorf("exit %d:\n%s", code, out.String())
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("demo did not stop within 10s of its context ending")
+		t.Fatal("did not stop within 10s of its context ending")
+	}
+}
+
+func TestSIPPortInUseIsAnError(t *testing.T) {
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("sip:\n  listen: [{transport: udp, address: \""+ln.LocalAddr().String()+"\"}]\n"+
+		"users: [{id: a, extensions: [\"100\"]}]\n"), 0o644)
+	var out syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if code := run(ctx, []string{"-config", path}, &out, &out); code != 1 || !strings.Contains(out.String(), "address already in use") {
+		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 }
 

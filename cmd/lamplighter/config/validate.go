@@ -65,7 +65,7 @@ func p(parts ...any) []any { return parts }
 func (v *validator) check(c *Config) {
 	v.checkSIP(c)
 	v.checkPolicy(c)
-	if err := checkHostPort(c.HTTP.Listen); err != nil {
+	if err := checkListenAddr(c.HTTP.Listen); err != nil {
 		v.at(p("http", "listen"), "bad address %q: %v", c.HTTP.Listen, err)
 	}
 	v.checkSecret(p("http"), "token", c.HTTP.TokenFile, c.HTTP.TokenEnv)
@@ -109,7 +109,7 @@ func (v *validator) checkSIP(c *Config) {
 		default:
 			v.at(append(path, "transport"), "transport %q is not udp, tcp or tls", l.Transport)
 		}
-		if err := checkHostPort(l.Address); err != nil {
+		if err := checkListenAddr(l.Address); err != nil {
 			v.at(append(path, "address"), "bad address %q: %v", l.Address, err)
 		}
 		key := l.Transport + " " + l.Address
@@ -313,6 +313,15 @@ func unwrapPath(err error) error {
 		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
 	}
 	return err
+}
+
+// checkListenAddr is checkHostPort for addresses to listen on, where port
+// 0 asks the kernel for a free port.
+func checkListenAddr(s string) error {
+	if host, port, err := net.SplitHostPort(s); err == nil && port == "0" {
+		return checkHostPort(net.JoinHostPort(host, "1"))
+	}
+	return checkHostPort(s)
 }
 
 // checkHostPort accepts host:port with a port from 1 to 65535 and a host

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/presence"
+)
+
+// presenceOptions turns the config's sip and policy sections and the
+// users' credentials into the SIP server's options.
+func presenceOptions(cfg *config.Config) (presence.Options, error) {
+	opt := presence.Options{
+		Realm:                     cfg.SIP.Realm,
+		UserAgent:                 cfg.SIP.UserAgent,
+		MinExpires:                cfg.Policy.MinExpires,
+		MaxExpires:                cfg.Policy.MaxExpires,
+		DefaultExpires:            cfg.Policy.DefaultExpires,
+		MaxSubscriptionsPerSource: cfg.Policy.MaxSubscriptionsPerSource,
+		MaxBodyBytes:              cfg.Policy.MaxBodyBytes,
+		Coalesce:                  cfg.Policy.Coalesce,
+	}
+	for _, l := range cfg.SIP.Listen {
+		pl := presence.Listener{Transport: l.Transport, Address: l.Address}
+		if l.Transport == "tls" {
+			cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
+			if err != nil {
+				return opt, fmt.Errorf("sip tls %s: %w", l.Address, err)
+			}
+			pl.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		opt.Listen = append(opt.Listen, pl)
+	}
+	for _, n := range cfg.SIP.TrustedNetworks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, err2 := netip.ParseAddr(n)
+			if err2 != nil {
+				return opt, fmt.Errorf("trusted network %q: %w", n, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		opt.Trusted = append(opt.Trusted, p.Masked())
+	}
+	creds, err := credentials(cfg)
+	if err != nil {
+		return opt, err
+	}
+	opt.Credentials = creds
+	opt.SingleDialog = singleDialogPolicy(cfg)
+	return opt, nil
+}
+
+// credentials resolves every user's SIP password; users without one can
+// only be reached from trusted networks.
+func credentials(cfg *config.Config) ([]presence.Credential, error) {
+	var out []presence.Credential
+	for i := range cfg.Users {
+		u := &cfg.Users[i]
+		pw, err := cfg.UserPassword(u, nil)
+		if err != nil {
+			return nil, fmt.Errorf("user %q: %w", u.ID, err)
+		}
+		if pw != "" {
+			out = append(out, presence.Credential{Username: u.SIP.Username, UserID: u.ID, Password: pw})
+		}
+	}
+	return out, nil
+}
+
+// singleDialogPolicy decides per subscriber: the watcher's own user
+// setting first, then the global switch and User-Agent prefixes.
+func singleDialogPolicy(cfg *config.Config) func(userAgent, watcher string) bool {
+	perUser := map[string]bool{}
+	for _, u := range cfg.Users {
+		if u.SingleDialog != nil {
+			perUser[u.ID] = *u.SingleDialog
+		}
+	}
+	all := cfg.Policy.SingleDialog.All
+	prefixes := cfg.Policy.SingleDialog.UserAgents
+	return func(userAgent, watcher string) bool {
+		if v, ok := perUser[watcher]; ok && watcher != "" {
+			return v
+		}
+		if all {
+			return true
+		}
+		for _, p := range prefixes {
+			if strings.HasPrefix(userAgent, p) {
+				return true
+			}
+		}
+		return false
+	}
+}
