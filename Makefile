@@ -5,8 +5,16 @@ GO ?= go
 
 .PHONY: test deps vet build fuzz
 
+# LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
-	$(GO) test -race -count=1 ./...
+	LAMPLIGHTER_E2E=require $(GO) test -race -count=1 ./...
+	$(MAKE) fuzz FUZZTIME=10s
+
+# Runs each fuzz target for a while (longer by hand: make fuzz FUZZTIME=5m).
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDF$$' -fuzztime $(FUZZTIME) ./presence/body/
+	$(GO) test -run '^$$' -fuzz '^FuzzSubscribe$$' -fuzztime $(FUZZTIME) ./presence/
 
 vet:
 	$(GO) vet ./...

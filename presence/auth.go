@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,7 @@ const (
 // key, valid for nonceTTL.
 type authenticator struct {
 	realm    string
+	algs     []string // challenges offered, in order
 	key      [32]byte
 	trusted  []netip.Prefix
 	creds    atomic.Pointer[map[string]Credential] // by username
@@ -53,8 +55,11 @@ type authenticator struct {
 	now      func() time.Time
 }
 
-func newAuthenticator(realm string, trusted []netip.Prefix, creds []Credential) *authenticator {
-	a := &authenticator{realm: realm, trusted: trusted, nonceTTL: 5 * time.Minute, now: time.Now}
+func newAuthenticator(realm string, algs []string, trusted []netip.Prefix, creds []Credential) *authenticator {
+	if len(algs) == 0 {
+		algs = []string{"MD5"}
+	}
+	a := &authenticator{realm: realm, algs: algs, trusted: trusted, nonceTTL: 5 * time.Minute, now: time.Now}
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic("presence: no randomness: " + err.Error())
 	}
@@ -124,9 +129,11 @@ func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
 	if !ok || user.Password == "" {
 		return identity{}, authFailed
 	}
-	switch strings.ToUpper(cred.Algorithm) {
-	case "", "MD5", "SHA-256":
-	default:
+	alg := strings.ToUpper(cred.Algorithm)
+	if alg == "" {
+		alg = "MD5"
+	}
+	if !slices.Contains(a.algs, alg) {
 		return identity{}, authChallenge
 	}
 	if cred.QOP != "" && cred.QOP != "auth" {
@@ -192,11 +199,11 @@ func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
 	return a.now().Sub(issued) <= a.nonceTTL, true
 }
 
-// challenge adds WWW-Authenticate headers to a 401: SHA-256 first, then
-// MD5, as RFC 8760 asks, so that old phones still find one they know.
+// challenge adds one WWW-Authenticate header per configured algorithm to
+// a 401, in the configured order (RFC 8760: most preferred first).
 func (a *authenticator) challenge(res *sip.Response, stale bool) {
 	n := a.nonce()
-	for _, alg := range []string{"SHA-256", "MD5"} {
+	for _, alg := range a.algs {
 		c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
 		res.AppendHeader(sip.NewHeader("WWW-Authenticate", c.String()))
 	}

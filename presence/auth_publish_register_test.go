@@ -118,7 +118,7 @@ func TestDigestMD5(t *testing.T) {
 }
 
 func TestStaleNonce(t *testing.T) {
-	a := newAuthenticator("r", nil, []Credential{{Username: "u", UserID: "u", Password: "p"}})
+	a := newAuthenticator("r", nil, nil, []Credential{{Username: "u", UserID: "u", Password: "p"}})
 	past := time.Now().Add(-time.Hour)
 	a.now = func() time.Time { return past }
 	old := a.nonce()

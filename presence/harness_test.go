@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 
 // testEnv is a bridge and a running presence server on loopback.
 type testEnv struct {
-	t      *testing.T
+	t      testing.TB
 	bridge *bridge.Bridge
 	srv    *Server
 	udp    string // server's UDP address
@@ -38,7 +38,7 @@ type envOption func(*Options)
 
 func trusted(o *Options) { o.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }
 
-func newEnv(t *testing.T, opts ...envOption) *testEnv {
+func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	t.Helper()
 	dir, err := bridge.NewDirectory([]bridge.User{
 		{ID: "debbie", Name: "Debbie Harry", Extensions: []string{"100"}, Aliases: []string{"debbie"},
@@ -58,7 +58,8 @@ func newEnv(t *testing.T, opts ...envOption) *testEnv {
 			{Username: "debbie", UserID: "debbie", Password: "d-secret"},
 			{Username: "bob", UserID: "bob", Password: "b-secret"},
 		},
-		Coalesce: 30 * time.Millisecond,
+		Coalesce:         30 * time.Millisecond,
+		DigestAlgorithms: []string{"SHA-256", "MD5"},
 	}
 	if testing.Verbose() {
 		opt.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -39,10 +39,15 @@ type Listener struct {
 
 // Options configure a Server. Zero values get the defaults noted.
 type Options struct {
-	Realm     string // digest realm
-	UserAgent string // default "Lamplighter"
-	Listen    []Listener
-	Trusted   []netip.Prefix
+	Realm string // digest realm
+	// DigestAlgorithms are the digest challenges offered, in order:
+	// "MD5" and/or "SHA-256" (RFC 8760). Default MD5 alone: RFC 8760 asks
+	// clients to skip challenges they do not know, but real ones (baresip
+	// 1.0, older desk-phone firmware) give up on the whole 401 instead.
+	DigestAlgorithms []string
+	UserAgent        string // default "Lamplighter"
+	Listen           []Listener
+	Trusted          []netip.Prefix
 	// Credentials of the users who may SUBSCRIBE, PUBLISH and REGISTER.
 	Credentials []Credential
 	// Expiry bounds in seconds for SUBSCRIBE, PUBLISH and REGISTER:
@@ -158,7 +163,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	s := &Server{
 		opt: opt, states: states, log: log,
-		auth: newAuthenticator(opt.Realm, opt.Trusted, opt.Credentials),
+		auth: newAuthenticator(opt.Realm, opt.DigestAlgorithms, opt.Trusted, opt.Credentials),
 		ua:   ua, srv: srv, client: client,
 		subs:  newStore(),
 		queue: newSendQueue(),

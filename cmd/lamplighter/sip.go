@@ -15,6 +15,7 @@ import (
 func presenceOptions(cfg *config.Config) (presence.Options, error) {
 	opt := presence.Options{
 		Realm:                     cfg.SIP.Realm,
+		DigestAlgorithms:          cfg.SIP.DigestAlgorithms,
 		UserAgent:                 cfg.SIP.UserAgent,
 		MinExpires:                cfg.Policy.MinExpires,
 		MaxExpires:                cfg.Policy.MaxExpires,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 
 	"github.com/lamplighter/lamplighter/bridge"
 )
@@ -114,7 +115,9 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 					if err != nil {
 						return ps, fmt.Errorf("bad PIDF: %w", err)
 					}
-					ps.Extra = append(ps.Extra, raw)
+					if raw != nil {
+						ps.Extra = append(ps.Extra, raw)
+					}
 				} else if err := dec.Skip(); err != nil {
 					return ps, fmt.Errorf("bad PIDF: %w", err)
 				}
@@ -171,11 +174,14 @@ func isPerson(n xml.Name) bool { return n.Space == NSDataModel && n.Local == "pe
 
 // captureElement re-encodes the element that start opens (and everything
 // in it) as a self-contained fragment: namespaces become xmlns attributes
-// on the elements that use them.
+// on the elements that use them. An element whose names cannot stand
+// without their prefix (a local part like "0abc") is consumed and dropped:
+// it returns nil, nil.
 func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := xml.NewEncoder(&buf)
 	depth := 0
+	valid := true
 	tok := xml.Token(start)
 	for {
 		switch t := tok.(type) {
@@ -185,13 +191,21 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 				return nil, errors.New("element too deep")
 			}
 			t.Attr = cleanAttrs(t.Attr)
+			if !isNCName(t.Name.Local) {
+				valid = false
+			}
+			for _, a := range t.Attr {
+				if !isNCName(a.Name.Local) {
+					valid = false
+				}
+			}
 			tok = t
 		case xml.EndElement:
 			depth--
 		case xml.Directive, xml.ProcInst:
 			tok = nil
 		}
-		if tok != nil {
+		if tok != nil && valid {
 			if err := enc.EncodeToken(xml.CopyToken(tok)); err != nil {
 				return nil, err
 			}
@@ -204,10 +218,29 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if !valid {
+		return nil, nil
+	}
 	if err := enc.Flush(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// isNCName reports whether s is a valid XML name without a colon.
+func isNCName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_' || unicode.IsLetter(r):
+		case i > 0 && (r == '-' || r == '.' || unicode.IsDigit(r) || unicode.Is(unicode.Mn, r)):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // cleanAttrs drops namespace declarations (the encoder writes its own) so

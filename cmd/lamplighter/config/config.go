@@ -48,6 +48,10 @@ type SIP struct {
 	TrustedNetworks []string `yaml:"trusted_networks"`
 	// UserAgent is sent in requests and responses.
 	UserAgent string `yaml:"user_agent"`
+	// DigestAlgorithms are the digest challenges offered, in order: MD5
+	// and/or SHA-256. Default [MD5]: many phones give up on a SHA-256
+	// challenge instead of skipping it.
+	DigestAlgorithms []string `yaml:"digest_algorithms"`
 }
 
 // Listener is one SIP transport and address.
@@ -278,6 +282,9 @@ func (c *Config) defaults() {
 	}
 	if c.SIP.UserAgent == "" {
 		c.SIP.UserAgent = "Lamplighter"
+	}
+	if len(c.SIP.DigestAlgorithms) == 0 {
+		c.SIP.DigestAlgorithms = []string{"MD5"}
 	}
 	p := &c.Policy
 	if p.MinExpires == 0 {

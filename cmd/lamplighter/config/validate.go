@@ -118,6 +118,11 @@ func (v *validator) checkSIP(c *Config) {
 		}
 		seen[key] = lineOf(v.root, path)
 	}
+	for i, a := range c.SIP.DigestAlgorithms {
+		if a != "MD5" && a != "SHA-256" {
+			v.at(p("sip", "digest_algorithms", i), "digest algorithm %q is not MD5 or SHA-256", a)
+		}
+	}
 	for i, n := range c.SIP.TrustedNetworks {
 		if _, err := netip.ParsePrefix(n); err != nil {
 			if _, err2 := netip.ParseAddr(n); err2 != nil {
