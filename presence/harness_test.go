@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,6 +38,8 @@ type testEnv struct {
 type envOption func(*Options)
 
 func trusted(o *Options) { o.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	t.Helper()
@@ -108,10 +111,15 @@ type phone struct {
 	password  string
 }
 
-func newPhone(t *testing.T, transport string) *phone {
+func newPhone(t *testing.T, transport string) *phone { return newPhoneOn(t, transport, "127.0.0.1") }
+
+// newPhoneOn makes a phone whose UDP socket is on host (127.0.0.1 or ::1).
+// Over TLS it trusts any certificate (the test server's is self-signed).
+func newPhoneOn(t *testing.T, transport, host string) *phone {
 	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("TestPhone/1.0"),
+		sipgo.WithUserAgenTLSConfig(&tls.Config{InsecureSkipVerify: true}),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet)))
 	if err != nil {
@@ -126,7 +134,7 @@ func newPhone(t *testing.T, transport string) *phone {
 			tx.Respond(sip.NewResponseFromRequest(req, code, "Answer", nil))
 		}
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,10 +172,10 @@ type dialog struct {
 func (p *phone) target(server string, user string) sip.Uri {
 	host, port, _ := net.SplitHostPort(server)
 	n, _ := strconv.Atoi(port)
-	u := sip.Uri{Scheme: "sip", User: user, Host: host, Port: n}
-	if p.transport == "TCP" {
+	u := sip.Uri{Scheme: "sip", User: user, Host: uriHost(host), Port: n}
+	if p.transport != "UDP" {
 		u.UriParams = sip.NewParams()
-		u.UriParams.Add("transport", "tcp")
+		u.UriParams.Add("transport", strings.ToLower(p.transport))
 	}
 	return u
 }
@@ -190,10 +198,10 @@ func (p *phone) buildSubscribe(d *dialog, r subReq) *sip.Request {
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&mf)
 	if !r.noContact {
-		c := sip.Uri{Scheme: "sip", User: "watcher", Host: "127.0.0.1", Port: p.addr.Port}
-		if p.transport == "TCP" {
+		c := sip.Uri{Scheme: "sip", User: "watcher", Host: uriHost(p.addr.IP.String()), Port: p.addr.Port}
+		if p.transport != "UDP" {
 			c.UriParams = sip.NewParams()
-			c.UriParams.Add("transport", "tcp")
+			c.UriParams.Add("transport", strings.ToLower(p.transport))
 		}
 		req.AppendHeader(&sip.ContactHeader{Address: c})
 	}
@@ -208,8 +216,8 @@ func (p *phone) buildSubscribe(d *dialog, r subReq) *sip.Request {
 	}
 	req.AppendHeader(sip.NewHeader("User-Agent", "TestPhone/1.0"))
 	req.SetBody(r.body)
-	if p.transport == "TCP" {
-		req.SetTransport("TCP")
+	if p.transport != "UDP" {
+		req.SetTransport(p.transport)
 	} else {
 		req.Laddr = sip.Addr{IP: p.addr.IP, Port: p.addr.Port}
 	}
@@ -342,3 +350,13 @@ func (m *testMetrics) NotifyFailed(reason string) {
 }
 
 func (m *testMetrics) NotifySent(Package, string) { m.sent.Add(1) }
+
+// uriHost is how the test phone writes a host into a URI: sipgo brackets
+// an IPv6 address when it writes one, but resolves destinations from the
+// raw host, which must then carry its brackets.
+func uriHost(h string) string {
+	if strings.Contains(h, ":") && !strings.HasPrefix(h, "[") {
+		return "[" + h + "]"
+	}
+	return h
+}
