@@ -194,11 +194,12 @@ func (s *Sim) scheduleOutage(now time.Time) {
 	})
 }
 
-// free returns a phone that is reachable and not in a call, other than not.
-func (s *Sim) free(not string) (Phone, bool) {
+// free returns a phone that is reachable and not in a call, and does not
+// belong to the extension notExt (nobody calls their own other phone).
+func (s *Sim) free(notExt string) (Phone, bool) {
 	var cands []Phone
 	for _, p := range s.phones {
-		if p.Device != not && !s.busy[p.Device] && !s.down[p.Device] {
+		if (notExt == "" || p.Extension != notExt) && !s.busy[p.Device] && !s.down[p.Device] {
 			cands = append(cands, p)
 		}
 	}
@@ -233,7 +234,7 @@ func (s *Sim) startCall(now time.Time) {
 	var caller *leg
 	remote := outsideCallers[s.rng.IntN(len(outsideCallers))]
 	if s.rng.Float64() >= s.cfg.ExternalRate {
-		if from, ok := s.free(callee.Device); ok {
+		if from, ok := s.free(callee.Extension); ok {
 			caller = &leg{call: bridge.Call{
 				ID: fmt.Sprintf("sim-%d-a", n), Device: from.Device, Direction: bridge.Outgoing,
 				State: bridge.CallProceeding, Remote: bridge.Party{Number: callee.Extension, Name: callee.Name},

@@ -16,6 +16,7 @@ func testPhones() []Phone {
 		{Device: "SIM/101", Extension: "101", Name: "Bob"},
 		{Device: "SIM/102", Extension: "102", Name: "Carol"},
 		{Device: "SIM/103", Extension: "103", Name: "Dan"},
+		{Device: "SIM/100-soft", Extension: "100", Name: "Debbie"}, // Debbie's softphone
 	}
 }
 
@@ -49,6 +50,10 @@ func TestSimulationIsLawful(t *testing.T) {
 		ended bool
 	}
 	legs := map[string]*legState{}
+	extOf := map[string]string{}
+	for _, p := range testPhones() {
+		extOf[p.Device] = p.Extension
+	}
 	active := map[string]string{} // device → leg id
 	for _, e := range evs {
 		switch e := e.(type) {
@@ -67,6 +72,9 @@ func TestSimulationIsLawful(t *testing.T) {
 				t.Fatalf("leg %s went from %v to %v (ended %v)", c.ID, l.last, c.State, l.ended)
 			}
 			l.last = c.State
+			if c.Direction == bridge.Outgoing && c.Remote.Number == extOf[c.Device] {
+				t.Fatalf("leg %s: %s calls its own extension", c.ID, c.Device)
+			}
 			if c.Held && c.State != bridge.CallConfirmed {
 				t.Fatalf("leg %s held before answer", c.ID)
 			}
@@ -90,10 +98,16 @@ func TestSimulationIsLawful(t *testing.T) {
 
 func TestSimulationShowsEveryLampState(t *testing.T) {
 	start := time.Date(2026, 11, 21, 9, 0, 0, 0, time.UTC)
+	byExt := map[string]int{} // extension → index in users
 	var users []bridge.User
 	for _, p := range testPhones() {
-		users = append(users, bridge.User{ID: p.Name, Extensions: []string{p.Extension},
-			Devices: []bridge.DeviceRef{{Source: "demo", Device: p.Device}}})
+		ref := bridge.DeviceRef{Source: "demo", Device: p.Device}
+		if i, ok := byExt[p.Extension]; ok {
+			users[i].Devices = append(users[i].Devices, ref)
+			continue
+		}
+		byExt[p.Extension] = len(users)
+		users = append(users, bridge.User{ID: p.Name, Extensions: []string{p.Extension}, Devices: []bridge.DeviceRef{ref}})
 	}
 	dir, err := bridge.NewDirectory(users)
 	if err != nil {
