@@ -103,13 +103,9 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(req, tx, 404, "Not Found")
 		return
 	}
-	// A watcher may only publish for itself; a trusted network may speak
-	// for anyone (a gateway or the PBX).
-	if !id.Trusted && id.UserID != user.ID {
-		s.reply(req, tx, 403, "Forbidden")
-		return
-	}
-	if id.Trusted && id.UserID != "" && id.UserID != user.ID {
+	// A user may only publish for themselves; an anonymous sender on a
+	// trusted network (a gateway, the PBX) may speak for anyone.
+	if id.UserID != user.ID && !(id.Trusted && id.UserID == "") {
 		s.reply(req, tx, 403, "Forbidden")
 		return
 	}
