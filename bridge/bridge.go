@@ -34,12 +34,11 @@ type device struct {
 // effective is the device's state: derived from its calls while it has
 // any, else what the source reported.
 func (d *device) effective() DeviceState {
-	if len(d.calls) == 0 {
-		return d.reported
-	}
 	var agg Aggregator
 	for _, c := range d.calls {
 		switch {
+		case c.Pending():
+			continue
 		case c.Alerting():
 			agg.Add(DeviceRinging)
 		case c.OnHold():
@@ -48,7 +47,10 @@ func (d *device) effective() DeviceState {
 			agg.Add(DeviceInUse)
 		}
 	}
-	return agg.State()
+	if st := agg.State(); st != DeviceInvalid {
+		return st
+	}
+	return d.reported
 }
 
 // source is everything one PBX connection reported.
@@ -362,7 +364,9 @@ func (b *Bridge) compute(u *User) *State {
 			if d, ok := src.devices[ref.Device]; ok {
 				ds = d.effective()
 				for _, c := range d.calls {
-					st.Calls = append(st.Calls, *c)
+					if !c.Pending() {
+						st.Calls = append(st.Calls, *c)
+					}
 				}
 			}
 		}

@@ -342,3 +342,19 @@ func TestPartyLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestPendingIncomingLegIsNotShown(t *testing.T) {
+	b, r, _ := newTestBridge(t)
+	b.Apply(DeviceStateChanged{"ast", "PJSIP/101", DeviceIdle})
+	r.take()
+	leg := Call{ID: "x", Device: "PJSIP/101", Direction: Incoming, State: CallTrying}
+	b.Apply(CallUpdated{"ast", leg})
+	if n := len(r.take()); n != 0 {
+		t.Errorf("a leg not yet ringing changed the lamp (%d changes)", n)
+	}
+	leg.State = CallEarly
+	b.Apply(CallUpdated{"ast", leg})
+	if s := mustState(t, b, "bob"); s.Phone != PhoneRinging || len(s.Calls) != 1 {
+		t.Errorf("ringing leg: %v %v", s.Phone, s.Calls)
+	}
+}

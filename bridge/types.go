@@ -169,8 +169,14 @@ type Call struct {
 	Answered time.Time `json:"answered,omitzero"`
 }
 
-// Alerting reports whether the call rings on this device.
-func (c *Call) Alerting() bool { return c.Direction == Incoming && c.State < CallConfirmed }
+// Alerting reports whether the call rings on this device (an incoming
+// leg in the early state: the phone answered 180).
+func (c *Call) Alerting() bool { return c.Direction == Incoming && c.State == CallEarly }
+
+// Pending reports whether an incoming leg is still being set up towards
+// the device (trying, proceeding): the phone does not ring yet, so the
+// leg is not shown until it does.
+func (c *Call) Pending() bool { return c.Direction == Incoming && c.State < CallEarly }
 
 // Dialing reports whether the device placed the call and it is not yet
 // answered.

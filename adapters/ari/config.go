@@ -1,0 +1,77 @@
+// Package ari is the Asterisk adapter: it follows an Asterisk 18–22 over
+// the Asterisk REST Interface (an events websocket with subscribeAll, and
+// REST for a resync after every connect) and turns channels, dials, holds,
+// device states and endpoint reachability into bridge events. See
+// README.md in this folder for what to configure on the Asterisk side.
+package ari
+
+import (
+	"time"
+
+	"github.com/lamplighter/lamplighter/adapters"
+)
+
+// Config is the `ari:` section of a PBX of kind ari.
+type Config struct {
+	// App is the ARI application name Lamplighter registers (default
+	// "lamplighter"). It must not be used by anything else.
+	App string `yaml:"app"`
+	// InsecureTLS skips certificate checks for https/wss (lab use only).
+	InsecureTLS bool `yaml:"insecure_tls"`
+	// CAFile is a PEM bundle to trust for https/wss.
+	CAFile string `yaml:"ca_file"`
+	// RequestTimeout bounds every REST request (default 5s).
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// ReconnectMin and ReconnectMax bound the backoff between connection
+	// attempts (defaults 500ms and 30s); each wait has jitter.
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// LocalTagVar and RemoteTagVar name the channel variables that carry
+	// a PJSIP leg's SIP tags (defaults LL_LOCAL_TAG, LL_REMOTE_TAG); see
+	// README.md for the dialplan and ari.conf lines that set them.
+	LocalTagVar  string `yaml:"local_tag_var"`
+	RemoteTagVar string `yaml:"remote_tag_var"`
+	// WriteDND mirrors each user's dnd to a Stasis:dnd-USER device on this
+	// Asterisk, so that hints and dialplan can use it (default off).
+	WriteDND bool `yaml:"write_dnd"`
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.App == "" {
+		c.App = "lamplighter"
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 500 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+	if c.LocalTagVar == "" {
+		c.LocalTagVar = "LL_LOCAL_TAG"
+	}
+	if c.RemoteTagVar == "" {
+		c.RemoteTagVar = "LL_REMOTE_TAG"
+	}
+}
+
+// Validate checks the section.
+func (c *Config) Validate() []adapters.ConfigError {
+	var errs []adapters.ConfigError
+	for _, r := range c.App {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			errs = append(errs, adapters.ConfigError{Key: "app", Msg: "use letters, digits, '-', '_' and '.' only"})
+			break
+		}
+	}
+	if c.RequestTimeout < 0 || c.ReconnectMin < 0 || c.ReconnectMax < 0 {
+		errs = append(errs, adapters.ConfigError{Key: "request_timeout", Msg: "durations must not be negative"})
+	}
+	if c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
+		errs = append(errs, adapters.ConfigError{Key: "reconnect_min", Msg: "is above reconnect_max"})
+	}
+	return errs
+}

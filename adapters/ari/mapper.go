@@ -1,0 +1,382 @@
+package ari
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/CyCoreSystems/ari/v5"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// channel is what the mapper knows of one Asterisk channel.
+type channel struct {
+	call     bridge.Call
+	internal bool // the ;2 half of a Local channel: not a device's call leg
+	dialed   string
+}
+
+// mapper turns ARI events into bridge events. It keeps per-channel state
+// (so that each CallUpdated carries the whole leg) and the last state of
+// each device (so that repeated device states, which Local channels send
+// twice, become one event). It does no I/O.
+type mapper struct {
+	source       string
+	localTagVar  string
+	remoteTagVar string
+	channels     map[string]*channel
+	devices      map[string]bridge.DeviceState
+}
+
+func newMapper(source string, cfg *Config) *mapper {
+	return &mapper{
+		source: source, localTagVar: cfg.LocalTagVar, remoteTagVar: cfg.RemoteTagVar,
+		channels: map[string]*channel{}, devices: map[string]bridge.DeviceState{},
+	}
+}
+
+// rawChannel holds what ari.ChannelData lacks: protocol_id (the SIP
+// Call-ID of a PJSIP channel) and the dialplan application.
+type rawChannel struct {
+	ID         string `json:"id"`
+	ProtocolID string `json:"protocol_id"`
+	Dialplan   struct {
+		AppName string `json:"app_name"`
+	} `json:"dialplan"`
+}
+
+// rawEvent reads the protocol ids of the channels an event carries.
+type rawEvent struct {
+	Timestamp ari.DateTime `json:"timestamp"`
+	Channel   rawChannel   `json:"channel"`
+	Caller    rawChannel   `json:"caller"`
+	Peer      rawChannel   `json:"peer"`
+}
+
+// deviceOf maps a channel name to its device: "PJSIP/100-0000002a" →
+// "PJSIP/100", "Local/100@phones-00000001;1" → "Local/100@phones". The
+// second result is false for the ;2 half of a Local channel.
+func deviceOf(name string) (string, bool) {
+	outward := true
+	if i := strings.LastIndexByte(name, ';'); i > 0 && strings.HasPrefix(name, "Local/") {
+		outward = name[i+1:] == "1"
+		name = name[:i]
+	}
+	if i := strings.LastIndexByte(name, '-'); i > 0 && i > strings.IndexByte(name, '/') && isHex(name[i+1:]) {
+		name = name[:i]
+	}
+	return name, outward
+}
+
+func isHex(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// callState maps an Asterisk channel state to a call state.
+func callState(s string, dir bridge.Direction, prev bridge.CallState) bridge.CallState {
+	switch s {
+	case "Up":
+		return bridge.CallConfirmed
+	case "Ringing":
+		return bridge.CallEarly
+	case "Ring":
+		return max(prev, bridge.CallProceeding)
+	case "Busy":
+		return prev
+	}
+	return max(prev, bridge.CallTrying)
+}
+
+// isDialedLeg reports whether a channel was created by Dial() towards its
+// device: Asterisk marks such channels with the "AppDial" application.
+func isDialedLeg(r rawChannel) bool { return strings.HasPrefix(r.Dialplan.AppName, "AppDial") }
+
+func party(c *ari.CallerID) bridge.Party {
+	if c == nil {
+		return bridge.Party{}
+	}
+	return bridge.Party{Number: c.Number, Name: c.Name}
+}
+
+// track creates or refreshes a channel from its data. ok is false when
+// the channel is not a device's call leg.
+func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel, bool) {
+	if c == nil || c.ID == "" {
+		return nil, false
+	}
+	ch, known := m.channels[c.ID]
+	if !known {
+		device, outward := deviceOf(c.Name)
+		ch = &channel{internal: !outward}
+		ch.call.ID = c.ID
+		ch.call.Device = device
+		ch.call.Started = at
+		// A phone that places a call creates its channel in state Ring;
+		// a channel the PBX dials towards a phone starts Down and rings.
+		if c.State == "Ring" && !isDialedLeg(r) {
+			ch.call.Direction = bridge.Outgoing
+			if c.Dialplan != nil {
+				ch.dialed = c.Dialplan.Exten
+			}
+		} else {
+			ch.call.Direction = bridge.Incoming
+		}
+		m.channels[c.ID] = ch
+	}
+	if c.State != "" {
+		ch.call.State = callState(c.State, ch.call.Direction, ch.call.State)
+		if ch.call.State == bridge.CallConfirmed && ch.call.Answered.IsZero() {
+			ch.call.Answered = at
+		}
+	}
+	if p := party(c.Connected); p.Number != "" || p.Name != "" {
+		ch.call.Remote = p
+	} else if ch.call.Remote.IsZero() && ch.dialed != "" {
+		ch.call.Remote = bridge.Party{Number: ch.dialed}
+	}
+	if r.ProtocolID != "" {
+		ch.call.CallID = r.ProtocolID
+	}
+	if v, ok := c.ChannelVars[m.localTagVar]; ok && v != "" {
+		ch.call.LocalTag = v
+	}
+	if v, ok := c.ChannelVars[m.remoteTagVar]; ok && v != "" {
+		ch.call.RemoteTag = v
+	}
+	return ch, !ch.internal
+}
+
+func (m *mapper) update(ch *channel) bridge.Event {
+	return bridge.CallUpdated{Source: m.source, Call: ch.call}
+}
+
+// device emits a device state unless it repeats the last one.
+func (m *mapper) device(name string, st bridge.DeviceState) []bridge.Event {
+	if last, ok := m.devices[name]; ok && last == st {
+		return nil
+	}
+	m.devices[name] = st
+	return []bridge.Event{bridge.DeviceStateChanged{Source: m.source, Device: name, State: st}}
+}
+
+// reachability turns an endpoint's reachability into a device state: an
+// unreachable endpoint is unavailable; one that comes back is idle unless
+// the PBX says more.
+func (m *mapper) reachability(ep ari.EndpointData, reachable bool) []bridge.Event {
+	name := ep.Technology + "/" + ep.Resource
+	if !reachable {
+		return m.device(name, bridge.DeviceUnavailable)
+	}
+	switch m.devices[name] {
+	case bridge.DeviceUnavailable, bridge.DeviceUnknown, bridge.DeviceInvalid:
+		return m.device(name, bridge.DeviceIdle)
+	}
+	return nil
+}
+
+// event maps one decoded ARI event (raw is its JSON) to bridge events.
+func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
+	var ids rawEvent
+	_ = json.Unmarshal(raw, &ids) // best effort: the event itself decoded
+	ts := time.Time(ids.Timestamp)
+	if ts.IsZero() {
+		ts = time.Now()
+	}
+	switch e := ev.(type) {
+	case *ari.DeviceStateChanged:
+		st, err := bridge.ParseDeviceState(e.DeviceState.State)
+		if err != nil {
+			return nil
+		}
+		return m.device(e.DeviceState.Name, st)
+	case *ari.ChannelCreated:
+		return m.channelEvent(&e.Channel, ids.Channel, ts)
+	case *ari.ChannelStateChange:
+		return m.channelEvent(&e.Channel, ids.Channel, ts)
+	case *ari.ChannelConnectedLine:
+		return m.channelEvent(&e.Channel, ids.Channel, ts)
+	case *ari.ChannelCallerID:
+		return m.channelEvent(&e.Channel, ids.Channel, ts)
+	case *ari.ChannelDialplan:
+		return m.channelEvent(&e.Channel, ids.Channel, ts)
+	case *ari.ChannelVarset:
+		// Two thirds of all events: only tracked channels matter.
+		ch, known := m.channels[e.Channel.ID]
+		if !known {
+			return nil
+		}
+		before := ch.call
+		m.track(&e.Channel, ids.Channel, ts)
+		switch e.Variable {
+		case m.localTagVar:
+			ch.call.LocalTag = e.Value
+		case m.remoteTagVar:
+			ch.call.RemoteTag = e.Value
+		}
+		if ch.internal || ch.call == before {
+			return nil
+		}
+		return []bridge.Event{m.update(ch)}
+	case *ari.ChannelHold:
+		ch, ok := m.track(&e.Channel, ids.Channel, ts)
+		if !ok {
+			return nil
+		}
+		ch.call.Held = true
+		return []bridge.Event{m.update(ch)}
+	case *ari.ChannelUnhold:
+		ch, ok := m.track(&e.Channel, ids.Channel, ts)
+		if !ok {
+			return nil
+		}
+		ch.call.Held = false
+		return []bridge.Event{m.update(ch)}
+	case *ari.Dial:
+		return m.dial(e, ids, ts)
+	case *ari.ChannelDestroyed:
+		ch, ok := m.channels[e.Channel.ID]
+		delete(m.channels, e.Channel.ID)
+		if !ok || ch.internal {
+			return nil
+		}
+		return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: e.Channel.ID}}
+	case *ari.ContactStatusChange:
+		switch e.ContactInfo.ContactStatus {
+		case "Unreachable", "Removed":
+			if e.Endpoint.State == "offline" {
+				return m.reachability(e.Endpoint, false)
+			}
+		case "Reachable", "NonQualified", "Created":
+			if e.Endpoint.State == "online" {
+				return m.reachability(e.Endpoint, true)
+			}
+		}
+	case *ari.PeerStatusChange:
+		switch e.Peer.PeerStatus {
+		case "Unreachable", "Unregistered", "Rejected", "Removed":
+			return m.reachability(e.Endpoint, false)
+		case "Reachable", "Registered":
+			return m.reachability(e.Endpoint, true)
+		}
+	case *ari.EndpointStateChange:
+		switch e.Endpoint.State {
+		case "offline":
+			return m.reachability(e.Endpoint, false)
+		case "online":
+			return m.reachability(e.Endpoint, true)
+		}
+	}
+	return nil
+}
+
+func (m *mapper) channelEvent(c *ari.ChannelData, r rawChannel, at time.Time) []bridge.Event {
+	ch, known := m.channels[c.ID]
+	var before bridge.Call
+	if known {
+		before = ch.call
+	}
+	ch, ok := m.track(c, r, at)
+	if !ok || (known && ch.call == before) {
+		return nil
+	}
+	return []bridge.Event{m.update(ch)}
+}
+
+// dial uses Dial events: the peer is a leg towards a device (incoming),
+// the caller the device that dials; a RINGING status means the caller
+// hears ringback (early).
+func (m *mapper) dial(e *ari.Dial, ids rawEvent, at time.Time) []bridge.Event {
+	var out []bridge.Event
+	if e.Peer.ID != "" {
+		peer, known := m.channels[e.Peer.ID]
+		var before bridge.Call
+		if known {
+			before = peer.call
+		}
+		if p, ok := m.track(&e.Peer, ids.Peer, at); ok {
+			p.call.Direction = bridge.Incoming
+			if !known || p.call != before {
+				out = append(out, m.update(p))
+			}
+		}
+	}
+	if e.Caller.ID != "" {
+		caller, known := m.channels[e.Caller.ID]
+		var before bridge.Call
+		if known {
+			before = caller.call
+		}
+		if c, ok := m.track(&e.Caller, ids.Caller, at); ok {
+			c.call.Direction = bridge.Outgoing
+			if e.Dialstatus == "RINGING" && c.call.State < bridge.CallEarly {
+				c.call.State = bridge.CallEarly
+			}
+			if c.call.Remote.IsZero() && e.Peer.ID != "" {
+				c.call.Remote = party(e.Peer.Caller)
+			}
+			if !known || c.call != before {
+				out = append(out, m.update(c))
+			}
+		}
+	}
+	return out
+}
+
+// snapshot builds the state after a (re)connect from the REST answers:
+// the live channels, the endpoints' reachability and the device states.
+// Device states from /deviceStates win over endpoint reachability.
+func (m *mapper) snapshot(chans []channelInfo, endpoints []ari.EndpointData, states map[string]string) bridge.Snapshot {
+	m.channels = map[string]*channel{}
+	m.devices = map[string]bridge.DeviceState{}
+	snap := bridge.Snapshot{Source: m.source, Devices: map[string]bridge.DeviceState{}}
+	for _, ep := range endpoints {
+		name := ep.Technology + "/" + ep.Resource
+		switch ep.State {
+		case "online":
+			snap.Devices[name] = bridge.DeviceIdle
+		case "offline":
+			snap.Devices[name] = bridge.DeviceUnavailable
+		}
+	}
+	for name, s := range states {
+		if st, err := bridge.ParseDeviceState(s); err == nil && st != bridge.DeviceInvalid {
+			snap.Devices[name] = st
+		}
+	}
+	for name, st := range snap.Devices {
+		m.devices[name] = st
+	}
+	now := time.Now()
+	for i := range chans {
+		c := &chans[i]
+		started := now
+		if c.Data.Creationtime != nil {
+			started = time.Unix(c.Data.Creationtime.Seconds, int64(c.Data.Creationtime.Nanos))
+		}
+		ch, ok := m.track(&c.Data, c.Raw, started)
+		if !ok {
+			continue
+		}
+		if ch.call.State == bridge.CallConfirmed {
+			ch.call.Answered = time.Time{} // unknown: do not pretend
+		}
+		snap.Calls = append(snap.Calls, ch.call)
+	}
+	return snap
+}
+
+// channelInfo is a channel from GET /channels with what the library's
+// type does not read.
+type channelInfo struct {
+	Data ari.ChannelData
+	Raw  rawChannel
+}
