@@ -18,7 +18,8 @@ require (
 	github.com/mattn/go-isatty v0.0.12 // indirect
 	github.com/percipia/eslgo v1.5.2 // indirect
 	github.com/rotisserie/eris v0.4.1 // indirect
+	golang.org/x/net v0.43.0 // indirect
 	golang.org/x/sync v0.16.0 // indirect
-	golang.org/x/sys v0.24.0 // indirect
+	golang.org/x/sys v0.35.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

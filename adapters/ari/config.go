@@ -31,9 +31,6 @@ type Config struct {
 	// README.md for the dialplan and ari.conf lines that set them.
 	LocalTagVar  string `yaml:"local_tag_var"`
 	RemoteTagVar string `yaml:"remote_tag_var"`
-	// WriteDND mirrors each user's dnd to a Stasis:dnd-USER device on this
-	// Asterisk, so that hints and dialplan can use it (default off).
-	WriteDND bool `yaml:"write_dnd"`
 }
 
 // Defaults fills unset fields.

@@ -120,15 +120,17 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 		ch.call.ID = c.ID
 		ch.call.Device = device
 		ch.call.Started = at
-		// A phone that places a call creates its channel in state Ring;
-		// a channel the PBX dials towards a phone starts Down and rings.
-		if c.State == "Ring" && !isDialedLeg(r) {
+		// A channel the PBX dials towards a phone is marked AppDial, or
+		// starts Down and rings; a phone that places a call creates its
+		// channel in state Ring (and a resync may find either one Up).
+		switch {
+		case isDialedLeg(r), c.State == "Down", c.State == "Ringing", c.State == "Rsrvd":
+			ch.call.Direction = bridge.Incoming
+		default:
 			ch.call.Direction = bridge.Outgoing
-			if c.Dialplan != nil {
+			if c.Dialplan != nil && c.State == "Ring" {
 				ch.dialed = c.Dialplan.Exten
 			}
-		} else {
-			ch.call.Direction = bridge.Incoming
 		}
 		m.channels[c.ID] = ch
 	}

@@ -10,6 +10,7 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/adapters/ari"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -61,8 +62,26 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 	switch p.Kind {
 	case config.KindSim:
 		return sim.New(conn, *p.Sim, simPhones(p.Name, dir), d.log), nil
+	case config.KindARI:
+		return ari.New(conn, *p.ARI, d.devicesOn(p.Name), d.log)
 	}
 	return nil, fmt.Errorf("the %s adapter is not part of this build yet", p.Kind)
+}
+
+// devicesOn returns a function listing the devices users have on a PBX
+// in the directory in force (it follows reloads).
+func (d *daemon) devicesOn(pbx string) func() []string {
+	return func() []string {
+		var out []string
+		for _, u := range d.bridge.Directory().Users() {
+			for _, ref := range u.Devices {
+				if ref.Source == pbx {
+					out = append(out, ref.Device)
+				}
+			}
+		}
+		return out
+	}
 }
 
 // simPhones lists the devices that users have on a sim PBX.

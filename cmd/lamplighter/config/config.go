@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/lamplighter/lamplighter/adapters/ari"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 )
@@ -109,6 +110,8 @@ type PBX struct {
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
 	PasswordEnv  string `yaml:"password_env"`
+	// ARI is the section of a PBX of kind ari (adapters/ari/README.md).
+	ARI *ari.Config `yaml:"ari"`
 	// Sim is the section of a PBX of kind sim.
 	Sim *sim.Config `yaml:"sim"`
 }
@@ -329,6 +332,9 @@ func (c *Config) defaults() {
 	for i := range c.PBX {
 		if c.PBX[i].Kind == KindSim && c.PBX[i].Sim == nil {
 			c.PBX[i].Sim = &sim.Config{}
+		}
+		if c.PBX[i].Kind == KindARI && c.PBX[i].ARI == nil {
+			c.PBX[i].ARI = &ari.Config{}
 		}
 	}
 }

@@ -122,6 +122,8 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"type error", [2]string{"sip:", "policy:\n  min_expires: soon\nsip:"}, 2, "cannot unmarshal"},
 		{"sim section checked", [2]string{"kind: sim", "kind: sim\n    sim: {answer_rate: 3}"}, 11, "answer_rate: must be between 0 and 1"},
 		{"bad digest algorithm", [2]string{"  domain: example.com", "  domain: example.com\n  digest_algorithms: [MD5, SHA-1]"}, 3, `digest algorithm "SHA-1"`},
+		{"ari section checked", [2]string{"    password: p\n", "    password: p\n    ari: {app: \"bad app\"}\n"}, 9, "app: use letters"},
+		{"ari section on a sim", [2]string{"kind: sim", "kind: sim\n    ari: {app: x}"}, 11, "an ari section on a pbx of kind"},
 		{"extension not a URI user", [2]string{`extensions: ["101"]`, `extensions: ["10 1"]`}, 17, "cannot be the user part"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}

@@ -173,6 +173,11 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 			} else if err := checkHostPort(withDefaultPort(u)); err != nil {
 				v.at(append(path, "address"), "bad address %q: %v", pb.Address, err)
 			}
+			if pb.ARI != nil {
+				for _, e := range pb.ARI.Validate() {
+					v.at(append(path, "ari", e.Key), "%s", e.Error())
+				}
+			}
 		case KindESL:
 			if err := checkHostPort(pb.Address); err != nil {
 				v.at(append(path, "address"), "bad address %q: an esl pbx needs host:port (%v)", pb.Address, err)
@@ -190,6 +195,9 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 		}
 		if pb.Kind != KindSim && pb.Sim != nil {
 			v.at(append(path, "sim"), "a sim section on a pbx of kind %q", pb.Kind)
+		}
+		if pb.Kind != KindARI && pb.ARI != nil {
+			v.at(append(path, "ari"), "an ari section on a pbx of kind %q", pb.Kind)
 		}
 		if pb.Kind == KindARI || pb.Kind == KindESL {
 			n := 0

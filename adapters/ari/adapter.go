@@ -1,0 +1,351 @@
+package ari
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/CyCoreSystems/ari/v5"
+	"golang.org/x/net/websocket"
+
+	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// Adapter follows one Asterisk. It owns its websocket read loop (the
+// library's would pass nil for unknown event types, drop events past a
+// 100-event buffer, block forever in Connect and reconnect silently) and
+// uses the library's types and DecodeEvent, with its own REST client that
+// has timeouts.
+type Adapter struct {
+	conn    adapters.Connection
+	cfg     Config
+	devices func() []string // the devices users have on this PBX
+	log     *slog.Logger
+	base    *url.URL
+	client  *http.Client
+	tlsConf *tls.Config
+
+	mu      sync.Mutex
+	status  adapters.Status
+	events  atomic.Uint64
+	skipped atomic.Uint64
+}
+
+// New returns an adapter for the Asterisk at conn.Address
+// (http://host:8088 or https://…). devices lists the device names the
+// directory gives this PBX; it is read at every resync, so a reload that
+// adds a device is followed.
+func New(conn adapters.Connection, cfg Config, devices func() []string, log *slog.Logger) (*Adapter, error) {
+	cfg.Defaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base, err := url.Parse(strings.TrimRight(conn.Address, "/"))
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, fmt.Errorf("ari address %q: want http(s)://host:port", conn.Address)
+	}
+	tlsConf := &tls.Config{InsecureSkipVerify: cfg.InsecureTLS, MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ari ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ari ca_file %s: no certificates", cfg.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	return &Adapter{
+		conn: conn, cfg: cfg, devices: devices, base: base, tlsConf: tlsConf,
+		log: log.With("pbx", conn.Name, "kind", "ari"),
+		client: &http.Client{
+			Timeout:   cfg.RequestTimeout,
+			Transport: &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 4},
+		},
+	}, nil
+}
+
+// Name implements adapters.Adapter.
+func (a *Adapter) Name() string { return a.conn.Name }
+
+// Status implements adapters.Adapter.
+func (a *Adapter) Status() adapters.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.status
+	st.Events, st.Skipped = a.events.Load(), a.skipped.Load()
+	return st
+}
+
+func (a *Adapter) setStatus(f func(*adapters.Status)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f(&a.status)
+}
+
+// Run implements adapters.Adapter: connect, resync, follow events; on any
+// failure wait (capped exponential backoff with jitter) and start over.
+// An Asterisk that is down is retried for as long as ctx lasts.
+func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
+	wait := a.cfg.ReconnectMin
+	for {
+		started := time.Now()
+		err := a.session(ctx, sink)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.setStatus(func(s *adapters.Status) {
+			s.Connected, s.Synchronised, s.Since = false, false, time.Now()
+			s.LastError = err.Error()
+			s.Reconnects++
+		})
+		if time.Since(started) > 2*a.cfg.ReconnectMax {
+			wait = a.cfg.ReconnectMin // it was up for a good while
+		}
+		jittered := wait/2 + rand.N(wait/2+1)
+		a.log.Warn("asterisk connection lost; retrying", "err", err, "in", jittered.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(jittered):
+		}
+		wait = min(2*wait, a.cfg.ReconnectMax)
+	}
+}
+
+// session is one connection: websocket first (so that no event is lost),
+// then the REST resync delivered as a snapshot, then every queued and
+// later event in order. It returns why it ended.
+func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
+	ws, err := a.dial(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var closeOnce sync.Once
+	closeWS := func() { closeOnce.Do(func() { ws.Close() }) }
+	defer closeWS()
+	go func() { <-ctx.Done(); closeWS() }()
+
+	q := newFrameQueue()
+	readErr := make(chan error, 1)
+	go func() { readErr <- a.readLoop(ws, q) }()
+	a.setStatus(func(s *adapters.Status) { s.Connected, s.Since, s.LastError = true, time.Now(), "" })
+	a.log.Info("connected to asterisk", "url", a.base.Redacted())
+
+	m := newMapper(a.conn.Name, &a.cfg)
+	snap, err := a.resync(ctx, m)
+	if err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	sink.Apply(snap)
+	a.setStatus(func(s *adapters.Status) { s.Synchronised = true })
+	a.log.Info("synchronised with asterisk", "channels", len(snap.Calls), "devices", len(snap.Devices))
+
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		for {
+			frame, ok := q.pop()
+			if !ok {
+				break
+			}
+			a.apply(m, frame, sink)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-readErr:
+			for { // what arrived before the end still counts
+				frame, ok := q.pop()
+				if !ok {
+					break
+				}
+				a.apply(m, frame, sink)
+			}
+			return err
+		case <-q.wake:
+		case <-ping.C:
+			if err := a.ping(ctx); err != nil {
+				return fmt.Errorf("asterisk does not answer: %w", err)
+			}
+		}
+	}
+}
+
+// apply decodes one frame and hands its events to the sink. Frames that
+// do not decode (unknown event types included) are skipped and counted.
+func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
+	a.events.Add(1)
+	ev, err := ari.DecodeEvent(frame)
+	if err != nil || ev == nil {
+		n := a.skipped.Add(1)
+		if n <= 10 || n%1000 == 0 {
+			a.log.Debug("skipped an event Lamplighter cannot decode", "err", err, "skipped", n)
+		}
+		return
+	}
+	for _, e := range m.event(ev, frame) {
+		sink.Apply(e)
+	}
+}
+
+// readLoop reads websocket frames into q until the connection ends. It
+// never waits for processing.
+func (a *Adapter) readLoop(ws *websocket.Conn, q *frameQueue) error {
+	for {
+		var frame []byte
+		if err := websocket.Message.Receive(ws, &frame); err != nil {
+			return fmt.Errorf("websocket: %w", err)
+		}
+		q.push(frame)
+	}
+}
+
+func (a *Adapter) authHeader() string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(a.conn.Username+":"+a.conn.Password))
+}
+
+// dial opens the events websocket with subscribeAll, within the request
+// timeout.
+func (a *Adapter) dial(ctx context.Context) (*websocket.Conn, error) {
+	u := *a.base
+	u.Scheme = map[string]string{"http": "ws", "https": "wss"}[a.base.Scheme]
+	u.Path = strings.TrimRight(u.Path, "/") + "/ari/events"
+	u.RawQuery = url.Values{"app": {a.cfg.App}, "subscribeAll": {"true"}}.Encode()
+	conf, err := websocket.NewConfig(u.String(), a.base.String())
+	if err != nil {
+		return nil, err
+	}
+	conf.Header.Set("Authorization", a.authHeader())
+	conf.TlsConfig = a.tlsConf
+	conf.Dialer = &net.Dialer{Timeout: a.cfg.RequestTimeout}
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	ws, err := conf.DialContext(dctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the events websocket: %w", err)
+	}
+	return ws, nil
+}
+
+// get does a REST GET and decodes the JSON answer into v. A 404 returns
+// errNotFound.
+func (a *Adapter) get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base.String()+"/ari"+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", a.authHeader())
+	res, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	switch {
+	case res.StatusCode == http.StatusNotFound:
+		io.Copy(io.Discard, res.Body)
+		return errNotFound
+	case res.StatusCode != http.StatusOK:
+		io.Copy(io.Discard, res.Body)
+		return fmt.Errorf("GET %s: %s", path, res.Status)
+	}
+	if v == nil {
+		return nil
+	}
+	return json.NewDecoder(io.LimitReader(res.Body, 64<<20)).Decode(v)
+}
+
+var errNotFound = errors.New("not found")
+
+// resync reads the current channels, endpoints and device states.
+func (a *Adapter) resync(ctx context.Context, m *mapper) (bridge.Snapshot, error) {
+	var raws []json.RawMessage
+	if err := a.get(ctx, "/channels", &raws); err != nil {
+		return bridge.Snapshot{}, err
+	}
+	chans := make([]channelInfo, 0, len(raws))
+	for _, r := range raws {
+		var ci channelInfo
+		if json.Unmarshal(r, &ci.Data) != nil || json.Unmarshal(r, &ci.Raw) != nil {
+			a.skipped.Add(1)
+			continue
+		}
+		chans = append(chans, ci)
+	}
+	var endpoints []ari.EndpointData
+	if err := a.get(ctx, "/endpoints", &endpoints); err != nil {
+		return bridge.Snapshot{}, err
+	}
+	states := map[string]string{}
+	for _, name := range a.devices() {
+		var ds ari.DeviceStateData
+		switch err := a.get(ctx, "/deviceStates/"+url.PathEscape(name), &ds); {
+		case errors.Is(err, errNotFound):
+			continue // a device Asterisk does not know (yet)
+		case err != nil:
+			return bridge.Snapshot{}, err
+		}
+		states[name] = ds.State
+	}
+	return m.snapshot(chans, endpoints, states), nil
+}
+
+// ping checks that Asterisk answers REST.
+func (a *Adapter) ping(ctx context.Context) error {
+	err := a.get(ctx, "/asterisk/ping", nil)
+	if errors.Is(err, errNotFound) { // Asterisk before 16.2 has no ping
+		err = a.get(ctx, "/asterisk/info?only=status", nil)
+	}
+	return err
+}
+
+// frameQueue is an unbounded FIFO between the websocket reader and the
+// mapper, so that the reader never blocks and no event is dropped.
+type frameQueue struct {
+	mu     sync.Mutex
+	frames [][]byte
+	wake   chan struct{}
+}
+
+func newFrameQueue() *frameQueue { return &frameQueue{wake: make(chan struct{}, 1)} }
+
+func (q *frameQueue) push(f []byte) {
+	q.mu.Lock()
+	q.frames = append(q.frames, f)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *frameQueue) pop() ([]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.frames) == 0 {
+		return nil, false
+	}
+	f := q.frames[0]
+	q.frames[0] = nil
+	q.frames = q.frames[1:]
+	return f, true
+}
