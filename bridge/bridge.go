@@ -289,7 +289,7 @@ func (b *Bridge) Expire() {
 func (b *Bridge) NextExpiry() time.Time {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	next := zeroTime
+	var next time.Time
 	for _, m := range b.persons {
 		for _, p := range m {
 			if !p.Expires.IsZero() && (next.IsZero() || p.Expires.Before(next)) {

@@ -3,7 +3,6 @@ package bridge
 import (
 	"bytes"
 	"slices"
-	"time"
 )
 
 // PhoneState is the one-word summary of a user that busy lamps show and
@@ -202,6 +201,3 @@ func mergePersons(ps []PersonState) PersonState {
 	}
 	return out
 }
-
-// zeroTime is used for "no expiry".
-var zeroTime time.Time

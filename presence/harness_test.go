@@ -3,7 +3,6 @@ package presence
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -330,8 +329,6 @@ func answered(from string) bridge.Event {
 	ev.Call.State = bridge.CallConfirmed
 	return ev
 }
-
-var _ = fmt.Sprintf
 
 // testMetrics records what the server counts.
 type testMetrics struct {

@@ -255,9 +255,8 @@ func errString(err error, res *sip.Response) string {
 // the subscriber's package. Called with sub.mu held.
 func (s *Server) buildNotify(sub *Subscription, st *bridge.State, version uint32, final string, remaining int) *sip.Request {
 	req := sip.NewRequest(sip.NOTIFY, *sub.target.Clone())
-	host, port := s.localAddr(sub.Transport, sub.Source)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: sub.Transport,
-		Host: host, Port: port, Params: sip.NewParams()}
+		Host: sub.LocalHost, Port: sub.LocalPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
 	via.Params.Add("rport", "")
 	req.AppendHeader(via)
@@ -275,7 +274,7 @@ func (s *Server) buildNotify(sub *Subscription, st *bridge.State, version uint32
 	callID := sip.CallIDHeader(sub.CallID)
 	req.AppendHeader(&callID)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: sub.cseq, MethodName: sip.NOTIFY})
-	req.AppendHeader(s.contactHeader(sub.Transport, sub.Source))
+	req.AppendHeader(contactHeader(sub.Transport, sub.LocalHost, sub.LocalPort))
 	event := sub.Package.String()
 	if sub.EventID != "" {
 		event += ";id=" + sub.EventID

@@ -99,10 +99,7 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	contacts := req.GetHeaders("Contact")
 	now := time.Now()
-	ua := ""
-	if h := req.GetHeader("User-Agent"); h != nil {
-		ua = h.Value()
-	}
+	ua := headerValue(req, "User-Agent")
 	r := s.regs
 	r.mu.Lock()
 	bindings := r.current(userID, now)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -73,27 +74,37 @@ type Options struct {
 	Metrics Metrics
 }
 
+// Defaults of the policy options; the config file uses the same.
+const (
+	DefaultMinExpires                = 60
+	DefaultMaxExpires                = 3600
+	DefaultExpires                   = 600
+	DefaultMaxSubscriptionsPerSource = 1000
+	DefaultMaxBodyBytes              = 64 << 10
+	DefaultCoalesce                  = 20 * time.Millisecond
+)
+
 func (o *Options) defaults() {
 	if o.UserAgent == "" {
 		o.UserAgent = "Lamplighter"
 	}
 	if o.MinExpires == 0 {
-		o.MinExpires = 60
+		o.MinExpires = DefaultMinExpires
 	}
 	if o.MaxExpires == 0 {
-		o.MaxExpires = 3600
+		o.MaxExpires = DefaultMaxExpires
 	}
 	if o.DefaultExpires == 0 {
-		o.DefaultExpires = min(600, o.MaxExpires)
+		o.DefaultExpires = min(DefaultExpires, o.MaxExpires)
 	}
 	if o.MaxSubscriptionsPerSource == 0 {
-		o.MaxSubscriptionsPerSource = 1000
+		o.MaxSubscriptionsPerSource = DefaultMaxSubscriptionsPerSource
 	}
 	if o.MaxBodyBytes == 0 {
-		o.MaxBodyBytes = 64 << 10
+		o.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if o.Coalesce == 0 {
-		o.Coalesce = 20 * time.Millisecond
+		o.Coalesce = DefaultCoalesce
 	}
 	if o.NotifyRetries == 0 {
 		o.NotifyRetries = 5
@@ -129,10 +140,8 @@ type Server struct {
 	addrs     []net.Addr
 	localIPs  sync.Map // remote IP string → local IP string
 	closed    atomic.Bool
-	listeners []io2Closer
+	listeners []io.Closer
 }
-
-type io2Closer interface{ Close() error }
 
 // New builds a server; Run starts it.
 func New(states States, opt Options) (*Server, error) {
@@ -348,6 +357,14 @@ func (s *Server) handleUnknown(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	s.reply(req, tx, 405, "Method Not Allowed", sip.NewHeader("Allow", allowedMethods))
+}
+
+// headerValue returns a header's value, or "" when it is absent.
+func headerValue(req *sip.Request, name string) string {
+	if h := req.GetHeader(name); h != nil {
+		return h.Value()
+	}
+	return ""
 }
 
 // expiresOf reads a request's Expires header: the default when absent, -1

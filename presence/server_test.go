@@ -3,7 +3,6 @@ package presence
 import (
 	"encoding/xml"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -416,5 +415,3 @@ func TestUserRemovedEndsSubscriptions(t *testing.T) {
 		t.Errorf("removed user: %s", n)
 	}
 }
-
-var _ = strconv.Itoa

@@ -92,10 +92,7 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		s.intervalTooBrief(req, tx)
 		return
 	}
-	ua := ""
-	if h := req.GetHeader("User-Agent"); h != nil {
-		ua = h.Value()
-	}
+	ua := headerValue(req, "User-Agent")
 	sub := &Subscription{
 		ID:         sip.GenerateTagN(20),
 		CallID:     req.CallID().Value(),
@@ -115,6 +112,7 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		remoteCSeq: req.CSeq().SeqNo,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
 	}
+	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
 	}
@@ -191,15 +189,14 @@ func (s *Server) answer(req *sip.Request, tx sip.ServerTransaction, sub *Subscri
 		to.Params.Remove("tag")
 		to.Params.Add("tag", sub.ID)
 	}
-	res.AppendHeader(s.contactHeader(sub.Transport, sub.Source))
+	res.AppendHeader(contactHeader(sub.Transport, sub.LocalHost, sub.LocalPort))
 	res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
 	res.AppendHeader(sip.NewHeader("Allow-Events", allowedEvents))
 	s.respond(tx, res)
 }
 
-// contactHeader is our Contact for a dialog over transport with peer.
-func (s *Server) contactHeader(transport, peer string) *sip.ContactHeader {
-	host, port := s.localAddr(transport, peer)
+// contactHeader is our Contact at host:port for a dialog over transport.
+func contactHeader(transport, host string, port int) *sip.ContactHeader {
 	u := sip.Uri{Scheme: "sip", Host: host, Port: port}
 	switch transport {
 	case "TCP":

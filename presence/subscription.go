@@ -46,6 +46,10 @@ type Subscription struct {
 	Watcher   string // authenticated user id of the subscriber ("" if trusted and unknown)
 	UserAgent string
 	Single    bool // one dialog per dialog-info document
+	// LocalHost and LocalPort are our address as this subscriber reaches
+	// it (Via and Contact), worked out once when the dialog is made.
+	LocalHost string
+	LocalPort int
 
 	mu         sync.Mutex
 	target     sip.Uri   // remote target (Contact), refreshed by re-SUBSCRIBE
@@ -65,20 +69,6 @@ type Subscription struct {
 	force      bool          // send even if the state is unchanged
 	changedAt  time.Time     // first unsent change, for the latency metric
 	lastState  *bridge.State // state rendered in the last NOTIFY
-}
-
-// Expires returns when the subscription lapses.
-func (s *Subscription) Expires() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.expires
-}
-
-// CSeq returns the CSeq of the last NOTIFY sent.
-func (s *Subscription) CSeq() uint32 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cseq
 }
 
 // sourceIP returns the host of Source, the unit of the per-source limit.

@@ -26,6 +26,7 @@ type daemon struct {
 	bridge   *bridge.Bridge
 	sip      *presence.Server
 	adapters []adapters.Adapter
+	demo     bool // only simulated PBXs: lamp changes are logged at info level
 }
 
 func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
@@ -33,7 +34,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, bridge: bridge.New(dir)}
+	d := &daemon{cfg: cfg, log: log, bridge: bridge.New(dir), demo: onlySim(cfg)}
 	opt, err := presenceOptions(cfg)
 	if err != nil {
 		return nil, err
@@ -173,7 +174,7 @@ func (d *daemon) expirePersons(ctx context.Context) {
 // newcomer sees it work), at debug level otherwise.
 func (d *daemon) logChange(c bridge.Change) {
 	level := slog.LevelDebug
-	if d.isDemo() {
+	if d.demo {
 		level = slog.LevelInfo
 	}
 	if !d.log.Enabled(context.Background(), level) {
@@ -188,8 +189,8 @@ func (d *daemon) logChange(c bridge.Change) {
 		"note", body.LineNote(c.State), "calls", len(c.State.Calls))
 }
 
-func (d *daemon) isDemo() bool {
-	for _, p := range d.cfg.PBX {
+func onlySim(cfg *config.Config) bool {
+	for _, p := range cfg.PBX {
 		if p.Kind != config.KindSim {
 			return false
 		}

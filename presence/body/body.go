@@ -33,8 +33,9 @@ const (
 
 const xmlDecl = `<?xml version="1.0" encoding="UTF-8"?>` + "\n"
 
-// lineNote is the call-state note of a tuple: "Ringing: Bob (101)".
-func lineNote(st *bridge.State) string {
+// LineNote is the call-state note of a tuple: "Ringing: Bob (101)",
+// "Ready".
+func LineNote(st *bridge.State) string {
 	var remote string
 	if c, ok := st.Primary(); ok {
 		remote = c.Remote.Label()
@@ -99,9 +100,6 @@ func PersonNote(st *bridge.State) string {
 	}
 	return shortLabel(st.LinePhone())
 }
-
-// LineNote is the call-state note ("Ringing: Bob (101)", "Ready").
-func LineNote(st *bridge.State) string { return lineNote(st) }
 
 // hostOf returns the host part of a SIP URI ("sip:100@pbx:5060;x" →
 // "pbx:5060"), or "" when there is none.

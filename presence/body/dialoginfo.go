@@ -74,36 +74,36 @@ func appendDialog(dst []byte, entity, host string, st *bridge.State, c *bridge.C
 		dst = strconv.AppendInt(dst, int64(opt.Now.Sub(c.Started).Seconds()), 10)
 		dst = append(dst, "</duration>"...)
 	}
-	dst = append(dst, "\n  <local><identity"...)
-	if st.User.Name != "" {
-		dst = append(dst, ` display="`...)
-		dst = esc(dst, st.User.Name)
-		dst = append(dst, '"')
-	}
-	dst = append(dst, '>')
-	dst = esc(dst, entity)
-	dst = append(dst, `</identity><target uri="`...)
-	dst = esc(dst, entity)
-	if c.Held {
-		dst = append(dst, `"><param pname="+sip.rendering" pvalue="no"/></target></local>`...)
-	} else {
-		dst = append(dst, `"/></local>`...)
-	}
+	dst = appendParticipant(dst, "local", st.User.Name, entity, c.Held)
 	if remote := remoteURI(c.Remote, host); remote != "" {
-		dst = append(dst, "\n  <remote><identity"...)
-		if c.Remote.Name != "" {
-			dst = append(dst, ` display="`...)
-			dst = esc(dst, c.Remote.Name)
-			dst = append(dst, '"')
-		}
-		dst = append(dst, '>')
-		dst = esc(dst, remote)
-		dst = append(dst, `</identity><target uri="`...)
-		dst = esc(dst, remote)
-		dst = append(dst, `"/></remote>`...)
+		dst = appendParticipant(dst, "remote", c.Remote.Name, remote, false)
 	}
 	dst = append(dst, "\n </dialog>\n"...)
 	return dst
+}
+
+// appendParticipant writes a <local> or <remote> element: identity with
+// its display name, and target, marked +sip.rendering=no when held.
+func appendParticipant(dst []byte, elem, display, uri string, held bool) []byte {
+	dst = append(dst, "\n  <"...)
+	dst = append(dst, elem...)
+	dst = append(dst, "><identity"...)
+	if display != "" {
+		dst = append(dst, ` display="`...)
+		dst = esc(dst, display)
+		dst = append(dst, '"')
+	}
+	dst = append(dst, '>')
+	dst = esc(dst, uri)
+	dst = append(dst, `</identity><target uri="`...)
+	dst = esc(dst, uri)
+	if held {
+		dst = append(dst, `"><param pname="+sip.rendering" pvalue="no"/></target></`...)
+	} else {
+		dst = append(dst, `"/></`...)
+	}
+	dst = append(dst, elem...)
+	return append(dst, '>')
 }
 
 // dialogID is the dialog's id attribute: stable for the life of the call

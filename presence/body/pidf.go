@@ -37,7 +37,7 @@ func PIDF(dst []byte, entity string, st *bridge.State, opt Options) []byte {
 	dst = append(dst, "</status>\n  <contact priority=\"1\">"...)
 	dst = esc(dst, entity)
 	dst = append(dst, "</contact>\n  <note>"...)
-	dst = esc(dst, lineNote(st))
+	dst = esc(dst, LineNote(st))
 	dst = append(dst, "</note>\n </tuple>\n <dm:person id=\""...)
 	dst = esc(dst, xmlID("p-", user))
 	dst = append(dst, "\">\n"...)

@@ -21,6 +21,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/ari"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence"
 )
 
 // Config is the whole configuration file.
@@ -291,22 +292,22 @@ func (c *Config) defaults() {
 	}
 	p := &c.Policy
 	if p.MinExpires == 0 {
-		p.MinExpires = 60
+		p.MinExpires = presence.DefaultMinExpires
 	}
 	if p.MaxExpires == 0 {
-		p.MaxExpires = 3600
+		p.MaxExpires = presence.DefaultMaxExpires
 	}
 	if p.DefaultExpires == 0 {
-		p.DefaultExpires = min(600, p.MaxExpires)
+		p.DefaultExpires = min(presence.DefaultExpires, p.MaxExpires)
 	}
 	if p.MaxSubscriptionsPerSource == 0 {
-		p.MaxSubscriptionsPerSource = 1000
+		p.MaxSubscriptionsPerSource = presence.DefaultMaxSubscriptionsPerSource
 	}
 	if p.MaxBodyBytes == 0 {
-		p.MaxBodyBytes = 64 << 10
+		p.MaxBodyBytes = presence.DefaultMaxBodyBytes
 	}
 	if p.Coalesce == 0 {
-		p.Coalesce = 20 * time.Millisecond
+		p.Coalesce = presence.DefaultCoalesce
 	}
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:8080"
