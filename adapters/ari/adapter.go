@@ -40,6 +40,8 @@ type Adapter struct {
 	base    *url.URL
 	client  *http.Client
 	tlsConf *tls.Config
+	// pingEvery is how often Asterisk must answer REST to count as alive.
+	pingEvery time.Duration
 
 	mu      sync.Mutex
 	status  adapters.Status
@@ -74,7 +76,8 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 	}
 	return &Adapter{
 		conn: conn, cfg: cfg, devices: devices, base: base, tlsConf: tlsConf,
-		log: log.With("pbx", conn.Name, "kind", "ari"),
+		log:       log.With("pbx", conn.Name, "kind", "ari"),
+		pingEvery: 15 * time.Second,
 		client: &http.Client{
 			Timeout:   cfg.RequestTimeout,
 			Transport: &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 4},
@@ -160,8 +163,10 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	a.setStatus(func(s *adapters.Status) { s.Synchronised = true })
 	a.log.Info("synchronised with asterisk", "channels", len(snap.Calls), "devices", len(snap.Devices))
 
-	ping := time.NewTicker(15 * time.Second)
-	defer ping.Stop()
+	// Liveness runs beside the event loop, so that a slow ping never
+	// holds up the lamps.
+	dead := make(chan error, 1)
+	go func() { dead <- a.watch(ctx) }()
 	for {
 		for {
 			frame, ok := q.pop()
@@ -183,8 +188,8 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 			}
 			return err
 		case <-q.wake:
-		case <-ping.C:
-			if err := a.ping(ctx); err != nil {
+		case err := <-dead:
+			if ctx.Err() == nil {
 				return fmt.Errorf("asterisk does not answer: %w", err)
 			}
 		}
@@ -307,6 +312,22 @@ func (a *Adapter) resync(ctx context.Context, m *mapper) (bridge.Snapshot, error
 		states[name] = ds.State
 	}
 	return m.snapshot(chans, endpoints, states), nil
+}
+
+// watch pings Asterisk every pingEvery until a ping fails or ctx ends.
+func (a *Adapter) watch(ctx context.Context) error {
+	t := time.NewTicker(a.pingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if err := a.ping(ctx); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // ping checks that Asterisk answers REST.

@@ -28,6 +28,7 @@ type fakeAsterisk struct {
 	endpoints []map[string]any
 	devices   map[string]string
 	conns     chan *websocket.Conn
+	pingDown  atomic.Bool // REST ping fails while the websocket stays up
 	connects  atomic.Int32
 	current   *websocket.Conn
 }
@@ -40,7 +41,10 @@ func newFakeAsterisk(t *testing.T) *fakeAsterisk {
 		f.current = c
 		f.mu.Unlock()
 		f.connects.Add(1)
-		f.conns <- c
+		select { // never block a handler: Close waits for handlers
+		case f.conns <- c:
+		default:
+		}
 		// Hold the connection until the client or the test closes it.
 		buf := make([]byte, 64)
 		for {
@@ -89,6 +93,10 @@ func newFakeAsterisk(t *testing.T) *fakeAsterisk {
 		json.NewEncoder(w).Encode(map[string]string{"name": name, "state": st})
 	})
 	mux.HandleFunc("/ari/asterisk/ping", func(w http.ResponseWriter, r *http.Request) {
+		if f.pingDown.Load() {
+			http.Error(w, "wedged", http.StatusServiceUnavailable)
+			return
+		}
 		if f.authorised(w, r) {
 			w.Write([]byte(`{"ping":"pong"}`))
 		}
@@ -146,7 +154,7 @@ type harness struct {
 	changes chan bridge.Change
 }
 
-func newHarness(t *testing.T, fake *fakeAsterisk) *harness {
+func newHarness(t *testing.T, fake *fakeAsterisk, tune ...func(*Adapter)) *harness {
 	t.Helper()
 	dir, _ := bridge.NewDirectory([]bridge.User{
 		{ID: "100", Extensions: []string{"100"}, Devices: []bridge.DeviceRef{{Source: "ast", Device: "PJSIP/100"}}},
@@ -160,6 +168,9 @@ func newHarness(t *testing.T, fake *fakeAsterisk) *harness {
 		func() []string { return []string{"PJSIP/100", "PJSIP/101"} }, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range tune {
+		f(a)
 	}
 	h.adapter = a
 	ctx, cancel := context.WithCancel(context.Background())
@@ -322,4 +333,26 @@ func TestWrongPasswordIsAnErrorNotAHang(t *testing.T) {
 	if err := a.session(ctx, bridge.SinkFunc(func(bridge.Event) {})); err == nil {
 		t.Error("a refused login did not end the session with an error")
 	}
+}
+
+func TestSilentAsteriskIsReconnected(t *testing.T) {
+	// The websocket stays open but Asterisk stops answering REST (wedged):
+	// the liveness check ends the session, and a new one resyncs.
+	fake := newFakeAsterisk(t)
+	h := newHarness(t, fake, func(a *Adapter) { a.pingEvery = 30 * time.Millisecond })
+	fake.waitConn()
+	h.waitSynchronised()
+	fake.pingDown.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.adapter.Status().Reconnects == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a silent Asterisk was not noticed: %+v", h.adapter.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := h.adapter.Status(); !strings.Contains(st.LastError, "does not answer") {
+		t.Errorf("last error %q", st.LastError)
+	}
+	fake.pingDown.Store(false)
+	h.waitSynchronised()
 }
