@@ -26,6 +26,15 @@ type Adapter interface {
 	Status() Status
 }
 
+// PersonMirror is an Adapter that writes a user's person state back into
+// its PBX (for example dnd as a device state the PBX's own hints and
+// routing can read). MirrorPerson is called from a bridge listener: it
+// must not block, and the adapter re-writes what it was told after every
+// reconnect.
+type PersonMirror interface {
+	MirrorPerson(user bridge.User, person bridge.PersonState)
+}
+
 // Status is an adapter's connection state.
 type Status struct {
 	Connected    bool      `json:"connected"`

@@ -47,6 +47,13 @@ type Adapter struct {
 	status  adapters.Status
 	events  atomic.Uint64
 	skipped atomic.Uint64
+
+	// The dnd mirror: the device state each mirror device should have,
+	// and which of them Asterisk has not been told yet.
+	mirrorMu    sync.Mutex
+	mirror      map[string]string
+	mirrorDirty map[string]bool
+	mirrorWake  chan struct{}
 }
 
 // New returns an adapter for the Asterisk at conn.Address
@@ -78,6 +85,7 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 		conn: conn, cfg: cfg, devices: devices, base: base, tlsConf: tlsConf,
 		log:       log.With("pbx", conn.Name, "kind", "ari"),
 		pingEvery: 15 * time.Second,
+		mirror:    map[string]string{}, mirrorDirty: map[string]bool{}, mirrorWake: make(chan struct{}, 1),
 		client: &http.Client{
 			Timeout:   cfg.RequestTimeout,
 			Transport: &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 4},
@@ -164,9 +172,14 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	a.log.Info("synchronised with asterisk", "channels", len(snap.Calls), "devices", len(snap.Devices))
 
 	// Liveness runs beside the event loop, so that a slow ping never
-	// holds up the lamps.
-	dead := make(chan error, 1)
+	// holds up the lamps; so does the dnd mirror, which writes everything
+	// again after a connect (Asterisk may have restarted).
+	dead := make(chan error, 2)
 	go func() { dead <- a.watch(ctx) }()
+	if a.cfg.DNDDevice != "" {
+		a.markAllMirrorsDirty()
+		go func() { dead <- a.writeMirrors(ctx) }()
+	}
 	for {
 		for {
 			frame, ok := q.pop()
@@ -190,7 +203,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		case <-q.wake:
 		case err := <-dead:
 			if ctx.Err() == nil {
-				return fmt.Errorf("asterisk does not answer: %w", err)
+				return fmt.Errorf("asterisk stopped answering: %w", err)
 			}
 		}
 	}
@@ -312,6 +325,93 @@ func (a *Adapter) resync(ctx context.Context, m *mapper) (bridge.Snapshot, error
 		states[name] = ds.State
 	}
 	return m.snapshot(chans, endpoints, states), nil
+}
+
+// MirrorPerson implements adapters.PersonMirror: it records the state the
+// user's dnd device should have; the writer tells Asterisk. It never
+// blocks.
+func (a *Adapter) MirrorPerson(u bridge.User, p bridge.PersonState) {
+	dev := a.cfg.dndDevice(u)
+	if dev == "" {
+		return
+	}
+	want := "NOT_INUSE"
+	if p.DND() {
+		want = "BUSY"
+	}
+	a.mirrorMu.Lock()
+	if a.mirror[dev] != want {
+		a.mirror[dev] = want
+		a.mirrorDirty[dev] = true
+	}
+	a.mirrorMu.Unlock()
+	select {
+	case a.mirrorWake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Adapter) markAllMirrorsDirty() {
+	a.mirrorMu.Lock()
+	for dev := range a.mirror {
+		a.mirrorDirty[dev] = true
+	}
+	a.mirrorMu.Unlock()
+	select {
+	case a.mirrorWake <- struct{}{}:
+	default:
+	}
+}
+
+// writeMirrors tells Asterisk every pending dnd device state until ctx
+// ends or Asterisk fails to take one (then the session reconnects and
+// everything is written again).
+func (a *Adapter) writeMirrors(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.mirrorWake:
+		}
+		for {
+			a.mirrorMu.Lock()
+			var dev, state string
+			for d := range a.mirrorDirty {
+				dev, state = d, a.mirror[d]
+				delete(a.mirrorDirty, d)
+				break
+			}
+			a.mirrorMu.Unlock()
+			if dev == "" {
+				break
+			}
+			if err := a.put(ctx, "/deviceStates/"+url.PathEscape(dev)+"?deviceState="+state); err != nil {
+				a.mirrorMu.Lock()
+				a.mirrorDirty[dev] = true
+				a.mirrorMu.Unlock()
+				return fmt.Errorf("dnd mirror %s: %w", dev, err)
+			}
+		}
+	}
+}
+
+// put does a REST PUT with no body.
+func (a *Adapter) put(ctx context.Context, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, a.base.String()+"/ari"+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", a.authHeader())
+	res, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		return fmt.Errorf("PUT %s: %s", path, res.Status)
+	}
+	return nil
 }
 
 // watch pings Asterisk every pingEvery until a ping fails or ctx ends.

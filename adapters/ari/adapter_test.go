@@ -28,13 +28,15 @@ type fakeAsterisk struct {
 	endpoints []map[string]any
 	devices   map[string]string
 	conns     chan *websocket.Conn
+	puts      chan string // device state writes, "name=STATE"
 	pingDown  atomic.Bool // REST ping fails while the websocket stays up
 	connects  atomic.Int32
 	current   *websocket.Conn
 }
 
 func newFakeAsterisk(t *testing.T) *fakeAsterisk {
-	f := &fakeAsterisk{t: t, up: true, devices: map[string]string{}, conns: make(chan *websocket.Conn, 10)}
+	f := &fakeAsterisk{t: t, up: true, devices: map[string]string{}, conns: make(chan *websocket.Conn, 10),
+		puts: make(chan string, 100)}
 	mux := http.NewServeMux()
 	ws := websocket.Server{Handler: func(c *websocket.Conn) {
 		f.mu.Lock()
@@ -83,6 +85,20 @@ func newFakeAsterisk(t *testing.T) *fakeAsterisk {
 			return
 		}
 		name := strings.TrimPrefix(r.URL.Path, "/ari/deviceStates/")
+		if r.Method == http.MethodPut {
+			// ARI lets an application set Stasis: devices only.
+			st := r.URL.Query().Get("deviceState")
+			if !strings.HasPrefix(name, "Stasis:") || st == "" {
+				http.Error(w, "not controlled by ARI", http.StatusConflict)
+				return
+			}
+			f.mu.Lock()
+			f.devices[name] = st
+			f.mu.Unlock()
+			f.puts <- name + "=" + st
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
 		f.mu.Lock()
 		st, ok := f.devices[name]
 		f.mu.Unlock()
@@ -350,9 +366,56 @@ func TestSilentAsteriskIsReconnected(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if st := h.adapter.Status(); !strings.Contains(st.LastError, "does not answer") {
+	if st := h.adapter.Status(); !strings.Contains(st.LastError, "stopped answering") {
 		t.Errorf("last error %q", st.LastError)
 	}
 	fake.pingDown.Store(false)
 	h.waitSynchronised()
+}
+
+func TestDNDMirroredToAStasisDevice(t *testing.T) {
+	fake := newFakeAsterisk(t)
+	h := newHarness(t, fake, func(a *Adapter) { a.cfg.DNDDevice = "Stasis:DND_{extension}" })
+	user := bridge.User{ID: "alice", Extensions: []string{"100"}}
+	waitPut := func(want string) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case got := <-fake.puts:
+				if got == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("Asterisk was never told %s", want)
+			}
+		}
+	}
+	c := fake.waitConn()
+	h.waitSynchronised()
+	h.adapter.MirrorPerson(user, bridge.PersonState{Activities: []bridge.Activity{bridge.ActivityDND}})
+	waitPut("Stasis:DND_100=BUSY")
+
+	// Asterisk restarts and forgets; after the reconnect it is told again.
+	fake.mu.Lock()
+	delete(fake.devices, "Stasis:DND_100")
+	fake.mu.Unlock()
+	c.Close()
+	fake.waitConn()
+	waitPut("Stasis:DND_100=BUSY")
+
+	h.adapter.MirrorPerson(user, bridge.PersonState{Note: "back"})
+	waitPut("Stasis:DND_100=NOT_INUSE")
+}
+
+func TestDNDDeviceMustBeStasis(t *testing.T) {
+	for dev, ok := range map[string]bool{
+		"Stasis:DND_{extension}": true, "Stasis:dnd-{user}": true,
+		"Custom:DND_{extension}": false, "Stasis:DND": false,
+	} {
+		c := Config{DNDDevice: dev}
+		if errs := c.Validate(); (len(errs) == 0) != ok {
+			t.Errorf("%s: %v", dev, errs)
+		}
+	}
 }

@@ -6,9 +6,11 @@
 package ari
 
 import (
+	"strings"
 	"time"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/bridge"
 )
 
 // Config is the `ari:` section of a PBX of kind ari.
@@ -31,6 +33,25 @@ type Config struct {
 	// README.md for the dialplan and ari.conf lines that set them.
 	LocalTagVar  string `yaml:"local_tag_var"`
 	RemoteTagVar string `yaml:"remote_tag_var"`
+	// DNDDevice, when set, mirrors each user's do-not-disturb into an
+	// ARI-controlled device state (BUSY while dnd, NOT_INUSE otherwise) so
+	// that the PBX's own hints and dialplan can use it, e.g.
+	// "Stasis:DND_{extension}". {user} is the user's id, {extension} the
+	// first extension. Off when empty.
+	DNDDevice string `yaml:"dnd_device"`
+}
+
+// dndDevice is the mirror device name for user u, "" when mirroring is
+// off.
+func (c *Config) dndDevice(u bridge.User) string {
+	if c.DNDDevice == "" {
+		return ""
+	}
+	ext := u.ID
+	if len(u.Extensions) > 0 {
+		ext = u.Extensions[0]
+	}
+	return strings.NewReplacer("{user}", u.ID, "{extension}", ext).Replace(c.DNDDevice)
 }
 
 // Defaults fills unset fields.
@@ -66,6 +87,14 @@ func (c *Config) Validate() []adapters.ConfigError {
 	}
 	if c.RequestTimeout < 0 || c.ReconnectMin < 0 || c.ReconnectMax < 0 {
 		errs = append(errs, adapters.ConfigError{Key: "request_timeout", Msg: "durations must not be negative"})
+	}
+	if d := c.DNDDevice; d != "" {
+		switch {
+		case !strings.HasPrefix(d, "Stasis:"):
+			errs = append(errs, adapters.ConfigError{Key: "dnd_device", Msg: `must start with "Stasis:" (ARI can only set Stasis: devices)`})
+		case !strings.Contains(d, "{user}") && !strings.Contains(d, "{extension}"):
+			errs = append(errs, adapters.ConfigError{Key: "dnd_device", Msg: "must contain {user} or {extension}, one device per user"})
+		}
 	}
 	if c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
 		errs = append(errs, adapters.ConfigError{Key: "reconnect_min", Msg: "is above reconnect_max"})

@@ -106,6 +106,8 @@ func (d *daemon) Run(ctx context.Context) error {
 	defer cancelLog()
 	cancelSIP := d.bridge.Listen(d.sip.HandleChange)
 	defer cancelSIP()
+	cancelMirror := d.mirrorPersons()
+	defer cancelMirror()
 
 	var wg sync.WaitGroup
 	sipDone := make(chan error, 1)
@@ -152,6 +154,39 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("lamplighter stopped")
 	return nil
+}
+
+// mirrorPersons hands every user's person state to the adapters that
+// write it back into their PBX (the ARI dnd device), now and on every
+// change, for the PBXs the user has devices on.
+func (d *daemon) mirrorPersons() (cancel func()) {
+	mirrors := map[string]adapters.PersonMirror{}
+	for _, a := range d.adapters {
+		if m, ok := a.(adapters.PersonMirror); ok {
+			mirrors[a.Name()] = m
+		}
+	}
+	if len(mirrors) == 0 {
+		return func() {}
+	}
+	tell := func(u bridge.User, p bridge.PersonState) {
+		seen := map[string]bool{}
+		for _, ref := range u.Devices {
+			if m := mirrors[ref.Source]; m != nil && !seen[ref.Source] {
+				seen[ref.Source] = true
+				m.MirrorPerson(u, p)
+			}
+		}
+	}
+	cancel = d.bridge.Listen(func(c bridge.Change) {
+		if c.State != nil && (c.Previous == nil || c.State.Person.DND() != c.Previous.Person.DND()) {
+			tell(*c.State.User, c.State.Person)
+		}
+	})
+	for _, st := range d.bridge.States() {
+		tell(*st.User, st.Person)
+	}
+	return cancel
 }
 
 // expirePersons lets person states lapse when their expiry comes.

@@ -292,3 +292,30 @@ func TestEntityIsWhatWasSubscribed(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceStateAloneLightsTheLamp(t *testing.T) {
+	// A Custom: device or a chan_sip peer tells only its device state. The
+	// lamp must still light: a document with no dialog would read as idle.
+	for devState, want := range map[bridge.DeviceState]struct{ state, direction string }{
+		bridge.DeviceRinging: {"early", "recipient"},
+		bridge.DeviceInUse:   {"confirmed", ""},
+		bridge.DeviceOnHold:  {"confirmed", ""},
+		bridge.DeviceIdle:    {},
+	} {
+		s := scenario{events: []bridge.Event{bridge.DeviceStateChanged{Source: "ast", Device: "PJSIP/100", State: devState}}}
+		var doc dialogDoc
+		if err := xml.Unmarshal(DialogInfo(nil, entity, s.state(t), Options{}), &doc); err != nil {
+			t.Fatal(err)
+		}
+		if want.state == "" {
+			if len(doc.Dialogs) != 0 {
+				t.Errorf("%v: dialogs %+v, want none", devState, doc.Dialogs)
+			}
+			continue
+		}
+		if len(doc.Dialogs) != 1 || doc.Dialogs[0].State != want.state ||
+			(want.direction != "" && doc.Dialogs[0].Direction != want.direction) {
+			t.Errorf("%v: dialogs %+v, want one %s", devState, doc.Dialogs, want.state)
+		}
+	}
+}

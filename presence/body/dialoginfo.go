@@ -27,6 +27,9 @@ func DialogInfo(dst []byte, entity string, st *bridge.State, opt Options) []byte
 	dst = esc(dst, entity)
 	dst = append(dst, "\">\n"...)
 	calls := st.Calls
+	if len(calls) == 0 {
+		calls = lineDialog(st)
+	}
 	if opt.SingleDialog && len(calls) > 1 {
 		calls = calls[:1]
 	}
@@ -80,6 +83,27 @@ func appendDialog(dst []byte, entity, host string, st *bridge.State, c *bridge.C
 	}
 	dst = append(dst, "\n </dialog>\n"...)
 	return dst
+}
+
+// lineDialog stands in for the calls of a line that is in use while the
+// PBX has told only its device state (a Custom: device, a chan_sip peer,
+// or the moment between a RINGING device state and its channel): without
+// a dialog a phone would show the lamp as idle.
+func lineDialog(st *bridge.State) []bridge.Call {
+	c := bridge.Call{ID: "line-" + st.User.ID, Direction: bridge.Incoming}
+	switch st.Phone {
+	case bridge.PhoneRinging:
+		c.State = bridge.CallEarly
+	case bridge.PhoneDialing:
+		c.State, c.Direction = bridge.CallEarly, bridge.Outgoing
+	case bridge.PhoneBusy:
+		c.State = bridge.CallConfirmed
+	case bridge.PhoneHeld:
+		c.State, c.Held = bridge.CallConfirmed, true
+	default:
+		return nil
+	}
+	return []bridge.Call{c}
 }
 
 // appendParticipant writes a <local> or <remote> element: identity with
