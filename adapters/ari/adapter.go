@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -115,30 +114,17 @@ func (a *Adapter) setStatus(f func(*adapters.Status)) {
 // failure wait (capped exponential backoff with jitter) and start over.
 // An Asterisk that is down is retried for as long as ctx lasts.
 func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
-	wait := a.cfg.ReconnectMin
-	for {
-		started := time.Now()
-		err := a.session(ctx, sink)
-		if ctx.Err() != nil {
-			return nil
-		}
-		a.setStatus(func(s *adapters.Status) {
-			s.Connected, s.Synchronised, s.Since = false, false, time.Now()
-			s.LastError = err.Error()
-			s.Reconnects++
+	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, a.log,
+		func(ctx context.Context) error { return a.session(ctx, sink) },
+		func(err error, wait time.Duration) {
+			a.setStatus(func(s *adapters.Status) {
+				s.Connected, s.Synchronised, s.Since = false, false, time.Now()
+				s.LastError = err.Error()
+				s.Reconnects++
+			})
+			a.log.Warn("asterisk connection lost; retrying", "err", err, "in", wait.Round(time.Millisecond))
 		})
-		if time.Since(started) > 2*a.cfg.ReconnectMax {
-			wait = a.cfg.ReconnectMin // it was up for a good while
-		}
-		jittered := wait/2 + rand.N(wait/2+1)
-		a.log.Warn("asterisk connection lost; retrying", "err", err, "in", jittered.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(jittered):
-		}
-		wait = min(2*wait, a.cfg.ReconnectMax)
-	}
+	return nil
 }
 
 // session is one connection: websocket first (so that no event is lost),
@@ -156,7 +142,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	defer closeWS()
 	go func() { <-ctx.Done(); closeWS() }()
 
-	q := newFrameQueue()
+	q := adapters.NewQueue[[]byte]()
 	readErr := make(chan error, 1)
 	go func() { readErr <- a.readLoop(ws, q) }()
 	a.setStatus(func(s *adapters.Status) { s.Connected, s.Since, s.LastError = true, time.Now(), "" })
@@ -182,7 +168,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	}
 	for {
 		for {
-			frame, ok := q.pop()
+			frame, ok := q.Pop()
 			if !ok {
 				break
 			}
@@ -193,14 +179,14 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 			return ctx.Err()
 		case err := <-readErr:
 			for { // what arrived before the end still counts
-				frame, ok := q.pop()
+				frame, ok := q.Pop()
 				if !ok {
 					break
 				}
 				a.apply(m, frame, sink)
 			}
 			return err
-		case <-q.wake:
+		case <-q.Wake():
 		case err := <-dead:
 			if ctx.Err() == nil {
 				return fmt.Errorf("asterisk stopped answering: %w", err)
@@ -228,13 +214,13 @@ func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
 
 // readLoop reads websocket frames into q until the connection ends. It
 // never waits for processing.
-func (a *Adapter) readLoop(ws *websocket.Conn, q *frameQueue) error {
+func (a *Adapter) readLoop(ws *websocket.Conn, q *adapters.Queue[[]byte]) error {
 	for {
 		var frame []byte
 		if err := websocket.Message.Receive(ws, &frame); err != nil {
 			return fmt.Errorf("websocket: %w", err)
 		}
-		q.push(frame)
+		q.Push(frame)
 	}
 }
 
@@ -437,36 +423,4 @@ func (a *Adapter) ping(ctx context.Context) error {
 		err = a.get(ctx, "/asterisk/info?only=status", nil)
 	}
 	return err
-}
-
-// frameQueue is an unbounded FIFO between the websocket reader and the
-// mapper, so that the reader never blocks and no event is dropped.
-type frameQueue struct {
-	mu     sync.Mutex
-	frames [][]byte
-	wake   chan struct{}
-}
-
-func newFrameQueue() *frameQueue { return &frameQueue{wake: make(chan struct{}, 1)} }
-
-func (q *frameQueue) push(f []byte) {
-	q.mu.Lock()
-	q.frames = append(q.frames, f)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *frameQueue) pop() ([]byte, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.frames) == 0 {
-		return nil, false
-	}
-	f := q.frames[0]
-	q.frames[0] = nil
-	q.frames = q.frames[1:]
-	return f, true
 }
