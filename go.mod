@@ -3,23 +3,26 @@ module github.com/lamplighter/lamplighter
 go 1.26
 
 require (
-	github.com/CyCoreSystems/ari/v5 v5.3.1 // indirect
-	github.com/coreos/go-systemd/v22 v22.5.0 // indirect
-	github.com/emiago/sipgo v1.7.2 // indirect
+	github.com/CyCoreSystems/ari/v5 v5.3.1
+	github.com/coreos/go-systemd/v22 v22.5.0
+	github.com/emiago/sipgo v1.7.2
+	github.com/icholy/digest v1.2.0
+	github.com/percipia/eslgo v1.5.2
+	golang.org/x/net v0.43.0
+	gopkg.in/yaml.v3 v3.0.1
+)
+
+require (
 	github.com/go-stack/stack v1.8.0 // indirect
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
 	github.com/gobwas/ws v1.3.2 // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/google/uuid v1.6.0 // indirect
-	github.com/icholy/digest v1.2.0 // indirect
 	github.com/inconshreveable/log15 v0.0.0-20201112154412-8562bdadbbac // indirect
 	github.com/mattn/go-colorable v0.1.8 // indirect
 	github.com/mattn/go-isatty v0.0.12 // indirect
-	github.com/percipia/eslgo v1.5.2 // indirect
 	github.com/rotisserie/eris v0.4.1 // indirect
-	golang.org/x/net v0.43.0 // indirect
 	golang.org/x/sync v0.16.0 // indirect
 	golang.org/x/sys v0.35.0 // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

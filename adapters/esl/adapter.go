@@ -1,19 +1,23 @@
 package esl
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/percipia/eslgo"
 	"github.com/percipia/eslgo/command"
 
 	"github.com/lamplighter/lamplighter/adapters"
@@ -32,14 +36,18 @@ var subscribed = []string{
 
 const syncSubclass = "lamplighter::sync"
 
-// Adapter follows one FreeSWITCH over an inbound event socket, using
-// eslgo's connection for framing and login but none of its ordering:
-// eslgo hands each event to its own goroutine, so events are queued as
-// they come and applied by Event-Sequence per channel; a command that
-// times out ends the connection (its late reply would go to the next
-// command); a silent or wedged connection (eslgo stops reading, without a
-// word, on a truncated frame or an unknown content type) is found by the
-// heartbeat and ping checks and replaced.
+// Adapter follows one FreeSWITCH over an inbound event socket. It owns
+// the connection and its read loop and uses eslgo for the commands only:
+// eslgo v1.5.2's Conn hands each event to its own goroutine (order lost),
+// gives a reply that came after its command's deadline to the next
+// command, stops reading without a word on a truncated frame or an
+// unknown content type, and reads its channel map unlocked while Close
+// deletes from it (a data race that can crash the process). Here frames
+// are read in order into an unbounded queue; commands are serialised and a
+// timeout ends the connection; anything unframeable ends it too; a silent
+// FreeSWITCH is found by the heartbeat and ping checks. Events are still
+// applied by Event-Sequence per channel, since FreeSWITCH's own dispatch
+// threads can reorder them.
 type Adapter struct {
 	conn    adapters.Connection
 	cfg     Config
@@ -99,80 +107,162 @@ func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
 	return nil
 }
 
-// link is one live connection: eslgo's Conn with commands serialised.
+// link is one live event-socket connection. Commands are serialised:
+// one is outstanding at a time and its reply is the next command/reply or
+// api/response frame; a command that times out ends the connection, so a
+// late reply can never be taken for the next command's.
 type link struct {
-	conn    *eslgo.Conn
+	conn    net.Conn
 	timeout time.Duration
 	mu      sync.Mutex
+	replies chan *rawFrame
 }
 
-// send runs one command within the timeout. Any failure is final for the
-// connection.
-func (l *link) send(ctx context.Context, cmd command.Command) (*eslgo.RawResponse, error) {
+// rawFrame is one frame: its headers and body.
+type rawFrame struct {
+	header textproto.MIMEHeader
+	body   []byte
+}
+
+func (f *rawFrame) reply() string {
+	if v := f.header.Get("Reply-Text"); v != "" {
+		return v
+	}
+	return strings.TrimSpace(string(f.body))
+}
+
+func (f *rawFrame) ok() bool { return strings.HasPrefix(f.reply(), "+OK") }
+
+// maxFrame bounds a frame's body: show channels on a busy switch is large,
+// but not this large.
+const maxFrame = 64 << 20
+
+// readFrame reads one frame: headers, a blank line, Content-Length bytes.
+func readFrame(r *bufio.Reader) (*rawFrame, error) {
+	h, err := textproto.NewReader(r).ReadMIMEHeader()
+	if err != nil {
+		if len(h) == 0 {
+			return nil, err
+		}
+		return nil, fmt.Errorf("bad frame header: %w", err)
+	}
+	f := &rawFrame{header: h}
+	if cl := h.Get("Content-Length"); cl != "" {
+		n, err := strconv.Atoi(cl)
+		if err != nil || n < 0 || n > maxFrame {
+			return nil, fmt.Errorf("bad Content-Length %q", cl)
+		}
+		f.body = make([]byte, n)
+		if _, err := io.ReadFull(r, f.body); err != nil {
+			return nil, fmt.Errorf("truncated frame: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// send runs one command (built by eslgo's command types) within the
+// timeout. Any failure is final for the connection.
+func (l *link) send(ctx context.Context, cmd command.Command) (*rawFrame, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	defer cancel()
-	res, err := l.conn.SendCommand(ctx, cmd)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", strings.Fields(cmd.BuildMessage())[0], err)
+	name := strings.Fields(cmd.BuildMessage())[0]
+	l.conn.SetWriteDeadline(time.Now().Add(l.timeout))
+	if _, err := io.WriteString(l.conn, cmd.BuildMessage()+"\n\n"); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return res, nil
+	t := time.NewTimer(l.timeout)
+	defer t.Stop()
+	select {
+	case f, ok := <-l.replies:
+		if !ok {
+			return nil, fmt.Errorf("%s: connection closed", name)
+		}
+		return f, nil
+	case <-t.C:
+		return nil, fmt.Errorf("%s: no reply within %s", name, l.timeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // api runs an api command and returns its body; -ERR replies are errors.
 func (l *link) api(ctx context.Context, cmd, args string) ([]byte, error) {
-	res, err := l.send(ctx, command.API{Command: cmd, Arguments: args})
+	f, err := l.send(ctx, command.API{Command: cmd, Arguments: args})
 	if err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(string(res.Body), "-ERR") {
-		return nil, fmt.Errorf("api %s: %s", cmd, strings.TrimSpace(string(res.Body)))
+	if strings.HasPrefix(string(f.body), "-ERR") {
+		return nil, fmt.Errorf("api %s: %s", cmd, strings.TrimSpace(string(f.body)))
 	}
-	return res.Body, nil
+	return f.body, nil
 }
 
-// dial connects and logs in within the command timeout. eslgo's Dial has
-// no timeout of its own, so it runs aside and is abandoned (and closed
-// when it returns) if it takes too long.
-func (a *Adapter) dial(ctx context.Context, closed func()) (*eslgo.Conn, error) {
-	opts := eslgo.InboundOptions{
-		Options:      eslgo.Options{Context: ctx, Logger: eslLogger{a.log}, ExitTimeout: time.Second},
-		Network:      "tcp",
-		Password:     a.conn.Password,
-		AuthTimeout:  a.cfg.CommandTimeout,
-		OnDisconnect: closed,
-	}
-	type result struct {
-		c   *eslgo.Conn
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := opts.Dial(a.conn.Address)
-		done <- result{c, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("cannot log in to the event socket: %w", r.err)
+// readLoop reads frames until the connection fails: events into q,
+// replies to the waiting command. Anything it cannot frame, a content
+// type it does not know, a reply nobody waits for and FreeSWITCH's
+// disconnect notice end the connection (and so lead to a resync).
+func (l *link) readLoop(r *bufio.Reader, q *adapters.Queue[event]) error {
+	defer close(l.replies)
+	for {
+		f, err := readFrame(r)
+		if err != nil {
+			return err
 		}
-		return r.c, nil
-	case <-time.After(a.cfg.CommandTimeout + time.Second):
-		go func() {
-			if r := <-done; r.c != nil {
-				r.c.Close()
+		switch ct := f.header.Get("Content-Type"); ct {
+		case "text/event-plain":
+			h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(f.body))).ReadMIMEHeader()
+			if err != nil && len(h) == 0 {
+				return fmt.Errorf("undecodable event: %w", err)
 			}
-		}()
-		return nil, errors.New("the event socket did not answer in time")
-	case <-ctx.Done():
-		go func() {
-			if r := <-done; r.c != nil {
-				r.c.Close()
+			q.Push(event(h))
+		case "command/reply", "api/response":
+			select {
+			case l.replies <- f:
+			default:
+				return errors.New("a reply nobody asked for")
 			}
-		}()
-		return nil, ctx.Err()
+		case "auth/request":
+			return errors.New("freeswitch asked to log in again")
+		case "text/disconnect-notice":
+			return errors.New("freeswitch closed the connection")
+		default:
+			return fmt.Errorf("unknown content type %q", ct)
+		}
 	}
+}
+
+// dial connects and logs in (auth/request, auth, +OK) within the command
+// timeout.
+func (a *Adapter) dial(ctx context.Context) (net.Conn, *bufio.Reader, error) {
+	d := net.Dialer{Timeout: a.cfg.CommandTimeout}
+	c, err := d.DialContext(ctx, "tcp", a.conn.Address)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.SetDeadline(time.Now().Add(a.cfg.CommandTimeout))
+	r := bufio.NewReader(c)
+	fail := func(err error) (net.Conn, *bufio.Reader, error) {
+		c.Close()
+		return nil, nil, fmt.Errorf("cannot log in to the event socket: %w", err)
+	}
+	f, err := readFrame(r)
+	if err != nil {
+		return fail(err)
+	}
+	if ct := f.header.Get("Content-Type"); ct != "auth/request" {
+		return fail(fmt.Errorf("expected auth/request, got %q", ct))
+	}
+	if _, err := io.WriteString(c, command.Auth{Password: a.conn.Password}.BuildMessage()+"\n\n"); err != nil {
+		return fail(err)
+	}
+	if f, err = readFrame(r); err != nil {
+		return fail(err)
+	}
+	if !f.ok() {
+		return fail(fmt.Errorf("%s (wrong password?)", f.reply()))
+	}
+	c.SetDeadline(time.Time{})
+	return c, r, nil
 }
 
 // session is one connection: log in, subscribe, fire a sync mark, read
@@ -180,16 +270,16 @@ func (a *Adapter) dial(ctx context.Context, closed func()) (*eslgo.Conn, error) 
 func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	lost := make(chan struct{})
-	var lostOnce sync.Once
-	conn, err := a.dial(ctx, func() { lostOnce.Do(func() { close(lost) }) })
+	conn, r, err := a.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	l := &link{conn: conn, timeout: a.cfg.CommandTimeout}
+	go func() { <-ctx.Done(); conn.Close() }()
+	l := &link{conn: conn, timeout: a.cfg.CommandTimeout, replies: make(chan *rawFrame, 1)}
 	q := adapters.NewQueue[event]()
-	conn.RegisterEventListener(eslgo.EventListenAll, func(ev *eslgo.Event) { q.Push(event(ev.Headers)) })
+	readErr := make(chan error, 1)
+	go func() { readErr <- l.readLoop(r, q) }()
 	a.setStatus(func(s *adapters.Status) { s.Connected, s.Since, s.LastError = true, time.Now(), "" })
 	a.log.Info("connected to freeswitch", "address", a.conn.Address)
 
@@ -197,8 +287,8 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	if err != nil {
 		return err
 	}
-	if !res.IsOk() {
-		return fmt.Errorf("event subscription refused: %s", res.GetReply())
+	if !res.ok() {
+		return fmt.Errorf("event subscription refused: %s", res.reply())
 	}
 
 	// The sync mark: every event after it is newer than the state read
@@ -210,8 +300,8 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	}}
 	if res, err = l.send(ctx, mark); err != nil {
 		return err
-	} else if !res.IsOk() {
-		return fmt.Errorf("sendevent refused: %s", res.GetReply())
+	} else if !res.ok() {
+		return fmt.Errorf("sendevent refused: %s", res.reply())
 	}
 	chanBody, err := l.api(ctx, "show", "channels as json")
 	if err != nil {
@@ -253,8 +343,8 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		case <-q.Wake():
 		case <-deadline:
 			return errors.New("the sync mark never came back: is CUSTOM lamplighter::sync filtered?")
-		case <-lost:
-			return errors.New("freeswitch closed the connection")
+		case err := <-readErr:
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -285,8 +375,15 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-lost:
-			return errors.New("freeswitch closed the connection")
+		case err := <-readErr:
+			for { // what arrived before the end still counts
+				e, ok := q.Pop()
+				if !ok {
+					break
+				}
+				a.apply(m, e, sink, markSeq)
+			}
+			return err
 		case err := <-dead:
 			return err
 		case <-q.Wake():
@@ -337,21 +434,4 @@ func newToken() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// eslLogger sends eslgo's own messages to slog at debug level: the
-// adapter reports what matters itself.
-type eslLogger struct{ log *slog.Logger }
-
-func (l eslLogger) Debug(f string, args ...any) {
-	l.log.Debug("eslgo: " + strings.TrimSpace(fmt.Sprintf(f, args...)))
-}
-func (l eslLogger) Info(f string, args ...any) {
-	l.log.Debug("eslgo: " + strings.TrimSpace(fmt.Sprintf(f, args...)))
-}
-func (l eslLogger) Warn(f string, args ...any) {
-	l.log.Debug("eslgo: " + strings.TrimSpace(fmt.Sprintf(f, args...)))
-}
-func (l eslLogger) Error(f string, args ...any) {
-	l.log.Debug("eslgo: " + strings.TrimSpace(fmt.Sprintf(f, args...)))
 }

@@ -95,6 +95,9 @@ func (h *harness) waitFor(user, what string, ok func(*bridge.State) bool) *bridg
 		case c := <-h.changes:
 			if c.State != nil {
 				h.seen[c.UserID] = append(h.seen[c.UserID], c.State)
+				if c.UserID == user && ok(c.State) {
+					return c.State
+				}
 			}
 		case <-recheck.C:
 		case <-deadline:
