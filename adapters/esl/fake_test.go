@@ -62,10 +62,15 @@ func readFrames(t testing.TB, path string) []frame {
 	return out
 }
 
-// events returns the event frames of a capture.
+// events returns the event frames of a capture: one of the recordings,
+// or one of ours in testdata/ (flows the recordings lack, same format).
 func events(t testing.TB, name string) []frame {
+	path := filepath.Join(fixtures, name)
+	if strings.HasPrefix(name, "testdata/") {
+		path = name
+	}
 	var out []frame
-	for _, f := range readFrames(t, filepath.Join(fixtures, name)) {
+	for _, f := range readFrames(t, path) {
 		if f.contentType == "text/event-plain" {
 			out = append(out, f)
 		}

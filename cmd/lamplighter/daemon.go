@@ -11,6 +11,7 @@ import (
 
 	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/adapters/ari"
+	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -65,8 +66,10 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 		return sim.New(conn, *p.Sim, simPhones(p.Name, dir), d.log), nil
 	case config.KindARI:
 		return ari.New(conn, *p.ARI, d.devicesOn(p.Name), d.log)
+	case config.KindESL:
+		return esl.New(conn, *p.ESL, d.devicesOn(p.Name), d.log)
 	}
-	return nil, fmt.Errorf("the %s adapter is not part of this build yet", p.Kind)
+	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
 }
 
 // devicesOn returns a function listing the devices users have on a PBX

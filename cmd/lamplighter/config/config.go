@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/lamplighter/lamplighter/adapters/ari"
+	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence"
@@ -113,6 +114,8 @@ type PBX struct {
 	PasswordEnv  string `yaml:"password_env"`
 	// ARI is the section of a PBX of kind ari (adapters/ari/README.md).
 	ARI *ari.Config `yaml:"ari"`
+	// ESL is the section of a PBX of kind esl (adapters/esl/README.md).
+	ESL *esl.Config `yaml:"esl"`
 	// Sim is the section of a PBX of kind sim.
 	Sim *sim.Config `yaml:"sim"`
 }
@@ -336,6 +339,9 @@ func (c *Config) defaults() {
 		}
 		if c.PBX[i].Kind == KindARI && c.PBX[i].ARI == nil {
 			c.PBX[i].ARI = &ari.Config{}
+		}
+		if c.PBX[i].Kind == KindESL && c.PBX[i].ESL == nil {
+			c.PBX[i].ESL = &esl.Config{}
 		}
 	}
 }

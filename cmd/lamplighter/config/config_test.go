@@ -124,6 +124,9 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"bad digest algorithm", [2]string{"  domain: example.com", "  domain: example.com\n  digest_algorithms: [MD5, SHA-1]"}, 3, `digest algorithm "SHA-1"`},
 		{"ari section checked", [2]string{"    password: p\n", "    password: p\n    ari: {app: \"bad app\"}\n"}, 9, "app: use letters"},
 		{"ari section on a sim", [2]string{"kind: sim", "kind: sim\n    ari: {app: x}"}, 11, "an ari section on a pbx of kind"},
+		{"esl address", [2]string{"kind: sim", "kind: esl\n    address: fs.example.com\n    password: p"}, 11, "an esl pbx needs host:port"},
+		{"esl section checked", [2]string{"kind: sim", "kind: esl\n    address: fs:8021\n    password: p\n    esl: {reconnect_min: 1m, reconnect_max: 1s}"}, 13, "reconnect_min: is above reconnect_max"},
+		{"esl section on a sim", [2]string{"kind: sim", "kind: sim\n    esl: {ping_interval: 1s}"}, 11, "an esl section on a pbx of kind"},
 		{"extension not a URI user", [2]string{`extensions: ["101"]`, `extensions: ["10 1"]`}, 17, "cannot be the user part"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}

@@ -182,6 +182,11 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 			if err := checkHostPort(pb.Address); err != nil {
 				v.at(append(path, "address"), "bad address %q: an esl pbx needs host:port (%v)", pb.Address, err)
 			}
+			if pb.ESL != nil {
+				for _, e := range pb.ESL.Validate() {
+					v.at(append(path, "esl", e.Key), "%s", e.Error())
+				}
+			}
 		case KindSim:
 			if pb.Sim != nil {
 				for _, e := range pb.Sim.Validate() {
@@ -198,6 +203,9 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 		}
 		if pb.Kind != KindARI && pb.ARI != nil {
 			v.at(append(path, "ari"), "an ari section on a pbx of kind %q", pb.Kind)
+		}
+		if pb.Kind != KindESL && pb.ESL != nil {
+			v.at(append(path, "esl"), "an esl section on a pbx of kind %q", pb.Kind)
 		}
 		if pb.Kind == KindARI || pb.Kind == KindESL {
 			n := 0

@@ -1,0 +1,291 @@
+package esl
+
+import (
+	"encoding/xml"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/body"
+)
+
+// mapped feeds events through a mapper into a bridge with the recorded
+// users, starting from the registrations at the start of the recordings.
+type mapped struct {
+	m      *mapper
+	b      *bridge.Bridge
+	states map[string][]*bridge.State
+}
+
+func newMapped(t *testing.T) *mapped {
+	dir, devs := recordedDirectory(t)
+	mp := &mapped{m: newMapper("fs", devs), b: bridge.New(dir), states: map[string][]*bridge.State{}}
+	mp.b.Listen(func(c bridge.Change) {
+		if c.State != nil {
+			mp.states[c.UserID] = append(mp.states[c.UserID], c.State)
+		}
+	})
+	regs, err := showRows[registrationRow]([]byte(strings.Replace(string(apiBody(t, "show-registrations.esl-raw.txt")),
+		"db962486549b235f", "112d97b8bb9cdb96", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp.b.Apply(mp.m.snapshot(nil, regs, devs))
+	return mp
+}
+
+func (mp *mapped) feed(frames ...frame) {
+	for _, f := range frames {
+		for _, e := range mp.m.event(f.ev) {
+			mp.b.Apply(e)
+		}
+	}
+}
+
+func (mp *mapped) phones(user string) []bridge.PhoneState {
+	var out []bridge.PhoneState
+	for _, s := range mp.states[user] {
+		if len(out) == 0 || out[len(out)-1] != s.Phone {
+			out = append(out, s.Phone)
+		}
+	}
+	return out
+}
+
+func (mp *mapped) state(user string) *bridge.State {
+	s, _ := mp.b.State(user)
+	return s
+}
+
+func bySeq(frames []frame, seq uint64) frame {
+	for _, f := range frames {
+		if f.ev.seq() == seq {
+			return f
+		}
+	}
+	panic("no event with that sequence")
+}
+
+func TestInOrderEveryStep(t *testing.T) {
+	mp := newMapped(t)
+	mp.feed(events(t, "esl-call-plain.txt")...)
+	// In order, every step shows, the restart of 1001 included.
+	if got, want := mp.phones("1001"), []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneOffline, bridge.PhoneIdle,
+		bridge.PhoneRinging, bridge.PhoneBusy, bridge.PhoneIdle}; !slices.Equal(got, want) {
+		t.Errorf("1001: %v, want %v", got, want)
+	}
+	if got, want := mp.phones("1000"), []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneDialing, bridge.PhoneBusy,
+		bridge.PhoneHeld, bridge.PhoneBusy, bridge.PhoneIdle}; !slices.Equal(got, want) {
+		t.Errorf("1000: %v, want %v", got, want)
+	}
+}
+
+func TestShuffledAndDuplicatedEventsEndRight(t *testing.T) {
+	evs := events(t, "esl-call-plain.txt")
+	for seed := range uint64(50) {
+		mp := newMapped(t)
+		r := rand.New(rand.NewPCG(seed, 7))
+		shuffled := slices.Clone(evs)
+		// Every event twice, then shuffled within windows of eight: the
+		// reordering a dispatch thread or a goroutine per event makes.
+		shuffled = append(shuffled, evs...)
+		r.Shuffle(len(shuffled), func(i, j int) {
+			if d := i - j; d > -8 && d < 8 {
+				shuffled[i], shuffled[j] = shuffled[j], shuffled[i]
+			}
+		})
+		mp.feed(shuffled...)
+		for _, u := range []string{"1000", "1001"} {
+			if s := mp.state(u); s.Phone != bridge.PhoneIdle || len(s.Calls) != 0 {
+				t.Fatalf("seed %d: %s ends %v with %+v", seed, u, s.Phone, s.Calls)
+			}
+		}
+		// A newer state is never undone by an older event.
+		for _, u := range []string{"1000", "1001"} {
+			for _, s := range mp.states[u] {
+				for _, c := range s.Calls {
+					if c.State < bridge.CallEarly && c.Direction == bridge.Incoming {
+						t.Fatalf("seed %d: %s shows a pending leg", seed, u)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestLateEventsCannotReviveOrRegress(t *testing.T) {
+	evs := events(t, "esl-call-plain.txt")
+	mp := newMapped(t)
+	// The callee leg: created, answered and up...
+	mp.feed(bySeq(evs, 580), bySeq(evs, 597))
+	if s := mp.state("1001"); s.Phone != bridge.PhoneBusy {
+		t.Fatalf("1001 after ACTIVE: %v", s.Phone)
+	}
+	// ...then its RINGING, older, arrives late: no step back.
+	mp.feed(bySeq(evs, 586))
+	if s := mp.state("1001"); s.Phone != bridge.PhoneBusy {
+		t.Errorf("a late RINGING took 1001 back to %v", s.Phone)
+	}
+	// Hung up, then a CALLSTATE from before the hangup arrives: the
+	// tombstone keeps the call dead.
+	mp.feed(bySeq(evs, 633), bySeq(evs, 597), bySeq(evs, 595))
+	if s := mp.state("1001"); len(s.Calls) != 0 || s.Phone != bridge.PhoneIdle {
+		t.Errorf("a late event revived the call: %v %+v", s.Phone, s.Calls)
+	}
+	// Late register/unregister pairs: the newer one counts.
+	mp.feed(bySeq(evs, 500), bySeq(evs, 496))
+	if s := mp.state("1001"); s.Phone != bridge.PhoneIdle {
+		t.Errorf("1001 after register then a late unregister of its old contact: %v", s.Phone)
+	}
+}
+
+func TestTwoCallsAtOnceOnOneUser(t *testing.T) {
+	mp := newMapped(t)
+	mp.feed(events(t, "testdata/two-calls-on-1001.txt")...)
+	var both *bridge.State
+	for _, s := range mp.states["1001"] {
+		if len(s.Calls) == 2 {
+			both = s
+		}
+	}
+	if both == nil {
+		t.Fatalf("1001 never had two calls: %v", mp.phones("1001"))
+	}
+	// The second caller rings while the first call is up: the lamp says
+	// ringing (a call can be picked up), and both dialogs are there.
+	if both.Phone != bridge.PhoneRinging {
+		t.Errorf("1001 with a call up and one ringing: %v", both.Phone)
+	}
+	var numbers []string
+	for _, c := range both.Calls {
+		numbers = append(numbers, c.Remote.Number)
+	}
+	slices.Sort(numbers)
+	if !slices.Equal(numbers, []string{"1000", "1002"}) {
+		t.Errorf("remote parties %v", numbers)
+	}
+	if s := mp.state("1001"); s.Phone != bridge.PhoneIdle || len(s.Calls) != 0 {
+		t.Errorf("1001 at the end: %v %+v", s.Phone, s.Calls)
+	}
+}
+
+func TestRegistrationExpiry(t *testing.T) {
+	mp := newMapped(t)
+	frames := events(t, "testdata/registration-expiry.txt")
+	mp.feed(frames[0])
+	mp.feed(frames[1]) // sofia::expire
+	// 1001's other contact (from the start) is still there; drop it by
+	// its own expiry: FreeSWITCH's sofia::expire for it was lost.
+	if s := mp.state("1001"); s.Phone != bridge.PhoneIdle {
+		t.Fatalf("1001 with one contact left: %v", s.Phone)
+	}
+	later := time.Now().Add(time.Hour)
+	mp.m.now = func() time.Time { return later }
+	for _, e := range mp.m.expire() {
+		mp.b.Apply(e)
+	}
+	if s := mp.state("1001"); s.Phone != bridge.PhoneOffline {
+		t.Errorf("1001 after every registration expired: %v", s.Phone)
+	}
+	if s := mp.state("1000"); s.Phone != bridge.PhoneOffline {
+		t.Errorf("1000 after its registration expired: %v", s.Phone)
+	}
+}
+
+func TestExpireEventAloneMakesUnavailable(t *testing.T) {
+	dir, devs := recordedDirectory(t)
+	m := newMapper("fs", devs)
+	b := bridge.New(dir)
+	b.Apply(m.snapshot(nil, nil, devs))
+	frames := events(t, "testdata/registration-expiry.txt")
+	for i, want := range []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneOffline} {
+		for _, e := range m.event(frames[i].ev) {
+			b.Apply(e)
+		}
+		if s, _ := b.State("1001"); s.Phone != want {
+			t.Errorf("after %s: %v, want %v", frames[i].ev.get("Event-Subclass"), s.Phone, want)
+		}
+	}
+}
+
+// dialogDoc is the part of a dialog-info document the comparison reads.
+type dialogDoc struct {
+	Dialogs []struct {
+		ID        string `xml:"id,attr"`
+		CallID    string `xml:"call-id,attr"`
+		Direction string `xml:"direction,attr"`
+		State     string `xml:"state"`
+		Remote    struct {
+			Identity string `xml:"identity"`
+		} `xml:"remote"`
+	} `xml:"dialog"`
+}
+
+func TestCarriesAtLeastWhatFreeSWITCHBLFSends(t *testing.T) {
+	evs := events(t, "esl-call-plain.txt")
+	mp := newMapped(t)
+	render := func(user string) dialogDoc {
+		var d dialogDoc
+		if err := xml.Unmarshal(body.DialogInfo(nil, "sip:"+user+"@127.0.0.1", mp.state(user), body.Options{}), &d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	native := func(name string) dialogDoc {
+		raw, err := os.ReadFile(filepath.Join(fixtures, "../freeswitch-native-blf", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d dialogDoc
+		if err := xml.Unmarshal(raw[strings.Index(string(raw), "<?xml"):], &d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	userOf := func(uri string) string {
+		u, _, _ := strings.Cut(strings.TrimPrefix(uri, "sip:"), "@")
+		return u
+	}
+	// Up to 1001 ringing.
+	for _, f := range evs {
+		if f.ev.seq() <= 586 {
+			mp.feed(f)
+		}
+	}
+	ours, theirs := render("1001"), native("native-notify-1001-dialog-03-early.txt")
+	if len(ours.Dialogs) != 1 || len(theirs.Dialogs) != 1 {
+		t.Fatalf("callee ringing: ours %+v, FreeSWITCH %+v", ours, theirs)
+	}
+	o, n := ours.Dialogs[0], theirs.Dialogs[0]
+	if o.ID != n.ID || o.Direction != n.Direction || o.State != n.State || userOf(o.Remote.Identity) != userOf(n.Remote.Identity) {
+		t.Errorf("callee ringing: ours %+v, FreeSWITCH %+v", o, n)
+	}
+	// The caller, meanwhile: FreeSWITCH says confirmed; it is not.
+	caller := render("1000")
+	if len(caller.Dialogs) != 1 || caller.Dialogs[0].State != "early" || caller.Dialogs[0].Direction != "initiator" ||
+		userOf(caller.Dialogs[0].Remote.Identity) != "1001" || caller.Dialogs[0].CallID != "a107d32baf48fb56" {
+		t.Errorf("caller while the callee rings: %+v", caller.Dialogs)
+	}
+	if nat := native("native-notify-1000-dialog-02-confirmed.txt"); nat.Dialogs[0].State != "confirmed" {
+		t.Fatalf("the recording changed: %+v", nat)
+	}
+	// In the call, both sides: the same dialog ids, with Call-IDs.
+	for _, f := range evs {
+		if f.ev.seq() > 586 && f.ev.seq() <= 601 {
+			mp.feed(f)
+		}
+	}
+	for user, file := range map[string]string{"1000": "native-notify-1000-dialog-03-confirmed.txt", "1001": "native-notify-1001-dialog-04-confirmed.txt"} {
+		ours, theirs := render(user), native(file)
+		o, n := ours.Dialogs[0], theirs.Dialogs[0]
+		if o.ID != n.ID || o.State != n.State || o.Direction != n.Direction || o.CallID == "" ||
+			userOf(o.Remote.Identity) != userOf(n.Remote.Identity) {
+			t.Errorf("%s in call: ours %+v, FreeSWITCH %+v", user, o, n)
+		}
+	}
+}
