@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 )
@@ -27,6 +29,7 @@ type daemon struct {
 	bridge   *bridge.Bridge
 	sip      *presence.Server
 	adapters []adapters.Adapter
+	ops      *ops.Server
 	demo     bool // only simulated PBXs: lamp changes are logged at info level
 }
 
@@ -41,16 +44,22 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
 		return nil, err
 	}
 	opt.Logger = log.With("component", "sip")
+	d.ops = ops.New()
+	opt.Metrics = d.ops.Metrics
 	if d.sip, err = presence.New(d.bridge, opt); err != nil {
 		return nil, err
 	}
+	var kinds []ops.Adapter
 	for i := range cfg.PBX {
 		a, err := d.newAdapter(&cfg.PBX[i], dir)
 		if err != nil {
 			return nil, fmt.Errorf("pbx %q: %w", cfg.PBX[i].Name, err)
 		}
 		d.adapters = append(d.adapters, a)
+		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
+	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.Subscriptions, Adapters: kinds,
+		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
 	return d, nil
 }
 
@@ -119,6 +128,22 @@ func (d *daemon) Run(ctx context.Context) error {
 	case <-d.sip.Ready():
 	case err := <-sipDone:
 		return err
+	}
+	if d.cfg.HTTP.Listen != "" {
+		ln, err := net.Listen("tcp", d.cfg.HTTP.Listen)
+		if err != nil {
+			cancel()
+			<-sipDone
+			return fmt.Errorf("http listen %s: %w", d.cfg.HTTP.Listen, err)
+		}
+		d.log.Info("http listening", "address", ln.Addr().String(), "paths", "/healthz /readyz /metrics")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.ops.Run(ctx, ln, d.log); err != nil {
+				d.log.Error("http server stopped", "err", err)
+			}
+		}()
 	}
 	for _, a := range d.adapters {
 		wg.Add(1)
@@ -251,17 +276,25 @@ func (d *daemon) feedWatchdog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			alive := make(chan struct{})
-			go func() { d.bridge.States(); close(alive) }()
-			select {
-			case <-alive:
+			if d.bridgeAnswers(interval / 4) {
 				notifySystemd(d.log, sddaemon.SdNotifyWatchdog)
-			case <-time.After(interval / 4):
+			} else {
 				d.log.Error("bridge did not answer: withholding the systemd watchdog ping")
-			case <-ctx.Done():
-				return
 			}
 		}
+	}
+}
+
+// bridgeAnswers tells whether the bridge answers a read within wait (its
+// lock is not wedged).
+func (d *daemon) bridgeAnswers(wait time.Duration) bool {
+	alive := make(chan struct{})
+	go func() { d.bridge.States(); close(alive) }()
+	select {
+	case <-alive:
+		return true
+	case <-time.After(wait):
+		return false
 	}
 }
 

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -91,6 +94,26 @@ func TestDemoRunsAndStops(t *testing.T) {
 	waitFor(t, &out, "sip listening", 10*time.Second)
 	waitFor(t, &out, "lamplighter running", 10*time.Second)
 	waitFor(t, &out, "msg=lamp user=debbie state=idle", 10*time.Second)
+	// The operations endpoint: ready once the demo PBX is synchronised,
+	// and its state in the metrics.
+	m := regexp.MustCompile(`"http listening" address=(\S+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no http address in the log:\n%s", out.String())
+	}
+	for path, want := range map[string]string{
+		"/healthz": "ok", "/readyz": `"synchronised":true`,
+		"/metrics": `lamplighter_pbx_synchronised{kind="sim",pbx="demo"} 1`,
+	} {
+		res, err := http.Get("http://" + m[1] + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, want %q in:\n%.2000s", path, res.StatusCode, want, body)
+		}
+	}
 	// The demo places a call every five seconds on average.
 	waitFor(t, &out, "state=ringing", 60*time.Second)
 	cancel()

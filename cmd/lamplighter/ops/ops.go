@@ -1,0 +1,225 @@
+// Package ops is Lamplighter's operations endpoint: /healthz (the process
+// and its core answer), /readyz (listeners up, every PBX connected and
+// synchronised) and Prometheus /metrics. Its Metrics type is what the SIP
+// server counts into.
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/presence"
+)
+
+// Sources is what the endpoint reads: the SIP server and the adapters.
+type Sources struct {
+	// SIPReady is closed once every SIP listener is bound.
+	SIPReady <-chan struct{}
+	// Subscriptions counts the active subscriptions per package.
+	Subscriptions func() (total int, byPackage [2]int)
+	// Adapters are the PBX adapters, with their kind.
+	Adapters []Adapter
+	// Alive answers whether the core still answers (the bridge lock is
+	// not wedged).
+	Alive func() bool
+}
+
+// Adapter is one PBX adapter and its kind (ari, esl, sim).
+type Adapter struct {
+	adapters.Adapter
+	Kind string
+}
+
+// Server serves the operations endpoints.
+type Server struct {
+	src     Sources
+	reg     *prometheus.Registry
+	Metrics *Metrics
+	mux     *http.ServeMux
+}
+
+// New builds the endpoint and its metrics registry (its own, not the
+// global one). Its Metrics can be handed to the SIP server at once;
+// Attach tells it what to read before Run.
+func New() *Server {
+	reg := prometheus.NewRegistry()
+	s := &Server{reg: reg, Metrics: newMetrics(reg), mux: http.NewServeMux()}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&stateCollector{s: s})
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return s
+}
+
+// Attach sets what the endpoints read. Call it before Run.
+func (s *Server) Attach(src Sources) { s.src = src }
+
+// Handle adds another handler to the endpoint's mux (the API, the page).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Run serves on ln until ctx ends, then shuts down within two seconds.
+func (s *Server) Run(ctx context.Context, ln net.Listener, log *slog.Logger) error {
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if s.src.Alive != nil && !s.src.Alive() {
+		http.Error(w, "the core does not answer\n", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// readiness is the body of /readyz.
+type readiness struct {
+	Ready bool                       `json:"ready"`
+	SIP   bool                       `json:"sip_listening"`
+	PBX   map[string]adapters.Status `json:"pbx"`
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	rd := readiness{Ready: true, PBX: map[string]adapters.Status{}}
+	select {
+	case <-s.src.SIPReady:
+		rd.SIP = true
+	default:
+		rd.Ready = false
+	}
+	for _, a := range s.src.Adapters {
+		st := a.Status()
+		rd.PBX[a.Name()] = st
+		if !st.Connected || !st.Synchronised {
+			rd.Ready = false
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !rd.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(rd)
+}
+
+// Metrics implements presence.Metrics with Prometheus counters.
+type Metrics struct {
+	responses    *prometheus.CounterVec
+	authFailures *prometheus.CounterVec
+	notifySent   *prometheus.CounterVec
+	notifyFailed *prometheus.CounterVec
+	latency      prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_responses_total",
+			Help: "SIP responses sent, by status code (PUBLISH and REGISTER outcomes among them)."}, []string{"code"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_auth_failures_total",
+			Help: "Requests with wrong credentials, by method."}, []string{"method"}),
+		notifySent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_notify_sent_total",
+			Help: "NOTIFYs answered with 2xx, by event package and transport."}, []string{"package", "transport"}),
+		notifyFailed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_notify_failed_total",
+			Help: "NOTIFYs that failed, by reason (timeout, 481, rejected, transport)."}, []string{"reason"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "lamplighter_notify_latency_seconds",
+			Help:    "Time from a state change to its NOTIFY leaving.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
+	}
+	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency)
+	return m
+}
+
+var _ presence.Metrics = (*Metrics)(nil)
+
+// Response implements presence.Metrics.
+func (m *Metrics) Response(code int) { m.responses.WithLabelValues(codeLabel(code)).Inc() }
+
+// AuthFailure implements presence.Metrics.
+func (m *Metrics) AuthFailure(method string) { m.authFailures.WithLabelValues(method).Inc() }
+
+// NotifySent implements presence.Metrics.
+func (m *Metrics) NotifySent(pkg presence.Package, transport string) {
+	m.notifySent.WithLabelValues(pkg.String(), transport).Inc()
+}
+
+// NotifyFailed implements presence.Metrics.
+func (m *Metrics) NotifyFailed(reason string) { m.notifyFailed.WithLabelValues(reason).Inc() }
+
+// NotifyLatency implements presence.Metrics.
+func (m *Metrics) NotifyLatency(d time.Duration) { m.latency.Observe(d.Seconds()) }
+
+func codeLabel(code int) string {
+	if code >= 100 && code < 700 {
+		return strconv.Itoa(code)
+	}
+	return "other"
+}
+
+// stateCollector reads the adapters' status and the subscription counts
+// at scrape time.
+type stateCollector struct{ s *Server }
+
+var (
+	descConnected = prometheus.NewDesc("lamplighter_pbx_connected", "1 while the PBX connection is up.", []string{"pbx", "kind"}, nil)
+	descSynced    = prometheus.NewDesc("lamplighter_pbx_synchronised", "1 once the PBX's state was read since the last connect.", []string{"pbx", "kind"}, nil)
+	descEvents    = prometheus.NewDesc("lamplighter_pbx_events_total", "Events received from the PBX.", []string{"pbx", "kind"}, nil)
+	descSkipped   = prometheus.NewDesc("lamplighter_pbx_events_skipped_total", "PBX events that could not be used (undecodable, unknown type).", []string{"pbx", "kind"}, nil)
+	descResyncs   = prometheus.NewDesc("lamplighter_pbx_reconnects_total", "Connections lost and made again (each followed by a resync).", []string{"pbx", "kind"}, nil)
+	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package.", []string{"package"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	src := c.s.src
+	for _, a := range src.Adapters {
+		st := a.Status()
+		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b(st.Connected), a.Name(), a.Kind)
+		ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b(st.Synchronised), a.Name(), a.Kind)
+		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(st.Events), a.Name(), a.Kind)
+		ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(st.Skipped), a.Name(), a.Kind)
+		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(st.Reconnects), a.Name(), a.Kind)
+	}
+	if src.Subscriptions != nil {
+		_, by := src.Subscriptions()
+		ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(by[presence.PackagePresence]), presence.PackagePresence.String())
+		ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(by[presence.PackageDialog]), presence.PackageDialog.String())
+	}
+}
