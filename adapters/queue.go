@@ -1,12 +1,6 @@
 package adapters
 
-import (
-	"context"
-	"log/slog"
-	"math/rand/v2"
-	"sync"
-	"time"
-)
+import "sync"
 
 // Queue is an unbounded FIFO between a connection's reader and the code
 // that maps what it read, so that the reader never blocks and nothing is
@@ -47,34 +41,3 @@ func (q *Queue[T]) Pop() (T, bool) {
 
 // Wake is signalled after a Push.
 func (q *Queue[T]) Wake() <-chan struct{} { return q.wake }
-
-// Backoff bounds the waits between connection attempts.
-type Backoff struct {
-	Min, Max time.Duration
-}
-
-// Reconnect runs session until ctx ends, waiting between attempts with
-// capped exponential backoff and jitter (the wait starts again from Min
-// after a session that lasted a good while). failed is told each error,
-// the wait that follows and returns nothing; it records status and logs.
-func (b Backoff) Reconnect(ctx context.Context, log *slog.Logger, session func(context.Context) error, failed func(err error, wait time.Duration)) {
-	wait := b.Min
-	for {
-		started := time.Now()
-		err := session(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > 2*b.Max {
-			wait = b.Min
-		}
-		jittered := wait/2 + rand.N(wait/2+1)
-		failed(err, jittered)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(jittered):
-		}
-		wait = min(2*wait, b.Max)
-	}
-}

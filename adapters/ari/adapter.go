@@ -16,7 +16,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/CyCoreSystems/ari/v5"
@@ -42,10 +41,7 @@ type Adapter struct {
 	// pingEvery is how often Asterisk must answer REST to count as alive.
 	pingEvery time.Duration
 
-	mu      sync.Mutex
-	status  adapters.Status
-	events  atomic.Uint64
-	skipped atomic.Uint64
+	adapters.Tracker
 
 	// The dnd mirror: the device state each mirror device should have,
 	// and which of them Asterisk has not been told yet.
@@ -95,35 +91,12 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 // Name implements adapters.Adapter.
 func (a *Adapter) Name() string { return a.conn.Name }
 
-// Status implements adapters.Adapter.
-func (a *Adapter) Status() adapters.Status {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	st := a.status
-	st.Events, st.Skipped = a.events.Load(), a.skipped.Load()
-	return st
-}
-
-func (a *Adapter) setStatus(f func(*adapters.Status)) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	f(&a.status)
-}
-
 // Run implements adapters.Adapter: connect, resync, follow events; on any
 // failure wait (capped exponential backoff with jitter) and start over.
 // An Asterisk that is down is retried for as long as ctx lasts.
 func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
-	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, a.log,
-		func(ctx context.Context) error { return a.session(ctx, sink) },
-		func(err error, wait time.Duration) {
-			a.setStatus(func(s *adapters.Status) {
-				s.Connected, s.Synchronised, s.Since = false, false, time.Now()
-				s.LastError = err.Error()
-				s.Reconnects++
-			})
-			a.log.Warn("asterisk connection lost; retrying", "err", err, "in", wait.Round(time.Millisecond))
-		})
+	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, &a.Tracker, a.log,
+		func(ctx context.Context) error { return a.session(ctx, sink) })
 	return nil
 }
 
@@ -145,7 +118,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	q := adapters.NewQueue[[]byte]()
 	readErr := make(chan error, 1)
 	go func() { readErr <- a.readLoop(ws, q) }()
-	a.setStatus(func(s *adapters.Status) { s.Connected, s.Since, s.LastError = true, time.Now(), "" })
+	a.Connected()
 	a.log.Info("connected to asterisk", "url", a.base.Redacted())
 
 	m := newMapper(a.conn.Name, &a.cfg)
@@ -154,7 +127,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		return fmt.Errorf("resync: %w", err)
 	}
 	sink.Apply(snap)
-	a.setStatus(func(s *adapters.Status) { s.Synchronised = true })
+	a.Synchronised()
 	a.log.Info("synchronised with asterisk", "channels", len(snap.Calls), "devices", len(snap.Devices))
 
 	// Liveness runs beside the event loop, so that a slow ping never
@@ -198,10 +171,10 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 // apply decodes one frame and hands its events to the sink. Frames that
 // do not decode (unknown event types included) are skipped and counted.
 func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
-	a.events.Add(1)
+	a.Event()
 	ev, err := ari.DecodeEvent(frame)
 	if err != nil || ev == nil {
-		n := a.skipped.Add(1)
+		n := a.Skip()
 		if n <= 10 || n%1000 == 0 {
 			a.log.Debug("skipped an event Lamplighter cannot decode", "err", err, "skipped", n)
 		}
@@ -251,10 +224,20 @@ func (a *Adapter) dial(ctx context.Context) (*websocket.Conn, error) {
 	return ws, nil
 }
 
-// get does a REST GET and decodes the JSON answer into v. A 404 returns
-// errNotFound.
+// get does a REST GET and decodes the JSON answer into v (nil: discard
+// it). A 404 returns errNotFound.
 func (a *Adapter) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base.String()+"/ari"+path, nil)
+	return a.call(ctx, http.MethodGet, path, v)
+}
+
+// put does a REST PUT with no body.
+func (a *Adapter) put(ctx context.Context, path string) error {
+	return a.call(ctx, http.MethodPut, path, nil)
+}
+
+// call does one REST request within the client's timeout.
+func (a *Adapter) call(ctx context.Context, method, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, a.base.String()+"/ari"+path, nil)
 	if err != nil {
 		return err
 	}
@@ -268,11 +251,11 @@ func (a *Adapter) get(ctx context.Context, path string, v any) error {
 	case res.StatusCode == http.StatusNotFound:
 		io.Copy(io.Discard, res.Body)
 		return errNotFound
-	case res.StatusCode != http.StatusOK:
+	case res.StatusCode/100 != 2:
 		io.Copy(io.Discard, res.Body)
-		return fmt.Errorf("GET %s: %s", path, res.Status)
-	}
-	if v == nil {
+		return fmt.Errorf("%s %s: %s", method, path, res.Status)
+	case v == nil:
+		io.Copy(io.Discard, res.Body)
 		return nil
 	}
 	return json.NewDecoder(io.LimitReader(res.Body, 64<<20)).Decode(v)
@@ -290,7 +273,7 @@ func (a *Adapter) resync(ctx context.Context, m *mapper) (bridge.Snapshot, error
 	for _, r := range raws {
 		var ci channelInfo
 		if json.Unmarshal(r, &ci.Data) != nil || json.Unmarshal(r, &ci.Raw) != nil {
-			a.skipped.Add(1)
+			a.Skip()
 			continue
 		}
 		chans = append(chans, ci)
@@ -379,25 +362,6 @@ func (a *Adapter) writeMirrors(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// put does a REST PUT with no body.
-func (a *Adapter) put(ctx context.Context, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, a.base.String()+"/ari"+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", a.authHeader())
-	res, err := a.client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode/100 != 2 {
-		return fmt.Errorf("PUT %s: %s", path, res.Status)
-	}
-	return nil
 }
 
 // watch pings Asterisk every pingEvery until a ping fails or ctx ends.

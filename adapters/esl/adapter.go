@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/percipia/eslgo/command"
@@ -54,10 +53,7 @@ type Adapter struct {
 	devices func() []string
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	status  adapters.Status
-	events  atomic.Uint64
-	skipped atomic.Uint64
+	adapters.Tracker
 }
 
 // New returns an adapter for the FreeSWITCH at conn.Address (host:port of
@@ -77,33 +73,10 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 // Name implements adapters.Adapter.
 func (a *Adapter) Name() string { return a.conn.Name }
 
-// Status implements adapters.Adapter.
-func (a *Adapter) Status() adapters.Status {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	st := a.status
-	st.Events, st.Skipped = a.events.Load(), a.skipped.Load()
-	return st
-}
-
-func (a *Adapter) setStatus(f func(*adapters.Status)) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	f(&a.status)
-}
-
 // Run implements adapters.Adapter.
 func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
-	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, a.log,
-		func(ctx context.Context) error { return a.session(ctx, sink) },
-		func(err error, wait time.Duration) {
-			a.setStatus(func(s *adapters.Status) {
-				s.Connected, s.Synchronised, s.Since = false, false, time.Now()
-				s.LastError = err.Error()
-				s.Reconnects++
-			})
-			a.log.Warn("freeswitch connection lost; retrying", "err", err, "in", wait.Round(time.Millisecond))
-		})
+	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, &a.Tracker, a.log,
+		func(ctx context.Context) error { return a.session(ctx, sink) })
 	return nil
 }
 
@@ -280,7 +253,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	q := adapters.NewQueue[event]()
 	readErr := make(chan error, 1)
 	go func() { readErr <- l.readLoop(r, q) }()
-	a.setStatus(func(s *adapters.Status) { s.Connected, s.Since, s.LastError = true, time.Now(), "" })
+	a.Connected()
 	a.log.Info("connected to freeswitch", "address", a.conn.Address)
 
 	res, err := l.send(ctx, command.Event{Format: "plain", Listen: subscribed})
@@ -352,7 +325,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 
 	m := newMapper(a.conn.Name, nil)
 	sink.Apply(m.snapshot(chans, regs, a.devices()))
-	a.setStatus(func(s *adapters.Status) { s.Synchronised = true })
+	a.Synchronised()
 	a.log.Info("synchronised with freeswitch", "channels", len(chans), "registrations", len(regs))
 	lastHeard := time.Now()
 	for _, e := range early {
@@ -401,9 +374,9 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 // apply maps one event into the sink, counting it. Events from before
 // the sync mark are already in the snapshot.
 func (a *Adapter) apply(m *mapper, e event, sink bridge.Sink, markSeq uint64) {
-	a.events.Add(1)
+	a.Event()
 	if e.get("Event-Name") == "" {
-		a.skipped.Add(1) // eslgo could not parse it
+		a.Skip() // eslgo could not parse it
 		return
 	}
 	if s := e.seq(); s != 0 && s < markSeq {
