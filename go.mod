@@ -9,6 +9,7 @@ require (
 	github.com/icholy/digest v1.2.0
 	github.com/percipia/eslgo v1.5.2
 	github.com/prometheus/client_golang v1.23.2
+	go.etcd.io/bbolt v1.4.3
 	golang.org/x/net v0.43.0
 	gopkg.in/yaml.v3 v3.0.1
 )

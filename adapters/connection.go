@@ -16,6 +16,40 @@ type Tracker struct {
 	status  Status
 	events  atomic.Uint64
 	skipped atomic.Uint64
+	end     context.CancelFunc // ends the current session
+	resync  bool               // the session was ended by Resync
+}
+
+// Resync ends the current connection so that the next one, made at once,
+// reads the PBX's whole state again: after a reload changed the devices
+// users have on this PBX. It is not counted as a lost connection.
+func (t *Tracker) Resync() {
+	t.mu.Lock()
+	end := t.end
+	if end != nil {
+		t.resync = true
+		t.status.Synchronised = false
+	}
+	t.mu.Unlock()
+	if end != nil {
+		end()
+	}
+}
+
+// session records the cancel function of a new session.
+func (t *Tracker) session(end context.CancelFunc) {
+	t.mu.Lock()
+	t.end, t.resync = end, false
+	t.mu.Unlock()
+}
+
+// resynced reports (once) whether the last session ended by Resync.
+func (t *Tracker) resynced() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.resync
+	t.end, t.resync = nil, false
+	return r
 }
 
 // Status implements Adapter.Status.
@@ -69,9 +103,16 @@ func (b Backoff) Reconnect(ctx context.Context, t *Tracker, log *slog.Logger, se
 	wait := b.Min
 	for {
 		started := time.Now()
-		err := session(ctx)
+		sctx, end := context.WithCancel(ctx)
+		t.session(end)
+		err := session(sctx)
+		end()
 		if ctx.Err() != nil {
 			return
+		}
+		if t.resynced() {
+			log.Info("reconnecting to read the PBX's state again: its devices in the directory changed")
+			continue
 		}
 		if time.Since(started) > 2*b.Max {
 			wait = b.Min

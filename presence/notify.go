@@ -86,6 +86,7 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 	}
 	sub.mu.Unlock()
 	s.subs.remove(sub)
+	s.journal.unsubscribed(sub)
 	s.log.Debug("subscription terminated", "user", sub.UserID, "event", sub.Package, "reason", reason, "source", sub.Source)
 	s.enqueue(sub, time.Time{}, true)
 }
@@ -98,6 +99,7 @@ func (s *Server) drop(sub *Subscription) {
 		sub.timer.Stop()
 	}
 	s.subs.remove(sub)
+	s.journal.unsubscribed(sub)
 }
 
 // sendLoop is one NOTIFY worker.
@@ -129,6 +131,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		final = "noresource"
 		sub.removed = true
 		defer s.subs.remove(sub)
+		defer s.journal.unsubscribed(sub)
 	}
 	if final == "" && !sub.force && st == sub.lastState {
 		sub.dirty = false // nothing new since the last NOTIFY
@@ -143,6 +146,8 @@ func (s *Server) sendNotify(sub *Subscription) {
 	}
 	if final != "" {
 		sub.done = true
+	} else if sub.savedCSeq != 0 && (sub.cseq >= sub.savedCSeq || sub.version >= sub.savedVersion) {
+		s.journal.subscription(sub, true) // the stored reservation is used up
 	}
 	remaining := int(time.Until(sub.expires).Round(time.Second) / time.Second)
 	changedAt := sub.changedAt

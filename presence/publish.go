@@ -69,6 +69,7 @@ func (ps *publications) expire(now time.Time) {
 		if !p.Expires.After(now) {
 			delete(ps.byTag, tag)
 			gone = append(gone, p)
+			ps.s.journal.publication(tag, nil)
 		}
 	}
 	ps.mu.Unlock()
@@ -154,6 +155,7 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 		delete(ps.byTag, match)
+		s.journal.publication(match, nil)
 	} else if !hasBody {
 		ps.mu.Unlock()
 		s.reply(req, tx, 400, "Missing Body")
@@ -180,6 +182,7 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	next.Person.Expires = next.Expires
 	ps.byTag[next.ETag] = next
+	s.journal.publication(next.ETag, next)
 	ps.mu.Unlock()
 	// Set the new entry before clearing the old, so that watchers never
 	// see the person state vanish between the two.

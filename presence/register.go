@@ -113,6 +113,7 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 			}
 			delete(r.byUser, userID)
 			r.mu.Unlock()
+			s.journal.bindings(userID)
 			s.reply(req, tx, 200, "OK", sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
 			return
 		}
@@ -176,6 +177,9 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 			strconv.Itoa(int(time.Until(b.Expires).Round(time.Second)/time.Second))))
 	}
 	r.mu.Unlock()
+	if len(contacts) > 0 {
+		s.journal.bindings(userID)
+	}
 	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
 	if len(contacts) > 0 {
 		s.log.Debug("registered", "user", userID, "bindings", len(bindings), "source", req.Source())

@@ -72,6 +72,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics receives counts; nil for none.
 	Metrics Metrics
+	// Store keeps subscriptions, publications and registrations across
+	// restarts; nil keeps them in memory only.
+	Store Store
+	// FlushInterval is how often changes go to the Store (default 1s):
+	// the most a crash can lose.
+	FlushInterval time.Duration
+	// Restore is what the Store held at start-up; Run brings it back
+	// before serving. Restored subscriptions get their NOTIFY from
+	// NotifyRestored.
+	Restore *Saved
 }
 
 // Defaults of the policy options; the config file uses the same.
@@ -115,6 +125,9 @@ func (o *Options) defaults() {
 	if o.Metrics == nil {
 		o.Metrics = nopMetrics{}
 	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = DefaultFlushInterval
+	}
 }
 
 // Server is the SIP presence server.
@@ -133,6 +146,10 @@ type Server struct {
 	pending sync.Map // user id → *time.Timer (coalescing)
 	pubs    *publications
 	regs    *registrar
+	journal *journal // nil without a Store
+
+	restoreMu sync.Mutex
+	restored  []*Subscription // waiting for NotifyRestored
 
 	ctx       context.Context // the Run context, for NOTIFY transactions
 	ready     chan struct{}
@@ -180,6 +197,9 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
+	if opt.Store != nil {
+		s.journal = newJournal(opt.Store, opt.FlushInterval, log)
+	}
 	srv.OnSubscribe(s.handleSubscribe)
 	srv.OnPublish(s.handlePublish)
 	srv.OnRegister(s.handleRegister)
@@ -245,7 +265,20 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("sip: unknown transport %q", l.Transport)
 		}
 	}
+	if s.opt.Restore != nil {
+		s.restoreMu.Lock()
+		s.restore(s.opt.Restore)
+		s.restoreMu.Unlock()
+		s.opt.Restore = nil
+	}
 	var wg sync.WaitGroup
+	if s.journal != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.journal.run(ctx, s)
+		}()
+	}
 	for _, f := range serves {
 		wg.Add(1)
 		go func() {
@@ -288,6 +321,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.queue.close()
 	s.ua.Close()
 	wg.Wait()
+	if s.journal != nil {
+		s.journal.flush(s) // what changed since the last tick
+	}
 	return nil
 }
 
@@ -300,6 +336,10 @@ func (s *Server) closeListeners() {
 // Subscriptions returns the number of active subscriptions, in total and
 // per package (indexed by Package).
 func (s *Server) Subscriptions() (total int, byPackage [2]int) { return s.subs.count() }
+
+// SubscriptionsByKind returns the number of active subscriptions per
+// event package and transport.
+func (s *Server) SubscriptionsByKind() map[SubscriptionKind]int { return s.subs.countByKind() }
 
 // Watchers returns the number of subscriptions to one user.
 func (s *Server) Watchers(userID string) int { return len(s.subs.watchers(userID, nil)) }
@@ -365,6 +405,15 @@ func headerValue(req *sip.Request, name string) string {
 		return h.Value()
 	}
 	return ""
+}
+
+// headerValues returns the values of every header of that name.
+func headerValues(req *sip.Request, name string) []string {
+	var out []string
+	for _, h := range req.GetHeaders(name) {
+		out = append(out, h.Value())
+	}
+	return out
 }
 
 // expiresOf reads a request's Expires header: the default when absent, -1

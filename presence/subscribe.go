@@ -101,6 +101,7 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		Entity:     presentityURI(req),
 		Package:    pkg,
 		EventID:    eventID,
+		Accept:     strings.Join(headerValues(req, "Accept"), ", "),
 		LocalURI:   *req.To().Address.Clone(),
 		RemoteURI:  *req.From().Address.Clone(),
 		Transport:  strings.ToUpper(req.Transport()),
@@ -121,6 +122,9 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 			"limit", s.opt.MaxSubscriptionsPerSource)
 		s.reply(req, tx, 503, "Too Many Subscriptions", sip.NewHeader("Retry-After", "300"))
 		return
+	}
+	if expires > 0 {
+		s.journal.subscription(sub, false)
 	}
 	s.answer(req, tx, sub, expires)
 	if expires == 0 {
@@ -174,6 +178,9 @@ func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction,
 		}
 	}
 	sub.mu.Unlock()
+	if expires > 0 {
+		s.journal.subscription(sub, false)
+	}
 	s.answer(req, tx, sub, expires)
 	if expires == 0 {
 		s.terminate(sub, "timeout")

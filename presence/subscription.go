@@ -39,6 +39,7 @@ type Subscription struct {
 	Entity    string // the presentity URI as subscribed
 	Package   Package
 	EventID   string // the Event header's id parameter, echoed back
+	Accept    string // the SUBSCRIBE's Accept header, as sent
 	LocalURI  sip.Uri
 	RemoteURI sip.Uri
 	Transport string // UDP, TCP or TLS
@@ -69,6 +70,9 @@ type Subscription struct {
 	force      bool          // send even if the state is unchanged
 	changedAt  time.Time     // first unsent change, for the latency metric
 	lastState  *bridge.State // state rendered in the last NOTIFY
+	// savedCSeq and savedVersion are the reservations last handed to the
+	// Store: going past either asks for an early save.
+	savedCSeq, savedVersion uint32
 }
 
 // sourceIP returns the host of Source, the unit of the per-source limit.
@@ -163,6 +167,24 @@ func (st *store) count() (total int, byPackage [2]int) {
 		byPackage[s.Package]++
 	}
 	return len(st.byID), byPackage
+}
+
+// SubscriptionKind is an event package and a transport.
+type SubscriptionKind struct {
+	Package   Package
+	Transport string // UDP, TCP or TLS
+}
+
+// countByKind returns the number of subscriptions per package and
+// transport.
+func (st *store) countByKind() map[SubscriptionKind]int {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	out := map[SubscriptionKind]int{}
+	for _, s := range st.byID {
+		out[SubscriptionKind{s.Package, s.Transport}]++
+	}
+	return out
 }
 
 // all returns every subscription.

@@ -15,40 +15,82 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
+	"github.com/lamplighter/lamplighter/presence/durable"
 )
 
 // daemon is one running Lamplighter: the bridge, the PBX adapters and the
 // servers around them, with a lifecycle driven by a context.
 type daemon struct {
-	cfg      *config.Config
 	log      *slog.Logger
+	level    *slog.LevelVar
 	bridge   *bridge.Bridge
 	sip      *presence.Server
 	adapters []adapters.Adapter
 	ops      *ops.Server
+	api      *api.API
+	db       *durable.DB
 	demo     bool // only simulated PBXs: lamp changes are logged at info level
+
+	cfgMu    sync.Mutex // held through a reload
+	cfg      *config.Config
+	policyMu sync.RWMutex
+	single   func(userAgent, watcher string) bool // follows reloads
 }
 
-func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
+// restoreWait bounds how long restored subscriptions wait for the PBXs to
+// resynchronise before they are notified with what is known.
+const restoreWait = 3 * time.Second
+
+func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *daemon, err error) {
 	dir, err := cfg.Directory()
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, bridge: bridge.New(dir), demo: onlySim(cfg)}
+	d = &daemon{cfg: cfg, log: log, level: level, bridge: bridge.New(dir), demo: onlySim(cfg),
+		single: singleDialogPolicy(cfg)}
 	opt, err := presenceOptions(cfg)
 	if err != nil {
 		return nil, err
 	}
 	opt.Logger = log.With("component", "sip")
+	opt.SingleDialog = d.singleDialog
 	d.ops = ops.New()
 	opt.Metrics = d.ops.Metrics
+	if d.db, err = durable.Open(cfg.StateDir, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.db.Close()
+		}
+	}()
+	now := time.Now()
+	if opt.Restore, err = d.db.Load(now); err != nil {
+		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
+	}
+	opt.Store = d.db
+	persons, err := d.db.Persons(now)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
+	}
+	for _, p := range persons {
+		_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
+	}
 	if d.sip, err = presence.New(d.bridge, opt); err != nil {
 		return nil, err
 	}
+	d.api = api.New(api.Options{Bridge: d.bridge, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload, Log: log})
+	token, err := cfg.HTTPToken(nil)
+	if err != nil {
+		return nil, fmt.Errorf("http token: %w", err)
+	}
+	d.api.SetToken(token)
+	d.api.Handle(d.ops)
 	var kinds []ops.Adapter
 	for i := range cfg.PBX {
 		a, err := d.newAdapter(&cfg.PBX[i], dir)
@@ -58,7 +100,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
 		d.adapters = append(d.adapters, a)
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
-	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.Subscriptions, Adapters: kinds,
+	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.SubscriptionsByKind, Adapters: kinds,
 		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
 	return d, nil
 }
@@ -121,6 +163,7 @@ func (d *daemon) Run(ctx context.Context) error {
 	cancelMirror := d.mirrorPersons()
 	defer cancelMirror()
 
+	defer d.db.Close()
 	var wg sync.WaitGroup
 	sipDone := make(chan error, 1)
 	go func() { sipDone <- d.sip.Run(ctx) }()
@@ -162,6 +205,16 @@ func (d *daemon) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		d.notifyRestored(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.reloadOnHangup(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		d.feedWatchdog(ctx)
 	}()
 	d.log.Info("lamplighter running", "users", d.bridge.Directory().Len(), "pbx", len(d.adapters))
@@ -175,13 +228,57 @@ func (d *daemon) Run(ctx context.Context) error {
 	notifySystemd(d.log, sddaemon.SdNotifyStopping)
 	wg.Wait()
 	if runErr == nil {
-		runErr = <-sipDone
+		runErr = <-sipDone // the SIP server saves what changed last as it stops
 	}
 	if runErr != nil {
 		return runErr
 	}
 	d.log.Info("lamplighter stopped")
 	return nil
+}
+
+// singleDialog is the presence server's per-subscriber single-dialog
+// policy, as of the config in force.
+func (d *daemon) singleDialog(userAgent, watcher string) bool {
+	d.policyMu.RLock()
+	f := d.single
+	d.policyMu.RUnlock()
+	return f(userAgent, watcher)
+}
+
+// notifyRestored sends the subscriptions restored from the state file
+// their first NOTIFY once every PBX is synchronised (so that a restart
+// does not flash lamps to idle and back), or after restoreWait.
+func (d *daemon) notifyRestored(ctx context.Context) {
+	start := time.Now()
+	deadline := time.NewTimer(restoreWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !d.allSynchronised() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			d.log.Warn("not every PBX is synchronised: notifying restored subscriptions with what is known")
+			n := d.sip.NotifyRestored()
+			d.log.Info("restored subscriptions notified", "subscriptions", n, "after", time.Since(start).Round(time.Millisecond))
+			return
+		case <-tick.C:
+		}
+	}
+	if n := d.sip.NotifyRestored(); n > 0 {
+		d.log.Info("restored subscriptions notified", "subscriptions", n, "after", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+func (d *daemon) allSynchronised() bool {
+	for _, a := range d.adapters {
+		if !a.Status().Synchronised {
+			return false
+		}
+	}
+	return true
 }
 
 // mirrorPersons hands every user's person state to the adapters that

@@ -75,11 +75,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log := newLogger(cfg.Log, stderr)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, stderr, level)
 	if *demo || *configPath == "" {
 		log.Info("no -config given: running the demo PBX with a built-in directory", "users", len(cfg.Users))
 	}
-	d, err := newDaemon(cfg, log)
+	d, err := newDaemon(cfg, log, level)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -95,13 +96,20 @@ func demoStateDir() string {
 	return fmt.Sprintf("%s/lamplighter-demo-%d", os.TempDir(), os.Getuid())
 }
 
-// newLogger builds the slog logger the config asks for.
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
+// newLogger builds the slog logger the config asks for; level is set
+// from the config and may be changed by a reload.
+func newLogger(c config.Log, w io.Writer, level *slog.LevelVar) *slog.Logger {
+	setLevel(level, c.Level)
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// setLevel sets a level variable from a config level name.
+func setLevel(v *slog.LevelVar, name string) {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(name))
+	v.Set(l)
 }

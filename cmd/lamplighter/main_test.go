@@ -77,7 +77,9 @@ func TestCheckConfig(t *testing.T) {
 func demoOnFreePorts(t *testing.T) string {
 	t.Helper()
 	src := strings.NewReplacer(`127.0.0.1:5060`, `127.0.0.1:0`, `127.0.0.1:8080`, `127.0.0.1:0`).Replace(string(demoConfig))
-	path := filepath.Join(t.TempDir(), "demo.yaml")
+	dir := t.TempDir()
+	src += "state_dir: " + filepath.Join(dir, "state") + "\n"
+	path := filepath.Join(dir, "demo.yaml")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +137,7 @@ func TestSIPPortInUseIsAnError(t *testing.T) {
 	defer ln.Close()
 	path := filepath.Join(t.TempDir(), "c.yaml")
 	os.WriteFile(path, []byte("sip:\n  listen: [{transport: udp, address: \""+ln.LocalAddr().String()+"\"}]\n"+
-		"users: [{id: a, extensions: [\"100\"]}]\n"), 0o644)
+		"http: {listen: \"127.0.0.1:0\"}\nstate_dir: "+t.TempDir()+"\nusers: [{id: a, extensions: [\"100\"]}]\n"), 0o644)
 	var out syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,8 +27,9 @@ import (
 type Sources struct {
 	// SIPReady is closed once every SIP listener is bound.
 	SIPReady <-chan struct{}
-	// Subscriptions counts the active subscriptions per package.
-	Subscriptions func() (total int, byPackage [2]int)
+	// Subscriptions counts the active subscriptions per package and
+	// transport.
+	Subscriptions func() map[presence.SubscriptionKind]int
 	// Adapters are the PBX adapters, with their kind.
 	Adapters []Adapter
 	// Alive answers whether the core still answers (the bridge lock is
@@ -192,7 +194,7 @@ var (
 	descEvents    = prometheus.NewDesc("lamplighter_pbx_events_total", "Events received from the PBX.", []string{"pbx", "kind"}, nil)
 	descSkipped   = prometheus.NewDesc("lamplighter_pbx_events_skipped_total", "PBX events that could not be used (undecodable, unknown type).", []string{"pbx", "kind"}, nil)
 	descResyncs   = prometheus.NewDesc("lamplighter_pbx_reconnects_total", "Connections lost and made again (each followed by a resync).", []string{"pbx", "kind"}, nil)
-	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package.", []string{"package"}, nil)
+	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -218,8 +220,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(st.Reconnects), a.Name(), a.Kind)
 	}
 	if src.Subscriptions != nil {
-		_, by := src.Subscriptions()
-		ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(by[presence.PackagePresence]), presence.PackagePresence.String())
-		ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(by[presence.PackageDialog]), presence.PackageDialog.String())
+		by := src.Subscriptions()
+		// Every package and transport is reported, zero included, so
+		// that a series does not vanish when its last subscriber goes.
+		for _, pkg := range []presence.Package{presence.PackagePresence, presence.PackageDialog} {
+			for _, tr := range []string{"UDP", "TCP", "TLS"} {
+				n := by[presence.SubscriptionKind{Package: pkg, Transport: tr}]
+				ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(n), pkg.String(), strings.ToLower(tr))
+			}
+		}
 	}
 }

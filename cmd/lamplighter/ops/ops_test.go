@@ -40,7 +40,10 @@ func TestReadinessAndMetricsFollowAPBX(t *testing.T) {
 	ready := make(chan struct{})
 	s := New()
 	s.Attach(Sources{SIPReady: ready, Adapters: []Adapter{{Adapter: ast, Kind: "ari"}},
-		Subscriptions: func() (int, [2]int) { return 5, [2]int{2, 3} }})
+		Subscriptions: func() map[presence.SubscriptionKind]int {
+			return map[presence.SubscriptionKind]int{{Package: presence.PackagePresence, Transport: "UDP"}: 2,
+				{Package: presence.PackageDialog, Transport: "UDP"}: 1, {Package: presence.PackageDialog, Transport: "TCP"}: 2}
+		}})
 
 	// Listeners not bound yet, PBX down.
 	if code, _ := get(t, s, "/readyz"); code != http.StatusServiceUnavailable {
@@ -55,7 +58,8 @@ func TestReadinessAndMetricsFollowAPBX(t *testing.T) {
 	}
 	_, metrics := get(t, s, "/metrics")
 	for _, want := range []string{`lamplighter_pbx_connected{kind="ari",pbx="asterisk"} 0`,
-		`lamplighter_subscriptions{package="dialog"} 3`, `lamplighter_subscriptions{package="presence"} 2`} {
+		`lamplighter_subscriptions{package="dialog",transport="tcp"} 2`, `lamplighter_subscriptions{package="dialog",transport="udp"} 1`,
+		`lamplighter_subscriptions{package="presence",transport="udp"} 2`, `lamplighter_subscriptions{package="presence",transport="tls"} 0`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -1,0 +1,371 @@
+// Package api is Lamplighter's HTTP API under /api/v1: every user with the
+// aggregated state, devices, calls and watcher count; the person state an
+// outside system sets (a calendar says "meeting", a chat bot "dnd") with a
+// note and an optional expiry; and a config reload. Requests carry the
+// token from the config's http section as "Authorization: Bearer TOKEN".
+package api
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// Origin is the bridge origin under which the API's person states are
+// kept, beside those PUBLISHed by soft clients.
+const Origin = "api"
+
+// Bridge is what the API reads and sets; *bridge.Bridge implements it.
+type Bridge interface {
+	Directory() *bridge.Directory
+	State(userID string) (*bridge.State, bool)
+	States() []*bridge.State
+	SetPerson(userID, origin string, p bridge.PersonState) error
+	ClearPerson(userID, origin string)
+	Person(userID, origin string) (bridge.PersonState, bool)
+}
+
+// PersonStore keeps the API's person states across restarts.
+type PersonStore interface {
+	SavePerson(userID, origin string, p bridge.PersonState) error
+	DeletePerson(userID, origin string) error
+}
+
+// ReloadResult says what a reload changed.
+type ReloadResult struct {
+	Users   int      `json:"users"`
+	Added   []string `json:"added,omitempty"`
+	Removed []string `json:"removed,omitempty"`
+	Changed []string `json:"changed,omitempty"`
+	// NeedRestart lists settings that changed but only take effect at
+	// the next start (listeners, PBX connections, the state directory).
+	NeedRestart []string `json:"need_restart,omitempty"`
+}
+
+// Options configure the API.
+type Options struct {
+	Bridge Bridge
+	// Watchers counts the SIP subscriptions to a user.
+	Watchers func(userID string) int
+	// Store keeps person states; nil keeps them in memory.
+	Store PersonStore
+	// Reload re-reads the config; an error (config.Errors for a bad
+	// file) leaves the running config as it was.
+	Reload func() (ReloadResult, error)
+	Log    *slog.Logger
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// API serves /api/v1.
+type API struct {
+	opt   Options
+	mu    sync.RWMutex
+	token string
+}
+
+// New builds the API; SetToken enables it.
+func New(opt Options) *API {
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Watchers == nil {
+		opt.Watchers = func(string) int { return 0 }
+	}
+	return &API{opt: opt}
+}
+
+// SetToken sets the bearer token (a reload may change it). With no token
+// configured the API answers 403 to everything: it is never open.
+func (a *API) SetToken(token string) {
+	a.mu.Lock()
+	a.token = token
+	a.mu.Unlock()
+}
+
+// Handle registers the API's routes on mux.
+func (a *API) Handle(mux interface {
+	Handle(pattern string, h http.Handler)
+}) {
+	mux.Handle("GET /api/v1/users", a.authorised(a.listUsers))
+	mux.Handle("GET /api/v1/users/{id}", a.authorised(a.getUser))
+	mux.Handle("PUT /api/v1/users/{id}/presence", a.authorised(a.putPresence))
+	mux.Handle("DELETE /api/v1/users/{id}/presence", a.authorised(a.deletePresence))
+	mux.Handle("POST /api/v1/reload", a.authorised(a.reload))
+}
+
+// Authorised reports whether r carries the token.
+func (a *API) Authorised(r *http.Request) bool {
+	a.mu.RLock()
+	token := a.token
+	a.mu.RUnlock()
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
+}
+
+func (a *API) authorised(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.RLock()
+		configured := a.token != ""
+		a.mu.RUnlock()
+		switch {
+		case !configured:
+			writeError(w, http.StatusForbidden, "the API is off: set http.token (or token_file, token_env) in the config")
+		case !a.Authorised(r):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="lamplighter"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		default:
+			h(w, r)
+		}
+	})
+}
+
+// User is one user as the API shows it.
+type User struct {
+	ID         string   `json:"id"`
+	Name       string   `json:"name"`
+	Extensions []string `json:"extensions,omitempty"`
+	Groups     []string `json:"groups,omitempty"`
+	// State is the lamp: idle, dialing, ringing, busy, held, dnd, offline.
+	State       string        `json:"state"`
+	DeviceState string        `json:"device_state"`
+	Open        bool          `json:"open"`
+	Person      Person        `json:"person"` // merged from every origin
+	Devices     []Device      `json:"devices"`
+	Calls       []bridge.Call `json:"calls"`
+	Watchers    int           `json:"watchers"` // SIP subscriptions to the user
+	// SetByAPI is the person state set through this API, if any.
+	SetByAPI *Person `json:"set_by_api,omitempty"`
+}
+
+// Person is a person state as the API shows and takes it.
+type Person struct {
+	Activities []bridge.Activity `json:"activities"`
+	Note       string            `json:"note,omitempty"`
+	Expires    *time.Time        `json:"expires,omitempty"`
+}
+
+// Device is one device of a user with its state.
+type Device struct {
+	PBX    string `json:"pbx"`
+	Device string `json:"device"`
+	State  string `json:"state"`
+}
+
+// View renders a user's state for the API (and the switchboard page).
+func (a *API) View(st *bridge.State) User {
+	u := User{
+		ID: st.User.ID, Name: st.User.Name, Extensions: st.User.Extensions, Groups: st.User.Groups,
+		State: st.Phone.String(), DeviceState: st.Device.String(), Open: st.Open(),
+		Person: personView(st.Person), Calls: st.Calls, Devices: []Device{},
+		Watchers: a.opt.Watchers(st.User.ID),
+	}
+	if u.Calls == nil {
+		u.Calls = []bridge.Call{}
+	}
+	for _, d := range st.Devices {
+		u.Devices = append(u.Devices, Device{PBX: d.Source, Device: d.Device, State: d.State.String()})
+	}
+	if p, ok := a.opt.Bridge.Person(st.User.ID, Origin); ok {
+		v := personView(p)
+		u.SetByAPI = &v
+	}
+	return u
+}
+
+func personView(p bridge.PersonState) Person {
+	v := Person{Activities: p.Activities, Note: p.Note}
+	if v.Activities == nil {
+		v.Activities = []bridge.Activity{}
+	}
+	if !p.Expires.IsZero() {
+		e := p.Expires
+		v.Expires = &e
+	}
+	return v
+}
+
+func (a *API) listUsers(w http.ResponseWriter, r *http.Request) {
+	states := a.opt.Bridge.States()
+	out := struct {
+		Users []User `json:"users"`
+	}{Users: make([]User, 0, len(states))}
+	for _, st := range states {
+		out.Users = append(out.Users, a.View(st))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// user finds the user named in the path: an id, extension or alias.
+func (a *API) user(w http.ResponseWriter, r *http.Request) (*bridge.User, bool) {
+	name := r.PathValue("id")
+	u, ok := a.opt.Bridge.Directory().User(name)
+	if !ok {
+		u, ok = a.opt.Bridge.Directory().Lookup(name)
+	}
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no user %q", name))
+	}
+	return u, ok
+}
+
+func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
+	u, ok := a.user(w, r)
+	if !ok {
+		return
+	}
+	st, ok := a.opt.Bridge.State(u.ID)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no user %q", u.ID))
+		return
+	}
+	writeJSON(w, http.StatusOK, a.View(st))
+}
+
+// PresenceRequest is the body of PUT /api/v1/users/{id}/presence.
+type PresenceRequest struct {
+	// Activity is one activity ("dnd", "away", "meeting", any RFC 4480
+	// token); Activities several, most important first. Neither (with
+	// a note) means available with a note.
+	Activity   bridge.Activity   `json:"activity,omitempty"`
+	Activities []bridge.Activity `json:"activities,omitempty"`
+	Note       string            `json:"note,omitempty"`
+	// Expires is when the state lapses (RFC 3339); ExpiresIn is the same
+	// as a duration from now ("90m", "2h"). Neither: until cleared.
+	Expires   *time.Time `json:"expires,omitempty"`
+	ExpiresIn string     `json:"expires_in,omitempty"`
+}
+
+const maxNote = 512
+
+func (a *API) putPresence(w http.ResponseWriter, r *http.Request) {
+	u, ok := a.user(w, r)
+	if !ok {
+		return
+	}
+	var req PresenceRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad JSON body: "+err.Error())
+		return
+	}
+	p, err := req.person(a.opt.Now())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := a.opt.Bridge.SetPerson(u.ID, Origin, p); err != nil {
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	if a.opt.Store != nil {
+		if err := a.opt.Store.SavePerson(u.ID, Origin, p); err != nil {
+			a.opt.Log.Error("cannot save person state", "user", u.ID, "err", err)
+		}
+	}
+	a.opt.Log.Info("person state set through the API", "user", u.ID, "activities", p.Activities, "note", p.Note,
+		"expires", p.Expires)
+	st, _ := a.opt.Bridge.State(u.ID)
+	writeJSON(w, http.StatusOK, a.View(st))
+}
+
+// person checks the request and turns it into a person state.
+func (req *PresenceRequest) person(now time.Time) (bridge.PersonState, error) {
+	var p bridge.PersonState
+	acts := req.Activities
+	if req.Activity != "" {
+		acts = append([]bridge.Activity{req.Activity}, acts...)
+	}
+	for _, act := range acts {
+		act = bridge.Activity(strings.ToLower(string(act)))
+		if !act.Valid() {
+			return p, fmt.Errorf("unknown activity %q: use dnd or an RFC 4480 activity (away, meeting, busy, vacation, meal, …)", act)
+		}
+		if !p.Has(act) {
+			p.Activities = append(p.Activities, act)
+		}
+	}
+	if len(req.Note) > maxNote {
+		return p, fmt.Errorf("note longer than %d bytes", maxNote)
+	}
+	p.Note = req.Note
+	switch {
+	case req.Expires != nil && req.ExpiresIn != "":
+		return p, errors.New("give expires or expires_in, not both")
+	case req.Expires != nil:
+		p.Expires = *req.Expires
+	case req.ExpiresIn != "":
+		d, err := time.ParseDuration(req.ExpiresIn)
+		if err != nil {
+			return p, fmt.Errorf("bad expires_in: %v", err)
+		}
+		p.Expires = now.Add(d)
+	}
+	if !p.Expires.IsZero() && !p.Expires.After(now) {
+		return p, errors.New("expiry is not in the future")
+	}
+	if len(p.Activities) == 0 && p.Note == "" {
+		return p, errors.New("nothing to set: give an activity or a note (DELETE clears)")
+	}
+	p.Updated = now
+	return p, nil
+}
+
+func (a *API) deletePresence(w http.ResponseWriter, r *http.Request) {
+	u, ok := a.user(w, r)
+	if !ok {
+		return
+	}
+	a.opt.Bridge.ClearPerson(u.ID, Origin)
+	if a.opt.Store != nil {
+		if err := a.opt.Store.DeletePerson(u.ID, Origin); err != nil {
+			a.opt.Log.Error("cannot delete saved person state", "user", u.ID, "err", err)
+		}
+	}
+	a.opt.Log.Info("person state cleared through the API", "user", u.ID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) reload(w http.ResponseWriter, r *http.Request) {
+	if a.opt.Reload == nil {
+		writeError(w, http.StatusNotImplemented, "reload is not available")
+		return
+	}
+	res, err := a.opt.Reload()
+	if err != nil {
+		var lines []string
+		for _, l := range strings.Split(err.Error(), "\n") {
+			if l != "" {
+				lines = append(lines, l)
+			}
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "config rejected; the running config is unchanged", "problems": lines})
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"reflect"
+	"slices"
+	"syscall"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+)
+
+// reloadOnHangup reloads the config on every SIGHUP until ctx ends.
+func (d *daemon) reloadOnHangup(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			d.reload() // it logs what happened
+		}
+	}
+}
+
+// errBuiltIn is the answer to a reload of the built-in demo config.
+var errBuiltIn = errors.New("the built-in demo config cannot be reloaded: run with -config FILE")
+
+// reload re-reads the config file. A file with problems changes nothing
+// (every problem is logged as FILE:LINE: what). A good one replaces the
+// directory (users added, removed or changed; other subscriptions are
+// untouched), the SIP credentials, the single-dialog policy, the API
+// token and the log level; PBXs whose users' devices changed read their
+// state again. Listeners, PBX connections and the state directory change
+// only at the next start, and the result says so.
+func (d *daemon) reload() (api.ReloadResult, error) {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	var res api.ReloadResult
+	old := d.cfg
+	if old.File == "" || old.File[0] == '(' {
+		d.log.Error("reload refused", "err", errBuiltIn)
+		return res, errBuiltIn
+	}
+	notifySystemd(d.log, sddaemon.SdNotifyReloading)
+	defer notifySystemd(d.log, sddaemon.SdNotifyReady)
+	cfg, err := config.Load(old.File)
+	if err == nil {
+		err = d.applyConfig(cfg, &res)
+	}
+	if err != nil {
+		d.log.Error("reload rejected: the running config is unchanged", "file", old.File, "problems", err.Error())
+		return res, err
+	}
+	d.cfg = cfg
+	d.log.Info("config reloaded", "file", cfg.File, "users", res.Users, "added", res.Added,
+		"removed", res.Removed, "changed", res.Changed, "need_restart", res.NeedRestart)
+	return res, nil
+}
+
+// applyConfig puts a checked config in force; on error nothing has
+// changed.
+func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
+	dir, err := cfg.Directory()
+	if err != nil {
+		return err
+	}
+	creds, err := credentials(cfg)
+	if err != nil {
+		return err
+	}
+	token, err := cfg.HTTPToken(nil)
+	if err != nil {
+		return err
+	}
+	// Everything that can fail has been done: from here on, apply.
+	oldDir := d.bridge.Directory()
+	res.Users = dir.Len()
+	for _, u := range dir.Users() {
+		prev, ok := oldDir.User(u.ID)
+		switch {
+		case !ok:
+			res.Added = append(res.Added, u.ID)
+		case !prev.Equal(u):
+			res.Changed = append(res.Changed, u.ID)
+		}
+	}
+	for _, u := range oldDir.Users() {
+		if _, ok := dir.User(u.ID); !ok {
+			res.Removed = append(res.Removed, u.ID)
+		}
+	}
+	res.NeedRestart = needRestart(d.cfg, cfg)
+	resync := d.pbxsWithNewDevices(oldDir, dir)
+	d.sip.SetCredentials(creds)
+	d.policyMu.Lock()
+	d.single = singleDialogPolicy(cfg)
+	d.policyMu.Unlock()
+	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
+	d.api.SetToken(token)
+	setLevel(d.level, cfg.Log.Level)
+	for _, a := range d.adapters {
+		if r, ok := a.(interface{ Resync() }); ok && resync[a.Name()] {
+			r.Resync()
+		}
+	}
+	return nil
+}
+
+// pbxsWithNewDevices names the PBXs on which some user has a device the
+// old directory did not have: their adapters read the state again.
+func (d *daemon) pbxsWithNewDevices(old, next *bridge.Directory) map[string]bool {
+	had := map[bridge.DeviceRef]bool{}
+	for _, u := range old.Users() {
+		for _, ref := range u.Devices {
+			had[ref] = true
+		}
+	}
+	out := map[string]bool{}
+	for _, u := range next.Users() {
+		for _, ref := range u.Devices {
+			if !had[ref] {
+				out[ref.Source] = true
+			}
+		}
+	}
+	return out
+}
+
+// needRestart lists the sections that changed but are only read at start.
+func needRestart(old, next *config.Config) []string {
+	var out []string
+	if !reflect.DeepEqual(old.SIP, next.SIP) {
+		out = append(out, "sip")
+	}
+	if !reflect.DeepEqual(old.Policy, next.Policy) {
+		// The single-dialog policy is the one part applied at once.
+		a, b := old.Policy, next.Policy
+		a.SingleDialog, b.SingleDialog = config.SingleDialog{}, config.SingleDialog{}
+		if !reflect.DeepEqual(a, b) {
+			out = append(out, "policy")
+		}
+	}
+	if old.HTTP.Listen != next.HTTP.Listen {
+		out = append(out, "http.listen")
+	}
+	if old.StateDir != next.StateDir {
+		out = append(out, "state_dir")
+	}
+	if old.Log.Format != next.Log.Format {
+		out = append(out, "log.format")
+	}
+	if !reflect.DeepEqual(old.PBX, next.PBX) {
+		out = append(out, "pbx")
+	}
+	return slices.Clip(out)
+}

@@ -1,0 +1,347 @@
+package presence
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Store keeps the server's subscription dialogs, publications and
+// registrations across restarts (presence/durable is the bbolt one). The
+// server calls Save from one goroutine with what changed since the last
+// call, at most once per Options.FlushInterval and never from the NOTIFY
+// path; a failed Save is retried with the next batch.
+type Store interface {
+	Save(Batch) error
+}
+
+// Batch is what changed since the last Save.
+type Batch struct {
+	Subscriptions []SavedSubscription
+	Unsubscribed  []string // ids of subscriptions gone
+	Publications  []Publication
+	Unpublished   []string // entity tags gone
+	// Bindings holds, for each user whose registrations changed, all of
+	// the user's current bindings (none: forget the user's bindings).
+	Bindings map[string][]Binding
+}
+
+// Empty reports whether the batch has nothing to save.
+func (b *Batch) Empty() bool {
+	return len(b.Subscriptions) == 0 && len(b.Unsubscribed) == 0 && len(b.Publications) == 0 &&
+		len(b.Unpublished) == 0 && len(b.Bindings) == 0
+}
+
+// Saved is what a Store held at start-up, handed to Options.Restore.
+type Saved struct {
+	Subscriptions []SavedSubscription
+	Publications  []Publication
+	Bindings      []Binding
+}
+
+// SavedSubscription is a subscription dialog as stored: enough to send the
+// subscriber an in-dialog NOTIFY after a restart and to accept its
+// refreshes.
+type SavedSubscription struct {
+	ID         string    `json:"id"`
+	CallID     string    `json:"call_id"`
+	RemoteTag  string    `json:"remote_tag"`
+	UserID     string    `json:"user"`
+	Entity     string    `json:"entity"`
+	Package    Package   `json:"package"`
+	EventID    string    `json:"event_id,omitempty"`
+	Accept     string    `json:"accept,omitempty"`
+	LocalURI   string    `json:"local_uri"`
+	RemoteURI  string    `json:"remote_uri"`
+	Target     string    `json:"target"`
+	Routes     []string  `json:"routes,omitempty"`
+	Transport  string    `json:"transport"`
+	Source     string    `json:"source"`
+	Watcher    string    `json:"watcher,omitempty"`
+	UserAgent  string    `json:"user_agent,omitempty"`
+	Single     bool      `json:"single,omitempty"`
+	Expires    time.Time `json:"expires"`
+	RemoteCSeq uint32    `json:"remote_cseq"`
+	// CSeq and Version are reservations: at least the last NOTIFY CSeq
+	// sent and the next dialog-info version, so that after a crash both
+	// continue upward (see cseqReserve).
+	CSeq    uint32 `json:"cseq"`
+	Version uint32 `json:"version"`
+}
+
+// cseqReserve is how far ahead of the NOTIFYs actually sent the stored
+// CSeq and version run. A subscription is saved again once it uses its
+// reserve, so a crash can lose at most the NOTIFYs of one flush interval
+// and those are far fewer than this (changes of one user are coalesced).
+// Watchers see a gap in CSeq and version after a restart; both only grow.
+const cseqReserve = 64
+
+// DefaultFlushInterval is how often changes are handed to the Store.
+const DefaultFlushInterval = time.Second
+
+// saved returns the record of s; called with s.mu held.
+func (s *Subscription) saved() SavedSubscription {
+	r := SavedSubscription{
+		ID: s.ID, CallID: s.CallID, RemoteTag: s.RemoteTag, UserID: s.UserID, Entity: s.Entity,
+		Package: s.Package, EventID: s.EventID, Accept: s.Accept,
+		LocalURI: s.LocalURI.String(), RemoteURI: s.RemoteURI.String(), Target: s.target.String(),
+		Transport: s.Transport, Source: s.Source, Watcher: s.Watcher, UserAgent: s.UserAgent,
+		Single: s.Single, Expires: s.expires, RemoteCSeq: s.remoteCSeq,
+		CSeq: s.cseq + cseqReserve, Version: s.version + cseqReserve,
+	}
+	for i := range s.routes {
+		r.Routes = append(r.Routes, s.routes[i].String())
+	}
+	s.savedCSeq, s.savedVersion = r.CSeq, r.Version
+	return r
+}
+
+// journal gathers what changed for the Store and saves it in batches.
+type journal struct {
+	store Store
+	every time.Duration
+	log   interface {
+		Warn(msg string, args ...any)
+	}
+
+	mu    sync.Mutex
+	subs  map[*Subscription]struct{}
+	unsub map[string]struct{}
+	pubs  map[string]*Publication // nil value: gone
+	users map[string]struct{}     // users whose bindings changed
+	soon  chan struct{}
+}
+
+func newJournal(store Store, every time.Duration, log interface{ Warn(string, ...any) }) *journal {
+	j := &journal{store: store, every: every, log: log, soon: make(chan struct{}, 1)}
+	j.reset()
+	return j
+}
+
+func (j *journal) reset() {
+	j.subs = map[*Subscription]struct{}{}
+	j.unsub = map[string]struct{}{}
+	j.pubs = map[string]*Publication{}
+	j.users = map[string]struct{}{}
+}
+
+// subscription marks a subscription as changed; urgent asks for an early
+// save (its CSeq reserve is used up).
+func (j *journal) subscription(s *Subscription, urgent bool) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.subs[s] = struct{}{}
+	j.mu.Unlock()
+	if urgent {
+		select {
+		case j.soon <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (j *journal) unsubscribed(s *Subscription) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	delete(j.subs, s)
+	j.unsub[s.ID] = struct{}{}
+	j.mu.Unlock()
+}
+
+func (j *journal) publication(etag string, p *Publication) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.pubs[etag] = p
+	j.mu.Unlock()
+}
+
+func (j *journal) bindings(userID string) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.users[userID] = struct{}{}
+	j.mu.Unlock()
+}
+
+// run saves a batch every interval (sooner when asked) until ctx ends;
+// the caller flushes once more after the listeners have closed.
+func (j *journal) run(ctx context.Context, s *Server) {
+	t := time.NewTicker(j.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-j.soon:
+		}
+		j.flush(s)
+	}
+}
+
+// flush hands everything pending to the Store; on failure it stays
+// pending for the next try.
+func (j *journal) flush(s *Server) {
+	j.mu.Lock()
+	subs, unsub, pubs, users := j.subs, j.unsub, j.pubs, j.users
+	j.reset()
+	j.mu.Unlock()
+	var b Batch
+	for sub := range subs {
+		sub.mu.Lock()
+		if sub.removed {
+			sub.mu.Unlock()
+			unsub[sub.ID] = struct{}{}
+			continue
+		}
+		b.Subscriptions = append(b.Subscriptions, sub.saved())
+		sub.mu.Unlock()
+	}
+	for id := range unsub {
+		b.Unsubscribed = append(b.Unsubscribed, id)
+	}
+	for tag, p := range pubs {
+		if p == nil {
+			b.Unpublished = append(b.Unpublished, tag)
+		} else {
+			b.Publications = append(b.Publications, *p)
+		}
+	}
+	if len(users) > 0 {
+		b.Bindings = map[string][]Binding{}
+		s.regs.mu.Lock()
+		now := time.Now()
+		for id := range users {
+			b.Bindings[id] = append([]Binding(nil), s.regs.current(id, now)...)
+		}
+		s.regs.mu.Unlock()
+	}
+	if b.Empty() {
+		return
+	}
+	if err := j.store.Save(b); err != nil {
+		j.log.Warn("cannot save subscriptions: will retry", "err", err)
+		j.mu.Lock()
+		for sub := range subs {
+			j.subs[sub] = struct{}{}
+		}
+		for id := range unsub {
+			if _, again := j.unsub[id]; !again {
+				j.unsub[id] = struct{}{}
+			}
+		}
+		for tag, p := range pubs {
+			if _, newer := j.pubs[tag]; !newer {
+				j.pubs[tag] = p
+			}
+		}
+		for id := range users {
+			j.users[id] = struct{}{}
+		}
+		j.mu.Unlock()
+	}
+}
+
+// restore brings back what the Store held: unexpired subscriptions (with
+// their expiry timers, waiting for NotifyRestored), publications and
+// bindings. Called from Run after the listeners are bound and before they
+// serve, so that no refresh can miss its dialog.
+func (s *Server) restore(saved *Saved) {
+	now := time.Now()
+	dir := s.states.Directory()
+	var subs, skipped int
+	for i := range saved.Subscriptions {
+		r := &saved.Subscriptions[i]
+		sub, err := restoredSubscription(r)
+		if err != nil || !r.Expires.After(now) {
+			skipped++
+			continue
+		}
+		if _, ok := dir.User(r.UserID); !ok {
+			skipped++ // the user is gone from the directory
+			s.journal.unsubscribed(sub)
+			continue
+		}
+		sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
+		if !s.subs.add(sub, 0) {
+			continue
+		}
+		sub.timer = time.AfterFunc(time.Until(sub.expires), func() { s.terminate(sub, "timeout") })
+		s.restored = append(s.restored, sub)
+		subs++
+	}
+	pubs := 0
+	s.pubs.mu.Lock()
+	for i := range saved.Publications {
+		p := saved.Publications[i]
+		if !p.Expires.After(now) {
+			continue
+		}
+		if err := s.states.SetPerson(p.UserID, p.origin(), p.Person); err != nil {
+			continue
+		}
+		s.pubs.byTag[p.ETag] = &p
+		pubs++
+	}
+	s.pubs.mu.Unlock()
+	s.regs.mu.Lock()
+	for _, b := range saved.Bindings {
+		if b.Expires.After(now) {
+			s.regs.byUser[b.UserID] = append(s.regs.byUser[b.UserID], b)
+		}
+	}
+	s.regs.mu.Unlock()
+	s.log.Info("restored saved state", "subscriptions", subs, "skipped", skipped, "publications", pubs,
+		"registrations", len(saved.Bindings))
+}
+
+// restoredSubscription rebuilds a subscription from its record.
+func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
+	sub := &Subscription{
+		ID: r.ID, CallID: r.CallID, RemoteTag: r.RemoteTag, UserID: r.UserID, Entity: r.Entity,
+		Package: r.Package, EventID: r.EventID, Accept: r.Accept, Transport: r.Transport, Source: r.Source,
+		Watcher: r.Watcher, UserAgent: r.UserAgent, Single: r.Single,
+		remoteCSeq: r.RemoteCSeq, cseq: r.CSeq, version: r.Version, expires: r.Expires,
+		savedCSeq: r.CSeq, savedVersion: r.Version,
+	}
+	for _, p := range []struct {
+		in  string
+		out *sip.Uri
+	}{{r.LocalURI, &sub.LocalURI}, {r.RemoteURI, &sub.RemoteURI}, {r.Target, &sub.target}} {
+		if err := sip.ParseUri(p.in, p.out); err != nil {
+			return nil, err
+		}
+	}
+	for _, rt := range r.Routes {
+		var u sip.Uri
+		if err := sip.ParseUri(rt, &u); err != nil {
+			return nil, err
+		}
+		sub.routes = append(sub.routes, u)
+	}
+	return sub, nil
+}
+
+// NotifyRestored sends every subscription restored at start-up a NOTIFY
+// with the current state. The daemon calls it once the PBXs have
+// resynchronised (or a deadline passed), so that a restart does not flash
+// every lamp to idle and back.
+func (s *Server) NotifyRestored() int {
+	s.restoreMu.Lock()
+	subs := s.restored
+	s.restored = nil
+	s.restoreMu.Unlock()
+	for _, sub := range subs {
+		s.enqueue(sub, time.Time{}, true)
+	}
+	return len(subs)
+}
