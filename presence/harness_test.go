@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ type testEnv struct {
 	srv    *Server
 	udp    string // server's UDP address
 	tcp    string // server's TCP address
+	stop   func() // stops the server (also at cleanup)
 }
 
 type envOption func(*Options)
@@ -84,16 +86,20 @@ func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	case <-time.After(5 * time.Second):
 		t.Fatal("server not ready within 5s")
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("server did not stop within 5s")
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Error("server did not stop within 5s")
+			}
+		})
+	}
+	t.Cleanup(stop)
 	addrs := srv.Addrs()
-	return &testEnv{t: t, bridge: b, srv: srv, udp: addrs[0].String(), tcp: addrs[1].String()}
+	return &testEnv{t: t, bridge: b, srv: srv, udp: addrs[0].String(), tcp: addrs[1].String(), stop: stop}
 }
 
 // phone is a SIP user agent on loopback that subscribes and answers
@@ -139,6 +145,13 @@ func newPhoneOn(t *testing.T, transport, host string) *phone {
 	}
 	p.addr = pc.LocalAddr().(*net.UDPAddr)
 	go srv.ServeUDP(pc)
+	if transport == "TCP" {
+		// Its Contact says transport=tcp on the same port: a NOTIFY
+		// after the server restarted (its connection gone) comes here.
+		if ln, err := net.Listen("tcp", p.addr.String()); err == nil {
+			go srv.ServeTCP(ln)
+		}
+	}
 	waitUntil(t, 5*time.Second, "phone socket registered", func() bool {
 		c, err := ua.TransportLayer().GetConnection("udp", p.addr.String())
 		return err == nil && c != nil

@@ -112,6 +112,15 @@ type journal struct {
 	pubs  map[string]*Publication // nil value: gone
 	users map[string]struct{}     // users whose bindings changed
 	soon  chan struct{}
+	// saving is the size of the batch being written (still unsaved).
+	saving int
+}
+
+// unsaved counts the changes not yet written.
+func (j *journal) unsaved() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.subs) + len(j.unsub) + len(j.pubs) + len(j.users) + j.saving
 }
 
 func newJournal(store Store, every time.Duration, log interface{ Warn(string, ...any) }) *journal {
@@ -193,8 +202,14 @@ func (j *journal) run(ctx context.Context, s *Server) {
 func (j *journal) flush(s *Server) {
 	j.mu.Lock()
 	subs, unsub, pubs, users := j.subs, j.unsub, j.pubs, j.users
+	j.saving = len(subs) + len(unsub) + len(pubs) + len(users)
 	j.reset()
 	j.mu.Unlock()
+	defer func() {
+		j.mu.Lock()
+		j.saving = 0
+		j.mu.Unlock()
+	}()
 	var b Batch
 	for sub := range subs {
 		sub.mu.Lock()
@@ -249,6 +264,15 @@ func (j *journal) flush(s *Server) {
 		}
 		j.mu.Unlock()
 	}
+}
+
+// UnsavedChanges returns how many changes to subscriptions, publications
+// and registrations are not yet in the Store (0 without one).
+func (s *Server) UnsavedChanges() int {
+	if s.journal == nil {
+		return 0
+	}
+	return s.journal.unsaved()
 }
 
 // restore brings back what the Store held: unexpired subscriptions (with

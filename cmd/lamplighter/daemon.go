@@ -100,7 +100,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		d.adapters = append(d.adapters, a)
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
-	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.SubscriptionsByKind, Adapters: kinds,
+	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
 		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
 	return d, nil
 }
@@ -207,10 +207,12 @@ func (d *daemon) Run(ctx context.Context) error {
 		defer wg.Done()
 		d.notifyRestored(ctx)
 	}()
+	hup, stopHangups := hangups()
+	defer stopHangups()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.reloadOnHangup(ctx)
+		d.reloadOnHangup(ctx, hup)
 	}()
 	wg.Add(1)
 	go func() {

@@ -16,11 +16,15 @@ import (
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 )
 
-// reloadOnHangup reloads the config on every SIGHUP until ctx ends.
-func (d *daemon) reloadOnHangup(ctx context.Context) {
+// hangups returns a channel of SIGHUPs and a function to stop them.
+func hangups() (<-chan os.Signal, func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	return hup, func() { signal.Stop(hup) }
+}
+
+// reloadOnHangup reloads the config on every SIGHUP until ctx ends.
+func (d *daemon) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {
 	for {
 		select {
 		case <-ctx.Done():

@@ -30,6 +30,8 @@ type Sources struct {
 	// Subscriptions counts the active subscriptions per package and
 	// transport.
 	Subscriptions func() map[presence.SubscriptionKind]int
+	// Unsaved counts changes not yet written to the state file.
+	Unsaved func() int
 	// Adapters are the PBX adapters, with their kind.
 	Adapters []Adapter
 	// Alive answers whether the core still answers (the bridge lock is
@@ -194,11 +196,12 @@ var (
 	descEvents    = prometheus.NewDesc("lamplighter_pbx_events_total", "Events received from the PBX.", []string{"pbx", "kind"}, nil)
 	descSkipped   = prometheus.NewDesc("lamplighter_pbx_events_skipped_total", "PBX events that could not be used (undecodable, unknown type).", []string{"pbx", "kind"}, nil)
 	descResyncs   = prometheus.NewDesc("lamplighter_pbx_reconnects_total", "Connections lost and made again (each followed by a resync).", []string{"pbx", "kind"}, nil)
+	descUnsaved   = prometheus.NewDesc("lamplighter_state_unsaved_changes", "Subscription, publication and registration changes not yet written to the state file (written every second).", nil, nil)
 	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs} {
+	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descUnsaved} {
 		ch <- d
 	}
 }
@@ -218,6 +221,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(st.Events), a.Name(), a.Kind)
 		ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(st.Skipped), a.Name(), a.Kind)
 		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(st.Reconnects), a.Name(), a.Kind)
+	}
+	if src.Unsaved != nil {
+		ch <- prometheus.MustNewConstMetric(descUnsaved, prometheus.GaugeValue, float64(src.Unsaved()))
 	}
 	if src.Subscriptions != nil {
 		by := src.Subscriptions()

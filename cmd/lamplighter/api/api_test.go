@@ -1,0 +1,127 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+type savedPersons map[string]bridge.PersonState
+
+func (s savedPersons) SavePerson(user, origin string, p bridge.PersonState) error {
+	s[origin+"/"+user] = p
+	return nil
+}
+
+func (s savedPersons) DeletePerson(user, origin string) error {
+	delete(s, origin+"/"+user)
+	return nil
+}
+
+func setup(t *testing.T, token string) (*bridge.Bridge, savedPersons, *http.ServeMux, *time.Time) {
+	t.Helper()
+	dir, err := bridge.NewDirectory([]bridge.User{
+		{ID: "debbie", Name: "Debbie Harry", Extensions: []string{"100"}, Groups: []string{"reception"},
+			Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/100"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bridge.New(dir)
+	b.Apply(bridge.Snapshot{Source: "pbx", Devices: map[string]bridge.DeviceState{"PJSIP/100": bridge.DeviceIdle}})
+	store := savedPersons{}
+	now := time.Date(2026, 11, 21, 9, 0, 0, 0, time.UTC)
+	a := New(Options{Bridge: b, Store: store, Watchers: func(string) int { return 3 }, Now: func() time.Time { return now }})
+	a.SetToken(token)
+	mux := http.NewServeMux()
+	a.Handle(mux)
+	return b, store, mux, &now
+}
+
+func call(mux http.Handler, method, path, token, body string) (int, string) {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
+}
+
+func TestTokenIsRequired(t *testing.T) {
+	_, _, mux, _ := setup(t, "")
+	if code, body := call(mux, "GET", "/api/v1/users", "anything", ""); code != 403 || !strings.Contains(body, "http.token") {
+		t.Errorf("no token configured: %d %s", code, body)
+	}
+	_, _, mux, _ = setup(t, "tok")
+	for _, tok := range []string{"", "tok2", "to"} {
+		if code, _ := call(mux, "GET", "/api/v1/users", tok, ""); code != 401 {
+			t.Errorf("token %q: %d, want 401", tok, code)
+		}
+	}
+	if code, _ := call(mux, "GET", "/api/v1/users", "tok", ""); code != 200 {
+		t.Errorf("right token: %d", code)
+	}
+}
+
+func TestUsersAndPresence(t *testing.T) {
+	b, store, mux, now := setup(t, "tok")
+	code, body := call(mux, "GET", "/api/v1/users", "tok", "")
+	var list struct{ Users []User }
+	if err := json.Unmarshal([]byte(body), &list); err != nil || code != 200 || len(list.Users) != 1 {
+		t.Fatalf("%d %s %v", code, body, err)
+	}
+	u := list.Users[0]
+	if u.ID != "debbie" || u.State != "idle" || u.Watchers != 3 || len(u.Devices) != 1 || u.Devices[0].State != "idle" {
+		t.Errorf("user %+v", u)
+	}
+	// By extension too; an unknown one is 404.
+	if code, _ := call(mux, "GET", "/api/v1/users/100", "tok", ""); code != 200 {
+		t.Errorf("by extension: %d", code)
+	}
+	if code, _ := call(mux, "GET", "/api/v1/users/999", "tok", ""); code != 404 {
+		t.Errorf("unknown user: %d", code)
+	}
+
+	// A calendar sets a meeting for 90 minutes.
+	code, body = call(mux, "PUT", "/api/v1/users/debbie/presence", "tok", `{"activity":"meeting","note":"Board","expires_in":"90m"}`)
+	if code != 200 || !strings.Contains(body, `"meeting"`) {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	st, _ := b.State("debbie")
+	if !st.Person.Has(bridge.ActivityMeeting) || st.Person.Note != "Board" || !st.Person.Expires.Equal(now.Add(90*time.Minute)) {
+		t.Errorf("bridge person %+v", st.Person)
+	}
+	if p, ok := store["api/debbie"]; !ok || p.Note != "Board" {
+		t.Errorf("not saved: %+v", store)
+	}
+	// DND turns the lamp.
+	call(mux, "PUT", "/api/v1/users/100/presence", "tok", `{"activity":"dnd"}`)
+	if st, _ := b.State("debbie"); st.Phone != bridge.PhoneDND {
+		t.Errorf("lamp %v after dnd", st.Phone)
+	}
+	// Bad requests change nothing.
+	for _, bad := range []string{`{"activity":"lunch"}`, `{}`, `{"activity":"away","expires_in":"soon"}`,
+		`{"activity":"away","expires":"2020-01-01T00:00:00Z"}`, `{"activity":"away","colour":"red"}`, `not json`} {
+		if code, body := call(mux, "PUT", "/api/v1/users/debbie/presence", "tok", bad); code != 400 {
+			t.Errorf("%s: %d %s", bad, code, body)
+		}
+	}
+	if st, _ := b.State("debbie"); st.Phone != bridge.PhoneDND {
+		t.Errorf("a bad request changed the lamp to %v", st.Phone)
+	}
+	if code, _ := call(mux, "DELETE", "/api/v1/users/debbie/presence", "tok", ""); code != 204 {
+		t.Errorf("DELETE: %d", code)
+	}
+	if st, _ := b.State("debbie"); st.Phone != bridge.PhoneIdle || !st.Person.IsZero() {
+		t.Errorf("after DELETE: %v %+v", st.Phone, st.Person)
+	}
+	if _, ok := store["api/debbie"]; ok {
+		t.Error("saved state not deleted")
+	}
+}
