@@ -25,7 +25,7 @@ type watcher struct {
 	notifies  chan *sip.Request
 	// the dialog
 	callID, fromTag, toTag, event, user, server string
-	cseq                                       uint32
+	cseq                                        uint32
 }
 
 func newWatcher(t *testing.T, transport string) *watcher {
