@@ -9,8 +9,6 @@ import (
 	"slices"
 	"syscall"
 
-	sddaemon "github.com/coreos/go-systemd/v22/daemon"
-
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -54,8 +52,6 @@ func (d *daemon) reload() (api.ReloadResult, error) {
 		d.log.Error("reload refused", "err", errBuiltIn)
 		return res, errBuiltIn
 	}
-	notifySystemd(d.log, sddaemon.SdNotifyReloading)
-	defer notifySystemd(d.log, sddaemon.SdNotifyReady)
 	cfg, err := config.Load(old.File)
 	if err == nil {
 		err = d.applyConfig(cfg, &res)
