@@ -5,8 +5,9 @@ import "time"
 // Metrics receives the server's counts. cmd/lamplighter implements it with
 // Prometheus; tests and embedders may pass nil.
 type Metrics interface {
-	// Response counts a response sent, by status code.
-	Response(code int)
+	// Response counts a response sent, by request method and status
+	// code.
+	Response(method string, code int)
 	// AuthFailure counts wrong credentials, by method.
 	AuthFailure(method string)
 	// NotifySent counts a NOTIFY answered with 2xx.
@@ -21,7 +22,7 @@ type Metrics interface {
 
 type nopMetrics struct{}
 
-func (nopMetrics) Response(int)                {}
+func (nopMetrics) Response(string, int)        {}
 func (nopMetrics) AuthFailure(string)          {}
 func (nopMetrics) NotifySent(Package, string)  {}
 func (nopMetrics) NotifyFailed(string)         {}

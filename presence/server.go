@@ -350,7 +350,11 @@ func (s *Server) respond(tx sip.ServerTransaction, res *sip.Response) {
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("cannot send response", "status", res.StatusCode, "err", err)
 	}
-	s.opt.Metrics.Response(res.StatusCode)
+	method := ""
+	if cs := res.CSeq(); cs != nil {
+		method = string(cs.MethodName)
+	}
+	s.opt.Metrics.Response(method, res.StatusCode)
 }
 
 // reply sends a response with no body and the given extra headers.

@@ -145,7 +145,7 @@ type Metrics struct {
 func newMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_responses_total",
-			Help: "SIP responses sent, by status code (PUBLISH and REGISTER outcomes among them)."}, []string{"code"}),
+			Help: "SIP responses sent, by request method and status code."}, []string{"method", "code"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_auth_failures_total",
 			Help: "Requests with wrong credentials, by method."}, []string{"method"}),
 		notifySent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_notify_sent_total",
@@ -163,7 +163,9 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 var _ presence.Metrics = (*Metrics)(nil)
 
 // Response implements presence.Metrics.
-func (m *Metrics) Response(code int) { m.responses.WithLabelValues(codeLabel(code)).Inc() }
+func (m *Metrics) Response(method string, code int) {
+	m.responses.WithLabelValues(method, codeLabel(code)).Inc()
+}
 
 // AuthFailure implements presence.Metrics.
 func (m *Metrics) AuthFailure(method string) { m.authFailures.WithLabelValues(method).Inc() }

@@ -94,11 +94,12 @@ func TestSIPCountsReachMetrics(t *testing.T) {
 	m.NotifySent(presence.PackageDialog, "udp")
 	m.NotifyFailed("timeout")
 	m.AuthFailure("SUBSCRIBE")
-	m.Response(401)
+	m.Response("SUBSCRIBE", 401)
+	m.Response("PUBLISH", 200)
 	_, metrics := get(t, s, "/metrics")
 	for _, want := range []string{`lamplighter_notify_sent_total{package="dialog",transport="udp"} 1`,
 		`lamplighter_notify_failed_total{reason="timeout"} 1`, `lamplighter_sip_auth_failures_total{method="SUBSCRIBE"} 1`,
-		`lamplighter_sip_responses_total{code="401"} 1`} {
+		`lamplighter_sip_responses_total{code="401",method="SUBSCRIBE"} 1`, `lamplighter_sip_responses_total{code="200",method="PUBLISH"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
