@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/switchboard"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/durable"
@@ -33,6 +35,7 @@ type daemon struct {
 	adapters []adapters.Adapter
 	ops      *ops.Server
 	api      *api.API
+	board    *switchboard.Switchboard
 	db       *durable.DB
 	demo     bool // only simulated PBXs: lamp changes are logged at info level
 
@@ -40,6 +43,7 @@ type daemon struct {
 	cfg      *config.Config
 	policyMu sync.RWMutex
 	single   func(userAgent, watcher string) bool // follows reloads
+	logins   map[string]presence.Credential       // by SIP username and user id; follows reloads
 }
 
 // restoreWait bounds how long restored subscriptions wait for the PBXs to
@@ -84,13 +88,20 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if d.sip, err = presence.New(d.bridge, opt); err != nil {
 		return nil, err
 	}
-	d.api = api.New(api.Options{Bridge: d.bridge, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload, Log: log})
+	if err := d.setLogins(cfg); err != nil {
+		return nil, err
+	}
+	d.api = api.New(api.Options{Bridge: d.bridge, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload,
+		CheckUser: d.checkLogin, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return nil, fmt.Errorf("http token: %w", err)
 	}
 	d.api.SetToken(token)
 	d.api.Handle(d.ops)
+	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.View, Title: cfg.HTTP.Title,
+		Log: log})
+	d.board.Handle(d.ops)
 	var kinds []ops.Adapter
 	for i := range cfg.PBX {
 		a, err := d.newAdapter(&cfg.PBX[i], dir)
@@ -205,6 +216,11 @@ func (d *daemon) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		d.board.Run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		d.notifyRestored(ctx)
 	}()
 	hup, stopHangups := hangups()
@@ -237,6 +253,43 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("lamplighter stopped")
 	return nil
+}
+
+// setLogins keeps the users' SIP credentials for signing in to the API
+// and the switchboard page, by SIP username and by user id.
+func (d *daemon) setLogins(cfg *config.Config) error {
+	creds, err := credentials(cfg)
+	if err != nil {
+		return err
+	}
+	logins := map[string]presence.Credential{}
+	for _, c := range creds {
+		logins[c.Username] = c
+		if _, taken := logins[c.UserID]; !taken {
+			logins[c.UserID] = c
+		}
+	}
+	d.policyMu.Lock()
+	d.logins = logins
+	d.policyMu.Unlock()
+	return nil
+}
+
+// checkLogin checks a user's own credentials: the SIP username (or user
+// id, extension or alias) and SIP password.
+func (d *daemon) checkLogin(name, password string) (string, bool) {
+	d.policyMu.RLock()
+	c, ok := d.logins[name]
+	if !ok {
+		if u, found := d.bridge.Directory().Lookup(name); found {
+			c, ok = d.logins[u.ID]
+		}
+	}
+	d.policyMu.RUnlock()
+	if !ok || subtle.ConstantTimeCompare([]byte(password), []byte(c.Password)) != 1 {
+		return "", false
+	}
+	return c.UserID, true
 }
 
 // singleDialog is the presence server's per-subscriber single-dialog

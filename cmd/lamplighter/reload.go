@@ -101,6 +101,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	res.NeedRestart = needRestart(d.cfg, cfg)
 	resync := d.pbxsWithNewDevices(oldDir, dir)
 	d.sip.SetCredentials(creds)
+	_ = d.setLogins(cfg) // cannot fail: credentials were read above
 	d.policyMu.Lock()
 	d.single = singleDialogPolicy(cfg)
 	d.policyMu.Unlock()

@@ -2,10 +2,13 @@
 // aggregated state, devices, calls and watcher count; the person state an
 // outside system sets (a calendar says "meeting", a chat bot "dnd") with a
 // note and an optional expiry; and a config reload. Requests carry the
-// token from the config's http section as "Authorization: Bearer TOKEN".
+// token from the config's http section as "Authorization: Bearer TOKEN"
+// (everything allowed), or a user's own SIP username and password as HTTP
+// Basic credentials (read, and set one's own person state).
 package api
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -60,7 +63,11 @@ type Options struct {
 	// Reload re-reads the config; an error (config.Errors for a bad
 	// file) leaves the running config as it was.
 	Reload func() (ReloadResult, error)
-	Log    *slog.Logger
+	// CheckUser checks a user's own credentials (the SIP username and
+	// password from the config) and returns the user id; nil: only the
+	// token is accepted.
+	CheckUser func(username, password string) (userID string, ok bool)
+	Log       *slog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -98,37 +105,81 @@ func (a *API) SetToken(token string) {
 func (a *API) Handle(mux interface {
 	Handle(pattern string, h http.Handler)
 }) {
-	mux.Handle("GET /api/v1/users", a.authorised(a.listUsers))
-	mux.Handle("GET /api/v1/users/{id}", a.authorised(a.getUser))
-	mux.Handle("PUT /api/v1/users/{id}/presence", a.authorised(a.putPresence))
-	mux.Handle("DELETE /api/v1/users/{id}/presence", a.authorised(a.deletePresence))
-	mux.Handle("POST /api/v1/reload", a.authorised(a.reload))
+	mux.Handle("GET /api/v1/whoami", a.authorised(a.whoami, forUsers))
+	mux.Handle("GET /api/v1/users", a.authorised(a.listUsers, forUsers))
+	mux.Handle("GET /api/v1/users/{id}", a.authorised(a.getUser, forUsers))
+	mux.Handle("PUT /api/v1/users/{id}/presence", a.authorised(a.putPresence, forUsers))
+	mux.Handle("DELETE /api/v1/users/{id}/presence", a.authorised(a.deletePresence, forUsers))
+	mux.Handle("POST /api/v1/reload", a.authorised(a.reload, adminOnly))
 }
 
-// Authorised reports whether r carries the token.
-func (a *API) Authorised(r *http.Request) bool {
+// Caller is who made a request: the holder of the token (Admin) or one
+// user with their own credentials.
+type Caller struct {
+	Admin  bool   `json:"admin"`
+	UserID string `json:"user,omitempty"`
+}
+
+// may reports whether the caller may change userID's person state.
+func (c Caller) may(userID string) bool { return c.Admin || c.UserID == userID }
+
+// Caller returns who r comes from; ok is false without valid credentials.
+func (a *API) Caller(r *http.Request) (Caller, bool) {
 	a.mu.RLock()
 	token := a.token
 	a.mu.RUnlock()
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
+	h := r.Header.Get("Authorization")
+	if got, ok := strings.CutPrefix(h, "Bearer "); ok {
+		ok = token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
+		return Caller{Admin: ok}, ok
+	}
+	if user, pw, ok := r.BasicAuth(); ok && a.opt.CheckUser != nil {
+		if id, ok := a.opt.CheckUser(user, pw); ok {
+			return Caller{UserID: id}, true
+		}
+	}
+	return Caller{}, false
 }
 
-func (a *API) authorised(h http.HandlerFunc) http.Handler {
+type callerKey struct{}
+
+const (
+	forUsers  = false
+	adminOnly = true
+)
+
+func (a *API) authorised(h http.HandlerFunc, admin bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.RLock()
-		configured := a.token != ""
+		configured := a.token != "" || a.opt.CheckUser != nil
 		a.mu.RUnlock()
+		c, ok := a.Caller(r)
 		switch {
 		case !configured:
 			writeError(w, http.StatusForbidden, "the API is off: set http.token (or token_file, token_env) in the config")
-		case !a.Authorised(r):
-			w.Header().Set("WWW-Authenticate", `Bearer realm="lamplighter"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		case !ok:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="lamplighter", Basic realm="lamplighter"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong credentials: a bearer token, or your SIP username and password")
+		case admin && !c.Admin:
+			writeError(w, http.StatusForbidden, "only the API token may do this")
 		default:
-			h(w, r)
+			h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 		}
 	})
+}
+
+func callerOf(r *http.Request) Caller {
+	c, _ := r.Context().Value(callerKey{}).(Caller)
+	return c
+}
+
+func (a *API) whoami(w http.ResponseWriter, r *http.Request) {
+	c := callerOf(r)
+	out := map[string]any{"admin": c.Admin}
+	if u, ok := a.opt.Bridge.Directory().User(c.UserID); ok {
+		out["user"], out["name"] = u.ID, u.Name
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // User is one user as the API shows it.
@@ -254,6 +305,10 @@ func (a *API) putPresence(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !callerOf(r).may(u.ID) {
+		writeError(w, http.StatusForbidden, "you may only set your own state")
+		return
+	}
 	var req PresenceRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
 	dec.DisallowUnknownFields()
@@ -326,6 +381,10 @@ func (req *PresenceRequest) person(now time.Time) (bridge.PersonState, error) {
 func (a *API) deletePresence(w http.ResponseWriter, r *http.Request) {
 	u, ok := a.user(w, r)
 	if !ok {
+		return
+	}
+	if !callerOf(r).may(u.ID) {
+		writeError(w, http.StatusForbidden, "you may only set your own state")
 		return
 	}
 	a.opt.Bridge.ClearPerson(u.ID, Origin)

@@ -125,3 +125,40 @@ func TestUsersAndPresence(t *testing.T) {
 		t.Error("saved state not deleted")
 	}
 }
+
+// TestOwnCredentials: a user signed in with their own SIP credentials
+// reads everyone and sets only their own state; reload is the token's.
+func TestOwnCredentials(t *testing.T) {
+	dir, _ := bridge.NewDirectory([]bridge.User{{ID: "debbie", Extensions: []string{"100"}}, {ID: "bob", Extensions: []string{"101"}}})
+	b := bridge.New(dir)
+	a := New(Options{Bridge: b, Reload: func() (ReloadResult, error) { return ReloadResult{}, nil },
+		CheckUser: func(user, pw string) (string, bool) { return "debbie", user == "debbie" && pw == "pw" }})
+	mux := http.NewServeMux()
+	a.Handle(mux)
+	do := func(method, path, user, pw, body string) int {
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.SetBasicAuth(user, pw)
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, c := range []struct {
+		method, path, user, pw, body string
+		want                         int
+	}{
+		{"GET", "/api/v1/users", "debbie", "pw", "", 200},
+		{"GET", "/api/v1/users", "debbie", "nope", "", 401},
+		{"GET", "/api/v1/whoami", "debbie", "pw", "", 200},
+		{"PUT", "/api/v1/users/100/presence", "debbie", "pw", `{"activity":"dnd"}`, 200},
+		{"PUT", "/api/v1/users/bob/presence", "debbie", "pw", `{"activity":"dnd"}`, 403},
+		{"DELETE", "/api/v1/users/bob/presence", "debbie", "pw", "", 403},
+		{"POST", "/api/v1/reload", "debbie", "pw", "", 403},
+	} {
+		if got := do(c.method, c.path, c.user, c.pw, c.body); got != c.want {
+			t.Errorf("%s %s as %s: %d, want %d", c.method, c.path, c.user, got, c.want)
+		}
+	}
+	if st, _ := b.State("bob"); st.Phone == bridge.PhoneDND {
+		t.Error("debbie set bob's state")
+	}
+}

@@ -91,7 +91,9 @@ type SingleDialog struct {
 
 // HTTP is the `http:` section: metrics, health, the API and the page.
 type HTTP struct {
-	Listen    string `yaml:"listen"`
+	Listen string `yaml:"listen"`
+	// Title is the switchboard page's heading (default "Switchboard").
+	Title     string `yaml:"title"`
 	Token     string `yaml:"token"`
 	TokenFile string `yaml:"token_file"`
 	TokenEnv  string `yaml:"token_env"`
