@@ -155,3 +155,23 @@ func TestBadFlags(t *testing.T) {
 		t.Errorf("stray argument: exit %d", code)
 	}
 }
+
+// runInProcess runs lamplighter with a config file until the test ends,
+// and returns its log and the address of its HTTP listener.
+func runInProcess(t *testing.T, config string) (*syncBuffer, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"-config", config}, out, out) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitFor(t, out, "lamplighter running", 10*time.Second)
+	m := regexp.MustCompile(`"http listening" address=(\S+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no http address in the log:\n%s", out.String())
+	}
+	return out, m[1]
+}

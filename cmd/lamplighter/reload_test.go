@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,18 +37,9 @@ func TestReloadWhileSubscribed(t *testing.T) {
 	write(`  - {id: debbie, name: Debbie, extensions: ["100"]}
   - {id: bob, name: Bob, extensions: ["101"]}
 `)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"-config", path}, &out, &out) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	waitFor(t, &out, "lamplighter running", 10*time.Second)
+	out, httpAddr := runInProcess(t, path)
 	sipAddr := regexp.MustCompile(`"sip listening".* transport=udp address=(\S+)`).FindStringSubmatch(out.String())[1]
-	api := "http://" + regexp.MustCompile(`"http listening" address=(\S+)`).FindStringSubmatch(out.String())[1] + "/api/v1"
+	api := "http://" + httpAddr + "/api/v1"
 
 	debbie, bob := newWatcher(t, "UDP"), newWatcher(t, "UDP")
 	for _, w := range []struct {
@@ -99,7 +89,7 @@ func TestReloadWhileSubscribed(t *testing.T) {
 		}
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitFor(t, &out, "reload rejected", 5*time.Second)
+	waitFor(t, out, "reload rejected", 5*time.Second)
 	// Nothing changed: Carol is still on 102, Dan does not exist.
 	if res := carol.subscribe("", "", "", 600); res.StatusCode != 200 {
 		t.Errorf("carol's subscription after a broken reload: %d", res.StatusCode)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -63,15 +62,8 @@ func TestSwitchboardInChromium(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"-config", path}, &out, &out) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	waitFor(t, &out, "lamplighter running", 10*time.Second)
-	url := "http://" + regexp.MustCompile(`"http listening" address=(\S+)`).FindStringSubmatch(out.String())[1] + "/"
+	_, httpAddr := runInProcess(t, path)
+	url := "http://" + httpAddr + "/"
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
 		chromedp.WindowSize(1280, 900), chromedp.Flag("disable-dev-shm-usage", true))

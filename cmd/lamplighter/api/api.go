@@ -300,13 +300,20 @@ type PresenceRequest struct {
 
 const maxNote = 512
 
-func (a *API) putPresence(w http.ResponseWriter, r *http.Request) {
+// editable finds the user in the path whose person state the caller may
+// set, answering 404 or 403 itself.
+func (a *API) editable(w http.ResponseWriter, r *http.Request) (*bridge.User, bool) {
 	u, ok := a.user(w, r)
-	if !ok {
-		return
-	}
-	if !callerOf(r).may(u.ID) {
+	if ok && !callerOf(r).may(u.ID) {
 		writeError(w, http.StatusForbidden, "you may only set your own state")
+		return nil, false
+	}
+	return u, ok
+}
+
+func (a *API) putPresence(w http.ResponseWriter, r *http.Request) {
+	u, ok := a.editable(w, r)
+	if !ok {
 		return
 	}
 	var req PresenceRequest
@@ -379,12 +386,8 @@ func (req *PresenceRequest) person(now time.Time) (bridge.PersonState, error) {
 }
 
 func (a *API) deletePresence(w http.ResponseWriter, r *http.Request) {
-	u, ok := a.user(w, r)
+	u, ok := a.editable(w, r)
 	if !ok {
-		return
-	}
-	if !callerOf(r).may(u.ID) {
-		writeError(w, http.StatusForbidden, "you may only set your own state")
 		return
 	}
 	a.opt.Bridge.ClearPerson(u.ID, Origin)
