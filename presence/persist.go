@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -102,9 +103,7 @@ func (s *Subscription) saved() SavedSubscription {
 type journal struct {
 	store Store
 	every time.Duration
-	log   interface {
-		Warn(msg string, args ...any)
-	}
+	log   *slog.Logger
 
 	mu    sync.Mutex
 	subs  map[*Subscription]struct{}
@@ -123,7 +122,7 @@ func (j *journal) unsaved() int {
 	return len(j.subs) + len(j.unsub) + len(j.pubs) + len(j.users) + j.saving
 }
 
-func newJournal(store Store, every time.Duration, log interface{ Warn(string, ...any) }) *journal {
+func newJournal(store Store, every time.Duration, log *slog.Logger) *journal {
 	j := &journal{store: store, every: every, log: log, soon: make(chan struct{}, 1)}
 	j.reset()
 	return j
@@ -160,6 +159,16 @@ func (j *journal) unsubscribed(s *Subscription) {
 	j.mu.Lock()
 	delete(j.subs, s)
 	j.unsub[s.ID] = struct{}{}
+	j.mu.Unlock()
+}
+
+// forget deletes a stored subscription that is not restored.
+func (j *journal) forget(id string) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.unsub[id] = struct{}{}
 	j.mu.Unlock()
 }
 
@@ -286,13 +295,10 @@ func (s *Server) restore(saved *Saved) {
 	for i := range saved.Subscriptions {
 		r := &saved.Subscriptions[i]
 		sub, err := restoredSubscription(r)
-		if err != nil || !r.Expires.After(now) {
+		_, known := dir.User(r.UserID) // a user gone from the directory
+		if err != nil || !known || !r.Expires.After(now) {
 			skipped++
-			continue
-		}
-		if _, ok := dir.User(r.UserID); !ok {
-			skipped++ // the user is gone from the directory
-			s.journal.unsubscribed(sub)
+			s.journal.forget(r.ID)
 			continue
 		}
 		sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)

@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ type memStore struct {
 	pubs  map[string]Publication
 	binds map[string][]Binding
 	saves int
+	fail  int // the next fail saves return an error
 }
 
 func newMemStore() *memStore {
@@ -29,6 +31,10 @@ func newMemStore() *memStore {
 func (m *memStore) Save(b Batch) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.fail > 0 {
+		m.fail--
+		return errors.New("disk full")
+	}
 	m.saves++
 	for _, s := range b.Subscriptions {
 		m.subs[s.ID] = s
@@ -128,6 +134,9 @@ func TestSubscriptionsSurviveACrash(t *testing.T) {
 		n := w.p.notifyWhere("confirmed", 2*time.Second)
 		w.cseq, w.version = cseqOf(n), versionOf(t, n)
 	}
+	if by := env.srv.SubscriptionsByKind(); by[SubscriptionKind{PackageDialog, "UDP"}] != 1 || by[SubscriptionKind{PackageDialog, "TCP"}] != 1 {
+		t.Errorf("subscriptions by kind: %v", by)
+	}
 	waitUntil(t, 2*time.Second, "both subscriptions saved", func() bool { return store.count() == 2 })
 	crashed := store.copy()
 
@@ -192,4 +201,49 @@ func TestPublicationsAndRegistrationsAreRestored(t *testing.T) {
 	if regs := env.srv.Registrations(); len(regs) != 1 || regs[0].UserID != "bob" {
 		t.Errorf("registrations %+v", regs)
 	}
+}
+
+// TestFailedSaveIsRetried: a batch the store refuses stays pending and
+// goes out with the next one.
+func TestFailedSaveIsRetried(t *testing.T) {
+	store := newMemStore()
+	store.fail = 2
+	env := newEnv(t, trusted, func(o *Options) { o.Store, o.FlushInterval = store, 20*time.Millisecond })
+	p := newPhone(t, "UDP")
+	if res, _ := p.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600}); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE got %d", res.StatusCode)
+	}
+	waitUntil(t, 2*time.Second, "saved after two failures", func() bool { return store.count() == 1 })
+	if n := env.srv.UnsavedChanges(); n != 0 {
+		t.Errorf("%d changes still unsaved", n)
+	}
+}
+
+// TestUnrestorableRecordsAreForgotten: saved subscriptions to users gone
+// from the directory, or that cannot be read, are not restored and are
+// deleted from the store.
+func TestUnrestorableRecordsAreForgotten(t *testing.T) {
+	store := newMemStore()
+	good := SavedSubscription{ID: "ok", CallID: "c1", RemoteTag: "r", UserID: "debbie", Entity: "sip:100@x",
+		LocalURI: "sip:100@x", RemoteURI: "sip:w@x", Target: "sip:w@127.0.0.1:5099", Transport: "UDP",
+		Source: "127.0.0.1:5099", Expires: time.Now().Add(time.Hour), CSeq: 70, Version: 64}
+	gone, bad := good, good
+	gone.ID, gone.UserID = "gone", "nobody"
+	bad.ID, bad.Target = "bad", "not a uri"
+	for _, r := range []SavedSubscription{good, gone, bad} {
+		store.subs[r.ID] = r
+	}
+	env := newEnv(t, trusted, func(o *Options) {
+		o.Store, o.FlushInterval, o.Restore = store, 20*time.Millisecond, store.copy()
+	})
+	if total, _ := env.srv.Subscriptions(); total != 1 {
+		t.Errorf("%d subscriptions restored, want 1", total)
+	}
+	waitUntil(t, 2*time.Second, "unrestorable records deleted", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		_, g := store.subs["gone"]
+		_, b := store.subs["bad"]
+		return !g && !b
+	})
 }

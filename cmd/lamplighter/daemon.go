@@ -39,11 +39,11 @@ type daemon struct {
 	db       *durable.DB
 	demo     bool // only simulated PBXs: lamp changes are logged at info level
 
-	cfgMu    sync.Mutex // held through a reload
-	cfg      *config.Config
-	policyMu sync.RWMutex
-	single   func(userAgent, watcher string) bool // follows reloads
-	logins   map[string]presence.Credential       // by SIP username and user id; follows reloads
+	cfgMu  sync.Mutex // held through a reload
+	cfg    *config.Config
+	liveMu sync.RWMutex                         // guards single and logins, which reloads replace
+	single func(userAgent, watcher string) bool // follows reloads
+	logins map[string]presence.Credential       // by SIP username and user id; follows reloads
 }
 
 // restoreWait bounds how long restored subscriptions wait for the PBXs to
@@ -269,23 +269,23 @@ func (d *daemon) setLogins(cfg *config.Config) error {
 			logins[c.UserID] = c
 		}
 	}
-	d.policyMu.Lock()
+	d.liveMu.Lock()
 	d.logins = logins
-	d.policyMu.Unlock()
+	d.liveMu.Unlock()
 	return nil
 }
 
 // checkLogin checks a user's own credentials: the SIP username (or user
 // id, extension or alias) and SIP password.
 func (d *daemon) checkLogin(name, password string) (string, bool) {
-	d.policyMu.RLock()
+	d.liveMu.RLock()
 	c, ok := d.logins[name]
 	if !ok {
 		if u, found := d.bridge.Directory().Lookup(name); found {
 			c, ok = d.logins[u.ID]
 		}
 	}
-	d.policyMu.RUnlock()
+	d.liveMu.RUnlock()
 	if !ok || subtle.ConstantTimeCompare([]byte(password), []byte(c.Password)) != 1 {
 		return "", false
 	}
@@ -295,9 +295,9 @@ func (d *daemon) checkLogin(name, password string) (string, bool) {
 // singleDialog is the presence server's per-subscriber single-dialog
 // policy, as of the config in force.
 func (d *daemon) singleDialog(userAgent, watcher string) bool {
-	d.policyMu.RLock()
+	d.liveMu.RLock()
 	f := d.single
-	d.policyMu.RUnlock()
+	d.liveMu.RUnlock()
 	return f(userAgent, watcher)
 }
 

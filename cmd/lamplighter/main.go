@@ -26,6 +26,9 @@ import (
 //go:embed demo.yaml
 var demoConfig []byte
 
+// builtInConfig names the demo config in messages (it has no file).
+const builtInConfig = "(built-in demo config)"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -64,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg *config.Config
 	var err error
 	if *demo || *configPath == "" {
-		cfg, err = config.Parse("(built-in demo config)", demoConfig, os.LookupEnv)
+		cfg, err = config.Parse(builtInConfig, demoConfig, os.LookupEnv)
 		if err == nil {
 			cfg.StateDir = demoStateDir()
 		}

@@ -48,7 +48,7 @@ func (d *daemon) reload() (api.ReloadResult, error) {
 	defer d.cfgMu.Unlock()
 	var res api.ReloadResult
 	old := d.cfg
-	if old.File == "" || old.File[0] == '(' {
+	if old.File == builtInConfig {
 		d.log.Error("reload refused", "err", errBuiltIn)
 		return res, errBuiltIn
 	}
@@ -99,12 +99,12 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 		}
 	}
 	res.NeedRestart = needRestart(d.cfg, cfg)
-	resync := d.pbxsWithNewDevices(oldDir, dir)
+	resync := pbxsWithNewDevices(oldDir, dir)
 	d.sip.SetCredentials(creds)
 	_ = d.setLogins(cfg) // cannot fail: credentials were read above
-	d.policyMu.Lock()
+	d.liveMu.Lock()
 	d.single = singleDialogPolicy(cfg)
-	d.policyMu.Unlock()
+	d.liveMu.Unlock()
 	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
 	d.api.SetToken(token)
 	setLevel(d.level, cfg.Log.Level)
@@ -118,7 +118,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 
 // pbxsWithNewDevices names the PBXs on which some user has a device the
 // old directory did not have: their adapters read the state again.
-func (d *daemon) pbxsWithNewDevices(old, next *bridge.Directory) map[string]bool {
+func pbxsWithNewDevices(old, next *bridge.Directory) map[string]bool {
 	had := map[bridge.DeviceRef]bool{}
 	for _, u := range old.Users() {
 		for _, ref := range u.Devices {
