@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/adapters/esl/esltest"
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
@@ -48,8 +49,8 @@ func newHarness(t *testing.T, fake *fakeFreeSWITCH, addr, password string, tune 
 	t.Helper()
 	// As at the start of the recordings: 1001 registered with the
 	// REGISTER it later ends (Call-ID 112d97b8bb9cdb96).
-	fake.registrations = []byte(strings.Replace(string(apiBody(t, "show-registrations.esl-raw.txt")),
-		"db962486549b235f", "112d97b8bb9cdb96", 1))
+	fake.SetRegistrations([]byte(strings.Replace(string(apiBody(t, "show-registrations.esl-raw.txt")),
+		"db962486549b235f", "112d97b8bb9cdb96", 1)))
 	dir, devs := recordedDirectory(t)
 	b := bridge.New(dir)
 	h := &harness{t: t, fake: fake, bridge: b, changes: make(chan bridge.Change, 10000), seen: map[string][]*bridge.State{}}
@@ -219,7 +220,7 @@ func TestRecordedLoopbackOriginate(t *testing.T) {
 
 func TestResyncFindsCallsInProgress(t *testing.T) {
 	fake := newFakeFreeSWITCH(t)
-	fake.channels = apiBody(t, "show-channels.esl-raw.txt")
+	fake.SetChannels(apiBody(t, "show-channels.esl-raw.txt"))
 	h := newHarness(t, fake, fake.addr(), "ClueCon")
 	h.waitSynchronised(0)
 	s := h.waitPhone("1001", bridge.PhoneBusy)
@@ -243,10 +244,8 @@ func TestDroppedSocketMidCallResyncs(t *testing.T) {
 	fake.send(conn, evs[:cut+1]...)
 	h.waitPhone("1001", bridge.PhoneBusy)
 	// While it is down the call ends: FreeSWITCH has no channels.
-	fake.mu.Lock()
-	fake.channels = []byte(`{"row_count":0}`)
-	fake.mu.Unlock()
-	conn.c.Close()
+	fake.SetChannels([]byte(`{"row_count":0}`))
+	conn.Close()
 	fake.waitLogin()
 	h.waitSynchronised(1)
 	h.waitPhone("1001", bridge.PhoneIdle)
@@ -255,7 +254,7 @@ func TestDroppedSocketMidCallResyncs(t *testing.T) {
 
 func TestHeldCallFoundAtResync(t *testing.T) {
 	fake := newFakeFreeSWITCH(t)
-	fake.channels = readJSONFixture(t, "show-channels-held.json")
+	fake.SetChannels(readJSONFixture(t, "show-channels-held.json"))
 	h := newHarness(t, fake, fake.addr(), "ClueCon")
 	h.waitSynchronised(0)
 	h.waitPhone("1000", bridge.PhoneHeld)
@@ -271,18 +270,18 @@ func readJSONFixture(t *testing.T, name string) []byte {
 
 // Faults on the wire: each must lead to a reconnect and a resync.
 func TestBrokenStreamsReconnect(t *testing.T) {
-	for name, fault := range map[string]func(*fakeFreeSWITCH, *fakeConn){
+	for name, fault := range map[string]func(*fakeFreeSWITCH, *esltest.Conn){
 		// A frame that says more than it carries; the connection stays
 		// open, so the reader waits for bytes that never come.
-		"truncated frame": func(f *fakeFreeSWITCH, c *fakeConn) {
-			c.write([]byte("Content-Length: 4000\nContent-Type: text/event-plain\n\nEvent-Name: CHANNEL_CALLSTATE\n"))
+		"truncated frame": func(f *fakeFreeSWITCH, c *esltest.Conn) {
+			c.Write([]byte("Content-Length: 4000\nContent-Type: text/event-plain\n\nEvent-Name: CHANNEL_CALLSTATE\n"))
 		},
 		// eslgo's reader stops at a content type it does not know.
-		"unknown content type": func(f *fakeFreeSWITCH, c *fakeConn) {
-			c.write([]byte("Content-Type: text/rude-remark\nContent-Length: 5\n\nhello"))
+		"unknown content type": func(f *fakeFreeSWITCH, c *esltest.Conn) {
+			c.Write([]byte("Content-Type: text/rude-remark\nContent-Length: 5\n\nhello"))
 		},
 		// FreeSWITCH wedged: the socket is open and nothing answers.
-		"silent peer": func(f *fakeFreeSWITCH, c *fakeConn) { f.setSilent(true) },
+		"silent peer": func(f *fakeFreeSWITCH, c *esltest.Conn) { f.SetSilent(true) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			fake := newFakeFreeSWITCH(t)
@@ -296,9 +295,7 @@ func TestBrokenStreamsReconnect(t *testing.T) {
 
 			fault(fake, conn)
 			// Meanwhile the call is answered; the resync must show it.
-			fake.mu.Lock()
-			fake.channels = apiBody(t, "show-channels.esl-raw.txt")
-			fake.mu.Unlock()
+			fake.SetChannels(apiBody(t, "show-channels.esl-raw.txt"))
 			deadline := time.Now().Add(5 * time.Second)
 			for h.adapter.Status().Reconnects == 0 {
 				if time.Now().After(deadline) {
@@ -306,7 +303,7 @@ func TestBrokenStreamsReconnect(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			fake.setSilent(false)
+			fake.SetSilent(false)
 			fake.waitLogin()
 			h.waitSynchronised(1)
 			s := h.waitPhone("1001", bridge.PhoneBusy)
@@ -321,7 +318,7 @@ func TestFreeSWITCHDownAtStart(t *testing.T) {
 	// Nothing listens yet: the adapter keeps trying without blocking.
 	fake := newFakeFreeSWITCH(t)
 	addr := fake.addr()
-	fake.ln.Close()
+	fake.CloseListener()
 	h := newHarness(t, fake, addr, "ClueCon")
 	deadline := time.Now().Add(5 * time.Second)
 	for h.adapter.Status().Reconnects < 2 {

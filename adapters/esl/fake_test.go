@@ -3,17 +3,15 @@ package esl
 import (
 	"bufio"
 	"bytes"
-	"fmt"
-	"net"
 	"net/textproto"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lamplighter/lamplighter/adapters/esl/esltest"
 )
 
 const fixtures = "../../../shared/fixtures/esl"
@@ -88,190 +86,46 @@ func apiBody(t testing.TB, name string) []byte {
 	return body
 }
 
-// fakeFreeSWITCH is a test double of FreeSWITCH's inbound event socket on
-// loopback TCP: auth/request, command/reply, api/response and
-// text/event-plain frames with Content-Length framing, as FreeSWITCH 1.10
-// writes them.
+// fakeFreeSWITCH is the event socket double of esltest, with the test's
+// fatal errors and recorded frames.
 type fakeFreeSWITCH struct {
-	t        testing.TB
-	ln       net.Listener
-	password string
-
-	mu            sync.Mutex
-	channels      []byte // body of `show channels as json`
-	registrations []byte
-	seq           uint64 // highest Event-Sequence sent
-	current       *fakeConn
-	silent        bool // read commands, answer none (a wedged FreeSWITCH)
-
-	logins   atomic.Int32
-	loggedIn chan *fakeConn
-	commands chan string
-}
-
-type fakeConn struct {
-	c  net.Conn
-	mu sync.Mutex
-}
-
-func (fc *fakeConn) write(b []byte) error {
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	_, err := fc.c.Write(b)
-	return err
+	*esltest.Server
+	t testing.TB
 }
 
 func newFakeFreeSWITCH(t testing.TB) *fakeFreeSWITCH { return newFakeFreeSWITCHOn(t, "127.0.0.1:0") }
 
-// newFakeFreeSWITCHOn listens on addr.
+// newFakeFreeSWITCHOn listens on addr, with the recorded registrations.
 func newFakeFreeSWITCHOn(t testing.TB, addr string) *fakeFreeSWITCH {
-	ln, err := net.Listen("tcp", addr)
+	s, err := esltest.Listen(addr, "ClueCon")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeFreeSWITCH{t: t, ln: ln, password: "ClueCon",
-		channels:      []byte(`{"row_count":0}`),
-		registrations: apiBody(t, "show-registrations.esl-raw.txt"),
-		loggedIn:      make(chan *fakeConn, 10), commands: make(chan string, 1000)}
-	go f.serve()
-	t.Cleanup(func() { ln.Close() })
-	return f
+	s.SetRegistrations(apiBody(t, "show-registrations.esl-raw.txt"))
+	t.Cleanup(func() { s.Close() })
+	return &fakeFreeSWITCH{Server: s, t: t}
 }
 
-func (f *fakeFreeSWITCH) addr() string { return f.ln.Addr().String() }
-
-func (f *fakeFreeSWITCH) serve() {
-	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		go f.handle(&fakeConn{c: c})
-	}
-}
-
-// handle speaks the event socket protocol to one client.
-func (f *fakeFreeSWITCH) handle(fc *fakeConn) {
-	defer fc.c.Close()
-	r := bufio.NewReader(fc.c)
-	fc.write([]byte("Content-Type: auth/request\n\n"))
-	authed := false
-	for {
-		cmd, headers, err := readCommand(r)
-		if err != nil {
-			return
-		}
-		select {
-		case f.commands <- cmd:
-		default:
-		}
-		f.mu.Lock()
-		silent := f.silent
-		f.mu.Unlock()
-		if silent {
-			continue
-		}
-		reply := func(text string) { fc.write([]byte("Content-Type: command/reply\nReply-Text: " + text + "\n\n")) }
-		api := func(body []byte) {
-			fc.write(fmt.Appendf(nil, "Content-Type: api/response\nContent-Length: %d\n\n%s", len(body), body))
-		}
-		verb, args, _ := strings.Cut(cmd, " ")
-		switch {
-		case !authed && verb == "auth":
-			if args != f.password {
-				reply("-ERR invalid")
-				fc.write([]byte("Content-Type: text/disconnect-notice\nContent-Length: 67\n\nDisconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"))
-				return
-			}
-			authed = true
-			reply("+OK accepted")
-			f.logins.Add(1)
-			f.mu.Lock()
-			f.current = fc
-			f.mu.Unlock()
-			f.loggedIn <- fc
-		case !authed:
-			reply("-ERR command not found")
-		case verb == "event":
-			reply("+OK event listener enabled plain")
-		case verb == "sendevent":
-			reply("+OK 4d5f7c52-0e0c-4b8e-9d5a-1f3e0c2b9a11")
-			f.mu.Lock()
-			f.seq++
-			seq := f.seq
-			f.mu.Unlock()
-			body := fmt.Sprintf("Event-Name: %s\nEvent-Sequence: %d\n", args, seq)
-			for k, vs := range headers {
-				body += k + ": " + vs[0] + "\n"
-			}
-			body += "\n"
-			fc.write(fmt.Appendf(nil, "Content-Length: %d\nContent-Type: text/event-plain\n\n%s", len(body), body))
-		case cmd == "api show channels as json":
-			f.mu.Lock()
-			b := f.channels
-			f.mu.Unlock()
-			api(b)
-		case cmd == "api show registrations as json":
-			f.mu.Lock()
-			b := f.registrations
-			f.mu.Unlock()
-			api(b)
-		case cmd == "api status":
-			api([]byte("UP 0 years, 0 days, 0 hours, 1 minute, 2 seconds\nFreeSWITCH (Version 1.10.12) is ready\n"))
-		case verb == "exit":
-			reply("+OK bye")
-			return
-		default:
-			reply("-ERR command not found")
-		}
-	}
-}
-
-// readCommand reads one client command: the first line, then headers up
-// to the blank line.
-func readCommand(r *bufio.Reader) (string, textproto.MIMEHeader, error) {
-	tp := textproto.NewReader(r)
-	var first string
-	for first == "" {
-		line, err := tp.ReadLine()
-		if err != nil {
-			return "", nil, err
-		}
-		first = strings.TrimSpace(line)
-	}
-	h, err := tp.ReadMIMEHeader()
-	if err != nil {
-		return "", nil, err
-	}
-	return first, h, nil
-}
+func (f *fakeFreeSWITCH) addr() string { return f.Addr() }
 
 // waitLogin waits for the adapter to log in and returns that connection.
-func (f *fakeFreeSWITCH) waitLogin() *fakeConn {
+func (f *fakeFreeSWITCH) waitLogin() *esltest.Conn {
 	f.t.Helper()
-	select {
-	case c := <-f.loggedIn:
-		return c
-	case <-time.After(10 * time.Second):
-		f.t.Fatal("the adapter did not log in within 10s")
+	c, err := f.WaitLogin(10 * time.Second)
+	if err != nil {
+		f.t.Fatal(err)
 	}
-	return nil
+	return c
 }
 
 // send writes recorded frames to the connection, byte for byte, as
 // FreeSWITCH wrote them.
-func (f *fakeFreeSWITCH) send(fc *fakeConn, frames ...frame) {
+func (f *fakeFreeSWITCH) send(fc *esltest.Conn, frames ...frame) {
 	f.t.Helper()
 	for _, fr := range frames {
-		if s := fr.ev.seq(); s != 0 {
-			f.mu.Lock()
-			f.seq = max(f.seq, s)
-			f.mu.Unlock()
-		}
-		if err := fc.write(fr.raw); err != nil {
+		f.SawSequence(fr.ev.seq())
+		if err := fc.Write(fr.raw); err != nil {
 			f.t.Fatalf("send: %v", err)
 		}
 	}
 }
-
-func (f *fakeFreeSWITCH) setSilent(v bool) { f.mu.Lock(); f.silent = v; f.mu.Unlock() }
