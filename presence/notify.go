@@ -17,28 +17,67 @@ import (
 
 // HandleChange takes a user's state change from the bridge and schedules
 // NOTIFYs to every watcher of that user. It never blocks: it is called
-// with the bridge's lock held. A change to ringing goes out at once;
-// other changes of the same user within Options.Coalesce become one.
+// with the bridge's lock held. A change to ringing goes out at once, and
+// so does the first change after a quiet spell; further changes of the
+// same user within Options.Coalesce of the last NOTIFY become one, sent
+// when the window ends.
 func (s *Server) HandleChange(c bridge.Change) {
 	now := time.Now()
 	if c.State == nil {
+		s.paceMu.Lock()
+		delete(s.pace, c.UserID)
+		s.paceMu.Unlock()
 		for _, sub := range s.subs.watchers(c.UserID, nil) {
 			s.terminate(sub, "noresource")
 		}
 		return
 	}
-	if c.Urgent || s.opt.Coalesce <= 0 {
+	if s.opt.Coalesce <= 0 {
 		s.kickUser(c.UserID, now)
 		return
 	}
-	if _, pending := s.pending.LoadOrStore(c.UserID, now); pending {
+	s.paceMu.Lock()
+	p := s.pace[c.UserID]
+	if p == nil {
+		p = &userPace{}
+		s.pace[c.UserID] = p
+	}
+	switch {
+	case p.pending && !c.Urgent:
+		s.paceMu.Unlock() // the NOTIFY at the end of the window carries it
+		return
+	case c.Urgent || now.Sub(p.last) >= s.opt.Coalesce:
+		changedAt := now
+		if p.pending { // this kick carries the waiting change too
+			changedAt = p.first
+		}
+		p.last, p.pending = now, false
+		s.paceMu.Unlock()
+		s.kickUser(c.UserID, changedAt)
 		return
 	}
-	time.AfterFunc(s.opt.Coalesce, func() {
-		at, _ := s.pending.LoadAndDelete(c.UserID)
-		first, _ := at.(time.Time)
+	p.pending, p.first = true, now
+	wait := p.last.Add(s.opt.Coalesce).Sub(now)
+	s.paceMu.Unlock()
+	time.AfterFunc(wait, func() {
+		s.paceMu.Lock()
+		if !p.pending { // an urgent change went first and carried it
+			s.paceMu.Unlock()
+			return
+		}
+		p.pending, p.last = false, time.Now()
+		first := p.first
+		s.paceMu.Unlock()
 		s.kickUser(c.UserID, first)
 	})
+}
+
+// userPace is when a user's watchers were last kicked, and whether a
+// coalesced kick is waiting.
+type userPace struct {
+	last    time.Time
+	first   time.Time // the first change the waiting kick carries
+	pending bool
 }
 
 // kickUser queues a NOTIFY for every watcher of a user.

@@ -60,7 +60,9 @@ type Options struct {
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
 	// Coalesce gathers bursts of non-urgent changes of one user into one
-	// NOTIFY per watcher; ringing is never delayed. Default 20ms.
+	// NOTIFY per watcher: a change within Coalesce of the last NOTIFY
+	// waits for the window's end. Ringing and the first change after a
+	// quiet spell are never delayed. Default 20ms.
 	Coalesce time.Duration
 	// SingleDialog decides, per subscriber, whether dialog-info documents
 	// carry only the most important call (nil: never).
@@ -143,7 +145,8 @@ type Server struct {
 
 	subs    *store
 	queue   *sendQueue
-	pending sync.Map // user id → *time.Timer (coalescing)
+	paceMu  sync.Mutex
+	pace    map[string]*userPace // user id → coalescing state
 	pubs    *publications
 	regs    *registrar
 	journal *journal // nil without a Store
@@ -192,6 +195,7 @@ func New(states States, opt Options) (*Server, error) {
 		auth: newAuthenticator(opt.Realm, opt.DigestAlgorithms, opt.Trusted, opt.Credentials),
 		ua:   ua, srv: srv, client: client,
 		subs:  newStore(),
+		pace:  map[string]*userPace{},
 		queue: newSendQueue(),
 		ready: make(chan struct{}),
 	}

@@ -311,6 +311,16 @@ func TestUrgentAndCoalesced(t *testing.T) {
 		t.Errorf("coalesced NOTIFY does not carry the last state:\n%s", n.Body())
 	}
 	p.noNotify(500 * time.Millisecond)
+	// After a quiet spell, the first change goes at once.
+	start = time.Now()
+	env.bridge.Apply(bridge.DeviceStateChanged{Source: "pbx", Device: "PJSIP/100", State: bridge.DeviceIdle})
+	n = p.nextNotify(2 * time.Second)
+	if d := time.Since(start); d >= 300*time.Millisecond {
+		t.Errorf("the first change after a quiet spell took %v, as long as the coalescing window", d)
+	}
+	if strings.Contains(string(n.Body()), "offline") {
+		t.Errorf("NOTIFY after the quiet spell still says offline:\n%s", n.Body())
+	}
 }
 
 func TestPerSourceLimit(t *testing.T) {
