@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -59,6 +60,11 @@ type Options struct {
 	MaxSubscriptionsPerSource int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
+	// UDPBuffer is the receive and send buffer asked for on each UDP
+	// socket (default 4 MiB), so that a burst of SUBSCRIBEs or of
+	// responses to a NOTIFY fan-out is not dropped. Linux caps it at
+	// net.core.rmem_max and wmem_max.
+	UDPBuffer int
 	// Coalesce gathers bursts of non-urgent changes of one user into one
 	// NOTIFY per watcher: a change within Coalesce of the last NOTIFY
 	// waits for the window's end. Ringing and the first change after a
@@ -93,6 +99,7 @@ const (
 	DefaultExpires                   = 600
 	DefaultMaxSubscriptionsPerSource = 1000
 	DefaultMaxBodyBytes              = 64 << 10
+	DefaultUDPBuffer                 = 4 << 20
 	DefaultCoalesce                  = 20 * time.Millisecond
 )
 
@@ -111,6 +118,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxSubscriptionsPerSource == 0 {
 		o.MaxSubscriptionsPerSource = DefaultMaxSubscriptionsPerSource
+	}
+	if o.UDPBuffer == 0 {
+		o.UDPBuffer = DefaultUDPBuffer
 	}
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
@@ -241,6 +251,7 @@ func (s *Server) Run(ctx context.Context) error {
 				s.closeListeners()
 				return fmt.Errorf("sip udp %s: %w", l.Address, err)
 			}
+			s.sizeBuffers(pc)
 			s.listeners = append(s.listeners, pc)
 			s.addrs = append(s.addrs, pc.LocalAddr())
 			serves = append(serves, func() error { return s.srv.ServeUDP(pc) })
@@ -329,6 +340,28 @@ func (s *Server) Run(ctx context.Context) error {
 		s.journal.flush(s) // what changed since the last tick
 	}
 	return nil
+}
+
+// sizeBuffers asks for UDPBuffer on a UDP socket and warns when the
+// kernel grants much less.
+func (s *Server) sizeBuffers(pc net.PacketConn) {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		return
+	}
+	_ = uc.SetReadBuffer(s.opt.UDPBuffer)
+	_ = uc.SetWriteBuffer(s.opt.UDPBuffer)
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return
+	}
+	got := 0
+	raw.Control(func(fd uintptr) { got, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) })
+	// Linux reports twice what it grants (its bookkeeping overhead).
+	if got > 0 && got/2 < s.opt.UDPBuffer/2 {
+		s.log.Warn("UDP receive buffer smaller than asked: bursts may be dropped; raise net.core.rmem_max",
+			"address", pc.LocalAddr().String(), "asked", s.opt.UDPBuffer, "granted", got/2)
+	}
 }
 
 func (s *Server) closeListeners() {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -102,6 +104,12 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.View, Title: cfg.HTTP.Title,
 		Log: log})
 	d.board.Handle(d.ops)
+	if cfg.HTTP.Pprof {
+		d.ops.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+		d.ops.Handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		d.ops.Handle("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+		log.Warn("the profiler is served under /debug/pprof/ (http.pprof)", "address", cfg.HTTP.Listen)
+	}
 	var kinds []ops.Adapter
 	for i := range cfg.PBX {
 		a, err := d.newAdapter(&cfg.PBX[i], dir)

@@ -153,6 +153,9 @@ func needRestart(old, next *config.Config) []string {
 	if old.HTTP.Listen != next.HTTP.Listen {
 		out = append(out, "http.listen")
 	}
+	if old.HTTP.Pprof != next.HTTP.Pprof {
+		out = append(out, "http.pprof")
+	}
 	if old.StateDir != next.StateDir {
 		out = append(out, "state_dir")
 	}

@@ -97,6 +97,9 @@ type HTTP struct {
 	Token     string `yaml:"token"`
 	TokenFile string `yaml:"token_file"`
 	TokenEnv  string `yaml:"token_env"`
+	// Pprof serves Go's profiler under /debug/pprof/ (default off): for
+	// profiling under load, on a loopback or otherwise private listener.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Log is the `log:` section.

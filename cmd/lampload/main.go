@@ -1,0 +1,266 @@
+// Command lampload measures a Lamplighter under load, on loopback only.
+//
+// It starts the Lamplighter binary it is given with a generated
+// configuration: N users on one FreeSWITCH, which is lampload's own event
+// socket double. It opens subscriptions from many simulated phones (raw
+// UDP sockets and TCP connections that answer every NOTIFY with 200),
+// drives calls through the event socket at a set rate and measures, as
+// the phones receive them: event→NOTIFY latency, subscription set-up
+// rate, NOTIFY fan-out (one change to many watchers; many changes at
+// once), failures and retransmissions, memory per subscription, and how
+// long a restart takes to re-NOTIFY every subscription. It prints a table
+// and, with -json, writes the figures as JSON. See README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// options are lampload's flags.
+type options struct {
+	binary       string
+	subs         int
+	users        int
+	perPhone     int
+	tcpShare     float64
+	dialogShare  float64
+	rate         float64
+	duration     time.Duration
+	fanout       int
+	fanoutRounds int
+	burst        bool
+	restart      bool
+	window       int
+	expires      int
+	sipPort      int
+	httpPort     int
+	jsonPath     string
+	pprofDir     string
+	keep         bool
+	logLevel     string
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("lampload: ")
+	var o options
+	fs := flag.NewFlagSet("lampload", flag.ExitOnError)
+	fs.StringVar(&o.binary, "lamplighter", "./lamplighter", "the Lamplighter `binary` to start and measure")
+	fs.IntVar(&o.subs, "subs", 10000, "subscriptions held through the run")
+	fs.IntVar(&o.users, "users", 1000, "users in the directory; subscription i watches user i mod users")
+	fs.IntVar(&o.perPhone, "per-phone", 50, "subscriptions per simulated phone (one socket or connection each)")
+	fs.Float64Var(&o.tcpShare, "tcp", 0.1, "share of phones on TCP (the rest on UDP)")
+	fs.Float64Var(&o.dialogShare, "dialog", 0.5, "share of subscriptions to the dialog package (the rest presence)")
+	fs.Float64Var(&o.rate, "rate", 1000, "PBX events per second in the latency phase")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of the latency phase")
+	fs.IntVar(&o.fanout, "fanout", 10000, "watchers of one user for the fan-out phase (0 skips it)")
+	fs.IntVar(&o.fanoutRounds, "fanout-rounds", 10, "changes of that user, one at a time")
+	fs.BoolVar(&o.burst, "burst", true, "also change every user at once (many changes, many watchers)")
+	fs.BoolVar(&o.restart, "restart", true, "restart Lamplighter and time the re-NOTIFY of every subscription")
+	fs.IntVar(&o.window, "window", 1000, "SUBSCRIBEs in flight at once while setting up")
+	fs.IntVar(&o.expires, "expires", 7200, "Expires of the SUBSCRIBEs, seconds")
+	fs.IntVar(&o.sipPort, "sip-port", 0, "Lamplighter's SIP port on 127.0.0.1 (0: a free one)")
+	fs.IntVar(&o.httpPort, "http-port", 0, "Lamplighter's HTTP port on 127.0.0.1 (0: a free one)")
+	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this `file` (- for stdout)")
+	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases in this `directory`")
+	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
+	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
+	fs.Parse(os.Args[1:])
+	if err := o.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "lampload:", err)
+		fs.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := run(ctx, o, os.Stderr)
+	if res != nil {
+		res.print(os.Stdout)
+		if o.jsonPath != "" {
+			if werr := writeJSON(o.jsonPath, res); werr != nil {
+				err = errors.Join(err, werr)
+			}
+		}
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func (o *options) check() error {
+	switch {
+	case o.subs < 1 || o.users < 1 || o.perPhone < 1:
+		return errors.New("-subs, -users and -per-phone must be at least 1")
+	case o.users > o.subs:
+		return errors.New("-users must not exceed -subs (every user needs a watcher)")
+	case o.tcpShare < 0 || o.tcpShare > 1 || o.dialogShare < 0 || o.dialogShare > 1:
+		return errors.New("-tcp and -dialog are shares between 0 and 1")
+	case o.rate <= 0 || o.duration <= 0:
+		return errors.New("-rate and -duration must be positive")
+	case o.duration > time.Hour:
+		return errors.New("-duration is at most 1h")
+	case o.fanout < 0 || o.fanoutRounds < 1 || o.window < 1:
+		return errors.New("-fanout must not be negative; -fanout-rounds and -window at least 1")
+	}
+	return nil
+}
+
+func writeJSON(path string, res *result) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = os.Stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// progress prints what lampload is doing, to stderr.
+type progress struct{ w io.Writer }
+
+func (p progress) say(format string, args ...any) {
+	fmt.Fprintf(p.w, "lampload: "+format+"\n", args...)
+}
+
+// run does the whole measurement.
+func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
+	say := progress{stderr}.say
+	res := newResult(o)
+	say("raw UDP send rate on loopback (1 s)")
+	res.RawUDP = measureRawUDP(time.Second)
+
+	dir, err := os.MkdirTemp("", "lampload-")
+	if err != nil {
+		return nil, err
+	}
+	if o.keep {
+		say("working directory %s (kept)", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	esl, err := eslDouble()
+	if err != nil {
+		return nil, err
+	}
+	defer esl.Close()
+	users := make([]*user, o.users)
+	for i := range users {
+		users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i)}
+	}
+	hot := &user{id: "hot", ext: "99999"}
+	esl.SetRegistrations(registrations(append(users, hot)))
+	sipPort, httpPort := o.sipPort, o.httpPort
+	if sipPort == 0 {
+		if sipPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	if httpPort == 0 {
+		if httpPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	t := &target{binary: o.binary, dir: dir, logLevel: o.logLevel}
+	if err := t.writeConfig(sipPort, httpPort, esl.Addr(), append(users, hot), o.subs+o.fanout+100); err != nil {
+		return nil, err
+	}
+	say("starting %s (%d users)", o.binary, len(users)+1)
+	if err := t.start(ctx); err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	if err := t.ready(ctx, 30*time.Second); err != nil {
+		return res, err
+	}
+	if res.Memory.Before, err = t.memory(); err != nil {
+		return res, fmt.Errorf("reading memory: %w", err)
+	}
+
+	// The phones and their subscriptions, all made before any is sent.
+	ps := newPhones(t.sipAddr)
+	defer func() {
+		for _, p := range ps.list {
+			p.close()
+		}
+	}()
+	held, err := buildSubs(ctx, ps, o, o.subs, func(i int) *user { return users[i%len(users)] })
+	if err != nil {
+		return res, err
+	}
+	fan, err := buildSubs(ctx, ps, o, o.fanout, func(int) *user { return hot })
+	if err != nil {
+		return res, err
+	}
+	ps.seal()
+	res.Phones = len(ps.list)
+	rctx, stopRetransmit := context.WithCancel(ctx)
+	defer stopRetransmit()
+	go ps.retransmit(rctx, o.expires)
+	var tracker changes
+	freeswitch := &pbx{esl: esl}
+	ps.onNotify(tracker.notice)
+
+	say("setting up %d subscriptions from %d phones", len(held), res.Phones)
+	stopProfile := t.profileDuring(o.pprofDir, "setup", 3*time.Second, say)
+	res.Setup = setUp(ctx, ps, held, o.window, o.expires)
+	stopProfile()
+	if res.Setup.Failed > 0 {
+		say("%d subscriptions failed", res.Setup.Failed)
+	}
+	if res.Memory.Loaded, err = t.memory(); err != nil {
+		return res, fmt.Errorf("reading memory: %w", err)
+	}
+	res.Memory.perSubscription(res.Setup.OK)
+
+	say("latency: %.0f events/s for %v", o.rate, o.duration)
+	stopProfile = t.profileDuring(o.pprofDir, "latency", o.duration, say)
+	res.Latency = measureLatency(ctx, &tracker, freeswitch, users, o.rate, o.duration)
+	stopProfile()
+
+	if o.fanout > 0 {
+		say("fan-out: setting up %d watchers of one user", len(fan))
+		res.FanoutSetup = setUp(ctx, ps, fan, o.window, o.expires)
+		say("fan-out: %d changes of that user, one at a time", o.fanoutRounds)
+		stopProfile = t.profileDuring(o.pprofDir, "fanout", 5*time.Second, say)
+		res.FanoutOne = measureFanout(ctx, &tracker, freeswitch, hot, o.fanoutRounds)
+		res.FanoutOne.FractionOfRawUDP = res.FanoutOne.PerSecond / res.RawUDP.PerSecond
+		stopProfile()
+	}
+	if o.burst {
+		say("fan-out: every user changes at once")
+		stopProfile = t.profileDuring(o.pprofDir, "burst", 3*time.Second, say)
+		res.FanoutMany = measureBurst(ctx, &tracker, freeswitch, users)
+		res.FanoutMany.FractionOfRawUDP = res.FanoutMany.PerSecond / res.RawUDP.PerSecond
+		stopProfile()
+	}
+	if res.Server, err = serverCounts(t); err != nil {
+		return res, err
+	}
+	res.Phone = phoneCounts(ps)
+
+	if o.restart {
+		say("restart: SIGTERM, start again, wait for a NOTIFY on every subscription")
+		res.Restart, err = measureRestart(ctx, t, ps, append(held, fan...))
+		if err != nil {
+			return res, err
+		}
+	}
+	if err := t.stop(); err != nil {
+		return res, fmt.Errorf("lamplighter: %w (log: %s)", err, filepath.Join(dir, "lamplighter.log"))
+	}
+	return res, nil
+}

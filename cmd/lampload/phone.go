@@ -1,0 +1,389 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// sub is one subscription of a simulated phone.
+type sub struct {
+	phone  *phone
+	user   *user
+	pkg    string // "presence" or "dialog"
+	callID string
+	tag    string
+
+	lastCSeq atomic.Uint32 // highest NOTIFY CSeq answered
+	notifies atomic.Int64
+	status   atomic.Int32 // final response to the SUBSCRIBE, 0 while none
+
+	// The SUBSCRIBE in flight, guarded by phones.pendingMu.
+	sentAt   time.Time
+	firstAt  time.Time
+	interval time.Duration
+}
+
+// notice is one NOTIFY as a phone received it.
+type notice struct {
+	sub        *sub
+	at         time.Time // when the datagram or segment was read
+	cseq       uint32
+	phoneState string
+	terminated bool
+}
+
+// phones holds every simulated phone and dispatches what they receive.
+type phones struct {
+	server  string          // Lamplighter's SIP address, host:port
+	byCall  map[string]*sub // filled while building, then sealed
+	sealed  atomic.Pointer[map[string]*sub]
+	list    []*phone
+	handler atomic.Pointer[func(notice)]
+
+	pendingMu sync.Mutex
+	pending   map[*sub]struct{}
+	answered  chan *sub // final responses to SUBSCRIBEs
+
+	duplicates    atomic.Int64 // NOTIFYs received again (server retransmissions)
+	retransmitted atomic.Int64 // SUBSCRIBEs we sent again
+	terminated    atomic.Int64 // NOTIFYs ending a subscription
+	malformed     atomic.Int64
+	notifies      atomic.Int64
+}
+
+// phone is one simulated phone: a UDP socket, or a TCP connection plus a
+// listener on the same port (where Lamplighter connects after a restart).
+type phone struct {
+	ps        *phones
+	id        int
+	transport string // "UDP" or "TCP"
+	port      int
+	udp       *net.UDPConn
+	server    *net.UDPAddr
+	ln        net.Listener
+	connMu    sync.Mutex
+	conn      net.Conn // TCP: the connection SUBSCRIBEs go out on
+	subs      []*sub
+}
+
+func newPhones(server string) *phones {
+	return &phones{server: server, byCall: map[string]*sub{}, pending: map[*sub]struct{}{},
+		answered: make(chan *sub, 4096)}
+}
+
+// reusable lets a TCP phone listen and dial from one port.
+func reusable(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); serr != nil {
+			return
+		}
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1)
+	})
+	return errors.Join(err, serr)
+}
+
+// add opens a phone on loopback.
+func (ps *phones) add(ctx context.Context, transport string) (*phone, error) {
+	p := &phone{ps: ps, id: len(ps.list), transport: transport}
+	switch transport {
+	case "UDP":
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		_ = c.SetReadBuffer(4 << 20)
+		_ = c.SetWriteBuffer(1 << 20)
+		if p.server, err = net.ResolveUDPAddr("udp", ps.server); err != nil {
+			return nil, err
+		}
+		p.udp, p.port = c, c.LocalAddr().(*net.UDPAddr).Port
+		go p.readUDP()
+	case "TCP":
+		lc := net.ListenConfig{Control: reusable}
+		ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		p.ln, p.port = ln, ln.Addr().(*net.TCPAddr).Port
+		go p.accept()
+		if err := p.dial(ctx); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	ps.list = append(ps.list, p)
+	return p, nil
+}
+
+func (p *phone) dial(ctx context.Context) error {
+	d := net.Dialer{Control: reusable, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.port}}
+	c, err := d.DialContext(ctx, "tcp", p.ps.server)
+	if err != nil {
+		return fmt.Errorf("TCP phone: %w", err)
+	}
+	p.connMu.Lock()
+	p.conn = c
+	p.connMu.Unlock()
+	go p.readTCP(c)
+	return nil
+}
+
+func (p *phone) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.readTCP(c)
+	}
+}
+
+func (p *phone) close() {
+	if p.udp != nil {
+		p.udp.Close()
+	}
+	if p.ln != nil {
+		p.ln.Close()
+	}
+	p.connMu.Lock()
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.connMu.Unlock()
+}
+
+// newSub adds a subscription to u's state with package pkg.
+func (p *phone) newSub(u *user, pkg string) *sub {
+	n := len(p.ps.byCall)
+	s := &sub{phone: p, user: u, pkg: pkg, callID: "ll" + strconv.Itoa(n) + "-" + strconv.Itoa(p.port) + "@lampload",
+		tag: "t" + strconv.Itoa(n)}
+	p.subs = append(p.subs, s)
+	p.ps.byCall[s.callID] = s
+	u.watchers++
+	return s
+}
+
+// subscribe sends s's initial SUBSCRIBE and notes it as pending.
+func (p *phone) subscribe(s *sub, expires int) error {
+	p.ps.pendingMu.Lock()
+	s.sentAt, s.firstAt, s.interval = time.Now(), time.Now(), 500*time.Millisecond
+	p.ps.pending[s] = struct{}{}
+	p.ps.pendingMu.Unlock()
+	return p.send(p.subscribeRequest(s, expires))
+}
+
+func (p *phone) subscribeRequest(s *sub, expires int) []byte {
+	accept := "application/pidf+xml"
+	if s.pkg == "dialog" {
+		accept = "application/dialog-info+xml"
+	}
+	host := "127.0.0.1:" + strconv.Itoa(p.port)
+	return fmt.Appendf(nil, "SUBSCRIBE sip:%s@%s SIP/2.0\r\n"+
+		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s;rport\r\n"+
+		"Max-Forwards: 70\r\n"+
+		"From: <sip:phone%d@lampload>;tag=%s\r\n"+
+		"To: <sip:%s@lampload>\r\n"+
+		"Call-ID: %s\r\n"+
+		"CSeq: 1 SUBSCRIBE\r\n"+
+		"Contact: <sip:phone%d@%s;transport=%s>\r\n"+
+		"Event: %s\r\n"+
+		"Accept: %s\r\n"+
+		"Expires: %d\r\n"+
+		"User-Agent: lampload\r\n"+
+		"Content-Length: 0\r\n\r\n",
+		s.user.ext, p.ps.server, p.transport, host, s.tag, s.callID,
+		p.id, s.tag, s.user.ext, s.callID, p.id, host, lower(p.transport), s.pkg, accept, expires)
+}
+
+func lower(t string) string {
+	if t == "TCP" {
+		return "tcp"
+	}
+	return "udp"
+}
+
+// send writes a message to Lamplighter.
+func (p *phone) send(b []byte) error {
+	if p.udp != nil {
+		_, err := p.udp.WriteToUDP(b, p.server)
+		return err
+	}
+	p.connMu.Lock()
+	defer p.connMu.Unlock()
+	if p.conn == nil {
+		return errors.New("TCP phone not connected")
+	}
+	_, err := p.conn.Write(b)
+	return err
+}
+
+func (p *phone) readUDP() {
+	buf := make([]byte, 65536)
+	out := make([]byte, 0, 1024)
+	for {
+		n, from, err := p.udp.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		at := time.Now()
+		m, _, err := parseMessage(buf[:n])
+		if err != nil {
+			p.ps.malformed.Add(1)
+			continue
+		}
+		if out = p.ps.handle(&m, at, out[:0]); len(out) > 0 {
+			p.udp.WriteToUDP(out, from)
+		}
+	}
+}
+
+func (p *phone) readTCP(c net.Conn) {
+	defer c.Close()
+	buf := make([]byte, 0, 65536)
+	chunk := make([]byte, 65536)
+	out := make([]byte, 0, 4096)
+	for {
+		n, err := c.Read(chunk)
+		if err != nil {
+			return
+		}
+		at := time.Now()
+		buf = append(buf, chunk[:n]...)
+		out = out[:0]
+		for {
+			m, used, err := parseMessage(buf)
+			if errors.Is(err, errShort) {
+				break
+			}
+			if err != nil {
+				p.ps.malformed.Add(1)
+				return
+			}
+			out = p.ps.handle(&m, at, out)
+			buf = buf[:copy(buf, buf[used:])]
+		}
+		if len(out) > 0 {
+			p.connMu.Lock() // the dialed connection is shared with SUBSCRIBEs
+			_, err := c.Write(out)
+			p.connMu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// handle deals with one message a phone received and appends the reply
+// to send, if any, to out.
+func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
+	if m.method == nil {
+		if m.isSubscribe() && m.status >= 200 {
+			if s := ps.lookup(m.callID); s != nil {
+				ps.pendingMu.Lock()
+				_, waiting := ps.pending[s]
+				delete(ps.pending, s)
+				ps.pendingMu.Unlock()
+				if waiting {
+					s.status.Store(int32(m.status))
+					ps.answered <- s
+				}
+			}
+		}
+		return out
+	}
+	if string(m.method) != "NOTIFY" {
+		return appendResponse(out, m, "405 Method Not Allowed")
+	}
+	s := ps.lookup(m.callID)
+	if s == nil {
+		return appendResponse(out, m, "481 Subscription Does Not Exist")
+	}
+	out = appendResponse(out, m, "200 OK")
+	for {
+		last := s.lastCSeq.Load()
+		if m.cseqNum <= last {
+			ps.duplicates.Add(1)
+			return out
+		}
+		if s.lastCSeq.CompareAndSwap(last, m.cseqNum) {
+			break
+		}
+	}
+	s.notifies.Add(1)
+	ps.notifies.Add(1)
+	n := notice{sub: s, at: at, cseq: m.cseqNum, phoneState: phoneState(m.body),
+		terminated: len(m.subState) >= 10 && string(m.subState[:10]) == "terminated"}
+	if n.terminated {
+		ps.terminated.Add(1)
+	}
+	if h := ps.handler.Load(); h != nil {
+		(*h)(n)
+	}
+	return out
+}
+
+// seal publishes the subscriptions to the phones' readers; none may be
+// added after.
+func (ps *phones) seal() { m := ps.byCall; ps.sealed.Store(&m) }
+
+// lookup finds a subscription by Call-ID.
+func (ps *phones) lookup(callID []byte) *sub {
+	m := ps.sealed.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[string(callID)]
+}
+
+// onNotify sets what every received NOTIFY is handed to (nil: nothing).
+func (ps *phones) onNotify(h func(notice)) {
+	if h == nil {
+		ps.handler.Store(nil)
+		return
+	}
+	ps.handler.Store(&h)
+}
+
+// retransmit resends SUBSCRIBEs over UDP that have had no final response,
+// doubling the interval from 500 ms to 4 s (RFC 3261 Timer E), and gives
+// up on those pending for 32 s (Timer F).
+func (ps *phones) retransmit(ctx context.Context, expires int) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			var resend, expired []*sub
+			ps.pendingMu.Lock()
+			for s := range ps.pending {
+				switch {
+				case now.Sub(s.firstAt) > 32*time.Second:
+					delete(ps.pending, s)
+					expired = append(expired, s)
+				case s.phone.udp != nil && now.Sub(s.sentAt) >= s.interval:
+					s.sentAt, s.interval = now, min(2*s.interval, 4*time.Second)
+					resend = append(resend, s)
+				}
+			}
+			ps.pendingMu.Unlock()
+			for _, s := range resend {
+				ps.retransmitted.Add(1)
+				s.phone.send(s.phone.subscribeRequest(s, expires))
+			}
+			for _, s := range expired {
+				s.status.Store(408)
+				ps.answered <- s
+			}
+		}
+	}
+}

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// result is everything one run measured; it is also the JSON output.
+type result struct {
+	Machine     machineInfo   `json:"machine"`
+	Run         runInfo       `json:"run"`
+	Phones      int           `json:"phones"`
+	RawUDP      rawUDPResult  `json:"raw_udp"`
+	Setup       setupResult   `json:"setup"`
+	Memory      memoryResult  `json:"memory"`
+	Latency     latencyResult `json:"latency"`
+	FanoutSetup setupResult   `json:"fanout_setup"`
+	FanoutOne   fanoutResult  `json:"fanout_one_change"`
+	FanoutMany  burstResult   `json:"fanout_every_user"`
+	Server      serverResult  `json:"server"`
+	Phone       phoneResult   `json:"phones_saw"`
+	Restart     restartResult `json:"restart"`
+}
+
+type machineInfo struct {
+	CPU      string `json:"cpu"`
+	Cores    int    `json:"cores"`
+	MemoryMB int64  `json:"memory_mb"`
+	Go       string `json:"go"`
+	Date     string `json:"date"`
+}
+
+type runInfo struct {
+	Subscriptions int     `json:"subscriptions"`
+	Users         int     `json:"users"`
+	PerPhone      int     `json:"subscriptions_per_phone"`
+	TCPShare      float64 `json:"tcp_share"`
+	DialogShare   float64 `json:"dialog_share"`
+	Rate          float64 `json:"events_per_second"`
+	Duration      string  `json:"duration"`
+	Fanout        int     `json:"fanout_watchers"`
+}
+
+type rawUDPResult struct {
+	Datagrams int64   `json:"datagrams"`
+	Received  int64   `json:"received"`
+	PerSecond float64 `json:"per_second"`
+	Error     string  `json:"error,omitempty"`
+}
+
+type setupResult struct {
+	Subscriptions      int     `json:"subscriptions"`
+	OK                 int     `json:"ok"`
+	Failed             int     `json:"failed"`
+	Missing            int     `json:"missing"`
+	Seconds            float64 `json:"seconds"`
+	PerSecond          float64 `json:"per_second"`
+	FirstNotifySeconds float64 `json:"first_notify_seconds"`
+	WithoutNotify      int     `json:"without_first_notify"`
+	Retransmissions    int64   `json:"retransmissions"`
+	Error              string  `json:"error,omitempty"`
+}
+
+type memoryResult struct {
+	Before          memory  `json:"before"`
+	Loaded          memory  `json:"loaded"`
+	RSSPerSub       float64 `json:"rss_bytes_per_subscription"`
+	HeapPerSub      float64 `json:"heap_bytes_per_subscription"`
+	subscriptionsOK int
+}
+
+func (m *memoryResult) perSubscription(n int) {
+	if n == 0 {
+		return
+	}
+	m.RSSPerSub = float64(m.Loaded.RSS-m.Before.RSS) / float64(n)
+	m.HeapPerSub = float64(m.Loaded.HeapLive-m.Before.HeapLive) / float64(n)
+}
+
+type latencyResult struct {
+	Events          int     `json:"events"`
+	EventsPerSecond float64 `json:"events_per_second"`
+	Skipped         int     `json:"skipped"`
+	Notifies        int     `json:"notifies_expected"`
+	Received        int     `json:"notifies_received"`
+	Missing         int     `json:"notifies_missing"`
+	P50Ms           float64 `json:"p50_ms"`
+	P90Ms           float64 `json:"p90_ms"`
+	P99Ms           float64 `json:"p99_ms"`
+	MaxMs           float64 `json:"max_ms"`
+	Error           string  `json:"error,omitempty"`
+}
+
+func (r *latencyResult) fill(l []time.Duration) {
+	r.P50Ms, r.P90Ms, r.P99Ms = percentile(l, 0.5), percentile(l, 0.9), percentile(l, 0.99)
+	r.MaxMs = percentile(l, 1)
+}
+
+type fanoutResult struct {
+	Watchers         int       `json:"watchers"`
+	Rounds           []float64 `json:"rounds_ms"`
+	Received         int       `json:"notifies_received"`
+	Missing          int       `json:"notifies_missing"`
+	MedianMs         float64   `json:"median_ms"`
+	MaxMs            float64   `json:"max_ms"`
+	PerSecond        float64   `json:"notifies_per_second"`
+	FractionOfRawUDP float64   `json:"fraction_of_raw_udp"`
+	Error            string    `json:"error,omitempty"`
+}
+
+type burstResult struct {
+	Changes          int     `json:"changes"`
+	Notifies         int     `json:"notifies_expected"`
+	Received         int     `json:"notifies_received"`
+	Missing          int     `json:"notifies_missing"`
+	Seconds          float64 `json:"seconds"`
+	PerSecond        float64 `json:"notifies_per_second"`
+	P99Ms            float64 `json:"p99_ms"`
+	FractionOfRawUDP float64 `json:"fraction_of_raw_udp"`
+	Error            string  `json:"error,omitempty"`
+}
+
+type serverResult struct {
+	NotifySent        int64 `json:"notify_sent"`
+	NotifyFailed      int64 `json:"notify_failed"`
+	NotifyTimeouts    int64 `json:"notify_timeouts"`
+	SubscriptionsHeld int64 `json:"subscriptions_held"`
+}
+
+type phoneResult struct {
+	Notifies                 int64 `json:"notifies"`
+	DuplicateNotifies        int64 `json:"duplicate_notifies"`
+	SubscribeRetransmissions int64 `json:"subscribe_retransmissions"`
+	Terminated               int64 `json:"terminated"`
+	Malformed                int64 `json:"malformed"`
+}
+
+type restartResult struct {
+	Subscriptions int     `json:"subscriptions"`
+	Renotified    int     `json:"renotified"`
+	StopSeconds   float64 `json:"stop_seconds"`
+	Seconds       float64 `json:"seconds_from_start"`
+	SecondsPer10k float64 `json:"seconds_per_10k"`
+	Error         string  `json:"error,omitempty"`
+}
+
+func newResult(o options) *result {
+	return &result{
+		Machine: machineInfo{CPU: cpuModel(), Cores: runtime.NumCPU(), MemoryMB: memTotalMB(), Go: runtime.Version(),
+			Date: time.Now().UTC().Format("2006-01-02")},
+		Run: runInfo{Subscriptions: o.subs, Users: o.users, PerPhone: o.perPhone, TCPShare: o.tcpShare,
+			DialogShare: o.dialogShare, Rate: o.rate, Duration: o.duration.String(), Fanout: o.fanout},
+	}
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimLeft(v, "\t :"))
+		}
+	}
+	return runtime.GOARCH
+}
+
+func memTotalMB() int64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	var kb int64
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			fmt.Sscan(strings.TrimSpace(v), &kb)
+		}
+	}
+	return kb / 1024
+}
+
+// percentile returns the q-quantile of l in milliseconds (nearest rank).
+func percentile(l []time.Duration, q float64) float64 {
+	if len(l) == 0 {
+		return 0
+	}
+	s := slices.Clone(l)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.5) - 1
+	i = min(max(i, 0), len(s)-1)
+	return ms(s[i])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// print writes the results as a table.
+func (r *result) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }
+	fmt.Fprintf(tw, "Lamplighter under load: %d subscriptions of %d users from %d phones (%.0f%% TCP, %.0f%% dialog)\n",
+		r.Run.Subscriptions, r.Run.Users, r.Phones, 100*r.Run.TCPShare, 100*r.Run.DialogShare)
+	fmt.Fprintf(tw, "machine: %s, %d cores, %d MiB, %s\n\n", r.Machine.CPU, r.Machine.Cores, r.Machine.MemoryMB, r.Machine.Go)
+	row("raw UDP, 1 kB datagrams, one sender", fmt.Sprintf("%.0f/s", r.RawUDP.PerSecond))
+	row("subscription set-up", fmt.Sprintf("%.0f/s (%d ok, %d failed, %d missing, %d retransmitted; all first NOTIFYs by %.2f s)",
+		r.Setup.PerSecond, r.Setup.OK, r.Setup.Failed, r.Setup.Missing, r.Setup.Retransmissions, r.Setup.FirstNotifySeconds))
+	row("memory per subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS (heap %s → %s, RSS %s → %s)",
+		r.Memory.HeapPerSub, r.Memory.RSSPerSub, mib(r.Memory.Before.HeapLive), mib(r.Memory.Loaded.HeapLive),
+		mib(r.Memory.Before.RSS), mib(r.Memory.Loaded.RSS)))
+	l := r.Latency
+	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
+	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
+		l.Events, l.EventsPerSecond, l.Skipped, l.Received, l.Notifies, l.Missing))
+	if f := r.FanoutOne; f.Watchers > 0 {
+		row("fan-out, one change", fmt.Sprintf("%d watchers: median %.1f ms, max %.1f ms to the last NOTIFY; %.0f NOTIFY/s = %.2f of raw UDP (%d missing)",
+			f.Watchers, f.MedianMs, f.MaxMs, f.PerSecond, f.FractionOfRawUDP, f.Missing))
+		row("  set-up of those watchers", fmt.Sprintf("%.0f/s", r.FanoutSetup.PerSecond))
+	}
+	if b := r.FanoutMany; b.Changes > 0 {
+		row("fan-out, every user changes", fmt.Sprintf("%d changes, %d NOTIFYs in %.3f s: %.0f NOTIFY/s = %.2f of raw UDP; p99 %.1f ms (%d missing)",
+			b.Changes, b.Received, b.Seconds, b.PerSecond, b.FractionOfRawUDP, b.P99Ms, b.Missing))
+	}
+	row("NOTIFY failures (server)", fmt.Sprintf("%d failed (%d timeouts) of %d answered", r.Server.NotifyFailed, r.Server.NotifyTimeouts, r.Server.NotifySent))
+	row("retransmissions", fmt.Sprintf("%d NOTIFYs received twice, %d SUBSCRIBEs sent again", r.Phone.DuplicateNotifies, r.Phone.SubscribeRetransmissions))
+	if rs := r.Restart; rs.Subscriptions > 0 {
+		row("restart re-NOTIFY", fmt.Sprintf("%d of %d in %.2f s from start (%.2f s per 10k; stop took %.2f s)",
+			rs.Renotified, rs.Subscriptions, rs.Seconds, rs.SecondsPer10k, rs.StopSeconds))
+	}
+	for _, e := range []string{r.RawUDP.Error, r.Setup.Error, l.Error, r.FanoutSetup.Error, r.FanoutOne.Error, r.FanoutMany.Error, r.Restart.Error} {
+		if e != "" {
+			row("error", e)
+		}
+	}
+	tw.Flush()
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// target is the Lamplighter under test: a child process on loopback with
+// a generated configuration.
+type target struct {
+	binary   string
+	dir      string // config, state and log
+	logLevel string
+	sipAddr  string
+	http     string
+	cmd      *exec.Cmd
+	exited   chan error
+	started  time.Time
+}
+
+// writeConfig writes the configuration: the SIP server on sipPort (UDP
+// and TCP), loopback trusted, the profiler on, one FreeSWITCH (the
+// double at eslAddr) and the users.
+func (t *target) writeConfig(sipPort, httpPort int, eslAddr string, users []*user, maxPerSource int) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `# Written by lampload.
+sip:
+  domain: lampload
+  listen:
+    - {transport: udp, address: "127.0.0.1:%[1]d"}
+    - {transport: tcp, address: "127.0.0.1:%[1]d"}
+  trusted_networks: [127.0.0.0/8]
+policy:
+  max_expires: 7200
+  max_subscriptions_per_source: %[2]d
+http:
+  listen: "127.0.0.1:%[3]d"
+  pprof: true
+state_dir: %[4]q
+log:
+  level: %[6]s
+pbx:
+  - name: fs
+    kind: esl
+    address: %[5]q
+    password: ClueCon
+users:
+`, sipPort, maxPerSource, httpPort, filepath.Join(t.dir, "state"), eslAddr, t.logLevel)
+	for _, u := range users {
+		fmt.Fprintf(&b, "  - {id: %s, extensions: [%q], devices: [{pbx: fs, device: %q}]}\n", u.id, u.ext, u.ext)
+	}
+	t.sipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sipPort))
+	t.http = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
+	return os.WriteFile(filepath.Join(t.dir, "lamplighter.yaml"), b.Bytes(), 0o600)
+}
+
+// start runs Lamplighter and waits until its SIP listeners are up.
+func (t *target) start(ctx context.Context) error {
+	logf, err := os.OpenFile(filepath.Join(t.dir, "lamplighter.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	t.cmd = exec.Command(t.binary, "-config", filepath.Join(t.dir, "lamplighter.yaml"))
+	t.cmd.Stdout, t.cmd.Stderr = logf, logf
+	t.started = time.Now()
+	if err := t.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting %s: %w", t.binary, err)
+	}
+	t.exited = make(chan error, 1)
+	go func() { t.exited <- t.cmd.Wait(); logf.Close() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-t.exited:
+			return fmt.Errorf("lamplighter exited at start (%v); see %s", err, filepath.Join(t.dir, "lamplighter.log"))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if c, err := net.DialTimeout("tcp", t.sipAddr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return fmt.Errorf("lamplighter did not listen on %s within 30s", t.sipAddr)
+}
+
+// stop ends Lamplighter with SIGTERM (a clean shutdown) and waits.
+func (t *target) stop() error {
+	if t.cmd == nil || t.cmd.Process == nil {
+		return nil
+	}
+	t.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-t.exited:
+		t.cmd = nil
+		return err
+	case <-time.After(20 * time.Second):
+		t.cmd.Process.Kill()
+		<-t.exited
+		t.cmd = nil
+		return fmt.Errorf("lamplighter did not stop within 20s of SIGTERM")
+	}
+}
+
+// ready waits until /readyz says every PBX is synchronised.
+func (t *target) ready(ctx context.Context, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		res, err := http.Get(t.http + "/readyz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("lamplighter not ready within %v", within)
+}
+
+// memory is Lamplighter's memory after a garbage collection.
+type memory struct {
+	RSS      int64 `json:"rss_bytes"`
+	HeapLive int64 `json:"heap_live_bytes"`
+}
+
+// memory forces a collection (through the profiler) and reads the live
+// heap from /metrics and the resident set from /proc.
+func (t *target) memory() (memory, error) {
+	var m memory
+	res, err := http.Get(t.http + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return m, err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	metrics, err := t.metrics()
+	if err != nil {
+		return m, err
+	}
+	m.HeapLive = int64(metrics["go_memstats_heap_alloc_bytes"])
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
+	if err != nil {
+		return m, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			m.RSS = kb * 1024
+		}
+	}
+	return m, nil
+}
+
+// metrics reads /metrics into name{labels} → value.
+func (t *target) metrics() (map[string]float64, error) {
+	res, err := http.Get(t.http + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[line[:i]] = v
+	}
+	return out, sc.Err()
+}
+
+// sum adds every series of a metric whose name and labels start with prefix.
+func sum(metrics map[string]float64, prefix string) float64 {
+	var total float64
+	for k, v := range metrics {
+		if strings.HasPrefix(k, prefix) {
+			total += v
+		}
+	}
+	return total
+}
+
+// profile fetches a CPU profile of the given length into path.
+func (t *target) profile(path string, seconds int) error {
+	res, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.http, seconds))
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		return fmt.Errorf("profile: %s", res.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, res.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
