@@ -1,34 +1,111 @@
 package presence
 
 import (
+	"bytes"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
 
-// BenchmarkBuildNotify builds the in-dialog NOTIFY of a dialog
-// subscription (headers, route, dialog-info body) and serialises it as it
-// goes on the wire.
-func BenchmarkBuildNotify(b *testing.B) {
-	env := newEnv(b, trusted)
+// benchSubscription is a dialog subscription to debbie from a watcher at
+// source, as newSubscription would make it.
+func benchSubscription(id, source string) *Subscription {
 	var target, local, remote sip.Uri
-	sip.ParseUri("sip:watcher@127.0.0.1:5099", &target)
+	sip.ParseUri("sip:watcher@"+source, &target)
 	sip.ParseUri("sip:100@pbx.example.com", &local)
 	sip.ParseUri("sip:200@pbx.example.com", &remote)
-	sub := &Subscription{ID: "t0", CallID: "c@w", RemoteTag: "rt", UserID: "debbie", Entity: "sip:100@pbx.example.com",
-		Package: PackageDialog, LocalURI: local, RemoteURI: remote, Transport: "UDP", Source: "127.0.0.1:5099",
-		LocalHost: "127.0.0.1", LocalPort: 5060, target: target, expires: time.Now().Add(time.Hour)}
+	sub := &Subscription{ID: id, CallID: id + "@w", RemoteTag: "rt", UserID: "debbie", Entity: "sip:100@pbx.example.com",
+		Package: PackageDialog, LocalURI: local.String(), RemoteURI: remote.String(), Transport: "UDP", Source: source,
+		LocalHost: "127.0.0.1", LocalPort: 5060, expires: time.Now().Add(time.Hour)}
+	sub.setTarget(&target)
+	return sub
+}
+
+// BenchmarkBuildNotify renders the in-dialog NOTIFY of a dialog
+// subscription (headers and dialog-info body) as it goes on the wire.
+func BenchmarkBuildNotify(b *testing.B) {
+	env := newEnv(b, trusted)
+	sub := benchSubscription("t0", "127.0.0.1:5099")
 	env.bridge.Apply(answered("200"))
 	st, _ := env.bridge.State("debbie")
 	b.ReportAllocs()
-	var n int
+	buf := make([]byte, 0, 2048)
 	for b.Loop() {
 		sub.mu.Lock()
 		sub.cseq++
-		req := env.srv.buildNotify(sub, st, sub.cseq, "", 3600)
+		buf = env.srv.appendNotify(buf[:0], sub, st, sub.cseq, "", 3600, "z9hG4bK.bench")
 		sub.mu.Unlock()
-		n = len(req.String())
 	}
-	b.SetBytes(int64(n))
+	b.SetBytes(int64(len(buf)))
+}
+
+// BenchmarkSendNotify sends NOTIFYs to 1,000 subscriptions of one user
+// over real UDP sockets to a watcher that answers each with 200, and
+// waits for every answer: building, sending, the transaction and its
+// response. One op is one NOTIFY transaction.
+func BenchmarkSendNotify(b *testing.B) {
+	metrics := newTestMetrics()
+	env := newEnv(b, trusted, func(o *Options) { o.Metrics = metrics })
+	watcher, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer watcher.Close()
+	watcher.SetReadBuffer(4 << 20)
+	go answerNotifies(watcher)
+	const watchers = 1000
+	subs := make([]*Subscription, watchers)
+	for i := range subs {
+		subs[i] = benchSubscription(fmt.Sprintf("b%d", i), watcher.LocalAddr().String())
+		env.srv.subs.add(subs[i], watchers)
+	}
+	b.ReportAllocs()
+	sent := int64(0)
+	start := time.Now()
+	for b.Loop() {
+		env.srv.enqueue(subs[sent%watchers], time.Now(), true)
+		sent++
+		if sent%watchers == 0 { // a round: wait for every answer
+			waitAnswers(b, metrics, sent)
+		}
+	}
+	waitAnswers(b, metrics, sent)
+	b.ReportMetric(float64(sent)/time.Since(start).Seconds(), "notifies/s")
+}
+
+func waitAnswers(b *testing.B, m *testMetrics, n int64) {
+	deadline := time.Now().Add(10 * time.Second)
+	for m.sent.Load() < n {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d NOTIFYs answered after 10s", m.sent.Load(), n)
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// answerNotifies answers every request on c with 200, copying the
+// headers a response must echo.
+func answerNotifies(c *net.UDPConn) {
+	buf := make([]byte, 65536)
+	out := make([]byte, 0, 1024)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		head, _, _ := bytes.Cut(buf[:n], []byte("\r\n\r\n"))
+		out = append(out[:0], "SIP/2.0 200 OK\r\n"...)
+		for _, line := range bytes.Split(head, []byte("\r\n"))[1:] {
+			name, _, _ := bytes.Cut(line, []byte(":"))
+			switch string(name) {
+			case "Via", "From", "To", "Call-ID", "CSeq":
+				out = append(append(out, line...), "\r\n"...)
+			}
+		}
+		out = append(out, "Content-Length: 0\r\n\r\n"...)
+		c.WriteToUDPAddrPort(out, from)
+	}
 }

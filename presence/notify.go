@@ -2,13 +2,12 @@ package presence
 
 import (
 	"context"
-	"net"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/bridge"
@@ -152,10 +151,6 @@ func (s *Server) sendLoop(ctx context.Context) {
 	}
 }
 
-// noBuild stops sipgo from adding headers of its own: NOTIFYs are built
-// whole, as in-dialog requests.
-func noBuild(*sipgo.Client, *sip.Request) error { return nil }
-
 // sendNotify builds the NOTIFY for sub's current state and sends it.
 func (s *Server) sendNotify(sub *Subscription) {
 	sub.mu.Lock()
@@ -192,10 +187,18 @@ func (s *Server) sendNotify(sub *Subscription) {
 	changedAt := sub.changedAt
 	sub.changedAt = time.Time{}
 	sub.lastState = st
-	req := s.buildNotify(sub, st, version, final, remaining)
+	tx := s.notifier.newTx(sub)
+	*tx.buf = s.appendNotify(*tx.buf, sub, st, version, final, remaining, tx.branch)
+	network, addr := s.address(sub)
+	cseq := sub.cseq
 	sub.mu.Unlock()
 
-	tx, err := s.client.TransactionRequest(s.ctx, req, noBuild)
+	err := s.connect(s.ctx, tx, network, addr)
+	if err == nil {
+		err = s.notifier.start(tx)
+	} else {
+		s.notifier.release(tx)
+	}
 	if err != nil {
 		s.notifyDone(sub, nil, "transport", err)
 		return
@@ -203,28 +206,14 @@ func (s *Server) sendNotify(sub *Subscription) {
 	if !changedAt.IsZero() {
 		s.opt.Metrics.NotifyLatency(time.Since(changedAt))
 	}
-	s.log.Debug("NOTIFY sent", "user", sub.UserID, "cseq", req.CSeq().SeqNo, "dest", req.Destination())
-	go s.await(sub, tx)
+	if s.log.Enabled(s.ctx, slog.LevelDebug) {
+		s.log.Debug("NOTIFY sent", "user", sub.UserID, "cseq", cseq, "dest", addr)
+	}
 }
 
-// await waits for a NOTIFY's final response.
-func (s *Server) await(sub *Subscription, tx sip.ClientTransaction) {
-	defer tx.Terminate()
-	for {
-		select {
-		case res := <-tx.Responses():
-			if res.IsProvisional() {
-				continue
-			}
-			s.notifyDone(sub, res, "", nil)
-			return
-		case <-tx.Done():
-			s.notifyDone(sub, nil, "timeout", tx.Err())
-			return
-		case <-s.ctx.Done():
-			return
-		}
-	}
+// notifyTxDone is the outcome of a NOTIFY transaction.
+func (s *Server) notifyTxDone(tx *notifyTx, res *sip.Response, failure string, err error) {
+	s.notifyDone(tx.sub, res, failure, err)
 }
 
 // notifyDone handles the outcome of a NOTIFY: success; 481 or another
@@ -294,112 +283,101 @@ func errString(err error, res *sip.Response) string {
 	return ""
 }
 
-// buildNotify makes the in-dialog NOTIFY: Request-URI the remote target,
-// From/To our and their tags, our CSeq, the route set, and the body for
-// the subscriber's package. Called with sub.mu held.
-func (s *Server) buildNotify(sub *Subscription, st *bridge.State, version uint32, final string, remaining int) *sip.Request {
-	req := sip.NewRequest(sip.NOTIFY, *sub.target.Clone())
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: sub.Transport,
-		Host: sub.LocalHost, Port: sub.LocalPort, Params: sip.NewParams()}
-	via.Params.Add("branch", sip.GenerateBranchN(16))
-	via.Params.Add("rport", "")
-	req.AppendHeader(via)
-	for i := range sub.routes {
-		req.AppendHeader(&sip.RouteHeader{Address: *sub.routes[i].Clone()})
+// appendNotify renders the in-dialog NOTIFY into dst: Request-URI the
+// remote target, From/To our and their tags, our CSeq, the route set,
+// and the body for the subscriber's package. Called with sub.mu held.
+func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, version uint32, final string, remaining int, branch string) []byte {
+	host := sub.LocalHost
+	if strings.IndexByte(host, ':') >= 0 {
+		host = "[" + host + "]"
 	}
-	mf := sip.MaxForwardsHeader(70)
-	req.AppendHeader(&mf)
-	from := &sip.FromHeader{Address: *sub.LocalURI.Clone(), Params: sip.NewParams()}
-	from.Params.Add("tag", sub.ID)
-	req.AppendHeader(from)
-	to := &sip.ToHeader{Address: *sub.RemoteURI.Clone(), Params: sip.NewParams()}
-	to.Params.Add("tag", sub.RemoteTag)
-	req.AppendHeader(to)
-	callID := sip.CallIDHeader(sub.CallID)
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: sub.cseq, MethodName: sip.NOTIFY})
-	req.AppendHeader(contactHeader(sub.Transport, sub.LocalHost, sub.LocalPort))
-	event := sub.Package.String()
+	dst = append(dst, "NOTIFY "...)
+	dst = append(dst, sub.target...)
+	dst = append(dst, " SIP/2.0\r\nVia: SIP/2.0/"...)
+	dst = append(dst, sub.Transport...)
+	dst = append(dst, ' ')
+	dst = append(dst, host...)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, int64(sub.LocalPort), 10)
+	dst = append(dst, ";branch="...)
+	dst = append(dst, branch...)
+	dst = append(dst, ";rport\r\n"...)
+	for _, r := range sub.routes {
+		dst = append(dst, "Route: <"...)
+		dst = append(dst, r...)
+		dst = append(dst, ">\r\n"...)
+	}
+	dst = append(dst, "Max-Forwards: 70\r\nFrom: <"...)
+	dst = append(dst, sub.LocalURI...)
+	dst = append(dst, ">;tag="...)
+	dst = append(dst, sub.ID...)
+	dst = append(dst, "\r\nTo: <"...)
+	dst = append(dst, sub.RemoteURI...)
+	dst = append(dst, ">;tag="...)
+	dst = append(dst, sub.RemoteTag...)
+	dst = append(dst, "\r\nCall-ID: "...)
+	dst = append(dst, sub.CallID...)
+	dst = append(dst, "\r\nCSeq: "...)
+	dst = strconv.AppendUint(dst, uint64(sub.cseq), 10)
+	dst = append(dst, " NOTIFY\r\nContact: <"...)
+	dst = appendContactURI(dst, sub.Transport, host, sub.LocalPort)
+	dst = append(dst, ">\r\nEvent: "...)
+	dst = append(dst, sub.Package.String()...)
 	if sub.EventID != "" {
-		event += ";id=" + sub.EventID
+		dst = append(dst, ";id="...)
+		dst = append(dst, sub.EventID...)
 	}
-	req.AppendHeader(sip.NewHeader("Event", event))
 	if final != "" {
-		req.AppendHeader(sip.NewHeader("Subscription-State", "terminated;reason="+final))
+		dst = append(dst, "\r\nSubscription-State: terminated;reason="...)
+		dst = append(dst, final...)
 	} else {
-		req.AppendHeader(sip.NewHeader("Subscription-State", "active;expires="+strconv.Itoa(max(remaining, 1))))
+		dst = append(dst, "\r\nSubscription-State: active;expires="...)
+		dst = strconv.AppendInt(dst, int64(max(remaining, 1)), 10)
 	}
-	req.AppendHeader(sip.NewHeader("User-Agent", s.opt.UserAgent))
-	if st != nil {
-		opt := body.Options{Version: version, SingleDialog: sub.Single, Plain: sub.Single}
-		var b []byte
-		if sub.Package == PackageDialog {
-			b = body.DialogInfo(make([]byte, 0, 1024), sub.Entity, st, opt)
-			req.AppendHeader(sip.NewHeader("Content-Type", body.TypeDialogInfo))
-		} else {
-			b = body.PIDF(make([]byte, 0, 1024), sub.Entity, st, opt)
-			req.AppendHeader(sip.NewHeader("Content-Type", body.TypePIDF))
-		}
-		req.SetBody(b)
+	dst = append(dst, "\r\nUser-Agent: "...)
+	dst = append(dst, s.opt.UserAgent...)
+	dst = append(dst, "\r\n"...)
+	if st == nil {
+		return append(dst, "Content-Length: 0\r\n\r\n"...)
+	}
+	opt := body.Options{Version: version, SingleDialog: sub.Single, Plain: sub.Single}
+	contentType := body.TypePIDF
+	if sub.Package == PackageDialog {
+		contentType = body.TypeDialogInfo
+	}
+	dst = append(dst, "Content-Type: "...)
+	dst = append(dst, contentType...)
+	scratch := s.notifier.bufs.Get().(*[]byte)
+	b := (*scratch)[:0]
+	if sub.Package == PackageDialog {
+		b = body.DialogInfo(b, sub.Entity, st, opt)
 	} else {
-		req.SetBody(nil)
+		b = body.PIDF(b, sub.Entity, st, opt)
 	}
-	req.SetTransport(sub.Transport)
-	s.route(req, sub)
-	return req
+	dst = append(dst, "\r\nContent-Length: "...)
+	dst = strconv.AppendInt(dst, int64(len(b)), 10)
+	dst = append(dst, "\r\n\r\n"...)
+	dst = append(dst, b...)
+	*scratch = b[:0]
+	s.notifier.bufs.Put(scratch)
+	return dst
 }
 
-// route picks where a NOTIFY goes: the first route of the route set, else
-// back to the address the SUBSCRIBE came from (so NAT works), on the
-// subscriber's own connection for TCP/TLS while it is open, and from the
-// listening socket for UDP.
-func (s *Server) route(req *sip.Request, sub *Subscription) {
-	tl := s.ua.TransportLayer()
-	network := strings.ToLower(sub.Transport)
-	if len(sub.routes) > 0 {
-		r := sub.routes[0]
-		port := r.Port
-		if port == 0 {
-			port = int(sip.DefaultPort(sub.Transport))
-		}
-		req.SetDestination(net.JoinHostPort(r.Host, strconv.Itoa(port)))
-	} else if network == "udp" {
-		req.SetDestination(sub.Source)
-	} else if c, err := tl.GetConnection(network, sub.Source); err == nil && c != nil {
-		req.SetDestination(sub.Source)
+// appendContactURI appends our URI for a transport: sips: for TLS,
+// ;transport=tcp for TCP.
+func appendContactURI(dst []byte, transport, host string, port int) []byte {
+	if transport == "TLS" {
+		dst = append(dst, "sips:"...)
 	} else {
-		port := sub.target.Port
-		if port == 0 {
-			port = int(sip.DefaultPort(sub.Transport))
-		}
-		req.SetDestination(net.JoinHostPort(sub.target.Host, strconv.Itoa(port)))
+		dst = append(dst, "sip:"...)
 	}
-	if network == "udp" {
-		if c, err := tl.GetConnection("udp", req.Destination()); err != nil || c == nil {
-			req.Laddr = s.udpListenerAddr(req.Destination())
-		}
+	dst = append(dst, host...)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, int64(port), 10)
+	if transport == "TCP" {
+		dst = append(dst, ";transport=tcp"...)
 	}
-}
-
-// udpListenerAddr returns the UDP listener of the destination's address
-// family, so that a NOTIFY to a peer we have not heard from on this
-// socket (after a restart) still leaves from the listening port.
-func (s *Server) udpListenerAddr(dest string) sip.Addr {
-	destIs4 := !strings.Contains(hostOnly(dest), ":")
-	for i, l := range s.opt.Listen {
-		if strings.ToLower(l.Transport) != "udp" {
-			continue
-		}
-		ua, ok := s.addrs[i].(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		if (ua.IP.To4() != nil || ua.IP.IsUnspecified() && len(ua.IP) == net.IPv4len) != destIs4 && !ua.IP.IsUnspecified() {
-			continue
-		}
-		return sip.Addr{IP: ua.IP, Port: ua.Port}
-	}
-	return sip.Addr{}
+	return dst
 }
 
 // sendQueue is an unbounded FIFO of subscriptions waiting for a NOTIFY

@@ -87,14 +87,12 @@ func (s *Subscription) saved() SavedSubscription {
 	r := SavedSubscription{
 		ID: s.ID, CallID: s.CallID, RemoteTag: s.RemoteTag, UserID: s.UserID, Entity: s.Entity,
 		Package: s.Package, EventID: s.EventID, Accept: s.Accept,
-		LocalURI: s.LocalURI.String(), RemoteURI: s.RemoteURI.String(), Target: s.target.String(),
+		LocalURI: s.LocalURI, RemoteURI: s.RemoteURI, Target: s.target,
 		Transport: s.Transport, Source: s.Source, Watcher: s.Watcher, UserAgent: s.UserAgent,
 		Single: s.Single, Expires: s.expires, RemoteCSeq: s.remoteCSeq,
 		CSeq: s.cseq + cseqReserve, Version: s.version + cseqReserve,
 	}
-	for i := range s.routes {
-		r.Routes = append(r.Routes, s.routes[i].String())
-	}
+	r.Routes = append(r.Routes, s.routes...)
 	s.savedCSeq, s.savedVersion = r.CSeq, r.Version
 	return r
 }
@@ -343,21 +341,26 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 		remoteCSeq: r.RemoteCSeq, cseq: r.CSeq, version: r.Version, expires: r.Expires,
 		savedCSeq: r.CSeq, savedVersion: r.Version,
 	}
+	var local, remote, target sip.Uri
 	for _, p := range []struct {
 		in  string
 		out *sip.Uri
-	}{{r.LocalURI, &sub.LocalURI}, {r.RemoteURI, &sub.RemoteURI}, {r.Target, &sub.target}} {
+	}{{r.LocalURI, &local}, {r.RemoteURI, &remote}, {r.Target, &target}} {
 		if err := sip.ParseUri(p.in, p.out); err != nil {
 			return nil, err
 		}
 	}
+	sub.LocalURI, sub.RemoteURI = local.String(), remote.String()
+	sub.setTarget(&target)
+	var routes []sip.Uri
 	for _, rt := range r.Routes {
 		var u sip.Uri
 		if err := sip.ParseUri(rt, &u); err != nil {
 			return nil, err
 		}
-		sub.routes = append(sub.routes, u)
+		routes = append(routes, u)
 	}
+	sub.setRoutes(routes)
 	return sub, nil
 }
 

@@ -149,9 +149,8 @@ type Server struct {
 	log    *slog.Logger
 	auth   *authenticator
 
-	ua     *sipgo.UserAgent
-	srv    *sipgo.Server
-	client *sipgo.Client
+	ua  *sipgo.UserAgent
+	srv *sipgo.Server
 
 	subs    *store
 	queue   *sendQueue
@@ -171,6 +170,8 @@ type Server struct {
 	localIPs  sync.Map // remote IP string → local IP string
 	closed    atomic.Bool
 	listeners []io.Closer
+	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
+	notifier  *notifier
 }
 
 // New builds a server; Run starts it.
@@ -181,12 +182,13 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	log := opt.Logger
 	quiet := slog.New(demoteHandler{log.Handler()})
+	var notify *notifier // NOTIFY responses match no sipgo transaction
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
-			sip.WithTransactionLayerUnhandledResponseHandler(func(*sip.Response) {}),
+			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) { notify.response(res) }),
 		),
 	)
 	if err != nil {
@@ -196,19 +198,17 @@ func New(states States, opt Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(quiet))
-	if err != nil {
-		return nil, err
-	}
 	s := &Server{
 		opt: opt, states: states, log: log,
 		auth: newAuthenticator(opt.Realm, opt.DigestAlgorithms, opt.Trusted, opt.Credentials),
-		ua:   ua, srv: srv, client: client,
+		ua:   ua, srv: srv,
 		subs:  newStore(),
 		pace:  map[string]*userPace{},
 		queue: newSendQueue(),
 		ready: make(chan struct{}),
 	}
+	s.notifier = newNotifier(s.notifyTxDone)
+	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
 	if opt.Store != nil {
@@ -252,6 +252,9 @@ func (s *Server) Run(ctx context.Context) error {
 				return fmt.Errorf("sip udp %s: %w", l.Address, err)
 			}
 			s.sizeBuffers(pc)
+			if uc, ok := pc.(*net.UDPConn); ok {
+				s.udpConns = append(s.udpConns, uc)
+			}
 			s.listeners = append(s.listeners, pc)
 			s.addrs = append(s.addrs, pc.LocalAddr())
 			serves = append(serves, func() error { return s.srv.ServeUDP(pc) })
@@ -334,6 +337,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.closed.Store(true)
 	s.closeListeners()
 	s.queue.close()
+	s.notifier.close()
 	s.ua.Close()
 	wg.Wait()
 	if s.journal != nil {

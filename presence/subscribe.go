@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -94,25 +95,26 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 	}
 	ua := headerValue(req, "User-Agent")
 	sub := &Subscription{
-		ID:         sip.GenerateTagN(20),
-		CallID:     req.CallID().Value(),
-		RemoteTag:  fromTag,
-		UserID:     user.ID,
-		Entity:     presentityURI(req),
-		Package:    pkg,
-		EventID:    eventID,
-		Accept:     strings.Join(headerValues(req, "Accept"), ", "),
-		LocalURI:   *req.To().Address.Clone(),
-		RemoteURI:  *req.From().Address.Clone(),
-		Transport:  strings.ToUpper(req.Transport()),
-		Source:     req.Source(),
-		Watcher:    id.UserID,
-		UserAgent:  ua,
-		target:     *contact.Address.Clone(),
-		routes:     recordRoutes(req),
+		ID:        sip.GenerateTagN(20),
+		CallID:    req.CallID().Value(),
+		RemoteTag: fromTag,
+		UserID:    user.ID,
+		Entity:    presentityURI(req),
+		Package:   pkg,
+		EventID:   eventID,
+		Accept:    strings.Join(headerValues(req, "Accept"), ", "),
+		LocalURI:  req.To().Address.String(),
+		RemoteURI: req.From().Address.String(),
+		Transport: strings.ToUpper(req.Transport()),
+		Source:    req.Source(),
+		Watcher:   id.UserID,
+		UserAgent: ua,
+
 		remoteCSeq: req.CSeq().SeqNo,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
 	}
+	sub.setTarget(&contact.Address)
+	sub.setRoutes(recordRoutes(req))
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
@@ -169,7 +171,7 @@ func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction,
 	}
 	sub.remoteCSeq = req.CSeq().SeqNo
 	if c := req.Contact(); c != nil && c.Address.Host != "" {
-		sub.target = *c.Address.Clone()
+		sub.setTarget(&c.Address)
 	}
 	if expires > 0 {
 		sub.expires = time.Now().Add(time.Duration(expires) * time.Second)
@@ -203,6 +205,32 @@ func (s *Server) answer(req *sip.Request, tx sip.ServerTransaction, sub *Subscri
 }
 
 // contactHeader is our Contact at host:port for a dialog over transport.
+// setTarget sets the remote target and where requests to it go.
+func (sub *Subscription) setTarget(u *sip.Uri) {
+	sub.target, sub.targetAddr = u.String(), uriAddr(u, sub.Transport)
+}
+
+// setRoutes sets the route set and where its first hop is.
+func (sub *Subscription) setRoutes(routes []sip.Uri) {
+	sub.routes, sub.routeAddr = nil, ""
+	for i := range routes {
+		sub.routes = append(sub.routes, routes[i].String())
+	}
+	if len(routes) > 0 {
+		sub.routeAddr = uriAddr(&routes[0], sub.Transport)
+	}
+}
+
+// uriAddr is the host:port requests to u go to: its port, else the
+// transport's default.
+func uriAddr(u *sip.Uri, transport string) string {
+	port := u.Port
+	if port == 0 {
+		port = int(sip.DefaultPort(transport))
+	}
+	return net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port))
+}
+
 func contactHeader(transport, host string, port int) *sip.ContactHeader {
 	u := sip.Uri{Scheme: "sip", Host: host, Port: port}
 	switch transport {

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
-
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
@@ -40,8 +38,8 @@ type Subscription struct {
 	Package   Package
 	EventID   string // the Event header's id parameter, echoed back
 	Accept    string // the SUBSCRIBE's Accept header, as sent
-	LocalURI  sip.Uri
-	RemoteURI sip.Uri
+	LocalURI  string // ours: the SUBSCRIBE's To URI, From of NOTIFYs
+	RemoteURI string // theirs: the SUBSCRIBE's From URI, To of NOTIFYs
 	Transport string // UDP, TCP or TLS
 	Source    string // host:port the SUBSCRIBE came from
 	Watcher   string // authenticated user id of the subscriber ("" if trusted and unknown)
@@ -53,8 +51,10 @@ type Subscription struct {
 	LocalPort int
 
 	mu         sync.Mutex
-	target     sip.Uri   // remote target (Contact), refreshed by re-SUBSCRIBE
-	routes     []sip.Uri // route set from Record-Route
+	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
+	targetAddr string   // host:port of target
+	routes     []string // route set from Record-Route, as URIs
+	routeAddr  string   // host:port of the first route, "" without routes
 	remoteCSeq uint32
 	cseq       uint32    // last NOTIFY CSeq sent
 	version    uint32    // next dialog-info version

@@ -225,6 +225,11 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		return res, fmt.Errorf("reading memory: %w", err)
 	}
 	res.Memory.perSubscription(res.Setup.OK)
+	if o.pprofDir != "" {
+		if err := t.fetch("/debug/pprof/heap", filepath.Join(o.pprofDir, "heap.pprof")); err != nil {
+			say("heap profile: %v", err)
+		}
+	}
 
 	say("latency: %.0f events/s for %v", o.rate, o.duration)
 	stopProfile = t.profileDuring(o.pprofDir, "latency", o.duration, say)

@@ -211,13 +211,18 @@ func sum(metrics map[string]float64, prefix string) float64 {
 
 // profile fetches a CPU profile of the given length into path.
 func (t *target) profile(path string, seconds int) error {
-	res, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.http, seconds))
+	return t.fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), path)
+}
+
+// fetch saves what Lamplighter's HTTP endpoint serves at uri into path.
+func (t *target) fetch(uri, path string) error {
+	res, err := http.Get(t.http + uri)
 	if err != nil {
 		return err
 	}
 	defer res.Body.Close()
 	if res.StatusCode != 200 {
-		return fmt.Errorf("profile: %s", res.Status)
+		return fmt.Errorf("%s: %s", uri, res.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {

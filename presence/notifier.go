@@ -1,0 +1,284 @@
+package presence
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// NOTIFY client transactions (RFC 3261 §17.1.2, non-INVITE) are run here
+// rather than by sipgo: a NOTIFY is rendered straight into bytes from the
+// subscription's dialog, written to the UDP listener (or the subscriber's
+// stream connection), retransmitted on Timer E and given up on Timer F.
+// Responses reach it through sipgo's handler for responses that match no
+// sipgo transaction. This halves the CPU a NOTIFY costs and keeps no
+// per-transaction goroutine (see BENCHMARKS.md).
+
+// notifier holds the NOTIFY transactions in flight, by Via branch.
+type notifier struct {
+	prefix string // per process, so branches never repeat across restarts
+	seq    atomic.Uint64
+	mu     sync.Mutex
+	txs    map[string]*notifyTx
+	closed bool
+	bufs   sync.Pool
+	done   func(tx *notifyTx, res *sip.Response, failure string, err error)
+}
+
+// notifyTx is one NOTIFY in flight.
+type notifyTx struct {
+	sub      *Subscription
+	branch   string
+	buf      *[]byte // the message, kept for retransmission
+	udp      *net.UDPConn
+	to       netip.AddrPort
+	stream   sip.Connection
+	stub     *sip.Request // what sipgo's stream connection needs around the bytes
+	timer    *time.Timer
+	interval time.Duration // Timer E, doubling up to t2
+	t2       time.Duration
+	deadline time.Time // Timer F
+
+	// sending is held while the message bytes are in use, so that the
+	// buffer goes back to the pool only after the last write.
+	sending sync.Mutex
+}
+
+func newNotifier(done func(*notifyTx, *sip.Response, string, error)) *notifier {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	n := &notifier{prefix: "z9hG4bK" + hex.EncodeToString(b[:]) + ".", txs: map[string]*notifyTx{}, done: done}
+	n.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
+	return n
+}
+
+// newTx starts a transaction record with a fresh branch and buffer.
+func (n *notifier) newTx(sub *Subscription) *notifyTx {
+	return &notifyTx{sub: sub, branch: n.prefix + strconv.FormatUint(n.seq.Add(1), 36), buf: n.bufs.Get().(*[]byte)}
+}
+
+// start sends tx and arms its timers (sipgo's T1, T2 and Timer F, so
+// that sip.SetTimers applies here too); on error nothing is left behind.
+func (n *notifier) start(tx *notifyTx) error {
+	tx.deadline, tx.t2 = time.Now().Add(sip.Timer_F), sip.T2
+	first := sip.Timer_F
+	if tx.udp != nil {
+		tx.interval, first = sip.T1, sip.T1
+	}
+	tx.sending.Lock()
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		tx.sending.Unlock()
+		n.release(tx)
+		return net.ErrClosed
+	}
+	n.txs[tx.branch] = tx
+	tx.timer = time.AfterFunc(first, func() { n.fire(tx) })
+	n.mu.Unlock()
+	err := tx.send()
+	tx.sending.Unlock()
+	if err != nil {
+		n.mu.Lock()
+		removed := n.txs[tx.branch] == tx
+		delete(n.txs, tx.branch)
+		tx.timer.Stop()
+		n.mu.Unlock()
+		if removed {
+			n.release(tx)
+		}
+		return err
+	}
+	return nil
+}
+
+func (tx *notifyTx) send() error {
+	if tx.udp != nil {
+		_, err := tx.udp.WriteToUDPAddrPort(*tx.buf, tx.to)
+		return err
+	}
+	return tx.stream.WriteMsg(rawMessage{Request: tx.stub, data: *tx.buf})
+}
+
+// fire is Timer E (retransmit over UDP) and Timer F (give up).
+func (n *notifier) fire(tx *notifyTx) {
+	now := time.Now()
+	n.mu.Lock()
+	if n.txs[tx.branch] != tx {
+		n.mu.Unlock()
+		return // answered meanwhile
+	}
+	if !now.Before(tx.deadline) {
+		delete(n.txs, tx.branch)
+		n.mu.Unlock()
+		n.release(tx)
+		n.done(tx, nil, "timeout", fmt.Errorf("no final response within %v", sip.Timer_F))
+		return
+	}
+	tx.interval = min(2*tx.interval, tx.t2)
+	tx.timer.Reset(min(tx.interval, tx.deadline.Sub(now)))
+	tx.sending.Lock()
+	n.mu.Unlock()
+	_ = tx.send() // a lost retransmission is retried by the next
+	tx.sending.Unlock()
+}
+
+// response takes a response that no sipgo transaction matched; it
+// reports whether it was a NOTIFY's.
+func (n *notifier) response(res *sip.Response) bool {
+	via := res.Via()
+	if via == nil || res.CSeq() == nil || res.CSeq().MethodName != sip.NOTIFY {
+		return false
+	}
+	branch, _ := via.Params.Get("branch")
+	n.mu.Lock()
+	tx := n.txs[branch]
+	if tx == nil || res.IsProvisional() {
+		n.mu.Unlock()
+		return tx != nil
+	}
+	delete(n.txs, branch)
+	n.mu.Unlock()
+	tx.timer.Stop()
+	n.release(tx)
+	n.done(tx, res, "", nil)
+	return true
+}
+
+// release returns tx's buffer to the pool once no write uses it.
+func (n *notifier) release(tx *notifyTx) {
+	tx.sending.Lock()
+	defer tx.sending.Unlock()
+	if tx.buf != nil && cap(*tx.buf) <= 16<<10 {
+		*tx.buf = (*tx.buf)[:0]
+		n.bufs.Put(tx.buf)
+	}
+	tx.buf = nil
+}
+
+// close stops every transaction; their outcome is never reported.
+func (n *notifier) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	for b, tx := range n.txs {
+		tx.timer.Stop()
+		delete(n.txs, b)
+	}
+}
+
+// inFlight counts the transactions awaiting a final response.
+func (n *notifier) inFlight() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.txs)
+}
+
+// rawMessage is a request already rendered to bytes, for sipgo's stream
+// connections: they write whatever StringWrite gives. The embedded
+// request only carries the transport and destination.
+type rawMessage struct {
+	*sip.Request
+	data []byte
+}
+
+// StringWrite writes the rendered bytes.
+func (m rawMessage) StringWrite(w io.StringWriter) {
+	if bw, ok := w.(io.Writer); ok {
+		bw.Write(m.data)
+		return
+	}
+	w.WriteString(string(m.data))
+}
+
+// String returns the rendered message.
+func (m rawMessage) String() string { return string(m.data) }
+
+// address picks where a NOTIFY goes: the first route of the route set,
+// else back to the address the SUBSCRIBE came from (so NAT works), on the
+// subscriber's own connection for TCP/TLS while it is open, else to the
+// remote target. Called with sub.mu held.
+func (s *Server) address(sub *Subscription) (network, addr string) {
+	network = strings.ToLower(sub.Transport)
+	switch {
+	case sub.routeAddr != "":
+		return network, sub.routeAddr
+	case network == "udp":
+		return network, sub.Source
+	}
+	if c, err := s.ua.TransportLayer().GetConnection(network, sub.Source); err == nil && c != nil {
+		return network, sub.Source
+	}
+	return network, sub.targetAddr
+}
+
+// connect readies tx to go to addr over network: the UDP listener of the
+// address's family, or a stream connection (the subscriber's, or a new
+// one).
+func (s *Server) connect(ctx context.Context, tx *notifyTx, network, addr string) error {
+	if network == "udp" {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			ua, rerr := net.ResolveUDPAddr("udp", addr)
+			if rerr != nil {
+				return rerr
+			}
+			ap = ua.AddrPort()
+		}
+		tx.to = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		tx.udp = s.udpListenerFor(tx.to.Addr())
+		if tx.udp == nil {
+			return fmt.Errorf("no UDP listener to reach %s", addr)
+		}
+		return nil
+	}
+	host, port, err := sip.ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	sub := tx.sub
+	req := sip.NewRequest(sip.NOTIFY, sip.Uri{Scheme: "sip", Host: host, Port: port})
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: sub.Transport,
+		Host: sub.LocalHost, Port: sub.LocalPort, Params: sip.NewParams()}
+	via.Params.Add("branch", tx.branch)
+	req.AppendHeader(via)
+	req.SetTransport(sub.Transport)
+	req.SetDestination(addr)
+	c, err := s.ua.TransportLayer().ClientRequestConnection(ctx, req)
+	if err != nil {
+		return err
+	}
+	tx.stream, tx.stub = c, req
+	return nil
+}
+
+// udpListenerFor returns the UDP listener for sending to ip: one bound to
+// its address family, else a wildcard one.
+func (s *Server) udpListenerFor(ip netip.Addr) *net.UDPConn {
+	var wildcard *net.UDPConn
+	for _, c := range s.udpConns {
+		la := c.LocalAddr().(*net.UDPAddr)
+		lip, _ := netip.AddrFromSlice(la.IP)
+		lip = lip.Unmap()
+		switch {
+		case lip.IsUnspecified() && (lip.Is6() || ip.Is4()):
+			if wildcard == nil {
+				wildcard = c
+			}
+		case lip.Is4() == ip.Is4():
+			return c
+		}
+	}
+	return wildcard
+}
