@@ -58,7 +58,7 @@ func main() {
 	fs := flag.NewFlagSet("lampload", flag.ExitOnError)
 	fs.StringVar(&o.binary, "lamplighter", "./lamplighter", "the Lamplighter `binary` to start and measure")
 	fs.IntVar(&o.subs, "subs", 10000, "subscriptions held through the run")
-	fs.IntVar(&o.users, "users", 1000, "users in the directory; subscription i watches user i mod users")
+	fs.IntVar(&o.users, "users", 0, "users in the directory; subscription i watches user i mod users (0: one per 10 subscriptions)")
 	fs.IntVar(&o.perPhone, "per-phone", 50, "subscriptions per simulated phone (one socket or connection each)")
 	fs.Float64Var(&o.tcpShare, "tcp", 0.1, "share of phones on TCP (the rest on UDP)")
 	fs.Float64Var(&o.dialogShare, "dialog", 0.5, "share of subscriptions to the dialog package (the rest presence)")
@@ -77,6 +77,9 @@ func main() {
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
 	fs.Parse(os.Args[1:])
+	if o.users == 0 {
+		o.users = max(1, o.subs/10)
+	}
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "lampload:", err)
 		fs.Usage()
@@ -224,12 +227,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	if res.Memory.Loaded, err = t.memory(); err != nil {
 		return res, fmt.Errorf("reading memory: %w", err)
 	}
-	res.Memory.perSubscription(res.Setup.OK)
-	if o.pprofDir != "" {
-		if err := t.fetch("/debug/pprof/heap", filepath.Join(o.pprofDir, "heap.pprof")); err != nil {
-			say("heap profile: %v", err)
-		}
-	}
+	lastSubscribe := time.Now()
 
 	say("latency: %.0f events/s for %v", o.rate, o.duration)
 	stopProfile = t.profileDuring(o.pprofDir, "latency", o.duration, say)
@@ -239,6 +237,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	if o.fanout > 0 {
 		say("fan-out: setting up %d watchers of one user", len(fan))
 		res.FanoutSetup = setUp(ctx, ps, fan, o.window, o.expires)
+		lastSubscribe = time.Now()
 		say("fan-out: %d changes of that user, one at a time", o.fanoutRounds)
 		stopProfile = t.profileDuring(o.pprofDir, "fanout", 5*time.Second, say)
 		res.FanoutOne = measureFanout(ctx, &tracker, freeswitch, hot, o.fanoutRounds)
@@ -251,6 +250,26 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		res.FanoutMany = measureBurst(ctx, &tracker, freeswitch, users)
 		res.FanoutMany.FractionOfRawUDP = res.FanoutMany.PerSecond / res.RawUDP.PerSecond
 		stopProfile()
+	}
+	// What subscriptions hold once set up: sipgo keeps each SUBSCRIBE's
+	// server transaction for Timer J (64*T1 = 32 s over UDP) to absorb
+	// retransmissions, so the held figure waits for that to pass.
+	if wait := time.Until(lastSubscribe.Add(33 * time.Second)); wait > 0 {
+		say("memory: waiting %v for the SUBSCRIBE transactions to end (Timer J)", wait.Round(time.Second))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+	}
+	if res.Memory.Held, err = t.memory(); err != nil {
+		return res, fmt.Errorf("reading memory: %w", err)
+	}
+	res.Memory.perSubscription(res.Setup.OK+res.FanoutSetup.OK, res.Setup.OK)
+	if o.pprofDir != "" {
+		if err := t.fetch("/debug/pprof/heap", filepath.Join(o.pprofDir, "heap.pprof")); err != nil {
+			say("heap profile: %v", err)
+		}
 	}
 	if res.Server, err = serverCounts(t); err != nil {
 		return res, err

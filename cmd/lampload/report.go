@@ -67,20 +67,32 @@ type setupResult struct {
 	Error              string  `json:"error,omitempty"`
 }
 
+// memoryResult is Lamplighter's memory before any subscription, right
+// after the set-up (SUBSCRIBE transactions still lingering) and once they
+// have ended, with the cost per subscription of each.
 type memoryResult struct {
 	Before          memory  `json:"before"`
-	Loaded          memory  `json:"loaded"`
-	RSSPerSub       float64 `json:"rss_bytes_per_subscription"`
+	Loaded          memory  `json:"after_setup"`
+	Held            memory  `json:"held"`
+	Subscriptions   int     `json:"subscriptions_held"`
 	HeapPerSub      float64 `json:"heap_bytes_per_subscription"`
-	subscriptionsOK int
+	RSSPerSub       float64 `json:"rss_bytes_per_subscription"`
+	SetupHeapPerSub float64 `json:"heap_bytes_per_subscription_after_setup"`
+	SetupRSSPerSub  float64 `json:"rss_bytes_per_subscription_after_setup"`
 }
 
-func (m *memoryResult) perSubscription(n int) {
-	if n == 0 {
-		return
+// perSubscription works out the costs: held of all subscriptions, set up
+// of those of the first set-up.
+func (m *memoryResult) perSubscription(held, setUp int) {
+	m.Subscriptions = held
+	if held > 0 {
+		m.HeapPerSub = float64(m.Held.HeapLive-m.Before.HeapLive) / float64(held)
+		m.RSSPerSub = float64(m.Held.RSS-m.Before.RSS) / float64(held)
 	}
-	m.RSSPerSub = float64(m.Loaded.RSS-m.Before.RSS) / float64(n)
-	m.HeapPerSub = float64(m.Loaded.HeapLive-m.Before.HeapLive) / float64(n)
+	if setUp > 0 {
+		m.SetupHeapPerSub = float64(m.Loaded.HeapLive-m.Before.HeapLive) / float64(setUp)
+		m.SetupRSSPerSub = float64(m.Loaded.RSS-m.Before.RSS) / float64(setUp)
+	}
 }
 
 type latencyResult struct {
@@ -204,9 +216,11 @@ func (r *result) print(w io.Writer) {
 	row("raw UDP, 1 kB datagrams, one sender", fmt.Sprintf("%.0f/s", r.RawUDP.PerSecond))
 	row("subscription set-up", fmt.Sprintf("%.0f/s (%d ok, %d failed, %d missing, %d retransmitted; all first NOTIFYs by %.2f s)",
 		r.Setup.PerSecond, r.Setup.OK, r.Setup.Failed, r.Setup.Missing, r.Setup.Retransmissions, r.Setup.FirstNotifySeconds))
-	row("memory per subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS (heap %s → %s, RSS %s → %s)",
-		r.Memory.HeapPerSub, r.Memory.RSSPerSub, mib(r.Memory.Before.HeapLive), mib(r.Memory.Loaded.HeapLive),
-		mib(r.Memory.Before.RSS), mib(r.Memory.Loaded.RSS)))
+	m := r.Memory
+	row("memory per held subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS (%d held; heap %s → %s, RSS %s → %s)",
+		m.HeapPerSub, m.RSSPerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))
+	row("  right after set-up", fmt.Sprintf("%.0f B heap, %.0f B RSS (SUBSCRIBE transactions still kept for Timer J)",
+		m.SetupHeapPerSub, m.SetupRSSPerSub))
 	l := r.Latency
 	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
 	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
