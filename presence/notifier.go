@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -154,6 +155,70 @@ func (n *notifier) response(res *sip.Response) bool {
 	n.release(tx)
 	n.done(tx, res, "", nil)
 	return true
+}
+
+// datagram takes a UDP datagram before sipgo parses it: a response to one
+// of our NOTIFYs is matched here by its top Via branch, without building
+// a sip.Response (it is the bulk of what a fan-out receives). It returns
+// the datagram for sipgo, or nil when it was handled.
+func (n *notifier) datagram(data []byte) []byte {
+	const prefix = "SIP/2.0 "
+	if len(data) < len(prefix)+3 || string(data[:len(prefix)]) != prefix {
+		return data
+	}
+	code, err := strconv.Atoi(string(data[len(prefix) : len(prefix)+3]))
+	if err != nil || code < 100 || code > 699 {
+		return data
+	}
+	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
+	status, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	var branch []byte
+	notify, viaSeen := false, false
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return data // folded or odd: leave it to sipgo's parser
+		}
+		name = bytes.TrimSpace(name)
+		switch {
+		case !viaSeen && (bytes.EqualFold(name, []byte("Via")) || bytes.EqualFold(name, []byte("v"))):
+			viaSeen = true
+			first, _, _ := bytes.Cut(value, []byte(","))
+			if _, after, found := bytes.Cut(first, []byte(";branch=")); found {
+				end := bytes.IndexAny(after, "; \t")
+				if end < 0 {
+					end = len(after)
+				}
+				branch = after[:end]
+			}
+		case bytes.EqualFold(name, []byte("CSeq")):
+			notify = bytes.HasSuffix(bytes.TrimSpace(value), []byte(" NOTIFY"))
+		}
+	}
+	if !notify || branch == nil {
+		return data
+	}
+	n.mu.Lock()
+	tx := n.txs[string(branch)]
+	if tx == nil || code < 200 {
+		n.mu.Unlock()
+		if tx == nil && !bytes.HasPrefix(branch, []byte(n.prefix)) {
+			return data // not ours
+		}
+		return nil // provisional, or a late copy of an answered one
+	}
+	delete(n.txs, tx.branch)
+	n.mu.Unlock()
+	tx.timer.Stop()
+	n.release(tx)
+	reason := ""
+	if len(status) > len(prefix)+4 {
+		reason = string(status[len(prefix)+4:])
+	}
+	n.done(tx, &sip.Response{StatusCode: code, Reason: reason}, "", nil)
+	return nil
 }
 
 // release returns tx's buffer to the pool once no write uses it.

@@ -185,7 +185,13 @@ func New(states States, opt Options) (*Server, error) {
 	var notify *notifier // NOTIFY responses match no sipgo transaction
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet),
+			sip.WithTransportLayerReadFilter(func(p sip.TransportReadProps, data []byte) ([]byte, error) {
+				if !strings.EqualFold(p.Transport, "udp") {
+					return data, nil
+				}
+				return notify.datagram(data), nil
+			})),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) { notify.response(res) }),
