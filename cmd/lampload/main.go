@@ -49,6 +49,7 @@ type options struct {
 	pprofDir     string
 	keep         bool
 	logLevel     string
+	skipHeld     bool // no wait for Timer J before the held-memory reading
 }
 
 func main() {
@@ -76,6 +77,7 @@ func main() {
 	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases in this `directory`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
+	fs.BoolVar(&o.skipHeld, "quick", false, "read the held memory at once, without waiting out the SUBSCRIBE transactions")
 	fs.Parse(os.Args[1:])
 	if o.users == 0 {
 		o.users = max(1, o.subs/10)
@@ -254,7 +256,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	// What subscriptions hold once set up: sipgo keeps each SUBSCRIBE's
 	// server transaction for Timer J (64*T1 = 32 s over UDP) to absorb
 	// retransmissions, so the held figure waits for that to pass.
-	if wait := time.Until(lastSubscribe.Add(33 * time.Second)); wait > 0 {
+	if wait := time.Until(lastSubscribe.Add(33 * time.Second)); wait > 0 && !o.skipHeld {
 		say("memory: waiting %v for the SUBSCRIBE transactions to end (Timer J)", wait.Round(time.Second))
 		select {
 		case <-time.After(wait):

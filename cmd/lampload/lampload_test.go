@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLoadRun runs the whole tool, small, against a freshly built
+// Lamplighter: every phase must see every NOTIFY it waits for.
+func TestLoadRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Lamplighter")
+	}
+	bin := filepath.Join(t.TempDir(), "lamplighter")
+	if out, err := exec.Command("go", "build", "-o", bin, "../lamplighter").CombinedOutput(); err != nil {
+		t.Fatalf("building lamplighter: %v\n%s", err, out)
+	}
+	o := options{binary: bin, subs: 400, users: 40, perPhone: 25, tcpShare: 0.25, dialogShare: 0.5,
+		rate: 200, duration: 2 * time.Second, fanout: 200, fanoutRounds: 3, burst: true, restart: true,
+		window: 100, expires: 600, logLevel: "info", skipHeld: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := run(ctx, o, &progress)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, progress.String())
+	}
+	var table bytes.Buffer
+	res.print(&table)
+	t.Logf("\n%s", table.String())
+	if s := res.Setup; s.OK != 400 || s.WithoutNotify != 0 {
+		t.Errorf("set-up: %+v", s)
+	}
+	if l := res.Latency; l.Events < 300 || l.Missing != 0 || l.Received != l.Notifies || l.P99Ms <= 0 {
+		t.Errorf("latency phase: %+v", l)
+	}
+	if f := res.FanoutOne; len(f.Rounds) != 3 || f.Missing != 0 || f.Received != 600 {
+		t.Errorf("fan-out: %+v", f)
+	}
+	if b := res.FanoutMany; b.Changes != 40 || b.Missing != 0 || b.Received != 400 {
+		t.Errorf("burst: %+v", b)
+	}
+	if r := res.Restart; r.Renotified != 600 || r.Error != "" {
+		t.Errorf("restart: %+v", r)
+	}
+	if res.Phone.Malformed != 0 || res.Server.NotifyFailed != 0 {
+		t.Errorf("malformed %d, failed %d", res.Phone.Malformed, res.Server.NotifyFailed)
+	}
+	if res.Memory.Before.HeapLive <= 0 || res.Memory.Loaded.RSS <= 0 {
+		t.Errorf("memory not read: %+v", res.Memory)
+	}
+	if res.RawUDP.PerSecond <= 0 || !strings.Contains(table.String(), "restart re-NOTIFY") {
+		t.Errorf("raw UDP %v; table:\n%s", res.RawUDP.PerSecond, table.String())
+	}
+}
