@@ -169,6 +169,7 @@ type subReq struct {
 	accept    string
 	noContact bool
 	body      []byte
+	headers   []sip.Header // added as they are
 }
 
 // dialog is the subscriber's side of a subscription.
@@ -219,6 +220,9 @@ func (p *phone) buildSubscribe(d *dialog, r subReq) *sip.Request {
 	}
 	if r.event != "" {
 		req.AppendHeader(sip.NewHeader("Event", r.event))
+	}
+	for _, h := range r.headers {
+		req.AppendHeader(h)
 	}
 	if r.expires >= 0 {
 		req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(r.expires)))

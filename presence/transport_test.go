@@ -7,11 +7,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // selfSigned makes a certificate for 127.0.0.1 that lives for the test.
@@ -79,5 +82,48 @@ func TestSubscribeOverIPv6(t *testing.T) {
 	}
 	if via := n.Via(); via == nil || via.Host != "::1" && via.Host != "[::1]" {
 		t.Errorf("Via sent-by %v", via)
+	}
+}
+
+// TestNotifyFollowsRouteSet: a SUBSCRIBE that came through a proxy
+// (Record-Route) gets its NOTIFYs through that proxy, with the route set
+// as Route headers and the watcher's Contact as Request-URI (RFC 3261
+// §12.2.1.1, loose routing).
+func TestNotifyFollowsRouteSet(t *testing.T) {
+	env := newEnv(t, trusted)
+	proxy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	route := fmt.Sprintf("<sip:127.0.0.1:%d;lr>", proxy.LocalAddr().(*net.UDPAddr).Port)
+	p := newPhone(t, "UDP")
+	res, _ := p.subscribe(env.udp, subReq{user: "100", event: "dialog", expires: 600,
+		headers: []sip.Header{sip.NewHeader("Record-Route", route)}})
+	if res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d", res.StatusCode)
+	}
+	proxy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 65536)
+	n, err := proxy.Read(buf)
+	if err != nil {
+		t.Fatalf("no NOTIFY reached the proxy: %v", err)
+	}
+	msg, err := sip.ParseMessage(buf[:n])
+	if err != nil {
+		t.Fatalf("NOTIFY does not parse: %v\n%s", err, buf[:n])
+	}
+	req, ok := msg.(*sip.Request)
+	if !ok || req.Method != sip.NOTIFY {
+		t.Fatalf("proxy got %s", buf[:n])
+	}
+	if got := headerValue(req, "Route"); got != route {
+		t.Errorf("Route %q, want %q", got, route)
+	}
+	if req.Recipient.Port != p.addr.Port || req.Recipient.Host != "127.0.0.1" {
+		t.Errorf("Request-URI %s is not the watcher's Contact (port %d)", req.Recipient.String(), p.addr.Port)
+	}
+	if cl := req.ContentLength(); cl == nil || int(*cl) != len(req.Body()) || len(req.Body()) == 0 {
+		t.Errorf("Content-Length %v for a %d-byte body", cl, len(req.Body()))
 	}
 }
