@@ -3,7 +3,7 @@
 # test, after installing the real peers the tests use). CI runs `make test`.
 GO ?= go
 
-.PHONY: test deps vet build fuzz
+.PHONY: test deps vet build fuzz bench load
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
@@ -25,3 +25,14 @@ deps:
 
 build:
 	$(GO) build -trimpath -o lamplighter ./cmd/lamplighter
+
+# Go benchmarks of the hot paths, with allocations (BENCHMARKS.md).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count=5 ./bridge/ ./presence/ ./presence/body/
+
+# The load tool against a freshly built Lamplighter, on loopback
+# (BENCHMARKS.md): make load SUBS=100000 LOADFLAGS="-pprof /tmp/prof".
+SUBS ?= 10000
+load: build
+	$(GO) build -trimpath -o lampload ./cmd/lampload
+	./lampload -lamplighter ./lamplighter -subs $(SUBS) -json load-$(SUBS).json $(LOADFLAGS)

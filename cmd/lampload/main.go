@@ -284,6 +284,12 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		if err != nil {
 			return res, err
 		}
+		// The restarted process holds the same subscriptions without
+		// ever having had their SUBSCRIBE transactions.
+		if res.Memory.Restored, err = t.memory(); err != nil {
+			return res, fmt.Errorf("reading memory: %w", err)
+		}
+		res.Memory.restored(res.Restart.Renotified)
 	}
 	if err := t.stop(); err != nil {
 		return res, fmt.Errorf("lamplighter: %w (log: %s)", err, filepath.Join(dir, "lamplighter.log"))

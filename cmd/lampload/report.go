@@ -71,14 +71,26 @@ type setupResult struct {
 // after the set-up (SUBSCRIBE transactions still lingering) and once they
 // have ended, with the cost per subscription of each.
 type memoryResult struct {
-	Before          memory  `json:"before"`
-	Loaded          memory  `json:"after_setup"`
-	Held            memory  `json:"held"`
-	Subscriptions   int     `json:"subscriptions_held"`
-	HeapPerSub      float64 `json:"heap_bytes_per_subscription"`
-	RSSPerSub       float64 `json:"rss_bytes_per_subscription"`
-	SetupHeapPerSub float64 `json:"heap_bytes_per_subscription_after_setup"`
-	SetupRSSPerSub  float64 `json:"rss_bytes_per_subscription_after_setup"`
+	Before             memory  `json:"before"`
+	Loaded             memory  `json:"after_setup"`
+	Held               memory  `json:"held"`
+	Subscriptions      int     `json:"subscriptions_held"`
+	HeapPerSub         float64 `json:"heap_bytes_per_subscription"`
+	RSSPerSub          float64 `json:"rss_bytes_per_subscription"`
+	SetupHeapPerSub    float64 `json:"heap_bytes_per_subscription_after_setup"`
+	SetupRSSPerSub     float64 `json:"rss_bytes_per_subscription_after_setup"`
+	Restored           memory  `json:"after_restart"`
+	RestoredHeapPerSub float64 `json:"heap_bytes_per_subscription_after_restart"`
+	RestoredRSSPerSub  float64 `json:"rss_bytes_per_subscription_after_restart"`
+}
+
+// restored works out the costs in the restarted process, which holds n
+// subscriptions restored from its state file.
+func (m *memoryResult) restored(n int) {
+	if n > 0 {
+		m.RestoredHeapPerSub = float64(m.Restored.HeapLive-m.Before.HeapLive) / float64(n)
+		m.RestoredRSSPerSub = float64(m.Restored.RSS-m.Before.RSS) / float64(n)
+	}
 }
 
 // perSubscription works out the costs: held of all subscriptions, set up
@@ -221,6 +233,10 @@ func (r *result) print(w io.Writer) {
 		m.HeapPerSub, m.RSSPerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))
 	row("  right after set-up", fmt.Sprintf("%.0f B heap, %.0f B RSS (SUBSCRIBE transactions still kept for Timer J)",
 		m.SetupHeapPerSub, m.SetupRSSPerSub))
+	if m.Restored.RSS > 0 {
+		row("  after a restart", fmt.Sprintf("%.0f B heap, %.0f B RSS (the same subscriptions restored from the state file)",
+			m.RestoredHeapPerSub, m.RestoredRSSPerSub))
+	}
 	l := r.Latency
 	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
 	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
