@@ -135,17 +135,24 @@ func (n *notifier) fire(tx *notifyTx) {
 	tx.sending.Unlock()
 }
 
-// response takes a response that no sipgo transaction matched; it
-// reports whether it was a NOTIFY's.
-func (n *notifier) response(res *sip.Response) bool {
+// response takes a response that no sipgo transaction matched (over a
+// stream transport, or one the datagram filter left to sipgo).
+func (n *notifier) response(res *sip.Response) {
 	via := res.Via()
 	if via == nil || res.CSeq() == nil || res.CSeq().MethodName != sip.NOTIFY {
-		return false
+		return
 	}
 	branch, _ := via.Params.Get("branch")
+	n.answer(branch, res.StatusCode, func() *sip.Response { return res })
+}
+
+// answer ends the transaction of branch on a final response (res builds
+// it); a provisional one only says the peer is there. It reports whether
+// the transaction was in flight.
+func (n *notifier) answer(branch string, code int, res func() *sip.Response) bool {
 	n.mu.Lock()
 	tx := n.txs[branch]
-	if tx == nil || res.IsProvisional() {
+	if tx == nil || code < 200 {
 		n.mu.Unlock()
 		return tx != nil
 	}
@@ -153,7 +160,7 @@ func (n *notifier) response(res *sip.Response) bool {
 	n.mu.Unlock()
 	tx.timer.Stop()
 	n.release(tx)
-	n.done(tx, res, "", nil)
+	n.done(tx, res(), "", nil)
 	return true
 }
 
@@ -200,25 +207,17 @@ func (n *notifier) datagram(data []byte) []byte {
 	if !notify || branch == nil {
 		return data
 	}
-	n.mu.Lock()
-	tx := n.txs[string(branch)]
-	if tx == nil || code < 200 {
-		n.mu.Unlock()
-		if tx == nil && !bytes.HasPrefix(branch, []byte(n.prefix)) {
-			return data // not ours
+	ours := n.answer(string(branch), code, func() *sip.Response {
+		reason := ""
+		if len(status) > len(prefix)+4 {
+			reason = string(status[len(prefix)+4:])
 		}
-		return nil // provisional, or a late copy of an answered one
+		return &sip.Response{StatusCode: code, Reason: reason}
+	})
+	if !ours && !bytes.HasPrefix(branch, []byte(n.prefix)) {
+		return data // not ours
 	}
-	delete(n.txs, tx.branch)
-	n.mu.Unlock()
-	tx.timer.Stop()
-	n.release(tx)
-	reason := ""
-	if len(status) > len(prefix)+4 {
-		reason = string(status[len(prefix)+4:])
-	}
-	n.done(tx, &sip.Response{StatusCode: code, Reason: reason}, "", nil)
-	return nil
+	return nil // handled, or a late copy of an answered one
 }
 
 // release returns tx's buffer to the pool once no write uses it.
@@ -241,13 +240,6 @@ func (n *notifier) close() {
 		tx.timer.Stop()
 		delete(n.txs, b)
 	}
-}
-
-// inFlight counts the transactions awaiting a final response.
-func (n *notifier) inFlight() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.txs)
 }
 
 // rawMessage is a request already rendered to bytes, for sipgo's stream

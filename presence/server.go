@@ -325,17 +325,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.pubs.sweep(ctx)
 	}()
-	// ServeUDP registers its socket with the transport layer from its own
-	// goroutine; NOTIFYs must find it there to leave from the listening
-	// port, so readiness waits for it.
+	// NOTIFYs leave from the UDP listeners themselves (udpConns), so
+	// readiness needs no more than the bound sockets.
 	for i, a := range s.addrs {
-		if strings.ToLower(s.opt.Listen[i].Transport) == "udp" {
-			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-				if c, err := s.ua.TransportLayer().GetConnection("udp", a.String()); err == nil && c != nil {
-					break
-				}
-			}
-		}
 		s.log.Info("sip listening", "transport", s.opt.Listen[i].Transport, "address", a.String())
 	}
 	close(s.ready)
@@ -365,12 +357,12 @@ func (s *Server) sizeBuffers(pc net.PacketConn) {
 	if err != nil {
 		return
 	}
-	got := 0
-	raw.Control(func(fd uintptr) { got, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) })
+	reported := 0
+	raw.Control(func(fd uintptr) { reported, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) })
 	// Linux reports twice what it grants (its bookkeeping overhead).
-	if got > 0 && got/2 < s.opt.UDPBuffer/2 {
-		s.log.Warn("UDP receive buffer smaller than asked: bursts may be dropped; raise net.core.rmem_max",
-			"address", pc.LocalAddr().String(), "asked", s.opt.UDPBuffer, "granted", got/2)
+	if granted := reported / 2; granted > 0 && granted < s.opt.UDPBuffer/2 {
+		s.log.Warn("UDP receive buffer under half of what was asked: bursts may be dropped; raise net.core.rmem_max",
+			"address", pc.LocalAddr().String(), "asked", s.opt.UDPBuffer, "granted", granted)
 	}
 }
 

@@ -175,3 +175,30 @@ func runInProcess(t *testing.T, config string) (*syncBuffer, string) {
 	}
 	return out, m[1]
 }
+
+// TestPprofOnlyWhenAsked: the profiler is served under /debug/pprof/ with
+// http.pprof and not without it.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	plain := demoOnFreePorts(t)
+	src, err := os.ReadFile(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	profiled := filepath.Join(t.TempDir(), "pprof.yaml")
+	on := strings.Replace(string(src), "http:\n", "http:\n  pprof: true\n", 1)
+	on = strings.Replace(on, "state_dir: ", "state_dir: "+t.TempDir()+"/", 1)
+	if err := os.WriteFile(profiled, []byte(on), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for config, want := range map[string]int{plain: 404, profiled: 200} {
+		_, addr := runInProcess(t, config)
+		res, err := http.Get("http://" + addr + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("%s: /debug/pprof/heap answered %d, want %d", filepath.Base(config), res.StatusCode, want)
+		}
+	}
+}

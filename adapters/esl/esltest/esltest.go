@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -33,9 +32,7 @@ type Server struct {
 	silent        bool
 	closed        bool
 
-	logins   atomic.Int32
 	loggedIn chan *Conn
-	commands chan string
 }
 
 // Conn is one client connection to the double.
@@ -66,7 +63,7 @@ func Listen(addr, password string) (*Server, error) {
 		channels:      []byte(`{"row_count":0}`),
 		registrations: []byte(`{"row_count":0}`),
 		conns:         map[*Conn]struct{}{},
-		loggedIn:      make(chan *Conn, 16), commands: make(chan string, 1024)}
+		loggedIn:      make(chan *Conn, 16)}
 	go s.serve()
 	return s, nil
 }
@@ -97,16 +94,6 @@ func (s *Server) SetRegistrations(body []byte) { s.mu.Lock(); s.registrations = 
 // SetSilent makes the double read commands and answer none, as a wedged
 // FreeSWITCH does.
 func (s *Server) SetSilent(v bool) { s.mu.Lock(); s.silent = v; s.mu.Unlock() }
-
-// Logins counts successful logins.
-func (s *Server) Logins() int { return int(s.logins.Load()) }
-
-// LoggedIn delivers each connection that logs in.
-func (s *Server) LoggedIn() <-chan *Conn { return s.loggedIn }
-
-// Commands delivers every command received (the newest are dropped when
-// nobody reads).
-func (s *Server) Commands() <-chan string { return s.commands }
 
 // WaitLogin waits up to d for a client to log in.
 func (s *Server) WaitLogin(d time.Duration) (*Conn, error) {
@@ -201,10 +188,6 @@ func (s *Server) handle(fc *Conn) {
 		if err != nil {
 			return
 		}
-		select {
-		case s.commands <- cmd:
-		default:
-		}
 		s.mu.Lock()
 		silent := s.silent
 		s.mu.Unlock()
@@ -225,7 +208,6 @@ func (s *Server) handle(fc *Conn) {
 			}
 			authed = true
 			reply("+OK accepted")
-			s.logins.Add(1)
 			s.mu.Lock()
 			s.current = fc
 			s.mu.Unlock()

@@ -1,0 +1,68 @@
+package presence
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// TestDatagramMatchesNotifyResponses: a 200 to a NOTIFY in flight is
+// taken from the raw datagram (sipgo never sees it) and ends that
+// transaction; a provisional response or a late copy is swallowed too;
+// anything else goes on to sipgo unchanged.
+func TestDatagramMatchesNotifyResponses(t *testing.T) {
+	type outcome struct {
+		tx   *notifyTx
+		code int
+	}
+	done := make(chan outcome, 4)
+	n := newNotifier(func(tx *notifyTx, res *sip.Response, _ string, _ error) { done <- outcome{tx, res.StatusCode} })
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tx := n.newTx(&Subscription{})
+	*tx.buf = append(*tx.buf, "NOTIFY sip:w@127.0.0.1 SIP/2.0\r\n\r\n"...)
+	tx.udp, tx.to = conn, conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if err := n.start(tx); err != nil {
+		t.Fatal(err)
+	}
+	response := func(status, branch, method string) []byte {
+		return []byte("SIP/2.0 " + status + "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=" + branch +
+			";rport=5060\r\nCSeq: 7 " + method + "\r\nContent-Length: 0\r\n\r\n")
+	}
+	if got := n.datagram(response("100 Trying", tx.branch, "NOTIFY")); got != nil {
+		t.Errorf("provisional response passed on to sipgo")
+	}
+	if got := n.datagram(response("200 OK", tx.branch, "SUBSCRIBE")); got == nil {
+		t.Errorf("a SUBSCRIBE's response was swallowed")
+	}
+	if got := n.datagram(response("200 OK", "z9hG4bK-someone-else", "NOTIFY")); got == nil {
+		t.Errorf("a response to another's NOTIFY was swallowed")
+	}
+	if got := n.datagram([]byte("NOTIFY sip:x SIP/2.0\r\n\r\n")); got == nil {
+		t.Errorf("a request was swallowed")
+	}
+	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY")); got != nil {
+		t.Errorf("the NOTIFY's 200 was passed on to sipgo")
+	}
+	select {
+	case o := <-done:
+		if o.tx != tx || o.code != 200 {
+			t.Errorf("transaction ended with %d", o.code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the 200 did not end the transaction")
+	}
+	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY")); got != nil {
+		t.Errorf("a late copy of the 200 was passed on to sipgo")
+	}
+	select {
+	case o := <-done:
+		t.Errorf("a late copy ended a transaction again (%d)", o.code)
+	default:
+	}
+}
