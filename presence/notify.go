@@ -155,11 +155,21 @@ func (s *Server) sendLoop(ctx context.Context) {
 func (s *Server) sendNotify(sub *Subscription) {
 	sub.mu.Lock()
 	sub.queued = false
-	if sub.done || !sub.dirty {
+	if sub.done || !sub.dirty || sub.inflight {
 		sub.mu.Unlock()
 		return
 	}
+	sub.mu.Unlock()
+	// The bridge is read with no subscription lock held (the lock order in
+	// doc.go): its listener takes subscription locks under its own.
 	st, ok := s.states.State(sub.UserID)
+	sub.mu.Lock()
+	if sub.done || !sub.dirty || sub.inflight || sub.queued {
+		// Another worker took it meanwhile (a change queued it again), or
+		// it ended: that pass renders the newer state.
+		sub.mu.Unlock()
+		return
+	}
 	final := sub.final
 	if !ok && final == "" {
 		final = "noresource"
