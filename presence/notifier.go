@@ -7,12 +7,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -27,9 +27,11 @@ import (
 // per-transaction goroutine (see BENCHMARKS.md).
 
 // notifier holds the NOTIFY transactions in flight, by Via branch.
+// Branches are random (a CSPRNG seeded from the kernel), so that nobody who
+// saw one NOTIFY can guess the next and answer it with a forged 481.
 type notifier struct {
-	prefix string // per process, so branches never repeat across restarts
-	seq    atomic.Uint64
+	randMu sync.Mutex
+	rand   *mrand.ChaCha8
 	mu     sync.Mutex
 	txs    map[string]*notifyTx
 	closed bool
@@ -57,16 +59,29 @@ type notifyTx struct {
 }
 
 func newNotifier(done func(*notifyTx, *sip.Response, string, error)) *notifier {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	n := &notifier{prefix: "z9hG4bK" + hex.EncodeToString(b[:]) + ".", txs: map[string]*notifyTx{}, done: done}
+	var seed [32]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		panic("presence: no randomness for NOTIFY branches: " + err.Error())
+	}
+	n := &notifier{rand: mrand.NewChaCha8(seed), txs: map[string]*notifyTx{}, done: done}
 	n.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	return n
 }
 
+// branchPrefix starts every NOTIFY branch: the RFC 3261 magic cookie and
+// a mark that tells our late answers from other traffic.
+const branchPrefix = "z9hG4bK.LL."
+
 // newTx starts a transaction record with a fresh branch and buffer.
 func (n *notifier) newTx(sub *Subscription) *notifyTx {
-	return &notifyTx{sub: sub, branch: n.prefix + strconv.FormatUint(n.seq.Add(1), 36), buf: n.bufs.Get().(*[]byte)}
+	var r [16]byte
+	n.randMu.Lock()
+	_, _ = n.rand.Read(r[:])
+	n.randMu.Unlock()
+	var b [len(branchPrefix) + 32]byte
+	copy(b[:], branchPrefix)
+	hex.Encode(b[len(branchPrefix):], r[:])
+	return &notifyTx{sub: sub, branch: string(b[:]), buf: n.bufs.Get().(*[]byte)}
 }
 
 // start sends tx and arms its timers (sipgo's T1, T2 and Timer F, so
@@ -143,15 +158,33 @@ func (n *notifier) response(res *sip.Response) {
 		return
 	}
 	branch, _ := via.Params.Get("branch")
-	n.answer(branch, res.StatusCode, func() *sip.Response { return res })
+	n.answer(branch, res.StatusCode, func(tx *notifyTx) bool { return tx.cameFrom(res) }, func() *sip.Response { return res })
+}
+
+// cameFrom reports whether a response reached us the way tx's NOTIFY
+// left: on the same stream connection, or from the address it was sent
+// to over UDP. Anything else is a forgery (or a stray) and is ignored.
+func (tx *notifyTx) cameFrom(res *sip.Response) bool {
+	if tx.stream == nil {
+		ap, err := netip.ParseAddrPort(res.Source())
+		return err == nil && netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) == tx.to
+	}
+	if c, ok := tx.stream.(interface{ RemoteAddr() net.Addr }); ok {
+		return res.Source() == c.RemoteAddr().String()
+	}
+	return res.Source() == tx.stub.Destination()
 }
 
 // answer ends the transaction of branch on a final response (res builds
-// it); a provisional one only says the peer is there. It reports whether
-// the transaction was in flight.
-func (n *notifier) answer(branch string, code int, res func() *sip.Response) bool {
+// it) when from accepts where it came from; a provisional one only says
+// the peer is there. It reports whether the transaction was in flight.
+func (n *notifier) answer(branch string, code int, from func(*notifyTx) bool, res func() *sip.Response) bool {
 	n.mu.Lock()
 	tx := n.txs[branch]
+	if tx != nil && !from(tx) {
+		n.mu.Unlock()
+		return false
+	}
 	if tx == nil || code < 200 {
 		n.mu.Unlock()
 		return tx != nil
@@ -167,8 +200,10 @@ func (n *notifier) answer(branch string, code int, res func() *sip.Response) boo
 // datagram takes a UDP datagram before sipgo parses it: a response to one
 // of our NOTIFYs is matched here by its top Via branch, without building
 // a sip.Response (it is the bulk of what a fan-out receives). It returns
-// the datagram for sipgo, or nil when it was handled.
-func (n *notifier) datagram(data []byte) []byte {
+// the datagram for sipgo, or nil when it was handled. A response from
+// any address but the one the NOTIFY went to is dropped.
+func (n *notifier) datagram(data []byte, from netip.AddrPort) []byte {
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	const prefix = "SIP/2.0 "
 	if len(data) < len(prefix)+3 || string(data[:len(prefix)]) != prefix {
 		return data
@@ -207,17 +242,17 @@ func (n *notifier) datagram(data []byte) []byte {
 	if !notify || branch == nil {
 		return data
 	}
-	ours := n.answer(string(branch), code, func() *sip.Response {
+	ours := n.answer(string(branch), code, func(tx *notifyTx) bool { return tx.to == from }, func() *sip.Response {
 		reason := ""
 		if len(status) > len(prefix)+4 {
 			reason = string(status[len(prefix)+4:])
 		}
 		return &sip.Response{StatusCode: code, Reason: reason}
 	})
-	if !ours && !bytes.HasPrefix(branch, []byte(n.prefix)) {
+	if !ours && !bytes.HasPrefix(branch, []byte(branchPrefix)) {
 		return data // not ours
 	}
-	return nil // handled, or a late copy of an answered one
+	return nil // handled, a late copy of an answered one, or forged
 }
 
 // release returns tx's buffer to the pool once no write uses it.

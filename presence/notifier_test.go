@@ -2,6 +2,8 @@ package presence
 
 import (
 	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,19 +36,28 @@ func TestDatagramMatchesNotifyResponses(t *testing.T) {
 		return []byte("SIP/2.0 " + status + "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=" + branch +
 			";rport=5060\r\nCSeq: 7 " + method + "\r\nContent-Length: 0\r\n\r\n")
 	}
-	if got := n.datagram(response("100 Trying", tx.branch, "NOTIFY")); got != nil {
+	if got := n.datagram(response("100 Trying", tx.branch, "NOTIFY"), tx.to); got != nil {
 		t.Errorf("provisional response passed on to sipgo")
 	}
-	if got := n.datagram(response("200 OK", tx.branch, "SUBSCRIBE")); got == nil {
+	if got := n.datagram(response("200 OK", tx.branch, "SUBSCRIBE"), tx.to); got == nil {
 		t.Errorf("a SUBSCRIBE's response was swallowed")
 	}
-	if got := n.datagram(response("200 OK", "z9hG4bK-someone-else", "NOTIFY")); got == nil {
+	if got := n.datagram(response("200 OK", "z9hG4bK-someone-else", "NOTIFY"), tx.to); got == nil {
 		t.Errorf("a response to another's NOTIFY was swallowed")
 	}
-	if got := n.datagram([]byte("NOTIFY sip:x SIP/2.0\r\n\r\n")); got == nil {
+	if got := n.datagram([]byte("NOTIFY sip:x SIP/2.0\r\n\r\n"), tx.to); got == nil {
 		t.Errorf("a request was swallowed")
 	}
-	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY")); got != nil {
+	forger := netip.AddrPortFrom(tx.to.Addr(), tx.to.Port()+1)
+	if got := n.datagram(response("481 Gone", tx.branch, "NOTIFY"), forger); got != nil {
+		t.Errorf("a forged 481 was passed on to sipgo")
+	}
+	select {
+	case o := <-done:
+		t.Fatalf("a 481 from another address ended the transaction (%d)", o.code)
+	default:
+	}
+	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY"), tx.to); got != nil {
 		t.Errorf("the NOTIFY's 200 was passed on to sipgo")
 	}
 	select {
@@ -57,12 +68,35 @@ func TestDatagramMatchesNotifyResponses(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the 200 did not end the transaction")
 	}
-	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY")); got != nil {
+	if got := n.datagram(response("200 OK", tx.branch, "NOTIFY"), tx.to); got != nil {
 		t.Errorf("a late copy of the 200 was passed on to sipgo")
 	}
 	select {
 	case o := <-done:
 		t.Errorf("a late copy ended a transaction again (%d)", o.code)
 	default:
+	}
+}
+
+// TestNotifyBranchesAreRandom: branches carry 128 random bits after a
+// fixed mark, so that seeing one NOTIFY tells nothing of the next.
+func TestNotifyBranchesAreRandom(t *testing.T) {
+	n := newNotifier(nil)
+	seen := map[string]bool{}
+	prev := ""
+	for range 1000 {
+		b := n.newTx(&Subscription{}).branch
+		rnd, ok := strings.CutPrefix(b, branchPrefix)
+		if !ok || len(rnd) != 32 || !strings.HasPrefix(b, "z9hG4bK") {
+			t.Fatalf("branch %q: want the cookie, the mark and 32 hex digits", b)
+		}
+		if seen[rnd] {
+			t.Fatalf("branch %q repeated", b)
+		}
+		// A counter shares its leading digits with the one before.
+		if prev != "" && rnd[:8] == prev[:8] {
+			t.Fatalf("consecutive branches %q and %q share their first 32 bits", prev, rnd)
+		}
+		seen[rnd], prev = true, rnd
 	}
 }

@@ -190,7 +190,11 @@ func New(states States, opt Options) (*Server, error) {
 				if !strings.EqualFold(p.Transport, "udp") {
 					return data, nil
 				}
-				return notify.datagram(data), nil
+				var from netip.AddrPort
+				if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
+					from = ua.AddrPort()
+				}
+				return notify.datagram(data, from), nil
 			})),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),

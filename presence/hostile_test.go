@@ -1,0 +1,49 @@
+package presence
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The hostile-peer suite: each test plays an attacker or a broken peer on
+// raw sockets and checks that the server keeps serving the well-behaved
+// watchers.
+
+// TestForgedResponsesDropNoSubscription: someone who saw a NOTIFY (its
+// branch) answers it with 481 from another address, first while the
+// NOTIFY is in flight and then by spraying guesses; the subscription
+// stays, and the real watcher's 200 still ends the transaction.
+func TestForgedResponsesDropNoSubscription(t *testing.T) {
+	env := newEnv(t, trusted)
+	watcher := newRawPeer(t, env.udp)
+	watcher.answerNotify.Store(0) // hold the first NOTIFY in flight
+	subs := watcher.subscribeMany("100", "dialog", 1)
+	first := <-watcher.notifies
+	branch, _ := first.Via().Params.Get("branch")
+	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	server := watcher.server
+	forged := strings.Replace(responseTo(first, 481), "SIP/2.0 481 Answer", "SIP/2.0 481 Call/Transaction Does Not Exist", 1)
+	for range 20 {
+		attacker.WriteToUDP([]byte(forged), server)
+	}
+	// Spray guessed branches too, the way the old counter allowed.
+	for i := range 200 {
+		guess := strings.Replace(forged, branch, branch[:len(branch)-4]+strings.Repeat(string(rune('a'+i%6)), 4), 1)
+		attacker.WriteToUDP([]byte(guess), server)
+	}
+	// The real watcher answers the retransmission.
+	watcher.answerNotify.Store(200)
+	env.bridge.Apply(ringing("101"))
+	waitUntil(t, 5*time.Second, "the watcher sees the ringing", func() bool {
+		return strings.Contains(watcher.lastBody(subs[0].callID), "early")
+	})
+	if n := env.srv.Watchers("debbie"); n != 1 {
+		t.Fatalf("forged 481s dropped the subscription: %d watchers", n)
+	}
+}
