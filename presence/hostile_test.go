@@ -47,3 +47,40 @@ func TestForgedResponsesDropNoSubscription(t *testing.T) {
 		t.Fatalf("forged 481s dropped the subscription: %d watchers", n)
 	}
 }
+
+// TestAnswerLeavesBeforeFirstNotify: the 200 to a SUBSCRIBE leaves before
+// the first NOTIFY of its dialog, even while the watched user's state
+// changes all the time (phones that answer an early NOTIFY with 481 lose
+// the lamp). Over UDP the peer sees datagrams in the order they were sent.
+func TestAnswerLeavesBeforeFirstNotify(t *testing.T) {
+	env := newEnv(t, trusted, func(o *Options) { o.Coalesce = time.Millisecond })
+	peer := newRawPeer(t, env.udp)
+	stop := make(chan struct{})
+	flapped := make(chan struct{})
+	go func() {
+		defer close(flapped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				env.bridge.Apply(ringing("101"))
+			} else {
+				env.bridge.Apply(answered("101"))
+			}
+		}
+	}()
+	peer.subscribeMany("100", "dialog", 500)
+	close(stop)
+	<-flapped
+	waitUntil(t, 5*time.Second, "first NOTIFYs", func() bool {
+		peer.mu.Lock()
+		defer peer.mu.Unlock()
+		return len(peer.last) == 500
+	})
+	if n := peer.notifiedBeforeAnswer(); n != 0 {
+		t.Fatalf("%d of 500 dialogs got a NOTIFY before the 200", n)
+	}
+}

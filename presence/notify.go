@@ -101,7 +101,7 @@ func (s *Server) enqueue(sub *Subscription, changedAt time.Time, force bool) {
 	if !changedAt.IsZero() && (sub.changedAt.IsZero() || changedAt.Before(sub.changedAt)) {
 		sub.changedAt = changedAt
 	}
-	push := !sub.queued && !sub.inflight
+	push := !sub.queued && !sub.inflight && !sub.unanswered
 	if push {
 		sub.queued = true
 	}

@@ -28,6 +28,8 @@ type rawPeer struct {
 	mu           sync.Mutex
 	notifyCount  map[string]int        // by Call-ID
 	last         map[string]lastNotify // by Call-ID: the highest CSeq's
+	answered     map[string]bool       // Call-IDs whose final response came
+	early        map[string]bool       // Call-IDs with a NOTIFY before it
 }
 
 // lastNotify is the newest NOTIFY of one dialog.
@@ -49,7 +51,8 @@ func newRawPeer(t testing.TB, server string) *rawPeer {
 		t.Fatal(err)
 	}
 	p := &rawPeer{t: t, conn: conn, server: sa, notifies: make(chan *sip.Request, 20000),
-		responses: make(chan *sip.Response, 20000), notifyCount: map[string]int{}, last: map[string]lastNotify{}}
+		responses: make(chan *sip.Response, 20000), notifyCount: map[string]int{}, last: map[string]lastNotify{},
+		answered: map[string]bool{}, early: map[string]bool{}}
 	p.answerNotify.Store(200)
 	go p.read()
 	t.Cleanup(func() { conn.Close() })
@@ -78,6 +81,9 @@ func (p *rawPeer) read() {
 			p.mu.Lock()
 			cid := m.CallID().Value()
 			p.notifyCount[cid]++
+			if !p.answered[cid] {
+				p.early[cid] = true
+			}
 			if l, ok := p.last[cid]; !ok || m.CSeq().SeqNo > l.cseq {
 				p.last[cid] = lastNotify{cseq: m.CSeq().SeqNo, body: string(m.Body()), req: m}
 			}
@@ -90,6 +96,11 @@ func (p *rawPeer) read() {
 			default:
 			}
 		case *sip.Response:
+			if m.StatusCode >= 200 && m.CallID() != nil {
+				p.mu.Lock()
+				p.answered[m.CallID().Value()] = true
+				p.mu.Unlock()
+			}
 			select {
 			case p.responses <- m:
 			default:
@@ -118,6 +129,14 @@ func (p *rawPeer) lastBody(callID string) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.last[callID].body
+}
+
+// notifiedBeforeAnswer counts the dialogs whose first NOTIFY came before
+// the SUBSCRIBE's final response.
+func (p *rawPeer) notifiedBeforeAnswer() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.early)
 }
 
 // send writes a datagram to the server.

@@ -112,6 +112,10 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 
 		remoteCSeq: req.CSeq().SeqNo,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
+		// Changes of the user from the moment the subscription is in the
+		// store wait for the 200 (RFC 6665 lets a subscriber cope with an
+		// early NOTIFY; many phones answer it 481 and lose the lamp).
+		unanswered: true,
 	}
 	sub.setTarget(&contact.Address)
 	sub.setRoutes(recordRoutes(req))
@@ -129,6 +133,9 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		s.journal.subscription(sub, false)
 	}
 	s.answer(req, tx, sub, expires)
+	sub.mu.Lock()
+	sub.unanswered = false
+	sub.mu.Unlock()
 	if expires == 0 {
 		// A fetch: one NOTIFY with the state, terminated at once.
 		s.log.Debug("fetch", "user", user.ID, "event", pkg, "source", sub.Source)

@@ -61,6 +61,7 @@ type Subscription struct {
 	expires    time.Time // when the subscription lapses
 	timer      *time.Timer
 	dirty      bool          // state changed since the last NOTIFY was built
+	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
 	queued     bool          // waiting in the send queue
 	inflight   bool          // a NOTIFY transaction is under way
 	final      string        // reason of the terminating NOTIFY still to send
