@@ -13,10 +13,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -41,14 +44,29 @@ var (
 
 // DB is the open store. It implements presence.Store.
 type DB struct {
-	db  *bolt.DB
-	log *slog.Logger
+	db   *bolt.DB
+	lock *os.File // holds the state directory's lock while open
+	log  *slog.Logger
 }
 
-// Open opens (or creates) the store in dir. Another process holding it is
-// an error after a second. A file that is not a readable store is moved
-// aside (so that the service still starts, with nothing restored) and
-// logged.
+// LockName is the lock file beside the store: one Lamplighter per state
+// directory.
+const LockName = "lamplighter.lock"
+
+// buckets are the store's top-level buckets, all of them copied at start.
+var buckets = [][]byte{bucketSubscriptions, bucketPublications, bucketBindings, bucketPersons, bucketMeta}
+
+// Open opens (or creates) the store in dir. Another Lamplighter holding
+// the directory is an error after a second.
+//
+// The file is read once, with faults on its memory map turned into errors,
+// and written anew from what it held: bbolt trusts its file (a file cut
+// short faults in the map, a damaged page or freelist panics, sometimes in
+// a goroutine of its own, or corrupts later writes), so a damaged file is
+// never written into or left for a later read. A file that is damaged is
+// kept aside as lamplighter.db.broken-TIME and logged, and the store
+// starts empty. A file that cannot be read at all (permissions, an I/O
+// error) is an error: nothing is moved, and Lamplighter does not start.
 func Open(dir string, log *slog.Logger) (*DB, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -56,42 +74,216 @@ func Open(dir string, log *slog.Logger) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	d := &DB{lock: lock, log: log}
 	path := filepath.Join(dir, FileName)
+	if err := d.renew(path); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if errors.Is(err, bolterrors.ErrTimeout) {
+		lock.Close()
 		return nil, fmt.Errorf("%s is in use by another Lamplighter", path)
 	}
 	if err != nil {
-		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+		lock.Close()
+		return nil, err
+	}
+	d.db = db
+	return d, nil
+}
+
+// lockDir takes the state directory's lock file, waiting a second for
+// another holder to let go.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, LockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(time.Second); ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, fmt.Errorf("%s is in use by another Lamplighter", dir)
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// renew replaces the file at path by a fresh one holding what it held:
+// read with faults guarded, written by bbolt into a new file, renamed over
+// the old one. A damaged old file is kept aside instead.
+func (d *DB) renew(path string) error {
+	records, skipped, err := readFile(path)
+	var damage *damageError
+	switch {
+	case err == nil && skipped > 0:
+		// Partly damaged: what could be read is kept, the file aside.
+		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000Z"))
 		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("open %s: %w", path, err)
+			return fmt.Errorf("state file %s is damaged and cannot be moved aside: %w", path, rerr)
 		}
-		log.Error("state file unreadable: moved aside, starting with no saved subscriptions",
-			"file", path, "moved_to", aside, "err", err)
-		if db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second}); err != nil {
-			return nil, fmt.Errorf("open %s: %w", path, err)
+		d.log.Error("state file damaged: records that could not be read are dropped, the file kept aside",
+			"file", path, "moved_to", aside, "dropped", skipped)
+	case errors.As(err, &damage):
+		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000Z"))
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return fmt.Errorf("state file %s is damaged (%v) and cannot be moved aside: %w", path, damage.err, rerr)
 		}
+		d.log.Error("state file damaged: kept aside, starting with no saved subscriptions",
+			"file", path, "moved_to", aside, "why", damage.err.Error())
+		records = nil
+	case err != nil:
+		return err
+	}
+	fresh := path + ".new"
+	if err := os.Remove(fresh); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	db, err := bolt.Open(fresh, 0o600, nil)
+	if err != nil {
+		return err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSubscriptions, bucketPublications, bucketBindings, bucketPersons, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+		for _, name := range buckets {
+			b, err := tx.CreateBucketIfNotExists(name)
+			if err != nil {
 				return err
+			}
+			b.FillPercent = 0.9 // written in key order: pack the pages
+			for _, kv := range records[string(name)] {
+				if err := b.Put(kv[0], kv[1]); err != nil {
+					return err
+				}
 			}
 		}
 		return tx.Bucket(bucketMeta).Put(keySchema, schemaVersion)
 	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
+	if cerr := db.Close(); err == nil {
+		err = cerr
 	}
-	return &DB{db: db, log: log}, nil
+	if err != nil {
+		os.Remove(fresh)
+		return fmt.Errorf("write %s: %w", fresh, err)
+	}
+	if err := os.Rename(fresh, path); err != nil {
+		return err
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = dir.Sync()
+		dir.Close()
+	}
+	return nil
+}
+
+// damageError says that the state file is not a sound store: it is kept
+// aside, unlike an error reading it at all.
+type damageError struct{ err error }
+
+func (e *damageError) Error() string { return "damaged state file: " + e.err.Error() }
+
+// readFile reads every record of the store at path, by bucket, in key
+// order, and counts those no store could hold (damaged sizes). A missing
+// file holds nothing. Errors of the file system come back as they are;
+// anything wrong with the contents as a whole is a *damageError.
+func readFile(path string) (records map[string][][2][]byte, skipped int, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err // permissions and the like: never moved aside
+	}
+	// Read it through once: an I/O error shows here, as itself, and not as
+	// a fault in bbolt's map.
+	_, err = io.Copy(io.Discard, f)
+	f.Close()
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	size := fileSize(path)
+	err = guard(func() error {
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return fmt.Errorf("%s is in use by another Lamplighter", path)
+		}
+		if err != nil {
+			return &damageError{err}
+		}
+		defer db.Close()
+		records = map[string][][2][]byte{}
+		return db.View(func(tx *bolt.Tx) error {
+			if need := tx.Size(); size < need {
+				return &damageError{fmt.Errorf("the file is %d bytes long but its pages reach %d: it was cut short", size, need)}
+			}
+			for _, name := range buckets {
+				b := tx.Bucket(name)
+				if b == nil {
+					continue
+				}
+				var prev []byte
+				c := b.Cursor()
+				for k, v := c.First(); k != nil; k, v = c.Next() {
+					if v == nil {
+						continue // a nested bucket: not ours
+					}
+					if prev != nil && bytes.Compare(k, prev) <= 0 {
+						return &damageError{fmt.Errorf("bucket %s: keys out of order", name)}
+					}
+					if len(k) > bolt.MaxKeySize || len(v) > bolt.MaxValueSize {
+						skipped++
+						continue
+					}
+					prev = bytes.Clone(k)
+					records[string(name)] = append(records[string(name)], [2][]byte{prev, bytes.Clone(v)})
+				}
+			}
+			return nil
+		})
+	})
+	return records, skipped, err
+}
+
+func fileSize(path string) int64 {
+	if fi, err := os.Stat(path); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+// guard runs f with faults on mapped memory turned into panics (a file cut
+// short under bbolt's map is SIGBUS otherwise) and any panic into a
+// *damageError.
+func guard(f func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = &damageError{fmt.Errorf("%v", r)}
+		}
+	}()
+	return f()
 }
 
 // Path returns the store's file.
 func (d *DB) Path() string { return d.db.Path() }
 
-// Close closes the store.
-func (d *DB) Close() error { return d.db.Close() }
+// Close closes the store and lets go of the state directory.
+func (d *DB) Close() error {
+	err := d.db.Close()
+	d.lock.Close()
+	return err
+}
 
 // publication is a presence.Publication as stored: the person state with
 // the foreign elements that bridge.PersonState leaves out of its JSON.
@@ -123,43 +315,45 @@ func (p person) state() bridge.PersonState {
 // Save writes one batch of the presence server's changes in one
 // transaction.
 func (d *DB) Save(b presence.Batch) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
-		subs := tx.Bucket(bucketSubscriptions)
-		for i := range b.Subscriptions {
-			if err := putJSON(subs, b.Subscriptions[i].ID, &b.Subscriptions[i]); err != nil {
-				return err
+	return guard(func() error {
+		return d.db.Update(func(tx *bolt.Tx) error {
+			subs := tx.Bucket(bucketSubscriptions)
+			for i := range b.Subscriptions {
+				if err := putJSON(subs, b.Subscriptions[i].ID, &b.Subscriptions[i]); err != nil {
+					return err
+				}
 			}
-		}
-		for _, id := range b.Unsubscribed {
-			if err := subs.Delete([]byte(id)); err != nil {
-				return err
+			for _, id := range b.Unsubscribed {
+				if err := subs.Delete([]byte(id)); err != nil {
+					return err
+				}
 			}
-		}
-		pubs := tx.Bucket(bucketPublications)
-		for _, p := range b.Publications {
-			rec := publication{ETag: p.ETag, UserID: p.UserID, Expires: p.Expires, Person: fromPerson(p.Person)}
-			if err := putJSON(pubs, p.ETag, &rec); err != nil {
-				return err
+			pubs := tx.Bucket(bucketPublications)
+			for _, p := range b.Publications {
+				rec := publication{ETag: p.ETag, UserID: p.UserID, Expires: p.Expires, Person: fromPerson(p.Person)}
+				if err := putJSON(pubs, p.ETag, &rec); err != nil {
+					return err
+				}
 			}
-		}
-		for _, tag := range b.Unpublished {
-			if err := pubs.Delete([]byte(tag)); err != nil {
-				return err
+			for _, tag := range b.Unpublished {
+				if err := pubs.Delete([]byte(tag)); err != nil {
+					return err
+				}
 			}
-		}
-		binds := tx.Bucket(bucketBindings)
-		for user, bs := range b.Bindings {
-			var err error
-			if len(bs) == 0 {
-				err = binds.Delete([]byte(user))
-			} else {
-				err = putJSON(binds, user, bs)
+			binds := tx.Bucket(bucketBindings)
+			for user, bs := range b.Bindings {
+				var err error
+				if len(bs) == 0 {
+					err = binds.Delete([]byte(user))
+				} else {
+					err = putJSON(binds, user, bs)
+				}
+				if err != nil {
+					return err
+				}
 			}
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+			return nil
+		})
 	})
 }
 
@@ -176,71 +370,73 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 // dropped; it does not stop the rest.
 func (d *DB) Load(now time.Time) (*presence.Saved, error) {
 	saved := &presence.Saved{}
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		var stale [][]byte
-		subs := tx.Bucket(bucketSubscriptions)
-		err := subs.ForEach(func(k, v []byte) error {
-			var r presence.SavedSubscription
-			if err := json.Unmarshal(v, &r); err != nil || r.ID != string(k) {
-				d.log.Warn("unreadable saved subscription dropped", "key", string(k), "err", err)
-				stale = append(stale, bytes.Clone(k))
-				return nil
-			}
-			if !r.Expires.After(now) {
-				stale = append(stale, bytes.Clone(k))
-				return nil
-			}
-			saved.Subscriptions = append(saved.Subscriptions, r)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := deleteKeys(subs, stale); err != nil {
-			return err
-		}
-		stale = nil
-		pubs := tx.Bucket(bucketPublications)
-		err = pubs.ForEach(func(k, v []byte) error {
-			var r publication
-			if err := json.Unmarshal(v, &r); err != nil || !r.Expires.After(now) {
-				stale = append(stale, bytes.Clone(k))
-				return nil
-			}
-			saved.Publications = append(saved.Publications, presence.Publication{
-				ETag: r.ETag, UserID: r.UserID, Expires: r.Expires, Person: r.Person.state()})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := deleteKeys(pubs, stale); err != nil {
-			return err
-		}
-		stale = nil
-		binds := tx.Bucket(bucketBindings)
-		err = binds.ForEach(func(k, v []byte) error {
-			var bs []presence.Binding
-			if err := json.Unmarshal(v, &bs); err != nil {
-				stale = append(stale, bytes.Clone(k))
-				return nil
-			}
-			live := 0
-			for _, b := range bs {
-				if b.Expires.After(now) {
-					saved.Bindings = append(saved.Bindings, b)
-					live++
+	err := guard(func() error {
+		return d.db.Update(func(tx *bolt.Tx) error {
+			var stale [][]byte
+			subs := tx.Bucket(bucketSubscriptions)
+			err := subs.ForEach(func(k, v []byte) error {
+				var r presence.SavedSubscription
+				if err := json.Unmarshal(v, &r); err != nil || r.ID != string(k) {
+					d.log.Warn("unreadable saved subscription dropped", "key", string(k), "err", err)
+					stale = append(stale, bytes.Clone(k))
+					return nil
 				}
+				if !r.Expires.After(now) {
+					stale = append(stale, bytes.Clone(k))
+					return nil
+				}
+				saved.Subscriptions = append(saved.Subscriptions, r)
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			if live == 0 {
-				stale = append(stale, bytes.Clone(k))
+			if err := deleteKeys(subs, stale); err != nil {
+				return err
 			}
-			return nil
+			stale = nil
+			pubs := tx.Bucket(bucketPublications)
+			err = pubs.ForEach(func(k, v []byte) error {
+				var r publication
+				if err := json.Unmarshal(v, &r); err != nil || !r.Expires.After(now) {
+					stale = append(stale, bytes.Clone(k))
+					return nil
+				}
+				saved.Publications = append(saved.Publications, presence.Publication{
+					ETag: r.ETag, UserID: r.UserID, Expires: r.Expires, Person: r.Person.state()})
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if err := deleteKeys(pubs, stale); err != nil {
+				return err
+			}
+			stale = nil
+			binds := tx.Bucket(bucketBindings)
+			err = binds.ForEach(func(k, v []byte) error {
+				var bs []presence.Binding
+				if err := json.Unmarshal(v, &bs); err != nil {
+					stale = append(stale, bytes.Clone(k))
+					return nil
+				}
+				live := 0
+				for _, b := range bs {
+					if b.Expires.After(now) {
+						saved.Bindings = append(saved.Bindings, b)
+						live++
+					}
+				}
+				if live == 0 {
+					stale = append(stale, bytes.Clone(k))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return deleteKeys(binds, stale)
 		})
-		if err != nil {
-			return err
-		}
-		return deleteKeys(binds, stale)
 	})
 	return saved, err
 }
@@ -266,38 +462,44 @@ func personKey(userID, origin string) []byte { return []byte(origin + "\x00" + u
 // SavePerson stores a user's person state under an origin (the API sets
 // "api"); it is written at once: these are rare and must not be lost.
 func (d *DB) SavePerson(userID, origin string, p bridge.PersonState) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
-		data, err := json.Marshal(fromPerson(p))
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketPersons).Put(personKey(userID, origin), data)
+	return guard(func() error {
+		return d.db.Update(func(tx *bolt.Tx) error {
+			data, err := json.Marshal(fromPerson(p))
+			if err != nil {
+				return err
+			}
+			return tx.Bucket(bucketPersons).Put(personKey(userID, origin), data)
+		})
 	})
 }
 
 // DeletePerson forgets a user's person state under an origin.
 func (d *DB) DeletePerson(userID, origin string) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPersons).Delete(personKey(userID, origin))
+	return guard(func() error {
+		return d.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketPersons).Delete(personKey(userID, origin))
+		})
 	})
 }
 
 // Persons returns the stored person states that have not expired by now.
 func (d *DB) Persons(now time.Time) ([]Person, error) {
 	var out []Person
-	err := d.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPersons).ForEach(func(k, v []byte) error {
-			origin, user, ok := strings.Cut(string(k), "\x00")
-			var p person
-			if !ok || json.Unmarshal(v, &p) != nil {
-				d.log.Warn("unreadable saved person state dropped", "key", string(k))
+	err := guard(func() error {
+		return d.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketPersons).ForEach(func(k, v []byte) error {
+				origin, user, ok := strings.Cut(string(k), "\x00")
+				var p person
+				if !ok || json.Unmarshal(v, &p) != nil {
+					d.log.Warn("unreadable saved person state dropped", "key", string(k))
+					return nil
+				}
+				if !p.Expires.IsZero() && !p.Expires.After(now) {
+					return nil
+				}
+				out = append(out, Person{UserID: user, Origin: origin, State: p.state()})
 				return nil
-			}
-			if !p.Expires.IsZero() && !p.Expires.After(now) {
-				return nil
-			}
-			out = append(out, Person{UserID: user, Origin: origin, State: p.state()})
-			return nil
+			})
 		})
 	})
 	return out, err
