@@ -27,8 +27,9 @@ type Credential struct {
 
 // identity is who sent a request, once authenticated.
 type identity struct {
-	UserID  string // "" when a trusted request names no known user
-	Trusted bool   // came from a trusted network, no digest checked
+	UserID   string // "" when a trusted request names no known user
+	Trusted  bool   // came from a trusted network, no digest checked
+	Username string // the digest username that passed
 }
 
 // authOutcome is the result of checking a request's credentials.
@@ -160,7 +161,83 @@ func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
 	if !fresh {
 		return identity{}, authStale
 	}
-	return identity{UserID: user.UserID}, authOK
+	return identity{UserID: user.UserID, Username: cred.Username}, authOK
+}
+
+// Grants: a subscription records what let its watcher in, so that a
+// reload or a restart can tell whether the config still does. A grant is
+// "trusted" (a trusted network), or "digest:USERNAME:SALT:MAC" where MAC
+// is an HMAC, keyed by a random salt, of the username, user id and
+// password that passed: a changed password no longer matches, and the
+// state file holds no password or unsalted hash.
+const grantTrusted = "trusted"
+
+// grant returns the grant for an authenticated identity.
+func (a *authenticator) grant(id identity) string {
+	if id.Username == "" {
+		return grantTrusted
+	}
+	c, ok := a.userByName(id.Username)
+	if !ok {
+		return grantTrusted
+	}
+	var salt [8]byte
+	_, _ = rand.Read(salt[:])
+	saltHex := hex.EncodeToString(salt[:])
+	return "digest:" + id.Username + ":" + saltHex + ":" + grantMAC(saltHex, c)
+}
+
+func grantMAC(salt string, c Credential) string {
+	m := hmac.New(sha256.New, []byte(salt))
+	m.Write([]byte(c.Username + "\x00" + c.UserID + "\x00" + c.Password))
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// Reasons a subscription ends when the config no longer lets its watcher
+// in (RFC 6665 §4.1.3): rejected (the watcher is gone or no longer
+// trusted: do not come back) or deactivated (the password changed: a new
+// SUBSCRIBE with the new password is welcome).
+const (
+	reasonRejected    = "rejected"
+	reasonDeactivated = "deactivated"
+)
+
+// revoked checks a grant against the current config: "" while it holds,
+// else the reason to end the subscription. source is where the watcher's
+// requests come from; watcher the user id it authenticated as. Grants
+// saved before grants existed ("") hold for trusted sources and for
+// watchers who still have credentials.
+func (a *authenticator) revoked(grant, source, watcher string) string {
+	switch {
+	case grant == grantTrusted:
+		if a.isTrusted(source) {
+			return ""
+		}
+		return reasonRejected
+	case grant == "":
+		if a.isTrusted(source) {
+			return ""
+		}
+		for _, c := range *a.creds.Load() {
+			if watcher != "" && c.UserID == watcher && c.Password != "" {
+				return ""
+			}
+		}
+		return reasonRejected
+	}
+	rest, ok := strings.CutPrefix(grant, "digest:")
+	parts := strings.Split(rest, ":")
+	if !ok || len(parts) != 3 {
+		return reasonRejected
+	}
+	c, ok := a.userByName(parts[0])
+	if !ok || c.Password == "" || (watcher != "" && c.UserID != watcher) {
+		return reasonRejected
+	}
+	if !hmac.Equal([]byte(grantMAC(parts[1], c)), []byte(parts[2])) {
+		return reasonDeactivated
+	}
+	return ""
 }
 
 // uriMatches checks that the digest-uri names the request's target (user

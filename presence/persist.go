@@ -61,6 +61,7 @@ type SavedSubscription struct {
 	Transport  string    `json:"transport"`
 	Source     string    `json:"source"`
 	Watcher    string    `json:"watcher,omitempty"`
+	Grant      string    `json:"grant,omitempty"`
 	UserAgent  string    `json:"user_agent,omitempty"`
 	Single     bool      `json:"single,omitempty"`
 	Expires    time.Time `json:"expires"`
@@ -88,7 +89,7 @@ func (s *Subscription) saved() SavedSubscription {
 		ID: s.ID, CallID: s.CallID, RemoteTag: s.RemoteTag, UserID: s.UserID, Entity: s.Entity,
 		Package: s.Package, EventID: s.EventID, Accept: s.Accept,
 		LocalURI: s.LocalURI, RemoteURI: s.RemoteURI, Target: s.target,
-		Transport: s.Transport, Source: s.Source, Watcher: s.Watcher, UserAgent: s.UserAgent,
+		Transport: s.Transport, Source: s.Source, Watcher: s.Watcher, Grant: s.Grant, UserAgent: s.UserAgent,
 		Single: s.Single, Expires: s.expires, RemoteCSeq: s.remoteCSeq,
 		CSeq: s.cseq + cseqReserve, Version: s.version + cseqReserve,
 	}
@@ -289,7 +290,7 @@ func (s *Server) UnsavedChanges() int {
 func (s *Server) restore(saved *Saved) {
 	now := time.Now()
 	dir := s.states.Directory()
-	var subs, skipped int
+	var subs, skipped, revoked int
 	for i := range saved.Subscriptions {
 		r := &saved.Subscriptions[i]
 		sub, err := restoredSubscription(r)
@@ -304,6 +305,15 @@ func (s *Server) restore(saved *Saved) {
 			continue
 		}
 		sub.timer = time.AfterFunc(time.Until(sub.expires), func() { s.terminate(sub, "timeout") })
+		if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
+			// The config changed while we were down: the watcher is told
+			// at once, not after the PBXs have synchronised.
+			s.log.Info("restored subscription no longer allowed: ending it", "user", sub.UserID,
+				"watcher", sub.Watcher, "source", sub.Source, "reason", reason)
+			s.terminate(sub, reason)
+			revoked++
+			continue
+		}
 		s.restored = append(s.restored, sub)
 		subs++
 	}
@@ -328,7 +338,7 @@ func (s *Server) restore(saved *Saved) {
 		}
 	}
 	s.regs.mu.Unlock()
-	s.log.Info("restored saved state", "subscriptions", subs, "skipped", skipped, "publications", pubs,
+	s.log.Info("restored saved state", "subscriptions", subs, "skipped", skipped, "revoked", revoked, "publications", pubs,
 		"registrations", len(saved.Bindings))
 }
 
@@ -337,7 +347,7 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 	sub := &Subscription{
 		ID: r.ID, CallID: r.CallID, RemoteTag: r.RemoteTag, UserID: r.UserID, Entity: r.Entity,
 		Package: r.Package, EventID: r.EventID, Accept: r.Accept, Transport: r.Transport, Source: r.Source,
-		Watcher: r.Watcher, UserAgent: r.UserAgent, Single: r.Single,
+		Watcher: r.Watcher, Grant: r.Grant, UserAgent: r.UserAgent, Single: r.Single,
 		remoteCSeq: r.RemoteCSeq, cseq: r.CSeq, version: r.Version, expires: r.Expires,
 		savedCSeq: r.CSeq, savedVersion: r.Version,
 	}

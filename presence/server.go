@@ -232,8 +232,24 @@ func New(states States, opt Options) (*Server, error) {
 	return s, nil
 }
 
-// SetCredentials replaces the users' SIP credentials (a reload).
-func (s *Server) SetCredentials(creds []Credential) { s.auth.setCredentials(creds) }
+// SetCredentials replaces the users' SIP credentials (a reload) and ends
+// the subscriptions of watchers the new ones no longer let in: a watcher
+// removed gets terminated;reason=rejected, one whose password changed
+// reason=deactivated (a new SUBSCRIBE with the new password is welcome).
+// It returns how many subscriptions ended.
+func (s *Server) SetCredentials(creds []Credential) int {
+	s.auth.setCredentials(creds)
+	ended := 0
+	for _, sub := range s.subs.all() {
+		if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
+			s.log.Info("watcher no longer allowed: ending the subscription", "user", sub.UserID,
+				"watcher", sub.Watcher, "source", sub.Source, "reason", reason)
+			s.terminate(sub, reason)
+			ended++
+		}
+	}
+	return ended
+}
 
 // Ready is closed once every listener is bound.
 func (s *Server) Ready() <-chan struct{} { return s.ready }

@@ -108,6 +108,7 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		Transport: strings.ToUpper(req.Transport()),
 		Source:    req.Source(),
 		Watcher:   id.UserID,
+		Grant:     s.auth.grant(id),
 		UserAgent: ua,
 
 		remoteCSeq: req.CSeq().SeqNo,
@@ -158,6 +159,13 @@ func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction,
 	// the refresh's credential, so refreshes need no new digest round.
 	if !ok || sub.CallID != req.CallID().Value() || sub.RemoteTag != fromTag || sub.Package != pkg {
 		s.reply(req, tx, 481, "Subscription Does Not Exist")
+		return
+	}
+	// The dialog's identifiers stand for the watcher's credentials only
+	// while the config still lets them in.
+	if reason := s.auth.revoked(sub.Grant, req.Source(), sub.Watcher); reason != "" {
+		s.reply(req, tx, 403, "Forbidden")
+		s.terminate(sub, reason)
 		return
 	}
 	expires, valid := s.clampExpires(expires)

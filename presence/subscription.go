@@ -43,6 +43,7 @@ type Subscription struct {
 	Transport string // UDP, TCP or TLS
 	Source    string // host:port the SUBSCRIBE came from
 	Watcher   string // authenticated user id of the subscriber ("" if trusted and unknown)
+	Grant     string // what let the watcher in (authenticator.grant), checked again at reload
 	UserAgent string
 	Single    bool // one dialog per dialog-info document
 	// LocalHost and LocalPort are our address as this subscriber reaches

@@ -26,6 +26,8 @@ type watcher struct {
 	// the dialog
 	callID, fromTag, toTag, event, user, server string
 	cseq                                        uint32
+	// digest credentials, used when a SUBSCRIBE is challenged
+	username, password string
 }
 
 func newWatcher(t *testing.T, transport string) *watcher {
@@ -129,6 +131,12 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	res, err := w.client.Do(ctx, req)
+	if err == nil && res.StatusCode == 401 && w.username != "" {
+		res, err = w.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: w.username, Password: w.password})
+		if err == nil {
+			w.cseq = res.CSeq().SeqNo
+		}
+	}
 	if err != nil {
 		w.t.Fatalf("%s SUBSCRIBE: %v", w.transport, err)
 	}
