@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
 )
 
 // Tracker keeps an adapter's Status. Adapters embed it; its Status method
@@ -18,6 +20,58 @@ type Tracker struct {
 	skipped atomic.Uint64
 	end     context.CancelFunc // ends the current session
 	resync  bool               // the session was ended by Resync
+	// down is the timer that declares the PBX down (bridge.SourceDown)
+	// after Backoff.DownAfter without a synchronised session.
+	down *time.Timer
+}
+
+// Synchronise delivers a session's snapshot to sink and records the
+// session as synchronised. The PBX's down timer is stopped under the same
+// lock, so a SourceDown can never land after the snapshot it would undo.
+func (t *Tracker) Synchronise(sink bridge.Sink, snap bridge.Snapshot) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.down != nil {
+		t.down.Stop()
+		t.down = nil
+	}
+	sink.Apply(snap)
+	t.status.Synchronised, t.status.Down = true, false
+}
+
+// armDown starts the down timer unless it runs already: after d without a
+// synchronised session, source is declared down in sink.
+func (t *Tracker) armDown(d time.Duration, sink bridge.Sink, source string) {
+	if d <= 0 || sink == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.down != nil || t.status.Down {
+		return
+	}
+	var timer *time.Timer
+	timer = time.AfterFunc(d, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.down != timer || t.status.Synchronised {
+			return
+		}
+		t.down = nil
+		t.status.Down = true
+		sink.Apply(bridge.SourceDown{Source: source})
+	})
+	t.down = timer
+}
+
+// disarm stops the down timer (the adapter stops).
+func (t *Tracker) disarm() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.down != nil {
+		t.down.Stop()
+		t.down = nil
+	}
 }
 
 // Resync ends the current connection so that the next one, made at once,
@@ -68,12 +122,6 @@ func (t *Tracker) Connected() {
 	t.status.Connected, t.status.Synchronised, t.status.Since, t.status.LastError = true, false, time.Now(), ""
 }
 
-// Synchronised records that a snapshot was delivered.
-func (t *Tracker) Synchronised() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.status.Synchronised = true
-}
 
 // Lost records a connection ended by err.
 func (t *Tracker) Lost(err error) {
@@ -90,17 +138,33 @@ func (t *Tracker) Event() { t.events.Add(1) }
 // Skip counts an event that could not be used and returns how many so far.
 func (t *Tracker) Skip() uint64 { return t.skipped.Add(1) }
 
-// Backoff bounds the waits between connection attempts.
+// Backoff bounds the waits between connection attempts, and says when a
+// PBX that does not come back is declared down.
 type Backoff struct {
 	Min, Max time.Duration
+	// DownAfter is how long a PBX may go without a synchronised session
+	// (at start, or after losing one) before its devices are shown
+	// unavailable and its calls ended (bridge.SourceDown in Sink); 0
+	// never does.
+	DownAfter time.Duration
+	Sink      bridge.Sink
+	Source    string
 }
+
+// stillDownEvery is how often a PBX that stays unreachable is logged at
+// warning level again (every attempt in between is logged at debug).
+const stillDownEvery = time.Minute
 
 // Reconnect runs session until ctx ends, waiting between attempts with
 // capped exponential backoff and jitter (the wait starts again from Min
-// after a session that lasted a good while). Each failure is recorded in t
-// and logged.
+// after a session that lasted a good while). Each failure is recorded in t;
+// the first of a run of failures is logged as a warning, the rest at debug
+// level with a reminder every minute.
 func (b Backoff) Reconnect(ctx context.Context, t *Tracker, log *slog.Logger, session func(context.Context) error) {
+	defer t.disarm()
 	wait := b.Min
+	var failingSince, lastWarned time.Time
+	t.armDown(b.DownAfter, b.Sink, b.Source)
 	for {
 		started := time.Now()
 		sctx, end := context.WithCancel(ctx)
@@ -114,12 +178,24 @@ func (b Backoff) Reconnect(ctx context.Context, t *Tracker, log *slog.Logger, se
 			log.Info("reconnecting to read the PBX's state again: its devices in the directory changed")
 			continue
 		}
+		t.armDown(b.DownAfter, b.Sink, b.Source)
 		if time.Since(started) > 2*b.Max {
 			wait = b.Min
+			failingSince = time.Time{}
 		}
 		jittered := wait/2 + rand.N(wait/2+1)
 		t.Lost(err)
-		log.Warn("pbx connection lost; retrying", "err", err, "in", jittered.Round(time.Millisecond))
+		now := time.Now()
+		switch {
+		case failingSince.IsZero():
+			failingSince, lastWarned = now, now
+			log.Warn("pbx connection lost; retrying", "err", err, "in", jittered.Round(time.Millisecond))
+		case now.Sub(lastWarned) >= stillDownEvery:
+			lastWarned = now
+			log.Warn("pbx still unreachable; retrying", "for", now.Sub(failingSince).Round(time.Second), "err", err)
+		default:
+			log.Debug("pbx connection attempt failed; retrying", "err", err, "in", jittered.Round(time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -200,6 +200,20 @@ func (b *Bridge) Apply(ev Event) {
 			src.device(c.Device).calls[c.ID] = &c
 			touched[c.Device] = true
 		}
+	case SourceDown:
+		for name := range src.devices {
+			touched[name] = true
+		}
+		src = newSource()
+		b.sources[e.Source] = src
+		for _, u := range b.dir.Users() {
+			for _, ref := range u.Devices {
+				if ref.Source == e.Source {
+					src.device(ref.Device).reported = DeviceUnavailable
+					touched[ref.Device] = true
+				}
+			}
+		}
 	default:
 		panic(fmt.Sprintf("bridge: unknown event type %T", ev))
 	}

@@ -358,3 +358,29 @@ func TestPendingIncomingLegIsNotShown(t *testing.T) {
 		t.Errorf("ringing leg: %v %v", s.Phone, s.Calls)
 	}
 }
+
+// TestSourceDown: a source gone for too long takes its calls with it and
+// its devices become unavailable; other sources' devices still count, and
+// the next snapshot puts everything back.
+func TestSourceDown(t *testing.T) {
+	b, r, _ := newTestBridge(t)
+	b.Apply(CallUpdated{"ast", Call{ID: "c", Device: "PJSIP/101", Direction: Incoming, State: CallConfirmed}})
+	b.Apply(DeviceStateChanged{"ast", "PJSIP/100", DeviceIdle})
+	b.Apply(DeviceStateChanged{"fs", "1000@fs", DeviceIdle})
+	r.take()
+	b.Apply(SourceDown{Source: "ast"})
+	if s := mustState(t, b, "bob"); len(s.Calls) != 0 || s.Device != DeviceUnavailable || s.Phone != PhoneOffline {
+		t.Errorf("bob after his PBX went down: calls %v device %v phone %v", s.Calls, s.Device, s.Phone)
+	}
+	// Debbie's softphone on the other PBX still counts.
+	if s := mustState(t, b, "debbie"); s.Device != DeviceIdle || s.Devices[0].State != DeviceUnavailable {
+		t.Errorf("debbie: %v %+v", s.Device, s.Devices)
+	}
+	if n := len(r.take()); n != 2 {
+		t.Errorf("%d changes, want 2", n)
+	}
+	b.Apply(Snapshot{Source: "ast", Devices: map[string]DeviceState{"PJSIP/100": DeviceIdle, "PJSIP/101": DeviceIdle}})
+	if s := mustState(t, b, "bob"); s.Device != DeviceIdle {
+		t.Errorf("bob after the PBX came back: %v", s.Device)
+	}
+}

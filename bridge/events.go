@@ -50,6 +50,17 @@ func (e CallEnded) SourceName() string { return e.Source }
 // SourceName implements Event.
 func (e Snapshot) SourceName() string { return e.Source }
 
+// SourceDown reports that a source has been unreachable for longer than an
+// administrator accepts: what it reported last is no longer true, so its
+// calls end and every device users have on it is unavailable, until the
+// Snapshot of its next connection replaces that.
+type SourceDown struct {
+	Source string
+}
+
+// SourceName implements Event.
+func (e SourceDown) SourceName() string { return e.Source }
+
 // Sink takes events. *Bridge is one; adapters are written against this
 // interface so that tests can record what they deliver.
 type Sink interface {

@@ -95,7 +95,8 @@ func (a *Adapter) Name() string { return a.conn.Name }
 // failure wait (capped exponential backoff with jitter) and start over.
 // An Asterisk that is down is retried for as long as ctx lasts.
 func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
-	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, &a.Tracker, a.log,
+	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax, DownAfter: a.cfg.DownAfter,
+		Sink: sink, Source: a.conn.Name}.Reconnect(ctx, &a.Tracker, a.log,
 		func(ctx context.Context) error { return a.session(ctx, sink) })
 	return nil
 }
@@ -126,8 +127,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}
-	sink.Apply(snap)
-	a.Synchronised()
+	a.Synchronise(sink, snap)
 	a.log.Info("synchronised with asterisk", "channels", len(snap.Calls), "devices", len(snap.Devices))
 
 	// Liveness runs beside the event loop, so that a slow ping never

@@ -25,9 +25,16 @@ type Config struct {
 	// RequestTimeout bounds every REST request (default 5s).
 	RequestTimeout time.Duration `yaml:"request_timeout"`
 	// ReconnectMin and ReconnectMax bound the backoff between connection
-	// attempts (defaults 500ms and 30s); each wait has jitter.
+	// attempts (defaults 500ms and 1s: lamps are right again within about
+	// a second of Asterisk answering, however long it was away); each wait
+	// has jitter.
 	ReconnectMin time.Duration `yaml:"reconnect_min"`
 	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// DownAfter is how long Asterisk may stay unreachable before the
+	// devices users have on it show unavailable and its calls end, instead
+	// of the calls it had when it went away (default 30s; a negative value
+	// never does).
+	DownAfter time.Duration `yaml:"down_after"`
 	// LocalTagVar and RemoteTagVar name the channel variables that carry
 	// a PJSIP leg's SIP tags (defaults LL_LOCAL_TAG, LL_REMOTE_TAG); see
 	// README.md for the dialplan and ari.conf lines that set them.
@@ -66,7 +73,10 @@ func (c *Config) Defaults() {
 		c.ReconnectMin = 500 * time.Millisecond
 	}
 	if c.ReconnectMax == 0 {
-		c.ReconnectMax = 30 * time.Second
+		c.ReconnectMax = time.Second
+	}
+	if c.DownAfter == 0 {
+		c.DownAfter = 30 * time.Second
 	}
 	if c.LocalTagVar == "" {
 		c.LocalTagVar = "LL_LOCAL_TAG"

@@ -75,7 +75,8 @@ func (a *Adapter) Name() string { return a.conn.Name }
 
 // Run implements adapters.Adapter.
 func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
-	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax}.Reconnect(ctx, &a.Tracker, a.log,
+	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax, DownAfter: a.cfg.DownAfter,
+		Sink: sink, Source: a.conn.Name}.Reconnect(ctx, &a.Tracker, a.log,
 		func(ctx context.Context) error { return a.session(ctx, sink) })
 	return nil
 }
@@ -324,8 +325,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	}
 
 	m := newMapper(a.conn.Name, nil)
-	sink.Apply(m.snapshot(chans, regs, a.devices()))
-	a.Synchronised()
+	a.Synchronise(sink, m.snapshot(chans, regs, a.devices()))
 	a.log.Info("synchronised with freeswitch", "channels", len(chans), "registrations", len(regs))
 	lastHeard := time.Now()
 	for _, e := range early {

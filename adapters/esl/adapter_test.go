@@ -368,3 +368,43 @@ func lastState(states []*bridge.State, p bridge.PhoneState) *bridge.State {
 	}
 	return &bridge.State{Calls: []bridge.Call{{}}}
 }
+
+// TestLongOutageShowsDownAndRecoversWithinASecond: FreeSWITCH dies mid-call
+// and stays away: after down_after its devices are unavailable and the call
+// no longer shows; when it answers again, however long it was away, the
+// lamps are right within about a second (the default reconnect_max).
+func TestLongOutageShowsDownAndRecoversWithinASecond(t *testing.T) {
+	fake := newFakeFreeSWITCH(t)
+	addr := fake.addr()
+	h := newHarness(t, fake, addr, "ClueCon", func(c *Config) {
+		c.ReconnectMin, c.ReconnectMax = 0, 0 // the defaults
+		c.DownAfter = 300 * time.Millisecond
+		c.Defaults()
+	})
+	conn := fake.waitLogin()
+	h.waitSynchronised(0)
+	evs := events(t, "esl-call-plain.txt")
+	cut := slices.IndexFunc(evs, func(f frame) bool { return f.ev.seq() == 601 })
+	fake.send(conn, evs[:cut+1]...)
+	h.waitPhone("1001", bridge.PhoneBusy)
+	// FreeSWITCH goes away altogether.
+	fake.CloseListener()
+	conn.Close()
+	h.waitPhone("1001", bridge.PhoneOffline)
+	if st := h.adapter.Status(); !st.Down {
+		t.Errorf("status while down: %+v", st)
+	}
+	// Long enough for the old backoff to have grown far past a second.
+	time.Sleep(3 * time.Second)
+	fake2 := newFakeFreeSWITCHOn(t, addr)
+	fake2.SetChannels([]byte(`{"row_count":0}`))
+	back := time.Now()
+	fake2.waitLogin()
+	h.waitPhone("1001", bridge.PhoneIdle)
+	if took := time.Since(back); took > 2500*time.Millisecond {
+		t.Errorf("lamps right %v after FreeSWITCH answered again, want about a second at most", took)
+	}
+	if st := h.adapter.Status(); st.Down {
+		t.Errorf("still down once back: %+v", st)
+	}
+}

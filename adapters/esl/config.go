@@ -25,9 +25,16 @@ type Config struct {
 	// still answers (default 15s).
 	PingInterval time.Duration `yaml:"ping_interval"`
 	// ReconnectMin and ReconnectMax bound the backoff between connection
-	// attempts (defaults 500ms and 30s); each wait has jitter.
+	// attempts (defaults 500ms and 1s: lamps are right again within about
+	// a second of FreeSWITCH answering, however long it was away); each
+	// wait has jitter.
 	ReconnectMin time.Duration `yaml:"reconnect_min"`
 	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// DownAfter is how long FreeSWITCH may stay unreachable before the
+	// devices users have on it show unavailable and its calls end, instead
+	// of the calls it had when it went away (default 30s; a negative value
+	// never does).
+	DownAfter time.Duration `yaml:"down_after"`
 }
 
 // Defaults fills unset fields.
@@ -41,7 +48,8 @@ func (c *Config) Defaults() {
 	set(&c.HeartbeatTimeout, 60*time.Second)
 	set(&c.PingInterval, 15*time.Second)
 	set(&c.ReconnectMin, 500*time.Millisecond)
-	set(&c.ReconnectMax, 30*time.Second)
+	set(&c.ReconnectMax, time.Second)
+	set(&c.DownAfter, 30*time.Second)
 }
 
 // Validate checks the section.
