@@ -38,7 +38,7 @@ type PersonMirror interface {
 // Status is an adapter's connection state.
 type Status struct {
 	Connected    bool      `json:"connected"`
-	Synchronised bool      `json:"synchronised"` // a snapshot was delivered since the last connect
+	Synchronised bool      `json:"synchronised"`   // a snapshot was delivered since the last connect
 	Down         bool      `json:"down,omitempty"` // unreachable past its down_after: its devices show unavailable
 	Since        time.Time `json:"since,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`

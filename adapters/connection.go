@@ -122,7 +122,6 @@ func (t *Tracker) Connected() {
 	t.status.Connected, t.status.Synchronised, t.status.Since, t.status.LastError = true, false, time.Now(), ""
 }
 
-
 // Lost records a connection ended by err.
 func (t *Tracker) Lost(err error) {
 	t.mu.Lock()
