@@ -84,3 +84,47 @@ func TestAnswerLeavesBeforeFirstNotify(t *testing.T) {
 		t.Fatalf("%d of 500 dialogs got a NOTIFY before the 200", n)
 	}
 }
+
+// TestMalformedRequestsGetTheirAnswer: requests sipgo alone would drop or
+// take get the answer RFC 3261 asks for, and the server keeps serving.
+func TestMalformedRequestsGetTheirAnswer(t *testing.T) {
+	env := newEnv(t, trusted)
+	peer := newRawPeer(t, env.udp)
+	pidf := `<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:100@127.0.0.1"><tuple id="t"><status><basic>open</basic></status><note>` +
+		strings.Repeat("x", 40<<10) + `</note></tuple></presence>`
+	cases := []struct {
+		name    string
+		method  string
+		headers []string
+		body    string
+		want    int
+	}{
+		{"CSeq names another method", "SUBSCRIBE", []string{"CSeq: 1 INVITE", "Event: dialog"}, "", 400},
+		{"Content-Length not a number", "OPTIONS", []string{"Content-Length: ten"}, "", 400},
+		{"Content-Length beyond the datagram", "OPTIONS", []string{"Content-Length: 500"}, "short", 400},
+		{"PUBLISH above sipgo's 32 KiB read buffer", "PUBLISH", []string{"Event: presence", "Content-Type: application/pidf+xml", "Expires: 60"}, pidf, 413},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg, callID := peer.request(c.method, "100", c.headers, c.body)
+			peer.send(msg)
+			if res := peer.response(callID, 5*time.Second); res.StatusCode != c.want {
+				t.Errorf("answered %d %s, want %d", res.StatusCode, res.Reason, c.want)
+			}
+		})
+	}
+	// Expires beyond 2^32-1 counts as 2^32-1 and is shortened to the
+	// maximum, not refused (RFC 3261 §20.19).
+	d := &rawSub{callID: "huge-expires", fromTag: "ft", user: "100", event: "dialog"}
+	msg := strings.Replace(peer.subscribeMsg(d, 600), "Expires: 600", "Expires: 99999999999999999999", 1)
+	peer.send(msg)
+	res := peer.response(d.callID, 5*time.Second)
+	if res.StatusCode != 200 || header(res, "Expires") != "3600" {
+		t.Errorf("huge Expires: %d Expires %q, want 200 and 3600", res.StatusCode, header(res, "Expires"))
+	}
+	// Still serving.
+	subs := peer.subscribeMany("100", "presence", 1)
+	if subs[0].toTag == "" {
+		t.Fatal("no subscription after the malformed requests")
+	}
+}

@@ -224,3 +224,34 @@ func (p *rawPeer) subscribeMany(user, event string, n int) []*rawSub {
 	}
 	return subs
 }
+
+// request renders a request out of any dialog from this peer, with a
+// fresh Call-ID (returned), the headers given and a body whose
+// Content-Length is right unless a Content-Length is among the headers.
+func (p *rawPeer) request(method, user string, headers []string, body string) (msg, callID string) {
+	callID = "raw-" + sip.GenerateTagN(12)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s sip:%s@%s SIP/2.0\r\n", method, user, p.server)
+	fmt.Fprintf(&b, "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKraw%d;rport\r\n", p.port(), p.seq.Add(1))
+	b.WriteString("Max-Forwards: 70\r\n")
+	fmt.Fprintf(&b, "From: <sip:watcher@127.0.0.1>;tag=%s\r\nTo: <sip:%s@127.0.0.1>\r\n", sip.GenerateTagN(6), user)
+	fmt.Fprintf(&b, "Call-ID: %s\r\n", callID)
+	hasCSeq, hasCL := false, false
+	for _, h := range headers {
+		lower := strings.ToLower(h)
+		hasCSeq = hasCSeq || strings.HasPrefix(lower, "cseq:")
+		hasCL = hasCL || strings.HasPrefix(lower, "content-length:")
+	}
+	if !hasCSeq {
+		fmt.Fprintf(&b, "CSeq: 1 %s\r\n", method)
+	}
+	fmt.Fprintf(&b, "Contact: <sip:watcher@127.0.0.1:%d>\r\n", p.port())
+	for _, h := range headers {
+		b.WriteString(h + "\r\n")
+	}
+	if !hasCL {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n" + body)
+	return b.String(), callID
+}

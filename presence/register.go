@@ -127,8 +127,8 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		exp := defaultExpires
 		if v, ok := c.Params.Get("expires"); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
+			n := parseDeltaSeconds(v)
+			if n < 0 {
 				r.mu.Unlock()
 				s.reply(req, tx, 400, "Bad Contact Expires")
 				return

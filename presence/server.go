@@ -190,6 +190,19 @@ func New(states States, opt Options) (*Server, error) {
 				if !strings.EqualFold(p.Transport, "udp") {
 					return data, nil
 				}
+				if len(data) >= int(sip.TransportBufferReadSize) {
+					// The datagram filled sipgo's read buffer: it was cut
+					// short and cannot be parsed. Say so rather than drop it.
+					notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 413, "Request Entity Too Large")
+					return nil, nil
+				}
+				if isRawRequest(data) {
+					if why := badContentLength(data); why != "" {
+						notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
+						return nil, nil
+					}
+					return data, nil
+				}
 				var from netip.AddrPort
 				if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
 					from = ua.AddrPort()
@@ -218,16 +231,17 @@ func New(states States, opt Options) (*Server, error) {
 		ready: make(chan struct{}),
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
+	s.notifier.server = s
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
 	if opt.Store != nil {
 		s.journal = newJournal(opt.Store, opt.FlushInterval, log)
 	}
-	srv.OnSubscribe(s.handleSubscribe)
-	srv.OnPublish(s.handlePublish)
-	srv.OnRegister(s.handleRegister)
-	srv.OnOptions(s.handleOptions)
+	srv.OnSubscribe(s.checked(s.handleSubscribe))
+	srv.OnPublish(s.checked(s.handlePublish))
+	srv.OnRegister(s.checked(s.handleRegister))
+	srv.OnOptions(s.checked(s.handleOptions))
 	srv.OnNoRoute(s.handleUnknown)
 	return s, nil
 }
@@ -403,6 +417,23 @@ func (s *Server) SubscriptionsByKind() map[SubscriptionKind]int { return s.subs.
 // Watchers returns the number of subscriptions to one user.
 func (s *Server) Watchers(userID string) int { return len(s.subs.watchers(userID, nil)) }
 
+// checked runs the checks every request we serve must pass before its
+// handler: a CSeq whose method is the request's (RFC 3261 §8.2.2 and
+// §20.16) and a body within MaxBodyBytes.
+func (s *Server) checked(h sipgo.RequestHandler) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if cs := req.CSeq(); cs == nil || cs.MethodName != req.Method {
+			s.reply(req, tx, 400, "CSeq Method Mismatch")
+			return
+		}
+		if len(req.Body()) > s.opt.MaxBodyBytes {
+			s.reply(req, tx, 413, "Request Entity Too Large")
+			return
+		}
+		h(req, tx)
+	}
+}
+
 // respond sends a response, logging a failure to send it.
 func (s *Server) respond(tx sip.ServerTransaction, res *sip.Response) {
 	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
@@ -486,9 +517,20 @@ func (s *Server) expiresOf(req *sip.Request) int {
 	if h == nil {
 		return s.opt.DefaultExpires
 	}
-	n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
-	if err != nil {
+	return parseDeltaSeconds(h.Value())
+}
+
+// parseDeltaSeconds reads delta-seconds (RFC 3261 §25.1): digits only; a
+// value above 2^32-1 counts as 2^32-1 (§20.19), to be shortened by the
+// expiry policy. It returns -1 for anything else.
+func parseDeltaSeconds(v string) int {
+	v = strings.TrimSpace(v)
+	if v == "" || strings.TrimLeft(v, "0123456789") != "" {
 		return -1
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		n = 1<<32 - 1 // all digits: only too large
 	}
 	return int(min(n, 1<<31-1))
 }

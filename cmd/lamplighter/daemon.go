@@ -94,7 +94,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		return nil, err
 	}
 	d.api = api.New(api.Options{Bridge: d.bridge, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload,
-		CheckUser: d.checkLogin, Log: log})
+		CheckUser: d.checkLogin, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return nil, fmt.Errorf("http token: %w", err)

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"fmt"
-	"net/netip"
 	"strings"
 
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -36,15 +35,11 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		opt.Listen = append(opt.Listen, pl)
 	}
 	for _, n := range cfg.SIP.TrustedNetworks {
-		p, err := netip.ParsePrefix(n)
+		p, err := config.ParseNetwork(n)
 		if err != nil {
-			a, err2 := netip.ParseAddr(n)
-			if err2 != nil {
-				return opt, fmt.Errorf("trusted network %q: %w", n, err)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
+			return opt, err
 		}
-		opt.Trusted = append(opt.Trusted, p.Masked())
+		opt.Trusted = append(opt.Trusted, p)
 	}
 	creds, err := credentials(cfg)
 	if err != nil {

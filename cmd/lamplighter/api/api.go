@@ -13,7 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -67,7 +69,10 @@ type Options struct {
 	// password from the config) and returns the user id; nil: only the
 	// token is accepted.
 	CheckUser func(username, password string) (userID string, ok bool)
-	Log       *slog.Logger
+	// AuthFailed counts a request with wrong credentials (nil: not
+	// counted); each is also logged with its source, for fail2ban.
+	AuthFailed func()
+	Log        *slog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -129,8 +134,9 @@ func (a *API) Caller(r *http.Request) (Caller, bool) {
 	token := a.token
 	a.mu.RUnlock()
 	h := r.Header.Get("Authorization")
-	if got, ok := strings.CutPrefix(h, "Bearer "); ok {
-		ok = token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
+	// The scheme is case-insensitive (RFC 9110 §11.1).
+	if scheme, got, found := strings.Cut(strings.TrimSpace(h), " "); found && strings.EqualFold(scheme, "Bearer") {
+		ok := token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
 		return Caller{Admin: ok}, ok
 	}
 	if user, pw, ok := r.BasicAuth(); ok && a.opt.CheckUser != nil {
@@ -158,6 +164,15 @@ func (a *API) authorised(h http.HandlerFunc, admin bool) http.Handler {
 		case !configured:
 			writeError(w, http.StatusForbidden, "the API is off: set http.token (or token_file, token_env) in the config")
 		case !ok:
+			if r.Header.Get("Authorization") != "" {
+				// Wrong credentials, not missing ones: logged with the
+				// source address (fail2ban) and counted.
+				host, _, _ := net.SplitHostPort(r.RemoteAddr)
+				a.opt.Log.Warn("authentication failed", "method", "HTTP", "source", host, "path", r.URL.Path)
+				if a.opt.AuthFailed != nil {
+					a.opt.AuthFailed()
+				}
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="lamplighter", Basic realm="lamplighter"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong credentials: a bearer token, or your SIP username and password")
 		case admin && !c.Admin:
@@ -321,6 +336,10 @@ func (a *API) putPresence(w http.ResponseWriter, r *http.Request) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad JSON body: "+err.Error())
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, "bad JSON body: more after the object")
 		return
 	}
 	p, err := req.person(a.opt.Now())

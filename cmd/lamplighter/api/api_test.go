@@ -1,7 +1,9 @@
 package api
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -160,5 +162,52 @@ func TestOwnCredentials(t *testing.T) {
 	}
 	if st, _ := b.State("bob"); st.Phone == bridge.PhoneDND {
 		t.Error("debbie set bob's state")
+	}
+}
+
+// TestSmallThingsAdminsTripOver: the bearer scheme in any case; data after
+// the JSON object refused; wrong credentials (token or Basic) logged with
+// their source and counted, missing ones not.
+func TestSmallThingsAdminsTripOver(t *testing.T) {
+	dir, _ := bridge.NewDirectory([]bridge.User{{ID: "debbie", Name: "Debbie", Extensions: []string{"100"}}})
+	var logged strings.Builder
+	failures := 0
+	a := New(Options{Bridge: bridge.New(dir), Store: savedPersons{},
+		CheckUser:  func(u, p string) (string, bool) { return "debbie", u == "debbie" && p == "pw" },
+		AuthFailed: func() { failures++ },
+		Log:        slog.New(slog.NewTextHandler(&logged, nil))})
+	a.SetToken("t0k")
+	mux := http.NewServeMux()
+	a.Handle(mux)
+	do := func(method, auth, body string) int {
+		req := httptest.NewRequest(method, "/api/v1/users/100/presence", strings.NewReader(body))
+		req.RemoteAddr = "192.0.2.9:4711"
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	if code := do("PUT", "bearer t0k", `{"activity":"dnd"}`); code != 200 {
+		t.Errorf("lower-case bearer: %d", code)
+	}
+	if code := do("PUT", "BEARER t0k", `{"activity":"dnd"} {"activity":"away"}`); code != 400 {
+		t.Errorf("a second JSON value after the body: %d, want 400", code)
+	}
+	if code := do("PUT", "Bearer t0k", `{"activity":"dnd"} trailing`); code != 400 {
+		t.Errorf("garbage after the body: %d, want 400", code)
+	}
+	if code := do("PUT", "", `{"activity":"dnd"}`); code != 401 || failures != 0 {
+		t.Errorf("no credentials: %d, %d failures counted (want 401, none)", code, failures)
+	}
+	if code := do("PUT", "Bearer wrong", `{}`); code != 401 || failures != 1 {
+		t.Errorf("wrong token: %d, %d failures", code, failures)
+	}
+	if code := do("PUT", "Basic "+base64.StdEncoding.EncodeToString([]byte("debbie:nope")), `{}`); code != 401 || failures != 2 {
+		t.Errorf("wrong Basic password: %d, %d failures", code, failures)
+	}
+	if n := strings.Count(logged.String(), `msg="authentication failed" method=HTTP source=192.0.2.9`); n != 2 {
+		t.Errorf("%d failures logged with their source, want 2:\n%s", n, logged.String())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"regexp"
 	"strconv"
@@ -196,6 +197,11 @@ type Env func(string) (string, bool)
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
+		// The error names the file already; say it once.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return nil, Errors{{File: path, Msg: "cannot " + pe.Op + ": " + pe.Err.Error()}}
+		}
 		return nil, Errors{{File: path, Msg: err.Error()}}
 	}
 	return Parse(path, data, os.LookupEnv)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,5 +174,46 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("/nonexistent/lamplighter.yaml")
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/lamplighter.yaml") {
 		t.Errorf("Load of a missing file: %v", err)
+	}
+}
+
+// TestTrustedNetworksIPv4Mapped: an IPv4-mapped network is the IPv4
+// network it maps (requests are matched by their IPv4 address, so the
+// mapped form would never match); one wider than the mapped range is
+// refused.
+func TestTrustedNetworksIPv4Mapped(t *testing.T) {
+	for in, want := range map[string]string{
+		"::ffff:10.0.0.0/104": "10.0.0.0/8",
+		"::ffff:192.0.2.7":    "192.0.2.7/32",
+		"10.1.2.3/8":          "10.0.0.0/8",
+		"2001:db8::/32":       "2001:db8::/32",
+		"::ffff:10.1.2.3/128": "10.1.2.3/32",
+	} {
+		got, err := ParseNetwork(in)
+		if err != nil || got.String() != want {
+			t.Errorf("%s: %v %v, want %s", in, got, err, want)
+		}
+		if got.Addr().Is4() && !got.Contains(netip.MustParseAddr(strings.Split(want, "/")[0])) {
+			t.Errorf("%s does not contain its own address", in)
+		}
+	}
+	for _, bad := range []string{"::ffff:0:0/80", "10.0.0.0/33", "fe80::1%eth0", "nonsense"} {
+		if _, err := ParseNetwork(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// TestUnreadableFileNamedOnce: a config that cannot be read names the
+// file once, with the reason ("open X: open X: ..." before).
+func TestUnreadableFileNamedOnce(t *testing.T) {
+	for _, path := range []string{t.TempDir(), filepath.Join(t.TempDir(), "missing.yaml")} {
+		_, err := Load(path)
+		if err == nil {
+			t.Fatalf("%s loaded", path)
+		}
+		if msg := err.Error(); strings.Count(msg, path) != 1 || !strings.HasPrefix(msg, path+": cannot ") {
+			t.Errorf("error %q: want the file named once, then why", msg)
+		}
 	}
 }

@@ -124,10 +124,8 @@ func (v *validator) checkSIP(c *Config) {
 		}
 	}
 	for i, n := range c.SIP.TrustedNetworks {
-		if _, err := netip.ParsePrefix(n); err != nil {
-			if _, err2 := netip.ParseAddr(n); err2 != nil {
-				v.at(p("sip", "trusted_networks", i), "bad network %q: want a CIDR like 10.0.0.0/8 or an address", n)
-			}
+		if _, err := ParseNetwork(n); err != nil {
+			v.at(p("sip", "trusted_networks", i), "%v", err)
 		}
 	}
 }
@@ -378,4 +376,26 @@ func withDefaultPort(u *url.URL) string {
 		return net.JoinHostPort(u.Hostname(), "443")
 	}
 	return net.JoinHostPort(u.Hostname(), "80")
+}
+
+// ParseNetwork reads a trusted network: a CIDR or a single address. An
+// IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) is the IPv4 network it
+// maps, since requests are matched by their IPv4 address; one shorter
+// than /96 would take in more than IPv4 and is refused.
+func ParseNetwork(n string) (netip.Prefix, error) {
+	pfx, err := netip.ParsePrefix(n)
+	if err != nil {
+		a, err2 := netip.ParseAddr(n)
+		if err2 != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("bad network %q: want a CIDR like 10.0.0.0/8 or an address", n)
+		}
+		pfx = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := pfx.Addr(); a.Is4In6() {
+		if pfx.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("network %q covers more than IPv4-mapped addresses: write the IPv4 network (like 10.0.0.0/8)", n)
+		}
+		pfx = netip.PrefixFrom(a.Unmap(), pfx.Bits()-96)
+	}
+	return pfx.Masked(), nil
 }
