@@ -18,6 +18,11 @@ type Metrics interface {
 	// NotifyLatency observes the time from a state change to its NOTIFY
 	// leaving.
 	NotifyLatency(d time.Duration)
+	// ConnectionRefused counts a SIP stream connection refused or closed
+	// by a limit: "max_connections", "max_per_address", "tls_handshake",
+	// "message_timeout", "idle_timeout", or "accept_error" (an accept
+	// that failed and was retried).
+	ConnectionRefused(reason string)
 }
 
 type nopMetrics struct{}
@@ -27,3 +32,4 @@ func (nopMetrics) AuthFailure(string)          {}
 func (nopMetrics) NotifySent(Package, string)  {}
 func (nopMetrics) NotifyFailed(string)         {}
 func (nopMetrics) NotifyLatency(time.Duration) {}
+func (nopMetrics) ConnectionRefused(string)    {}

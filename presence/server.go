@@ -60,6 +60,8 @@ type Options struct {
 	MaxSubscriptionsPerSource int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
+	// Streams bound SIP over TCP and TLS: connections, deadlines.
+	Streams StreamLimits
 	// UDPBuffer is the receive and send buffer asked for on each UDP
 	// socket (default 4 MiB), so that a burst of SUBSCRIBEs or of
 	// responses to a NOTIFY fan-out is not dropped. Linux caps it at
@@ -128,6 +130,7 @@ func (o *Options) defaults() {
 	if o.Coalesce == 0 {
 		o.Coalesce = DefaultCoalesce
 	}
+	o.Streams.defaults()
 	if o.NotifyRetries == 0 {
 		o.NotifyRetries = 5
 	}
@@ -171,6 +174,8 @@ type Server struct {
 	closed    atomic.Bool
 	listeners []io.Closer
 	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
+	streams   []*streamListener
+	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 }
 
@@ -311,12 +316,15 @@ func (s *Server) Run(ctx context.Context) error {
 					s.closeListeners()
 					return fmt.Errorf("sip tls %s: no certificate", l.Address)
 				}
-				tln := tls.NewListener(ln, l.TLS)
-				s.listeners = append(s.listeners, tln)
-				serves = append(serves, func() error { return s.srv.ServeTLS(tln) })
+				sl := newStreamListener(s, ln, l.TLS)
+				s.listeners = append(s.listeners, sl)
+				s.streams = append(s.streams, sl)
+				serves = append(serves, func() error { return s.srv.ServeTLS(sl) })
 			} else {
-				s.listeners = append(s.listeners, ln)
-				serves = append(serves, func() error { return s.srv.ServeTCP(ln) })
+				sl := newStreamListener(s, ln, nil)
+				s.listeners = append(s.listeners, sl)
+				s.streams = append(s.streams, sl)
+				serves = append(serves, func() error { return s.srv.ServeTCP(sl) })
 			}
 		default:
 			s.closeListeners()
@@ -341,7 +349,9 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := f(); err != nil && !s.closed.Load() && !errors.Is(err, net.ErrClosed) {
+			err := f()
+			if !s.closed.Load() {
+				s.stopped.Add(1)
 				s.log.Error("sip listener stopped", "err", err)
 			}
 		}()
@@ -404,6 +414,31 @@ func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+}
+
+// Serving reports whether every listener is serving: none has stopped,
+// and no stream listener's accept has been failing since its last
+// success.
+func (s *Server) Serving() bool {
+	if s.stopped.Load() > 0 {
+		return false
+	}
+	for _, l := range s.streams {
+		if l.failing.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// StreamConnections returns the number of SIP connections over TCP and
+// TLS held open.
+func (s *Server) StreamConnections() int {
+	n := 0
+	for _, l := range s.streams {
+		n += l.open()
+	}
+	return n
 }
 
 // Subscriptions returns the number of active subscriptions, in total and

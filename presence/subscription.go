@@ -93,7 +93,8 @@ type store struct {
 	mu       sync.RWMutex
 	byID     map[string]*Subscription
 	byUser   map[string]map[*Subscription]struct{}
-	bySource map[string]int
+	bySource map[string]int // by source IP
+	byStream map[string]int // TCP/TLS subscriptions by source address (host:port)
 }
 
 func newStore() *store {
@@ -101,6 +102,7 @@ func newStore() *store {
 		byID:     map[string]*Subscription{},
 		byUser:   map[string]map[*Subscription]struct{}{},
 		bySource: map[string]int{},
+		byStream: map[string]int{},
 	}
 }
 
@@ -120,6 +122,9 @@ func (st *store) add(s *Subscription, max int) bool {
 	}
 	m[s] = struct{}{}
 	st.bySource[ip]++
+	if s.Transport != "UDP" {
+		st.byStream[s.Source]++
+	}
 	return true
 }
 
@@ -141,7 +146,20 @@ func (st *store) remove(s *Subscription) bool {
 	if st.bySource[ip]--; st.bySource[ip] <= 0 {
 		delete(st.bySource, ip)
 	}
+	if s.Transport != "UDP" {
+		if st.byStream[s.Source]--; st.byStream[s.Source] <= 0 {
+			delete(st.byStream, s.Source)
+		}
+	}
 	return true
+}
+
+// holdsStream reports whether a stream connection from source carries
+// any subscription (its NOTIFYs go back on it).
+func (st *store) holdsStream(source string) bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.byStream[source] > 0
 }
 
 func (st *store) get(id string) (*Subscription, bool) {

@@ -119,7 +119,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		d.adapters = append(d.adapters, a)
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
-	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
+	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
 		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
 	return d, nil
 }

@@ -27,6 +27,9 @@ import (
 type Sources struct {
 	// SIPReady is closed once every SIP listener is bound.
 	SIPReady <-chan struct{}
+	// SIPServing says whether every SIP listener still serves (nil:
+	// bound is enough).
+	SIPServing func() bool
 	// Subscriptions counts the active subscriptions per package and
 	// transport.
 	Subscriptions func() map[presence.SubscriptionKind]int
@@ -115,7 +118,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	rd := readiness{Ready: true, PBX: map[string]adapters.Status{}}
 	select {
 	case <-s.src.SIPReady:
-		rd.SIP = true
+		rd.SIP = s.src.SIPServing == nil || s.src.SIPServing()
+		rd.Ready = rd.SIP
 	default:
 		rd.Ready = false
 	}
@@ -140,6 +144,7 @@ type Metrics struct {
 	notifySent   *prometheus.CounterVec
 	notifyFailed *prometheus.CounterVec
 	latency      prometheus.Histogram
+	refused      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -156,7 +161,9 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a state change to its NOTIFY leaving.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
 	}
-	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_connections_refused_total",
+		Help: "SIP stream connections refused or closed by a limit, by reason."}, []string{"reason"})
+	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused)
 	return m
 }
 
@@ -180,6 +187,9 @@ func (m *Metrics) NotifyFailed(reason string) { m.notifyFailed.WithLabelValues(r
 
 // NotifyLatency implements presence.Metrics.
 func (m *Metrics) NotifyLatency(d time.Duration) { m.latency.Observe(d.Seconds()) }
+
+// ConnectionRefused implements presence.Metrics.
+func (m *Metrics) ConnectionRefused(reason string) { m.refused.WithLabelValues(reason).Inc() }
 
 func codeLabel(code int) string {
 	if code >= 100 && code < 700 {
