@@ -307,4 +307,3 @@ func TestWritesHaveADeadline(t *testing.T) {
 		t.Errorf("closing did not give the place back")
 	}
 }
-
