@@ -125,6 +125,11 @@ func (tx *notifyTx) send() error {
 		_, err := tx.udp.WriteToUDPAddrPort(*tx.buf, tx.to)
 		return err
 	}
+	// Connections we opened ourselves are not guarded: bound the write
+	// here too, so that a peer that stops reading cannot hold a worker.
+	if c, ok := tx.stream.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		_ = c.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
+	}
 	return tx.stream.WriteMsg(rawMessage{Request: tx.stub, data: *tx.buf})
 }
 
