@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -317,29 +318,55 @@ func (s *Server) restore(saved *Saved) {
 		s.restored = append(s.restored, sub)
 		subs++
 	}
-	pubs := 0
-	s.pubs.mu.Lock()
+	// Publications and bindings come back within the caps, the newest
+	// first; what is over a cap (saved before it was lowered) or gone is
+	// forgotten in the store too.
+	pubs, dropped := 0, 0
+	byUser := map[string][]*Publication{}
 	for i := range saved.Publications {
-		p := saved.Publications[i]
-		if !p.Expires.After(now) {
-			continue
+		p := &saved.Publications[i]
+		if p.Expires.After(now) {
+			byUser[p.UserID] = append(byUser[p.UserID], p)
 		}
-		if err := s.states.SetPerson(p.UserID, p.origin(), p.Person); err != nil {
-			continue
+	}
+	s.pubs.mu.Lock()
+	for userID, ps := range byUser {
+		slices.SortFunc(ps, func(a, b *Publication) int { return b.Expires.Compare(a.Expires) })
+		for i, p := range ps {
+			if i >= s.opt.MaxPublicationsPerUser {
+				s.journal.publication(p.ETag, nil)
+				dropped++
+				continue
+			}
+			if err := s.states.SetPerson(userID, p.origin(), p.Person); err != nil {
+				s.journal.publication(p.ETag, nil) // the user is gone
+				dropped++
+				continue
+			}
+			s.pubs.add(p)
+			pubs++
 		}
-		s.pubs.byTag[p.ETag] = &p
-		pubs++
 	}
 	s.pubs.mu.Unlock()
+	binds := 0
 	s.regs.mu.Lock()
 	for _, b := range saved.Bindings {
 		if b.Expires.After(now) {
 			s.regs.byUser[b.UserID] = append(s.regs.byUser[b.UserID], b)
 		}
 	}
+	for userID, bs := range s.regs.byUser {
+		if len(bs) > s.opt.MaxBindingsPerUser {
+			slices.SortFunc(bs, func(a, b Binding) int { return b.Expires.Compare(a.Expires) })
+			dropped += len(bs) - s.opt.MaxBindingsPerUser
+			s.regs.byUser[userID] = bs[:s.opt.MaxBindingsPerUser]
+			s.journal.bindings(userID)
+		}
+		binds += len(s.regs.byUser[userID])
+	}
 	s.regs.mu.Unlock()
 	s.log.Info("restored saved state", "subscriptions", subs, "skipped", skipped, "revoked", revoked, "publications", pubs,
-		"registrations", len(saved.Bindings))
+		"registrations", binds, "over_limits", dropped)
 }
 
 // restoredSubscription rebuilds a subscription from its record.

@@ -28,13 +28,32 @@ func (p *Publication) origin() string { return "publish:" + p.ETag }
 
 // publications holds the event state compositor's entries.
 type publications struct {
-	s     *Server
-	mu    sync.Mutex
-	byTag map[string]*Publication
+	s       *Server
+	mu      sync.Mutex
+	byTag   map[string]*Publication
+	perUser map[string]int
 }
 
 func newPublications(s *Server) *publications {
-	return &publications{s: s, byTag: map[string]*Publication{}}
+	return &publications{s: s, byTag: map[string]*Publication{}, perUser: map[string]int{}}
+}
+
+// add stores p; called with mu held.
+func (ps *publications) add(p *Publication) {
+	ps.byTag[p.ETag] = p
+	ps.perUser[p.UserID]++
+}
+
+// remove forgets the publication with tag; called with mu held.
+func (ps *publications) remove(tag string) {
+	p := ps.byTag[tag]
+	if p == nil {
+		return
+	}
+	delete(ps.byTag, tag)
+	if ps.perUser[p.UserID]--; ps.perUser[p.UserID] <= 0 {
+		delete(ps.perUser, p.UserID)
+	}
 }
 
 // Publications returns the current publications.
@@ -67,7 +86,7 @@ func (ps *publications) expire(now time.Time) {
 	var gone []*Publication
 	for tag, p := range ps.byTag {
 		if !p.Expires.After(now) {
-			delete(ps.byTag, tag)
+			ps.remove(tag)
 			gone = append(gone, p)
 			ps.s.journal.publication(tag, nil)
 		}
@@ -154,11 +173,19 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 			s.reply(req, tx, 412, "Conditional Request Failed")
 			return
 		}
-		delete(ps.byTag, match)
+		ps.remove(match)
 		s.journal.publication(match, nil)
 	} else if !hasBody {
 		ps.mu.Unlock()
 		s.reply(req, tx, 400, "Missing Body")
+		return
+	} else if expires > 0 && ps.perUser[user.ID] >= s.opt.MaxPublicationsPerUser {
+		// Each soft client of a person publishes under its own entity
+		// tag: the cap bounds how many a person may hold.
+		ps.mu.Unlock()
+		s.log.Info("too many publications for one person", "user", user.ID, "source", req.Source(),
+			"limit", s.opt.MaxPublicationsPerUser)
+		s.reply(req, tx, 403, "Too Many Publications")
 		return
 	}
 	oldOrigin := ""
@@ -181,7 +208,7 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		next.Person = pub.Person // a refresh keeps the state
 	}
 	next.Person.Expires = next.Expires
-	ps.byTag[next.ETag] = next
+	ps.add(next)
 	s.journal.publication(next.ETag, next)
 	ps.mu.Unlock()
 	// Set the new entry before clearing the old, so that watchers never

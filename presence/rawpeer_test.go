@@ -236,16 +236,19 @@ func (p *rawPeer) request(method, user string, headers []string, body string) (m
 	b.WriteString("Max-Forwards: 70\r\n")
 	fmt.Fprintf(&b, "From: <sip:watcher@127.0.0.1>;tag=%s\r\nTo: <sip:%s@127.0.0.1>\r\n", sip.GenerateTagN(6), user)
 	fmt.Fprintf(&b, "Call-ID: %s\r\n", callID)
-	hasCSeq, hasCL := false, false
+	hasCSeq, hasCL, hasContact := false, false, false
 	for _, h := range headers {
 		lower := strings.ToLower(h)
 		hasCSeq = hasCSeq || strings.HasPrefix(lower, "cseq:")
 		hasCL = hasCL || strings.HasPrefix(lower, "content-length:")
+		hasContact = hasContact || strings.HasPrefix(lower, "contact:")
 	}
 	if !hasCSeq {
 		fmt.Fprintf(&b, "CSeq: 1 %s\r\n", method)
 	}
-	fmt.Fprintf(&b, "Contact: <sip:watcher@127.0.0.1:%d>\r\n", p.port())
+	if !hasContact {
+		fmt.Fprintf(&b, "Contact: <sip:watcher@127.0.0.1:%d>\r\n", p.port())
+	}
 	for _, h := range headers {
 		b.WriteString(h + "\r\n")
 	}

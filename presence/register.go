@@ -102,7 +102,9 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	ua := headerValue(req, "User-Agent")
 	r := s.regs
 	r.mu.Lock()
-	bindings := r.current(userID, now)
+	// A copy: the request changes nothing unless it is taken whole.
+	bindings := append([]Binding(nil), r.current(userID, now)...)
+	before := len(bindings)
 	// Contact: * with Expires: 0 removes every binding.
 	for _, h := range contacts {
 		if strings.TrimSpace(h.Value()) == "*" {
@@ -165,6 +167,13 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 		} else {
 			bindings = append(bindings, b)
 		}
+	}
+	if len(bindings) > s.opt.MaxBindingsPerUser && len(bindings) > before {
+		r.mu.Unlock()
+		s.log.Info("too many registrations for one user", "user", userID, "source", req.Source(),
+			"limit", s.opt.MaxBindingsPerUser)
+		s.reply(req, tx, 403, "Too Many Registrations")
+		return
 	}
 	if len(bindings) == 0 {
 		delete(r.byUser, userID)

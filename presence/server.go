@@ -60,6 +60,14 @@ type Options struct {
 	MaxSubscriptionsPerSource int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
+	// MaxPublicationsPerUser bounds the PUBLISHed states (one per soft
+	// client) a person holds at once (default 10); past it a new PUBLISH
+	// gets 403.
+	MaxPublicationsPerUser int
+	// MaxBindingsPerUser bounds a user's registered contacts, like
+	// Asterisk's max_contacts (default 10); past it a REGISTER that adds
+	// one gets 403, as Asterisk answers.
+	MaxBindingsPerUser int
 	// Streams bound SIP over TCP and TLS: connections, deadlines.
 	Streams StreamLimits
 	// UDPBuffer is the receive and send buffer asked for on each UDP
@@ -101,6 +109,8 @@ const (
 	DefaultExpires                   = 600
 	DefaultMaxSubscriptionsPerSource = 1000
 	DefaultMaxBodyBytes              = 64 << 10
+	DefaultMaxPublicationsPerUser    = 10
+	DefaultMaxBindingsPerUser        = 10
 	DefaultUDPBuffer                 = 4 << 20
 	DefaultCoalesce                  = 20 * time.Millisecond
 )
@@ -126,6 +136,12 @@ func (o *Options) defaults() {
 	}
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if o.MaxPublicationsPerUser == 0 {
+		o.MaxPublicationsPerUser = DefaultMaxPublicationsPerUser
+	}
+	if o.MaxBindingsPerUser == 0 {
+		o.MaxBindingsPerUser = DefaultMaxBindingsPerUser
 	}
 	if o.Coalesce == 0 {
 		o.Coalesce = DefaultCoalesce

@@ -22,6 +22,15 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		MaxSubscriptionsPerSource: cfg.Policy.MaxSubscriptionsPerSource,
 		MaxBodyBytes:              cfg.Policy.MaxBodyBytes,
 		Coalesce:                  cfg.Policy.Coalesce,
+		MaxPublicationsPerUser:    cfg.Policy.MaxPublicationsPerUser,
+		MaxBindingsPerUser:        cfg.Policy.MaxRegistrationsPerUser,
+		Streams: presence.StreamLimits{
+			MaxConnections:   cfg.Policy.MaxConnections,
+			MaxPerAddress:    cfg.Policy.MaxConnectionsPerAddress,
+			MessageTimeout:   cfg.Policy.MessageTimeout,
+			HandshakeTimeout: cfg.Policy.MessageTimeout,
+			IdleTimeout:      cfg.Policy.IdleTimeout,
+		},
 	}
 	for _, l := range cfg.SIP.Listen {
 		pl := presence.Listener{Transport: l.Transport, Address: l.Address}

@@ -75,6 +75,22 @@ type Policy struct {
 	MaxSubscriptionsPerSource int `yaml:"max_subscriptions_per_source"`
 	// MaxBodyBytes bounds PUBLISH bodies.
 	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxPublicationsPerUser bounds the PUBLISHed states (one per soft
+	// client) a person holds.
+	MaxPublicationsPerUser int `yaml:"max_publications_per_user"`
+	// MaxRegistrationsPerUser bounds a user's registered contacts, like
+	// Asterisk's max_contacts.
+	MaxRegistrationsPerUser int `yaml:"max_registrations_per_user"`
+	// MaxConnections and MaxConnectionsPerAddress bound SIP connections
+	// over TCP and TLS.
+	MaxConnections           int `yaml:"max_connections"`
+	MaxConnectionsPerAddress int `yaml:"max_connections_per_address"`
+	// MessageTimeout is how long a SIP message over TCP or TLS may take
+	// to arrive whole (and a TLS handshake to finish).
+	MessageTimeout time.Duration `yaml:"message_timeout"`
+	// IdleTimeout closes a TCP or TLS connection that sent nothing for
+	// this long and holds no subscription.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// Coalesce is how long bursts of non-urgent changes for one user are
 	// gathered into one NOTIFY. A change to ringing is never delayed.
 	Coalesce time.Duration `yaml:"coalesce"`
@@ -322,6 +338,21 @@ func (c *Config) defaults() {
 	}
 	if p.Coalesce == 0 {
 		p.Coalesce = presence.DefaultCoalesce
+	}
+	setInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setInt(&p.MaxPublicationsPerUser, presence.DefaultMaxPublicationsPerUser)
+	setInt(&p.MaxRegistrationsPerUser, presence.DefaultMaxBindingsPerUser)
+	setInt(&p.MaxConnections, presence.DefaultMaxConnections)
+	setInt(&p.MaxConnectionsPerAddress, presence.DefaultMaxPerAddress)
+	if p.MessageTimeout == 0 {
+		p.MessageTimeout = presence.DefaultMessageTimeout
+	}
+	if p.IdleTimeout == 0 {
+		p.IdleTimeout = presence.DefaultIdleTimeout
 	}
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:8080"

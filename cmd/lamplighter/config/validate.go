@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -149,6 +150,21 @@ func (v *validator) checkPolicy(c *Config) {
 	}
 	if pol.Coalesce < 0 {
 		v.at(p("policy", "coalesce"), "must not be negative")
+	}
+	for key, n := range map[string]int{"max_publications_per_user": pol.MaxPublicationsPerUser,
+		"max_registrations_per_user": pol.MaxRegistrationsPerUser, "max_connections": pol.MaxConnections,
+		"max_connections_per_address": pol.MaxConnectionsPerAddress} {
+		if n < 1 {
+			v.at(p("policy", key), "must be at least 1")
+		}
+	}
+	if pol.MaxConnectionsPerAddress > pol.MaxConnections {
+		v.at(p("policy", "max_connections_per_address"), "is above max_connections (%d)", pol.MaxConnections)
+	}
+	for key, d := range map[string]time.Duration{"message_timeout": pol.MessageTimeout, "idle_timeout": pol.IdleTimeout} {
+		if d < time.Second {
+			v.at(p("policy", key), "must be at least 1s")
+		}
 	}
 }
 
