@@ -100,9 +100,10 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		return nil, fmt.Errorf("http token: %w", err)
 	}
 	d.api.SetToken(token)
+	d.ops.SetHosts(cfg.HTTP.Hosts)
 	d.api.Handle(d.ops)
-	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.View, Title: cfg.HTTP.Title,
-		Log: log})
+	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Title: cfg.HTTP.Title,
+		PBXs: d.pbxStates, MaxStreams: cfg.HTTP.MaxStreams, MaxStreamsPerAddress: cfg.HTTP.MaxStreamsPerAddress, Log: log})
 	d.board.Handle(d.ops)
 	if cfg.HTTP.Pprof {
 		d.ops.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
@@ -122,6 +123,16 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
 		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
 	return d, nil
+}
+
+// pbxStates is each PBX connection's state, for the switchboard.
+func (d *daemon) pbxStates() []switchboard.PBX {
+	out := make([]switchboard.PBX, 0, len(d.adapters))
+	for _, a := range d.adapters {
+		st := a.Status()
+		out = append(out, switchboard.PBX{Name: a.Name(), Connected: st.Connected && st.Synchronised, Down: st.Down, Since: st.Since})
+	}
+	return out
 }
 
 // newAdapter builds the adapter for one PBX entry.

@@ -107,6 +107,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.liveMu.Unlock()
 	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
 	d.api.SetToken(token)
+	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
 	for _, a := range d.adapters {
 		if r, ok := a.(interface{ Resync() }); ok && resync[a.Name()] {

@@ -250,6 +250,21 @@ func (a *API) View(st *bridge.State) User {
 	return u
 }
 
+// PublicView is View without what only authenticated watchers may see:
+// the calls' SIP dialog identifiers (Call-ID and tags), which are what a
+// pickup with Replaces needs. The switchboard, open to anyone who reaches
+// the listener, shows this.
+func (a *API) PublicView(st *bridge.State) User {
+	u := a.View(st)
+	calls := make([]bridge.Call, len(u.Calls))
+	for i, c := range u.Calls {
+		c.CallID, c.LocalTag, c.RemoteTag = "", "", ""
+		calls[i] = c
+	}
+	u.Calls = calls
+	return u
+}
+
 func personView(p bridge.PersonState) Person {
 	v := Person{Activities: p.Activities, Note: p.Note}
 	if v.Activities == nil {

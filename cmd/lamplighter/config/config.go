@@ -110,10 +110,19 @@ type SingleDialog struct {
 type HTTP struct {
 	Listen string `yaml:"listen"`
 	// Title is the switchboard page's heading (default "Switchboard").
-	Title     string `yaml:"title"`
-	Token     string `yaml:"token"`
-	TokenFile string `yaml:"token_file"`
-	TokenEnv  string `yaml:"token_env"`
+	Title string `yaml:"title"`
+	// Hosts are the names the listener answers to (besides its own
+	// address, localhost and this machine's name); a request for any
+	// other name is refused, against DNS rebinding.
+	Hosts []string `yaml:"hosts"`
+	// MaxStreams and MaxStreamsPerAddress bound the switchboard's open
+	// event streams (defaults 1000 and 10; behind a reverse proxy every
+	// viewer has the proxy's address: raise the second).
+	MaxStreams           int    `yaml:"max_streams"`
+	MaxStreamsPerAddress int    `yaml:"max_streams_per_address"`
+	Token                string `yaml:"token"`
+	TokenFile            string `yaml:"token_file"`
+	TokenEnv             string `yaml:"token_env"`
 	// Pprof serves Go's profiler under /debug/pprof/ (default off): for
 	// profiling under load, on a loopback or otherwise private listener.
 	Pprof bool `yaml:"pprof"`
@@ -357,6 +366,8 @@ func (c *Config) defaults() {
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:8080"
 	}
+	setInt(&c.HTTP.MaxStreams, 1000)
+	setInt(&c.HTTP.MaxStreamsPerAddress, 10)
 	if c.StateDir == "" {
 		if d := os.Getenv("STATE_DIRECTORY"); d != "" { // set by systemd's StateDirectory=
 			c.StateDir = d

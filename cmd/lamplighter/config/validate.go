@@ -161,6 +161,9 @@ func (v *validator) checkPolicy(c *Config) {
 	if pol.MaxConnectionsPerAddress > pol.MaxConnections {
 		v.at(p("policy", "max_connections_per_address"), "is above max_connections (%d)", pol.MaxConnections)
 	}
+	if c.HTTP.MaxStreams < 1 || c.HTTP.MaxStreamsPerAddress < 1 {
+		v.at(p("http", "max_streams"), "max_streams and max_streams_per_address must be at least 1")
+	}
 	for key, d := range map[string]time.Duration{"message_timeout": pol.MessageTimeout, "idle_timeout": pol.IdleTimeout} {
 		if d < time.Second {
 			v.at(p("policy", key), "must be at least 1s")

@@ -11,13 +11,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/presence"
@@ -54,6 +58,8 @@ type Server struct {
 	reg     *prometheus.Registry
 	Metrics *Metrics
 	mux     *http.ServeMux
+	hosts   atomic.Pointer[[]string] // names besides the listener's own address
+	self    []string                 // this machine's names
 }
 
 // New builds the endpoint and its metrics registry (its own, not the
@@ -62,6 +68,11 @@ type Server struct {
 func New() *Server {
 	reg := prometheus.NewRegistry()
 	s := &Server{reg: reg, Metrics: newMetrics(reg), mux: http.NewServeMux()}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		short, _, _ := strings.Cut(h, ".")
+		s.self = []string{h, short}
+	}
+	s.SetHosts(nil)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{s: s})
 	s.mux.HandleFunc("GET /healthz", s.healthz)
@@ -76,13 +87,71 @@ func (s *Server) Attach(src Sources) { s.src = src }
 // Handle adds another handler to the endpoint's mux (the API, the page).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// SetHosts sets the host names the listener answers to besides its own
+// address, "localhost" (on loopback) and this machine's name: the names
+// in the config's http.hosts (a reload may change them).
+func (s *Server) SetHosts(hosts []string) {
+	h := append([]string(nil), hosts...)
+	s.hosts.Store(&h)
+}
+
+// ServeHTTP implements http.Handler. A request whose Host is neither an
+// address this listener serves nor one of its names is refused (421):
+// that is how a DNS-rebinding page would reach the switchboard or the API
+// through a visitor's browser.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.hostAllowed(r) {
+		http.Error(w, "unknown host name: add it to http.hosts in the config", http.StatusMisdirectedRequest)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// hostAllowed checks r's Host header against where r arrived.
+func (s *Server) hostAllowed(r *http.Request) bool {
+	host := r.Host
+	if host == "" {
+		return true // HTTP/1.0 without Host: no browser sends that
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	var local netip.Addr
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ap, err := netip.ParseAddrPort(la.String()); err == nil {
+			local = ap.Addr().Unmap()
+		}
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		return !local.IsValid() || ip == local || (ip.IsLoopback() && local.IsLoopback())
+	}
+	if strings.EqualFold(host, "localhost") {
+		return !local.IsValid() || local.IsLoopback()
+	}
+	for _, list := range [][]string{s.self, *s.hosts.Load()} {
+		for _, name := range list {
+			if strings.EqualFold(host, name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxHTTPConnections bounds the HTTP listener's open connections (the
+// switchboard's event streams have their own, lower, caps).
+const maxHTTPConnections = 2048
 
 // Run serves on ln until ctx ends, then shuts down within two seconds.
 func (s *Server) Run(ctx context.Context, ln net.Listener, log *slog.Logger) error {
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	// Bounds for what a client can hold: a few seconds for a request's
+	// head, a minute for an idle keep-alive, small headers, and at most
+	// maxHTTPConnections at once (more wait in the kernel's backlog).
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	ln = netutil.LimitListener(ln, maxHTTPConnections)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {

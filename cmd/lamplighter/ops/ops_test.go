@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -30,7 +33,9 @@ func (p *pbx) set(st adapters.Status)                          { p.mu.Lock(); p.
 func get(t *testing.T, h http.Handler, path string) (int, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	req.Host = "localhost"
+	h.ServeHTTP(rec, req)
 	b, _ := io.ReadAll(rec.Result().Body)
 	return rec.Code, string(b)
 }
@@ -116,5 +121,40 @@ func TestHealthz(t *testing.T) {
 	alive = false
 	if code, _ := get(t, s, "/healthz"); code != http.StatusServiceUnavailable {
 		t.Errorf("healthz with a wedged core: %d", code)
+	}
+}
+
+// TestHostHeaderIsChecked: the listener answers its own address,
+// localhost (on loopback), this machine's name and the configured names;
+// any other Host (a DNS-rebinding page's) gets 421.
+func TestHostHeaderIsChecked(t *testing.T) {
+	s := New()
+	s.Attach(Sources{})
+	s.SetHosts([]string{"lamp.example.com"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx, ln, slog.New(slog.DiscardHandler))
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	host, _ := os.Hostname()
+	for h, want := range map[string]int{
+		addr: 200, "localhost:" + port: 200, "LAMP.example.com": 200, "lamp.example.com.:" + port: 200, host: 200,
+		"127.0.0.2:" + port: 200, // another loopback address reaches the same listener
+		"evil.example.com":  421, "10.9.9.9:" + port: 421, "lamp.example.com.evil.example": 421,
+	} {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/healthz", nil)
+		req.Host = h
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("Host %q: %d, want %d", h, res.StatusCode, want)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -42,6 +43,23 @@ type Options struct {
 	// Heartbeat is how often an idle stream gets a comment line, so
 	// that proxies keep it open (default 15s).
 	Heartbeat time.Duration
+	// PBXs reports each PBX connection's state, so that the page can say
+	// when one is down (nil: none shown).
+	PBXs func() []PBX
+	// MaxStreams and MaxStreamsPerAddress bound the open event streams
+	// (defaults 1000 and 10); past either a new one gets 503.
+	MaxStreams, MaxStreamsPerAddress int
+	// WriteTimeout bounds each write to a stream: a viewer that stops
+	// reading is dropped (default 10s).
+	WriteTimeout time.Duration
+}
+
+// PBX is one PBX connection as the page shows it.
+type PBX struct {
+	Name      string    `json:"name"`
+	Connected bool      `json:"connected"`
+	Down      bool      `json:"down"` // unreachable past its down_after: its phones show unavailable
+	Since     time.Time `json:"since,omitzero"`
 }
 
 // Switchboard serves the page and its event stream.
@@ -50,6 +68,8 @@ type Switchboard struct {
 
 	mu      sync.Mutex
 	clients map[*client]struct{}
+	perAddr map[string]int  // open streams by client address
+	pbxs    []PBX           // as last sent
 	dirty   map[string]bool // users changed since the last broadcast
 	wake    chan struct{}
 	done    chan struct{} // closed when Run ends: streams end too
@@ -72,7 +92,16 @@ func New(opt Options) *Switchboard {
 	if opt.Heartbeat == 0 {
 		opt.Heartbeat = 15 * time.Second
 	}
-	return &Switchboard{opt: opt, clients: map[*client]struct{}{}, dirty: map[string]bool{},
+	if opt.MaxStreams == 0 {
+		opt.MaxStreams = 1000
+	}
+	if opt.MaxStreamsPerAddress == 0 {
+		opt.MaxStreamsPerAddress = 10
+	}
+	if opt.WriteTimeout == 0 {
+		opt.WriteTimeout = 10 * time.Second
+	}
+	return &Switchboard{opt: opt, clients: map[*client]struct{}{}, perAddr: map[string]int{}, dirty: map[string]bool{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
@@ -108,10 +137,17 @@ func (s *Switchboard) Run(ctx context.Context) {
 	})
 	defer cancel()
 	defer close(s.done)
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-poll.C:
+			if pbxs, changed := s.pollPBXs(); changed {
+				s.broadcast(frame("update", message{PBXs: pbxs}))
+			}
+			continue
 		case <-s.wake:
 		}
 		s.mu.Lock()
@@ -136,7 +172,8 @@ type message struct {
 	Title   string     `json:"title,omitempty"`
 	Users   []api.User `json:"users"`
 	Removed []string   `json:"removed,omitempty"`
-	Now     time.Time  `json:"now"` // the server's clock, for call durations
+	PBXs    []PBX      `json:"pbxs,omitempty"` // every PBX, when any changed (and in a snapshot)
+	Now     time.Time  `json:"now"`            // the server's clock, for call durations
 }
 
 func frame(event string, m message) []byte {
@@ -165,25 +202,67 @@ func (s *Switchboard) broadcast(b []byte) {
 	}
 }
 
-// events streams a snapshot, then updates, as server-sent events.
+// pollPBXs reads the PBXs' states and reports whether they changed since
+// the last look.
+func (s *Switchboard) pollPBXs() ([]PBX, bool) {
+	if s.opt.PBXs == nil {
+		return nil, false
+	}
+	now := s.opt.PBXs()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := len(now) != len(s.pbxs)
+	for i := 0; !changed && i < len(now); i++ {
+		changed = now[i].Connected != s.pbxs[i].Connected || now[i].Down != s.pbxs[i].Down
+	}
+	s.pbxs = now
+	return now, changed
+}
+
+// events streams a snapshot, then updates, as server-sent events. Streams
+// are capped in total and per client address (503 past either), and each
+// write has a deadline, so that viewers who never read cost a bounded
+// amount.
 func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
+	addr, _, _ := net.SplitHostPort(r.RemoteAddr)
 	c := &client{send: make(chan []byte, clientBuffer), gone: make(chan struct{})}
 	// Register before taking the snapshot: an update racing with it is
 	// then sent after it, never lost.
 	s.mu.Lock()
+	if len(s.clients) >= s.opt.MaxStreams || s.perAddr[addr] >= s.opt.MaxStreamsPerAddress {
+		s.mu.Unlock()
+		s.opt.Log.Debug("switchboard stream refused: too many", "source", addr)
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, "too many open switchboards", http.StatusServiceUnavailable)
+		return
+	}
 	s.clients[c] = struct{}{}
+	s.perAddr[addr]++
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.clients, c)
+		if s.perAddr[addr]--; s.perAddr[addr] <= 0 {
+			delete(s.perAddr, addr)
+		}
 		s.mu.Unlock()
 	}()
+	rc := http.NewResponseController(w)
+	write := func(b []byte) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.opt.WriteTimeout))
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
 	snap := message{Title: s.opt.Title}
+	if s.opt.PBXs != nil {
+		snap.PBXs = s.opt.PBXs()
+	}
 	for _, st := range s.opt.Bridge.States() {
 		snap.Users = append(snap.Users, s.opt.View(st))
 	}
@@ -193,13 +272,13 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	// retry: how soon the browser reconnects after the stream breaks.
-	if _, err := w.Write(append([]byte("retry: 1000\n"), frame("snapshot", snap)...)); err != nil {
+	if write(append([]byte("retry: 1000\n"), frame("snapshot", snap)...)) != nil {
 		return
 	}
-	flusher.Flush()
 	beat := time.NewTicker(s.opt.Heartbeat)
 	defer beat.Stop()
 	for {
+		var err error
 		select {
 		case <-r.Context().Done():
 			return
@@ -208,14 +287,19 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		case <-s.done:
 			return
 		case b := <-c.send:
-			if _, err := w.Write(b); err != nil {
-				return
-			}
+			err = write(b)
 		case <-beat.C:
-			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
-				return
-			}
+			err = write([]byte(": keep-alive\n\n"))
 		}
-		flusher.Flush()
+		if err != nil {
+			return
+		}
 	}
+}
+
+// Streams returns the number of open event streams.
+func (s *Switchboard) Streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.clients)
 }

@@ -238,6 +238,19 @@ $("#loginform").addEventListener("submit", async (ev) => {
 
 filter.addEventListener("input", applyFilter);
 
+// showPBXs says which PBXs are unreachable: their phones' lamps show
+// Unavailable (down) or may be out of date (reconnecting).
+function showPBXs(pbxs) {
+  const banner = $("#pbxdown");
+  const since = (p) => p.since ? " since " + new Date(p.since).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+  const down = pbxs.filter((p) => p.down).map((p) => "PBX " + p.name + " is unreachable" + since(p) + ": its phones show Unavailable.");
+  const away = pbxs.filter((p) => !p.down && !p.connected).map((p) => "Reconnecting to PBX " + p.name + "…");
+  const text = down.concat(away).join(" ");
+  banner.hidden = text === "";
+  banner.dataset.state = down.length ? "down" : "reconnecting";
+  banner.textContent = text;
+}
+
 function connect() {
   const link = $("#link");
   const es = new EventSource("/events");
@@ -245,6 +258,7 @@ function connect() {
     const m = JSON.parse(ev.data);
     if (m.now) clockSkew = Date.parse(m.now) - Date.now();
     if (m.title) { $("#title").textContent = m.title; }
+    if (m.pbxs) showPBXs(m.pbxs);
     if (full) users.clear();
     for (const u of m.users) users.set(u.id, u);
     for (const id of m.removed || []) { users.delete(id); tiles.delete(id); }
