@@ -128,3 +128,28 @@ func TestMalformedRequestsGetTheirAnswer(t *testing.T) {
 		t.Fatal("no subscription after the malformed requests")
 	}
 }
+
+// TestPublishedXMLThatStrictParsersRefuse: a PUBLISH whose PIDF repeats
+// an attribute or uses an undeclared prefix (encoding/xml takes both) is
+// refused with 400, so it never reaches a watcher's document.
+func TestPublishedXMLThatStrictParsersRefuse(t *testing.T) {
+	env := newEnv(t, trusted)
+	peer := newRawPeer(t, env.udp)
+	for name, extra := range map[string]string{
+		"repeated attribute": `<r:mood a="1" a="2"><r:happy/></r:mood>`,
+		"undeclared prefix":  `<q:thing q:a="1"/>`,
+		"xml prefix rebound": `<r:mood xmlns:xml="urn:not-xml"/>`,
+	} {
+		body := `<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" ` +
+			`xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:100@127.0.0.1"><dm:person id="p">` + extra +
+			`</dm:person></presence>`
+		msg, callID := peer.request("PUBLISH", "100", []string{"Event: presence", "Content-Type: application/pidf+xml", "Expires: 60"}, body)
+		peer.send(msg)
+		if res := peer.response(callID, 5*time.Second); res.StatusCode != 400 {
+			t.Errorf("%s: %d, want 400", name, res.StatusCode)
+		}
+	}
+	if n := len(env.srv.Publications()); n != 0 {
+		t.Errorf("%d publications kept", n)
+	}
+}

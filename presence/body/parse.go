@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
+	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/lamplighter/lamplighter/bridge"
 )
@@ -35,17 +38,14 @@ var ErrNotPIDF = errors.New("not a PIDF presence document")
 // count and note length, so hostile bodies fail fast.
 func ParsePIDF(data []byte) (bridge.PersonState, error) {
 	var ps bridge.PersonState
+	// Namespace-well-formed first (encoding/xml lets repeated attributes
+	// and undeclared prefixes through): what watchers get must be.
+	if err := checkFragment(data); err != nil {
+		return ps, fmt.Errorf("bad PIDF: %w", err)
+	}
 	dec := xml.NewDecoder(bytes.NewReader(data))
 	dec.Strict = true
-	dec.CharsetReader = func(charset string, r io.Reader) (io.Reader, error) {
-		switch strings.ToLower(charset) {
-		case "utf-8", "us-ascii", "iso-8859-1", "latin1":
-			// Latin-1 bodies (FreeSWITCH declares it) are read as UTF-8:
-			// notes are the only text we keep and are sanitised.
-			return r, nil
-		}
-		return nil, fmt.Errorf("unsupported charset %q", charset)
-	}
+	dec.CharsetReader = charsetReader
 	var (
 		path       []xml.Name // open elements
 		elements   int
@@ -173,13 +173,19 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 func isPerson(n xml.Name) bool { return n.Space == NSDataModel && n.Local == "person" }
 
 // captureElement re-encodes the element that start opens (and everything
-// in it) as a self-contained fragment: namespaces become xmlns attributes
-// on the elements that use them. An element whose names cannot stand
-// without their prefix (a local part like "0abc") is consumed and dropped:
-// it returns nil, nil.
+// in it) as a self-contained fragment, written here rather than by
+// encoding/xml (whose encoder can bind a prefix to the XML namespace and
+// repeat an attribute, neither of which a namespace-aware parser
+// accepts): every element declares its own namespace as the default one,
+// a namespaced attribute gets a prefix declared on its element (xml:
+// attributes keep theirs), an attribute repeated under the same expanded
+// name is written once, namespace declarations of the source are dropped,
+// comments and processing instructions are left out, and text is escaped.
+// An element whose names cannot stand without their prefix (a local part
+// like "0abc") is consumed and dropped: it returns nil, nil. The fragment
+// is checked once more with checkFragment before it is kept.
 func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 	var buf bytes.Buffer
-	enc := xml.NewEncoder(&buf)
 	depth := 0
 	valid := true
 	tok := xml.Token(start)
@@ -190,25 +196,16 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 			if depth > maxDepth {
 				return nil, errors.New("element too deep")
 			}
-			t.Attr = cleanAttrs(t.Attr)
-			if !isNCName(t.Name.Local) {
+			if !writeStart(&buf, t) {
 				valid = false
 			}
-			for _, a := range t.Attr {
-				if !isNCName(a.Name.Local) {
-					valid = false
-				}
-			}
-			tok = t
 		case xml.EndElement:
 			depth--
-		case xml.Directive, xml.ProcInst:
-			tok = nil
-		}
-		if tok != nil && valid {
-			if err := enc.EncodeToken(xml.CopyToken(tok)); err != nil {
-				return nil, err
-			}
+			buf.WriteString("</")
+			buf.WriteString(t.Name.Local)
+			buf.WriteByte('>')
+		case xml.CharData:
+			_ = xml.EscapeText(&buf, t)
 		}
 		if depth == 0 {
 			break
@@ -218,13 +215,73 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 			return nil, err
 		}
 	}
-	if !valid {
+	if !valid || checkFragment(buf.Bytes()) != nil {
 		return nil, nil
 	}
-	if err := enc.Flush(); err != nil {
-		return nil, err
-	}
 	return buf.Bytes(), nil
+}
+
+// nsXML is the namespace the xml: prefix is bound to, and nsXMLNS the one
+// of namespace declarations.
+const (
+	nsXML   = "http://www.w3.org/XML/1998/namespace"
+	nsXMLNS = "http://www.w3.org/2000/xmlns/"
+)
+
+// writeStart writes a start tag; it reports false when a name is not an
+// NCName (the element cannot be written).
+func writeStart(buf *bytes.Buffer, t xml.StartElement) bool {
+	if !isNCName(t.Name.Local) || t.Name.Space == nsXML || t.Name.Space == nsXMLNS ||
+		(t.Name.Space != "" && !absoluteURI(t.Name.Space)) {
+		return false
+	}
+	buf.WriteByte('<')
+	buf.WriteString(t.Name.Local)
+	buf.WriteString(` xmlns="`)
+	_ = xml.EscapeText(buf, []byte(t.Name.Space))
+	buf.WriteByte('"')
+	type expanded struct{ space, local string }
+	seen := map[expanded]bool{}
+	prefixes := map[string]string{} // namespace → prefix declared here
+	for _, a := range t.Attr {
+		space := a.Name.Space
+		switch {
+		case space == "xmlns" || space == nsXMLNS || (space == "" && a.Name.Local == "xmlns"):
+			continue // a declaration: ours are written here
+		case space == "xml":
+			space = nsXML
+		}
+		if !isNCName(a.Name.Local) || (space != "" && space != nsXML && !absoluteURI(space)) {
+			return false
+		}
+		key := expanded{space, a.Name.Local}
+		if seen[key] {
+			continue // the same attribute twice: the first stands
+		}
+		seen[key] = true
+		buf.WriteByte(' ')
+		switch space {
+		case "":
+		case nsXML:
+			buf.WriteString("xml:")
+		default:
+			p, ok := prefixes[space]
+			if !ok {
+				p = "a" + strconv.Itoa(len(prefixes))
+				prefixes[space] = p
+				buf.WriteString("xmlns:" + p + `="`)
+				_ = xml.EscapeText(buf, []byte(space))
+				buf.WriteString(`" `)
+			}
+			buf.WriteString(p + ":")
+		}
+		buf.WriteString(a.Name.Local)
+		buf.WriteString(`="`)
+		_ = xml.EscapeText(buf, []byte(a.Value))
+		buf.WriteByte('"')
+	}
+	buf.WriteByte('>')
+	return true
 }
 
 // isNCName reports whether s is a valid XML name without a colon.
@@ -243,15 +300,44 @@ func isNCName(s string) bool {
 	return true
 }
 
-// cleanAttrs drops namespace declarations (the encoder writes its own) so
-// that a prefix declared on an ancestor cannot dangle.
-func cleanAttrs(attrs []xml.Attr) []xml.Attr {
-	out := attrs[:0:0]
-	for _, a := range attrs {
-		if a.Name.Space == "xmlns" || a.Name.Local == "xmlns" {
-			continue
-		}
-		out = append(out, a)
+// charsetReader reads the encodings a PUBLISHed body may declare.
+func charsetReader(charset string, r io.Reader) (io.Reader, error) {
+	switch strings.ToLower(charset) {
+	case "utf-8", "us-ascii":
+		return r, nil
+	case "iso-8859-1", "latin1", "iso_8859-1", "l1":
+		// Latin-1 bodies (FreeSWITCH declares it): each byte is the
+		// code point of the same number.
+		return &latin1Reader{r: r}, nil
 	}
-	return out
+	return nil, fmt.Errorf("unsupported charset %q", charset)
+}
+
+// absoluteURI reports whether a namespace name is an absolute URI, as
+// namespace names should be (libxml2 warns about any other).
+func absoluteURI(ns string) bool {
+	u, err := url.Parse(ns)
+	return err == nil && u.Scheme != ""
+}
+
+// latin1Reader decodes ISO-8859-1 into UTF-8.
+type latin1Reader struct {
+	r       io.Reader
+	pending []byte // encoded but not yet read
+	in      [512]byte
+}
+
+func (l *latin1Reader) Read(p []byte) (int, error) {
+	if len(l.pending) == 0 {
+		n, err := l.r.Read(l.in[:min(len(l.in), max(len(p)/2, 1))])
+		if n == 0 {
+			return 0, err
+		}
+		for _, b := range l.in[:n] {
+			l.pending = utf8.AppendRune(l.pending, rune(b))
+		}
+	}
+	n := copy(p, l.pending)
+	l.pending = l.pending[n:]
+	return n, nil
 }

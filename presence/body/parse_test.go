@@ -1,7 +1,10 @@
 package body
 
 import (
+	"bytes"
 	"encoding/xml"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -112,30 +115,110 @@ func TestParsePIDFRejects(t *testing.T) {
 	}
 }
 
+// FuzzParsePIDF: whatever the PUBLISH parser accepts must render into
+// documents that a strict namespace-aware parser takes: checkFragment,
+// and libxml2's xmllint where it is installed (.ci/deps installs it).
 func FuzzParsePIDF(f *testing.F) {
 	f.Add([]byte(linphoneBody))
 	f.Add([]byte(`<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple id="a"><status><basic>closed</basic></status></tuple></presence>`))
 	f.Add([]byte(`<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "c">]><presence/>`))
+	person := func(extra string) []byte {
+		return []byte(`<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" ` +
+			`xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:a@b"><dm:person id="p">` + extra +
+			`<r:activities><r:away/></r:activities></dm:person></presence>`)
+	}
+	f.Add(person(`<r:mood a="1" b="2"><r:happy/></r:mood>`))
+	f.Add(person(`<r:place xml:lang="fr" xmlns:o="urn:o" o:a="1">Bureau</r:place>`))
+	f.Add(person(`<x:e xmlns:x="urn:x" xmlns:y="urn:x" x:a="1" y:b="2"><![CDATA[a<b]]><!-- c --></x:e>`))
+	f.Add([]byte("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\"><note>\xe9t\xe9</note></presence>"))
 	dir, _ := bridge.NewDirectory([]bridge.User{{ID: "u", Extensions: []string{"1"}}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ps, err := ParsePIDF(data)
 		if err != nil {
 			return
 		}
-		// Whatever was accepted must render into a well-formed document.
 		b := bridge.New(dir)
 		b.SetPerson("u", "p", ps)
+		b.Apply(bridge.CallUpdated{Source: "s", Call: bridge.Call{ID: "c", Device: "d", State: bridge.CallEarly,
+			Direction: bridge.Incoming, Remote: bridge.Party{Number: ps.Note, Name: ps.Note}}})
 		st, _ := b.State("u")
-		out := PIDF(nil, "sip:1@x", st, Options{})
-		d := xml.NewDecoder(strings.NewReader(string(out)))
-		for {
-			_, err := d.Token()
-			if err != nil {
-				if err.Error() != "EOF" {
-					t.Fatalf("accepted body renders badly: %v\n%s\n%s", err, data, out)
-				}
-				break
+		for _, out := range [][]byte{PIDF(nil, "sip:1@x", st, Options{}), DialogInfo(nil, "sip:1@x", st, Options{Version: 1})} {
+			if err := checkFragment(out); err != nil {
+				t.Fatalf("accepted body renders badly: %v\n%q\n%s", err, data, out)
+			}
+			if !xmllintAccepts(t, out) {
+				t.Fatalf("xmllint refuses what an accepted body renders:\n%q\n%s", data, out)
 			}
 		}
 	})
+}
+
+// TestLatin1PIDF: a body declared ISO-8859-1 is read as Latin-1, not
+// refused as bad UTF-8.
+func TestLatin1PIDF(t *testing.T) {
+	doc := "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>\n" +
+		`<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple id="t"><status><basic>open</basic></status>` +
+		"<note>R\xe9union \xe0 midi</note></tuple></presence>"
+	ps, err := ParsePIDF([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Note != "Réunion à midi" {
+		t.Errorf("note %q", ps.Note)
+	}
+}
+
+// TestForeignElementsAreWrittenWellFormed: what encoding/xml would have
+// written into watchers' documents and a namespace-aware parser refuses:
+// a repeated attribute (by name, or by two prefixes of one namespace),
+// the xml: prefix, namespace declarations as attributes.
+func TestForeignElementsAreWrittenWellFormed(t *testing.T) {
+	for name, extra := range map[string]string{
+		"repeated attribute":        `<x:mood xmlns:x="urn:x" a="1" a="2"/>`,
+		"one namespace, two prefix": `<x:mood xmlns:x="urn:x" xmlns:y="urn:x" x:a="1" y:a="2"/>`,
+		"xml:lang":                  `<x:place xmlns:x="urn:x" xml:lang="fr">Bureau</x:place>`,
+		"xmlns attribute":           `<x:place xmlns:x="urn:x" xmlns:z="urn:z" z:xmlns="q" x:xmlns="r"/>`,
+		"xml namespace element":     `<x:lang xmlns:x="http://www.w3.org/XML/1998/namespace"/>`,
+		"undeclared prefix":         `<q:thing xmlns:x="urn:x" q:attr="1"/>`,
+	} {
+		doc := `<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" entity="sip:a@b">` +
+			`<dm:person id="p">` + extra + `<dm:note>n</dm:note></dm:person></presence>`
+		ps, err := ParsePIDF([]byte(doc))
+		if err != nil {
+			continue // refused whole: fine
+		}
+		for _, x := range ps.Extra {
+			if err := checkFragment(x); err != nil {
+				t.Errorf("%s: kept %s: %v", name, x, err)
+			}
+		}
+		dir, _ := bridge.NewDirectory([]bridge.User{{ID: "u", Extensions: []string{"1"}}})
+		b := bridge.New(dir)
+		b.SetPerson("u", "p", ps)
+		st, _ := b.State("u")
+		if out := PIDF(nil, "sip:1@x", st, Options{}); checkFragment(out) != nil || !xmllintAccepts(t, out) {
+			t.Errorf("%s: renders badly: %v\n%s", name, checkFragment(out), out)
+		}
+	}
+}
+
+// xmllintAccepts runs libxml2's xmllint (a strict, namespace-aware
+// parser) on doc when it is installed; without it, it accepts.
+func xmllintAccepts(t testing.TB, doc []byte) bool {
+	t.Helper()
+	path, err := exec.LookPath("xmllint")
+	if err != nil {
+		if os.Getenv("LAMPLIGHTER_E2E") == "require" {
+			t.Fatal("xmllint is not installed (Debian: libxml2-utils)")
+		}
+		return true
+	}
+	cmd := exec.Command(path, "--noout", "--nonet", "-")
+	cmd.Stdin = bytes.NewReader(doc)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Logf("xmllint: %v %s", err, out)
+		return false
+	}
+	return true
 }
