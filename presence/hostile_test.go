@@ -1,10 +1,13 @@
 package presence
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
 )
 
 // The hostile-peer suite: each test plays an attacker or a broken peer on
@@ -151,5 +154,46 @@ func TestPublishedXMLThatStrictParsersRefuse(t *testing.T) {
 	}
 	if n := len(env.srv.Publications()); n != 0 {
 		t.Errorf("%d publications kept", n)
+	}
+}
+
+// TestLargeMessagesAreSent: a response above sipgo's 1,300-byte UDP
+// limit (a SUBSCRIBE through six proxies) is sent, not swallowed; a
+// NOTIFY too large for any datagram (a user with hundreds of calls) goes
+// out compact rather than failing until the watcher is dropped.
+func TestLargeMessagesAreSent(t *testing.T) {
+	env := newEnv(t, trusted)
+	peer := newRawPeer(t, env.udp)
+	var extra []string
+	for i := range 6 {
+		// Loopback addresses: the NOTIFYs of this dialog go nowhere else.
+		extra = append(extra, fmt.Sprintf("Record-Route: <sip:127.0.0.%d:9;lr;ftag=%s>", i+2, strings.Repeat("x", 90)))
+	}
+	d := &rawSub{callID: "via-proxies", fromTag: "ft", user: "100", event: "dialog"}
+	msg := peer.subscribeMsg(d, 600, extra...)
+	for i := range 6 { // the proxies' Vias below ours
+		msg = strings.Replace(msg, "Max-Forwards: 70\r\n", fmt.Sprintf("Via: SIP/2.0/UDP 127.0.1.%d:5060;branch=z9hG4bK%s;received=127.0.1.%d\r\nMax-Forwards: 70\r\n", i, strings.Repeat("b", 40), i), 1)
+	}
+	peer.send(msg)
+	res := peer.response(d.callID, 5*time.Second)
+	if res.StatusCode != 200 || len(res.String()) < 1300 {
+		t.Fatalf("answer %d of %d bytes", res.StatusCode, len(res.String()))
+	}
+	// Drop the route set's effect: NOTIFYs would go to the first proxy.
+	// A second subscription, direct, watches the user with many calls.
+	subs := peer.subscribeMany("100", "dialog", 1)
+	for i := range 300 {
+		env.bridge.Apply(bridge.CallUpdated{Source: "pbx", Call: bridge.Call{ID: fmt.Sprintf("c%d", i), Device: "PJSIP/100",
+			Direction: bridge.Incoming, State: bridge.CallConfirmed, Remote: bridge.Party{Number: fmt.Sprintf("%04d", i),
+				Name: strings.Repeat("Caller ", 20)}, CallID: fmt.Sprintf("call-%d@pbx", i), LocalTag: "lt", RemoteTag: "rt"}})
+	}
+	waitUntil(t, 10*time.Second, "a NOTIFY with the calls", func() bool {
+		return strings.Contains(peer.lastBody(subs[0].callID), "confirmed")
+	})
+	if n := strings.Count(peer.lastBody(subs[0].callID), "<dialog "); n != 1 {
+		t.Errorf("compact NOTIFY has %d dialogs, want 1", n)
+	}
+	if env.srv.Watchers("debbie") != 2 {
+		t.Errorf("the watcher was dropped")
 	}
 }

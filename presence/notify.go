@@ -198,8 +198,16 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.changedAt = time.Time{}
 	sub.lastState = st
 	tx := s.notifier.newTx(sub)
-	*tx.buf = s.appendNotify(*tx.buf, sub, st, version, final, remaining, tx.branch)
 	network, addr := s.address(sub)
+	*tx.buf = s.appendNotify(*tx.buf, sub, st, version, final, remaining, tx.branch, false)
+	if network == "udp" && len(*tx.buf) > maxDatagram {
+		// It would not leave (EMSGSIZE) and the watcher would be blamed:
+		// send what matters, one dialog and no published extras.
+		size := len(*tx.buf)
+		*tx.buf = s.appendNotify((*tx.buf)[:0], sub, st, version, final, remaining, tx.branch, true)
+		s.log.Warn("NOTIFY too large for a UDP datagram: sent compact (one dialog, no published extras)",
+			"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
+	}
 	cseq := sub.cseq
 	sub.mu.Unlock()
 
@@ -293,10 +301,14 @@ func errString(err error, res *sip.Response) string {
 	return ""
 }
 
+// maxDatagram is the largest NOTIFY sent over UDP: an IPv6 UDP payload
+// (65,527) less room for the IP options some paths add.
+const maxDatagram = 65000
+
 // appendNotify renders the in-dialog NOTIFY into dst: Request-URI the
 // remote target, From/To our and their tags, our CSeq, the route set,
 // and the body for the subscriber's package. Called with sub.mu held.
-func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, version uint32, final string, remaining int, branch string) []byte {
+func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, version uint32, final string, remaining int, branch string, compact bool) []byte {
 	host := sub.LocalHost
 	if strings.IndexByte(host, ':') >= 0 {
 		host = "[" + host + "]"
@@ -350,7 +362,7 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, v
 	if st == nil {
 		return append(dst, "Content-Length: 0\r\n\r\n"...)
 	}
-	opt := body.Options{Version: version, SingleDialog: sub.Single, Plain: sub.Single}
+	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact}
 	contentType := body.TypePIDF
 	if sub.Package == PackageDialog {
 		contentType = body.TypeDialogInfo

@@ -485,17 +485,31 @@ func (s *Server) checked(h sipgo.RequestHandler) sipgo.RequestHandler {
 	}
 }
 
-// respond sends a response, logging a failure to send it.
+// respond sends a response; one that cannot be sent is logged with the
+// cause and not counted as sent.
 func (s *Server) respond(tx sip.ServerTransaction, res *sip.Response) {
 	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
-	if err := tx.Respond(res); err != nil {
-		s.log.Debug("cannot send response", "status", res.StatusCode, "err", err)
-	}
 	method := ""
 	if cs := res.CSeq(); cs != nil {
 		method = string(cs.MethodName)
 	}
+	if err := tx.Respond(res); err != nil {
+		s.log.Warn("cannot send a response", "method", method, "status", res.StatusCode,
+			"to", res.Destination(), "err", err)
+		return
+	}
 	s.opt.Metrics.Response(method, res.StatusCode)
+}
+
+func init() {
+	// sipgo refuses to write any UDP message over UDPMTUSize-200 bytes
+	// (1,300), responses included: a REGISTER with many bindings or a
+	// SUBSCRIBE that came through several proxies took effect and its
+	// answer was dropped. RFC 3261 §18.2.2 sends a response over the
+	// transport its request came on, whatever its size (the network
+	// fragments it), so the bound is lifted to what a datagram holds. Set
+	// once, before any transport exists.
+	sip.UDPMTUSize = 65507 + 200
 }
 
 // reply sends a response with no body and the given extra headers.

@@ -197,6 +197,9 @@ type Options struct {
 	// Plain leaves out Lamplighter's extension elements, for phones whose
 	// parsers reject unknown elements.
 	Plain bool
+	// Compact leaves out the elements a soft client PUBLISHed beyond
+	// activities and note, for a document that must be small.
+	Compact bool
 	// Now, when set, adds each call's duration.
 	Now time.Time
 }

@@ -21,6 +21,10 @@ const (
 	maxElements = 2000
 	maxExtra    = 16
 	maxNoteLen  = 1024
+	// maxExtraBytes bounds what a person's kept elements add to every
+	// document, written: with the notes it keeps a NOTIFY well within a
+	// UDP datagram whatever a client PUBLISHes.
+	maxExtraBytes = 4 << 10
 )
 
 // ErrNotPIDF is returned for a well-formed document that is not PIDF.
@@ -58,6 +62,7 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 		note       *string // the note being read
 		noteBuf    strings.Builder
 		basic      *strings.Builder
+		extraBytes int
 	)
 	addActivity := func(local string) {
 		a := bridge.Activity(local)
@@ -115,8 +120,9 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 					if err != nil {
 						return ps, fmt.Errorf("bad PIDF: %w", err)
 					}
-					if raw != nil {
+					if raw != nil && extraBytes+len(raw) <= maxExtraBytes {
 						ps.Extra = append(ps.Extra, raw)
+						extraBytes += len(raw)
 					}
 				} else if err := dec.Skip(); err != nil {
 					return ps, fmt.Errorf("bad PIDF: %w", err)
@@ -205,7 +211,15 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 			buf.WriteString(t.Name.Local)
 			buf.WriteByte('>')
 		case xml.CharData:
-			_ = xml.EscapeText(&buf, t)
+			escapeText(&buf, t)
+		}
+		if buf.Len() > maxExtraBytes {
+			for ; depth > 0; depth-- { // the rest of it, unwritten
+				if err := dec.Skip(); err != nil {
+					return nil, err
+				}
+			}
+			return nil, nil
 		}
 		if depth == 0 {
 			break
@@ -219,6 +233,32 @@ func captureElement(dec *xml.Decoder, start xml.StartElement) ([]byte, error) {
 		return nil, nil
 	}
 	return buf.Bytes(), nil
+}
+
+// escapeText writes character data escaped as text needs (&, <, > and
+// carriage returns; quotes need nothing here, unlike xml.EscapeText's),
+// characters XML forbids replaced with U+FFFD.
+func escapeText(buf *bytes.Buffer, t []byte) {
+	for len(t) > 0 {
+		r, n := utf8.DecodeRune(t)
+		switch {
+		case r == '&':
+			buf.WriteString("&amp;")
+		case r == '<':
+			buf.WriteString("&lt;")
+		case r == '>':
+			buf.WriteString("&gt;")
+		case r == '\r':
+			buf.WriteString("&#13;")
+		case r == '\t' || r == '\n':
+			buf.WriteRune(r)
+		case r == utf8.RuneError && n == 1, r < 0x20, r == 0xFFFE, r == 0xFFFF:
+			buf.WriteString("\uFFFD")
+		default:
+			buf.Write(t[:n])
+		}
+		t = t[n:]
+	}
 }
 
 // nsXML is the namespace the xml: prefix is bound to, and nsXMLNS the one

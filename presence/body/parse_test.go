@@ -222,3 +222,27 @@ func xmllintAccepts(t testing.TB, doc []byte) bool {
 	}
 	return true
 }
+
+// TestPublishedExtrasAreBounded: 15 KB of apostrophes in a person element
+// (which made every NOTIFY 70 KB, too large for a datagram) is left out,
+// and the rest of the document still counts.
+func TestPublishedExtrasAreBounded(t *testing.T) {
+	doc := `<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" ` +
+		`xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:a@b"><dm:person id="p">` +
+		`<r:place><r:x>` + strings.Repeat("'", 15000) + `</r:x></r:place><r:mood><r:happy/></r:mood>` +
+		`<r:activities><r:away/></r:activities><dm:note>` + strings.Repeat("'", 5000) + `</dm:note></dm:person></presence>`
+	ps, err := ParsePIDF([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps.Extra) != 1 || !strings.Contains(string(ps.Extra[0]), "happy") || !ps.Has(bridge.ActivityAway) {
+		t.Errorf("extras %q, activities %v", ps.Extra, ps.Activities)
+	}
+	dir, _ := bridge.NewDirectory([]bridge.User{{ID: "u", Extensions: []string{"1"}}})
+	b := bridge.New(dir)
+	b.SetPerson("u", "p", ps)
+	st, _ := b.State("u")
+	if out := PIDF(nil, "sip:1@x", st, Options{}); len(out) > 16<<10 {
+		t.Errorf("a document of %d bytes", len(out))
+	}
+}

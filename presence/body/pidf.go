@@ -51,6 +51,9 @@ func PIDF(dst []byte, entity string, st *bridge.State, opt Options) []byte {
 		dst = append(dst, "</rpid:activities>\n"...)
 	}
 	for _, x := range st.Person.Extra {
+		if opt.Compact {
+			break
+		}
 		dst = append(dst, "  "...)
 		dst = append(dst, x...)
 		dst = append(dst, '\n')
