@@ -23,6 +23,9 @@ import (
 func TestMain(m *testing.M) {
 	// Short SIP timers: Timer F (a NOTIFY nobody answers) is 64*T1.
 	sip.SetTimers(50*time.Millisecond, 400*time.Millisecond, 500*time.Millisecond)
+	// As the daemon does: sipgo's package logger warns of its own
+	// reference bookkeeping when connections close (see cmd/lamplighter).
+	sip.SetDefaultLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	os.Exit(m.Run())
 }
 

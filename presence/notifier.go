@@ -261,10 +261,15 @@ func (n *notifier) datagram(data []byte, from netip.AddrPort) []byte {
 	return nil // handled, a late copy of an answered one, or forged
 }
 
-// release returns tx's buffer to the pool once no write uses it.
+// release returns tx's buffer to the pool once no write uses it, and the
+// reference to its stream connection that sipgo's pool took for it.
 func (n *notifier) release(tx *notifyTx) {
 	tx.sending.Lock()
 	defer tx.sending.Unlock()
+	if tx.stream != nil {
+		tx.stream.TryClose()
+		tx.stream = nil
+	}
 	if tx.buf != nil && cap(*tx.buf) <= 16<<10 {
 		*tx.buf = (*tx.buf)[:0]
 		n.bufs.Put(tx.buf)
@@ -316,6 +321,7 @@ func (s *Server) address(sub *Subscription) (network, addr string) {
 		return network, sub.Source
 	}
 	if c, err := s.ua.TransportLayer().GetConnection(network, sub.Source); err == nil && c != nil {
+		c.TryClose() // GetConnection took a reference: only a look
 		return network, sub.Source
 	}
 	return network, sub.targetAddr

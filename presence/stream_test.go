@@ -307,3 +307,39 @@ func TestWritesHaveADeadline(t *testing.T) {
 		t.Errorf("closing did not give the place back")
 	}
 }
+
+// TestNotifyKeepsStreamReferencesBalanced: every reference to a stream
+// connection that sipgo's pool hands out for a NOTIFY is given back, so
+// that sipgo's count stays what it was (it grew by one per NOTIFY).
+func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
+	env := newEnv(t, trusted)
+	p := newPhone(t, "TCP")
+	res, _ := p.subscribe(env.tcp, subReq{user: "100", event: "dialog", expires: 600})
+	if res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d", res.StatusCode)
+	}
+	p.nextNotify(5 * time.Second)
+	var source string
+	for _, s := range env.srv.subs.all() {
+		source = s.Source
+	}
+	refs := func() int {
+		c, err := env.srv.ua.TransportLayer().GetConnection("tcp", source)
+		if err != nil || c == nil {
+			t.Fatalf("no connection to %s: %v", source, err)
+		}
+		defer c.TryClose()
+		return c.Ref(0) - 1 // less the look itself
+	}
+	before := refs()
+	for i := range 20 {
+		if i%2 == 0 {
+			env.bridge.Apply(ringing("101"))
+			p.notifyWhere("early", 5*time.Second)
+		} else {
+			env.bridge.Apply(answered("101"))
+			p.notifyWhere("confirmed", 5*time.Second)
+		}
+	}
+	waitUntil(t, 5*time.Second, "references back where they were", func() bool { return refs() == before })
+}

@@ -20,6 +20,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 )
 
@@ -30,6 +32,14 @@ var demoConfig []byte
 const builtInConfig = "(built-in demo config)"
 
 func main() {
+	// sipgo's package logger (not the one Lamplighter hands each of its
+	// layers) says only "ref went negative" at warning level: sipgo's
+	// TCPConnection.Close zeroes a connection's reference count, and the
+	// read loop ending after it takes one more off. Lamplighter gives back
+	// every reference it takes (a presence test holds it to that); the
+	// warning is sipgo's bookkeeping at close, so only its errors are
+	// shown. Set here, before any sipgo goroutine exists.
+	sip.SetDefaultLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
