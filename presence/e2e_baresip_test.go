@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -34,14 +35,47 @@ func needBaresip(t *testing.T) string {
 	return path
 }
 
-func freeUDPPort(t *testing.T) int {
+// freePorts returns n ports for baresip to listen on. baresip binds UDP
+// and TCP on its SIP port and TLS (TCP) on the port after it, and its
+// console UDP and TCP: a port is taken only when all of that binds. Ports
+// come from below Linux's ephemeral range (32768-60999), so that no
+// connection another test opens meanwhile can take one before baresip
+// does (a port the kernel had picked for this test's own probe could be).
+func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var out []int
+	taken := map[int]bool{}
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			t.Fatal("no free ports for baresip")
+		}
+		p := 20000 + rand.IntN(12000)
+		if taken[p] || taken[p+1] || !bindable(p) {
+			continue
+		}
+		taken[p], taken[p+1] = true, true
+		out = append(out, p)
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	return out
+}
+
+// bindable reports whether UDP and TCP port p and TCP port p+1 are free
+// on loopback.
+func bindable(p int) bool {
+	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	u, err := net.ListenPacket("udp", addr(p))
+	if err != nil {
+		return false
+	}
+	defer u.Close()
+	for _, port := range []int{p, p + 1} {
+		l, err := net.Listen("tcp", addr(port))
+		if err != nil {
+			return false
+		}
+		defer l.Close()
+	}
+	return true
 }
 
 // softphone is a running baresip.
@@ -75,7 +109,8 @@ func startBaresip(t *testing.T, account, uri string) *softphone {
 	t.Helper()
 	bin := needBaresip(t)
 	dir := t.TempDir()
-	sipPort, consPort := freeUDPPort(t), freeUDPPort(t)
+	ports := freePorts(t, 2)
+	sipPort, consPort := ports[0], ports[1]
 	config := fmt.Sprintf(`sip_listen 127.0.0.1:%d
 module_path /usr/lib/baresip/modules
 module g711.so

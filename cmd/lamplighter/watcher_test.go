@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,13 +85,35 @@ func listenBoth(t *testing.T) (net.PacketConn, net.Listener) {
 	return nil, nil
 }
 
-// freePort returns a loopback port free on both UDP and TCP.
+// freePort returns a loopback port free on both UDP and TCP, for a
+// binary started later to bind. It comes from below Linux's ephemeral
+// range (32768-60999), so that a connection some other test opens in the
+// meantime cannot be given it; each is handed out once per test process.
 func freePort(t *testing.T) int {
-	pc, ln := listenBoth(t)
-	defer pc.Close()
-	defer ln.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
+	t.Helper()
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if _, dup := handedOut.LoadOrStore(p, true); dup {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		pc.Close()
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p
+	}
+	t.Fatal("no port free on both UDP and TCP")
+	return 0
 }
+
+// handedOut are the ports freePort gave out in this test process.
+var handedOut sync.Map
 
 // subscribe opens the dialog (a new one) or refreshes it, and returns the
 // final response.
