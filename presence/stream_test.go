@@ -343,3 +343,25 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 	}
 	waitUntil(t, 5*time.Second, "references back where they were", func() bool { return refs() == before })
 }
+
+// TestForgedResponseOnAnotherConnection: over TCP a NOTIFY's answer
+// counts only on the subscriber's own connection: a 481 with the right
+// branch sent on another connection drops nothing.
+func TestForgedResponseOnAnotherConnection(t *testing.T) {
+	env := newEnv(t, trusted)
+	p := newPhone(t, "TCP")
+	p.answer.Store(0) // hold the first NOTIFY in flight
+	if res, _ := p.subscribe(env.tcp, subReq{user: "100", event: "dialog", expires: 600}); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d", res.StatusCode)
+	}
+	n := p.nextNotify(5 * time.Second)
+	attacker := dialStream(t, env.tcp, false)
+	forged := responseTo(n, 481)
+	attacker.conn.Write([]byte(forged))
+	p.answer.Store(200)
+	env.bridge.Apply(ringing("101"))
+	p.notifyWhere("early", 10*time.Second)
+	if w := env.srv.Watchers("debbie"); w != 1 {
+		t.Fatalf("a forged 481 on another connection dropped the subscription (%d watchers)", w)
+	}
+}
