@@ -440,7 +440,7 @@ func (s *Server) Serving() bool {
 		return false
 	}
 	for _, l := range s.streams {
-		if l.failing.Load() {
+		if l.Failing() {
 			return false
 		}
 	}
@@ -452,7 +452,7 @@ func (s *Server) Serving() bool {
 func (s *Server) StreamConnections() int {
 	n := 0
 	for _, l := range s.streams {
-		n += l.open()
+		n += l.Open()
 	}
 	return n
 }

@@ -7,11 +7,12 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lamplighter/lamplighter/netlimit"
 )
 
 // SIP over TCP and TLS goes through a guard before sipgo reads it: the
@@ -74,120 +75,44 @@ func (l *StreamLimits) defaults() {
 // maxHeadBytes bounds a message's start line and headers on a stream.
 const maxHeadBytes = 32 << 10
 
-// streamListener is the guard's listener (see the top of this file).
+// streamListener is the guard's listener (see the top of this file): a
+// netlimit.Listener for the caps and the accept retries, and a guard
+// around each connection.
 type streamListener struct {
-	net.Listener
+	*netlimit.Listener
 	s       *Server
 	tlsConf *tls.Config // nil for TCP
 	lim     StreamLimits
-
-	mu     sync.Mutex
-	total  int
-	perIP  map[netip.Addr]int
-	done   chan struct{}
-	closer sync.Once
-	// failing is set while accept keeps failing (Server.Serving).
-	failing atomic.Bool
 }
 
 func newStreamListener(s *Server, ln net.Listener, tlsConf *tls.Config) *streamListener {
-	return &streamListener{Listener: ln, s: s, tlsConf: tlsConf, lim: s.opt.Streams,
-		perIP: map[netip.Addr]int{}, done: make(chan struct{})}
+	nl := netlimit.New(ln, s.opt.Streams.MaxConnections, s.opt.Streams.MaxPerAddress)
+	var lastLog atomic.Int64
+	nl.OnAcceptError = func(err error) {
+		s.opt.Metrics.ConnectionRefused("accept_error")
+		if now := time.Now().UnixNano(); now-lastLog.Load() > int64(10*time.Second) {
+			lastLog.Store(now)
+			s.log.Warn("sip accept failed; retrying", "address", ln.Addr().String(), "err", err)
+		}
+	}
+	nl.OnRefuse = func(reason string, remote net.Addr) {
+		s.opt.Metrics.ConnectionRefused(reason)
+		s.log.Debug("sip connection refused", "source", remote.String(), "reason", reason)
+	}
+	return &streamListener{Listener: nl, s: s, tlsConf: tlsConf, lim: s.opt.Streams}
 }
 
-// Accept returns the next admitted connection. An accept error (too many
-// open files, a connection reset before it was taken) is retried with
-// backoff up to a second, never returned: it would stop sipgo's listener
-// for good.
+// Accept returns the next admitted connection, guarded (see
+// netlimit.Listener for the caps and retries).
 func (l *streamListener) Accept() (net.Conn, error) {
-	wait := 5 * time.Millisecond
-	var lastLog time.Time
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			select {
-			case <-l.done:
-				return nil, net.ErrClosed
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return nil, err
-			}
-			l.failing.Store(true)
-			if time.Since(lastLog) > 10*time.Second {
-				lastLog = time.Now()
-				l.s.log.Warn("sip accept failed; retrying", "address", l.Addr().String(), "err", err)
-			}
-			l.s.opt.Metrics.ConnectionRefused("accept_error")
-			select {
-			case <-time.After(wait):
-			case <-l.done:
-				return nil, net.ErrClosed
-			}
-			wait = min(2*wait, time.Second)
-			continue
-		}
-		l.failing.Store(false)
-		wait = 5 * time.Millisecond
-		ip := remoteIP(c.RemoteAddr())
-		if reason := l.admit(ip); reason != "" {
-			c.Close()
-			l.s.opt.Metrics.ConnectionRefused(reason)
-			l.s.log.Debug("sip connection refused", "source", c.RemoteAddr().String(), "reason", reason)
-			continue
-		}
-		var conn net.Conn = c
-		if l.tlsConf != nil {
-			conn = tls.Server(c, l.tlsConf)
-		}
-		return newGuardedConn(conn, l, ip), nil
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
-}
-
-// admit counts a new connection from ip, or says why it is refused.
-func (l *streamListener) admit(ip netip.Addr) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.total >= l.lim.MaxConnections:
-		return "max_connections"
-	case l.perIP[ip] >= l.lim.MaxPerAddress:
-		return "max_per_address"
+	if l.tlsConf != nil {
+		c = tls.Server(c, l.tlsConf)
 	}
-	l.total++
-	l.perIP[ip]++
-	return ""
-}
-
-func (l *streamListener) release(ip netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.perIP[ip]--; l.perIP[ip] <= 0 {
-		delete(l.perIP, ip)
-	}
-}
-
-// open returns the number of connections held.
-func (l *streamListener) open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.total
-}
-
-// Close stops accepting.
-func (l *streamListener) Close() error {
-	l.closer.Do(func() { close(l.done) })
-	return l.Listener.Close()
-}
-
-func remoteIP(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ip := ta.AddrPort().Addr()
-		return ip.Unmap()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap.Addr().Unmap()
+	return newGuardedConn(c, l), nil
 }
 
 // guardedConn frames what a stream connection sends before sipgo reads
@@ -195,7 +120,6 @@ func remoteIP(a net.Addr) netip.Addr {
 type guardedConn struct {
 	net.Conn
 	l        *streamListener
-	ip       netip.Addr
 	remote   string // the peer's address, as subscriptions record it
 	buf      []byte // one read
 	in       []byte // read, not yet a whole message
@@ -204,11 +128,10 @@ type guardedConn struct {
 	shaken   bool
 	fatal    error // set once the stream cannot be framed any more
 	wmu      sync.Mutex
-	closed   sync.Once
 }
 
-func newGuardedConn(c net.Conn, l *streamListener, ip netip.Addr) *guardedConn {
-	return &guardedConn{Conn: c, l: l, ip: ip, remote: c.RemoteAddr().String(), buf: make([]byte, 4096)}
+func newGuardedConn(c net.Conn, l *streamListener) *guardedConn {
+	return &guardedConn{Conn: c, l: l, remote: c.RemoteAddr().String(), buf: make([]byte, 4096)}
 }
 
 // Read hands sipgo whole messages only.
@@ -365,13 +288,6 @@ func (c *guardedConn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.l.lim.WriteTimeout))
 	return c.Conn.Write(p)
-}
-
-// Close closes the connection and gives its place back.
-func (c *guardedConn) Close() error {
-	err := c.Conn.Close()
-	c.closed.Do(func() { c.l.release(c.ip) })
-	return err
 }
 
 // SetReadDeadline is the guard's own: sipgo's would cut a message short.

@@ -21,9 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/netutil"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/netlimit"
 	"github.com/lamplighter/lamplighter/presence"
 )
 
@@ -140,18 +140,23 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 	return false
 }
 
-// maxHTTPConnections bounds the HTTP listener's open connections (the
-// switchboard's event streams have their own, lower, caps).
-const maxHTTPConnections = 2048
+// maxHTTPConnections and maxHTTPPerAddress bound the HTTP listener's open
+// connections (the switchboard's event streams have their own, lower,
+// caps).
+const (
+	maxHTTPConnections = 2048
+	maxHTTPPerAddress  = 64
+)
 
 // Run serves on ln until ctx ends, then shuts down within two seconds.
 func (s *Server) Run(ctx context.Context, ln net.Listener, log *slog.Logger) error {
 	// Bounds for what a client can hold: a few seconds for a request's
-	// head, a minute for an idle keep-alive, small headers, and at most
-	// maxHTTPConnections at once (more wait in the kernel's backlog).
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+	// head, half a minute for an idle keep-alive, small headers, and at
+	// most maxHTTPConnections at once, maxHTTPPerAddress from one address
+	// (past either a connection is closed at once).
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	ln = netutil.LimitListener(ln, maxHTTPConnections)
+	ln = netlimit.New(ln, maxHTTPConnections, maxHTTPPerAddress)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {

@@ -237,6 +237,7 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		s.opt.Log.Debug("switchboard stream refused: too many", "source", addr)
 		w.Header().Set("Retry-After", "10")
+		w.Header().Set("Connection", "close") // its place on the listener goes too
 		http.Error(w, "too many open switchboards", http.StatusServiceUnavailable)
 		return
 	}
