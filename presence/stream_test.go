@@ -317,3 +317,54 @@ func TestForgedResponseOnAnotherConnection(t *testing.T) {
 		t.Fatalf("a forged 481 on another connection dropped the subscription (%d watchers)", w)
 	}
 }
+
+// TestAnswerLeavesBeforeFirstNotifyOverTCP: on a stream too, the 200 to a
+// SUBSCRIBE comes before the first NOTIFY of its dialog while the watched
+// user's state changes all the time.
+func TestAnswerLeavesBeforeFirstNotifyOverTCP(t *testing.T) {
+	env := newEnv(t, trusted, func(o *Options) { o.Coalesce = time.Millisecond })
+	c := dialStream(t, env.tcp, false)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				env.bridge.Apply(ringing("101"))
+			} else {
+				env.bridge.Apply(answered("101"))
+			}
+		}
+	}()
+	la := c.conn.LocalAddr().String()
+	const n = 50
+	for i := range n {
+		fmt.Fprintf(c.conn, "SUBSCRIBE sip:100@%s;transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bKs%d\r\n"+
+			"Max-Forwards: 70\r\nFrom: <sip:w@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: order-%d\r\n"+
+			"CSeq: 1 SUBSCRIBE\r\nContact: <sip:w@%s;transport=tcp>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+			env.tcp, la, i, i, i, la)
+	}
+	answered := map[string]bool{}
+	for len(answered) < n {
+		m, err := c.readMessage(10 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(answered), err)
+		}
+		callID := ""
+		for _, line := range strings.Split(m, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "Call-ID: "); ok {
+				callID = v
+			}
+		}
+		switch {
+		case strings.HasPrefix(m, "SIP/2.0 200"):
+			answered[callID] = true
+		case strings.HasPrefix(m, "NOTIFY ") && !answered[callID]:
+			t.Fatalf("a NOTIFY of %s came before its 200", callID)
+		}
+	}
+}
