@@ -338,6 +338,28 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool
 	}
 }
 
+// flap makes debbie's call flip between ringing and answered as fast as
+// the bridge takes it, until the returned function is called.
+func (e *testEnv) flap() (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				e.bridge.Apply(ringing("101"))
+			} else {
+				e.bridge.Apply(answered("101"))
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
 func ringing(from string) bridge.Event {
 	return bridge.CallUpdated{Source: "pbx", Call: bridge.Call{ID: "c1", Device: "PJSIP/100",
 		Direction: bridge.Incoming, State: bridge.CallEarly, Remote: bridge.Party{Number: from, Name: "Caller " + from},

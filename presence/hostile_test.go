@@ -58,26 +58,9 @@ func TestForgedResponsesDropNoSubscription(t *testing.T) {
 func TestAnswerLeavesBeforeFirstNotify(t *testing.T) {
 	env := newEnv(t, trusted, func(o *Options) { o.Coalesce = time.Millisecond })
 	peer := newRawPeer(t, env.udp)
-	stop := make(chan struct{})
-	flapped := make(chan struct{})
-	go func() {
-		defer close(flapped)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if i%2 == 0 {
-				env.bridge.Apply(ringing("101"))
-			} else {
-				env.bridge.Apply(answered("101"))
-			}
-		}
-	}()
+	stop := env.flap()
 	peer.subscribeMany("100", "dialog", 500)
-	close(stop)
-	<-flapped
+	stop()
 	waitUntil(t, 5*time.Second, "first NOTIFYs", func() bool {
 		peer.mu.Lock()
 		defer peer.mu.Unlock()

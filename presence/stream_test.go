@@ -324,22 +324,7 @@ func TestForgedResponseOnAnotherConnection(t *testing.T) {
 func TestAnswerLeavesBeforeFirstNotifyOverTCP(t *testing.T) {
 	env := newEnv(t, trusted, func(o *Options) { o.Coalesce = time.Millisecond })
 	c := dialStream(t, env.tcp, false)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if i%2 == 0 {
-				env.bridge.Apply(ringing("101"))
-			} else {
-				env.bridge.Apply(answered("101"))
-			}
-		}
-	}()
+	defer env.flap()()
 	la := c.conn.LocalAddr().String()
 	const n = 50
 	for i := range n {
