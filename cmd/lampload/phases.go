@@ -155,18 +155,20 @@ func (c *changes) notice(n notice) {
 		return
 	}
 	lat := n.at.Sub(ch.sent)
-	ch.seen++
-	if ch.seen >= u.watchers {
-		u.out = nil
-		close(ch.done)
-	}
-	u.mu.Unlock()
+	// Recorded before done is closed: whoever waits on done takes every
+	// latency of the change (it once found the last one missing).
 	c.mu.Lock()
 	c.latencies = append(c.latencies, lat)
 	if n.at.After(c.lastAt) {
 		c.lastAt = n.at
 	}
 	c.mu.Unlock()
+	ch.seen++
+	if ch.seen >= u.watchers {
+		u.out = nil
+		close(ch.done)
+	}
+	u.mu.Unlock()
 }
 
 // take returns the latencies gathered and starts afresh.
