@@ -36,7 +36,7 @@ func BenchmarkBuildNotify(b *testing.B) {
 	for b.Loop() {
 		sub.mu.Lock()
 		sub.cseq++
-		buf = env.srv.appendNotify(buf[:0], sub, st, sub.cseq, "", 3600, "z9hG4bK.bench", false)
+		buf = env.srv.appendNotify(buf[:0], sub, sub.hop(), st, sub.cseq, "", 3600, "z9hG4bK.bench", false)
 		sub.mu.Unlock()
 	}
 	b.SetBytes(int64(len(buf)))

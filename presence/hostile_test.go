@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"strings"
@@ -178,5 +179,59 @@ func TestLargeMessagesAreSent(t *testing.T) {
 	}
 	if env.srv.Watchers("debbie") != 2 {
 		t.Errorf("the watcher was dropped")
+	}
+}
+
+// TestOversizedNotifyGoesOverTCP: a NOTIFY too large for a datagram goes
+// whole over TCP to a UDP subscriber that listens on TCP at the same port
+// (as phones do), and its 200 there ends the transaction.
+func TestOversizedNotifyGoesOverTCP(t *testing.T) {
+	env := newEnv(t, trusted)
+	peer := newRawPeer(t, env.udp)
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", peer.port()))
+	if err != nil {
+		t.Skipf("TCP port of the peer taken: %v", err)
+	}
+	defer ln.Close()
+	bodies := make(chan string, 10)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		s := &rawStream{t: t, conn: c, r: bufio.NewReader(c)}
+		for {
+			m, err := s.readMessage(time.Minute)
+			if err != nil {
+				return
+			}
+			// Larger than sipgo's parser takes: answered from the raw text.
+			if strings.HasPrefix(m, "NOTIFY ") {
+				c.Write(rawResponse([]byte(m), 200, "OK", "peer"))
+				_, body, _ := strings.Cut(m, "\r\n\r\n")
+				bodies <- body
+			}
+		}
+	}()
+	subs := peer.subscribeMany("100", "dialog", 1)
+	for i := range 300 {
+		env.bridge.Apply(bridge.CallUpdated{Source: "pbx", Call: bridge.Call{ID: fmt.Sprintf("c%d", i), Device: "PJSIP/100",
+			Direction: bridge.Incoming, State: bridge.CallConfirmed, Remote: bridge.Party{Number: fmt.Sprintf("%04d", i),
+				Name: strings.Repeat("Caller ", 20)}, CallID: fmt.Sprintf("call-%d@pbx", i), LocalTag: "lt", RemoteTag: "rt"}})
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case b := <-bodies:
+			if n := strings.Count(b, "<dialog "); n == 300 {
+				if env.srv.Watchers("debbie") != 1 {
+					t.Errorf("the watcher was dropped")
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no NOTIFY with the 300 calls over TCP; last over UDP: %d dialogs", strings.Count(peer.lastBody(subs[0].callID), "<dialog "))
+		}
 	}
 }

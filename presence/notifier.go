@@ -330,7 +330,7 @@ func (s *Server) address(sub *Subscription) (network, addr string) {
 // connect readies tx to go to addr over network: the UDP listener of the
 // address's family, or a stream connection (the subscriber's, or a new
 // one).
-func (s *Server) connect(ctx context.Context, tx *notifyTx, network, addr string) error {
+func (s *Server) connect(ctx context.Context, tx *notifyTx, network, addr string, h hop) error {
 	if network == "udp" {
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil {
@@ -351,14 +351,17 @@ func (s *Server) connect(ctx context.Context, tx *notifyTx, network, addr string
 	if err != nil {
 		return err
 	}
-	sub := tx.sub
 	req := sip.NewRequest(sip.NOTIFY, sip.Uri{Scheme: "sip", Host: host, Port: port})
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: sub.Transport,
-		Host: sub.LocalHost, Port: sub.LocalPort, Params: sip.NewParams()}
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.Transport,
+		Host: h.Host, Port: h.Port, Params: sip.NewParams()}
 	via.Params.Add("branch", tx.branch)
 	req.AppendHeader(via)
-	req.SetTransport(sub.Transport)
+	req.SetTransport(h.Transport)
 	req.SetDestination(addr)
+	// A connection that must be opened gets a few seconds: a NOTIFY
+	// worker waits on it.
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
 	c, err := s.ua.TransportLayer().ClientRequestConnection(ctx, req)
 	if err != nil {
 		return err

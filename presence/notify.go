@@ -199,19 +199,35 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.lastState = st
 	tx := s.notifier.newTx(sub)
 	network, addr := s.address(sub)
-	*tx.buf = s.appendNotify(*tx.buf, sub, st, version, final, remaining, tx.branch, false)
-	if network == "udp" && len(*tx.buf) > maxDatagram {
-		// It would not leave (EMSGSIZE) and the watcher would be blamed:
-		// send what matters, one dialog and no published extras.
-		size := len(*tx.buf)
-		*tx.buf = s.appendNotify((*tx.buf)[:0], sub, st, version, final, remaining, tx.branch, true)
-		s.log.Warn("NOTIFY too large for a UDP datagram: sent compact (one dialog, no published extras)",
-			"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
+	h := sub.hop()
+	*tx.buf = s.appendNotify(*tx.buf, sub, h, st, version, final, remaining, tx.branch, false)
+	var compact []byte // the UDP fallback when TCP is tried first
+	size := len(*tx.buf)
+	if network == "udp" && size > maxDatagram {
+		// It would not leave (EMSGSIZE) and the watcher would be blamed.
+		// RFC 3261 §18.1.1: a large request goes over TCP where the peer
+		// takes it (phones listen on TCP at their UDP port); else send
+		// what matters, one dialog and no published extras.
+		compact = s.appendNotify(nil, sub, h, st, version, final, remaining, tx.branch, true)
+		if th, ok := s.tcpHop(sub); ok {
+			*tx.buf = s.appendNotify((*tx.buf)[:0], sub, th, st, version, final, remaining, tx.branch, false)
+			h, network = th, "tcp"
+		} else {
+			*tx.buf, compact = append((*tx.buf)[:0], compact...), nil
+			s.log.Warn("NOTIFY too large for a UDP datagram: sent compact (one dialog, no published extras)",
+				"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
+		}
 	}
 	cseq := sub.cseq
 	sub.mu.Unlock()
 
-	err := s.connect(s.ctx, tx, network, addr)
+	err := s.connect(s.ctx, tx, network, addr, h)
+	if err != nil && compact != nil {
+		s.log.Warn("NOTIFY too large for a UDP datagram and the subscriber takes no TCP: sent compact (one dialog, no published extras)",
+			"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(compact), "tcp_err", err)
+		*tx.buf = append((*tx.buf)[:0], compact...)
+		err = s.connect(s.ctx, tx, "udp", addr, sub.hop())
+	}
 	if err == nil {
 		err = s.notifier.start(tx)
 	} else {
@@ -301,6 +317,28 @@ func errString(err error, res *sip.Response) string {
 	return ""
 }
 
+// hop is how a NOTIFY leaves: its transport and our address on it (Via
+// and Contact).
+type hop struct {
+	Transport string // UDP, TCP or TLS
+	Host      string
+	Port      int
+}
+
+// hop is the subscription's own: the transport it came on.
+func (sub *Subscription) hop() hop { return hop{sub.Transport, sub.LocalHost, sub.LocalPort} }
+
+// tcpHop is our TCP address for reaching sub, when we listen on TCP.
+func (s *Server) tcpHop(sub *Subscription) (hop, bool) {
+	for _, l := range s.opt.Listen {
+		if strings.EqualFold(l.Transport, "tcp") {
+			host, port := s.localAddr("TCP", sub.Source)
+			return hop{"TCP", host, port}, true
+		}
+	}
+	return hop{}, false
+}
+
 // maxDatagram is the largest NOTIFY sent over UDP: an IPv6 UDP payload
 // (65,527) less room for the IP options some paths add.
 const maxDatagram = 65000
@@ -308,19 +346,19 @@ const maxDatagram = 65000
 // appendNotify renders the in-dialog NOTIFY into dst: Request-URI the
 // remote target, From/To our and their tags, our CSeq, the route set,
 // and the body for the subscriber's package. Called with sub.mu held.
-func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, version uint32, final string, remaining int, branch string, compact bool) []byte {
-	host := sub.LocalHost
+func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.State, version uint32, final string, remaining int, branch string, compact bool) []byte {
+	host := h.Host
 	if strings.IndexByte(host, ':') >= 0 {
 		host = "[" + host + "]"
 	}
 	dst = append(dst, "NOTIFY "...)
 	dst = append(dst, sub.target...)
 	dst = append(dst, " SIP/2.0\r\nVia: SIP/2.0/"...)
-	dst = append(dst, sub.Transport...)
+	dst = append(dst, h.Transport...)
 	dst = append(dst, ' ')
 	dst = append(dst, host...)
 	dst = append(dst, ':')
-	dst = strconv.AppendInt(dst, int64(sub.LocalPort), 10)
+	dst = strconv.AppendInt(dst, int64(h.Port), 10)
 	dst = append(dst, ";branch="...)
 	dst = append(dst, branch...)
 	dst = append(dst, ";rport\r\n"...)
@@ -342,7 +380,7 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, st *bridge.State, v
 	dst = append(dst, "\r\nCSeq: "...)
 	dst = strconv.AppendUint(dst, uint64(sub.cseq), 10)
 	dst = append(dst, " NOTIFY\r\nContact: <"...)
-	dst = appendContactURI(dst, sub.Transport, host, sub.LocalPort)
+	dst = appendContactURI(dst, h.Transport, host, h.Port)
 	dst = append(dst, ">\r\nEvent: "...)
 	dst = append(dst, sub.Package.String()...)
 	if sub.EventID != "" {
