@@ -279,9 +279,19 @@ func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
 // challenge adds one WWW-Authenticate header per configured algorithm to
 // a 401, in the configured order (RFC 8760: most preferred first).
 func (a *authenticator) challenge(res *sip.Response, stale bool) {
+	for _, c := range a.challenges(stale) {
+		res.AppendHeader(sip.NewHeader("WWW-Authenticate", c))
+	}
+}
+
+// challenges are the WWW-Authenticate values of a 401, one per
+// configured algorithm, under one fresh nonce.
+func (a *authenticator) challenges(stale bool) []string {
 	n := a.nonce()
+	out := make([]string, 0, len(a.algs))
 	for _, alg := range a.algs {
 		c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
-		res.AppendHeader(sip.NewHeader("WWW-Authenticate", c.String()))
+		out = append(out, c.String())
 	}
+	return out
 }

@@ -222,6 +222,9 @@ func New(states States, opt Options) (*Server, error) {
 						notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
 						return nil, nil
 					}
+					if notify.server.challengeDatagram(p.LocalAddr, p.RemoteAddr, data) {
+						return nil, nil
+					}
 					return data, nil
 				}
 				var from netip.AddrPort

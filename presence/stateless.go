@@ -2,6 +2,7 @@ package presence
 
 import (
 	"bytes"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"strconv"
@@ -25,47 +26,71 @@ func isRawRequest(data []byte) bool {
 	return !bytes.HasPrefix(line, []byte("SIP/")) && bytes.HasSuffix(line, []byte(" SIP/2.0")) && bytes.IndexByte(line, ' ') > 0
 }
 
-// rawResponse renders a response to the request whose head is in data. It
-// returns nil when data holds no request or lacks the headers a response
-// needs (Via, Call-ID, CSeq), or when the request is an ACK.
-func rawResponse(data []byte, code int, reason, server string) []byte {
+// rawResponse renders a response to the request whose head is in data,
+// with the extra header lines given. It returns nil when data holds no
+// request or lacks the headers a response needs (Via, Call-ID, CSeq), or
+// when the request is an ACK. A To without a tag gets one (RFC 3261
+// §8.2.6.2), the same for every retransmission of the request: it is
+// drawn from the Call-ID.
+func rawResponse(data []byte, code int, reason, server string, extra ...string) []byte {
 	if !isRawRequest(data) || bytes.HasPrefix(data, []byte("ACK ")) {
 		return nil
 	}
 	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
 	_, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	var lines [][]byte
+	var to, callID []byte
+	var via, cseq bool
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(line) > 4096 {
+			continue
+		}
+		name = bytes.ToLower(bytes.TrimSpace(name))
+		for _, h := range rawHeaders {
+			if !bytes.Equal(name, h) {
+				continue
+			}
+			switch string(h) {
+			case "via", "v":
+				via = true
+			case "call-id", "i":
+				callID = bytes.TrimSpace(value)
+			case "cseq":
+				cseq = true
+			case "to", "t":
+				to = line
+				continue
+			}
+			lines = append(lines, line)
+		}
+	}
+	if !via || callID == nil || !cseq || to == nil {
+		return nil
+	}
 	out := make([]byte, 0, 512)
 	out = append(out, "SIP/2.0 "...)
 	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(out, ' ')
 	out = append(out, reason...)
 	out = append(out, "\r\n"...)
-	var via, callID, cseq bool
-	for len(rest) > 0 {
-		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		name, _, ok := bytes.Cut(line, []byte(":"))
-		if !ok || len(line) > 4096 {
-			continue
-		}
-		name = bytes.ToLower(bytes.TrimSpace(name))
-		for _, h := range rawHeaders {
-			if bytes.Equal(name, h) {
-				out = append(out, line...)
-				out = append(out, "\r\n"...)
-				switch string(h) {
-				case "via", "v":
-					via = true
-				case "call-id", "i":
-					callID = true
-				case "cseq":
-					cseq = true
-				}
-			}
-		}
+	for _, l := range lines {
+		out = append(out, l...)
+		out = append(out, "\r\n"...)
 	}
-	if !via || !callID || !cseq {
-		return nil
+	out = append(out, to...)
+	if !bytes.Contains(bytes.ToLower(to), []byte(";tag=")) {
+		h := fnv.New64a()
+		h.Write(callID)
+		out = append(out, ";tag=ll"...)
+		out = strconv.AppendUint(out, h.Sum64(), 36)
+	}
+	out = append(out, "\r\n"...)
+	for _, e := range extra {
+		out = append(out, e...)
+		out = append(out, "\r\n"...)
 	}
 	out = append(out, "Server: "...)
 	out = append(out, server...)
@@ -140,4 +165,58 @@ func rawContentLength(head []byte) (value []byte, found bool) {
 		}
 	}
 	return nil, false
+}
+
+// challengeDatagram answers a SUBSCRIBE, PUBLISH or REGISTER that opens
+// no dialog, comes from an untrusted address and carries no credentials
+// with a 401 straight from the datagram: no sipgo server transaction is
+// made for it (each held about 4.5 KiB for 32 s, so a flood of them cost
+// hundreds of MB), and a retransmission just gets another 401. The nonce
+// is stateless already. It reports whether it answered.
+func (s *Server) challengeDatagram(local, remote net.Addr, data []byte) bool {
+	switch rawMethod(data) {
+	case "SUBSCRIBE", "PUBLISH", "REGISTER":
+	default:
+		return false
+	}
+	if s.auth.isTrusted(remote.String()) {
+		return false
+	}
+	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
+	_, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return false // folded or odd: sipgo's parser decides
+		}
+		name = bytes.TrimSpace(name)
+		switch {
+		case bytes.EqualFold(name, []byte("authorization")), bytes.EqualFold(name, []byte("proxy-authorization")):
+			return false // credentials: checked on the full path
+		case bytes.EqualFold(name, []byte("to")), bytes.EqualFold(name, []byte("t")):
+			if bytes.Contains(bytes.ToLower(value), []byte(";tag=")) {
+				return false // in a dialog: its identifiers are the credential
+			}
+		}
+	}
+	var extra []string
+	for _, c := range s.auth.challenges(false) {
+		extra = append(extra, "WWW-Authenticate: "+c)
+	}
+	res := rawResponse(data, 401, "Unauthorized", s.opt.UserAgent, extra...)
+	ra, ok := remote.(*net.UDPAddr)
+	if res == nil || !ok {
+		return false
+	}
+	for _, c := range s.udpConns {
+		if c.LocalAddr().String() == local.String() {
+			to := ra.AddrPort()
+			_, _ = c.WriteToUDPAddrPort(res, netip.AddrPortFrom(to.Addr(), to.Port()))
+			s.opt.Metrics.Response(rawMethod(data), 401)
+			return true
+		}
+	}
+	return false
 }
