@@ -23,6 +23,8 @@ type Metrics interface {
 	// "message_timeout", "idle_timeout", or "accept_error" (an accept
 	// that failed and was retried).
 	ConnectionRefused(reason string)
+	// RequestDropped counts a request dropped unanswered: "rate_limit".
+	RequestDropped(reason string)
 }
 
 type nopMetrics struct{}
@@ -33,3 +35,4 @@ func (nopMetrics) NotifySent(Package, string)  {}
 func (nopMetrics) NotifyFailed(string)         {}
 func (nopMetrics) NotifyLatency(time.Duration) {}
 func (nopMetrics) ConnectionRefused(string)    {}
+func (nopMetrics) RequestDropped(string)       {}

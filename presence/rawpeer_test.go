@@ -39,9 +39,12 @@ type lastNotify struct {
 	req  *sip.Request
 }
 
-func newRawPeer(t testing.TB, server string) *rawPeer {
+func newRawPeer(t testing.TB, server string) *rawPeer { return newRawPeerOn(t, server, "127.0.0.1") }
+
+// newRawPeerOn makes a raw peer whose socket is on the loopback address ip.
+func newRawPeerOn(t testing.TB, server, ip string) *rawPeer {
 	t.Helper()
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,6 +60,12 @@ type Options struct {
 	MaxSubscriptionsPerSource int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
+	// RequestsPerAddress and RequestBurst limit the requests over UDP
+	// from one untrusted address, like Kamailio's pike: a token bucket
+	// refilled at RequestsPerAddress a second up to RequestBurst; past it
+	// requests are dropped unanswered. 0 (the default): no limit.
+	RequestsPerAddress float64
+	RequestBurst       int
 	// MaxPublicationsPerUser bounds the PUBLISHed states (one per soft
 	// client) a person holds at once (default 10); past it a new PUBLISH
 	// gets 403.
@@ -191,6 +197,7 @@ type Server struct {
 	listeners []io.Closer
 	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
 	streams   []*streamListener
+	limiter   *rateLimiter // nil without a per-address limit
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 }
@@ -218,6 +225,9 @@ func New(states States, opt Options) (*Server, error) {
 					return nil, nil
 				}
 				if isRawRequest(data) {
+					if !notify.server.admitDatagram(p.RemoteAddr) {
+						return nil, nil
+					}
 					if why := badContentLength(data); why != "" {
 						notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
 						return nil, nil
@@ -256,6 +266,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
 	s.notifier.server = s
+	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 )
 
 // Answers sent straight from raw bytes, for requests that never reach a
@@ -219,4 +220,29 @@ func (s *Server) challengeDatagram(local, remote net.Addr, data []byte) bool {
 		}
 	}
 	return false
+}
+
+// admitDatagram applies the per-address request limit to a request from
+// remote; it reports whether the request may go on.
+func (s *Server) admitDatagram(remote net.Addr) bool {
+	if s.limiter == nil {
+		return true
+	}
+	ra, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return true
+	}
+	ip := ra.AddrPort().Addr().Unmap()
+	if s.auth.isTrusted(ip.String()) {
+		return true
+	}
+	ok, warn := s.limiter.allow(ip, time.Now())
+	if !ok {
+		s.opt.Metrics.RequestDropped("rate_limit")
+		if warn {
+			s.log.Warn("requests from one address over the limit: dropping them", "source", ip.String(),
+				"limit_per_second", s.opt.RequestsPerAddress)
+		}
+	}
+	return ok
 }

@@ -24,6 +24,8 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		Coalesce:                  cfg.Policy.Coalesce,
 		MaxPublicationsPerUser:    cfg.Policy.MaxPublicationsPerUser,
 		MaxBindingsPerUser:        cfg.Policy.MaxRegistrationsPerUser,
+		RequestsPerAddress:        cfg.Policy.RequestsPerAddress,
+		RequestBurst:              cfg.Policy.RequestBurst,
 		Streams: presence.StreamLimits{
 			MaxConnections:   cfg.Policy.MaxConnections,
 			MaxPerAddress:    cfg.Policy.MaxConnectionsPerAddress,

@@ -91,6 +91,10 @@ type Policy struct {
 	// IdleTimeout closes a TCP or TLS connection that sent nothing for
 	// this long and holds no subscription.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// RequestsPerAddress and RequestBurst limit the SIP requests over UDP
+	// from one untrusted address, like Kamailio's pike (0: no limit).
+	RequestsPerAddress float64 `yaml:"requests_per_address"`
+	RequestBurst       int     `yaml:"request_burst"`
 	// Coalesce is how long bursts of non-urgent changes for one user are
 	// gathered into one NOTIFY. A change to ringing is never delayed.
 	Coalesce time.Duration `yaml:"coalesce"`

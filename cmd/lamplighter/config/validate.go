@@ -161,6 +161,9 @@ func (v *validator) checkPolicy(c *Config) {
 	if pol.MaxConnectionsPerAddress > pol.MaxConnections {
 		v.at(p("policy", "max_connections_per_address"), "is above max_connections (%d)", pol.MaxConnections)
 	}
+	if pol.RequestsPerAddress < 0 || pol.RequestBurst < 0 {
+		v.at(p("policy", "requests_per_address"), "requests_per_address and request_burst must not be negative")
+	}
 	if c.HTTP.MaxStreams < 1 || c.HTTP.MaxStreamsPerAddress < 1 {
 		v.at(p("http", "max_streams"), "max_streams and max_streams_per_address must be at least 1")
 	}

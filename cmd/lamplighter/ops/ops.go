@@ -219,6 +219,7 @@ type Metrics struct {
 	notifyFailed *prometheus.CounterVec
 	latency      prometheus.Histogram
 	refused      *prometheus.CounterVec
+	dropped      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -237,7 +238,9 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_connections_refused_total",
 		Help: "SIP stream connections refused or closed by a limit, by reason."}, []string{"reason"})
-	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused)
+	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_requests_dropped_total",
+		Help: "SIP requests dropped unanswered, by reason (rate_limit: over policy.requests_per_address)."}, []string{"reason"})
+	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused, m.dropped)
 	return m
 }
 
@@ -261,6 +264,9 @@ func (m *Metrics) NotifyFailed(reason string) { m.notifyFailed.WithLabelValues(r
 
 // NotifyLatency implements presence.Metrics.
 func (m *Metrics) NotifyLatency(d time.Duration) { m.latency.Observe(d.Seconds()) }
+
+// RequestDropped implements presence.Metrics.
+func (m *Metrics) RequestDropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
 
 // ConnectionRefused implements presence.Metrics.
 func (m *Metrics) ConnectionRefused(reason string) { m.refused.WithLabelValues(reason).Inc() }
