@@ -198,6 +198,8 @@ type Server struct {
 	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
 	streams   []*streamListener
 	limiter   *rateLimiter // nil without a per-address limit
+	parser    *sip.Parser
+	udpTxs    *udpTxTable  // server transactions of requests over UDP
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 }
@@ -218,6 +220,10 @@ func New(states States, opt Options) (*Server, error) {
 				if !strings.EqualFold(p.Transport, "udp") {
 					return data, nil
 				}
+				var from netip.AddrPort
+				if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
+					from = ua.AddrPort()
+				}
 				if len(data) >= int(sip.TransportBufferReadSize) {
 					// The datagram filled sipgo's read buffer: it was cut
 					// short and cannot be parsed. Say so rather than drop it.
@@ -235,11 +241,10 @@ func New(states States, opt Options) (*Server, error) {
 					if notify.server.challengeDatagram(p.LocalAddr, p.RemoteAddr, data) {
 						return nil, nil
 					}
+					if uc := notify.server.udpConnAt(p.LocalAddr); uc != nil && notify.server.serveDatagram(uc, from, data) {
+						return nil, nil
+					}
 					return data, nil
-				}
-				var from netip.AddrPort
-				if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
-					from = ua.AddrPort()
 				}
 				return notify.datagram(data, from), nil
 			})),
@@ -267,6 +272,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.notifier = newNotifier(s.notifyTxDone)
 	s.notifier.server = s
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
+	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
@@ -399,6 +405,11 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.pubs.sweep(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sweepUDPTxs(ctx.Done())
+	}()
 	// NOTIFYs leave from the UDP listeners themselves (udpConns), so
 	// readiness needs no more than the bound sockets.
 	for i, a := range s.addrs {
@@ -444,6 +455,16 @@ func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+}
+
+// udpConnAt returns our UDP listener bound at local.
+func (s *Server) udpConnAt(local net.Addr) *net.UDPConn {
+	for _, c := range s.udpConns {
+		if c.LocalAddr().String() == local.String() {
+			return c
+		}
+	}
+	return nil
 }
 
 // Serving reports whether every listener is serving: none has stopped,
