@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
@@ -353,12 +352,37 @@ func charsetReader(charset string, r io.Reader) (io.Reader, error) {
 	return nil, fmt.Errorf("unsupported charset %q", charset)
 }
 
-// absoluteURI reports whether a namespace name is an absolute URI, as
-// namespace names should be (libxml2 warns about any other).
+// absoluteURI reports whether a namespace name is an absolute URI (RFC
+// 3986: a scheme, a colon, and only the characters a URI may hold, a "%"
+// only before two hex digits), as namespace names should be: libxml2
+// refuses or warns about any other.
 func absoluteURI(ns string) bool {
-	u, err := url.Parse(ns)
-	return err == nil && u.Scheme != ""
+	scheme, rest, ok := strings.Cut(ns, ":")
+	if !ok || scheme == "" || !isAlpha(scheme[0]) {
+		return false
+	}
+	for i := 1; i < len(scheme); i++ {
+		c := scheme[i]
+		if !isAlpha(c) && !(c >= '0' && c <= '9') && c != '+' && c != '-' && c != '.' {
+			return false
+		}
+	}
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		switch {
+		case isAlpha(c), c >= '0' && c <= '9', strings.IndexByte("-._~:/?#[]@!$&'()*+,;=", c) >= 0:
+		case c == '%' && i+2 < len(rest) && isHex(rest[i+1]) && isHex(rest[i+2]):
+			i += 2
+		default:
+			return false
+		}
+	}
+	return true
 }
+
+func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 
 // latin1Reader decodes ISO-8859-1 into UTF-8.
 type latin1Reader struct {
