@@ -15,6 +15,7 @@ FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDF$$' -fuzztime $(FUZZTIME) ./presence/body/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubscribe$$' -fuzztime $(FUZZTIME) ./presence/
+	$(GO) test -run '^$$' -fuzz '^FuzzDatagram$$' -fuzztime $(FUZZTIME) ./presence/
 
 vet:
 	$(GO) vet ./...

@@ -1,6 +1,8 @@
 package presence
 
 import (
+	"bytes"
+	"net"
 	"strings"
 	"testing"
 
@@ -69,6 +71,27 @@ func FuzzSubscribe(f *testing.F) {
 				t.Fatalf("malformed subscription kept: %+v", s)
 			}
 			env.srv.terminate(s, "deactivated")
+		}
+	})
+}
+
+// FuzzDatagram feeds datagrams to the UDP filter, which answers some
+// requests from the raw bytes and runs others on Lamplighter's own path:
+// nothing may panic, and whatever sipgo is left must be the datagram or
+// nothing.
+func FuzzDatagram(f *testing.F) {
+	f.Add([]byte(fuzzSubscribe))
+	f.Add([]byte(strings.Replace(fuzzSubscribe, "Content-Length: 0", "Content-Length: x", 1)))
+	f.Add([]byte(strings.Replace(fuzzSubscribe, "SUBSCRIBE sip:", "PUBLISH sip:", 1)))
+	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.LL.0\r\nCSeq: 1 NOTIFY\r\n\r\n"))
+	f.Add([]byte("OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP h;branch=1\r\ni: c\r\nCSeq: 1 OPTIONS\r\nt: <sip:x>\r\nf: <sip:y>;tag=1\r\nl: 0\r\n\r\n"))
+	env := newEnv(f)
+	local := env.srv.udpConns[0].LocalAddr()
+	remote := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9} // discard: nobody answers
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out := env.srv.filterDatagram(sip.TransportReadProps{Transport: "UDP", LocalAddr: local, RemoteAddr: remote}, data)
+		if out != nil && !bytes.Equal(out, data) {
+			t.Fatalf("the filter changed what sipgo reads")
 		}
 	})
 }

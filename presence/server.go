@@ -217,36 +217,7 @@ func New(states States, opt Options) (*Server, error) {
 		sipgo.WithUserAgent(opt.UserAgent),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet),
 			sip.WithTransportLayerReadFilter(func(p sip.TransportReadProps, data []byte) ([]byte, error) {
-				if !strings.EqualFold(p.Transport, "udp") {
-					return data, nil
-				}
-				var from netip.AddrPort
-				if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
-					from = ua.AddrPort()
-				}
-				if len(data) >= int(sip.TransportBufferReadSize) {
-					// The datagram filled sipgo's read buffer: it was cut
-					// short and cannot be parsed. Say so rather than drop it.
-					notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 413, "Request Entity Too Large")
-					return nil, nil
-				}
-				if isRawRequest(data) {
-					if !notify.server.admitDatagram(p.RemoteAddr) {
-						return nil, nil
-					}
-					if why := badContentLength(data); why != "" {
-						notify.server.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
-						return nil, nil
-					}
-					if notify.server.challengeDatagram(p.LocalAddr, p.RemoteAddr, data) {
-						return nil, nil
-					}
-					if uc := notify.server.udpConnAt(p.LocalAddr); uc != nil && notify.server.serveDatagram(uc, from, data) {
-						return nil, nil
-					}
-					return data, nil
-				}
-				return notify.datagram(data, from), nil
+				return notify.server.filterDatagram(p, data), nil
 			})),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
@@ -455,6 +426,44 @@ func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+}
+
+// filterDatagram sees every datagram before sipgo does. Over UDP it
+// answers what sipgo cannot read (413, 400), applies the per-address
+// limit, challenges requests without credentials statelessly, runs the
+// requests Lamplighter serves on its own path, and matches responses to
+// NOTIFYs; it returns what is left for sipgo (nil: nothing).
+func (s *Server) filterDatagram(p sip.TransportReadProps, data []byte) []byte {
+	if !strings.EqualFold(p.Transport, "udp") {
+		return data
+	}
+	var from netip.AddrPort
+	if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
+		from = ua.AddrPort()
+	}
+	if len(data) >= int(sip.TransportBufferReadSize) {
+		// The datagram filled sipgo's read buffer: it was cut
+		// short and cannot be parsed. Say so rather than drop it.
+		s.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 413, "Request Entity Too Large")
+		return nil
+	}
+	if isRawRequest(data) {
+		if !s.admitDatagram(p.RemoteAddr) {
+			return nil
+		}
+		if why := badContentLength(data); why != "" {
+			s.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
+			return nil
+		}
+		if s.challengeDatagram(p.LocalAddr, p.RemoteAddr, data) {
+			return nil
+		}
+		if uc := s.udpConnAt(p.LocalAddr); uc != nil && s.serveDatagram(uc, from, data) {
+			return nil
+		}
+		return data
+	}
+	return s.notifier.datagram(data, from)
 }
 
 // udpConnAt returns our UDP listener bound at local.
