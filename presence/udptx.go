@@ -28,6 +28,7 @@ type udpTx struct {
 	conn    *net.UDPConn
 	to      netip.AddrPort
 	created time.Time
+	table   *udpTxTable // nil: kept nowhere (OPTIONS)
 
 	mu    sync.Mutex
 	last  []byte // the last response sent, sent again on a retransmission
@@ -49,6 +50,13 @@ func (tx *udpTx) Respond(res *sip.Response) error {
 	tx.last, tx.final = b, res.StatusCode >= 200
 	tx.mu.Unlock()
 	_, err := tx.conn.WriteToUDPAddrPort(b, tx.to)
+	if res.StatusCode >= 300 && tx.table != nil {
+		// A refusal is kept by no one: a retransmission is refused again
+		// (the handlers' refusals change nothing), and a flood of bad
+		// requests leaves no state behind. Only what took effect (2xx)
+		// is kept, so that its retransmission does not take effect twice.
+		tx.table.forget(tx)
+	}
 	return err
 }
 
@@ -96,6 +104,15 @@ func (t *udpTxTable) open(key string, mk func() *udpTx) (tx *udpTx, isNew bool) 
 	t.byKey[key] = tx
 	t.queue = append(t.queue, tx)
 	return tx, true
+}
+
+// forget drops tx at once (its slot in the queue goes at expiry).
+func (t *udpTxTable) forget(tx *udpTx) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byKey[tx.key] == tx {
+		delete(t.byKey, tx.key)
+	}
 }
 
 // expire forgets the transactions made before cutoff.
@@ -164,9 +181,14 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	req.SetTransport("UDP")
 	req.SetSource(from.String())
 	req.SetDestination(local.LocalAddr().String())
+	if req.Method == sip.OPTIONS {
+		// Anyone may ask; the answer changes nothing: kept nowhere.
+		go handler(req, &udpTx{conn: local, to: from})
+		return true
+	}
 	key := udpTxKey(req, via, from)
 	tx, isNew := s.udpTxs.open(key, func() *udpTx {
-		return &udpTx{key: key, conn: local, to: from, created: time.Now()}
+		return &udpTx{key: key, conn: local, to: from, created: time.Now(), table: s.udpTxs}
 	})
 	if !isNew {
 		tx.retransmitted()

@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -33,4 +34,37 @@ func TestUDPRequestsOnOwnPath(t *testing.T) {
 		t.Errorf("%d transactions held, want the 201 just answered (not sipgo's)", n)
 	}
 	waitUntil(t, sip.Timer_J+5*time.Second, "transactions forgotten after Timer J", func() bool { return env.srv.udpTxs.size() == 0 })
+}
+
+// TestRefusalsAndOptionsKeepNoTransaction: what changes nothing keeps
+// nothing: OPTIONS from anyone, and requests refused (wrong credentials
+// here), each with its own branch, leave the table empty, so a flood of
+// them costs no memory; a retransmission of a refusal is refused again.
+func TestRefusalsAndOptionsKeepNoTransaction(t *testing.T) {
+	env := newEnv(t)
+	peer := newRawPeer(t, env.udp)
+	const n = 2000
+	for i := range n {
+		msg, id := peer.request("OPTIONS", "100", nil, "")
+		peer.send(msg)
+		if i%100 == 99 {
+			peer.response(id, 5*time.Second)
+		}
+	}
+	bad := `Authorization: Digest username="bob", realm="test.invalid", nonce="00", uri="sip:100@127.0.0.1", response="00000000000000000000000000000000", algorithm=MD5`
+	for i := range n {
+		d := &rawSub{callID: fmt.Sprintf("bad-%d", i), fromTag: "ft", user: "100", event: "dialog"}
+		msg := peer.subscribeMsg(d, 600, bad)
+		peer.send(msg)
+		if i%100 == 99 {
+			if res := peer.response(d.callID, 5*time.Second); res.StatusCode != 401 {
+				t.Fatalf("wrong credentials: %d", res.StatusCode)
+			}
+			peer.send(msg) // a retransmission: refused again
+			if res := peer.response(d.callID, 5*time.Second); res.StatusCode != 401 {
+				t.Fatalf("retransmission of a refusal: %d", res.StatusCode)
+			}
+		}
+	}
+	waitUntil(t, 5*time.Second, "no transaction kept", func() bool { return env.srv.udpTxs.size() == 0 })
 }
