@@ -22,7 +22,7 @@ func TestLoadRun(t *testing.T) {
 	}
 	o := options{binary: bin, subs: 400, users: 40, perPhone: 25, tcpShare: 0.25, dialogShare: 0.5,
 		rate: 200, duration: 2 * time.Second, fanout: 200, fanoutRounds: 3, burst: true, restart: true,
-		window: 100, expires: 600, logLevel: "info", skipHeld: true}
+		window: 100, expires: 600, logLevel: "info", skipHeld: true, flood: 2000, floodFor: time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
@@ -44,6 +44,9 @@ func TestLoadRun(t *testing.T) {
 	}
 	if b := res.FanoutMany; b.Changes != 40 || b.Missing != 0 || b.Received != 400 {
 		t.Errorf("burst: %+v", b)
+	}
+	if f := res.Flood; f.Sent != 2000 || f.Challenged != 2000 || f.Error != "" || f.Latency.Missing != 0 {
+		t.Errorf("flood: %+v", f)
 	}
 	if r := res.Restart; r.Renotified != 600 || r.Error != "" {
 		t.Errorf("restart: %+v", r)

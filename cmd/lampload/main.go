@@ -30,6 +30,8 @@ import (
 // options are lampload's flags.
 type options struct {
 	binary       string
+	flood        int           // unauthenticated SUBSCRIBEs in the flood phase (0: none)
+	floodFor     time.Duration // how long the flood lasts
 	subs         int
 	users        int
 	perPhone     int
@@ -77,6 +79,8 @@ func main() {
 	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases in this `directory`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
+	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs without credentials sent from one untrusted address (127.0.0.2) over -flood-for while the latency is measured again (0 skips it)")
+	fs.DurationVar(&o.floodFor, "flood-for", 10*time.Second, "how long the flood lasts")
 	fs.BoolVar(&o.skipHeld, "quick", false, "read the held memory at once, without waiting out the SUBSCRIBE transactions")
 	fs.Parse(os.Args[1:])
 	if o.users == 0 {
@@ -115,6 +119,8 @@ func (o *options) check() error {
 		return errors.New("-rate and -duration must be positive")
 	case o.duration > time.Hour:
 		return errors.New("-duration is at most 1h")
+	case o.flood < 0 || (o.flood > 0 && (o.floodFor <= 0 || o.floodFor > time.Hour)):
+		return errors.New("-flood must not be negative and -flood-for between 0 and 1h")
 	case o.fanout < 0 || o.fanoutRounds < 1 || o.window < 1:
 		return errors.New("-fanout must not be negative; -fanout-rounds and -window at least 1")
 	}
@@ -235,6 +241,11 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	stopProfile = t.profileDuring(o.pprofDir, "latency", o.duration, say)
 	res.Latency = measureLatency(ctx, &tracker, freeswitch, users, o.rate, o.duration)
 	stopProfile()
+
+	if o.flood > 0 {
+		say("flood: %d SUBSCRIBEs without credentials from %s over %v, events going on", o.flood, floodSource, o.floodFor)
+		res.Flood = measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate)
+	}
 
 	if o.fanout > 0 {
 		say("fan-out: setting up %d watchers of one user", len(fan))

@@ -26,6 +26,7 @@ type result struct {
 	Server      serverResult  `json:"server"`
 	Phone       phoneResult   `json:"phones_saw"`
 	Restart     restartResult `json:"restart"`
+	Flood       floodResult   `json:"flood,omitzero"`
 }
 
 type machineInfo struct {
@@ -241,6 +242,12 @@ func (r *result) print(w io.Writer) {
 	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
 	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
 		l.Events, l.EventsPerSecond, l.Skipped, l.Received, l.Notifies, l.Missing))
+	if f := r.Flood; f.Sent > 0 {
+		row("unauthenticated flood", fmt.Sprintf("%d SUBSCRIBEs in %.1f s from one address, %d challenged; RSS %s → %s (%+.1f MiB)",
+			f.Sent, f.Seconds, f.Challenged, mib(f.Before.RSS), mib(f.After.RSS), float64(f.RSSGrowth)/(1<<20)))
+		row("  event→NOTIFY meanwhile", fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d of %d NOTIFYs)",
+			f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs, f.Latency.Received, f.Latency.Notifies))
+	}
 	if f := r.FanoutOne; f.Watchers > 0 {
 		row("fan-out, one change", fmt.Sprintf("%d watchers: median %.1f ms, max %.1f ms to the last NOTIFY; %.0f NOTIFY/s = %.2f of raw UDP (%d missing)",
 			f.Watchers, f.MedianMs, f.MaxMs, f.PerSecond, f.FractionOfRawUDP, f.Missing))
@@ -256,7 +263,7 @@ func (r *result) print(w io.Writer) {
 		row("restart re-NOTIFY", fmt.Sprintf("%d of %d in %.2f s from start (%.2f s per 10k; stop took %.2f s)",
 			rs.Renotified, rs.Subscriptions, rs.Seconds, rs.SecondsPer10k, rs.StopSeconds))
 	}
-	for _, e := range []string{r.RawUDP.Error, r.Setup.Error, l.Error, r.FanoutSetup.Error, r.FanoutOne.Error, r.FanoutMany.Error, r.Restart.Error} {
+	for _, e := range []string{r.RawUDP.Error, r.Setup.Error, l.Error, r.Flood.Error, r.FanoutSetup.Error, r.FanoutOne.Error, r.FanoutMany.Error, r.Restart.Error} {
 		if e != "" {
 			row("error", e)
 		}

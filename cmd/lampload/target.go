@@ -31,7 +31,7 @@ type target struct {
 }
 
 // writeConfig writes the configuration: the SIP server on sipPort (UDP
-// and TCP), loopback trusted, the profiler on, one FreeSWITCH (the
+// and TCP), the phones' 127.0.0.1 trusted, the profiler on, one FreeSWITCH (the
 // double at eslAddr) and the users.
 func (t *target) writeConfig(sipPort, httpPort int, eslAddr string, users []*user, maxPerSource int) error {
 	var b bytes.Buffer
@@ -41,7 +41,7 @@ sip:
   listen:
     - {transport: udp, address: "127.0.0.1:%[1]d"}
     - {transport: tcp, address: "127.0.0.1:%[1]d"}
-  trusted_networks: [127.0.0.0/8]
+  trusted_networks: [127.0.0.1/32]  # the phones; the flood comes from 127.0.0.2
 policy:
   max_expires: 7200
   max_subscriptions_per_source: %[2]d
