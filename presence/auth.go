@@ -87,6 +87,11 @@ func (a *authenticator) isTrusted(source string) bool {
 	if err != nil {
 		return false
 	}
+	return a.isTrustedIP(ip)
+}
+
+// isTrustedIP reports whether ip is in a trusted network.
+func (a *authenticator) isTrustedIP(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	for _, p := range a.trusted {
 		if p.Contains(ip) {

@@ -37,7 +37,6 @@ type notifier struct {
 	closed bool
 	bufs   sync.Pool
 	done   func(tx *notifyTx, res *sip.Response, failure string, err error)
-	server *Server // for the stateless answers of the datagram filter
 }
 
 // notifyTx is one NOTIFY in flight.

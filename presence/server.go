@@ -213,11 +213,12 @@ func New(states States, opt Options) (*Server, error) {
 	log := opt.Logger
 	quiet := slog.New(demoteHandler{log.Handler()})
 	var notify *notifier // NOTIFY responses match no sipgo transaction
+	var self *Server     // the datagram filter's, once built
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet),
 			sip.WithTransportLayerReadFilter(func(p sip.TransportReadProps, data []byte) ([]byte, error) {
-				return notify.server.filterDatagram(p, data), nil
+				return self.filterDatagram(p, data), nil
 			})),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
@@ -241,7 +242,7 @@ func New(states States, opt Options) (*Server, error) {
 		ready: make(chan struct{}),
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
-	s.notifier.server = s
+	self = s
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	notify = s.notifier
@@ -439,37 +440,43 @@ func (s *Server) filterDatagram(p sip.TransportReadProps, data []byte) []byte {
 	}
 	var from netip.AddrPort
 	if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
-		from = ua.AddrPort()
+		ap := ua.AddrPort()
+		from = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	if len(data) >= int(sip.TransportBufferReadSize) {
-		// The datagram filled sipgo's read buffer: it was cut
-		// short and cannot be parsed. Say so rather than drop it.
-		s.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 413, "Request Entity Too Large")
-		return nil
+	if !isRawRequest(data) {
+		return s.notifier.datagram(data, from)
 	}
-	if isRawRequest(data) {
-		if !s.admitDatagram(p.RemoteAddr) {
-			return nil
-		}
-		if why := badContentLength(data); why != "" {
-			s.replyDatagram(p.LocalAddr, p.RemoteAddr, data, 400, why)
-			return nil
-		}
-		if s.challengeDatagram(p.LocalAddr, p.RemoteAddr, data) {
-			return nil
-		}
-		if uc := s.udpConnAt(p.LocalAddr); uc != nil && s.serveDatagram(uc, from, data) {
-			return nil
-		}
+	conn := s.udpConnAt(p.LocalAddr)
+	switch {
+	case conn == nil || !from.IsValid():
 		return data
+	case len(data) >= int(sip.TransportBufferReadSize):
+		// The datagram filled sipgo's read buffer: it was cut short and
+		// cannot be parsed. Say so rather than drop it.
+		s.answerDatagram(conn, from, data, 413, "Request Entity Too Large")
+	case !s.admitDatagram(from.Addr()):
+		// dropped unanswered
+	default:
+		if why := badContentLength(data); why != "" {
+			s.answerDatagram(conn, from, data, 400, why)
+			return nil
+		}
+		if !s.challengeDatagram(conn, from, data) && !s.serveDatagram(conn, from, data) {
+			return data
+		}
 	}
-	return s.notifier.datagram(data, from)
+	return nil
 }
 
-// udpConnAt returns our UDP listener bound at local.
+// udpConnAt returns our UDP listener bound at local (compared without
+// rendering addresses: this runs for every datagram).
 func (s *Server) udpConnAt(local net.Addr) *net.UDPConn {
+	la, ok := local.(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
 	for _, c := range s.udpConns {
-		if c.LocalAddr().String() == local.String() {
+		if ca := c.LocalAddr().(*net.UDPAddr); ca.Port == la.Port && ca.IP.Equal(la.IP) {
 			return c
 		}
 	}

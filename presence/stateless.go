@@ -99,22 +99,17 @@ func rawResponse(data []byte, code int, reason, server string, extra ...string) 
 	return out
 }
 
-// replyDatagram answers the request in a datagram sipgo cannot read,
-// from the UDP listener it came in on.
-func (s *Server) replyDatagram(local, remote net.Addr, data []byte, code int, reason string) {
-	res := rawResponse(data, code, reason, s.opt.UserAgent)
-	ra, ok := remote.(*net.UDPAddr)
-	if res == nil || !ok {
-		return
+// answerDatagram answers the request in data statelessly from conn, the
+// UDP listener it came in on, with the extra header lines given; it
+// reports whether an answer could be made (data held a request).
+func (s *Server) answerDatagram(conn *net.UDPConn, to netip.AddrPort, data []byte, code int, reason string, extra ...string) bool {
+	res := rawResponse(data, code, reason, s.opt.UserAgent, extra...)
+	if res == nil {
+		return false
 	}
-	for _, c := range s.udpConns {
-		if c.LocalAddr().String() == local.String() {
-			to := ra.AddrPort()
-			_, _ = c.WriteToUDPAddrPort(res, netip.AddrPortFrom(to.Addr(), to.Port()))
-			s.opt.Metrics.Response(rawMethod(data), code)
-			return
-		}
-	}
+	_, _ = conn.WriteToUDPAddrPort(res, to)
+	s.opt.Metrics.Response(rawMethod(data), code)
+	return true
 }
 
 // rawMethod is the method of the request line in data.
@@ -174,13 +169,13 @@ func rawContentLength(head []byte) (value []byte, found bool) {
 // made for it (each held about 4.5 KiB for 32 s, so a flood of them cost
 // hundreds of MB), and a retransmission just gets another 401. The nonce
 // is stateless already. It reports whether it answered.
-func (s *Server) challengeDatagram(local, remote net.Addr, data []byte) bool {
+func (s *Server) challengeDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte) bool {
 	switch rawMethod(data) {
 	case "SUBSCRIBE", "PUBLISH", "REGISTER":
 	default:
 		return false
 	}
-	if s.auth.isTrusted(remote.String()) {
+	if s.auth.isTrustedIP(from.Addr()) {
 		return false
 	}
 	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
@@ -206,34 +201,13 @@ func (s *Server) challengeDatagram(local, remote net.Addr, data []byte) bool {
 	for _, c := range s.auth.challenges(false) {
 		extra = append(extra, "WWW-Authenticate: "+c)
 	}
-	res := rawResponse(data, 401, "Unauthorized", s.opt.UserAgent, extra...)
-	ra, ok := remote.(*net.UDPAddr)
-	if res == nil || !ok {
-		return false
-	}
-	for _, c := range s.udpConns {
-		if c.LocalAddr().String() == local.String() {
-			to := ra.AddrPort()
-			_, _ = c.WriteToUDPAddrPort(res, netip.AddrPortFrom(to.Addr(), to.Port()))
-			s.opt.Metrics.Response(rawMethod(data), 401)
-			return true
-		}
-	}
-	return false
+	return s.answerDatagram(conn, from, data, 401, "Unauthorized", extra...)
 }
 
 // admitDatagram applies the per-address request limit to a request from
-// remote; it reports whether the request may go on.
-func (s *Server) admitDatagram(remote net.Addr) bool {
-	if s.limiter == nil {
-		return true
-	}
-	ra, ok := remote.(*net.UDPAddr)
-	if !ok {
-		return true
-	}
-	ip := ra.AddrPort().Addr().Unmap()
-	if s.auth.isTrusted(ip.String()) {
+// ip; it reports whether the request may go on.
+func (s *Server) admitDatagram(ip netip.Addr) bool {
+	if s.limiter == nil || s.auth.isTrustedIP(ip) {
 		return true
 	}
 	ok, warn := s.limiter.allow(ip, time.Now())

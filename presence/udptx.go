@@ -77,7 +77,6 @@ func (tx *udpTx) Terminate()                         {}
 func (tx *udpTx) OnTerminate(sip.FnTxTerminate) bool { return false }
 func (tx *udpTx) Done() <-chan struct{}              { return closedChan }
 func (tx *udpTx) Err() error                         { return nil }
-func (tx *udpTx) String() string                     { return "udp tx " + tx.key }
 
 var _ sip.ServerTransaction = (*udpTx)(nil)
 
@@ -177,7 +176,6 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	if via == nil || req.CSeq() == nil || req.CallID() == nil {
 		return false
 	}
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	req.SetTransport("UDP")
 	req.SetSource(from.String())
 	req.SetDestination(local.LocalAddr().String())
