@@ -130,19 +130,13 @@ func (d *DB) renew(path string) error {
 	switch {
 	case err == nil && skipped > 0:
 		// Partly damaged: what could be read is kept, the file aside.
-		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000Z"))
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return fmt.Errorf("state file %s is damaged and cannot be moved aside: %w", path, rerr)
+		if err := d.keepAside(path, fmt.Sprintf("%d records could not be read and are dropped", skipped)); err != nil {
+			return err
 		}
-		d.log.Error("state file damaged: records that could not be read are dropped, the file kept aside",
-			"file", path, "moved_to", aside, "dropped", skipped)
 	case errors.As(err, &damage):
-		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000Z"))
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return fmt.Errorf("state file %s is damaged (%v) and cannot be moved aside: %w", path, damage.err, rerr)
+		if err := d.keepAside(path, damage.err.Error()+": starting with no saved subscriptions"); err != nil {
+			return err
 		}
-		d.log.Error("state file damaged: kept aside, starting with no saved subscriptions",
-			"file", path, "moved_to", aside, "why", damage.err.Error())
 		records = nil
 	case err != nil:
 		return err
@@ -184,6 +178,17 @@ func (d *DB) renew(path string) error {
 		_ = dir.Sync()
 		dir.Close()
 	}
+	return nil
+}
+
+// keepAside renames a damaged state file to path.broken-TIME and logs
+// why.
+func (d *DB) keepAside(path, why string) error {
+	aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000Z"))
+	if err := os.Rename(path, aside); err != nil {
+		return fmt.Errorf("state file %s is damaged (%s) and cannot be moved aside: %w", path, why, err)
+	}
+	d.log.Error("state file damaged: kept aside", "file", path, "moved_to", aside, "why", why)
 	return nil
 }
 
