@@ -16,6 +16,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDF$$' -fuzztime $(FUZZTIME) ./presence/body/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubscribe$$' -fuzztime $(FUZZTIME) ./presence/
 	$(GO) test -run '^$$' -fuzz '^FuzzDatagram$$' -fuzztime $(FUZZTIME) ./presence/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./presence/sipmsg/
 
 vet:
 	$(GO) vet ./...

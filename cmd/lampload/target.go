@@ -45,6 +45,9 @@ sip:
 policy:
   max_expires: 7200
   max_subscriptions_per_source: %[2]d
+  # every phone connects from 127.0.0.1: room for all of them
+  max_connections: %[2]d
+  max_connections_per_address: %[2]d
 http:
   listen: "127.0.0.1:%[3]d"
   pprof: true

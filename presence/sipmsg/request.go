@@ -1,0 +1,380 @@
+// Package sipmsg reads SIP requests straight from the bytes that carried
+// them and writes responses to them (RFC 3261 §7, §8.2.6, §20). It is the
+// request path of Lamplighter's presence server: one copy of the message,
+// header values as substrings of it, no parse tree and no allocation per
+// header; addresses and URIs are read only when a handler asks.
+package sipmsg
+
+import (
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Key names a header the presence server reads; compact forms (RFC 3261
+// §7.3.3, RFC 6665 for Event) map to the same key.
+type Key uint8
+
+// The headers known by key; any other is found by name.
+const (
+	Other Key = iota
+	Via
+	From
+	To
+	CallID
+	CSeq
+	Contact
+	Expires
+	Event
+	Accept
+	ContentType
+	ContentLength
+	Authorization
+	ProxyAuthorization
+	RecordRoute
+	UserAgent
+	SIPIfMatch
+	Supported
+	MaxForwards
+	Require
+	AllowEvents
+)
+
+// keyOf returns the key of a header name, in any case.
+func keyOf(name string) Key {
+	if len(name) == 1 {
+		switch name[0] | 0x20 {
+		case 'v':
+			return Via
+		case 'f':
+			return From
+		case 't':
+			return To
+		case 'i':
+			return CallID
+		case 'm':
+			return Contact
+		case 'o':
+			return Event
+		case 'c':
+			return ContentType
+		case 'l':
+			return ContentLength
+		case 'k':
+			return Supported
+		case 'u':
+			return AllowEvents
+		}
+		return Other
+	}
+	for _, k := range longNames {
+		if len(k.name) == len(name) && strings.EqualFold(k.name, name) {
+			return k.key
+		}
+	}
+	return Other
+}
+
+var longNames = []struct {
+	name string
+	key  Key
+}{
+	{"Via", Via}, {"From", From}, {"To", To}, {"Call-ID", CallID}, {"CSeq", CSeq},
+	{"Contact", Contact}, {"Expires", Expires}, {"Event", Event}, {"Accept", Accept},
+	{"Content-Type", ContentType}, {"Content-Length", ContentLength},
+	{"Authorization", Authorization}, {"Proxy-Authorization", ProxyAuthorization},
+	{"Record-Route", RecordRoute}, {"User-Agent", UserAgent}, {"SIP-If-Match", SIPIfMatch},
+	{"Supported", Supported}, {"Max-Forwards", MaxForwards}, {"Require", Require},
+	{"Allow-Events", AllowEvents},
+}
+
+// Field is one header line: its name as written and its value, trimmed.
+type Field struct {
+	Name  string
+	Value string
+	Key   Key
+}
+
+// Request is a SIP request read by Parse. Its strings share one copy of
+// the message.
+type Request struct {
+	Method string // as written (methods are case-sensitive)
+	URI    URI    // the Request-URI
+	Fields []Field
+	Body   []byte
+
+	CallID     string
+	CSeq       uint32
+	CSeqMethod string
+	From, To   Address
+
+	// Where the request came from and over what ("UDP", "TCP", "TLS"):
+	// set by the transport, used for RFC 3581 received/rport and logs.
+	Transport string
+	Peer      netip.AddrPort
+	Source    string // Peer as host:port
+
+	fields [20]Field // Fields' storage for most requests
+}
+
+// Error says why a message is not a request Parse can read; Reason is a
+// fitting reason phrase for the 400 (or 413) that answers it.
+type Error struct {
+	Code   int
+	Reason string
+}
+
+func (e *Error) Error() string { return "sip: " + strconv.Itoa(e.Code) + " " + e.Reason }
+
+func bad(reason string) error { return &Error{Code: 400, Reason: reason} }
+
+// MaxFields bounds the header lines of a request.
+const MaxFields = 256
+
+// ErrNotRequest is returned for what is not a request (a response, noise).
+var ErrNotRequest = errors.New("sip: not a request")
+
+// Parse reads a request from data (head, blank line, body). It takes a
+// copy of data, so the caller may reuse its buffer. A body longer than its
+// Content-Length is cut to it (a datagram may carry padding); one shorter
+// is an error. Via, From, To, Call-ID and CSeq must be present and
+// readable, and CSeq's method must be the request's.
+func Parse(data []byte) (*Request, error) {
+	return ParseString(string(data))
+}
+
+// ParseString is Parse for a message already held in a string.
+func ParseString(msg string) (*Request, error) {
+	r := &Request{}
+	r.Fields = r.fields[:0]
+	head, body, found := cutHead(msg)
+	if !found {
+		return nil, bad("Missing Blank Line")
+	}
+	line, rest := cutLine(head)
+	method, rest1, ok1 := strings.Cut(line, " ")
+	uri, version, ok2 := strings.Cut(rest1, " ")
+	if !ok1 || !ok2 || !isToken(method) {
+		if strings.HasPrefix(line, "SIP/") {
+			return nil, ErrNotRequest
+		}
+		return nil, bad("Bad Request Line")
+	}
+	if version != "SIP/2.0" {
+		return nil, &Error{Code: 505, Reason: "Version Not Supported"}
+	}
+	r.Method = method
+	var err error
+	if r.URI, err = ParseURI(uri); err != nil {
+		return nil, bad("Bad Request-URI")
+	}
+	for rest != "" {
+		line, rest = cutLine(rest)
+		for rest != "" && (rest[0] == ' ' || rest[0] == '\t') { // folded (RFC 3261 §7.3.1)
+			var more string
+			more, rest = cutLine(rest)
+			line += " " + strings.TrimSpace(more)
+		}
+		name, value, ok := strings.Cut(line, ":")
+		name = strings.TrimRight(name, " \t")
+		if !ok || !isToken(name) {
+			return nil, bad("Bad Header Line")
+		}
+		if len(r.Fields) == MaxFields {
+			return nil, &Error{Code: 413, Reason: "Too Many Headers"}
+		}
+		r.Fields = append(r.Fields, Field{Name: name, Value: strings.TrimSpace(value), Key: keyOf(name)})
+	}
+	if err := r.readBody(body); err != nil {
+		return nil, err
+	}
+	return r, r.readDialogHeaders()
+}
+
+// cutHead splits a message at its blank line (CRLF CRLF, or bare LFs).
+func cutHead(msg string) (head, body string, found bool) {
+	if i := strings.Index(msg, "\r\n\r\n"); i >= 0 {
+		return msg[:i], msg[i+4:], true
+	}
+	if i := strings.Index(msg, "\n\n"); i >= 0 {
+		return msg[:i], msg[i+2:], true
+	}
+	return "", "", false
+}
+
+// cutLine returns the first line of s (without its CRLF or LF) and the rest.
+func cutLine(s string) (line, rest string) {
+	i := strings.IndexByte(s, '\n')
+	if i < 0 {
+		return s, ""
+	}
+	line, rest = s[:i], s[i+1:]
+	return strings.TrimSuffix(line, "\r"), rest
+}
+
+func (r *Request) readBody(body string) error {
+	v, ok := r.Get(ContentLength)
+	if !ok {
+		r.Body = []byte(body)[:len(body):len(body)]
+		if body == "" {
+			r.Body = nil
+		}
+		return nil
+	}
+	n, err := strconv.ParseUint(v, 10, 31)
+	if err != nil {
+		return bad("Bad Content-Length")
+	}
+	if int(n) > len(body) {
+		return bad("Content-Length Beyond Message")
+	}
+	if n > 0 {
+		r.Body = []byte(body[:n])
+	}
+	return nil
+}
+
+func (r *Request) readDialogHeaders() error {
+	if _, ok := r.Get(Via); !ok {
+		return bad("Missing Via")
+	}
+	for v := range r.Values(Via) {
+		if _, err := ParseVia(v); err != nil {
+			return err
+		}
+	}
+	var ok bool
+	if r.CallID, ok = r.Get(CallID); !ok || r.CallID == "" {
+		return bad("Missing Call-ID")
+	}
+	cseq, ok := r.Get(CSeq)
+	if !ok {
+		return bad("Missing CSeq")
+	}
+	num, method, _ := strings.Cut(cseq, " ")
+	n, err := strconv.ParseUint(num, 10, 32)
+	if err != nil {
+		return bad("Bad CSeq")
+	}
+	r.CSeq, r.CSeqMethod = uint32(n), strings.TrimSpace(method)
+	if r.CSeqMethod != r.Method {
+		return bad("CSeq Method Mismatch")
+	}
+	for _, h := range []struct {
+		key  Key
+		addr *Address
+		miss string
+	}{{From, &r.From, "Missing From"}, {To, &r.To, "Missing To"}} {
+		v, ok := r.Get(h.key)
+		if !ok {
+			return bad(h.miss)
+		}
+		if *h.addr, err = ParseAddress(v); err != nil {
+			return bad("Bad " + h.miss[len("Missing "):])
+		}
+	}
+	return nil
+}
+
+// Get returns the value of the first header with key k.
+func (r *Request) Get(k Key) (string, bool) {
+	for i := range r.Fields {
+		if r.Fields[i].Key == k {
+			return r.Fields[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// Header returns the value of the first header named name (any case,
+// compact forms included).
+func (r *Request) Header(name string) (string, bool) {
+	if k := keyOf(name); k != Other {
+		return r.Get(k)
+	}
+	for i := range r.Fields {
+		if strings.EqualFold(r.Fields[i].Name, name) {
+			return r.Fields[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// Values calls yield with each value of the headers with key k, in order;
+// a header line with a comma-separated list gives each element. It stops
+// when yield returns false.
+func (r *Request) Values(k Key) func(yield func(string) bool) {
+	return func(yield func(string) bool) {
+		for i := range r.Fields {
+			if r.Fields[i].Key != k {
+				continue
+			}
+			for v := range SplitList(r.Fields[i].Value) {
+				if !yield(v) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Has reports whether a header with key k is present.
+func (r *Request) Has(k Key) bool {
+	_, ok := r.Get(k)
+	return ok
+}
+
+// SplitList yields the elements of a comma-separated header value
+// (RFC 3261 §7.3.1), trimmed; commas inside quotes or angle brackets do
+// not separate. Empty elements are skipped.
+func SplitList(v string) func(yield func(string) bool) {
+	return func(yield func(string) bool) {
+		start, quoted, angle := 0, false, false
+		for i := 0; i <= len(v); i++ {
+			if i < len(v) {
+				switch c := v[i]; {
+				case quoted && c == '\\':
+					i++
+					continue
+				case c == '"':
+					quoted = !quoted
+					continue
+				case quoted:
+					continue
+				case c == '<':
+					angle = true
+					continue
+				case c == '>':
+					angle = false
+					continue
+				case angle || c != ',':
+					continue
+				}
+			}
+			if e := strings.TrimSpace(v[start:min(i, len(v))]); e != "" {
+				if !yield(e) {
+					return
+				}
+			}
+			start = i + 1
+		}
+	}
+}
+
+// isToken reports whether s is a non-empty RFC 3261 token.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-.!%*_+`'~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
