@@ -14,8 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Credential is one user's SIP login for SUBSCRIBE, PUBLISH and REGISTER.
@@ -110,24 +111,22 @@ func (a *authenticator) userByName(name string) (Credential, bool) {
 // check authenticates req. A trusted request is accepted as the user its
 // From names (if any); any other needs a valid Authorization (or
 // Proxy-Authorization) header.
-func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
-	if a.isTrusted(req.Source()) {
+func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
+	if trusted := req.Peer.IsValid() && a.isTrustedIP(req.Peer.Addr()) || !req.Peer.IsValid() && a.isTrusted(req.Source); trusted {
 		id := identity{Trusted: true}
-		if from := req.From(); from != nil {
-			if c, ok := a.userByName(from.Address.User); ok {
-				id.UserID = c.UserID
-			}
+		if c, ok := a.userByName(req.From.URI.User); ok {
+			id.UserID = c.UserID
 		}
 		return id, authOK
 	}
-	h := req.GetHeader("Authorization")
-	if h == nil {
-		h = req.GetHeader("Proxy-Authorization")
+	h, ok := req.Get(sipmsg.Authorization)
+	if !ok {
+		h, ok = req.Get(sipmsg.ProxyAuthorization)
 	}
-	if h == nil {
+	if !ok {
 		return identity{}, authChallenge
 	}
-	cred, err := digest.ParseCredentials(h.Value())
+	cred, err := digest.ParseCredentials(h)
 	if err != nil || cred.Realm != a.realm || cred.Username == "" {
 		return identity{}, authChallenge
 	}
@@ -145,7 +144,7 @@ func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
 	if cred.QOP != "" && cred.QOP != "auth" {
 		return identity{}, authChallenge
 	}
-	if !uriMatches(cred.URI, &req.Recipient) {
+	if !uriMatches(cred.URI, req.URI) {
 		return identity{}, authFailed
 	}
 	fresh, valid := a.checkNonce(cred.Nonce)
@@ -157,7 +156,7 @@ func (a *authenticator) check(req *sip.Request) (identity, authOutcome) {
 		chal.QOP = []string{cred.QOP}
 	}
 	want, err := digest.Digest(chal, digest.Options{
-		Method: string(req.Method), URI: cred.URI, Username: cred.Username, Password: user.Password,
+		Method: req.Method, URI: cred.URI, Username: cred.Username, Password: user.Password,
 		Count: cred.Nc, Cnonce: cred.Cnonce,
 	})
 	if err != nil || subtle.ConstantTimeCompare([]byte(strings.ToLower(want.Response)), []byte(strings.ToLower(cred.Response))) != 1 {
@@ -247,9 +246,9 @@ func (a *authenticator) revoked(grant, source, watcher string) string {
 
 // uriMatches checks that the digest-uri names the request's target (user
 // and host), as RFC 3261 §22.4 asks, tolerating parameter differences.
-func uriMatches(digestURI string, target *sip.Uri) bool {
-	var u sip.Uri
-	if err := sip.ParseUri(digestURI, &u); err != nil {
+func uriMatches(digestURI string, target sipmsg.URI) bool {
+	u, err := sipmsg.ParseURI(digestURI)
+	if err != nil {
 		return false
 	}
 	return strings.EqualFold(u.User, target.User) && strings.EqualFold(u.Host, target.Host)
@@ -279,14 +278,6 @@ func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
 	return a.now().Sub(issued) <= a.nonceTTL, true
-}
-
-// challenge adds one WWW-Authenticate header per configured algorithm to
-// a 401, in the configured order (RFC 8760: most preferred first).
-func (a *authenticator) challenge(res *sip.Response, stale bool) {
-	for _, c := range a.challenges(stale) {
-		res.AppendHeader(sip.NewHeader("WWW-Authenticate", c))
-	}
 }
 
 // challenges are the WWW-Authenticate values of a 401, one per

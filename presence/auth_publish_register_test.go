@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // request builds an out-of-dialog request from the phone to the server.
@@ -133,20 +136,26 @@ func TestStaleNonce(t *testing.T) {
 		t.Error("garbage nonce accepted")
 	}
 	// The right password on an expired nonce gives stale, not failure.
-	req := sip.NewRequest(sip.SUBSCRIBE, sip.Uri{Scheme: "sip", User: "1", Host: "h"})
-	req.SetSource("192.0.2.1:5060")
+	withAuth := func(authorization string) *sipmsg.Request {
+		req, err := sipmsg.ParseString("SUBSCRIBE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n" +
+			"From: <sip:u@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 SUBSCRIBE\r\n" +
+			"Authorization: " + authorization + "\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Peer = netip.MustParseAddrPort("192.0.2.1:5060")
+		req.Source = req.Peer.String()
+		return req
+	}
 	cred, _ := digest.Digest(&digest.Challenge{Realm: "r", Nonce: old, Algorithm: "MD5", QOP: []string{"auth"}},
 		digest.Options{Method: "SUBSCRIBE", URI: "sip:1@h", Username: "u", Password: "p"})
-	req.AppendHeader(sip.NewHeader("Authorization", cred.String()))
-	if _, out := a.check(req); out != authStale {
+	if _, out := a.check(withAuth(cred.String())); out != authStale {
 		t.Errorf("right password, old nonce: %v, want stale", out)
 	}
 	// The digest-uri must name the request's target.
 	cred, _ = digest.Digest(&digest.Challenge{Realm: "r", Nonce: a.nonce(), Algorithm: "MD5", QOP: []string{"auth"}},
 		digest.Options{Method: "SUBSCRIBE", URI: "sip:2@h", Username: "u", Password: "p"})
-	req.RemoveHeader("Authorization")
-	req.AppendHeader(sip.NewHeader("Authorization", cred.String()))
-	if _, out := a.check(req); out != authFailed {
+	if _, out := a.check(withAuth(cred.String())); out != authFailed {
 		t.Errorf("digest for another URI: %v, want failure", out)
 	}
 }

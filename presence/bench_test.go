@@ -7,20 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // benchSubscription is a dialog subscription to debbie from a watcher at
 // source, as newSubscription would make it.
 func benchSubscription(id, source string) *Subscription {
-	var target, local, remote sip.Uri
-	sip.ParseUri("sip:watcher@"+source, &target)
-	sip.ParseUri("sip:100@pbx.example.com", &local)
-	sip.ParseUri("sip:200@pbx.example.com", &remote)
+	target, _ := sipmsg.ParseURI("sip:watcher@" + source)
 	sub := &Subscription{ID: id, CallID: id + "@w", RemoteTag: "rt", UserID: "debbie", Entity: "sip:100@pbx.example.com",
-		Package: PackageDialog, LocalURI: local.String(), RemoteURI: remote.String(), Transport: "UDP", Source: source,
+		Package: PackageDialog, LocalURI: "sip:100@pbx.example.com", RemoteURI: "sip:200@pbx.example.com", Transport: "UDP", Source: source,
 		LocalHost: "127.0.0.1", LocalPort: 5060, expires: time.Now().Add(time.Hour)}
-	sub.setTarget(&target)
+	sub.setTarget(target)
 	return sub
 }
 

@@ -347,16 +347,12 @@ const maxDatagram = 65000
 // remote target, From/To our and their tags, our CSeq, the route set,
 // and the body for the subscriber's package. Called with sub.mu held.
 func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.State, version uint32, final string, remaining int, branch string, compact bool) []byte {
-	host := h.Host
-	if strings.IndexByte(host, ':') >= 0 {
-		host = "[" + host + "]"
-	}
 	dst = append(dst, "NOTIFY "...)
 	dst = append(dst, sub.target...)
 	dst = append(dst, " SIP/2.0\r\nVia: SIP/2.0/"...)
 	dst = append(dst, h.Transport...)
 	dst = append(dst, ' ')
-	dst = append(dst, host...)
+	dst = appendHost(dst, h.Host)
 	dst = append(dst, ':')
 	dst = strconv.AppendInt(dst, int64(h.Port), 10)
 	dst = append(dst, ";branch="...)
@@ -380,7 +376,7 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 	dst = append(dst, "\r\nCSeq: "...)
 	dst = strconv.AppendUint(dst, uint64(sub.cseq), 10)
 	dst = append(dst, " NOTIFY\r\nContact: <"...)
-	dst = appendContactURI(dst, h.Transport, host, h.Port)
+	dst = appendContactURI(dst, h.Transport, h.Host, h.Port)
 	dst = append(dst, ">\r\nEvent: "...)
 	dst = append(dst, sub.Package.String()...)
 	if sub.EventID != "" {
@@ -431,13 +427,24 @@ func appendContactURI(dst []byte, transport, host string, port int) []byte {
 	} else {
 		dst = append(dst, "sip:"...)
 	}
-	dst = append(dst, host...)
+	dst = appendHost(dst, host)
 	dst = append(dst, ':')
 	dst = strconv.AppendInt(dst, int64(port), 10)
 	if transport == "TCP" {
 		dst = append(dst, ";transport=tcp"...)
 	}
 	return dst
+}
+
+// appendHost appends a host for a URI or Via: an IPv6 address in
+// brackets.
+func appendHost(dst []byte, host string) []byte {
+	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {
+		dst = append(dst, '[')
+		dst = append(dst, host...)
+		return append(dst, ']')
+	}
+	return append(dst, host...)
 }
 
 // sendQueue is an unbounded FIFO of subscriptions waiting for a NOTIFY

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Store keeps the server's subscription dialogs, publications and
@@ -378,21 +378,22 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 		remoteCSeq: r.RemoteCSeq, cseq: r.CSeq, version: r.Version, expires: r.Expires,
 		savedCSeq: r.CSeq, savedVersion: r.Version,
 	}
-	var local, remote, target sip.Uri
+	var local, remote, target sipmsg.URI
 	for _, p := range []struct {
 		in  string
-		out *sip.Uri
+		out *sipmsg.URI
 	}{{r.LocalURI, &local}, {r.RemoteURI, &remote}, {r.Target, &target}} {
-		if err := sip.ParseUri(p.in, p.out); err != nil {
+		var err error
+		if *p.out, err = sipmsg.ParseURI(p.in); err != nil {
 			return nil, err
 		}
 	}
-	sub.LocalURI, sub.RemoteURI = local.String(), remote.String()
-	sub.setTarget(&target)
-	var routes []sip.Uri
+	sub.LocalURI, sub.RemoteURI = local.Raw, remote.Raw
+	sub.setTarget(target)
+	var routes []sipmsg.URI
 	for _, rt := range r.Routes {
-		var u sip.Uri
-		if err := sip.ParseUri(rt, &u); err != nil {
+		u, err := sipmsg.ParseURI(rt)
+		if err != nil {
 			return nil, err
 		}
 		routes = append(routes, u)

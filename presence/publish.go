@@ -4,7 +4,6 @@ import (
 	"context"
 	"mime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Publication is one PUBLISHed state (RFC 3903), known by its entity tag.
@@ -100,25 +100,21 @@ func (ps *publications) expire(now time.Time) {
 // handlePublish answers PUBLISH (RFC 3903) for Event: presence: a soft
 // client's own person state (activities, note, open/closed) merged into
 // its user's state, so every watcher sees it with the PBX call state.
-func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
-	if len(req.Body()) > s.opt.MaxBodyBytes {
-		s.reply(req, tx, 413, "Request Entity Too Large")
+func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
+	ev, ok := req.Get(sipmsg.Event)
+	if !ok {
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", "presence"})
 		return
 	}
-	ev := req.GetHeader("Event")
-	if ev == nil {
-		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", "presence"))
-		return
-	}
-	if pkg, _ := parseEvent(ev.Value()); pkg != "presence" {
-		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", "presence"))
+	if pkg, _ := parseEvent(ev); pkg != "presence" {
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", "presence"})
 		return
 	}
 	id, ok := s.authenticate(req, tx)
 	if !ok {
 		return
 	}
-	user, found := s.states.Directory().Lookup(req.Recipient.User)
+	user, found := s.states.Directory().Lookup(req.URI.User)
 	if !found {
 		s.reply(req, tx, 404, "Not Found")
 		return
@@ -139,25 +135,19 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		s.intervalTooBrief(req, tx)
 		return
 	}
-	var match string
-	if h := req.GetHeader("SIP-If-Match"); h != nil {
-		match = strings.TrimSpace(h.Value())
-	}
-	hasBody := len(req.Body()) > 0
+	match := headerValue(req, sipmsg.SIPIfMatch)
+	hasBody := len(req.Body) > 0
 	var person bridge.PersonState
 	if hasBody {
-		ct := ""
-		if h := req.ContentType(); h != nil {
-			ct = h.Value()
-		}
+		ct := headerValue(req, sipmsg.ContentType)
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != body.TypePIDF {
-			s.reply(req, tx, 415, "Unsupported Media Type", sip.NewHeader("Accept", body.TypePIDF))
+			s.reply(req, tx, 415, "Unsupported Media Type", field{"Accept", body.TypePIDF})
 			return
 		}
-		person, err = body.ParsePIDF(req.Body())
+		person, err = body.ParsePIDF(req.Body)
 		if err != nil {
-			s.log.Info("bad PUBLISH body", "user", user.ID, "source", req.Source(), "err", err)
+			s.log.Info("bad PUBLISH body", "user", user.ID, "source", req.Source, "err", err)
 			s.reply(req, tx, 400, "Bad PIDF Document")
 			return
 		}
@@ -183,7 +173,7 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		// Each soft client of a person publishes under its own entity
 		// tag: the cap bounds how many a person may hold.
 		ps.mu.Unlock()
-		s.log.Info("too many publications for one person", "user", user.ID, "source", req.Source(),
+		s.log.Info("too many publications for one person", "user", user.ID, "source", req.Source,
 			"limit", s.opt.MaxPublicationsPerUser)
 		s.reply(req, tx, 403, "Too Many Publications")
 		return
@@ -197,7 +187,7 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		if oldOrigin != "" {
 			s.states.ClearPerson(user.ID, oldOrigin)
 		}
-		s.reply(req, tx, 200, "OK", sip.NewHeader("SIP-ETag", match), sip.NewHeader("Expires", "0"))
+		s.reply(req, tx, 200, "OK", field{"SIP-ETag", match}, field{"Expires", "0"})
 		return
 	}
 	next := &Publication{ETag: sip.GenerateTagN(16), UserID: user.ID,
@@ -221,5 +211,5 @@ func (s *Server) handlePublish(req *sip.Request, tx sip.ServerTransaction) {
 		s.states.ClearPerson(user.ID, oldOrigin)
 	}
 	s.log.Debug("published", "user", user.ID, "etag", next.ETag, "activities", next.Person.Activities, "note", next.Person.Note)
-	s.reply(req, tx, 200, "OK", sip.NewHeader("SIP-ETag", next.ETag), sip.NewHeader("Expires", strconv.Itoa(expires)))
+	s.reply(req, tx, 200, "OK", field{"SIP-ETag", next.ETag}, field{"Expires", strconv.Itoa(expires)})
 }

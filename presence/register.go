@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Binding is one registered contact of a user: the line a phone dedicates
@@ -65,19 +65,14 @@ func (s *Server) Registrations() []Binding {
 
 // handleRegister is a small registrar (RFC 3261 §10.3) for the users in
 // the directory, with digest authentication.
-func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
-	to := req.To()
-	if to == nil || req.CallID() == nil || req.CSeq() == nil {
-		s.reply(req, tx, 400, "Missing Headers")
-		return
-	}
+func (s *Server) handleRegister(req *sipmsg.Request, tx serverTx) {
 	id, ok := s.authenticate(req, tx)
 	if !ok {
 		return
 	}
 	// The address of record is the To URI's user: a SIP username, an
 	// extension or an alias of the user.
-	aor := to.Address.User
+	aor := req.To.URI.User
 	userID := ""
 	if c, ok := s.auth.userByName(aor); ok {
 		userID = c.UserID
@@ -97,9 +92,12 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(req, tx, 400, "Bad Expires")
 		return
 	}
-	contacts := req.GetHeaders("Contact")
+	var contacts []string
+	for v := range req.Values(sipmsg.Contact) {
+		contacts = append(contacts, v)
+	}
 	now := time.Now()
-	ua := headerValue(req, "User-Agent")
+	ua := headerValue(req, sipmsg.UserAgent)
 	r := s.regs
 	r.mu.Lock()
 	// A copy: the request changes nothing unless it is taken whole.
@@ -107,7 +105,7 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	before := len(bindings)
 	// Contact: * with Expires: 0 removes every binding.
 	for _, h := range contacts {
-		if strings.TrimSpace(h.Value()) == "*" {
+		if h == "*" {
 			if defaultExpires != 0 || len(contacts) != 1 {
 				r.mu.Unlock()
 				s.reply(req, tx, 400, "Bad Wildcard Contact")
@@ -116,13 +114,13 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 			delete(r.byUser, userID)
 			r.mu.Unlock()
 			s.journal.bindings(userID)
-			s.reply(req, tx, 200, "OK", sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+			s.reply(req, tx, 200, "OK", field{"Date", now.UTC().Format(http.TimeFormat)})
 			return
 		}
 	}
 	for _, h := range contacts {
-		c, ok := h.(*sip.ContactHeader)
-		if !ok || c.Address.Host == "" {
+		c, err := sipmsg.ParseAddress(h)
+		if err != nil || c.URI.Host == "" {
 			r.mu.Unlock()
 			s.reply(req, tx, 400, "Bad Contact")
 			return
@@ -143,14 +141,14 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 			s.intervalTooBrief(req, tx)
 			return
 		}
-		uri := c.Address.String()
+		uri := strings.Clone(c.URI.Raw) // kept: not a piece of the request
 		idx := -1
 		for i := range bindings {
 			if bindings[i].Contact == uri {
 				idx = i
 			}
 		}
-		if idx >= 0 && bindings[idx].CallID == req.CallID().Value() && req.CSeq().SeqNo <= bindings[idx].CSeq {
+		if idx >= 0 && bindings[idx].CallID == req.CallID && req.CSeq <= bindings[idx].CSeq {
 			continue // an old or repeated request must not undo a newer one
 		}
 		if exp == 0 {
@@ -159,8 +157,8 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 			}
 			continue
 		}
-		b := Binding{UserID: userID, Contact: uri, CallID: req.CallID().Value(), CSeq: req.CSeq().SeqNo,
-			Source: req.Source(), Transport: strings.ToUpper(req.Transport()), UserAgent: ua,
+		b := Binding{UserID: userID, Contact: uri, CallID: strings.Clone(req.CallID), CSeq: req.CSeq,
+			Source: req.Source, Transport: strings.ToUpper(req.Transport), UserAgent: strings.Clone(ua),
 			Expires: now.Add(time.Duration(exp) * time.Second)}
 		if idx >= 0 {
 			bindings[idx] = b
@@ -170,7 +168,7 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	if len(bindings) > s.opt.MaxBindingsPerUser && len(bindings) > before {
 		r.mu.Unlock()
-		s.log.Info("too many registrations for one user", "user", userID, "source", req.Source(),
+		s.log.Info("too many registrations for one user", "user", userID, "source", req.Source,
 			"limit", s.opt.MaxBindingsPerUser)
 		s.reply(req, tx, 403, "Too Many Registrations")
 		return
@@ -180,18 +178,18 @@ func (s *Server) handleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	} else {
 		r.byUser[userID] = bindings
 	}
-	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	res := s.response(req, 200, "OK", "")
 	for _, b := range bindings {
-		res.AppendHeader(sip.NewHeader("Contact", "<"+b.Contact+">;expires="+
-			strconv.Itoa(int(time.Until(b.Expires).Round(time.Second)/time.Second))))
+		res = sipmsg.AppendHeader(res, "Contact", "<"+b.Contact+">;expires="+
+			strconv.Itoa(int(time.Until(b.Expires).Round(time.Second)/time.Second)))
 	}
 	r.mu.Unlock()
 	if len(contacts) > 0 {
 		s.journal.bindings(userID)
 	}
-	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+	res = sipmsg.AppendHeader(res, "Date", now.UTC().Format(http.TimeFormat))
 	if len(contacts) > 0 {
-		s.log.Debug("registered", "user", userID, "bindings", len(bindings), "source", req.Source())
+		s.log.Debug("registered", "user", userID, "bindings", len(bindings), "source", req.Source)
 	}
-	s.respond(tx, res)
+	s.send(req, tx, res, 200)
 }

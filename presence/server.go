@@ -20,6 +20,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // States is what the server needs from the bridge: the directory, each
@@ -251,10 +252,11 @@ func New(states States, opt Options) (*Server, error) {
 	if opt.Store != nil {
 		s.journal = newJournal(opt.Store, opt.FlushInterval, log)
 	}
-	srv.OnSubscribe(s.checked(s.handleSubscribe))
-	srv.OnPublish(s.checked(s.handlePublish))
-	srv.OnRegister(s.checked(s.handleRegister))
-	srv.OnOptions(s.checked(s.handleOptions))
+	for m, on := range map[string]func(sipgo.RequestHandler){"SUBSCRIBE": srv.OnSubscribe,
+		"PUBLISH": srv.OnPublish, "REGISTER": srv.OnRegister, "OPTIONS": srv.OnOptions} {
+		h, _ := s.handlerFor(m)
+		on(s.viaSipgo(h))
+	}
 	srv.OnNoRoute(s.handleUnknown)
 	return s, nil
 }
@@ -519,39 +521,6 @@ func (s *Server) SubscriptionsByKind() map[SubscriptionKind]int { return s.subs.
 // Watchers returns the number of subscriptions to one user.
 func (s *Server) Watchers(userID string) int { return len(s.subs.watchers(userID, nil)) }
 
-// checked runs the checks every request we serve must pass before its
-// handler: a CSeq whose method is the request's (RFC 3261 §8.2.2 and
-// §20.16) and a body within MaxBodyBytes.
-func (s *Server) checked(h sipgo.RequestHandler) sipgo.RequestHandler {
-	return func(req *sip.Request, tx sip.ServerTransaction) {
-		if cs := req.CSeq(); cs == nil || cs.MethodName != req.Method {
-			s.reply(req, tx, 400, "CSeq Method Mismatch")
-			return
-		}
-		if len(req.Body()) > s.opt.MaxBodyBytes {
-			s.reply(req, tx, 413, "Request Entity Too Large")
-			return
-		}
-		h(req, tx)
-	}
-}
-
-// respond sends a response; one that cannot be sent is logged with the
-// cause and not counted as sent.
-func (s *Server) respond(tx sip.ServerTransaction, res *sip.Response) {
-	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
-	method := ""
-	if cs := res.CSeq(); cs != nil {
-		method = string(cs.MethodName)
-	}
-	if err := tx.Respond(res); err != nil {
-		s.log.Warn("cannot send a response", "method", method, "status", res.StatusCode,
-			"to", res.Destination(), "err", err)
-		return
-	}
-	s.opt.Metrics.Response(method, res.StatusCode)
-}
-
 func init() {
 	// sipgo refuses to write any UDP message over UDPMTUSize-200 bytes
 	// (1,300), responses included: a REGISTER with many bindings or a
@@ -563,42 +532,35 @@ func init() {
 	sip.UDPMTUSize = 65507 + 200
 }
 
-// reply sends a response with no body and the given extra headers.
-func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	for _, h := range hdrs {
-		res.AppendHeader(h)
-	}
-	s.respond(tx, res)
-}
-
 // authenticate checks req and answers 401 itself when it fails; ok tells
 // the handler whether to go on.
-func (s *Server) authenticate(req *sip.Request, tx sip.ServerTransaction) (identity, bool) {
+func (s *Server) authenticate(req *sipmsg.Request, tx serverTx) (identity, bool) {
 	id, out := s.auth.check(req)
 	switch out {
 	case authOK:
 		return id, true
 	case authFailed:
-		s.opt.Metrics.AuthFailure(string(req.Method))
-		s.log.Info("authentication failed", "method", req.Method, "source", req.Source())
+		s.opt.Metrics.AuthFailure(req.Method)
+		s.log.Info("authentication failed", "method", req.Method, "source", req.Source)
 	}
-	res := sip.NewResponseFromRequest(req, 401, "Unauthorized", nil)
-	s.auth.challenge(res, out == authStale)
-	s.respond(tx, res)
+	b := s.response(req, 401, "Unauthorized", "")
+	for _, c := range s.auth.challenges(out == authStale) {
+		b = sipmsg.AppendHeader(b, "WWW-Authenticate", c)
+	}
+	s.send(req, tx, b, 401)
 	return identity{}, false
 }
 
 const allowedMethods = "SUBSCRIBE, NOTIFY, PUBLISH, REGISTER, OPTIONS"
 const allowedEvents = "presence, dialog"
 
-func (s *Server) handleOptions(req *sip.Request, tx sip.ServerTransaction) {
+func (s *Server) handleOptions(req *sipmsg.Request, tx serverTx) {
 	s.reply(req, tx, 200, "OK",
-		sip.NewHeader("Allow", allowedMethods),
-		sip.NewHeader("Allow-Events", allowedEvents),
-		sip.NewHeader("Accept", "application/pidf+xml, application/dialog-info+xml"),
-		sip.NewHeader("Accept-Language", "en"),
-		sip.NewHeader("Supported", ""),
+		field{"Allow", allowedMethods},
+		field{"Allow-Events", allowedEvents},
+		field{"Accept", "application/pidf+xml, application/dialog-info+xml"},
+		field{"Accept-Language", "en"},
+		field{"Supported", ""},
 	)
 }
 
@@ -606,34 +568,28 @@ func (s *Server) handleUnknown(req *sip.Request, tx sip.ServerTransaction) {
 	if req.IsAck() {
 		return
 	}
-	s.reply(req, tx, 405, "Method Not Allowed", sip.NewHeader("Allow", allowedMethods))
+	res := sip.NewResponseFromRequest(req, 405, "Method Not Allowed", nil)
+	res.AppendHeader(sip.NewHeader("Allow", allowedMethods))
+	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
+	if err := tx.Respond(res); err == nil {
+		s.opt.Metrics.Response(string(req.Method), 405)
+	}
 }
 
 // headerValue returns a header's value, or "" when it is absent.
-func headerValue(req *sip.Request, name string) string {
-	if h := req.GetHeader(name); h != nil {
-		return h.Value()
-	}
-	return ""
-}
-
-// headerValues returns the values of every header of that name.
-func headerValues(req *sip.Request, name string) []string {
-	var out []string
-	for _, h := range req.GetHeaders(name) {
-		out = append(out, h.Value())
-	}
-	return out
+func headerValue(req *sipmsg.Request, k sipmsg.Key) string {
+	v, _ := req.Get(k)
+	return v
 }
 
 // expiresOf reads a request's Expires header: the default when absent, -1
 // when malformed.
-func (s *Server) expiresOf(req *sip.Request) int {
-	h := req.GetHeader("Expires")
-	if h == nil {
+func (s *Server) expiresOf(req *sipmsg.Request) int {
+	v, ok := req.Get(sipmsg.Expires)
+	if !ok {
 		return s.opt.DefaultExpires
 	}
-	return parseDeltaSeconds(h.Value())
+	return parseDeltaSeconds(v)
 }
 
 // parseDeltaSeconds reads delta-seconds (RFC 3261 §25.1): digits only; a
@@ -665,31 +621,35 @@ func (s *Server) clampExpires(n int) (int, bool) {
 	return n, true
 }
 
-func (s *Server) intervalTooBrief(req *sip.Request, tx sip.ServerTransaction) {
-	s.reply(req, tx, 423, "Interval Too Brief", sip.NewHeader("Min-Expires", strconv.Itoa(s.opt.MinExpires)))
+func (s *Server) intervalTooBrief(req *sipmsg.Request, tx serverTx) {
+	s.reply(req, tx, 423, "Interval Too Brief", field{"Min-Expires", strconv.Itoa(s.opt.MinExpires)})
 }
 
 // accepts reports whether the request's Accept headers allow the media
 // type (no Accept header allows the package's default).
-func accepts(req *sip.Request, mediaType string) bool {
-	hs := req.GetHeaders("Accept")
-	if len(hs) == 0 {
-		return true
-	}
+func accepts(req *sipmsg.Request, mediaType string) bool {
 	major, _, _ := strings.Cut(mediaType, "/")
-	for _, h := range hs {
-		for _, part := range strings.Split(h.Value(), ",") {
-			t, _, _ := strings.Cut(part, ";")
-			t = strings.ToLower(strings.TrimSpace(t))
-			if t == "" && len(hs) == 1 && strings.TrimSpace(h.Value()) == "" {
-				return true // an empty Accept header: treat as absent
-			}
-			if t == mediaType || t == "*/*" || t == major+"/*" {
-				return true
-			}
+	any := false
+	for part := range req.Values(sipmsg.Accept) {
+		any = true
+		t, _, _ := strings.Cut(part, ";")
+		t = strings.TrimSpace(t)
+		if strings.EqualFold(t, mediaType) || t == "*/*" || (strings.HasSuffix(t, "/*") && strings.EqualFold(t[:len(t)-2], major)) {
+			return true
 		}
 	}
-	return false
+	// No Accept header, or only empty ones: the package's default.
+	return !any
+}
+
+// parseAddrPort reads host:port as an address (IPv4-mapped unmapped);
+// the zero AddrPort when it is not one.
+func parseAddrPort(s string) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // parseEvent splits an Event header into package token and id parameter.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/netlimit"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // SIP over TCP and TLS goes through a guard before sipgo reads it: the
@@ -252,12 +253,60 @@ func (c *guardedConn) frame() {
 		if len(c.in) < total {
 			return
 		}
-		c.out = append(c.out, c.in[:total]...)
+		if !c.serve(c.in[:total]) {
+			c.out = append(c.out, c.in[:total]...)
+		}
 		c.consume(total)
 	}
 }
 
 // consume drops n framed bytes from in.
+// serve runs a request the server answers itself on Lamplighter's own
+// path, in order with the connection's other messages; it reports false
+// for what sipgo should read instead (responses, other methods). Over a
+// stream there are no retransmissions to absorb: the response is written
+// on the connection and nothing is kept.
+func (c *guardedConn) serve(msg []byte) bool {
+	if !isRawRequest(msg) {
+		return false
+	}
+	handler, ok := c.l.s.handlerFor(rawMethod(msg))
+	if !ok {
+		return false
+	}
+	req, err := sipmsg.Parse(msg)
+	if err != nil {
+		code, reason := 400, "Bad Request"
+		if e, ok := err.(*sipmsg.Error); ok {
+			code, reason = e.Code, e.Reason
+		}
+		if res := rawResponse(msg, code, reason, c.l.s.opt.UserAgent); res != nil {
+			c.answer(msg, res, code)
+		}
+		return true
+	}
+	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
+	handler(req, streamTx{c})
+	return true
+}
+
+// transport is the name of the connection's transport in Via and
+// subscriptions.
+func (c *guardedConn) transport() string {
+	if c.l.tlsConf != nil {
+		return "TLS"
+	}
+	return "TCP"
+}
+
+// streamTx answers a request on the connection it came on.
+type streamTx struct{ c *guardedConn }
+
+func (t streamTx) respond(b []byte, _ int) error {
+	_, err := t.c.Write(b)
+	return err
+}
+
 func (c *guardedConn) consume(n int) {
 	rest := copy(c.in, c.in[n:])
 	c.in = c.in[:rest]

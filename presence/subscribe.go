@@ -9,31 +9,23 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/presence/body"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // handleSubscribe answers SUBSCRIBE (RFC 6665, 3856, 4235): a new
 // subscription out of dialog, a refresh or unsubscribe in dialog.
-func (s *Server) handleSubscribe(req *sip.Request, tx sip.ServerTransaction) {
-	if len(req.Body()) > s.opt.MaxBodyBytes {
-		s.reply(req, tx, 413, "Request Entity Too Large")
-		return
-	}
-	to, from := req.To(), req.From()
-	if to == nil || from == nil || req.CallID() == nil || req.CSeq() == nil {
-		s.reply(req, tx, 400, "Missing Dialog Headers")
-		return
-	}
-	fromTag, _ := from.Params.Get("tag")
+func (s *Server) handleSubscribe(req *sipmsg.Request, tx serverTx) {
+	fromTag := req.From.Tag()
 	if fromTag == "" {
 		s.reply(req, tx, 400, "Missing From Tag")
 		return
 	}
-	ev := req.GetHeader("Event")
-	if ev == nil {
-		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", allowedEvents))
+	ev, ok := req.Get(sipmsg.Event)
+	if !ok {
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", allowedEvents})
 		return
 	}
-	pkgName, eventID := parseEvent(ev.Value())
+	pkgName, eventID := parseEvent(ev)
 	var pkg Package
 	switch pkgName {
 	case "presence":
@@ -41,7 +33,7 @@ func (s *Server) handleSubscribe(req *sip.Request, tx sip.ServerTransaction) {
 	case "dialog":
 		pkg = PackageDialog
 	default:
-		s.reply(req, tx, 489, "Bad Event", sip.NewHeader("Allow-Events", allowedEvents))
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", allowedEvents})
 		return
 	}
 	expires := s.expiresOf(req)
@@ -49,11 +41,21 @@ func (s *Server) handleSubscribe(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(req, tx, 400, "Bad Expires")
 		return
 	}
-	if toTag, ok := to.Params.Get("tag"); ok && toTag != "" {
+	if toTag := req.To.Tag(); toTag != "" {
 		s.refreshSubscription(req, tx, toTag, fromTag, pkg, expires)
 		return
 	}
 	s.newSubscription(req, tx, fromTag, pkg, eventID, expires)
+}
+
+// contactOf reads the request's (first) Contact; ok is false when there
+// is none or it names no host.
+func contactOf(req *sipmsg.Request) (sipmsg.Address, bool) {
+	for v := range req.Values(sipmsg.Contact) {
+		a, err := sipmsg.ParseAddress(v)
+		return a, err == nil && a.URI.Host != ""
+	}
+	return sipmsg.Address{}, false
 }
 
 func mediaTypeOf(pkg Package) string {
@@ -63,9 +65,9 @@ func mediaTypeOf(pkg Package) string {
 	return body.TypePIDF
 }
 
-func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fromTag string, pkg Package, eventID string, expires int) {
-	contact := req.Contact()
-	if contact == nil || contact.Address.Host == "" {
+func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag string, pkg Package, eventID string, expires int) {
+	contact, ok := contactOf(req)
+	if !ok {
 		s.reply(req, tx, 400, "Missing Contact")
 		return
 	}
@@ -75,9 +77,9 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 	if !ok {
 		return
 	}
-	userPart := req.Recipient.User
+	userPart := req.URI.User
 	if userPart == "" {
-		userPart = req.To().Address.User
+		userPart = req.To.URI.User
 	}
 	user, found := s.states.Directory().Lookup(userPart)
 	if !found {
@@ -85,7 +87,7 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		return
 	}
 	if !accepts(req, mediaTypeOf(pkg)) {
-		s.reply(req, tx, 406, "Not Acceptable", sip.NewHeader("Accept", mediaTypeOf(pkg)))
+		s.reply(req, tx, 406, "Not Acceptable", field{"Accept", mediaTypeOf(pkg)})
 		return
 	}
 	expires, ok = s.clampExpires(expires)
@@ -93,41 +95,43 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 		s.intervalTooBrief(req, tx)
 		return
 	}
-	ua := headerValue(req, "User-Agent")
+	ua := headerValue(req, sipmsg.UserAgent)
 	sub := &Subscription{
 		ID:        sip.GenerateTagN(20),
-		CallID:    req.CallID().Value(),
-		RemoteTag: fromTag,
+		// Strings kept beyond the request are copied out of it: a
+		// substring would keep the whole message alive.
+		CallID:    strings.Clone(req.CallID),
+		RemoteTag: strings.Clone(fromTag),
 		UserID:    user.ID,
 		Entity:    presentityURI(req),
 		Package:   pkg,
-		EventID:   eventID,
-		Accept:    strings.Join(headerValues(req, "Accept"), ", "),
-		LocalURI:  req.To().Address.String(),
-		RemoteURI: req.From().Address.String(),
-		Transport: strings.ToUpper(req.Transport()),
-		Source:    req.Source(),
+		EventID:   strings.Clone(eventID),
+		Accept:    acceptList(req),
+		LocalURI:  strings.Clone(req.To.URI.Raw),
+		RemoteURI: strings.Clone(req.From.URI.Raw),
+		Transport: strings.ToUpper(req.Transport),
+		Source:    req.Source,
 		Watcher:   id.UserID,
 		Grant:     s.auth.grant(id),
-		UserAgent: ua,
+		UserAgent: strings.Clone(ua),
 
-		remoteCSeq: req.CSeq().SeqNo,
+		remoteCSeq: req.CSeq,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
 		// Changes of the user from the moment the subscription is in the
 		// store wait for the 200 (RFC 6665 lets a subscriber cope with an
 		// early NOTIFY; many phones answer it 481 and lose the lamp).
 		unanswered: true,
 	}
-	sub.setTarget(&contact.Address)
+	sub.setTarget(contact.URI)
 	sub.setRoutes(recordRoutes(req))
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
 	}
 	if expires > 0 && !s.subs.add(sub, s.opt.MaxSubscriptionsPerSource) {
-		s.log.Warn("too many subscriptions from one source", "source", req.Source(),
+		s.log.Warn("too many subscriptions from one source", "source", req.Source,
 			"limit", s.opt.MaxSubscriptionsPerSource)
-		s.reply(req, tx, 503, "Too Many Subscriptions", sip.NewHeader("Retry-After", "300"))
+		s.reply(req, tx, 503, "Too Many Subscriptions", field{"Retry-After", "300"})
 		return
 	}
 	if expires > 0 {
@@ -153,17 +157,17 @@ func (s *Server) newSubscription(req *sip.Request, tx sip.ServerTransaction, fro
 	s.enqueue(sub, time.Time{}, true)
 }
 
-func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction, toTag, fromTag string, pkg Package, expires int) {
+func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fromTag string, pkg Package, expires int) {
 	sub, ok := s.subs.get(toTag)
 	// The dialog's identifiers are unguessable: matching all of them is
 	// the refresh's credential, so refreshes need no new digest round.
-	if !ok || sub.CallID != req.CallID().Value() || sub.RemoteTag != fromTag || sub.Package != pkg {
+	if !ok || sub.CallID != req.CallID || sub.RemoteTag != fromTag || sub.Package != pkg {
 		s.reply(req, tx, 481, "Subscription Does Not Exist")
 		return
 	}
 	// The dialog's identifiers stand for the watcher's credentials only
 	// while the config still lets them in.
-	if reason := s.auth.revoked(sub.Grant, req.Source(), sub.Watcher); reason != "" {
+	if reason := s.auth.revoked(sub.Grant, req.Source, sub.Watcher); reason != "" {
 		s.reply(req, tx, 403, "Forbidden")
 		s.terminate(sub, reason)
 		return
@@ -179,14 +183,14 @@ func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction,
 		s.reply(req, tx, 481, "Subscription Does Not Exist")
 		return
 	}
-	if cseq := req.CSeq().SeqNo; cseq <= sub.remoteCSeq {
+	if req.CSeq <= sub.remoteCSeq {
 		sub.mu.Unlock()
-		s.reply(req, tx, 500, "CSeq Out Of Order", sip.NewHeader("Retry-After", "1"))
+		s.reply(req, tx, 500, "CSeq Out Of Order", field{"Retry-After", "1"})
 		return
 	}
-	sub.remoteCSeq = req.CSeq().SeqNo
-	if c := req.Contact(); c != nil && c.Address.Host != "" {
-		sub.setTarget(&c.Address)
+	sub.remoteCSeq = req.CSeq
+	if c, ok := contactOf(req); ok {
+		sub.setTarget(c.URI)
 	}
 	if expires > 0 {
 		sub.expires = time.Now().Add(time.Duration(expires) * time.Second)
@@ -207,38 +211,43 @@ func (s *Server) refreshSubscription(req *sip.Request, tx sip.ServerTransaction,
 }
 
 // answer sends the 200 for a SUBSCRIBE with our tag, Contact and Expires.
-func (s *Server) answer(req *sip.Request, tx sip.ServerTransaction, sub *Subscription, expires int) {
-	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-	if to := res.To(); to != nil {
-		to.Params.Remove("tag")
-		to.Params.Add("tag", sub.ID)
+func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, expires int) {
+	b := s.response(req, 200, "OK", sub.ID)
+	// The route set goes back to the subscriber in the same order
+	// (RFC 3261 §12.1.1).
+	for i := range req.Fields {
+		if f := &req.Fields[i]; f.Key == sipmsg.RecordRoute {
+			b = sipmsg.AppendHeader(b, "Record-Route", f.Value)
+		}
 	}
-	res.AppendHeader(contactHeader(sub.Transport, sub.LocalHost, sub.LocalPort))
-	res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
-	res.AppendHeader(sip.NewHeader("Allow-Events", allowedEvents))
-	s.respond(tx, res)
+	b = append(b, "Contact: <"...)
+	b = appendContactURI(b, sub.Transport, sub.LocalHost, sub.LocalPort)
+	b = append(b, ">\r\nExpires: "...)
+	b = strconv.AppendInt(b, int64(expires), 10)
+	b = append(b, "\r\n"...)
+	b = sipmsg.AppendHeader(b, "Allow-Events", allowedEvents)
+	s.send(req, tx, b, 200)
 }
 
-// contactHeader is our Contact at host:port for a dialog over transport.
 // setTarget sets the remote target and where requests to it go.
-func (sub *Subscription) setTarget(u *sip.Uri) {
-	sub.target, sub.targetAddr = u.String(), uriAddr(u, sub.Transport)
+func (sub *Subscription) setTarget(u sipmsg.URI) {
+	sub.target, sub.targetAddr = strings.Clone(u.Raw), uriAddr(u, sub.Transport)
 }
 
 // setRoutes sets the route set and where its first hop is.
-func (sub *Subscription) setRoutes(routes []sip.Uri) {
+func (sub *Subscription) setRoutes(routes []sipmsg.URI) {
 	sub.routes, sub.routeAddr = nil, ""
 	for i := range routes {
-		sub.routes = append(sub.routes, routes[i].String())
+		sub.routes = append(sub.routes, strings.Clone(routes[i].Raw))
 	}
 	if len(routes) > 0 {
-		sub.routeAddr = uriAddr(&routes[0], sub.Transport)
+		sub.routeAddr = uriAddr(routes[0], sub.Transport)
 	}
 }
 
 // uriAddr is the host:port requests to u go to: its port, else the
 // transport's default.
-func uriAddr(u *sip.Uri, transport string) string {
+func uriAddr(u sipmsg.URI, transport string) string {
 	port := u.Port
 	if port == 0 {
 		port = int(sip.DefaultPort(transport))
@@ -246,22 +255,22 @@ func uriAddr(u *sip.Uri, transport string) string {
 	return net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port))
 }
 
-func contactHeader(transport, host string, port int) *sip.ContactHeader {
-	u := sip.Uri{Scheme: "sip", Host: host, Port: port}
-	switch transport {
-	case "TCP":
-		u.UriParams = sip.NewParams()
-		u.UriParams.Add("transport", "tcp")
-	case "TLS":
-		u.Scheme = "sips"
+// acceptList is the request's Accept values as one list.
+func acceptList(req *sipmsg.Request) string {
+	var b strings.Builder
+	for v := range req.Values(sipmsg.Accept) {
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(v)
 	}
-	return &sip.ContactHeader{Address: u}
+	return b.String()
 }
 
 // presentityURI is the URI the watcher subscribed to, as they wrote it
 // (scheme, user and host), which is what entity must say.
-func presentityURI(req *sip.Request) string {
-	u := req.Recipient
+func presentityURI(req *sipmsg.Request) string {
+	u := req.URI
 	scheme := u.Scheme
 	if scheme == "" {
 		scheme = "sip"
@@ -271,31 +280,18 @@ func presentityURI(req *sip.Request) string {
 		host += ":" + strconv.Itoa(u.Port)
 	}
 	if u.User == "" {
-		return scheme + ":" + req.To().Address.User + "@" + host
+		return scheme + ":" + req.To.URI.User + "@" + host
 	}
 	return scheme + ":" + u.User + "@" + host
 }
 
 // recordRoutes returns the route set a UAS takes from Record-Route: in the
-// order the headers appear.
-func recordRoutes(req *sip.Request) []sip.Uri {
-	var out []sip.Uri
-	for _, h := range req.GetHeaders("Record-Route") {
-		if rr, ok := h.(*sip.RecordRouteHeader); ok {
-			out = append(out, *rr.Address.Clone())
-			continue
-		}
-		// Several routes in one header line.
-		for _, part := range strings.Split(h.Value(), ",") {
-			part = strings.TrimSpace(part)
-			part = strings.TrimPrefix(part, "<")
-			if i := strings.IndexByte(part, '>'); i >= 0 {
-				part = part[:i]
-			}
-			var u sip.Uri
-			if err := sip.ParseUri(part, &u); err == nil {
-				out = append(out, u)
-			}
+// order the headers appear; one that cannot be read is left out.
+func recordRoutes(req *sipmsg.Request) []sipmsg.URI {
+	var out []sipmsg.URI
+	for v := range req.Values(sipmsg.RecordRoute) {
+		if a, err := sipmsg.ParseAddress(v); err == nil {
+			out = append(out, a.URI)
 		}
 	}
 	return out

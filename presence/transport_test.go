@@ -117,7 +117,7 @@ func TestNotifyFollowsRouteSet(t *testing.T) {
 	if !ok || req.Method != sip.NOTIFY {
 		t.Fatalf("proxy got %s", buf[:n])
 	}
-	if got := headerValue(req, "Route"); got != route {
+	if got := header(req, "Route"); got != route {
 		t.Errorf("Route %q, want %q", got, route)
 	}
 	if req.Recipient.Port != p.addr.Port || req.Recipient.Host != "127.0.0.1" {

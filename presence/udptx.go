@@ -1,7 +1,6 @@
 package presence
 
 import (
-	"bytes"
 	"net"
 	"net/netip"
 	"strconv"
@@ -10,19 +9,20 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Requests over UDP run on Lamplighter's own path: the datagram filter
-// parses a SUBSCRIBE, PUBLISH, REGISTER or OPTIONS and hands it to its
-// handler with a server transaction of ours (RFC 3261 §17.2.2, non-INVITE)
-// instead of sipgo's: a retransmission gets the last response again, and a
-// finished transaction holds only that response, the key and a time until
-// Timer J, in a table swept in creation order — no goroutine, timer or
-// connection reference per transaction. Anything else (INVITE, ACK,
-// CANCEL, responses, what does not parse) still goes to sipgo.
+// reads a SUBSCRIBE, PUBLISH, REGISTER or OPTIONS with sipmsg and hands it
+// to its handler with a server transaction of ours (RFC 3261 §17.2.2,
+// non-INVITE) instead of sipgo's: a retransmission gets the last response
+// again, and a finished transaction holds only that response, the key and
+// a time until Timer J, in a table swept in creation order — no
+// goroutine, timer or connection reference per transaction. Anything else
+// (INVITE, ACK, CANCEL, other methods) still goes to sipgo.
 
-// udpTx is one server transaction for a request that came over UDP. It
-// implements sip.ServerTransaction for the handlers.
+// udpTx is one server transaction for a request that came over UDP.
 type udpTx struct {
 	key     string
 	conn    *net.UDPConn
@@ -35,22 +35,19 @@ type udpTx struct {
 	final bool
 }
 
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-// Respond sends res to where the request came from (RFC 3581: the
-// handlers' responses carry received and rport) and keeps it for
-// retransmissions of the request.
-func (tx *udpTx) Respond(res *sip.Response) error {
-	b := []byte(res.String())
+// respond sends b to where the request came from (RFC 3581: responses
+// carry received and rport) and keeps it for retransmissions of the
+// request.
+func (tx *udpTx) respond(b []byte, code int) error {
 	tx.mu.Lock()
 	if tx.final { // a transaction answers once
 		tx.mu.Unlock()
 		return nil
 	}
-	tx.last, tx.final = b, res.StatusCode >= 200
+	tx.last, tx.final = b, code >= 200
 	tx.mu.Unlock()
 	_, err := tx.conn.WriteToUDPAddrPort(b, tx.to)
-	if res.StatusCode >= 300 && tx.table != nil {
+	if code >= 300 && tx.table != nil {
 		// A refusal is kept by no one: a retransmission is refused again
 		// (the handlers' refusals change nothing), and a flood of bad
 		// requests leaves no state behind. Only what took effect (2xx)
@@ -70,15 +67,6 @@ func (tx *udpTx) retransmitted() {
 		_, _ = tx.conn.WriteToUDPAddrPort(b, tx.to)
 	}
 }
-
-func (tx *udpTx) Acks() <-chan *sip.Request          { return nil }
-func (tx *udpTx) OnCancel(sip.FnTxCancel) bool       { return false }
-func (tx *udpTx) Terminate()                         {}
-func (tx *udpTx) OnTerminate(sip.FnTxTerminate) bool { return false }
-func (tx *udpTx) Done() <-chan struct{}              { return closedChan }
-func (tx *udpTx) Err() error                         { return nil }
-
-var _ sip.ServerTransaction = (*udpTx)(nil)
 
 // udpTxTable holds the UDP server transactions until Timer J, by key;
 // they expire in the order they were made.
@@ -139,52 +127,31 @@ func (t *udpTxTable) size() int {
 	return len(t.byKey)
 }
 
-// udpHandled are the methods run on Lamplighter's own path over UDP.
-func (s *Server) udpHandler(m sip.RequestMethod) (sipgoHandler, bool) {
-	switch m {
-	case sip.SUBSCRIBE:
-		return s.checked(s.handleSubscribe), true
-	case sip.PUBLISH:
-		return s.checked(s.handlePublish), true
-	case sip.REGISTER:
-		return s.checked(s.handleRegister), true
-	case sip.OPTIONS:
-		return s.checked(s.handleOptions), true
-	}
-	return nil, false
-}
-
-type sipgoHandler = func(req *sip.Request, tx sip.ServerTransaction)
-
 // serveDatagram runs a request datagram on Lamplighter's own path; it
-// reports false for what sipgo should take instead.
+// reports false for what sipgo should take instead (other methods).
 func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) bool {
-	// A copy: the read buffer is reused while the handler runs.
-	msg, err := s.parser.ParseSIP(bytes.Clone(data))
+	handler, ok := s.handlerFor(rawMethod(data))
+	if !ok {
+		return false
+	}
+	req, err := sipmsg.Parse(data) // a copy: the read buffer is reused
 	if err != nil {
-		return false // sipgo's parser says why, at debug level
+		// What cannot be read is answered from the bytes when it can be,
+		// and kept nowhere.
+		code, reason := 400, "Bad Request"
+		if e, ok := err.(*sipmsg.Error); ok {
+			code, reason = e.Code, e.Reason
+		}
+		s.answerDatagram(local, from, data, code, reason)
+		return true
 	}
-	req, ok := msg.(*sip.Request)
-	if !ok {
-		return false
-	}
-	handler, ok := s.udpHandler(req.Method)
-	if !ok {
-		return false
-	}
-	via := req.Via()
-	if via == nil || req.CSeq() == nil || req.CallID() == nil {
-		return false
-	}
-	req.SetTransport("UDP")
-	req.SetSource(from.String())
-	req.SetDestination(local.LocalAddr().String())
-	if req.Method == sip.OPTIONS {
+	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
+	if req.Method == "OPTIONS" {
 		// Anyone may ask; the answer changes nothing: kept nowhere.
 		go handler(req, &udpTx{conn: local, to: from})
 		return true
 	}
-	key := udpTxKey(req, via, from)
+	key := udpTxKey(req, from)
 	tx, isNew := s.udpTxs.open(key, func() *udpTx {
 		return &udpTx{key: key, conn: local, to: from, created: time.Now(), table: s.udpTxs}
 	})
@@ -199,25 +166,26 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the
 // top Via's branch, sent-by and the method; for a branch without the
 // magic cookie (RFC 2543 peers), the Call-ID, CSeq and source too.
-func udpTxKey(req *sip.Request, via *sip.ViaHeader, from netip.AddrPort) string {
-	branch, _ := via.Params.Get("branch")
-	var b strings.Builder
-	b.WriteString(branch)
-	b.WriteByte('|')
-	b.WriteString(via.Host)
-	b.WriteByte(':')
-	b.WriteString(strconv.Itoa(via.Port))
-	b.WriteByte('|')
-	b.WriteString(string(req.Method))
+func udpTxKey(req *sipmsg.Request, from netip.AddrPort) string {
+	via, _ := req.TopVia() // sipmsg has read every Via
+	branch := via.Branch()
+	b := make([]byte, 0, len(branch)+len(via.Host)+len(req.Method)+16)
+	b = append(b, branch...)
+	b = append(b, '|')
+	b = append(b, via.Host...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(via.Port), 10)
+	b = append(b, '|')
+	b = append(b, req.Method...)
 	if !strings.HasPrefix(branch, sip.RFC3261BranchMagicCookie) {
-		b.WriteByte('|')
-		b.WriteString(req.CallID().Value())
-		b.WriteByte('|')
-		b.WriteString(strconv.FormatUint(uint64(req.CSeq().SeqNo), 10))
-		b.WriteByte('|')
-		b.WriteString(from.String())
+		b = append(b, '|')
+		b = append(b, req.CallID...)
+		b = append(b, '|')
+		b = strconv.AppendUint(b, uint64(req.CSeq), 10)
+		b = append(b, '|')
+		b = from.AppendTo(b)
 	}
-	return b.String()
+	return string(b)
 }
 
 // sweepUDPTxs forgets finished UDP transactions after Timer J, once a

@@ -1,0 +1,116 @@
+package presence
+
+import (
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
+)
+
+// The requests the server answers itself (SUBSCRIBE, PUBLISH, REGISTER,
+// OPTIONS) are read by sipmsg from the bytes that carried them and
+// answered with responses written as bytes: over UDP from the datagram
+// filter with a transaction of ours (udptx.go), over TCP and TLS from the
+// stream guard as each message is framed (stream.go). sipgo sees none of
+// them; it keeps the rest (responses to our NOTIFYs, other methods).
+
+// serverTx is where the responses to one request go.
+type serverTx interface {
+	// respond sends a whole response with status code.
+	respond(b []byte, code int) error
+}
+
+// requestHandler answers one request.
+type requestHandler func(req *sipmsg.Request, tx serverTx)
+
+// handlerFor returns the handler of a method the server answers itself.
+func (s *Server) handlerFor(method string) (requestHandler, bool) {
+	var h requestHandler
+	switch method {
+	case "SUBSCRIBE":
+		h = s.handleSubscribe
+	case "PUBLISH":
+		h = s.handlePublish
+	case "REGISTER":
+		h = s.handleRegister
+	case "OPTIONS":
+		h = s.handleOptions
+	default:
+		return nil, false
+	}
+	return s.checked(h), true
+}
+
+// checked runs the checks every request we serve must pass before its
+// handler: a body within MaxBodyBytes. (sipmsg refuses a CSeq whose
+// method is not the request's, RFC 3261 §8.2.2 and §20.16.)
+func (s *Server) checked(h requestHandler) requestHandler {
+	return func(req *sipmsg.Request, tx serverTx) {
+		if len(req.Body) > s.opt.MaxBodyBytes {
+			s.reply(req, tx, 413, "Request Entity Too Large")
+			return
+		}
+		h(req, tx)
+	}
+}
+
+// field is one extra header line of a response.
+type field struct{ name, value string }
+
+// response starts a response to req: status line and the headers copied
+// from the request; toTag is the dialog's tag ("" for none made).
+func (s *Server) response(req *sipmsg.Request, code int, reason, toTag string) []byte {
+	return sipmsg.AppendResponse(make([]byte, 0, 512+len(req.CallID)), req, code, reason, toTag)
+}
+
+// send ends a response begun by response (Server, no body) and sends it;
+// one that cannot be sent is logged with the cause and not counted.
+func (s *Server) send(req *sipmsg.Request, tx serverTx, b []byte, code int) {
+	b = sipmsg.AppendHeader(b, "Server", s.opt.UserAgent)
+	b = sipmsg.AppendBody(b, "", nil)
+	if err := tx.respond(b, code); err != nil {
+		s.log.Warn("cannot send a response", "method", req.Method, "status", code,
+			"to", req.Source, "err", err)
+		return
+	}
+	s.opt.Metrics.Response(req.Method, code)
+}
+
+// reply sends a response with no body and the given extra headers.
+func (s *Server) reply(req *sipmsg.Request, tx serverTx, code int, reason string, hdrs ...field) {
+	b := s.response(req, code, reason, "")
+	for _, h := range hdrs {
+		b = sipmsg.AppendHeader(b, h.name, h.value)
+	}
+	s.send(req, tx, b, code)
+}
+
+// sipgoTx answers through a sipgo server transaction: for a request of
+// ours that reached sipgo all the same (a path not taken by the
+// listeners, kept so that none is ever answered 405).
+type sipgoTx struct {
+	tx     sip.ServerTransaction
+	parser *sip.Parser
+}
+
+func (t sipgoTx) respond(b []byte, _ int) error {
+	msg, err := t.parser.ParseSIP(b)
+	if err != nil {
+		return err
+	}
+	return t.tx.Respond(msg.(*sip.Response))
+}
+
+// viaSipgo adapts a handler of ours to sipgo's server.
+func (s *Server) viaSipgo(h requestHandler) sipgo.RequestHandler {
+	return func(r *sip.Request, tx sip.ServerTransaction) {
+		req, err := sipmsg.ParseString(r.String())
+		if err != nil {
+			_ = tx.Respond(sip.NewResponseFromRequest(r, 400, "Bad Request", nil))
+			return
+		}
+		req.Transport, req.Source = r.Transport(), r.Source()
+		req.Peer = parseAddrPort(r.Source())
+		h(req, sipgoTx{tx: tx, parser: sip.NewParser()})
+	}
+}
