@@ -277,6 +277,13 @@ func (n *notifier) release(tx *notifyTx) {
 }
 
 // close stops every transaction; their outcome is never reported.
+// pending is the number of NOTIFYs in flight.
+func (n *notifier) pending() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.txs)
+}
+
 func (n *notifier) close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -498,6 +498,13 @@ func (q *sendQueue) pop(ctx context.Context) (*Subscription, bool) {
 	}
 }
 
+// len is the number of subscriptions waiting.
+func (q *sendQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
 func (q *sendQueue) close() {
 	q.mu.Lock()
 	q.closed = true

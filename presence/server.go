@@ -93,6 +93,12 @@ type Options struct {
 	// NotifyRetries is how many failed NOTIFYs in a row (timeouts, 5xx)
 	// end a subscription (default 5).
 	NotifyRetries int
+	// MaxPendingRequests bounds the requests over UDP waiting for a
+	// worker, MaxPendingNotifies the NOTIFYs waiting to be sent or
+	// answered; past the first a new request, past the second a new
+	// SUBSCRIBE, gets 503 with a Retry-After of 1 to RetryAfter seconds
+	// (overload.go). Defaults 4096, 8192 and 5.
+	MaxPendingRequests, MaxPendingNotifies, RetryAfter int
 	// Logger for the server's own messages.
 	Logger *slog.Logger
 	// Metrics receives counts; nil for none.
@@ -166,6 +172,15 @@ func (o *Options) defaults() {
 	if o.FlushInterval == 0 {
 		o.FlushInterval = DefaultFlushInterval
 	}
+	if o.MaxPendingRequests == 0 {
+		o.MaxPendingRequests = DefaultMaxPendingRequests
+	}
+	if o.MaxPendingNotifies == 0 {
+		o.MaxPendingNotifies = DefaultMaxPendingNotifies
+	}
+	if o.RetryAfter == 0 {
+		o.RetryAfter = DefaultRetryAfter
+	}
 }
 
 // Server is the SIP presence server.
@@ -203,6 +218,7 @@ type Server struct {
 	udpTxs    *udpTxTable  // server transactions of requests over UDP
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
+	overloadState
 }
 
 // New builds a server; Run starts it.
@@ -246,6 +262,7 @@ func New(states States, opt Options) (*Server, error) {
 	self = s
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
+	s.work = make(chan udpJob, opt.MaxPendingRequests)
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
@@ -364,6 +381,13 @@ func (s *Server) Run(ctx context.Context) error {
 				s.stopped.Add(1)
 				s.log.Error("sip listener stopped", "err", err)
 			}
+		}()
+	}
+	for range requestWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveRequests(ctx)
 		}()
 	}
 	workers := 8

@@ -286,6 +286,13 @@ func (c *guardedConn) serve(msg []byte) bool {
 		return true
 	}
 	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
+	if why := c.l.s.overloaded(req); why == "notifies" {
+		if res := rawResponse(msg, 503, "Service Unavailable", c.l.s.opt.UserAgent, c.l.s.retryAfter()); res != nil {
+			c.answer(msg, res, 503)
+		}
+		c.l.s.noteShed(why)
+		return true
+	}
 	handler(req, streamTx{c})
 	return true
 }

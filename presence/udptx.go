@@ -148,7 +148,7 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
 	if req.Method == "OPTIONS" {
 		// Anyone may ask; the answer changes nothing: kept nowhere.
-		go handler(req, &udpTx{conn: local, to: from})
+		s.take(local, from, data, udpJob{req, &udpTx{conn: local, to: from}, handler})
 		return true
 	}
 	key := udpTxKey(req, from)
@@ -159,8 +159,26 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		tx.retransmitted()
 		return true
 	}
-	go handler(req, tx)
+	if !s.take(local, from, data, udpJob{req, tx, handler}) && tx.table != nil {
+		tx.table.forget(tx) // its retransmission is a new request
+	}
 	return true
+}
+
+// take queues a request for the workers, or sheds it (overload.go); it
+// reports whether the request was taken.
+func (s *Server) take(local *net.UDPConn, from netip.AddrPort, data []byte, j udpJob) bool {
+	if why := s.overloaded(j.req); why != "" {
+		s.shed(local, from, data, why)
+		return false
+	}
+	select {
+	case s.work <- j:
+		return true
+	default:
+		s.shed(local, from, data, "requests")
+		return false
+	}
 }
 
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the

@@ -26,6 +26,9 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		MaxBindingsPerUser:        cfg.Policy.MaxRegistrationsPerUser,
 		RequestsPerAddress:        cfg.Policy.RequestsPerAddress,
 		RequestBurst:              cfg.Policy.RequestBurst,
+		MaxPendingRequests:        cfg.Policy.MaxPendingRequests,
+		MaxPendingNotifies:        cfg.Policy.MaxPendingNotifies,
+		RetryAfter:                cfg.Policy.RetryAfter,
 		Streams: presence.StreamLimits{
 			MaxConnections:   cfg.Policy.MaxConnections,
 			MaxPerAddress:    cfg.Policy.MaxConnectionsPerAddress,

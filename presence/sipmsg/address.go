@@ -180,7 +180,7 @@ func splitHostPort(hostport string) (host string, port int, err error) {
 	} else if i := strings.IndexByte(hostport, ':'); i >= 0 {
 		host, p = hostport[:i], hostport[i+1:]
 	}
-	if host == "" || strings.ContainsAny(host, " \t<>\"@;,") {
+	if host == "" || !hostChars(host) {
 		return "", 0, bad("Bad URI")
 	}
 	if p != "" {
@@ -191,6 +191,18 @@ func splitHostPort(hostport string) (host string, port int, err error) {
 		port = int(n)
 	}
 	return host, port, nil
+}
+
+// hostChars reports whether s has none of the characters that end a
+// host or cannot be in one.
+func hostChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ' ', '\t', '<', '>', '"', '@', ';', ',':
+			return false
+		}
+	}
+	return true
 }
 
 func isScheme(s string) bool {
@@ -232,7 +244,7 @@ func ParseVia(v string) (ViaHop, error) {
 		return h, bad("Bad Via")
 	}
 	rest = strings.TrimLeft(rest, " \t")
-	i := strings.IndexAny(rest, " \t")
+	i := strings.IndexFunc(rest, func(r rune) bool { return r == ' ' || r == '\t' })
 	if i <= 0 {
 		return h, bad("Bad Via")
 	}

@@ -68,26 +68,40 @@ func keyOf(name string) Key {
 		}
 		return Other
 	}
-	for _, k := range longNames {
-		if len(k.name) == len(name) && strings.EqualFold(k.name, name) {
+	// By length first, so that most names are compared with one
+	// candidate at most.
+	var cands []keyName
+	if len(name) < len(byLength) {
+		cands = byLength[len(name)]
+	}
+	for _, k := range cands {
+		if strings.EqualFold(k.name, name) {
 			return k.key
 		}
 	}
 	return Other
 }
 
-var longNames = []struct {
+type keyName struct {
 	name string
 	key  Key
-}{
-	{"Via", Via}, {"From", From}, {"To", To}, {"Call-ID", CallID}, {"CSeq", CSeq},
-	{"Contact", Contact}, {"Expires", Expires}, {"Event", Event}, {"Accept", Accept},
-	{"Content-Type", ContentType}, {"Content-Length", ContentLength},
-	{"Authorization", Authorization}, {"Proxy-Authorization", ProxyAuthorization},
-	{"Record-Route", RecordRoute}, {"User-Agent", UserAgent}, {"SIP-If-Match", SIPIfMatch},
-	{"Supported", Supported}, {"Max-Forwards", MaxForwards}, {"Require", Require},
-	{"Allow-Events", AllowEvents},
 }
+
+// byLength holds the long header names by their length.
+var byLength = func() (t [20][]keyName) {
+	for _, k := range []keyName{
+		{"Via", Via}, {"From", From}, {"To", To}, {"Call-ID", CallID}, {"CSeq", CSeq},
+		{"Contact", Contact}, {"Expires", Expires}, {"Event", Event}, {"Accept", Accept},
+		{"Content-Type", ContentType}, {"Content-Length", ContentLength},
+		{"Authorization", Authorization}, {"Proxy-Authorization", ProxyAuthorization},
+		{"Record-Route", RecordRoute}, {"User-Agent", UserAgent}, {"SIP-If-Match", SIPIfMatch},
+		{"Supported", Supported}, {"Max-Forwards", MaxForwards}, {"Require", Require},
+		{"Allow-Events", AllowEvents},
+	} {
+		t[len(k.name)] = append(t[len(k.name)], k)
+	}
+	return t
+}()
 
 // Field is one header line: its name as written and its value, trimmed.
 type Field struct {
@@ -330,6 +344,12 @@ func (r *Request) Has(k Key) bool {
 // not separate. Empty elements are skipped.
 func SplitList(v string) func(yield func(string) bool) {
 	return func(yield func(string) bool) {
+		if strings.IndexByte(v, ',') < 0 { // one element, as most are
+			if e := strings.TrimSpace(v); e != "" {
+				yield(e)
+			}
+			return
+		}
 		start, quoted, angle := 0, false, false
 		for i := 0; i <= len(v); i++ {
 			if i < len(v) {

@@ -95,6 +95,13 @@ type Policy struct {
 	// from one untrusted address, like Kamailio's pike (0: no limit).
 	RequestsPerAddress float64 `yaml:"requests_per_address"`
 	RequestBurst       int     `yaml:"request_burst"`
+	// MaxPendingRequests and MaxPendingNotifies are the overload bounds:
+	// requests over UDP waiting for a worker, NOTIFYs waiting to be sent
+	// or answered. Past them new requests (new SUBSCRIBEs) get 503 with
+	// a Retry-After of 1 to RetryAfter seconds.
+	MaxPendingRequests int `yaml:"max_pending_requests"`
+	MaxPendingNotifies int `yaml:"max_pending_notifies"`
+	RetryAfter         int `yaml:"retry_after"`
 	// Coalesce is how long bursts of non-urgent changes for one user are
 	// gathered into one NOTIFY. A change to ringing is never delayed.
 	Coalesce time.Duration `yaml:"coalesce"`
@@ -361,6 +368,9 @@ func (c *Config) defaults() {
 	setInt(&p.MaxRegistrationsPerUser, presence.DefaultMaxBindingsPerUser)
 	setInt(&p.MaxConnections, presence.DefaultMaxConnections)
 	setInt(&p.MaxConnectionsPerAddress, presence.DefaultMaxPerAddress)
+	setInt(&p.MaxPendingRequests, presence.DefaultMaxPendingRequests)
+	setInt(&p.MaxPendingNotifies, presence.DefaultMaxPendingNotifies)
+	setInt(&p.RetryAfter, presence.DefaultRetryAfter)
 	if p.MessageTimeout == 0 {
 		p.MessageTimeout = presence.DefaultMessageTimeout
 	}

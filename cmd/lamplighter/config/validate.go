@@ -153,7 +153,8 @@ func (v *validator) checkPolicy(c *Config) {
 	}
 	for key, n := range map[string]int{"max_publications_per_user": pol.MaxPublicationsPerUser,
 		"max_registrations_per_user": pol.MaxRegistrationsPerUser, "max_connections": pol.MaxConnections,
-		"max_connections_per_address": pol.MaxConnectionsPerAddress} {
+		"max_connections_per_address": pol.MaxConnectionsPerAddress, "max_pending_requests": pol.MaxPendingRequests,
+		"max_pending_notifies": pol.MaxPendingNotifies, "retry_after": pol.RetryAfter} {
 		if n < 1 {
 			v.at(p("policy", key), "must be at least 1")
 		}
