@@ -2,12 +2,9 @@ package presence
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
-
-	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
@@ -65,10 +62,10 @@ func FuzzSubscribe(f *testing.F) {
 	})
 }
 
-// FuzzDatagram feeds datagrams to the UDP filter, which answers some
-// requests from the raw bytes and runs others on Lamplighter's own path:
-// nothing may panic, and whatever sipgo is left must be the datagram or
-// nothing.
+// FuzzDatagram feeds datagrams to what reads the UDP listeners, which
+// answers some requests from the raw bytes and queues the rest for the
+// workers, and to what the workers run: nothing may panic, and no request
+// Lamplighter serves is left to sipgo.
 func FuzzDatagram(f *testing.F) {
 	f.Add([]byte(fuzzSubscribe))
 	f.Add([]byte(strings.Replace(fuzzSubscribe, "Content-Length: 0", "Content-Length: x", 1)))
@@ -76,12 +73,15 @@ func FuzzDatagram(f *testing.F) {
 	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.LL.0\r\nCSeq: 1 NOTIFY\r\n\r\n"))
 	f.Add([]byte("OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP h;branch=1\r\ni: c\r\nCSeq: 1 OPTIONS\r\nt: <sip:x>\r\nf: <sip:y>;tag=1\r\nl: 0\r\n\r\n"))
 	env := newEnv(f)
-	local := env.srv.udpConns[0].LocalAddr()
-	remote := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9} // discard: nobody answers
+	conn := env.srv.udpConns[0]
+	remote := netip.MustParseAddrPort("127.0.0.1:9") // discard: nobody answers
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out := env.srv.filterDatagram(sip.TransportReadProps{Transport: "UDP", LocalAddr: local, RemoteAddr: remote}, data)
-		if out != nil && !bytes.Equal(out, data) {
-			t.Fatalf("the filter changed what sipgo reads")
+		if env.srv.onDatagram(conn, remote, data) && isRawRequest(data) && servedMethod(rawMethod(data)) {
+			t.Fatalf("a request Lamplighter serves went to sipgo")
+		}
+		if isRawRequest(data) && servedMethod(rawMethod(data)) {
+			// What the workers would do, here, where a panic is seen.
+			env.srv.serveDatagram(conn, remote, bytes.Clone(data))
 		}
 	})
 }

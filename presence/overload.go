@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -35,16 +36,22 @@ const (
 	DefaultRetryAfter = 5
 )
 
-// udpJob is a request over UDP waiting for a worker.
+// udpJob is a request datagram waiting for a worker: the listener it
+// came on, its source and a copy of its bytes.
 type udpJob struct {
-	req     *sipmsg.Request
-	tx      *udpTx
-	handler requestHandler
+	conn *net.UDPConn
+	from netip.AddrPort
+	data []byte
 }
 
+// maxQueuedBytes bounds the bytes of the requests waiting for a worker,
+// whatever their number: 4096 requests near the 32 KiB a datagram may
+// hold would otherwise be 128 MiB.
+const maxQueuedBytes = 16 << 20
+
 // requestWorkers is the size of the pool that runs requests over UDP:
-// the handlers hardly block, so a few per core.
-const requestWorkers = 16
+// the handlers hardly block, and every one busy takes CPU from the readers.
+const requestWorkers = 4
 
 // serveRequests runs queued UDP requests until ctx ends.
 func (s *Server) serveRequests(ctx context.Context) {
@@ -53,19 +60,19 @@ func (s *Server) serveRequests(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-s.work:
-			j.handler(j.req, j.tx)
+			s.queuedBytes.Add(-int64(len(j.data)))
+			s.serveDatagram(j.conn, j.from, j.data)
+			runtime.Gosched() // the readers first: what waits in the kernel is dropped when it fills
 		}
 	}
 }
 
-// overloaded reports why a new request should be shed now, "" when it
-// may be taken. Only a SUBSCRIBE that makes a subscription adds to the
+// overloaded reports why a request just read should be shed now, ""
+// when it may be taken (a full request queue sheds before reading: see
+// queueDatagram). Only a SUBSCRIBE that makes a subscription adds to the
 // NOTIFY backlog; a refresh or an unsubscribe of one that exists does not
 // grow the work in hand.
 func (s *Server) overloaded(req *sipmsg.Request) string {
-	if len(s.work) >= cap(s.work) {
-		return "requests"
-	}
 	if req.Method == "SUBSCRIBE" && req.To.Tag() == "" && s.notifyBacklog() > s.opt.MaxPendingNotifies {
 		return "notifies"
 	}
@@ -102,7 +109,8 @@ func (s *Server) Shed() int64 { return s.shedCount.Load() }
 
 // overloadState is the Server's part of the above.
 type overloadState struct {
-	work       chan udpJob
-	shedCount  atomic.Int64
-	shedLogged atomic.Int64
+	work        chan udpJob
+	queuedBytes atomic.Int64 // of the requests in work
+	shedCount   atomic.Int64
+	shedLogged  atomic.Int64
 }

@@ -3,6 +3,7 @@ package presence
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -39,18 +40,18 @@ func TestFullRequestQueueSheds(t *testing.T) {
 		d := &rawSub{callID: fmt.Sprintf("held-%d", i), fromTag: "ft", user: "100", event: "dialog"}
 		subs = append(subs, d)
 		p.send(p.subscribeMsg(d, 600))
-		queued := 0
+		taken, queued := i+1, 0
 		if i == requestWorkers {
-			queued = 1 // every worker is busy: this one waits
+			taken, queued = i, 1 // every worker is busy: this one waits
 		}
 		waitUntil(t, 5*time.Second, fmt.Sprintf("request %d taken", i), func() bool {
-			return env.srv.udpTxs.size() == i+1 && len(env.srv.work) == queued
+			return env.srv.udpTxs.size() == taken && len(env.srv.work) == queued
 		})
 	}
 	shed := &rawSub{callID: "shed", fromTag: "ft", user: "100", event: "dialog"}
 	p.send(p.subscribeMsg(shed, 600))
 	retryAfterOf(t, env, p, "shed")
-	if n := env.srv.udpTxs.size(); n != requestWorkers+1 {
+	if n := env.srv.udpTxs.size(); n != requestWorkers {
 		t.Errorf("%d transactions kept; the shed request must keep none", n)
 	}
 	if env.srv.Shed() != 1 {
@@ -110,4 +111,41 @@ func TestNotifyBacklogShedsNewSubscriptions(t *testing.T) {
 	if res := p.response("late", 5*time.Second); res.StatusCode != 200 {
 		t.Errorf("after the backlog: %d", res.StatusCode)
 	}
+}
+
+// TestQueuedBytesAreBounded: large requests fill the request queue's byte
+// budget long before its count: past maxQueuedBytes they are shed, so a
+// flood of 30 KiB datagrams holds at most that much while the workers are
+// busy.
+func TestQueuedBytesAreBounded(t *testing.T) {
+	env := newEnv(t, trusted, func(o *Options) { o.MaxPendingRequests = 100000 })
+	p := newRawPeer(t, env.udp)
+	env.srv.subs.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			env.srv.subs.mu.Unlock()
+		}
+	}()
+	for i := range requestWorkers { // every worker stops at the store
+		d := &rawSub{callID: fmt.Sprintf("block-%d", i), fromTag: "ft", user: "100", event: "dialog"}
+		p.send(p.subscribeMsg(d, 600))
+	}
+	waitUntil(t, 5*time.Second, "every worker busy", func() bool { return env.srv.udpTxs.size() == requestWorkers })
+	pad := "X-Pad: " + strings.Repeat("p", 30<<10)
+	n := 2 * maxQueuedBytes / (30 << 10)
+	for range n {
+		msg, _ := p.request("OPTIONS", "100", []string{pad}, "")
+		p.send(msg)
+		if q := env.srv.queuedBytes.Load(); q > maxQueuedBytes {
+			t.Fatalf("%d bytes queued, bound %d", q, maxQueuedBytes)
+		}
+	}
+	waitUntil(t, 5*time.Second, "large requests shed", func() bool { return env.srv.Shed() > 0 })
+	if q := env.srv.queuedBytes.Load(); q > maxQueuedBytes || q < maxQueuedBytes/2 {
+		t.Errorf("%d bytes queued after %d requests of 30 KiB; the bound is %d", q, n, maxQueuedBytes)
+	}
+	env.srv.subs.mu.Unlock()
+	locked = false
+	waitUntil(t, 10*time.Second, "the queue drained", func() bool { return env.srv.queuedBytes.Load() == 0 })
 }

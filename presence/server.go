@@ -230,13 +230,9 @@ func New(states States, opt Options) (*Server, error) {
 	log := opt.Logger
 	quiet := slog.New(demoteHandler{log.Handler()})
 	var notify *notifier // NOTIFY responses match no sipgo transaction
-	var self *Server     // the datagram filter's, once built
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet),
-			sip.WithTransportLayerReadFilter(func(p sip.TransportReadProps, data []byte) ([]byte, error) {
-				return self.filterDatagram(p, data), nil
-			})),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) { notify.response(res) }),
@@ -259,7 +255,7 @@ func New(states States, opt Options) (*Server, error) {
 		ready: make(chan struct{}),
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
-	self = s
+
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
@@ -315,6 +311,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ctx = ctx
 	type serve func() error
 	var serves []serve
+	var readers []*sipgoConn
 	for _, l := range s.opt.Listen {
 		switch strings.ToLower(l.Transport) {
 		case "udp":
@@ -324,12 +321,12 @@ func (s *Server) Run(ctx context.Context) error {
 				return fmt.Errorf("sip udp %s: %w", l.Address, err)
 			}
 			s.sizeBuffers(pc)
-			if uc, ok := pc.(*net.UDPConn); ok {
-				s.udpConns = append(s.udpConns, uc)
-			}
-			s.listeners = append(s.listeners, pc)
+			sc := newSipgoConn(pc.(*net.UDPConn))
+			s.udpConns = append(s.udpConns, sc.UDPConn)
+			s.listeners = append(s.listeners, sc)
 			s.addrs = append(s.addrs, pc.LocalAddr())
-			serves = append(serves, func() error { return s.srv.ServeUDP(pc) })
+			serves = append(serves, func() error { return s.srv.ServeUDP(sc) })
+			readers = append(readers, sc)
 		case "tcp", "tls":
 			ln, err := net.Listen("tcp", l.Address)
 			if err != nil {
@@ -382,6 +379,15 @@ func (s *Server) Run(ctx context.Context) error {
 				s.log.Error("sip listener stopped", "err", err)
 			}
 		}()
+	}
+	for _, sc := range readers {
+		for range udpReaders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.readUDP(sc)
+			}()
+		}
 	}
 	for range requestWorkers {
 		wg.Add(1)
@@ -455,58 +461,37 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// filterDatagram sees every datagram before sipgo does. Over UDP it
-// answers what sipgo cannot read (413, 400), applies the per-address
-// limit, challenges requests without credentials statelessly, runs the
-// requests Lamplighter serves on its own path, and matches responses to
-// NOTIFYs; it returns what is left for sipgo (nil: nothing).
-func (s *Server) filterDatagram(p sip.TransportReadProps, data []byte) []byte {
-	if !strings.EqualFold(p.Transport, "udp") {
-		return data
-	}
-	var from netip.AddrPort
-	if ua, ok := p.RemoteAddr.(*net.UDPAddr); ok {
-		ap := ua.AddrPort()
-		from = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
+// onDatagram sees every datagram a UDP listener reads. It answers what
+// cannot be read whole (413), applies the per-address limit, queues the
+// requests Lamplighter serves for its workers (or sheds them when the
+// queue is full), and matches responses to NOTIFYs; it reports whether
+// sipgo should read the datagram (other methods). It runs in the readers
+// of the socket, so it does as little as it can.
+func (s *Server) onDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte) (forSipgo bool) {
 	if !isRawRequest(data) {
-		return s.notifier.datagram(data, from)
+		return s.notifier.datagram(data, from) != nil
 	}
-	conn := s.udpConnAt(p.LocalAddr)
 	switch {
-	case conn == nil || !from.IsValid():
-		return data
-	case len(data) >= int(sip.TransportBufferReadSize):
-		// The datagram filled sipgo's read buffer: it was cut short and
-		// cannot be parsed. Say so rather than drop it.
+	case !from.IsValid():
+		return true
+	case len(data) >= maxRequestDatagram:
+		// Larger than any request served here needs (and than sipgo
+		// reads): said so rather than dropped.
 		s.answerDatagram(conn, from, data, 413, "Request Entity Too Large")
 	case !s.admitDatagram(from.Addr()):
 		// dropped unanswered
+	case servedMethod(rawMethod(data)):
+		// Ours: everything else happens in a worker, so that the
+		// readers keep up with any burst.
+		s.queueDatagram(conn, from, data)
 	default:
 		if why := badContentLength(data); why != "" {
 			s.answerDatagram(conn, from, data, 400, why)
-			return nil
+			return false
 		}
-		if !s.challengeDatagram(conn, from, data) && !s.serveDatagram(conn, from, data) {
-			return data
-		}
+		return true // other methods: sipgo's
 	}
-	return nil
-}
-
-// udpConnAt returns our UDP listener bound at local (compared without
-// rendering addresses: this runs for every datagram).
-func (s *Server) udpConnAt(local net.Addr) *net.UDPConn {
-	la, ok := local.(*net.UDPAddr)
-	if !ok {
-		return nil
-	}
-	for _, c := range s.udpConns {
-		if ca := c.LocalAddr().(*net.UDPAddr); ca.Port == la.Port && ca.IP.Equal(la.IP) {
-			return c
-		}
-	}
-	return nil
+	return false
 }
 
 // Serving reports whether every listener is serving: none has stopped,

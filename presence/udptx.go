@@ -1,12 +1,14 @@
 package presence
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -127,14 +129,46 @@ func (t *udpTxTable) size() int {
 	return len(t.byKey)
 }
 
-// serveDatagram runs a request datagram on Lamplighter's own path; it
-// reports false for what sipgo should take instead (other methods).
-func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) bool {
-	handler, ok := s.handlerFor(rawMethod(data))
-	if !ok {
-		return false
+// servedMethod reports whether Lamplighter answers method itself.
+func servedMethod(method string) bool {
+	switch method {
+	case "SUBSCRIBE", "PUBLISH", "REGISTER", "OPTIONS":
+		return true
 	}
-	req, err := sipmsg.Parse(data) // a copy: the read buffer is reused
+	return false
+}
+
+// queueDatagram hands a request datagram to the workers (a copy: the
+// read buffer is reused), or sheds it when the queue is full.
+func (s *Server) queueDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) {
+	if s.queuedBytes.Load()+int64(len(data)) > maxQueuedBytes {
+		s.shed(local, from, data, "requests")
+		return
+	}
+	s.queuedBytes.Add(int64(len(data)))
+	select {
+	case s.work <- udpJob{conn: local, from: from, data: bytes.Clone(data)}:
+	default:
+		s.queuedBytes.Add(-int64(len(data)))
+		s.shed(local, from, data, "requests")
+	}
+}
+
+// serveDatagram runs a request datagram on Lamplighter's own path, in a
+// worker: a bad Content-Length is answered 400 and a request without
+// credentials 401 straight from the bytes; the rest is read and run with
+// a transaction of ours.
+func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) {
+	if why := badContentLength(data); why != "" {
+		s.answerDatagram(local, from, data, 400, why)
+		return
+	}
+	if s.challengeDatagram(local, from, data) {
+		return
+	}
+	// The job's copy is ours and never written again: the request's
+	// strings may share it.
+	req, err := sipmsg.ParseString(unsafe.String(&data[0], len(data)))
 	if err != nil {
 		// What cannot be read is answered from the bytes when it can be,
 		// and kept nowhere.
@@ -143,13 +177,17 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 			code, reason = e.Code, e.Reason
 		}
 		s.answerDatagram(local, from, data, code, reason)
-		return true
+		return
+	}
+	handler, ok := s.handlerFor(req.Method)
+	if !ok {
+		return // servedMethod let it in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
 	if req.Method == "OPTIONS" {
 		// Anyone may ask; the answer changes nothing: kept nowhere.
-		s.take(local, from, data, udpJob{req, &udpTx{conn: local, to: from}, handler})
-		return true
+		handler(req, &udpTx{conn: local, to: from})
+		return
 	}
 	key := udpTxKey(req, from)
 	tx, isNew := s.udpTxs.open(key, func() *udpTx {
@@ -157,28 +195,14 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	})
 	if !isNew {
 		tx.retransmitted()
-		return true
+		return
 	}
-	if !s.take(local, from, data, udpJob{req, tx, handler}) && tx.table != nil {
-		tx.table.forget(tx) // its retransmission is a new request
-	}
-	return true
-}
-
-// take queues a request for the workers, or sheds it (overload.go); it
-// reports whether the request was taken.
-func (s *Server) take(local *net.UDPConn, from netip.AddrPort, data []byte, j udpJob) bool {
-	if why := s.overloaded(j.req); why != "" {
+	if why := s.overloaded(req); why != "" {
+		s.udpTxs.forget(tx) // its retransmission is a new request
 		s.shed(local, from, data, why)
-		return false
+		return
 	}
-	select {
-	case s.work <- j:
-		return true
-	default:
-		s.shed(local, from, data, "requests")
-		return false
-	}
+	handler(req, tx)
 }
 
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the

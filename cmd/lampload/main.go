@@ -49,6 +49,7 @@ type options struct {
 	httpPort     int
 	jsonPath     string
 	pprofDir     string
+	storm        float64
 	keep         bool
 	logLevel     string
 	skipHeld     bool // no wait for Timer J before the held-memory reading
@@ -72,6 +73,7 @@ func main() {
 	fs.BoolVar(&o.burst, "burst", true, "also change every user at once (many changes, many watchers)")
 	fs.BoolVar(&o.restart, "restart", true, "restart Lamplighter and time the re-NOTIFY of every subscription")
 	fs.IntVar(&o.window, "window", 1000, "SUBSCRIBEs in flight at once while setting up")
+	fs.Float64Var(&o.storm, "storm", 0, "a reboot storm: send the SUBSCRIBEs at this many a second whatever is in flight, instead of -window at a time (0: no storm)")
 	fs.IntVar(&o.expires, "expires", 7200, "Expires of the SUBSCRIBEs, seconds")
 	fs.IntVar(&o.sipPort, "sip-port", 0, "Lamplighter's SIP port on 127.0.0.1 (0: a free one)")
 	fs.IntVar(&o.httpPort, "http-port", 0, "Lamplighter's HTTP port on 127.0.0.1 (0: a free one)")
@@ -121,6 +123,8 @@ func (o *options) check() error {
 		return errors.New("-duration is at most 1h")
 	case o.flood < 0 || (o.flood > 0 && (o.floodFor <= 0 || o.floodFor > time.Hour)):
 		return errors.New("-flood must not be negative and -flood-for between 0 and 1h")
+	case o.storm < 0:
+		return errors.New("-storm must not be negative")
 	case o.fanout < 0 || o.fanoutRounds < 1 || o.window < 1:
 		return errors.New("-fanout must not be negative; -fanout-rounds and -window at least 1")
 	}
@@ -227,7 +231,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 
 	say("setting up %d subscriptions from %d phones", len(held), res.Phones)
 	stopProfile := t.profileDuring(o.pprofDir, "setup", 3*time.Second, say)
-	res.Setup = setUp(ctx, ps, held, o.window, o.expires)
+	res.Setup = setUp(ctx, ps, held, o.window, o.expires, o.storm)
 	stopProfile()
 	if res.Setup.Failed > 0 {
 		say("%d subscriptions failed", res.Setup.Failed)
@@ -249,7 +253,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 
 	if o.fanout > 0 {
 		say("fan-out: setting up %d watchers of one user", len(fan))
-		res.FanoutSetup = setUp(ctx, ps, fan, o.window, o.expires)
+		res.FanoutSetup = setUp(ctx, ps, fan, o.window, o.expires, 0)
 		lastSubscribe = time.Now()
 		say("fan-out: %d changes of that user, one at a time", o.fanoutRounds)
 		stopProfile = t.profileDuring(o.pprofDir, "fanout", 5*time.Second, say)

@@ -67,20 +67,30 @@ func spread(i int, share float64) bool {
 	return int(float64(i+1)*share) > int(float64(i)*share)
 }
 
-// setUp sends every SUBSCRIBE with at most window in flight, and waits
-// for all final responses and then for each subscription's first NOTIFY.
-func setUp(ctx context.Context, ps *phones, subs []*sub, window, expires int) setupResult {
-	r := setupResult{Subscriptions: len(subs)}
-	before := ps.retransmitted.Load()
+// setUp sends every SUBSCRIBE, with at most window in flight or (rate >
+// 0, a storm) at that pace whatever is in flight, and waits for all final
+// responses and then for each subscription's first NOTIFY.
+func setUp(ctx context.Context, ps *phones, subs []*sub, window, expires int, rate float64) setupResult {
+	r := setupResult{Subscriptions: len(subs), OfferedPerSecond: rate}
+	before, shedBefore := ps.retransmitted.Load(), ps.shed.Load()
+	dupBefore, notBefore := ps.duplicates.Load(), ps.notifies.Load()
+	if rate > 0 {
+		window = len(subs) // the pace alone limits a storm
+	}
 	tokens := make(chan struct{}, window)
 	start := time.Now()
 	sendErr := make(chan error, 1)
 	go func() {
-		for _, s := range subs {
+		for i, s := range subs {
 			select {
 			case tokens <- struct{}{}:
 			case <-ctx.Done():
 				return
+			}
+			if rate > 0 { // open loop: the i-th goes out at i/rate
+				if d := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); d > 0 {
+					time.Sleep(d)
+				}
 			}
 			if err := s.phone.subscribe(s, expires); err != nil {
 				sendErr <- err
@@ -134,6 +144,8 @@ wait:
 	}
 	r.FirstNotifySeconds = time.Since(start).Seconds()
 	r.Retransmissions = ps.retransmitted.Load() - before
+	r.Shed = ps.shed.Load() - shedBefore
+	r.Notifies, r.NotifyRetransmissions = ps.notifies.Load()-notBefore, ps.duplicates.Load()-dupBefore
 	return r
 }
 

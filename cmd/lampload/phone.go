@@ -24,10 +24,15 @@ type sub struct {
 	notifies atomic.Int64
 	status   atomic.Int32 // final response to the SUBSCRIBE, 0 while none
 
-	// The SUBSCRIBE in flight, guarded by phones.pendingMu.
+	// The SUBSCRIBE in flight, guarded by phones.pendingMu: sent at
+	// sentAt (first at firstAt), retransmitted after interval; attempt
+	// counts the transactions (a 503 with Retry-After makes a new one at
+	// retryAt, as a phone does).
 	sentAt   time.Time
 	firstAt  time.Time
 	interval time.Duration
+	attempt  int
+	retryAt  time.Time
 }
 
 // notice is one NOTIFY as a phone received it.
@@ -52,6 +57,7 @@ type phones struct {
 	answered  chan *sub // final responses to SUBSCRIBEs
 
 	duplicates    atomic.Int64 // NOTIFYs received again (server retransmissions)
+	shed          atomic.Int64 // SUBSCRIBEs answered 503 with Retry-After
 	retransmitted atomic.Int64 // SUBSCRIBEs we sent again
 	terminated    atomic.Int64 // NOTIFYs ending a subscription
 	malformed     atomic.Int64
@@ -176,10 +182,13 @@ func (p *phone) subscribe(s *sub, expires int) error {
 	p.ps.pendingMu.Lock()
 	s.sentAt, s.firstAt, s.interval = time.Now(), time.Now(), 500*time.Millisecond
 	p.ps.pending[s] = struct{}{}
+	b := p.subscribeRequest(s, expires)
 	p.ps.pendingMu.Unlock()
-	return p.send(p.subscribeRequest(s, expires))
+	return p.send(b)
 }
 
+// subscribeRequest renders s's SUBSCRIBE for its current attempt (each a
+// transaction of its own: branch and CSeq). Called with pendingMu held.
 func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 	accept := "application/pidf+xml"
 	if s.pkg == "dialog" {
@@ -187,20 +196,20 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 	}
 	host := "127.0.0.1:" + strconv.Itoa(p.port)
 	return fmt.Appendf(nil, "SUBSCRIBE sip:%s@%s SIP/2.0\r\n"+
-		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s;rport\r\n"+
+		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s-%d;rport\r\n"+
 		"Max-Forwards: 70\r\n"+
 		"From: <sip:phone%d@lampload>;tag=%s\r\n"+
 		"To: <sip:%s@lampload>\r\n"+
 		"Call-ID: %s\r\n"+
-		"CSeq: 1 SUBSCRIBE\r\n"+
+		"CSeq: %d SUBSCRIBE\r\n"+
 		"Contact: <sip:phone%d@%s;transport=%s>\r\n"+
 		"Event: %s\r\n"+
 		"Accept: %s\r\n"+
 		"Expires: %d\r\n"+
 		"User-Agent: lampload\r\n"+
 		"Content-Length: 0\r\n\r\n",
-		s.user.ext, p.ps.server, p.transport, host, s.tag, s.callID,
-		p.id, s.tag, s.user.ext, s.callID, p.id, host, lower(p.transport), s.pkg, accept, expires)
+		s.user.ext, p.ps.server, p.transport, host, s.tag, s.callID, s.attempt,
+		p.id, s.tag, s.user.ext, s.callID, s.attempt+1, p.id, host, lower(p.transport), s.pkg, accept, expires)
 }
 
 func lower(t string) string {
@@ -289,6 +298,15 @@ func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
 			if s := ps.lookup(m.callID); s != nil {
 				ps.pendingMu.Lock()
 				_, waiting := ps.pending[s]
+				if waiting && m.status == 503 && m.retryAfter > 0 {
+					// Shed: try again when told, as a phone does.
+					if s.retryAt.IsZero() {
+						ps.shed.Add(1)
+						s.retryAt = at.Add(time.Duration(m.retryAfter) * time.Second)
+					}
+					ps.pendingMu.Unlock()
+					return out
+				}
 				delete(ps.pending, s)
 				ps.pendingMu.Unlock()
 				if waiting {
@@ -363,22 +381,38 @@ func (ps *phones) retransmit(ctx context.Context, expires int) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			var resend, expired []*sub
+			type resend struct {
+				s   *sub
+				msg []byte
+			}
+			var resends, retries []resend
+			var expired []*sub
 			ps.pendingMu.Lock()
 			for s := range ps.pending {
 				switch {
+				case !s.retryAt.IsZero():
+					if now.Before(s.retryAt) {
+						continue
+					}
+					// A new transaction after a 503's Retry-After.
+					s.attempt++
+					s.retryAt, s.sentAt, s.firstAt, s.interval = time.Time{}, now, now, 500*time.Millisecond
+					retries = append(retries, resend{s, s.phone.subscribeRequest(s, expires)})
 				case now.Sub(s.firstAt) > 32*time.Second:
 					delete(ps.pending, s)
 					expired = append(expired, s)
 				case s.phone.udp != nil && now.Sub(s.sentAt) >= s.interval:
 					s.sentAt, s.interval = now, min(2*s.interval, 4*time.Second)
-					resend = append(resend, s)
+					resends = append(resends, resend{s, s.phone.subscribeRequest(s, expires)})
 				}
 			}
 			ps.pendingMu.Unlock()
-			for _, s := range resend {
+			for _, r := range resends {
 				ps.retransmitted.Add(1)
-				s.phone.send(s.phone.subscribeRequest(s, expires))
+				r.s.phone.send(r.msg)
+			}
+			for _, r := range retries {
+				r.s.phone.send(r.msg)
 			}
 			for _, s := range expired {
 				s.status.Store(408)

@@ -65,7 +65,16 @@ type setupResult struct {
 	FirstNotifySeconds float64 `json:"first_notify_seconds"`
 	WithoutNotify      int     `json:"without_first_notify"`
 	Retransmissions    int64   `json:"retransmissions"`
-	Error              string  `json:"error,omitempty"`
+	// OfferedPerSecond is the pace SUBSCRIBEs were sent at in a storm
+	// (-storm); 0 when at most -window were in flight.
+	OfferedPerSecond float64 `json:"offered_per_second,omitempty"`
+	// Shed counts 503s with Retry-After (each retried when told);
+	// Notifies and NotifyRetransmissions the NOTIFYs received during the
+	// set-up and those received again.
+	Shed                  int64  `json:"shed"`
+	Notifies              int64  `json:"notifies"`
+	NotifyRetransmissions int64  `json:"notify_retransmissions"`
+	Error                 string `json:"error,omitempty"`
 }
 
 // memoryResult is Lamplighter's memory before any subscription, right
@@ -229,6 +238,16 @@ func (r *result) print(w io.Writer) {
 	row("raw UDP, 1 kB datagrams, one sender", fmt.Sprintf("%.0f/s", r.RawUDP.PerSecond))
 	row("subscription set-up", fmt.Sprintf("%.0f/s (%d ok, %d failed, %d missing, %d retransmitted; all first NOTIFYs by %.2f s)",
 		r.Setup.PerSecond, r.Setup.OK, r.Setup.Failed, r.Setup.Missing, r.Setup.Retransmissions, r.Setup.FirstNotifySeconds))
+	if r.Setup.OfferedPerSecond > 0 {
+		share := 0.0
+		if r.Setup.Notifies > 0 {
+			share = 100 * float64(r.Setup.NotifyRetransmissions) / float64(r.Setup.Notifies)
+		}
+		row("  storm", fmt.Sprintf("offered at %.0f/s: all answered by %.2f s; %d shed (503, retried after Retry-After); NOTIFYs received again %d of %d (%.2f%%)",
+			r.Setup.OfferedPerSecond, r.Setup.Seconds, r.Setup.Shed, r.Setup.NotifyRetransmissions, r.Setup.Notifies, share))
+	} else if r.Setup.Shed > 0 {
+		row("  shed", fmt.Sprintf("%d answered 503 with Retry-After, retried when told", r.Setup.Shed))
+	}
 	m := r.Memory
 	row("memory per held subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS (%d held; heap %s → %s, RSS %s → %s)",
 		m.HeapPerSub, m.RSSPerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))

@@ -18,7 +18,9 @@ type message struct {
 	cseq     []byte
 	cseqNum  uint32
 	subState []byte
-	body     []byte
+	// retryAfter is a response's Retry-After in seconds (0: none).
+	retryAfter int
+	body       []byte
 }
 
 var (
@@ -78,6 +80,9 @@ func parseMessage(b []byte) (message, int, error) {
 			m.cseqNum = uint32(n)
 		case headerIs(name, "Subscription-State", ""):
 			m.subState = value
+		case headerIs(name, "Retry-After", ""):
+			secs, _, _ := bytes.Cut(value, []byte(" "))
+			m.retryAfter, _ = strconv.Atoi(string(secs))
 		case headerIs(name, "Content-Length", "l"):
 			n, err := strconv.Atoi(string(value))
 			if err != nil || n < 0 {
