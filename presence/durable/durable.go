@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -323,8 +324,15 @@ func (d *DB) Save(b presence.Batch) error {
 	return guard(func() error {
 		return d.db.Update(func(tx *bolt.Tx) error {
 			subs := tx.Bucket(bucketSubscriptions)
+			// In key order, which is how bbolt fills pages best; the
+			// records share one buffer that only grows (bbolt needs each
+			// value unchanged until the commit).
+			slices.SortFunc(b.Subscriptions, func(x, y presence.SavedSubscription) int { return strings.Compare(x.ID, y.ID) })
+			var buf []byte
 			for i := range b.Subscriptions {
-				if err := putJSON(subs, b.Subscriptions[i].ID, &b.Subscriptions[i]); err != nil {
+				start := len(buf)
+				buf = appendSubscription(buf, &b.Subscriptions[i])
+				if err := subs.Put([]byte(b.Subscriptions[i].ID), buf[start:len(buf):len(buf)]); err != nil {
 					return err
 				}
 			}
