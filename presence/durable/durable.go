@@ -327,12 +327,16 @@ func (d *DB) Save(b presence.Batch) error {
 			// In key order, which is how bbolt fills pages best; the
 			// records share one buffer that only grows (bbolt needs each
 			// value unchanged until the commit).
-			slices.SortFunc(b.Subscriptions, func(x, y presence.SavedSubscription) int { return strings.Compare(x.ID, y.ID) })
-			var buf []byte
+			order := make([]*presence.SavedSubscription, len(b.Subscriptions))
 			for i := range b.Subscriptions {
+				order[i] = &b.Subscriptions[i]
+			}
+			slices.SortFunc(order, func(x, y *presence.SavedSubscription) int { return strings.Compare(x.ID, y.ID) })
+			var buf []byte
+			for _, r := range order {
 				start := len(buf)
-				buf = appendSubscription(buf, &b.Subscriptions[i])
-				if err := subs.Put([]byte(b.Subscriptions[i].ID), buf[start:len(buf):len(buf)]); err != nil {
+				buf = appendSubscription(buf, r)
+				if err := subs.Put([]byte(r.ID), buf[start:len(buf):len(buf)]); err != nil {
 					return err
 				}
 			}
