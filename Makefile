@@ -3,7 +3,7 @@
 # test, after installing the real peers the tests use). CI runs `make test`.
 GO ?= go
 
-.PHONY: test deps vet build fuzz bench load
+.PHONY: test deps vet build fuzz bench load storm compare
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
@@ -38,3 +38,19 @@ SUBS ?= 10000
 load: build
 	$(GO) build -trimpath -o lampload ./cmd/lampload
 	./lampload -lamplighter ./lamplighter -subs $(SUBS) -json load-$(SUBS).json $(LOADFLAGS)
+
+# A reboot storm (BENCHMARKS.md): every phone subscribes at once, offered
+# at STORM a second whatever is answered; shed requests come back after
+# their Retry-After, as phones do.
+STORM ?= 40000
+storm: build
+	$(GO) build -trimpath -o lampload ./cmd/lampload
+	./lampload -lamplighter ./lamplighter -subs 100000 -storm $(STORM) -quick -fanout 0 -burst=false -restart=false -json storm-$(STORM).json
+
+# Kamailio's presence server (from Debian, installed when missing) and
+# Lamplighter under the same load in one run, with their ratio
+# (BENCHMARKS.md): make compare SUBS=10000.
+compare: build
+	bash .ci/deps
+	$(GO) build -trimpath -o lampload ./cmd/lampload
+	./lampload -compare -lamplighter ./lamplighter -subs $(SUBS) -fanout $(SUBS) -json compare-$(SUBS).json

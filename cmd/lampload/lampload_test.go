@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -59,5 +60,52 @@ func TestLoadRun(t *testing.T) {
 	}
 	if res.RawUDP.PerSecond <= 0 || !strings.Contains(table.String(), "restart re-NOTIFY") {
 		t.Errorf("raw UDP %v; table:\n%s", res.RawUDP.PerSecond, table.String())
+	}
+}
+
+// TestCompareRun runs -compare, small: Kamailio's presence server (from
+// Debian, installed by .ci/deps) and then Lamplighter take the same
+// subscriptions and PUBLISHed changes, and the table shows both.
+func TestCompareRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Lamplighter and Kamailio")
+	}
+	kam, err := exec.LookPath("kamailio")
+	if err != nil {
+		if os.Getenv("LAMPLIGHTER_E2E") == "require" {
+			t.Fatal("kamailio missing: run .ci/deps")
+		}
+		t.Skip("kamailio missing: run .ci/deps")
+	}
+	bin := filepath.Join(t.TempDir(), "lamplighter")
+	if out, err := exec.Command("go", "build", "-o", bin, "../lamplighter").CombinedOutput(); err != nil {
+		t.Fatalf("building lamplighter: %v\n%s", err, out)
+	}
+	o := options{binary: bin, subs: 300, users: 30, perPhone: 25, fanout: 100, fanoutRounds: 3, window: 100,
+		expires: 600, logLevel: "info", compare: true, compareInterval: 300 * time.Millisecond, kamailio: kam,
+		kamailioModules: kamailioModules(), kamailioChildren: 2}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := runCompare(ctx, o, &progress)
+	if err != nil {
+		t.Fatalf("compare: %v\n%s", err, progress.String())
+	}
+	var table bytes.Buffer
+	res.print(&table)
+	t.Logf("\n%s", table.String())
+	if len(res.Servers) != 2 || res.Servers[0].Server != "Kamailio" || res.Servers[1].Server != "Lamplighter" {
+		t.Fatalf("servers: %+v", res.Servers)
+	}
+	for _, s := range res.Servers {
+		if s.Error != "" || s.Setup.OK != 300 || s.Setup.WithoutNotify != 0 {
+			t.Errorf("%s set-up: %+v (%s)", s.Server, s.Setup, s.Error)
+		}
+		if f := s.Fanout; f.Error != "" || f.Converged != 100 || f.Delivered == 0 || f.P99 <= 0 {
+			t.Errorf("%s fan-out: %+v", s.Server, f)
+		}
+	}
+	if !strings.Contains(table.String(), "Lamplighter vs Kamailio") || !strings.Contains(table.String(), "×") {
+		t.Errorf("no ratio in the table:\n%s", table.String())
 	}
 }

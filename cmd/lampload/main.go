@@ -50,9 +50,15 @@ type options struct {
 	jsonPath     string
 	pprofDir     string
 	storm        float64
-	keep         bool
-	logLevel     string
-	skipHeld     bool // no wait for Timer J before the held-memory reading
+
+	compare          bool
+	compareInterval  time.Duration
+	kamailio         string
+	kamailioModules  string
+	kamailioChildren int
+	keep             bool
+	logLevel         string
+	skipHeld         bool // no wait for Timer J before the held-memory reading
 }
 
 func main() {
@@ -84,6 +90,11 @@ func main() {
 	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs without credentials sent from one untrusted address (127.0.0.2) over -flood-for while the latency is measured again (0 skips it)")
 	fs.DurationVar(&o.floodFor, "flood-for", 10*time.Second, "how long the flood lasts")
 	fs.BoolVar(&o.skipHeld, "quick", false, "read the held memory at once, without waiting out the SUBSCRIBE transactions")
+	fs.BoolVar(&o.compare, "compare", false, "run the set-up and a PUBLISH-driven fan-out against Kamailio's presence server and then against Lamplighter, and print both with their ratio (-subs, -fanout, -fanout-rounds, -window apply)")
+	fs.DurationVar(&o.compareInterval, "compare-interval", 200*time.Millisecond, "time between the PUBLISHed changes of -compare")
+	fs.StringVar(&o.kamailio, "kamailio", "kamailio", "the Kamailio `binary` for -compare")
+	fs.StringVar(&o.kamailioModules, "kamailio-modules", "", "Kamailio's module `directory` (default: where Debian puts it)")
+	fs.IntVar(&o.kamailioChildren, "kamailio-children", 8, "Kamailio's UDP worker processes")
 	fs.Parse(os.Args[1:])
 	if o.users == 0 {
 		o.users = max(1, o.subs/10)
@@ -95,6 +106,21 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.compare {
+		cres, err := runCompare(ctx, o, os.Stderr)
+		if cres != nil {
+			cres.print(os.Stdout)
+			if o.jsonPath != "" {
+				if werr := writeJSON(o.jsonPath, cres); werr != nil {
+					err = errors.Join(err, werr)
+				}
+			}
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	res, err := run(ctx, o, os.Stderr)
 	if res != nil {
 		res.print(os.Stdout)
@@ -123,6 +149,8 @@ func (o *options) check() error {
 		return errors.New("-duration is at most 1h")
 	case o.flood < 0 || (o.flood > 0 && (o.floodFor <= 0 || o.floodFor > time.Hour)):
 		return errors.New("-flood must not be negative and -flood-for between 0 and 1h")
+	case o.compare && (o.compareInterval <= 0 || o.kamailioChildren < 1 || o.fanout < 1):
+		return errors.New("-compare needs -fanout, -compare-interval and -kamailio-children above 0")
 	case o.storm < 0:
 		return errors.New("-storm must not be negative")
 	case o.fanout < 0 || o.fanoutRounds < 1 || o.window < 1:
@@ -131,7 +159,7 @@ func (o *options) check() error {
 	return nil
 }
 
-func writeJSON(path string, res *result) error {
+func writeJSON(path string, res any) error {
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err

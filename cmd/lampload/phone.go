@@ -42,6 +42,7 @@ type notice struct {
 	cseq       uint32
 	phoneState string
 	terminated bool
+	round      int // the publisher's round the body names (-compare), 0 for none
 }
 
 // phones holds every simulated phone and dispatches what they receive.
@@ -51,6 +52,7 @@ type phones struct {
 	sealed  atomic.Pointer[map[string]*sub]
 	list    []*phone
 	handler atomic.Pointer[func(notice)]
+	rounds  bool // read the publisher's round from NOTIFY bodies (-compare)
 
 	pendingMu sync.Mutex
 	pending   map[*sub]struct{}
@@ -339,6 +341,9 @@ func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
 	ps.notifies.Add(1)
 	n := notice{sub: s, at: at, cseq: m.cseqNum, phoneState: phoneState(m.body),
 		terminated: len(m.subState) >= 10 && string(m.subState[:10]) == "terminated"}
+	if ps.rounds {
+		n.round = roundOf(m.body)
+	}
 	if n.terminated {
 		ps.terminated.Add(1)
 	}

@@ -20,6 +20,7 @@ type message struct {
 	subState []byte
 	// retryAfter is a response's Retry-After in seconds (0: none).
 	retryAfter int
+	etag       []byte // a PUBLISH response's SIP-ETag
 	body       []byte
 }
 
@@ -80,6 +81,8 @@ func parseMessage(b []byte) (message, int, error) {
 			m.cseqNum = uint32(n)
 		case headerIs(name, "Subscription-State", ""):
 			m.subState = value
+		case headerIs(name, "SIP-ETag", ""):
+			m.etag = value
 		case headerIs(name, "Retry-After", ""):
 			secs, _, _ := bytes.Cut(value, []byte(" "))
 			m.retryAfter, _ = strconv.Atoi(string(secs))
@@ -155,4 +158,22 @@ func phoneState(body []byte) string {
 		return "held"
 	}
 	return string(v[:j])
+}
+
+// roundOf reads the publisher's round from a NOTIFY body
+// ("lampload-round-N"), 0 when it names none.
+func roundOf(body []byte) int {
+	const mark = "lampload-round-"
+	i := bytes.Index(body, []byte(mark))
+	if i < 0 {
+		return 0
+	}
+	n := 0
+	for _, c := range body[i+len(mark):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
