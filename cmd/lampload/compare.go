@@ -109,8 +109,9 @@ func startKamailio(ctx context.Context, binary, modules, dir string, port, child
 	}
 	k := &kamailio{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), log: logf}
 	// -DD: stay in the foreground (its workers are children); -E: log to
-	// stderr; its own pid file and no privileges needed.
-	k.cmd = exec.Command(binary, "-DD", "-E", "-f", path, "-P", filepath.Join(dir, "kamailio.pid"), "-m", "512")
+	// stderr; its own pid file and no privileges needed; shared memory
+	// enough for 10,000 NOTIFY transactions per change (512 MB ran out).
+	k.cmd = exec.Command(binary, "-DD", "-E", "-f", path, "-P", filepath.Join(dir, "kamailio.pid"), "-m", "4096", "-M", "64")
 	k.cmd.Stdout, k.cmd.Stderr = logf, logf
 	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := k.cmd.Start(); err != nil {
