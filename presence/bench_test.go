@@ -83,7 +83,7 @@ func waitAnswers(b *testing.B, m *testMetrics, n int64) {
 	}
 }
 
-// answerNotifies answers every request on c with 200, copying the
+// answerNotifies answers every NOTIFY on c with 200, copying the
 // headers a response must echo.
 func answerNotifies(c *net.UDPConn) {
 	buf := make([]byte, 65536)
@@ -92,6 +92,9 @@ func answerNotifies(c *net.UDPConn) {
 		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			return
+		}
+		if !bytes.HasPrefix(buf[:n], []byte("NOTIFY ")) {
+			continue // a response (to a SUBSCRIBE): nothing to answer
 		}
 		head, _, _ := bytes.Cut(buf[:n], []byte("\r\n\r\n"))
 		out = append(out[:0], "SIP/2.0 200 OK\r\n"...)
@@ -104,5 +107,43 @@ func answerNotifies(c *net.UDPConn) {
 		}
 		out = append(out, "Content-Length: 0\r\n\r\n"...)
 		c.WriteToUDPAddrPort(out, from)
+	}
+}
+
+// BenchmarkSubscribeRequest runs new SUBSCRIBEs over UDP through the
+// request path a worker runs (serveDatagram: read, transaction, handler,
+// 200 written to the socket), each with its own Call-ID. The first NOTIFY
+// each one queues goes out from the NOTIFY workers meanwhile; the watcher
+// answers them.
+func BenchmarkSubscribeRequest(b *testing.B) {
+	env := newEnv(b, trusted, func(o *Options) { o.MaxSubscriptionsPerSource = 1 << 30 })
+	watcher, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer watcher.Close()
+	watcher.SetReadBuffer(4 << 20)
+	go answerNotifies(watcher)
+	from := watcher.LocalAddr().(*net.UDPAddr).AddrPort()
+	conn := env.srv.udpConns[0]
+	msgs := make([][]byte, 0, 1024)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if len(msgs) == 0 {
+			b.StopTimer()
+			for range cap(msgs) {
+				i++
+				msgs = append(msgs, fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
+					"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
+					"From: <sip:w@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: bench-%d\r\n"+
+					"CSeq: 1 SUBSCRIBE\r\nContact: <sip:w@%s>\r\nEvent: dialog\r\n"+
+					"Accept: application/dialog-info+xml\r\nExpires: 3600\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n",
+					from, i, i, i, from))
+			}
+			b.StartTimer()
+		}
+		env.srv.serveDatagram(conn, from, msgs[len(msgs)-1])
+		msgs = msgs[:len(msgs)-1]
 	}
 }
