@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
-
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
@@ -190,7 +188,7 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 		s.reply(req, tx, 200, "OK", field{"SIP-ETag", match}, field{"Expires", "0"})
 		return
 	}
-	next := &Publication{ETag: sip.GenerateTagN(16), UserID: user.ID,
+	next := &Publication{ETag: randomToken(), UserID: user.ID,
 		Expires: time.Now().Add(time.Duration(expires) * time.Second)}
 	if hasBody {
 		next.Person = person

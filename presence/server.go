@@ -218,6 +218,7 @@ type Server struct {
 	udpTxs    *udpTxTable  // server transactions of requests over UDP
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
+	ids       *idSequence // subscription ids
 	overloadState
 }
 
@@ -259,6 +260,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
+	s.ids = newIDSequence()
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()

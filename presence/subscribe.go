@@ -97,7 +97,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	}
 	ua := headerValue(req, sipmsg.UserAgent)
 	sub := &Subscription{
-		ID: sip.GenerateTagN(20),
+		ID: s.ids.dialogID(),
 		// Strings kept beyond the request are copied out of it: a
 		// substring would keep the whole message alive.
 		CallID:    strings.Clone(req.CallID),

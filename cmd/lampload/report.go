@@ -81,14 +81,17 @@ type setupResult struct {
 // after the set-up (SUBSCRIBE transactions still lingering) and once they
 // have ended, with the cost per subscription of each.
 type memoryResult struct {
-	Before             memory  `json:"before"`
-	Loaded             memory  `json:"after_setup"`
-	Held               memory  `json:"held"`
-	Subscriptions      int     `json:"subscriptions_held"`
-	HeapPerSub         float64 `json:"heap_bytes_per_subscription"`
-	RSSPerSub          float64 `json:"rss_bytes_per_subscription"`
-	SetupHeapPerSub    float64 `json:"heap_bytes_per_subscription_after_setup"`
-	SetupRSSPerSub     float64 `json:"rss_bytes_per_subscription_after_setup"`
+	Before          memory  `json:"before"`
+	Loaded          memory  `json:"after_setup"`
+	Held            memory  `json:"held"`
+	Subscriptions   int     `json:"subscriptions_held"`
+	HeapPerSub      float64 `json:"heap_bytes_per_subscription"`
+	RSSPerSub       float64 `json:"rss_bytes_per_subscription"`
+	SetupHeapPerSub float64 `json:"heap_bytes_per_subscription_after_setup"`
+	SetupRSSPerSub  float64 `json:"rss_bytes_per_subscription_after_setup"`
+	// The file-backed share of the RSS figures: the state file's pages.
+	RSSFilePerSub      float64 `json:"rss_file_bytes_per_subscription"`
+	SetupRSSFilePerSub float64 `json:"rss_file_bytes_per_subscription_after_setup"`
 	Restored           memory  `json:"after_restart"`
 	RestoredHeapPerSub float64 `json:"heap_bytes_per_subscription_after_restart"`
 	RestoredRSSPerSub  float64 `json:"rss_bytes_per_subscription_after_restart"`
@@ -110,10 +113,12 @@ func (m *memoryResult) perSubscription(held, setUp int) {
 	if held > 0 {
 		m.HeapPerSub = float64(m.Held.HeapLive-m.Before.HeapLive) / float64(held)
 		m.RSSPerSub = float64(m.Held.RSS-m.Before.RSS) / float64(held)
+		m.RSSFilePerSub = float64(m.Held.RSSFile-m.Before.RSSFile) / float64(held)
 	}
 	if setUp > 0 {
 		m.SetupHeapPerSub = float64(m.Loaded.HeapLive-m.Before.HeapLive) / float64(setUp)
 		m.SetupRSSPerSub = float64(m.Loaded.RSS-m.Before.RSS) / float64(setUp)
+		m.SetupRSSFilePerSub = float64(m.Loaded.RSSFile-m.Before.RSSFile) / float64(setUp)
 	}
 }
 
@@ -249,10 +254,10 @@ func (r *result) print(w io.Writer) {
 		row("  shed", fmt.Sprintf("%d answered 503 with Retry-After, retried when told", r.Setup.Shed))
 	}
 	m := r.Memory
-	row("memory per held subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS (%d held; heap %s → %s, RSS %s → %s)",
-		m.HeapPerSub, m.RSSPerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))
-	row("  right after set-up", fmt.Sprintf("%.0f B heap, %.0f B RSS (SUBSCRIBE transactions still kept for Timer J)",
-		m.SetupHeapPerSub, m.SetupRSSPerSub))
+	row("memory per held subscription", fmt.Sprintf("%.0f B heap, %.0f B RSS of which %.0f B state-file pages (%d held; heap %s → %s, RSS %s → %s)",
+		m.HeapPerSub, m.RSSPerSub, m.RSSFilePerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))
+	row("  right after set-up", fmt.Sprintf("%.0f B heap, %.0f B RSS of which %.0f B state-file pages (SUBSCRIBE transactions still kept for Timer J)",
+		m.SetupHeapPerSub, m.SetupRSSPerSub, m.SetupRSSFilePerSub))
 	if m.Restored.RSS > 0 {
 		row("  after a restart", fmt.Sprintf("%.0f B heap, %.0f B RSS (the same subscriptions restored from the state file)",
 			m.RestoredHeapPerSub, m.RestoredRSSPerSub))

@@ -142,6 +142,7 @@ func (t *target) ready(ctx context.Context, within time.Duration) error {
 // memory is Lamplighter's memory after a garbage collection.
 type memory struct {
 	RSS      int64 `json:"rss_bytes"`
+	RSSFile  int64 `json:"rss_file_bytes"` // of RSS, file pages (the state file bbolt maps)
 	HeapLive int64 `json:"heap_live_bytes"`
 }
 
@@ -165,9 +166,15 @@ func (t *target) memory() (memory, error) {
 		return m, err
 	}
 	for line := range strings.Lines(string(status)) {
+		kb := func(v string) int64 {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n * 1024
+		}
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			m.RSS = kb * 1024
+			m.RSS = kb(v)
+		}
+		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			m.RSSFile = kb(v) // the state file's pages, mapped by bbolt
 		}
 	}
 	return m, nil

@@ -324,6 +324,9 @@ func (d *DB) Save(b presence.Batch) error {
 	return guard(func() error {
 		return d.db.Update(func(tx *bolt.Tx) error {
 			subs := tx.Bucket(bucketSubscriptions)
+			// Ids grow with time (presence.idSequence), so new records
+			// are appended: pages split full, not half full.
+			subs.FillPercent = 0.9
 			// In key order, which is how bbolt fills pages best; the
 			// records share one buffer that only grows (bbolt needs each
 			// value unchanged until the commit).
