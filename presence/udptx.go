@@ -117,8 +117,15 @@ func (t *udpTxTable) expire(cutoff time.Time) {
 		t.head++
 	}
 	if t.head > 1024 && t.head*2 > len(t.queue) { // compact
-		t.queue = append(t.queue[:0], t.queue[t.head:]...)
+		live := copy(t.queue, t.queue[t.head:])
+		// The moved entries' old slots still point at them: cleared, or
+		// the backing array would keep expired transactions alive.
+		clear(t.queue[live:])
+		t.queue = t.queue[:live]
 		t.head = 0
+	}
+	if t.head == len(t.queue) && cap(t.queue) > 4096 {
+		t.queue, t.head = nil, 0 // all expired: let a burst's array go
 	}
 }
 
