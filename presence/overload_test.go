@@ -4,9 +4,18 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// holdStore holds the subscription store, where the workers stop on a
+// new SUBSCRIBE, until the returned func (safe to call twice) lets go.
+func holdStore(env *testEnv) (release func()) {
+	env.srv.subs.mu.Lock()
+	var once sync.Once
+	return func() { once.Do(env.srv.subs.mu.Unlock) }
+}
 
 // retryAfterOf checks a shed answer: 503 with a Retry-After within the
 // configured spread.
@@ -26,13 +35,8 @@ func TestFullRequestQueueSheds(t *testing.T) {
 	env := newEnv(t, trusted, func(o *Options) { o.MaxPendingRequests = 1 })
 	p := newRawPeer(t, env.udp)
 	// The workers stop at the store, which the test holds.
-	env.srv.subs.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			env.srv.subs.mu.Unlock()
-		}
-	}()
+	release := holdStore(env)
+	defer release()
 	var subs []*rawSub
 	for i := range requestWorkers + 1 {
 		// One at a time, each taken by a worker before the next: the
@@ -57,8 +61,7 @@ func TestFullRequestQueueSheds(t *testing.T) {
 	if env.srv.Shed() != 1 {
 		t.Errorf("Shed() = %d, want 1", env.srv.Shed())
 	}
-	env.srv.subs.mu.Unlock()
-	locked = false
+	release()
 	answered := map[string]int{}
 	deadline := time.After(5 * time.Second)
 	for len(answered) < len(subs) {
@@ -120,13 +123,8 @@ func TestNotifyBacklogShedsNewSubscriptions(t *testing.T) {
 func TestQueuedBytesAreBounded(t *testing.T) {
 	env := newEnv(t, trusted, func(o *Options) { o.MaxPendingRequests = 100000 })
 	p := newRawPeer(t, env.udp)
-	env.srv.subs.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			env.srv.subs.mu.Unlock()
-		}
-	}()
+	release := holdStore(env)
+	defer release()
 	for i := range requestWorkers { // every worker stops at the store
 		d := &rawSub{callID: fmt.Sprintf("block-%d", i), fromTag: "ft", user: "100", event: "dialog"}
 		p.send(p.subscribeMsg(d, 600))
@@ -145,7 +143,6 @@ func TestQueuedBytesAreBounded(t *testing.T) {
 	if q := env.srv.queuedBytes.Load(); q > maxQueuedBytes || q < maxQueuedBytes/2 {
 		t.Errorf("%d bytes queued after %d requests of 30 KiB; the bound is %d", q, n, maxQueuedBytes)
 	}
-	env.srv.subs.mu.Unlock()
-	locked = false
+	release()
 	waitUntil(t, 10*time.Second, "the queue drained", func() bool { return env.srv.queuedBytes.Load() == 0 })
 }

@@ -400,20 +400,12 @@ func measurePeer(ctx context.Context, peer peerServer, o options, users []*user,
 func runCompare(ctx context.Context, o options, stderr io.Writer) (*compareResult, error) {
 	say := progress{stderr}.say
 	res := &compareResult{Machine: newResult(o).Machine}
-	dir, err := os.MkdirTemp("", "lampload-compare-")
+	dir, cleanup, err := workDir("lampload-compare-", o.keep, say)
 	if err != nil {
 		return nil, err
 	}
-	if o.keep {
-		say("working directory %s (kept)", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	users := make([]*user, o.users)
-	for i := range users {
-		users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i)}
-	}
-	hot := &user{id: "hot", ext: "99999"}
+	defer cleanup()
+	users, hot := makeUsers(o.users)
 
 	port, err := freePort()
 	if err != nil {

@@ -179,6 +179,29 @@ func (p progress) say(format string, args ...any) {
 	fmt.Fprintf(p.w, "lampload: "+format+"\n", args...)
 }
 
+// workDir makes a temporary working directory; cleanup removes it unless
+// keep is set, in which case where it is is said.
+func workDir(prefix string, keep bool, say func(string, ...any)) (dir string, cleanup func(), err error) {
+	if dir, err = os.MkdirTemp("", prefix); err != nil {
+		return "", nil, err
+	}
+	if keep {
+		say("working directory %s (kept)", dir)
+		return dir, func() {}, nil
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+// makeUsers makes n users with extensions from 100000, and the one the
+// fan-out watches.
+func makeUsers(n int) (users []*user, hot *user) {
+	users = make([]*user, n)
+	for i := range users {
+		users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i)}
+	}
+	return users, &user{id: "hot", ext: "99999"}
+}
+
 // run does the whole measurement.
 func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	say := progress{stderr}.say
@@ -186,25 +209,17 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	say("raw UDP send rate on loopback (1 s)")
 	res.RawUDP = measureRawUDP(time.Second)
 
-	dir, err := os.MkdirTemp("", "lampload-")
+	dir, cleanup, err := workDir("lampload-", o.keep, say)
 	if err != nil {
 		return nil, err
 	}
-	if o.keep {
-		say("working directory %s (kept)", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
+	defer cleanup()
 	esl, err := eslDouble()
 	if err != nil {
 		return nil, err
 	}
 	defer esl.Close()
-	users := make([]*user, o.users)
-	for i := range users {
-		users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i)}
-	}
-	hot := &user{id: "hot", ext: "99999"}
+	users, hot := makeUsers(o.users)
 	esl.SetRegistrations(registrations(append(users, hot)))
 	sipPort, httpPort := o.sipPort, o.httpPort
 	if sipPort == 0 {

@@ -32,6 +32,15 @@ func (p Params) Get(name string) (string, bool) {
 // paramEnd is where the parameter at the start of s ends: at a ';' not in
 // quotes, or the end.
 func paramEnd(s string) int {
+	if i := indexUnquoted(s, ";"); i >= 0 {
+		return i
+	}
+	return len(s)
+}
+
+// indexUnquoted returns the index of the first byte of s that is one of
+// stops and not inside a quoted string, or -1.
+func indexUnquoted(s, stops string) int {
 	quoted := false
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
@@ -39,11 +48,11 @@ func paramEnd(s string) int {
 			i++
 		case c == '"':
 			quoted = !quoted
-		case c == ';' && !quoted:
+		case !quoted && strings.IndexByte(stops, c) >= 0:
 			return i
 		}
 	}
-	return len(s)
+	return -1
 }
 
 // Address is a name-addr or addr-spec with its header parameters (From,
@@ -90,20 +99,10 @@ func ParseAddress(v string) (Address, error) {
 }
 
 // addrOpen returns the index of the '<' opening a name-addr (outside any
-// quoted display name), or -1.
+// quoted display name), or -1: a ';' first means an addr-spec.
 func addrOpen(v string) int {
-	quoted := false
-	for i := 0; i < len(v); i++ {
-		switch c := v[i]; {
-		case quoted && c == '\\':
-			i++
-		case c == '"':
-			quoted = !quoted
-		case c == '<' && !quoted:
-			return i
-		case c == ';' && !quoted:
-			return -1
-		}
+	if i := indexUnquoted(v, "<;"); i >= 0 && v[i] == '<' {
+		return i
 	}
 	return -1
 }
