@@ -46,13 +46,7 @@ func BenchmarkBuildNotify(b *testing.B) {
 func BenchmarkSendNotify(b *testing.B) {
 	metrics := newTestMetrics()
 	env := newEnv(b, trusted, func(o *Options) { o.Metrics = metrics })
-	watcher, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer watcher.Close()
-	watcher.SetReadBuffer(4 << 20)
-	go answerNotifies(watcher)
+	watcher := newBenchWatcher(b)
 	const watchers = 1000
 	subs := make([]*Subscription, watchers)
 	for i := range subs {
@@ -81,6 +75,19 @@ func waitAnswers(b *testing.B, m *testMetrics, n int64) {
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
+}
+
+// newBenchWatcher is a UDP socket on loopback that answers every NOTIFY
+// with 200 until the benchmark ends.
+func newBenchWatcher(b *testing.B) *net.UDPConn {
+	watcher, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { watcher.Close() })
+	watcher.SetReadBuffer(4 << 20)
+	go answerNotifies(watcher)
+	return watcher
 }
 
 // answerNotifies answers every NOTIFY on c with 200, copying the
@@ -117,13 +124,7 @@ func answerNotifies(c *net.UDPConn) {
 // answers them.
 func BenchmarkSubscribeRequest(b *testing.B) {
 	env := newEnv(b, trusted, func(o *Options) { o.MaxSubscriptionsPerSource = 1 << 30 })
-	watcher, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer watcher.Close()
-	watcher.SetReadBuffer(4 << 20)
-	go answerNotifies(watcher)
+	watcher := newBenchWatcher(b)
 	from := watcher.LocalAddr().(*net.UDPAddr).AddrPort()
 	conn := env.srv.udpConns[0]
 	msgs := make([][]byte, 0, 1024)
