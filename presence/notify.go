@@ -119,9 +119,6 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 		return
 	}
 	sub.removed, sub.final = true, reason
-	if sub.timer != nil {
-		sub.timer.Stop()
-	}
 	sub.mu.Unlock()
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
@@ -133,9 +130,6 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 // gone or refused our NOTIFY).
 func (s *Server) drop(sub *Subscription) {
 	sub.removed, sub.done = true, true
-	if sub.timer != nil {
-		sub.timer.Stop()
-	}
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
 }

@@ -305,7 +305,7 @@ func (s *Server) restore(saved *Saved) {
 		if !s.subs.add(sub, 0) {
 			continue
 		}
-		sub.timer = time.AfterFunc(time.Until(sub.expires), func() { s.terminate(sub, "timeout") })
+		s.expiry.add(sub, sub.expires)
 		if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
 			// The config changed while we were down: the watcher is told
 			// at once, not after the PBXs have synchronised.

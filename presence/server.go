@@ -219,6 +219,7 @@ type Server struct {
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 	ids       *idSequence // subscription ids
+	expiry    *expiryWheel
 	overloadState
 }
 
@@ -261,6 +262,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
 	s.ids = newIDSequence()
+	s.expiry = newExpiryWheel()
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
@@ -415,6 +417,11 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		s.sweepUDPTxs(ctx.Done())
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sweepExpired(ctx)
 	}()
 	// NOTIFYs leave from the UDP listeners themselves (udpConns), so
 	// readiness needs no more than the bound sockets.

@@ -150,9 +150,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		s.enqueue(sub, time.Time{}, true)
 		return
 	}
-	sub.mu.Lock()
-	sub.timer = time.AfterFunc(time.Duration(expires)*time.Second, func() { s.terminate(sub, "timeout") })
-	sub.mu.Unlock()
+	s.expiry.add(sub, sub.expires)
 	s.log.Debug("subscribed", "user", user.ID, "event", pkg, "watcher", id.UserID, "source", sub.Source, "expires", expires)
 	s.enqueue(sub, time.Time{}, true)
 }
@@ -193,10 +191,8 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 		sub.setTarget(c.URI)
 	}
 	if expires > 0 {
+		// The expiry wheel finds the new time when the old one comes up.
 		sub.expires = time.Now().Add(time.Duration(expires) * time.Second)
-		if sub.timer != nil {
-			sub.timer.Reset(time.Duration(expires) * time.Second)
-		}
 	}
 	sub.mu.Unlock()
 	if expires > 0 {

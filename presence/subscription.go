@@ -59,8 +59,7 @@ type Subscription struct {
 	remoteCSeq uint32
 	cseq       uint32    // last NOTIFY CSeq sent
 	version    uint32    // next dialog-info version
-	expires    time.Time // when the subscription lapses
-	timer      *time.Timer
+	expires    time.Time // when the subscription lapses (see expiryWheel)
 	dirty      bool          // state changed since the last NOTIFY was built
 	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
 	queued     bool          // waiting in the send queue
