@@ -57,9 +57,9 @@ type Subscription struct {
 	routes     []string // route set from Record-Route, as URIs
 	routeAddr  string   // host:port of the first route, "" without routes
 	remoteCSeq uint32
-	cseq       uint32    // last NOTIFY CSeq sent
-	version    uint32    // next dialog-info version
-	expires    time.Time // when the subscription lapses (see expiryWheel)
+	cseq       uint32        // last NOTIFY CSeq sent
+	version    uint32        // next dialog-info version
+	expires    time.Time     // when the subscription lapses (see expiryWheel)
 	dirty      bool          // state changed since the last NOTIFY was built
 	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
 	queued     bool          // waiting in the send queue
