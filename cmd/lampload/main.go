@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 )
@@ -49,6 +50,7 @@ type options struct {
 	httpPort     int
 	jsonPath     string
 	pprofDir     string
+	selfProfile  string
 	storm        float64
 
 	compare          bool
@@ -90,6 +92,7 @@ func main() {
 	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs without credentials sent from one untrusted address (127.0.0.2) over -flood-for while the latency is measured again (0 skips it)")
 	fs.DurationVar(&o.floodFor, "flood-for", 10*time.Second, "how long the flood lasts")
 	fs.BoolVar(&o.skipHeld, "quick", false, "read the held memory at once, without waiting out the SUBSCRIBE transactions")
+	fs.StringVar(&o.selfProfile, "cpuprofile", "", "write the load tool's own CPU profile (its phones) to this `file`")
 	fs.BoolVar(&o.compare, "compare", false, "run the set-up and a PUBLISH-driven fan-out against Kamailio's presence server and then against Lamplighter, and print both with their ratio (-subs, -fanout, -fanout-rounds, -window apply)")
 	fs.DurationVar(&o.compareInterval, "compare-interval", 200*time.Millisecond, "time between the PUBLISHed changes of -compare")
 	fs.StringVar(&o.kamailio, "kamailio", "kamailio", "the Kamailio `binary` for -compare")
@@ -106,6 +109,16 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.selfProfile != "" {
+		f, err := os.Create(o.selfProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	if o.compare {
 		cres, err := runCompare(ctx, o, os.Stderr)
 		if cres != nil {
