@@ -3,6 +3,18 @@
 // authentication and NOTIFY fan-out. It knows users and their bridge.State,
 // never PBXs. Document bodies are rendered by the sub-package body.
 //
+// # Request path
+//
+// Requests the server answers (SUBSCRIBE, PUBLISH, REGISTER, OPTIONS) never
+// reach sipgo. Over UDP, two readers per socket (udpread.go) match
+// responses to NOTIFYs, answer what cannot be read, and queue requests raw
+// for a pool of workers (overload.go), shedding with 503 when the queue or
+// the NOTIFY backlog is too deep; a worker reads the request with sipmsg
+// and runs it with a server transaction of ours (udptx.go). Over TCP and
+// TLS the stream guard (stream.go) runs each request as it frames it.
+// NOTIFYs are rendered and sent by our own client transactions
+// (notify.go, notifier.go). sipgo keeps other methods, answered 405.
+//
 // # Lock order
 //
 // The bridge calls Server.HandleChange with its own lock held, and
