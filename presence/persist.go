@@ -302,6 +302,7 @@ func (s *Server) restore(saved *Saved) {
 			continue
 		}
 		sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
+		sub.LocalHost = shared(sub.LocalHost)
 		if !s.subs.add(sub, 0) {
 			continue
 		}
@@ -388,7 +389,9 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 			return nil, err
 		}
 	}
-	sub.LocalURI, sub.RemoteURI = local.Raw, remote.Raw
+	sub.LocalURI, sub.RemoteURI = shared(local.Raw), shared(remote.Raw)
+	sub.Entity, sub.Accept, sub.Transport, sub.Source = shared(sub.Entity), shared(sub.Accept), shared(sub.Transport), shared(sub.Source)
+	sub.Grant, sub.UserAgent = shared(sub.Grant), shared(sub.UserAgent)
 	sub.setTarget(target)
 	var routes []sipmsg.URI
 	for _, rt := range r.Routes {

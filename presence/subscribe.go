@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unique"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -98,22 +99,24 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	ua := headerValue(req, sipmsg.UserAgent)
 	sub := &Subscription{
 		ID: s.ids.dialogID(),
-		// Strings kept beyond the request are copied out of it: a
-		// substring would keep the whole message alive.
+		// Strings kept beyond the request are copied out of it (a
+		// substring would keep the whole message alive); those that many
+		// subscriptions share (one phone's thirty BLF keys, the watchers
+		// of one person) are kept once (shared).
 		CallID:    strings.Clone(req.CallID),
 		RemoteTag: strings.Clone(fromTag),
 		UserID:    user.ID,
-		Entity:    presentityURI(req),
+		Entity:    shared(presentityURI(req)),
 		Package:   pkg,
 		EventID:   strings.Clone(eventID),
-		Accept:    acceptList(req),
-		LocalURI:  strings.Clone(req.To.URI.Raw),
-		RemoteURI: strings.Clone(req.From.URI.Raw),
-		Transport: strings.ToUpper(req.Transport),
-		Source:    req.Source,
+		Accept:    shared(acceptList(req)),
+		LocalURI:  shared(req.To.URI.Raw),
+		RemoteURI: shared(req.From.URI.Raw),
+		Transport: shared(strings.ToUpper(req.Transport)),
+		Source:    shared(req.Source),
 		Watcher:   id.UserID,
-		Grant:     s.auth.grant(id),
-		UserAgent: strings.Clone(ua),
+		Grant:     shared(s.auth.grant(id)),
+		UserAgent: shared(ua),
 
 		remoteCSeq: req.CSeq,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
@@ -125,6 +128,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	sub.setTarget(contact.URI)
 	sub.setRoutes(recordRoutes(req))
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
+	sub.LocalHost = shared(sub.LocalHost)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
 	}
@@ -227,14 +231,14 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 
 // setTarget sets the remote target and where requests to it go.
 func (sub *Subscription) setTarget(u sipmsg.URI) {
-	sub.target, sub.targetAddr = strings.Clone(u.Raw), uriAddr(u, sub.Transport)
+	sub.target, sub.targetAddr = shared(u.Raw), shared(uriAddr(u, sub.Transport))
 }
 
 // setRoutes sets the route set and where its first hop is.
 func (sub *Subscription) setRoutes(routes []sipmsg.URI) {
 	sub.routes, sub.routeAddr = nil, ""
 	for i := range routes {
-		sub.routes = append(sub.routes, strings.Clone(routes[i].Raw))
+		sub.routes = append(sub.routes, shared(routes[i].Raw))
 	}
 	if len(routes) > 0 {
 		sub.routeAddr = uriAddr(routes[0], sub.Transport)
@@ -250,6 +254,11 @@ func uriAddr(u sipmsg.URI, transport string) string {
 	}
 	return net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port))
 }
+
+// shared returns s as one copy that every equal string kept with shared
+// uses, and that does not hold on to what s was cut from (unique.Make
+// copies what it keeps, and lets it go with its last user).
+func shared(s string) string { return unique.Make(s).Value() }
 
 // acceptList is the request's Accept values as one list.
 func acceptList(req *sipmsg.Request) string {
