@@ -392,16 +392,22 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 	}
 	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact}
 	contentType := body.TypePIDF
-	if sub.Package == PackageDialog {
+	switch {
+	case sub.Package == PackageDialog:
 		contentType = body.TypeDialogInfo
+	case sub.XPIDF:
+		contentType = body.TypeXPIDF
 	}
 	dst = append(dst, "Content-Type: "...)
 	dst = append(dst, contentType...)
 	scratch := s.notifier.bufs.Get().(*[]byte)
 	b := (*scratch)[:0]
-	if sub.Package == PackageDialog {
+	switch {
+	case sub.Package == PackageDialog:
 		b = body.DialogInfo(b, sub.Entity, st, opt)
-	} else {
+	case sub.XPIDF:
+		b = body.XPIDF(b, sub.Entity, st)
+	default:
 		b = body.PIDF(b, sub.Entity, st, opt)
 	}
 	dst = append(dst, "\r\nContent-Length: "...)

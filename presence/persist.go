@@ -392,6 +392,7 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 	sub.LocalURI, sub.RemoteURI = shared(local.Raw), shared(remote.Raw)
 	sub.Entity, sub.Accept, sub.Transport, sub.Source = shared(sub.Entity), shared(sub.Accept), shared(sub.Transport), shared(sub.Source)
 	sub.Grant, sub.UserAgent = shared(sub.Grant), shared(sub.UserAgent)
+	sub.XPIDF = wantsXPIDF(sub.Package, sub.Accept)
 	sub.setTarget(target)
 	var routes []sipmsg.URI
 	for _, rt := range r.Routes {

@@ -576,7 +576,7 @@ func (s *Server) handleOptions(req *sipmsg.Request, tx serverTx) {
 	s.reply(req, tx, 200, "OK",
 		field{"Allow", allowedMethods},
 		field{"Allow-Events", allowedEvents},
-		field{"Accept", "application/pidf+xml, application/dialog-info+xml"},
+		field{"Accept", "application/pidf+xml, application/dialog-info+xml, application/xpidf+xml"},
 		field{"Accept-Language", "en"},
 		field{"Supported", ""},
 	)

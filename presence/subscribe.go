@@ -87,9 +87,18 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		s.reply(req, tx, 404, "Not Found")
 		return
 	}
+	xpidf := false
 	if !accepts(req, mediaTypeOf(pkg)) {
-		s.reply(req, tx, 406, "Not Acceptable", field{"Accept", mediaTypeOf(pkg)})
-		return
+		// Older phones ask for the pre-standard XPIDF instead of PIDF.
+		if pkg != PackagePresence || !accepts(req, body.TypeXPIDF) {
+			accept := mediaTypeOf(pkg)
+			if pkg == PackagePresence {
+				accept += ", " + body.TypeXPIDF
+			}
+			s.reply(req, tx, 406, "Not Acceptable", field{"Accept", accept})
+			return
+		}
+		xpidf = true
 	}
 	expires, ok = s.clampExpires(expires)
 	if !ok {
@@ -117,6 +126,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		Watcher:   id.UserID,
 		Grant:     shared(s.auth.grant(id)),
 		UserAgent: shared(ua),
+		XPIDF:     xpidf,
 
 		remoteCSeq: req.CSeq,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),
@@ -259,6 +269,25 @@ func uriAddr(u sipmsg.URI, transport string) string {
 // uses, and that does not hold on to what s was cut from (unique.Make
 // copies what it keeps, and lets it go with its last user).
 func shared(s string) string { return unique.Make(s).Value() }
+
+// wantsXPIDF tells from a subscription's Accept list (as kept) whether it
+// takes XPIDF and not PIDF: how a restored subscription gets its format.
+func wantsXPIDF(pkg Package, accept string) bool {
+	if pkg != PackagePresence || accept == "" {
+		return false
+	}
+	has := func(mt string) bool {
+		for part := range sipmsg.SplitList(accept) {
+			t, _, _ := strings.Cut(part, ";")
+			t = strings.TrimSpace(t)
+			if strings.EqualFold(t, mt) || t == "*/*" || strings.EqualFold(t, "application/*") {
+				return true
+			}
+		}
+		return false
+	}
+	return !has(body.TypePIDF) && has(body.TypeXPIDF)
+}
 
 // acceptList is the request's Accept values as one list.
 func acceptList(req *sipmsg.Request) string {

@@ -46,6 +46,9 @@ type Subscription struct {
 	Grant     string // what let the watcher in (authenticator.grant), checked again at reload
 	UserAgent string
 	Single    bool // one dialog per dialog-info document
+	// XPIDF: a presence subscriber that accepts application/xpidf+xml
+	// and not PIDF (older Polycom and Cisco phones); from Accept.
+	XPIDF bool
 	// LocalHost and LocalPort are our address as this subscriber reaches
 	// it (Via and Contact), worked out once when the dialog is made.
 	LocalHost string
