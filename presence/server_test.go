@@ -126,7 +126,7 @@ func TestSubscribeErrors(t *testing.T) {
 	}{
 		{"unknown package", subReq{user: "100", event: "message-summary", expires: 600}, 489, "Allow-Events"},
 		{"no event", subReq{user: "100", expires: 600}, 489, "Allow-Events"},
-		{"unacceptable accept", subReq{user: "100", event: "presence", expires: 600, accept: "application/xpidf+xml"}, 406, "Accept"},
+		{"unacceptable accept", subReq{user: "100", event: "presence", expires: 600, accept: "application/cpim-pidf+xml"}, 406, "Accept"}, // xpidf is served since issue 15
 		{"unknown presentity", subReq{user: "555", event: "presence", expires: 600}, 404, ""},
 		{"too brief", subReq{user: "100", event: "presence", expires: 5}, 423, "Min-Expires"},
 		{"no contact", subReq{user: "100", event: "presence", expires: 600, noContact: true}, 400, ""},
