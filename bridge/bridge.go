@@ -341,6 +341,12 @@ func (b *Bridge) update(u *User) {
 		return
 	}
 	b.states[u.ID] = next
+	if had && prev.LooksEqual(next) {
+		// Only when the person state lapses moved (a PUBLISH refresh, or
+		// a soft client sending the same document again): kept, but no
+		// watcher is told what it already shows.
+		return
+	}
 	ch := Change{UserID: u.ID, State: next, Urgent: ringsNewly(prev, next)}
 	if had {
 		ch.Previous = prev

@@ -153,9 +153,22 @@ func callEqual(a, b Call) bool {
 }
 
 func personEqual(a, b *PersonState) bool {
+	return personLooksEqual(a, b) && a.Expires.Equal(b.Expires)
+}
+
+// personLooksEqual compares what watchers see of a person: not when it
+// lapses, which a soft client's PUBLISH refresh moves on every time.
+func personLooksEqual(a, b *PersonState) bool {
 	return slices.Equal(a.Activities, b.Activities) && a.Note == b.Note &&
-		a.Closed == b.Closed && a.Expires.Equal(b.Expires) &&
-		slices.EqualFunc(a.Extra, b.Extra, bytes.Equal)
+		a.Closed == b.Closed && slices.EqualFunc(a.Extra, b.Extra, bytes.Equal)
+}
+
+// LooksEqual reports whether s and o show the same to a watcher: Equal
+// but for when the person state lapses.
+func (s *State) LooksEqual(o *State) bool {
+	t := *o
+	t.Person.Expires = s.Person.Expires
+	return s.Equal(&t)
 }
 
 // mergePersons combines the person states a user has from several origins

@@ -2,7 +2,10 @@ package presence
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -295,4 +298,54 @@ func TestRegister(t *testing.T) {
 	if regs := env.srv.Registrations(); len(regs) != 0 {
 		t.Errorf("bindings left: %+v", regs)
 	}
+}
+
+// linphoneBody is the PIDF body of a recorded Linphone 5.1 PUBLISH.
+func linphoneBody(t *testing.T, name string) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("../../shared/fixtures/linphone", name))
+	if err != nil {
+		t.Skipf("fixture: %v", err)
+	}
+	_, b, ok := strings.Cut(strings.ReplaceAll(string(raw), "\r\n", "\n"), "\n\n")
+	if !ok {
+		t.Fatalf("%s has no body", name)
+	}
+	return b
+}
+
+// TestRepublishedStateNotifiesNobody: Linphone refreshes its PUBLISH by
+// sending the whole document again (a new timestamp, a new expiry);
+// watchers see nothing new and get no NOTIFY. A real change still
+// reaches them.
+func TestRepublishedStateNotifiesNobody(t *testing.T) {
+	env := newEnv(t, trusted)
+	watcher := newPhone(t, "UDP")
+	if res, _ := watcher.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600}); res.StatusCode != 200 {
+		t.Fatal(res.StatusCode)
+	}
+	watcher.nextNotify(2 * time.Second)
+	pub := newPhone(t, "UDP")
+	away := linphoneBody(t, "publish-02-open-away.txt")
+	publish := func(body, etag string) string {
+		t.Helper()
+		hdrs := map[string]string{"Event": "presence", "Expires": "600", "Content-Type": "application/pidf+xml"}
+		if etag != "" {
+			hdrs["SIP-If-Match"] = etag
+		}
+		res := pub.do(pub.request(env.udp, sip.PUBLISH, "100", hdrs, []byte(body)))
+		if res.StatusCode != 200 {
+			t.Fatalf("PUBLISH: %d", res.StatusCode)
+		}
+		return header(res, "SIP-ETag")
+	}
+	etag := publish(away, "")
+	watcher.notifyWhere("<rpid:away/>", 2*time.Second)
+	for i := range 3 { // three refreshes, each with a new timestamp
+		later := strings.ReplaceAll(away, "12:08:35", fmt.Sprintf("12:1%d:00", i))
+		etag = publish(later, etag)
+	}
+	watcher.noNotify(500 * time.Millisecond)
+	publish(linphoneBody(t, "publish-07-open-meeting.txt"), etag)
+	watcher.notifyWhere("<rpid:meeting/>", 2*time.Second)
 }

@@ -113,6 +113,15 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 				default:
 					note = &tupleNote
 				}
+			case isPerson(parent) && t.Name.Local == "timestamp" && (t.Name.Space == NSPIDF || t.Name.Space == NSDataModel):
+				// When the publisher wrote its document is not part of
+				// the person: carried on, it made every resend of the
+				// same state (Linphone refreshes so) a change for every
+				// watcher. Our documents say nothing of when.
+				if err := dec.Skip(); err != nil {
+					return ps, fmt.Errorf("bad PIDF: %w", err)
+				}
+				continue
 			case isPerson(parent) && !(t.Name.Space == NSRPID && t.Name.Local == "activities"):
 				if len(ps.Extra) < maxExtra {
 					raw, err := captureElement(dec, t)
