@@ -85,8 +85,8 @@ func (s *Server) notifyBacklog() int { return s.queue.len() + s.notifier.pending
 // shed answers a request with 503 and a random Retry-After, keeping
 // nothing, and counts it.
 func (s *Server) shed(conn *net.UDPConn, from netip.AddrPort, data []byte, why string) {
+	s.noteShed(why) // counted first: whoever reads the 503 sees it counted
 	s.answerDatagram(conn, from, data, 503, "Service Unavailable", s.retryAfter())
-	s.noteShed(why)
 }
 
 // retryAfter is a Retry-After header line for a shed request.

@@ -287,10 +287,10 @@ func (c *guardedConn) serve(msg []byte) bool {
 	}
 	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
 	if why := c.l.s.overloaded(req); why == "notifies" {
+		c.l.s.noteShed(why)
 		if res := rawResponse(msg, 503, "Service Unavailable", c.l.s.opt.UserAgent, c.l.s.retryAfter()); res != nil {
 			c.answer(msg, res, 503)
 		}
-		c.l.s.noteShed(why)
 		return true
 	}
 	handler(req, streamTx{c})
