@@ -349,3 +349,28 @@ func TestRepublishedStateNotifiesNobody(t *testing.T) {
 	publish(linphoneBody(t, "publish-07-open-meeting.txt"), etag)
 	watcher.notifyWhere("<rpid:meeting/>", 2*time.Second)
 }
+
+// TestRegisterKeepsInstance: the 200 to a REGISTER echoes the Contact's
+// +sip.instance and reg-id (Linphone matches its binding by them; they
+// were dropped), with the binding's own expires, also on a refresh.
+func TestRegisterKeepsInstance(t *testing.T) {
+	env := newEnv(t)
+	p := withCreds(newPhone(t, "UDP"), "debbie", "d-secret")
+	uri := "sip:debbie@127.0.0.1:" + strconv.Itoa(p.addr.Port)
+	contact := "<" + uri + `>;expires=600;+sip.instance="<urn:uuid:1b4f0c2a-4b7e-4a53-9a0e-2f9f1c3d5e6f>";reg-id=1`
+	for range 2 { // a registration and its refresh
+		res := p.do(p.request(env.udp, sip.REGISTER, "", map[string]string{"Contact": contact}, nil))
+		if res.StatusCode != 200 {
+			t.Fatalf("REGISTER: %d", res.StatusCode)
+		}
+		c := header(res, "Contact")
+		if !strings.Contains(c, `+sip.instance="<urn:uuid:1b4f0c2a-4b7e-4a53-9a0e-2f9f1c3d5e6f>"`) ||
+			!strings.Contains(c, "reg-id=1") || strings.Count(c, "expires=") != 1 {
+			t.Errorf("Contact in the 200: %q", c)
+		}
+	}
+	regs := env.srv.Registrations()
+	if len(regs) != 1 || !strings.Contains(regs[0].Params, "+sip.instance") || strings.Contains(regs[0].Params, "expires") {
+		t.Fatalf("bindings: %+v", regs)
+	}
+}

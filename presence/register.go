@@ -15,8 +15,12 @@ import (
 // Lamplighter. It is not a PBX device and does not change the user's
 // state.
 type Binding struct {
-	UserID    string
-	Contact   string // the Contact URI
+	UserID  string
+	Contact string // the Contact URI
+	// Params are the Contact's header parameters but expires
+	// (+sip.instance, reg-id, ...), echoed in every 200 so that a client
+	// recognises its binding (RFC 5626, 5627).
+	Params    string `json:",omitempty"`
 	CallID    string
 	CSeq      uint32
 	Source    string
@@ -157,7 +161,7 @@ func (s *Server) handleRegister(req *sipmsg.Request, tx serverTx) {
 			}
 			continue
 		}
-		b := Binding{UserID: userID, Contact: uri, CallID: strings.Clone(req.CallID), CSeq: req.CSeq,
+		b := Binding{UserID: userID, Contact: uri, Params: strings.Clone(c.Params.Without("expires")), CallID: strings.Clone(req.CallID), CSeq: req.CSeq,
 			Source: req.Source, Transport: strings.ToUpper(req.Transport), UserAgent: strings.Clone(ua),
 			Expires: now.Add(time.Duration(exp) * time.Second)}
 		if idx >= 0 {
@@ -180,7 +184,7 @@ func (s *Server) handleRegister(req *sipmsg.Request, tx serverTx) {
 	}
 	res := s.response(req, 200, "OK", "")
 	for _, b := range bindings {
-		res = sipmsg.AppendHeader(res, "Contact", "<"+b.Contact+">;expires="+
+		res = sipmsg.AppendHeader(res, "Contact", "<"+b.Contact+">"+b.Params+";expires="+
 			strconv.Itoa(int(time.Until(b.Expires).Round(time.Second)/time.Second)))
 	}
 	r.mu.Unlock()

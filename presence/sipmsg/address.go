@@ -29,6 +29,25 @@ func (p Params) Get(name string) (string, bool) {
 	return "", false
 }
 
+// Without returns the parameters but those named name (any case), each
+// as written, with its leading ';'.
+func (p Params) Without(name string) string {
+	var b strings.Builder
+	for s := string(p); s != ""; {
+		s = strings.TrimLeft(s, "; \t")
+		end := paramEnd(s)
+		param := strings.TrimSpace(s[:end])
+		s = s[end:]
+		n, _, _ := strings.Cut(param, "=")
+		if param == "" || strings.EqualFold(strings.TrimSpace(n), name) {
+			continue
+		}
+		b.WriteByte(';')
+		b.WriteString(param)
+	}
+	return b.String()
+}
+
 // paramEnd is where the parameter at the start of s ends: at a ';' not in
 // quotes, or the end.
 func paramEnd(s string) int {

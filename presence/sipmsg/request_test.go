@@ -187,3 +187,13 @@ func TestResponseCopiesTheRequestAndFillsVia(t *testing.T) {
 		t.Errorf("no received for another source:\n%s", b)
 	}
 }
+
+func TestParamsWithout(t *testing.T) {
+	p := Params(`;expires=60;+sip.instance="<urn:uuid:a;b>";reg-id=1;EXPIRES=5`)
+	if got, want := p.Without("expires"), `;+sip.instance="<urn:uuid:a;b>";reg-id=1`; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := Params("").Without("x"); got != "" {
+		t.Errorf("empty: %q", got)
+	}
+}
