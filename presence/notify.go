@@ -390,7 +390,8 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 	if st == nil {
 		return append(dst, "Content-Length: 0\r\n\r\n"...)
 	}
-	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact}
+	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact,
+		DNDText: sub.DNDText}
 	contentType := body.TypePIDF
 	switch {
 	case sub.Package == PackageDialog:

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -393,6 +394,7 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 	sub.Entity, sub.Accept, sub.Transport, sub.Source = shared(sub.Entity), shared(sub.Accept), shared(sub.Transport), shared(sub.Source)
 	sub.Grant, sub.UserAgent = shared(sub.Grant), shared(sub.UserAgent)
 	sub.XPIDF = wantsXPIDF(sub.Package, sub.Accept)
+	sub.DNDText = body.WantsDNDText(sub.UserAgent)
 	sub.setTarget(target)
 	var routes []sipmsg.URI
 	for _, rt := range r.Routes {

@@ -127,6 +127,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		Grant:     shared(s.auth.grant(id)),
 		UserAgent: shared(ua),
 		XPIDF:     xpidf,
+		DNDText:   body.WantsDNDText(ua),
 
 		remoteCSeq: req.CSeq,
 		expires:    time.Now().Add(time.Duration(expires) * time.Second),

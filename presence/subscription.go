@@ -49,6 +49,9 @@ type Subscription struct {
 	// XPIDF: a presence subscriber that accepts application/xpidf+xml
 	// and not PIDF (older Polycom and Cisco phones); from Accept.
 	XPIDF bool
+	// DNDText: a client that reads dnd from the text in <rpid:busy>
+	// (Linphone); from User-Agent.
+	DNDText bool
 	// LocalHost and LocalPort are our address as this subscriber reaches
 	// it (Via and Contact), worked out once when the dialog is made.
 	LocalHost string

@@ -1,6 +1,8 @@
 package presence
 
 import (
+	"github.com/lamplighter/lamplighter/bridge"
+
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +62,34 @@ func TestXPIDFSubscriber(t *testing.T) {
 		if back.XPIDF != sub.XPIDF {
 			t.Errorf("%s: XPIDF %v after a restore, was %v", sub.CallID, back.XPIDF, sub.XPIDF)
 		}
+	}
+}
+
+// TestDNDForLinphone: do not disturb set anywhere reaches a Linphone
+// watcher as Linphone reads it (text in busy), a desk phone's PIDF
+// watcher as RFC 4480 has it.
+func TestDNDForLinphone(t *testing.T) {
+	env := newEnv(t, trusted)
+	p := newRawPeer(t, env.udp)
+	linphone := &rawSub{callID: "lin-1", fromTag: "ft", user: "100", event: "presence"}
+	desk := &rawSub{callID: "desk-1", fromTag: "ft", user: "100", event: "presence"}
+	p.send(p.subscribeMsg(linphone, 600, "User-Agent: Linphone Desktop/5.2.0 (Debian) LinphoneCore/5.1.65"))
+	p.send(p.subscribeMsg(desk, 600, "User-Agent: Yealink SIP-T46S 66.86.0.15"))
+	for _, d := range []*rawSub{linphone, desk} {
+		if res := p.response(d.callID, 5*time.Second); res.StatusCode != 200 {
+			t.Fatalf("%s: %d", d.callID, res.StatusCode)
+		}
+	}
+	if err := env.bridge.SetPerson("debbie", "api", bridge.PersonState{Activities: []bridge.Activity{bridge.ActivityDND}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "Linphone's dnd", func() bool {
+		return strings.Contains(p.lastBody(linphone.callID), "<rpid:busy>Do not disturb</rpid:busy>")
+	})
+	waitUntil(t, 5*time.Second, "the desk phone's dnd", func() bool {
+		return strings.Contains(p.lastBody(desk.callID), "<rpid:busy/>")
+	})
+	if strings.Contains(p.lastBody(desk.callID), "<rpid:busy>") {
+		t.Errorf("the desk phone got Linphone's form:\n%s", p.lastBody(desk.callID))
 	}
 }

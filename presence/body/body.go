@@ -202,4 +202,18 @@ type Options struct {
 	Compact bool
 	// Now, when set, adds each call's duration.
 	Now time.Time
+	// DNDText writes do not disturb as <rpid:busy>Do not disturb</rpid:busy>,
+	// which is how Linphone tells dnd from busy (RFC 4480's busy is
+	// empty: only for the clients that need it).
+	DNDText bool
+}
+
+// DNDText is the text inside <rpid:busy> that means do not disturb to
+// Linphone, both ways.
+const DNDText = "Do not disturb"
+
+// WantsDNDText reports whether a watcher's User-Agent is a client that
+// reads do not disturb from the text inside <rpid:busy> (Linphone).
+func WantsDNDText(userAgent string) bool {
+	return strings.Contains(strings.ToLower(userAgent), "linphone")
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -61,6 +62,7 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 		note       *string // the note being read
 		noteBuf    strings.Builder
 		basic      *strings.Builder
+		busyText   *strings.Builder // inside <rpid:busy> of the activities
 		extraBytes int
 	)
 	addActivity := func(local string) {
@@ -103,6 +105,9 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 				basic = &strings.Builder{}
 			case parent.Space == NSRPID && parent.Local == "activities":
 				addActivity(t.Name.Local)
+				if t.Name.Space == NSRPID && t.Name.Local == "busy" {
+					busyText = &strings.Builder{}
+				}
 			case t.Name.Local == "note" && (t.Name.Space == NSPIDF || t.Name.Space == NSDataModel):
 				noteBuf.Reset()
 				switch {
@@ -149,6 +154,15 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 					openTuples++
 				}
 				basic = nil
+			case busyText != nil && t.Name.Local == "busy":
+				// Linphone marks do not disturb by this text in busy.
+				if strings.EqualFold(strings.TrimSpace(busyText.String()), DNDText) {
+					ps.Activities = slices.DeleteFunc(ps.Activities, func(a bridge.Activity) bool { return a == bridge.ActivityBusy })
+					if !ps.Has(bridge.ActivityDND) {
+						ps.Activities = append(ps.Activities, bridge.ActivityDND)
+					}
+				}
+				busyText = nil
 			case note != nil && t.Name.Local == "note":
 				if *note == "" {
 					*note = strings.TrimSpace(noteBuf.String())
@@ -157,6 +171,10 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 			}
 		case xml.CharData:
 			switch {
+			case busyText != nil:
+				if busyText.Len()+len(t) <= maxNoteLen {
+					busyText.Write(t)
+				}
 			case basic != nil:
 				basic.Write(t)
 			case note != nil:

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -244,5 +245,45 @@ func TestPublishedExtrasAreBounded(t *testing.T) {
 	st, _ := b.State("u")
 	if out := PIDF(nil, "sip:1@x", st, Options{}); len(out) > 16<<10 {
 		t.Errorf("a document of %d bytes", len(out))
+	}
+}
+
+// TestLinphoneDND: Linphone's do not disturb (busy with the text "Do not
+// disturb") is dnd, its plain busy is busy, and dnd goes back to a
+// Linphone watcher the way Linphone reads it, to anyone else as RFC 4480
+// has it.
+func TestLinphoneDND(t *testing.T) {
+	read := func(name string) bridge.PersonState {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join("../../../shared/fixtures/linphone", name))
+		if err != nil {
+			t.Skipf("fixture: %v", err)
+		}
+		_, b, _ := strings.Cut(strings.ReplaceAll(string(raw), "\r\n", "\n"), "\n\n")
+		p, err := ParsePIDF([]byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := read("publish-05-closed-busy.txt"); !p.DND() || p.Has(bridge.ActivityBusy) {
+		t.Errorf("Linphone's dnd read as %v", p.Activities)
+	}
+	if p := read("publish-03-open-busy.txt"); p.DND() || !p.Has(bridge.ActivityBusy) {
+		t.Errorf("Linphone's busy read as %v", p.Activities)
+	}
+	st := &bridge.State{User: &bridge.User{ID: "debbie"}, Person: bridge.PersonState{Activities: []bridge.Activity{bridge.ActivityDND}}}
+	if out := string(PIDF(nil, entity, st, Options{DNDText: true})); !strings.Contains(out, "<rpid:busy>Do not disturb</rpid:busy>") {
+		t.Errorf("for Linphone:\n%s", out)
+	}
+	if out := string(PIDF(nil, entity, st, Options{})); !strings.Contains(out, "<rpid:busy/>") || strings.Contains(out, "<rpid:busy>") {
+		t.Errorf("for others:\n%s", out)
+	}
+	// And back: what we send Linphone reads as dnd again.
+	if p, err := ParsePIDF(PIDF(nil, entity, st, Options{DNDText: true})); err != nil || !p.DND() {
+		t.Errorf("round trip: %v %v", p.Activities, err)
+	}
+	if !WantsDNDText("liblinphone-ctypes-driver/5.1.65") || !WantsDNDText("Linphone Desktop/5.2") || WantsDNDText("Yealink SIP-T46S") {
+		t.Error("User-Agent detection")
 	}
 }

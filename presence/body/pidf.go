@@ -44,6 +44,10 @@ func PIDF(dst []byte, entity string, st *bridge.State, opt Options) []byte {
 	if acts := activities(st); len(acts) > 0 {
 		dst = append(dst, "  <rpid:activities>"...)
 		for _, a := range acts {
+			if a == "busy" && opt.DNDText && st.Person.DND() {
+				dst = append(dst, "<rpid:busy>"+DNDText+"</rpid:busy>"...)
+				continue
+			}
 			dst = append(dst, "<rpid:"...)
 			dst = append(dst, a...)
 			dst = append(dst, "/>"...)
