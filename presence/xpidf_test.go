@@ -1,11 +1,11 @@
 package presence
 
 import (
-	"github.com/lamplighter/lamplighter/bridge"
-
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
 )
 
 // TestXPIDFSubscriber: an older phone that accepts only
@@ -73,9 +73,10 @@ func TestDNDForLinphone(t *testing.T) {
 	p := newRawPeer(t, env.udp)
 	linphone := &rawSub{callID: "lin-1", fromTag: "ft", user: "100", event: "presence"}
 	desk := &rawSub{callID: "desk-1", fromTag: "ft", user: "100", event: "presence"}
-	p.send(p.subscribeMsg(linphone, 600, "User-Agent: Linphone Desktop/5.2.0 (Debian) LinphoneCore/5.1.65"))
-	p.send(p.subscribeMsg(desk, 600, "User-Agent: Yealink SIP-T46S 66.86.0.15"))
-	for _, d := range []*rawSub{linphone, desk} {
+	for d, ua := range map[*rawSub]string{linphone: "Linphone Desktop/5.2.0 (Debian) LinphoneCore/5.1.65",
+		desk: "Yealink SIP-T46S 66.86.0.15"} {
+		// One at a time: response() passes over other dialogs' answers.
+		p.send(p.subscribeMsg(d, 600, "User-Agent: "+ua))
 		if res := p.response(d.callID, 5*time.Second); res.StatusCode != 200 {
 			t.Fatalf("%s: %d", d.callID, res.StatusCode)
 		}
