@@ -29,6 +29,10 @@ import (
 // a resync fires to learn where the event stream stands.
 var subscribed = []string{
 	"CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+	// A callee's leg learns its SIP Call-ID and tags from the 180 or 183,
+	// which FreeSWITCH reports only as progress: without these, a ringing
+	// phone's dialog has nothing to pick up with (Replaces) until answer.
+	"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
 	"CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_HANGUP_COMPLETE", "HEARTBEAT",
 	"CUSTOM", "sofia::register", "sofia::unregister", "sofia::expire", syncSubclass,
 }

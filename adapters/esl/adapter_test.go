@@ -408,3 +408,18 @@ func TestLongOutageShowsDownAndRecoversWithinASecond(t *testing.T) {
 		t.Errorf("still down once back: %+v", st)
 	}
 }
+
+// TestSubscribesToProgress: the adapter asks for the progress events, the
+// only ones that carry a ringing callee leg's SIP Call-ID and tags.
+func TestSubscribesToProgress(t *testing.T) {
+	fake := newFakeFreeSWITCH(t)
+	h := newHarness(t, fake, fake.addr(), "ClueCon")
+	fake.waitLogin()
+	h.waitSynchronised(0)
+	got := fake.Subscribed()
+	for _, want := range []string{"plain", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_CALLSTATE"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("event subscription %v lacks %s", got, want)
+		}
+	}
+}

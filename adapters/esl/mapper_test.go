@@ -289,3 +289,43 @@ func TestCarriesAtLeastWhatFreeSWITCHBLFSends(t *testing.T) {
 		}
 	}
 }
+
+// TestRingingCalleeCarriesPickupData: on a real FreeSWITCH the callee's
+// leg learns its Call-ID and tags from the phone's 180, reported as
+// CHANNEL_PROGRESS (the recording did not subscribe to it, so its ringing
+// leg has neither until answer). Fed the recorded ringing event as the
+// progress event FreeSWITCH sends with those variables (their values from
+// the same leg's answer event), the ringing phone's dialog carries
+// call-id, local-tag and remote-tag: enough to pick it up with Replaces.
+func TestRingingCalleeCarriesPickupData(t *testing.T) {
+	evs := events(t, "esl-call-plain.txt")
+	mp := newMapped(t)
+	for _, f := range evs {
+		if f.ev.seq() <= 586 {
+			mp.feed(f)
+		}
+	}
+	answer := bySeq(evs, 595).ev
+	progress := event{}
+	for k, v := range bySeq(evs, 586).ev {
+		progress[k] = v
+	}
+	progress["Event-Name"] = []string{"CHANNEL_PROGRESS"}
+	progress["Event-Sequence"] = []string{"587"}
+	for _, k := range []string{"Variable_sip_call_id", "Variable_sip_from_tag", "Variable_sip_to_tag"} {
+		progress[k] = answer[k]
+	}
+	if len(progress["Variable_sip_call_id"]) == 0 {
+		t.Fatalf("the answer event has no sip variables: %v", answer)
+	}
+	mp.feed(frame{ev: progress})
+	st := mp.state("1001")
+	if len(st.Calls) != 1 {
+		t.Fatalf("calls: %+v", st.Calls)
+	}
+	c := st.Calls[0]
+	if st.Phone != bridge.PhoneRinging || c.CallID != "deee3036-6014-1240-cc8d-f6b91c3a5360" ||
+		c.LocalTag != "97d7dc44d0c2ff3b" || c.RemoteTag != "3Q6vgt45XjjrD" {
+		t.Errorf("ringing callee: phone %v, call %+v", st.Phone, c)
+	}
+}

@@ -30,6 +30,7 @@ type Server struct {
 	current       *Conn
 	conns         map[*Conn]struct{}
 	silent        bool
+	subscribed    []string // the last event command's words
 	closed        bool
 
 	loggedIn chan *Conn
@@ -90,6 +91,14 @@ func (s *Server) SetChannels(body []byte) { s.mu.Lock(); s.channels = body; s.mu
 
 // SetRegistrations sets the answer to `api show registrations as json`.
 func (s *Server) SetRegistrations(body []byte) { s.mu.Lock(); s.registrations = body; s.mu.Unlock() }
+
+// Subscribed returns the words of the last `event` command (the format
+// first, then the events and subclasses asked for).
+func (s *Server) Subscribed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.subscribed...)
+}
 
 // SetSilent makes the double read commands and answer none, as a wedged
 // FreeSWITCH does.
@@ -218,6 +227,9 @@ func (s *Server) handle(fc *Conn) {
 		case !authed:
 			reply("-ERR command not found")
 		case verb == "event":
+			s.mu.Lock()
+			s.subscribed = strings.Fields(args)
+			s.mu.Unlock()
 			reply("+OK event listener enabled plain")
 		case verb == "sendevent":
 			reply("+OK 4d5f7c52-0e0c-4b8e-9d5a-1f3e0c2b9a11")
