@@ -146,6 +146,9 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 				break
 			}
 			a.apply(m, frame, sink)
+			for _, id := range m.takeTagsWanted() {
+				go a.readTags(ctx, m.tagVars(), id, q)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -182,6 +185,30 @@ func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
 	}
 	for _, e := range m.event(ev, frame) {
 		sink.Apply(e)
+	}
+}
+
+// readTags reads a ringing leg's SIP tags from Asterisk and queues them
+// as the ChannelVarset events the dialplan would have sent, so that the
+// mapper takes them in order with everything else. A tag Asterisk does
+// not have (yet), or a channel gone, leaves the leg as it was.
+func (a *Adapter) readTags(ctx context.Context, vars [][2]string, channelID string, q *adapters.Queue[[]byte]) {
+	for _, v := range vars {
+		var res struct {
+			Value string `json:"value"`
+		}
+		path := "/channels/" + url.PathEscape(channelID) + "/variable?variable=" + url.QueryEscape(v[0])
+		if err := a.get(ctx, path, &res); err != nil || res.Value == "" {
+			if err != nil && !errors.Is(err, errNotFound) && ctx.Err() == nil {
+				a.log.Debug("cannot read a ringing leg's SIP tag", "channel", channelID, "variable", v[0], "err", err)
+			}
+			continue
+		}
+		frame, err := json.Marshal(map[string]any{"type": "ChannelVarset", "variable": v[1], "value": res.Value,
+			"channel": map[string]string{"id": channelID}, "timestamp": time.Now().Format("2006-01-02T15:04:05.000-0700")})
+		if err == nil {
+			q.Push(frame)
+		}
 	}
 }
 

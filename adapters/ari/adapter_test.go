@@ -32,6 +32,10 @@ type fakeAsterisk struct {
 	pingDown  atomic.Bool // REST ping fails while the websocket stays up
 	connects  atomic.Int32
 	current   *websocket.Conn
+	// variables answers GET /channels/{id}/variable, by variable name
+	// (any channel); varReads counts those requests.
+	variables map[string]string
+	varReads  atomic.Int32
 }
 
 func newFakeAsterisk(t *testing.T) *fakeAsterisk {
@@ -72,6 +76,24 @@ func newFakeAsterisk(t *testing.T) *fakeAsterisk {
 			defer f.mu.Unlock()
 			json.NewEncoder(w).Encode(append([]json.RawMessage{}, f.channels...))
 		}
+	})
+	mux.HandleFunc("/ari/channels/", func(w http.ResponseWriter, r *http.Request) {
+		if !f.authorised(w, r) {
+			return
+		}
+		if !strings.HasSuffix(r.URL.Path, "/variable") || r.Method != http.MethodGet {
+			http.NotFound(w, r)
+			return
+		}
+		f.varReads.Add(1)
+		f.mu.Lock()
+		v, ok := f.variables[r.URL.Query().Get("variable")]
+		f.mu.Unlock()
+		if !ok {
+			http.Error(w, `{"message":"Provided variable was not found"}`, http.StatusNotFound)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]string{"value": v})
 	})
 	mux.HandleFunc("/ari/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		if f.authorised(w, r) {
@@ -417,5 +439,45 @@ func TestDNDDeviceMustBeStasis(t *testing.T) {
 		if errs := c.Validate(); (len(errs) == 0) != ok {
 			t.Errorf("%s: %v", dev, errs)
 		}
+	}
+}
+
+// TestRingingLegGetsItsTagsFromAsterisk: with no dialplan help at all, a
+// phone's ringing leg gets its SIP tags read from Asterisk once it rings
+// (the phone's own tag exists only after its 180), so that the ringing
+// lamp carries call-id, local-tag and remote-tag for a pickup by Replaces.
+func TestRingingLegGetsItsTagsFromAsterisk(t *testing.T) {
+	fake := newFakeAsterisk(t)
+	fake.devices["PJSIP/100"], fake.devices["PJSIP/101"] = "NOT_INUSE", "NOT_INUSE"
+	fake.variables = map[string]string{"CHANNEL(pjsip,remote_tag)": "phone-101-tag", "CHANNEL(pjsip,local_tag)": "asterisk-tag"}
+	h := newHarness(t, fake)
+	c := fake.waitConn()
+	h.waitSynchronised()
+	h.waitPhone("101", bridge.PhoneIdle)
+	lines := readFixture(t, "pjsip/pjsip-call.jsonl")
+	fake.send(c, lines[:20]...) // up to 101's leg ringing
+	h.waitPhone("101", bridge.PhoneRinging)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, _ := h.bridge.State("101")
+		if len(st.Calls) == 1 && st.Calls[0].LocalTag == "phone-101-tag" && st.Calls[0].RemoteTag == "asterisk-tag" {
+			if st.Phone != bridge.PhoneRinging || st.Calls[0].CallID == "" {
+				t.Errorf("ringing leg: %v %+v", st.Phone, st.Calls[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the ringing leg never got its tags: %+v", st.Calls)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := fake.varReads.Load(); n != 2 {
+		t.Errorf("%d variable reads, want 2 (two tags, once)", n)
+	}
+	// The caller's leg (the phone's own call) is never asked.
+	fake.send(c, lines[20:]...)
+	h.waitPhone("101", bridge.PhoneIdle)
+	if n := fake.varReads.Load(); n != 2 {
+		t.Errorf("%d variable reads after the call, want 2", n)
 	}
 }

@@ -12,9 +12,10 @@ import (
 
 // channel is what the mapper knows of one Asterisk channel.
 type channel struct {
-	call     bridge.Call
-	internal bool // the ;2 half of a Local channel: not a device's call leg
-	dialed   string
+	call      bridge.Call
+	internal  bool // the ;2 half of a Local channel: not a device's call leg
+	dialed    string
+	tagsAsked bool // the SIP tags were asked of Asterisk (see tagsWanted)
 }
 
 // mapper turns ARI events into bridge events. It keeps per-channel state
@@ -27,6 +28,7 @@ type mapper struct {
 	remoteTagVar string
 	channels     map[string]*channel
 	devices      map[string]bridge.DeviceState
+	tagsWanted   []string // channels whose SIP tags the adapter should read
 }
 
 func newMapper(source string, cfg *Config) *mapper {
@@ -154,7 +156,30 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 	if v, ok := c.ChannelVars[m.remoteTagVar]; ok && v != "" {
 		ch.call.RemoteTag = v
 	}
+	// A PJSIP leg ringing at a phone has the phone's tag from its 180,
+	// which a pre-dial handler runs too early to see: asked of Asterisk
+	// once, so that the ringing lamp can be picked up (Replaces) with no
+	// dialplan at all.
+	if !ch.internal && !ch.tagsAsked && ch.call.State == bridge.CallEarly && ch.call.Direction == bridge.Incoming &&
+		strings.HasPrefix(ch.call.Device, "PJSIP/") && (ch.call.LocalTag == "" || ch.call.RemoteTag == "") {
+		ch.tagsAsked = true
+		m.tagsWanted = append(m.tagsWanted, c.ID)
+	}
 	return ch, !ch.internal
+}
+
+// takeTagsWanted returns the channels whose tags should be read now.
+func (m *mapper) takeTagsWanted() []string {
+	out := m.tagsWanted
+	m.tagsWanted = nil
+	return out
+}
+
+// tagVars are what the adapter reads for a ringing leg, and the channel
+// variables (as the dialplan would name them) it reports them as: the
+// phone's own tag is Asterisk's remote tag, and the other way round.
+func (m *mapper) tagVars() [][2]string {
+	return [][2]string{{"CHANNEL(pjsip,remote_tag)", m.localTagVar}, {"CHANNEL(pjsip,local_tag)", m.remoteTagVar}}
 }
 
 func (m *mapper) update(ch *channel) bridge.Event {
