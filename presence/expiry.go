@@ -62,9 +62,10 @@ func (w *expiryWheel) size() int {
 	return n
 }
 
-// sweepExpired ends the subscriptions that have lapsed, once a second,
-// until ctx ends.
-func (s *Server) sweepExpired(ctx context.Context) {
+// everySecond calls f with the time once a second until ctx ends: the
+// server's sweeps (lapsed subscriptions and publications, finished UDP
+// transactions) run on it.
+func everySecond(ctx context.Context, f func(now time.Time)) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -72,7 +73,7 @@ func (s *Server) sweepExpired(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			s.expireDue(now)
+			f(now)
 		}
 	}
 }

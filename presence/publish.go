@@ -1,7 +1,6 @@
 package presence
 
 import (
-	"context"
 	"mime"
 	"strconv"
 	"sync"
@@ -63,20 +62,6 @@ func (s *Server) Publications() []Publication {
 		out = append(out, *p)
 	}
 	return out
-}
-
-// sweep removes expired publications once a second.
-func (ps *publications) sweep(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			ps.expire(now)
-		}
-	}
 }
 
 func (ps *publications) expire(now time.Time) {

@@ -411,17 +411,17 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.pubs.sweep(ctx)
+		everySecond(ctx, s.pubs.expire)
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.sweepUDPTxs(ctx.Done())
+		everySecond(ctx, func(now time.Time) { s.udpTxs.expire(now.Add(-sip.Timer_J)) })
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.sweepExpired(ctx)
+		everySecond(ctx, s.expireDue)
 	}()
 	// NOTIFYs leave from the UDP listeners themselves (udpConns), so
 	// readiness needs no more than the bound sockets.

@@ -236,18 +236,3 @@ func udpTxKey(req *sipmsg.Request, from netip.AddrPort) string {
 	}
 	return string(b)
 }
-
-// sweepUDPTxs forgets finished UDP transactions after Timer J, once a
-// second, until done is closed.
-func (s *Server) sweepUDPTxs(done <-chan struct{}) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case now := <-t.C:
-			s.udpTxs.expire(now.Add(-sip.Timer_J))
-		}
-	}
-}
