@@ -50,8 +50,9 @@ type udpJob struct {
 const maxQueuedBytes = 16 << 20
 
 // requestWorkers is the size of the pool that runs requests over UDP:
-// the handlers hardly block, and every one busy takes CPU from the readers.
-const requestWorkers = 4
+// the handlers hardly block and each worker yields to the readers after
+// every request, so two a core (four at least) keep every core busy.
+func requestWorkers() int { return max(4, 2*runtime.GOMAXPROCS(0)) }
 
 // serveRequests runs queued UDP requests until ctx ends.
 func (s *Server) serveRequests(ctx context.Context) {

@@ -38,14 +38,14 @@ func TestFullRequestQueueSheds(t *testing.T) {
 	release := holdStore(env)
 	defer release()
 	var subs []*rawSub
-	for i := range requestWorkers + 1 {
+	for i := range env.srv.workers + 1 {
 		// One at a time, each taken by a worker before the next: the
 		// queue holds one.
 		d := &rawSub{callID: fmt.Sprintf("held-%d", i), fromTag: "ft", user: "100", event: "dialog"}
 		subs = append(subs, d)
 		p.send(p.subscribeMsg(d, 600))
 		taken, queued := i+1, 0
-		if i == requestWorkers {
+		if i == env.srv.workers {
 			taken, queued = i, 1 // every worker is busy: this one waits
 		}
 		waitUntil(t, 5*time.Second, fmt.Sprintf("request %d taken", i), func() bool {
@@ -55,7 +55,7 @@ func TestFullRequestQueueSheds(t *testing.T) {
 	shed := &rawSub{callID: "shed", fromTag: "ft", user: "100", event: "dialog"}
 	p.send(p.subscribeMsg(shed, 600))
 	retryAfterOf(t, env, p, "shed")
-	if n := env.srv.udpTxs.size(); n != requestWorkers {
+	if n := env.srv.udpTxs.size(); n != env.srv.workers {
 		t.Errorf("%d transactions kept; the shed request must keep none", n)
 	}
 	if env.srv.Shed() != 1 {
@@ -125,11 +125,11 @@ func TestQueuedBytesAreBounded(t *testing.T) {
 	p := newRawPeer(t, env.udp)
 	release := holdStore(env)
 	defer release()
-	for i := range requestWorkers { // every worker stops at the store
+	for i := range env.srv.workers { // every worker stops at the store
 		d := &rawSub{callID: fmt.Sprintf("block-%d", i), fromTag: "ft", user: "100", event: "dialog"}
 		p.send(p.subscribeMsg(d, 600))
 	}
-	waitUntil(t, 5*time.Second, "every worker busy", func() bool { return env.srv.udpTxs.size() == requestWorkers })
+	waitUntil(t, 5*time.Second, "every worker busy", func() bool { return env.srv.udpTxs.size() == env.srv.workers })
 	pad := "X-Pad: " + strings.Repeat("p", 30<<10)
 	n := 2 * maxQueuedBytes / (30 << 10)
 	for range n {

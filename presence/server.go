@@ -219,6 +219,7 @@ type Server struct {
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 	ids       *idSequence // subscription ids
+	workers   int         // request workers (requestWorkers)
 	expiry    *expiryWheel
 	overloadState
 }
@@ -261,6 +262,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
+	s.workers = requestWorkers()
 	s.ids = newIDSequence()
 	s.expiry = newExpiryWheel()
 	notify = s.notifier
@@ -385,7 +387,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	for _, sc := range readers {
-		for range udpReaders {
+		for range udpReaders() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -393,7 +395,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	for range requestWorkers {
+	for range s.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 )
 
@@ -15,8 +16,9 @@ import (
 // take itself (other methods) goes on to sipgo through sipgoConn, which
 // sipgo serves as if it were the socket.
 
-// udpReaders is how many goroutines read each UDP listener.
-const udpReaders = 2
+// udpReaders is how many goroutines read each UDP listener: two, and one
+// more for every two cores past four, up to eight.
+func udpReaders() int { return min(8, max(2, runtime.GOMAXPROCS(0)/2)) }
 
 // packet is a datagram passed on to sipgo.
 type packet struct {
