@@ -1,18 +1,15 @@
 package presence
 
 import (
-	"github.com/emiago/sipgo"
-	"github.com/emiago/sipgo/sip"
-
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // The requests the server answers itself (SUBSCRIBE, PUBLISH, REGISTER,
 // OPTIONS) are read by sipmsg from the bytes that carried them and
-// answered with responses written as bytes: over UDP from the datagram
-// filter with a transaction of ours (udptx.go), over TCP and TLS from the
-// stream guard as each message is framed (stream.go). sipgo sees none of
-// them; it keeps the rest (responses to our NOTIFYs, other methods).
+// answered with responses written as bytes: over UDP by the workers the
+// socket readers queue them for, with a transaction of ours (udptx.go),
+// over TCP and TLS by the stream guard as each message is framed
+// (stream.go). sipgo never sees them; it answers other methods 405.
 
 // serverTx is where the responses to one request go.
 type serverTx interface {
@@ -83,34 +80,4 @@ func (s *Server) reply(req *sipmsg.Request, tx serverTx, code int, reason string
 		b = sipmsg.AppendHeader(b, h.name, h.value)
 	}
 	s.send(req, tx, b, code)
-}
-
-// sipgoTx answers through a sipgo server transaction: for a request of
-// ours that reached sipgo all the same (a path not taken by the
-// listeners, kept so that none is ever answered 405).
-type sipgoTx struct {
-	tx     sip.ServerTransaction
-	parser *sip.Parser
-}
-
-func (t sipgoTx) respond(b []byte, _ int) error {
-	msg, err := t.parser.ParseSIP(b)
-	if err != nil {
-		return err
-	}
-	return t.tx.Respond(msg.(*sip.Response))
-}
-
-// viaSipgo adapts a handler of ours to sipgo's server.
-func (s *Server) viaSipgo(h requestHandler) sipgo.RequestHandler {
-	return func(r *sip.Request, tx sip.ServerTransaction) {
-		req, err := sipmsg.ParseString(r.String())
-		if err != nil {
-			_ = tx.Respond(sip.NewResponseFromRequest(r, 400, "Bad Request", nil))
-			return
-		}
-		req.Transport, req.Source = r.Transport(), r.Source()
-		req.Peer = parseAddrPort(r.Source())
-		h(req, sipgoTx{tx: tx, parser: sip.NewParser()})
-	}
 }

@@ -214,7 +214,6 @@ type Server struct {
 	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
 	streams   []*streamListener
 	limiter   *rateLimiter // nil without a per-address limit
-	parser    *sip.Parser
 	udpTxs    *udpTxTable  // server transactions of requests over UDP
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
@@ -260,7 +259,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.notifier = newNotifier(s.notifyTxDone)
 
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
-	s.parser, s.udpTxs = sip.NewParser(), newUDPTxTable()
+	s.udpTxs = newUDPTxTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
 	s.workers = requestWorkers()
 	s.ids = newIDSequence()
@@ -271,11 +270,8 @@ func New(states States, opt Options) (*Server, error) {
 	if opt.Store != nil {
 		s.journal = newJournal(opt.Store, opt.FlushInterval, log)
 	}
-	for m, on := range map[string]func(sipgo.RequestHandler){"SUBSCRIBE": srv.OnSubscribe,
-		"PUBLISH": srv.OnPublish, "REGISTER": srv.OnRegister, "OPTIONS": srv.OnOptions} {
-		h, _ := s.handlerFor(m)
-		on(s.viaSipgo(h))
-	}
+	// Requests Lamplighter answers never reach sipgo (request.go): it
+	// answers the other methods.
 	srv.OnNoRoute(s.handleUnknown)
 	return s, nil
 }

@@ -2,16 +2,17 @@ package presence
 
 import (
 	"bytes"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // Answers sent straight from raw bytes, for requests that never reach a
-// handler because sipgo cannot read them: a datagram cut short by its read
-// buffer, a stream request without a usable Content-Length. They carry
+// handler: one sipmsg cannot read, a datagram too large, a stream request
+// without a usable Content-Length, one shed under overload. They carry
 // the request's Via, From, To, Call-ID and CSeq, so the peer can match
 // them, and no dialog state is kept.
 
@@ -32,7 +33,7 @@ func isRawRequest(data []byte) bool {
 // request or lacks the headers a response needs (Via, Call-ID, CSeq), or
 // when the request is an ACK. A To without a tag gets one (RFC 3261
 // §8.2.6.2), the same for every retransmission of the request: it is
-// drawn from the Call-ID.
+// drawn from the Call-ID (sipmsg.StableTag, as the handlers' answers).
 func rawResponse(data []byte, code int, reason, server string, extra ...string) []byte {
 	if !isRawRequest(data) || bytes.HasPrefix(data, []byte("ACK ")) {
 		return nil
@@ -83,10 +84,8 @@ func rawResponse(data []byte, code int, reason, server string, extra ...string) 
 	}
 	out = append(out, to...)
 	if !bytes.Contains(bytes.ToLower(to), []byte(";tag=")) {
-		h := fnv.New64a()
-		h.Write(callID)
-		out = append(out, ";tag=ll"...)
-		out = strconv.AppendUint(out, h.Sum64(), 36)
+		out = append(out, ";tag="...)
+		out = append(out, sipmsg.StableTag(string(callID))...)
 	}
 	out = append(out, "\r\n"...)
 	for _, e := range extra {
@@ -161,47 +160,6 @@ func rawContentLength(head []byte) (value []byte, found bool) {
 		}
 	}
 	return nil, false
-}
-
-// challengeDatagram answers a SUBSCRIBE, PUBLISH or REGISTER that opens
-// no dialog, comes from an untrusted address and carries no credentials
-// with a 401 straight from the datagram: no sipgo server transaction is
-// made for it (each held about 4.5 KiB for 32 s, so a flood of them cost
-// hundreds of MB), and a retransmission just gets another 401. The nonce
-// is stateless already. It reports whether it answered.
-func (s *Server) challengeDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte) bool {
-	switch rawMethod(data) {
-	case "SUBSCRIBE", "PUBLISH", "REGISTER":
-	default:
-		return false
-	}
-	if s.auth.isTrustedIP(from.Addr()) {
-		return false
-	}
-	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
-	_, rest, _ := bytes.Cut(head, []byte("\r\n"))
-	for len(rest) > 0 {
-		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			return false // folded or odd: sipgo's parser decides
-		}
-		name = bytes.TrimSpace(name)
-		switch {
-		case bytes.EqualFold(name, []byte("authorization")), bytes.EqualFold(name, []byte("proxy-authorization")):
-			return false // credentials: checked on the full path
-		case bytes.EqualFold(name, []byte("to")), bytes.EqualFold(name, []byte("t")):
-			if bytes.Contains(bytes.ToLower(value), []byte(";tag=")) {
-				return false // in a dialog: its identifiers are the credential
-			}
-		}
-	}
-	var extra []string
-	for _, c := range s.auth.challenges(false) {
-		extra = append(extra, "WWW-Authenticate: "+c)
-	}
-	return s.answerDatagram(conn, from, data, 401, "Unauthorized", extra...)
 }
 
 // admitDatagram applies the per-address request limit to a request from

@@ -162,17 +162,10 @@ func (s *Server) queueDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 }
 
 // serveDatagram runs a request datagram on Lamplighter's own path, in a
-// worker: a bad Content-Length is answered 400 and a request without
-// credentials 401 straight from the bytes; the rest is read and run with
-// a transaction of ours.
+// worker: read by sipmsg (what cannot be read is answered 400 from the
+// bytes), then run with a transaction of ours, or with none when the
+// answer cannot change anything.
 func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) {
-	if why := badContentLength(data); why != "" {
-		s.answerDatagram(local, from, data, 400, why)
-		return
-	}
-	if s.challengeDatagram(local, from, data) {
-		return
-	}
 	// The job's copy is ours and never written again: the request's
 	// strings may share it.
 	req, err := sipmsg.ParseString(unsafe.String(&data[0], len(data)))
@@ -191,8 +184,10 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return // servedMethod let it in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
-	if req.Method == "OPTIONS" {
-		// Anyone may ask; the answer changes nothing: kept nowhere.
+	if req.Method == "OPTIONS" || s.mustChallenge(req) {
+		// Anyone may ask OPTIONS, and a request that will be challenged
+		// (401) takes no effect: kept nowhere, a retransmission is
+		// answered again. A flood of either costs no memory.
 		handler(req, &udpTx{conn: local, to: from})
 		return
 	}
@@ -210,6 +205,20 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return
 	}
 	handler(req, tx)
+}
+
+// mustChallenge reports whether req is sure to get 401: a SUBSCRIBE,
+// PUBLISH or REGISTER from an untrusted address that opens no dialog and
+// carries no credentials (a refresh's dialog identifiers are its
+// credential).
+func (s *Server) mustChallenge(req *sipmsg.Request) bool {
+	switch req.Method {
+	case "SUBSCRIBE", "PUBLISH", "REGISTER":
+	default:
+		return false
+	}
+	return !s.auth.isTrustedIP(req.Peer.Addr()) && req.To.Tag() == "" &&
+		!req.Has(sipmsg.Authorization) && !req.Has(sipmsg.ProxyAuthorization)
 }
 
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the
