@@ -184,10 +184,15 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return // servedMethod let it in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
-	if req.Method == "OPTIONS" || s.mustChallenge(req) {
-		// Anyone may ask OPTIONS, and a request that will be challenged
-		// (401) takes no effect: kept nowhere, a retransmission is
-		// answered again. A flood of either costs no memory.
+	switch {
+	case s.mustChallenge(req):
+		// Challenged at once, before the handler's other checks, and
+		// kept nowhere: a retransmission is challenged again, and a
+		// flood of them costs no memory.
+		s.authenticate(req, &udpTx{conn: local, to: from})
+		return
+	case req.Method == "OPTIONS":
+		// Anyone may ask; the answer changes nothing: kept nowhere.
 		handler(req, &udpTx{conn: local, to: from})
 		return
 	}
