@@ -207,8 +207,8 @@ func newPublisher(server, ext string) (*publisher, error) {
 }
 
 // publish sends round's note and waits for the 200 (retransmitting on
-// Timer E); it returns when the PUBLISH was sent first.
-func (p *publisher) publish(round int) (time.Time, error) {
+// Timer E).
+func (p *publisher) publish(round int) error {
 	p.seq++
 	body := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>`+"\n"+
 		`<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:%s@127.0.0.1">`+
@@ -227,7 +227,7 @@ func (p *publisher) publish(round int) (time.Time, error) {
 	buf := make([]byte, 65536)
 	for interval := 500 * time.Millisecond; time.Since(sent) < 32*time.Second; interval = min(2*interval, 4*time.Second) {
 		if _, err := p.conn.WriteToUDP([]byte(msg), p.server); err != nil {
-			return sent, err
+			return err
 		}
 		_ = p.conn.SetReadDeadline(time.Now().Add(interval))
 		for {
@@ -240,13 +240,13 @@ func (p *publisher) publish(round int) (time.Time, error) {
 				continue
 			}
 			if m.status >= 300 {
-				return sent, fmt.Errorf("PUBLISH answered %d", m.status)
+				return fmt.Errorf("PUBLISH answered %d", m.status)
 			}
 			p.etag = string(m.etag)
-			return sent, nil
+			return nil
 		}
 	}
-	return sent, errors.New("PUBLISH not answered")
+	return errors.New("PUBLISH not answered")
 }
 
 func (p *publisher) close() { p.conn.Close() }
@@ -310,14 +310,10 @@ func measureRounds(ctx context.Context, ps *phones, pub *publisher, watchers []*
 		r.mu.Lock()
 		r.sent[i] = time.Now() // before sending: a NOTIFY may beat the 200
 		r.mu.Unlock()
-		at, err := pub.publish(i)
-		if err != nil {
+		if err := pub.publish(i); err != nil {
 			res.Error = err.Error()
 			break
 		}
-		r.mu.Lock()
-		r.sent[i] = at
-		r.mu.Unlock()
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -381,7 +377,7 @@ func measurePeer(ctx context.Context, peer peerServer, o options, users []*user,
 	}
 	defer pub.close()
 	// The person has a published state before anyone watches.
-	if _, err := pub.publish(0); err != nil {
+	if err := pub.publish(0); err != nil {
 		fig.Error = "first PUBLISH: " + err.Error()
 		return fig
 	}
