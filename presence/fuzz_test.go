@@ -76,10 +76,10 @@ func FuzzDatagram(f *testing.F) {
 	conn := env.srv.udpConns[0]
 	remote := netip.MustParseAddrPort("127.0.0.1:9") // discard: nobody answers
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if env.srv.onDatagram(conn, remote, data) && isRawRequest(data) && servedMethod(rawMethod(data)) {
+		if env.srv.onDatagram(conn, remote, data) && isRawRequest(data) && env.srv.serves(rawMethod(data)) {
 			t.Fatalf("a request Lamplighter serves went to sipgo")
 		}
-		if isRawRequest(data) && servedMethod(rawMethod(data)) {
+		if isRawRequest(data) && env.srv.serves(rawMethod(data)) {
 			// What the workers would do, here, where a panic is seen.
 			env.srv.serveDatagram(conn, remote, bytes.Clone(data))
 		}

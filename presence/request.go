@@ -20,22 +20,27 @@ type serverTx interface {
 // requestHandler answers one request.
 type requestHandler func(req *sipmsg.Request, tx serverTx)
 
+// handlers are the methods the server answers itself, each behind
+// checked; made once (New), read by every request.
+func (s *Server) makeHandlers() map[string]requestHandler {
+	return map[string]requestHandler{
+		"SUBSCRIBE": s.checked(s.handleSubscribe),
+		"PUBLISH":   s.checked(s.handlePublish),
+		"REGISTER":  s.checked(s.handleRegister),
+		"OPTIONS":   s.checked(s.handleOptions),
+	}
+}
+
 // handlerFor returns the handler of a method the server answers itself.
 func (s *Server) handlerFor(method string) (requestHandler, bool) {
-	var h requestHandler
-	switch method {
-	case "SUBSCRIBE":
-		h = s.handleSubscribe
-	case "PUBLISH":
-		h = s.handlePublish
-	case "REGISTER":
-		h = s.handleRegister
-	case "OPTIONS":
-		h = s.handleOptions
-	default:
-		return nil, false
-	}
-	return s.checked(h), true
+	h, ok := s.handlers[method]
+	return h, ok
+}
+
+// serves reports whether the server answers method itself.
+func (s *Server) serves(method string) bool {
+	_, ok := s.handlers[method]
+	return ok
 }
 
 // checked runs the checks every request we serve must pass before its

@@ -219,6 +219,7 @@ type Server struct {
 	notifier  *notifier
 	ids       *idSequence // subscription ids
 	workers   int         // request workers (requestWorkers)
+	handlers  map[string]requestHandler
 	expiry    *expiryWheel
 	overloadState
 }
@@ -263,6 +264,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
 	s.workers = requestWorkers()
 	s.ids = newIDSequence()
+	s.handlers = s.makeHandlers()
 	s.expiry = newExpiryWheel()
 	notify = s.notifier
 	s.pubs = newPublications(s)
@@ -479,15 +481,13 @@ func (s *Server) onDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte)
 		return s.notifier.datagram(data, from) != nil
 	}
 	switch {
-	case !from.IsValid():
-		return true
 	case len(data) >= maxRequestDatagram:
 		// Larger than any request served here needs (and than sipgo
 		// reads): said so rather than dropped.
 		s.answerDatagram(conn, from, data, 413, "Request Entity Too Large")
 	case !s.admitDatagram(from.Addr()):
 		// dropped unanswered
-	case servedMethod(rawMethod(data)):
+	case s.serves(rawMethod(data)):
 		// Ours: everything else happens in a worker, so that the
 		// readers keep up with any burst.
 		s.queueDatagram(conn, from, data)

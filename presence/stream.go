@@ -286,7 +286,7 @@ func (c *guardedConn) serve(msg []byte) bool {
 		return true
 	}
 	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
-	if why := c.l.s.overloaded(req); why == "notifies" {
+	if why := c.l.s.overloaded(req); why != "" {
 		c.l.s.noteShed(why)
 		if res := rawResponse(msg, 503, "Service Unavailable", c.l.s.opt.UserAgent, c.l.s.retryAfter()); res != nil {
 			c.answer(msg, res, 503)

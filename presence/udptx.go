@@ -136,15 +136,6 @@ func (t *udpTxTable) size() int {
 	return len(t.byKey)
 }
 
-// servedMethod reports whether Lamplighter answers method itself.
-func servedMethod(method string) bool {
-	switch method {
-	case "SUBSCRIBE", "PUBLISH", "REGISTER", "OPTIONS":
-		return true
-	}
-	return false
-}
-
 // queueDatagram hands a request datagram to the workers (a copy: the
 // read buffer is reused), or sheds it when the queue is full.
 func (s *Server) queueDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) {
@@ -181,7 +172,7 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	}
 	handler, ok := s.handlerFor(req.Method)
 	if !ok {
-		return // servedMethod let it in: cannot happen
+		return // onDatagram let only served methods in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
 	switch {
