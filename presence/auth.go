@@ -31,6 +31,7 @@ type identity struct {
 	UserID   string // "" when a trusted request names no known user
 	Trusted  bool   // came from a trusted network, no digest checked
 	Username string // the digest username that passed
+	Flow     bool   // let in by the flow its user registered on (proxy mode)
 }
 
 // authOutcome is the result of checking a request's credentials.
@@ -48,10 +49,13 @@ const (
 // Nonces are stateless: a timestamp and an HMAC of it under a per-process
 // key, valid for nonceTTL.
 type authenticator struct {
-	realm    string
-	algs     []string // challenges offered, in order
-	key      [32]byte
-	trusted  []netip.Prefix
+	realm   string
+	algs    []string // challenges offered, in order
+	key     [32]byte
+	trusted []netip.Prefix
+	// flowUser, in proxy mode, names the user a request's registered
+	// flow stands for ("" for none).
+	flowUser func(*sipmsg.Request) string
 	creds    atomic.Pointer[map[string]Credential] // by username
 	nonceTTL time.Duration
 	now      func() time.Time
@@ -119,6 +123,11 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 		}
 		return id, authOK
 	}
+	if a.flowUser != nil {
+		if u := a.flowUser(req); u != "" {
+			return identity{UserID: u, Flow: true}, authOK
+		}
+	}
 	h, ok := req.Get(sipmsg.Authorization)
 	if !ok {
 		h, ok = req.Get(sipmsg.ProxyAuthorization)
@@ -178,6 +187,9 @@ const grantTrusted = "trusted"
 
 // grant returns the grant for an authenticated identity.
 func (a *authenticator) grant(id identity) string {
+	if id.Flow {
+		return grantFlow
+	}
 	if id.Username == "" {
 		return grantTrusted
 	}
@@ -213,6 +225,8 @@ const (
 // watchers who still have credentials.
 func (a *authenticator) revoked(grant, source, watcher string) string {
 	switch {
+	case grant == grantFlow:
+		return ""
 	case grant == grantTrusted:
 		if a.isTrusted(source) {
 			return ""

@@ -109,6 +109,9 @@ type Options struct {
 	// FlushInterval is how often changes go to the Store (default 1s):
 	// the most a crash can lose.
 	FlushInterval time.Duration
+	// Forwarder takes what the server does not answer itself (proxy
+	// mode); nil: other methods get 405.
+	Forwarder Forwarder
 	// Restore is what the Store held at start-up; Run brings it back
 	// before serving. Restored subscriptions get their NOTIFY from
 	// NotifyRestored.
@@ -212,6 +215,7 @@ type Server struct {
 	closed    atomic.Bool
 	listeners []io.Closer
 	udpConns  []*net.UDPConn // the UDP listeners, which NOTIFYs leave from
+	toSipgo   map[*net.UDPConn]*sipgoConn
 	streams   []*streamListener
 	limiter   *rateLimiter // nil without a per-address limit
 	udpTxs    *udpTxTable  // server transactions of requests over UDP
@@ -258,6 +262,9 @@ func New(states States, opt Options) (*Server, error) {
 		ready: make(chan struct{}),
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
+	if opt.Forwarder != nil {
+		s.auth.flowUser = s.flowUser
+	}
 
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
 	s.udpTxs = newUDPTxTable()
@@ -274,7 +281,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	// Requests Lamplighter answers never reach sipgo (request.go): it
 	// answers the other methods.
-	srv.OnNoRoute(s.handleUnknown)
+	srv.OnNoRoute(s.handleOther)
 	return s, nil
 }
 
@@ -327,6 +334,10 @@ func (s *Server) Run(ctx context.Context) error {
 			s.sizeBuffers(pc)
 			sc := newSipgoConn(pc.(*net.UDPConn))
 			s.udpConns = append(s.udpConns, sc.UDPConn)
+			if s.toSipgo == nil {
+				s.toSipgo = map[*net.UDPConn]*sipgoConn{}
+			}
+			s.toSipgo[sc.UDPConn] = sc
 			s.listeners = append(s.listeners, sc)
 			s.addrs = append(s.addrs, pc.LocalAddr())
 			serves = append(serves, func() error { return s.srv.ServeUDP(sc) })
@@ -381,6 +392,15 @@ func (s *Server) Run(ctx context.Context) error {
 			if !s.closed.Load() {
 				s.stopped.Add(1)
 				s.log.Error("sip listener stopped", "err", err)
+			}
+		}()
+	}
+	if s.opt.Forwarder != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.opt.Forwarder.Run(ctx, s); err != nil {
+				s.log.Error("proxy stopped", "err", err)
 			}
 		}()
 	}

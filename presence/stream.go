@@ -286,6 +286,9 @@ func (c *guardedConn) serve(msg []byte) bool {
 		return true
 	}
 	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
+	if c.l.s.forwards(req) {
+		return false // sipgo reads it, for the Forwarder
+	}
 	if why := c.l.s.overloaded(req); why != "" {
 		c.l.s.noteShed(why)
 		if res := rawResponse(msg, 503, "Service Unavailable", c.l.s.opt.UserAgent, c.l.s.retryAfter()); res != nil {

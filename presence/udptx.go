@@ -175,6 +175,12 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return // onDatagram let only served methods in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
+	if s.forwards(req) {
+		if sc := s.toSipgo[local]; sc != nil {
+			sc.pass(data, from)
+		}
+		return
+	}
 	switch {
 	case s.mustChallenge(req):
 		// Challenged at once, before the handler's other checks, and
@@ -214,7 +220,8 @@ func (s *Server) mustChallenge(req *sipmsg.Request) bool {
 		return false
 	}
 	return !s.auth.isTrustedIP(req.Peer.Addr()) && req.To.Tag() == "" &&
-		!req.Has(sipmsg.Authorization) && !req.Has(sipmsg.ProxyAuthorization)
+		!req.Has(sipmsg.Authorization) && !req.Has(sipmsg.ProxyAuthorization) &&
+		(s.opt.Forwarder == nil || s.flowUser(req) == "")
 }
 
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the

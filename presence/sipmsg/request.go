@@ -39,6 +39,7 @@ const (
 	MaxForwards
 	Require
 	AllowEvents
+	Route
 )
 
 // keyOf returns the key of a header name, in any case.
@@ -96,7 +97,7 @@ var byLength = func() (t [20][]keyName) {
 		{"Authorization", Authorization}, {"Proxy-Authorization", ProxyAuthorization},
 		{"Record-Route", RecordRoute}, {"User-Agent", UserAgent}, {"SIP-If-Match", SIPIfMatch},
 		{"Supported", Supported}, {"Max-Forwards", MaxForwards}, {"Require", Require},
-		{"Allow-Events", AllowEvents},
+		{"Allow-Events", AllowEvents}, {"Route", Route},
 	} {
 		t[len(k.name)] = append(t[len(k.name)], k)
 	}

@@ -1,0 +1,116 @@
+package presence
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
+)
+
+// Forwarder passes on what the server does not answer itself: proxy
+// mode, where phones use Lamplighter as their outbound proxy and every
+// request but presence goes on to their PBX (package presence/proxy).
+// Without one, other methods get 405.
+type Forwarder interface {
+	// Forwards reports whether a request of a method the server answers
+	// itself goes on instead (a phone's REGISTER for its PBX, a
+	// SUBSCRIBE for a package served elsewhere); it runs before any
+	// authentication, on every such request.
+	Forwards(req *sipmsg.Request) bool
+	// FlowUser returns the user a request's flow was registered as
+	// through the forwarder, when the request is from that user: it then
+	// needs no digest.
+	FlowUser(req *sipmsg.Request) (user string, ok bool)
+	// Serve forwards a request sipgo read, in its server transaction,
+	// returning when the transaction is over.
+	Serve(req *sip.Request, tx sip.ServerTransaction)
+	// Run forwards once the server's listeners are bound, until ctx
+	// ends.
+	Run(ctx context.Context, s *Server) error
+}
+
+// UserAgent is the sipgo user agent the server's listeners belong to: a
+// client made on it sends from them.
+func (s *Server) UserAgent() *sipgo.UserAgent { return s.ua }
+
+// Advertised is the address the server puts in Via, Contact,
+// Record-Route or Path for a peer over a transport ("UDP", "TCP",
+// "TLS"): the listener's own, or where it is a wildcard, the local
+// address the routing table picks for the peer.
+func (s *Server) Advertised(transport string, peer netip.Addr) netip.AddrPort {
+	p := ""
+	if peer.IsValid() {
+		p = netip.AddrPortFrom(peer, 5060).String()
+	}
+	host, port := s.localAddr(strings.ToUpper(transport), p)
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port))
+	}
+	return netip.AddrPortFrom(ip, uint16(port))
+}
+
+// BoundAddr is the bound address of the listener for a transport that
+// suits a peer's address family (as sipgo names that listener).
+func (s *Server) BoundAddr(transport string, peer netip.Addr) (netip.AddrPort, bool) {
+	s.addrsMu.Lock()
+	defer s.addrsMu.Unlock()
+	for i, l := range s.opt.Listen {
+		if !strings.EqualFold(l.Transport, transport) || i >= len(s.addrs) {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(s.addrs[i].String())
+		if err != nil {
+			continue
+		}
+		if peer.IsValid() && !ap.Addr().IsUnspecified() && peer.Unmap().Is4() != ap.Addr().Unmap().Is4() {
+			continue
+		}
+		if peer.IsValid() && ap.Addr().IsUnspecified() && peer.Unmap().Is4() != ap.Addr().Is4() {
+			continue
+		}
+		return ap, true
+	}
+	return netip.AddrPort{}, false
+}
+
+// forwards reports whether a request read on our own path goes to the
+// Forwarder instead.
+func (s *Server) forwards(req *sipmsg.Request) bool {
+	return s.opt.Forwarder != nil && s.opt.Forwarder.Forwards(req)
+}
+
+// handleOther answers a request of a method the server does not serve:
+// forwarded in proxy mode, else 405.
+func (s *Server) handleOther(req *sip.Request, tx sip.ServerTransaction) {
+	if s.opt.Forwarder != nil {
+		s.opt.Forwarder.Serve(req, tx)
+		return
+	}
+	s.handleUnknown(req, tx)
+}
+
+// flowUser finds the directory user a request's registered flow stands
+// for (proxy mode), "" for none.
+func (s *Server) flowUser(req *sipmsg.Request) string {
+	if s.opt.Forwarder == nil {
+		return ""
+	}
+	name, ok := s.opt.Forwarder.FlowUser(req)
+	if !ok {
+		return ""
+	}
+	if u, ok := s.states.Directory().Lookup(name); ok {
+		return u.ID
+	}
+	return ""
+}
+
+// grantFlow is the grant of a subscription let in by its registered
+// flow: it holds while the subscription does (the PBX decides who
+// registers).
+const grantFlow = "flow"

@@ -1,0 +1,192 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A flow is how a phone reached Lamplighter: a transport and the address
+// its packets came from (for TCP and TLS, the connection's remote end).
+// Requests for the phone go back the same way, through its NAT.
+type flow struct {
+	transport string // UDP, TCP or TLS
+	addr      netip.AddrPort
+}
+
+func (f flow) valid() bool { return f.addr.IsValid() }
+
+func (f flow) String() string { return strings.ToLower(f.transport) + ":" + f.addr.String() }
+
+// The URIs the proxy puts in Path and Record-Route carry a token as their
+// user part: the phone's flow and the PBX it was sent to, under an HMAC
+// with a per-process key. A Route that comes back with a token is ours
+// (whatever address the PBX reached us on) and says where to go; a
+// forged or damaged token is not ours and routes nowhere. Tokens do not
+// survive a restart: a phone re-registers within its expiry, and until
+// then the PBX's requests for it are routed by the contact (bindings).
+type tokens struct{ key [32]byte }
+
+func newTokens() *tokens {
+	t := &tokens{}
+	if _, err := rand.Read(t.key[:]); err != nil {
+		panic("proxy: no randomness: " + err.Error())
+	}
+	return t
+}
+
+// tokenPrefix starts every token, so that an ordinary user part is never
+// taken for one.
+const tokenPrefix = "ll-"
+
+// transport codes in a token.
+var transportCode = map[string]byte{"UDP": 'u', "TCP": 't', "TLS": 's'}
+
+// mint returns the token of a flow towards the PBX target (its index).
+func (t *tokens) mint(f flow, target int) string {
+	b := make([]byte, 0, 2+18+2+12)
+	b = append(b, transportCode[f.transport], byte(target))
+	a16 := f.addr.Addr().As16()
+	b = append(b, a16[:]...)
+	b = append(b, byte(f.addr.Port()>>8), byte(f.addr.Port()))
+	b = append(b, t.mac(b)...)
+	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// read returns the flow and target of a token, ok false when it is not
+// one of ours.
+func (t *tokens) read(s string) (f flow, target int, ok bool) {
+	rest, found := strings.CutPrefix(s, tokenPrefix)
+	if !found {
+		return flow{}, 0, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil || len(b) != 2+16+2+12 {
+		return flow{}, 0, false
+	}
+	body, mac := b[:20], b[20:]
+	if !hmac.Equal(mac, t.mac(body)) {
+		return flow{}, 0, false
+	}
+	for name, code := range transportCode {
+		if code == body[0] {
+			f.transport = name
+		}
+	}
+	if f.transport == "" {
+		return flow{}, 0, false
+	}
+	ip := netip.AddrFrom16([16]byte(body[2:18])).Unmap()
+	f.addr = netip.AddrPortFrom(ip, uint16(body[18])<<8|uint16(body[19]))
+	return f, int(body[1]), true
+}
+
+func (t *tokens) mac(b []byte) []byte {
+	m := hmac.New(sha256.New, t.key[:])
+	m.Write(b)
+	return m.Sum(nil)[:12]
+}
+
+// A binding is a phone's registration that the PBX accepted through
+// Lamplighter: its address-of-record's user, the flow it came on, the
+// contacts it registered and the PBX, until it expires.
+type binding struct {
+	user     string // the user part of the address-of-record
+	flow     flow
+	target   int
+	contacts []string // the Contact URIs registered on this flow
+	expires  time.Time
+}
+
+// bindings remembers the registrations accepted through the proxy, by
+// flow and by contact URI, bounded in total; expired ones are swept.
+type bindings struct {
+	mu        sync.Mutex
+	byFlow    map[flow]*binding
+	byContact map[string]*binding
+	max       int
+	now       func() time.Time
+}
+
+func newBindings(max int) *bindings {
+	return &bindings{byFlow: map[flow]*binding{}, byContact: map[string]*binding{}, max: max, now: time.Now}
+}
+
+// put records (or, for a zero expiry, removes) the binding of a flow. A
+// new flow past the bound is not remembered (reported false): its phone
+// still registers with the PBX, and only needs a password for presence.
+func (bs *bindings) put(b binding) bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if old := bs.byFlow[b.flow]; old != nil {
+		bs.dropLocked(old)
+	}
+	if !b.expires.After(bs.now()) {
+		return true
+	}
+	if len(bs.byFlow) >= bs.max {
+		return false
+	}
+	nb := b
+	bs.byFlow[b.flow] = &nb
+	for _, c := range b.contacts {
+		bs.byContact[c] = &nb
+	}
+	return true
+}
+
+func (bs *bindings) dropLocked(b *binding) {
+	if bs.byFlow[b.flow] == b {
+		delete(bs.byFlow, b.flow)
+	}
+	for _, c := range b.contacts {
+		if bs.byContact[c] == b {
+			delete(bs.byContact, c)
+		}
+	}
+}
+
+// onFlow returns the live binding of a flow.
+func (bs *bindings) onFlow(f flow) (binding, bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b := bs.byFlow[f]
+	if b == nil || !b.expires.After(bs.now()) {
+		return binding{}, false
+	}
+	return *b, true
+}
+
+// forContact returns the live binding that registered a contact URI.
+func (bs *bindings) forContact(uri string) (binding, bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b := bs.byContact[uri]
+	if b == nil || !b.expires.After(bs.now()) {
+		return binding{}, false
+	}
+	return *b, true
+}
+
+// expire forgets the bindings expired by now.
+func (bs *bindings) expire(now time.Time) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for _, b := range bs.byFlow {
+		if !b.expires.After(now) {
+			bs.dropLocked(b)
+		}
+	}
+}
+
+// len returns how many bindings are held.
+func (bs *bindings) len() int {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return len(bs.byFlow)
+}

@@ -1,0 +1,660 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Forwarding follows RFC 3261 §16: validate (Max-Forwards, loops), pop
+// the Routes that are ours, pick the next hop, add our Via (and
+// Record-Route for a dialog, Path for a REGISTER), send it in a client
+// transaction and relay every response but 100 back through the server
+// transaction sipgo made for the request. Where the next hop is:
+//   - a Route of ours carries a token (flow.go): the phone's flow and its
+//     PBX. A request from that flow goes to the PBX, any other to the
+//     flow;
+//   - with no token, a request from a PBX goes to the phone whose contact
+//     its Request-URI is (a binding), or to the Request-URI itself;
+//   - anything else is a phone's, and goes to its PBX: the one its flow
+//     registered with, else its user's (Options.TargetFor).
+// Phones' requests go to a PBX and nowhere else, so the proxy is no open
+// relay.
+
+// hop is where a request goes next.
+type hop struct {
+	target    int    // the PBX's index, -1 when going to a phone
+	flow      flow   // the phone's flow (toward a phone, or the source's)
+	dest      string // host:port
+	transport string // UDP, TCP or TLS
+	host      string // dest's host, for our Via's address
+}
+
+// branchPrefix starts the branches of our Vias: RFC 3261's magic cookie
+// and a mark of ours, for loop detection.
+const branchPrefix = sip.RFC3261BranchMagicCookie + "-ll"
+
+// noBuild is a client request option that leaves the request as made.
+func noBuild(*sipgo.Client, *sip.Request) error { return nil }
+
+// Serve forwards a request that sipgo read: every method the presence
+// server does not answer itself, and those Forwards claimed. It returns
+// when the transaction is over (sipgo then ends it).
+func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
+	select {
+	case <-p.started:
+	default:
+		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	if req.IsAck() {
+		p.forwardAck(req)
+		return
+	}
+	if req.IsCancel() {
+		// A CANCEL that matched an INVITE in progress was answered by
+		// sipgo, which then ran our OnCancel: this one matches nothing.
+		p.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if n := p.inUse.Add(1); n > int64(p.opt.MaxTransactions) {
+		p.inUse.Add(-1)
+		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	defer p.inUse.Add(-1)
+	if req.IsInvite() {
+		// At once, so that the phone stops retransmitting (§16.2).
+		p.respond(req, tx, 100, "Trying")
+	}
+	if code, reason := p.validate(req); code != 0 {
+		p.respond(req, tx, code, reason)
+		return
+	}
+	fwd, h, code, reason := p.prepare(req)
+	if code != 0 {
+		var hdrs []sip.Header
+		if code == 503 {
+			hdrs = append(hdrs, sip.NewHeader("Retry-After", "5"))
+		}
+		p.respond(req, tx, code, reason, hdrs...)
+		return
+	}
+	p.relay(req, tx, fwd, h)
+}
+
+// validate checks Max-Forwards and loops (RFC 3261 §16.3): 483 when the
+// request may go no further, 482 when it has been here before with the
+// same Request-URI.
+func (p *Proxy) validate(req *sip.Request) (int, string) {
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		return 483, "Too Many Hops"
+	}
+	vias := req.GetHeaders("Via")
+	for i, h := range vias {
+		v, ok := h.(*sip.ViaHeader)
+		if !ok || i+1 >= len(vias) {
+			continue
+		}
+		b, _ := v.Params.Get("branch")
+		if !strings.HasPrefix(b, branchPrefix) {
+			continue
+		}
+		below, _ := vias[i+1].(*sip.ViaHeader)
+		if below != nil && b == branch(req, below) {
+			return 482, "Loop Detected"
+		}
+	}
+	return 0, ""
+}
+
+// branch is the branch of our Via for a request whose top Via (before
+// ours) is top: the same for a retransmission (and for a CANCEL of it), a
+// different one once the Request-URI or dialog changed (a spiral), as
+// RFC 3261 §16.6 item 8 describes for loop detection.
+func branch(req *sip.Request, top *sip.ViaHeader) string {
+	h := sha256.New()
+	tb, _ := top.Params.Get("branch")
+	for _, s := range []string{tb, top.SentBy(), req.Recipient.String(), req.CallID().Value(),
+		strconv.FormatUint(uint64(req.CSeq().SeqNo), 10), tagOf(req.From()), tagOfTo(req.To())} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return branchPrefix + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+func tagOf(f *sip.FromHeader) string {
+	if f == nil {
+		return ""
+	}
+	t, _ := f.Params.Get("tag")
+	return t
+}
+
+func tagOfTo(t *sip.ToHeader) string {
+	if t == nil {
+		return ""
+	}
+	v, _ := t.Params.Get("tag")
+	return v
+}
+
+// sourceFlow is the flow a request came on.
+func sourceFlow(req *sip.Request) flow {
+	ap, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		return flow{}
+	}
+	return flow{transport: strings.ToUpper(req.Transport()), addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+}
+
+// prepare makes the request to send and finds its next hop; a code of 0
+// means go, any other is the answer to give instead.
+func (p *Proxy) prepare(req *sip.Request) (*sip.Request, hop, int, string) {
+	fwd := req.Clone()
+	src := sourceFlow(req)
+	h, code, reason := p.nextHop(req, fwd, src)
+	if code != 0 {
+		return nil, h, code, reason
+	}
+	if mf := fwd.MaxForwards(); mf != nil {
+		mf.Dec()
+	} else {
+		m := sip.MaxForwardsHeader(70)
+		fwd.AppendHeader(&m)
+	}
+	p.markReceived(fwd, src)
+	// Record-Route on requests that make a dialog, so that the dialog's
+	// later requests come back through us (to reach a phone behind NAT,
+	// and to reach the PBX from it).
+	if dialogForming(fwd) {
+		p.recordRoute(fwd, src, h)
+	}
+	if fwd.Method == sip.REGISTER && h.target >= 0 {
+		local := p.server.Advertised(h.transport, hostIP(h.host))
+		u := sip.Uri{
+			Scheme: "sip", User: p.tokens.mint(src, h.target),
+			Host: local.Addr().String(), Port: int(local.Port()),
+			UriParams: uriParams(h.transport),
+		}
+		fwd.PrependHeader(sip.NewHeader("Path", "<"+u.String()+">"))
+	}
+	p.addVia(req, fwd, h)
+	fwd.SetDestination(h.dest)
+	fwd.SetTransport(h.transport)
+	p.setLocal(fwd, h.transport, h.host)
+	return fwd, h, 0, ""
+}
+
+// nextHop pops the Routes that are ours from fwd and decides where it
+// goes (see the top of this file).
+func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
+	var (
+		tok      flow
+		tokTgt   int
+		hasToken bool
+	)
+	for {
+		r := fwd.Route()
+		if r == nil {
+			break
+		}
+		f, t, ok := p.tokens.read(r.Address.User)
+		if !ok {
+			break
+		}
+		if !hasToken {
+			tok, tokTgt, hasToken = f, t, true
+		}
+		fwd.RemoveHeader("Route")
+	}
+	if hasToken && tokTgt >= len(p.opt.Targets) {
+		return hop{}, 404, "Not Found"
+	}
+	switch {
+	case hasToken && tok != src && !p.samePhone(tok, src):
+		return p.toPhone(tok, tokTgt)
+	case hasToken:
+		return p.toPBX(tokTgt)
+	case p.fromPBX(src.addr):
+		if b, ok := p.binds.forContact(uriKey(req.Recipient)); ok {
+			return p.toPhone(b.flow, b.target)
+		}
+		return p.toURI(fwd)
+	}
+	if b, ok := p.binds.onFlow(src); ok {
+		return p.toPBX(b.target)
+	}
+	user := req.From().Address.User
+	if req.Method == sip.REGISTER {
+		user = req.To().Address.User
+	}
+	t := p.targetFor(user)
+	if t < 0 {
+		if len(p.opt.Targets) != 1 {
+			return hop{}, 403, "Forbidden"
+		}
+		t = 0
+	}
+	return p.toPBX(t)
+}
+
+// samePhone reports whether src is the phone of a token's flow on a new
+// connection (a TCP phone reconnects from another port): a request from
+// it goes to the PBX, not back to itself.
+func (p *Proxy) samePhone(tok, src flow) bool {
+	return tok.transport != "UDP" && tok.addr.Addr() == src.addr.Addr() && !p.fromPBX(src.addr)
+}
+
+func (p *Proxy) toPBX(i int) (hop, int, string) {
+	t := p.opt.Targets[i]
+	if h := &p.health[i]; h.checked.Load() && !h.up.Load() {
+		return hop{}, 503, "Service Unavailable"
+	}
+	return hop{target: i, dest: t.HostPort(), transport: t.Transport, host: t.Host}, 0, ""
+}
+
+func (p *Proxy) toPhone(f flow, target int) (hop, int, string) {
+	if !f.valid() {
+		return hop{}, 404, "Not Found"
+	}
+	if f.transport != "UDP" {
+		// A stream flow is the phone's own connection: with it gone the
+		// phone cannot be reached until it connects again (RFC 5626).
+		if c, err := p.server.UserAgent().TransportLayer().GetConnection(strings.ToLower(f.transport), f.addr.String()); err != nil || c == nil {
+			return hop{}, 430, "Flow Failed"
+		}
+	}
+	return hop{target: -1, flow: f, dest: f.addr.String(), transport: f.transport, host: f.addr.Addr().String()}, 0, ""
+}
+
+// toURI is the next hop of a PBX's request that names no flow: its
+// Request-URI (maddr and DNS SRV are not followed).
+func (p *Proxy) toURI(req *sip.Request) (hop, int, string) {
+	u := req.Recipient
+	tr := "UDP"
+	if v, ok := u.UriParams.Get("transport"); ok {
+		tr = strings.ToUpper(v)
+	}
+	if u.IsEncrypted() {
+		tr = "TLS"
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5060
+		if tr == "TLS" {
+			port = 5061
+		}
+	}
+	switch tr {
+	case "UDP", "TCP", "TLS":
+	default:
+		return hop{}, 416, "Unsupported URI Scheme"
+	}
+	if u.Host == "" {
+		return hop{}, 404, "Not Found"
+	}
+	return hop{target: -1, dest: net.JoinHostPort(u.Host, strconv.Itoa(port)), transport: tr, host: u.Host}, 0, ""
+}
+
+// markReceived adds received (and rport's value) to the request's top
+// Via, RFC 3261 §18.2.1 and RFC 3581, so that responses find the sender
+// through its NAT.
+func (p *Proxy) markReceived(fwd *sip.Request, src flow) {
+	v := fwd.Via()
+	if v == nil || !src.valid() {
+		return
+	}
+	ip := src.addr.Addr().String()
+	if v.Host != ip {
+		v.Params.Add("received", ip)
+	}
+	if v.Params.Has("rport") {
+		v.Params.Add("rport", strconv.Itoa(int(src.addr.Port())))
+		v.Params.Add("received", ip)
+	}
+}
+
+// addVia puts our Via on top.
+func (p *Proxy) addVia(req, fwd *sip.Request, h hop) {
+	local := p.server.Advertised(h.transport, hostIP(h.host))
+	v := &sip.ViaHeader{
+		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.transport,
+		Host: local.Addr().String(), Port: int(local.Port()),
+	}
+	top := req.Via()
+	br := sip.GenerateBranchN(16)
+	if top != nil && req.CallID() != nil && req.CSeq() != nil {
+		br = branch(req, top)
+	}
+	v.Params.Add("branch", br)
+	v.Params.Add("rport", "")
+	fwd.PrependHeader(v)
+}
+
+// recordRoute adds our Record-Route: one URI, or two (RFC 5658) when the
+// request leaves on another transport or address family than it came.
+func (p *Proxy) recordRoute(fwd *sip.Request, src flow, h hop) {
+	phone, target := src, h.target
+	if h.target < 0 { // toward a phone: its flow; the PBX it came from
+		phone, target = h.flow, 0
+		if !h.flow.valid() {
+			phone = flow{}
+		}
+		target = p.targetOf(src)
+	}
+	tok := p.tokens.mint(phone, max(target, 0))
+	out := p.server.Advertised(h.transport, hostIP(h.host))
+	in := p.server.Advertised(src.transport, src.addr.Addr())
+	rr := func(ap netip.AddrPort, transport string) *sip.RecordRouteHeader {
+		return &sip.RecordRouteHeader{Address: sip.Uri{
+			Scheme: "sip", User: tok, Host: ap.Addr().String(), Port: int(ap.Port()),
+			UriParams: uriParams(transport),
+		}}
+	}
+	if in != out || src.transport != h.transport {
+		fwd.PrependHeader(rr(in, src.transport))
+	}
+	fwd.PrependHeader(rr(out, h.transport))
+}
+
+// targetOf is the index of the PBX a request from src came from (0 when
+// it is not one of them).
+func (p *Proxy) targetOf(src flow) int {
+	for i, t := range p.opt.Targets {
+		if ip, err := netip.ParseAddr(t.Host); err == nil && ip.Unmap() == src.addr.Addr() {
+			return i
+		}
+	}
+	return 0
+}
+
+func uriParams(transport string) sip.HeaderParams {
+	ps := sip.NewParams()
+	if transport != "UDP" {
+		ps.Add("transport", strings.ToLower(transport))
+	}
+	ps.Add("lr", "")
+	return ps
+}
+
+// dialogForming reports whether a request starts a dialog we should stay
+// in: INVITE, SUBSCRIBE and REFER out of a dialog.
+func dialogForming(req *sip.Request) bool {
+	switch req.Method {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER:
+		return tagOfTo(req.To()) == ""
+	}
+	return false
+}
+
+func hostIP(host string) netip.Addr {
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+// uriKey is how a contact URI is looked up: scheme, user, host and port.
+func uriKey(u sip.Uri) string {
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	return strings.ToLower(u.User + "@" + u.Host + ":" + strconv.Itoa(port))
+}
+
+// relay sends fwd in a client transaction and passes its responses back
+// through tx until it ends.
+func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request, h hop) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	defer cancel()
+	ctx = context.WithoutCancel(ctx) // the client transaction ends by its own timers
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ctxTx, err := p.client.TransactionRequest(ctx, fwd, noBuild)
+	if err != nil {
+		p.log.Debug("cannot forward", "method", req.Method, "to", h.dest, "err", err)
+		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	defer ctxTx.Terminate()
+	p.opt.Metrics.Forwarded(string(req.Method))
+
+	invite := req.IsInvite()
+	var (
+		mu          sync.Mutex
+		provisional bool // a provisional response came: a CANCEL may go
+		canceled    bool // the phone cancelled
+		cancelSent  bool
+	)
+	sendCancel := func() {
+		mu.Lock()
+		send := canceled && provisional && !cancelSent
+		if send {
+			cancelSent = true
+		}
+		mu.Unlock()
+		if send {
+			go p.cancelDownstream(fwd)
+		}
+	}
+	if invite {
+		tx.OnCancel(func(*sip.Request) {
+			mu.Lock()
+			canceled = true
+			mu.Unlock()
+			sendCancel()
+		})
+	}
+	var timerC <-chan time.Time
+	var tc *time.Timer
+	if invite {
+		tc = time.NewTimer(p.opt.TimerC)
+		defer tc.Stop()
+		timerC = tc.C
+	}
+	answered := false // a final response was relayed
+	for {
+		select {
+		case res, ok := <-ctxTx.Responses():
+			if !ok {
+				return
+			}
+			if res.StatusCode == 100 {
+				continue
+			}
+			if res.IsProvisional() {
+				mu.Lock()
+				provisional = true
+				mu.Unlock()
+				sendCancel()
+				if tc != nil {
+					tc.Reset(p.opt.TimerC)
+				}
+			}
+			if res.IsSuccess() && req.Method == sip.REGISTER {
+				p.learnBinding(req, res, h)
+			}
+			p.relayResponse(req, tx, res)
+			if res.StatusCode >= 200 {
+				answered = true
+				if !invite || !res.IsSuccess() {
+					return
+				}
+				// An INVITE's 2xx may be sent again until the caller's
+				// ACK reaches the callee: keep relaying it.
+				timerC = nil
+			}
+		case <-timerC:
+			// Timer C (RFC 3261 §16.8): ringing too long.
+			mu.Lock()
+			canceled = true
+			mu.Unlock()
+			sendCancel()
+			p.respond(req, tx, 408, "Request Timeout")
+			return
+		case <-ctxTx.Done():
+			if answered {
+				return
+			}
+			err := ctxTx.Err()
+			switch {
+			case errors.Is(err, sip.ErrTransactionTimeout):
+				p.respond(req, tx, 408, "Request Timeout")
+			default:
+				p.log.Debug("forwarding failed", "method", req.Method, "to", h.dest, "err", err)
+				p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+			}
+			return
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// cancelDownstream cancels a forwarded INVITE (RFC 3261 §9.1, §16.10):
+// the CANCEL has the INVITE's Request-URI, Call-ID, From, To, CSeq
+// number, Route set and our Via with its branch.
+func (p *Proxy) cancelDownstream(inv *sip.Request) {
+	c := sip.NewRequest(sip.CANCEL, inv.Recipient)
+	c.SipVersion = inv.SipVersion
+	c.AppendHeader(inv.Via().Clone())
+	for _, r := range inv.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(r))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	for _, name := range []string{"From", "To", "Call-ID"} {
+		if h := inv.GetHeader(name); h != nil {
+			c.AppendHeader(sip.HeaderClone(h))
+		}
+	}
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	c.SetTransport(inv.Transport())
+	c.SetDestination(inv.Destination())
+	c.Laddr = inv.Laddr
+	ctx, cancel := context.WithTimeout(p.ctx, 32*time.Second)
+	defer cancel()
+	if _, err := p.client.Do(ctx, c, noBuild); err != nil {
+		p.log.Debug("CANCEL not answered", "call_id", inv.CallID().Value(), "err", err)
+	}
+}
+
+// relayResponse passes a response back: our Via off, to where the
+// request came from.
+func (p *Proxy) relayResponse(req *sip.Request, tx sip.ServerTransaction, res *sip.Response) {
+	up := res.Clone()
+	up.RemoveHeader("Via")
+	up.SetTransport(req.Transport())
+	up.SetDestination(req.Source())
+	if err := tx.Respond(up); err != nil {
+		p.log.Debug("cannot relay a response", "method", req.Method, "status", res.StatusCode, "err", err)
+		return
+	}
+	p.opt.Metrics.Answered(string(req.Method), res.StatusCode)
+}
+
+// respond answers a request itself.
+func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if tx == nil {
+		return
+	}
+	if err := tx.Respond(res); err != nil {
+		p.log.Debug("cannot answer", "method", req.Method, "status", code, "err", err)
+		return
+	}
+	p.opt.Metrics.Answered(string(req.Method), code)
+}
+
+// forwardAck sends an ACK on statelessly (an ACK for a 2xx is a
+// transaction of its own; one for a failure never reaches here).
+func (p *Proxy) forwardAck(req *sip.Request) {
+	if code, _ := p.validate(req); code != 0 {
+		return
+	}
+	fwd, _, code, _ := p.prepare(req)
+	if code != 0 {
+		return
+	}
+	if err := p.client.WriteRequest(fwd, noBuild); err != nil {
+		p.log.Debug("cannot forward an ACK", "err", err)
+		return
+	}
+	p.opt.Metrics.Forwarded("ACK")
+}
+
+// learnBinding records what a REGISTER's 2xx says of the flow it came
+// on: the contacts the PBX holds for it and until when. A REGISTER that
+// removed them (Expires 0, Contact *) leaves none.
+func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
+	src := sourceFlow(req)
+	if !src.valid() {
+		return
+	}
+	var mine []string
+	for _, c := range req.GetHeaders("Contact") {
+		if ch, ok := c.(*sip.ContactHeader); ok && ch.Address.Host != "" {
+			mine = append(mine, uriKey(ch.Address))
+		}
+	}
+	defaultExp := -1
+	if e := res.GetHeader("Expires"); e != nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(e.Value())); err == nil {
+			defaultExp = n
+		}
+	}
+	longest := 0
+	var kept []string
+	for _, c := range res.GetHeaders("Contact") {
+		ch, ok := c.(*sip.ContactHeader)
+		if !ok {
+			continue
+		}
+		key := uriKey(ch.Address)
+		found := false
+		for _, m := range mine {
+			found = found || m == key
+		}
+		if !found {
+			continue
+		}
+		exp := defaultExp
+		if v, ok := ch.Params.Get("expires"); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				exp = n
+			}
+		}
+		if exp > 0 {
+			kept = append(kept, key)
+			longest = max(longest, exp)
+		}
+	}
+	b := binding{
+		user: req.To().Address.User, flow: src, target: h.target, contacts: kept,
+		expires: time.Now().Add(time.Duration(longest) * time.Second),
+	}
+	if len(kept) == 0 {
+		b.expires = time.Time{}
+	}
+	if !p.binds.put(b) {
+		p.log.Warn("too many registrations through the proxy: this one is not remembered",
+			"user", b.user, "flow", src.String(), "max", p.opt.MaxBindings)
+	}
+}

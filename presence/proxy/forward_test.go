@@ -1,0 +1,293 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// register takes a phone through a REGISTER that the PBX challenges and
+// then accepts, and returns the Path the PBX was given.
+func register(t *testing.T, e *env, phone *peer, user string) string {
+	t.Helper()
+	callID := "reg-" + user + "-" + phone.addr()
+	phone.sendTo(e.udp, phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: phone.addr(), user: user,
+		callID: callID, extra: []string{"Expires: 300"}}.String())
+	got := e.pbx.request(sip.REGISTER)
+	vias := got.GetHeaders("Via")
+	if len(vias) != 2 {
+		t.Fatalf("PBX got %d Vias, want ours and the phone's:\n%s", len(vias), got)
+	}
+	if b, _ := vias[0].(*sip.ViaHeader).Params.Get("branch"); !strings.HasPrefix(b, branchPrefix) {
+		t.Errorf("top Via is not ours: %s", vias[0].Value())
+	}
+	if rp, _ := vias[1].(*sip.ViaHeader).Params.Get("rport"); rp != strings.Split(phone.addr(), ":")[1] {
+		t.Errorf("phone's Via has rport=%q, want its port: %s", rp, vias[1].Value())
+	}
+	if mf := got.MaxForwards(); mf == nil || mf.Val() != 69 {
+		t.Errorf("Max-Forwards %v, want 69", got.MaxForwards())
+	}
+	path := got.GetHeader("Path")
+	if path == nil || !strings.Contains(path.Value(), tokenPrefix) || !strings.Contains(path.Value(), ";lr") {
+		t.Fatalf("REGISTER reached the PBX without our Path:\n%s", got)
+	}
+	// The PBX challenges; the challenge reaches the phone untouched.
+	e.pbx.sendTo(got.Source(), responseTo(got, 401, "Unauthorized", "pbx-reg",
+		`WWW-Authenticate: Digest realm="pbx.test", nonce="abc", algorithm=MD5`))
+	res := phone.response(sip.REGISTER, 200)
+	if res.StatusCode != 401 || res.GetHeader("WWW-Authenticate") == nil {
+		t.Fatalf("phone got %s, want the PBX's 401 with its challenge", res.String()[:40])
+	}
+	if n := len(res.GetHeaders("Via")); n != 1 {
+		t.Fatalf("the 401 reached the phone with %d Vias, want its own only", n)
+	}
+	auth := `Authorization: Digest username="` + user + `", realm="pbx.test", nonce="abc", uri="sip:pbx.test", response="0123456789abcdef0123456789abcdef"`
+	phone.sendTo(e.udp, phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: phone.addr(), user: user,
+		callID: callID, cseq: 2, extra: []string{"Expires: 300", auth}}.String())
+	got = e.pbx.request(sip.REGISTER)
+	if a := got.GetHeader("Authorization"); a == nil || !strings.Contains(a.Value(), `response="0123456789abcdef0123456789abcdef"`) {
+		t.Fatalf("the phone's credentials did not reach the PBX unchanged:\n%s", got)
+	}
+	contact := "Contact: <sip:" + user + "@" + phone.addr() + ">;expires=300"
+	e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", "pbx-reg", contact))
+	if res := phone.response(sip.REGISTER, 200); res.StatusCode != 200 {
+		t.Fatalf("phone got %s, want 200", res.String()[:40])
+	}
+	return got.GetHeader("Path").Value()
+}
+
+func TestRegisterPassesThroughWithPathAndTrustsItsFlow(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	if n := e.px.Bindings(); n != 1 {
+		t.Fatalf("proxy holds %d bindings, want 1", n)
+	}
+	// The registered phone subscribes to a colleague's lamp with no
+	// second password: its flow stands for user 100.
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "sub-1", extra: []string{"Event: dialog", "Accept: application/dialog-info+xml", "Expires: 600"}}.String())
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 200 {
+		t.Fatalf("registered phone's SUBSCRIBE got %s, want 200", res.String()[:40])
+	}
+	if n := phone.request(sip.NOTIFY); !strings.Contains(string(n.Body()), "dialog-info") {
+		t.Fatalf("NOTIFY without a dialog-info body:\n%s", n)
+	}
+	// The same user from another address is challenged (by Lamplighter:
+	// a presence SUBSCRIBE is never forwarded).
+	other := listenPeer(t, "127.0.0.1:0")
+	other.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: other.addr(), user: "100",
+		toUser: "101", callID: "sub-2", extra: []string{"Event: dialog", "Expires: 600"}}.String())
+	if res := other.response(sip.SUBSCRIBE, 200); res.StatusCode != 401 {
+		t.Fatalf("SUBSCRIBE from an unregistered flow got %s, want 401", res.String()[:40])
+	}
+	// Another user on the registered flow is not that user either.
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:100@pbx.test", from: phone.addr(), user: "101",
+		toUser: "100", callID: "sub-3", extra: []string{"Event: dialog", "Expires: 600"}}.String())
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 401 {
+		t.Fatalf("SUBSCRIBE as another user on the flow got %s, want 401", res.String()[:40])
+	}
+	e.pbx.quiet(200*time.Millisecond, "presence SUBSCRIBEs are served here, never forwarded")
+}
+
+func TestRequireDigestIgnoresFlows(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *presenceOptions) { o.RequireDigest = true })
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "sub-1", extra: []string{"Event: dialog", "Expires: 600"}}.String())
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 401 {
+		t.Fatalf("with require_digest a registered flow's SUBSCRIBE got %s, want 401", res.String()[:40])
+	}
+}
+
+func TestIncomingCallFollowsPathAndDialogFollowsRecordRoute(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	path := register(t, e, phone, "100")
+	route := strings.TrimSpace(path)
+
+	// The PBX calls the phone at its contact, routed by the Path.
+	inv := phoneRequest{method: "INVITE", uri: "sip:100@10.9.9.9:5060", from: e.pbx.addr(), user: "200",
+		toUser: "100", callID: "in-1", extra: []string{"Route: " + route}}
+	e.pbx.sendTo(e.udp, inv.String())
+	got := phone.request(sip.INVITE)
+	if got.Route() != nil {
+		t.Errorf("our Route was not taken off: %s", got.Route().Value())
+	}
+	if got.Recipient.Host != "10.9.9.9" {
+		t.Errorf("Request-URI changed to %s", got.Recipient.String())
+	}
+	rr := got.GetHeaders("Record-Route")
+	if len(rr) != 1 || !strings.Contains(rr[0].Value(), tokenPrefix) {
+		t.Fatalf("INVITE reached the phone without our Record-Route: %v", rr)
+	}
+	if res := e.pbx.response(sip.INVITE, 100); res.StatusCode != 100 {
+		t.Fatalf("PBX got %s first, want 100 Trying", res.String()[:40])
+	}
+	phone.sendTo(got.Source(), responseTo(got, 180, "Ringing", "ph-1"))
+	if res := e.pbx.response(sip.INVITE, 101); res.StatusCode != 180 {
+		t.Fatalf("PBX got %s, want 180", res.String()[:40])
+	}
+	phone.sendTo(got.Source(), responseTo(got, 200, "OK", "ph-1", "Contact: <sip:100@"+phone.addr()+">"))
+	ok := e.pbx.response(sip.INVITE, 200)
+	if ok.StatusCode != 200 || len(ok.GetHeaders("Via")) != 1 {
+		t.Fatalf("PBX got %s with %d Vias, want 200 with its own", ok.String()[:40], len(ok.GetHeaders("Via")))
+	}
+	// The PBX's ACK and the phone's BYE follow the Record-Route.
+	ack := phoneRequest{method: "ACK", uri: "sip:100@" + phone.addr(), from: e.pbx.addr(), user: "200", toUser: "100",
+		callID: "in-1", toTag: "ph-1", extra: []string{"Route: " + rr[0].Value()}}
+	e.pbx.sendTo(e.udp, ack.String())
+	if a := phone.request(sip.ACK); a.CallID().Value() != "in-1" {
+		t.Fatalf("ACK for the wrong call: %s", a.CallID().Value())
+	}
+	bye := phoneRequest{method: "BYE", uri: "sip:200@" + e.pbx.addr(), from: phone.addr(), user: "100", toUser: "200",
+		callID: "in-1", cseq: 5, extra: []string{"Route: " + rr[0].Value()}}
+	phone.sendTo(e.udp, bye.String())
+	b := e.pbx.request(sip.BYE)
+	if b.Route() != nil {
+		t.Errorf("BYE still carries our Route: %s", b.Route().Value())
+	}
+	e.pbx.sendTo(b.Source(), responseTo(b, 200, "OK", ""))
+	if res := phone.response(sip.BYE, 200); res.StatusCode != 200 {
+		t.Fatalf("phone's BYE got %s", res.String()[:40])
+	}
+}
+
+func TestCancelBeforeAnswer(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	inv := phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100", toUser: "101",
+		callID: "c-1", branch: "z9hG4bKcancel1"}
+	phone.sendTo(e.udp, inv.String())
+	if res := phone.response(sip.INVITE, 100); res.StatusCode != 100 {
+		t.Fatalf("phone got %s, want 100 Trying at once", res.String()[:40])
+	}
+	got := e.pbx.request(sip.INVITE)
+	if rr := got.RecordRoute(); rr == nil || !strings.Contains(rr.Address.User, tokenPrefix) {
+		t.Errorf("INVITE to the PBX without our Record-Route")
+	}
+	e.pbx.sendTo(got.Source(), responseTo(got, 180, "Ringing", "pbx-1"))
+	if res := phone.response(sip.INVITE, 101); res.StatusCode != 180 {
+		t.Fatalf("phone got %s, want 180", res.String()[:40])
+	}
+	cancel := inv
+	cancel.method = "CANCEL"
+	phone.sendTo(e.udp, cancel.String())
+	if res := phone.response(sip.CANCEL, 200); res.StatusCode != 200 {
+		t.Fatalf("CANCEL got %s, want 200", res.String()[:40])
+	}
+	if res := phone.response(sip.INVITE, 200); res.StatusCode != 487 {
+		t.Fatalf("INVITE ended with %s, want 487", res.String()[:40])
+	}
+	c := e.pbx.request(sip.CANCEL)
+	ib, _ := got.Via().Params.Get("branch")
+	cb, _ := c.Via().Params.Get("branch")
+	if ib != cb || c.CSeq().SeqNo != got.CSeq().SeqNo {
+		t.Fatalf("CANCEL does not match the forwarded INVITE: branch %s vs %s", cb, ib)
+	}
+	e.pbx.sendTo(c.Source(), responseTo(c, 200, "OK", ""))
+	e.pbx.sendTo(got.Source(), responseTo(got, 487, "Request Terminated", "pbx-1"))
+	if a := e.pbx.request(sip.ACK); a.CSeq().SeqNo != got.CSeq().SeqNo {
+		t.Fatalf("ACK for the 487 has CSeq %d", a.CSeq().SeqNo)
+	}
+}
+
+func TestChallengeForCallPassesThrough(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	inv := phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100", toUser: "101",
+		callID: "ch-1", body: "v=0\r\n"}
+	phone.sendTo(e.udp, inv.String())
+	got := e.pbx.request(sip.INVITE)
+	e.pbx.sendTo(got.Source(), responseTo(got, 407, "Proxy Authentication Required", "pbx-2",
+		`Proxy-Authenticate: Digest realm="pbx.test", nonce="n1"`))
+	res := phone.response(sip.INVITE, 200)
+	if res.StatusCode != 407 || res.GetHeader("Proxy-Authenticate") == nil {
+		t.Fatalf("phone got %s, want the PBX's 407", res.String()[:40])
+	}
+	if a := e.pbx.request(sip.ACK); a.CSeq().SeqNo != got.CSeq().SeqNo {
+		t.Fatal("the 407 was not acknowledged toward the PBX")
+	}
+	inv.cseq = 2
+	inv.branch = ""
+	inv.extra = []string{`Proxy-Authorization: Digest username="100", realm="pbx.test", nonce="n1", uri="sip:101@pbx.test", response="feed"`}
+	phone.sendTo(e.udp, inv.String())
+	got = e.pbx.request(sip.INVITE)
+	if pa := got.GetHeader("Proxy-Authorization"); pa == nil || !strings.Contains(pa.Value(), `response="feed"`) {
+		t.Fatalf("Proxy-Authorization did not pass unchanged:\n%s", got)
+	}
+	if string(got.Body()) != "v=0\r\n" {
+		t.Fatalf("body changed: %q", got.Body())
+	}
+}
+
+func TestMaxForwardsExhausted(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "mf-1", maxFwd: -1, extra: []string{"Max-Forwards: 0"}}.String())
+	if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 483 {
+		t.Fatalf("got %s, want 483 Too Many Hops", res.String()[:40])
+	}
+	e.pbx.quiet(200*time.Millisecond, "a request out of hops must not be forwarded")
+}
+
+func TestPBXDownGets503AndPresenceGoesOn(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	e.pbx.conn.Close() // the PBX is gone
+	e.waitHealth(false)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "down-1"}.String())
+	res := phone.response(sip.INVITE, 200)
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("INVITE with the PBX down got %s, want 503 with Retry-After", res.String()[:40])
+	}
+	// Presence is served as ever (digest: this phone never registered).
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "down-2", extra: []string{"Event: dialog", "Expires: 600"}}.String())
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 401 {
+		t.Fatalf("SUBSCRIBE with the PBX down got %s, want Lamplighter's own 401", res.String()[:40])
+	}
+}
+
+func TestUnservedPackageGoesToPBX(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:100@pbx.test", from: phone.addr(), user: "100",
+		callID: "mwi-1", extra: []string{"Event: message-summary", "Expires: 600"}}.String())
+	got := e.pbx.request(sip.SUBSCRIBE)
+	if ev := got.GetHeader("Event"); ev == nil || ev.Value() != "message-summary" {
+		t.Fatalf("PBX got a SUBSCRIBE with Event %v", ev)
+	}
+	e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", "mwi", "Expires: 600", "Contact: <sip:pbx@"+e.pbx.addr()+">"))
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 200 {
+		t.Fatalf("phone got %s", res.String()[:40])
+	}
+	// The PBX's NOTIFY in that dialog follows the Record-Route back.
+	rr := got.RecordRoute()
+	n := phoneRequest{method: "NOTIFY", uri: "sip:100@" + phone.addr(), from: e.pbx.addr(), user: "100", toUser: "100",
+		callID: "mwi-1", toTag: "ft-mwi-1", extra: []string{"Route: " + rr.Value(), "Event: message-summary",
+			"Subscription-State: active;expires=600", "Content-Type: application/simple-message-summary"},
+		body: "Messages-Waiting: yes\r\n"}
+	e.pbx.sendTo(e.udp, n.String())
+	got2 := phone.request(sip.NOTIFY)
+	if !strings.Contains(string(got2.Body()), "Messages-Waiting: yes") {
+		t.Fatalf("NOTIFY body lost: %q", got2.Body())
+	}
+	phone.sendTo(got2.Source(), responseTo(got2, 200, "OK", ""))
+	if res := e.pbx.response(sip.NOTIFY, 200); res.StatusCode != 200 {
+		t.Fatalf("PBX got %s for its NOTIFY", res.String()[:40])
+	}
+}

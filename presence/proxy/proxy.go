@@ -1,0 +1,389 @@
+// Package proxy is Lamplighter's proxy mode: a phone keeps one line whose
+// outbound proxy is Lamplighter. The presence server answers what it
+// serves (SUBSCRIBE for its packages, PUBLISH); everything else goes on to
+// the phone's PBX through this package, a transaction-stateful proxy
+// (RFC 3261 §16) built on sipgo's client and server transactions:
+// REGISTER with a Path (RFC 3327) so that the PBX's requests for the phone
+// come back the same way, calls, BYE, CANCEL, REFER, the PBX's own
+// subscriptions (message-summary), and their responses. The PBX keeps
+// doing all authentication: challenges pass through end to end.
+//
+// A REGISTER the PBX accepted through the proxy makes its flow (source
+// address and transport) stand for the phone's user, so that the phone's
+// SUBSCRIBE and PUBLISH on that flow need no second password (see
+// FlowUser). Forwarding and presence fail apart: a PBX that does not
+// answer gets its phones' requests refused with 503, and presence goes on.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/presence"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
+)
+
+// Target is a PBX that phones' requests are forwarded to.
+type Target struct {
+	// Name is the PBX's name in the config.
+	Name string
+	// Host is its SIP address: a name or an IP address.
+	Host string
+	// Port defaults to 5060 (5061 for TLS).
+	Port int
+	// Transport is udp (default), tcp or tls.
+	Transport string
+}
+
+func (t *Target) defaults() {
+	t.Transport = strings.ToUpper(t.Transport)
+	if t.Transport == "" {
+		t.Transport = "UDP"
+	}
+	if t.Port == 0 {
+		t.Port = 5060
+		if t.Transport == "TLS" {
+			t.Port = 5061
+		}
+	}
+}
+
+// HostPort is where the target's requests go.
+func (t Target) HostPort() string { return net.JoinHostPort(t.Host, strconv.Itoa(t.Port)) }
+
+// Options configure a Proxy. Zero values get the defaults noted.
+type Options struct {
+	// Targets are the PBXs in proxy mode; at least one.
+	Targets []Target
+	// TargetFor names the proxied PBX of a user part (an extension or
+	// alias, as phones register and call from), "" when the user's PBX is
+	// not in proxy mode or the user is unknown. Nil: every phone belongs
+	// to the first target.
+	TargetFor func(user string) string
+	// RequireDigest makes registered flows stand for nothing: SUBSCRIBE
+	// and PUBLISH need a password (or a trusted network) as without the
+	// proxy. UDP source addresses can be forged on a LAN.
+	RequireDigest bool
+	// MaxTransactions bounds the forwarded transactions in flight
+	// (default 10000); past it requests get 503.
+	MaxTransactions int
+	// MaxBindings bounds the registrations remembered for routing and
+	// flow trust (default 100000).
+	MaxBindings int
+	// TimerC is how long a forwarded INVITE may ring with no final
+	// response before it is cancelled (RFC 3261 §16.6: more than three
+	// minutes; default 3m10s).
+	TimerC time.Duration
+	// HealthInterval is how often each target is sent OPTIONS (default
+	// 10s); one unanswered makes it down until one is answered again.
+	HealthInterval time.Duration
+	// Logger for the proxy's messages.
+	Logger *slog.Logger
+	// Metrics receives counts; nil for none.
+	Metrics Metrics
+}
+
+// Defaults of Options.
+const (
+	DefaultMaxTransactions = 10000
+	DefaultMaxBindings     = 100000
+	DefaultTimerC          = 3*time.Minute + 10*time.Second
+	DefaultHealthInterval  = 10 * time.Second
+)
+
+func (o *Options) defaults() {
+	if o.MaxTransactions == 0 {
+		o.MaxTransactions = DefaultMaxTransactions
+	}
+	if o.MaxBindings == 0 {
+		o.MaxBindings = DefaultMaxBindings
+	}
+	if o.TimerC == 0 {
+		o.TimerC = DefaultTimerC
+	}
+	if o.HealthInterval == 0 {
+		o.HealthInterval = DefaultHealthInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
+	}
+}
+
+// Metrics receives the proxy's counts. cmd/lamplighter implements it with
+// Prometheus.
+type Metrics interface {
+	// Forwarded counts a request sent on, by method.
+	Forwarded(method string)
+	// Answered counts a response sent back to where a forwarded request
+	// came from (relayed or the proxy's own), by method and code.
+	Answered(method string, code int)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Forwarded(string)     {}
+func (nopMetrics) Answered(string, int) {}
+
+// Proxy forwards requests between phones and their PBXs. Made by New,
+// handed to the presence server as its Forwarder.
+type Proxy struct {
+	opt     Options
+	log     *slog.Logger
+	tokens  *tokens
+	binds   *bindings
+	health  []targetHealth
+	pbxIPs  atomic.Pointer[map[netip.Addr]bool]
+	inUse   atomic.Int64 // forwarded transactions in flight
+	started chan struct{}
+
+	// Set by Run, from the presence server.
+	ctx    context.Context
+	server *presence.Server
+	client *sipgo.Client
+}
+
+// targetHealth is what the OPTIONS pings found last.
+type targetHealth struct {
+	checked atomic.Bool // at least one answer or failure yet
+	up      atomic.Bool
+}
+
+var _ presence.Forwarder = (*Proxy)(nil)
+
+// New makes a proxy for the targets.
+func New(opt Options) (*Proxy, error) {
+	opt.defaults()
+	if len(opt.Targets) == 0 {
+		return nil, errors.New("proxy: no targets")
+	}
+	if len(opt.Targets) > 255 {
+		return nil, errors.New("proxy: more than 255 targets")
+	}
+	for i := range opt.Targets {
+		opt.Targets[i].defaults()
+		switch opt.Targets[i].Transport {
+		case "UDP", "TCP", "TLS":
+		default:
+			return nil, fmt.Errorf("proxy: %s: unknown transport %q", opt.Targets[i].Name, opt.Targets[i].Transport)
+		}
+	}
+	p := &Proxy{
+		opt: opt, log: opt.Logger,
+		tokens:  newTokens(),
+		binds:   newBindings(opt.MaxBindings),
+		health:  make([]targetHealth, len(opt.Targets)),
+		started: make(chan struct{}),
+	}
+	empty := map[netip.Addr]bool{}
+	p.pbxIPs.Store(&empty)
+	return p, nil
+}
+
+// Run starts forwarding through the presence server s (whose listeners
+// are bound) and pings the targets until ctx ends.
+func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
+	client, err := sipgo.NewClient(s.UserAgent(), sipgo.WithClientLogger(p.log))
+	if err != nil {
+		return err
+	}
+	p.ctx, p.server, p.client = ctx, s, client
+	p.resolveTargets(ctx)
+	close(p.started)
+	var wg sync.WaitGroup
+	for i := range p.opt.Targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.ping(ctx, i)
+		}()
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case now := <-t.C:
+			p.binds.expire(now)
+		}
+	}
+}
+
+// resolveTargets learns the targets' IP addresses, by which requests
+// from a PBX are told from phones'.
+func (p *Proxy) resolveTargets(ctx context.Context) {
+	ips := map[netip.Addr]bool{}
+	for _, t := range p.opt.Targets {
+		if ip, err := netip.ParseAddr(t.Host); err == nil {
+			ips[ip.Unmap()] = true
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", t.Host)
+		cancel()
+		if err != nil {
+			p.log.Warn("cannot resolve a PBX's SIP address", "pbx", t.Name, "host", t.Host, "err", err)
+			continue
+		}
+		for _, a := range addrs {
+			ips[a.Unmap()] = true
+		}
+	}
+	p.pbxIPs.Store(&ips)
+}
+
+// fromPBX reports whether a source address is one of the targets'.
+func (p *Proxy) fromPBX(addr netip.AddrPort) bool { return (*p.pbxIPs.Load())[addr.Addr().Unmap()] }
+
+// Health reports, per target name, whether it answered its last OPTIONS;
+// a target not yet pinged is missing.
+func (p *Proxy) Health() map[string]bool {
+	out := make(map[string]bool, len(p.opt.Targets))
+	for i, t := range p.opt.Targets {
+		if p.health[i].checked.Load() {
+			out[t.Name] = p.health[i].up.Load()
+		}
+	}
+	return out
+}
+
+// Bindings returns how many registrations through the proxy are held.
+func (p *Proxy) Bindings() int { return p.binds.len() }
+
+// InFlight returns how many forwarded transactions are in flight.
+func (p *Proxy) InFlight() int { return int(p.inUse.Load()) }
+
+// ping sends OPTIONS to a target every HealthInterval: any response at
+// all (even 401 or 404) means it is up.
+func (p *Proxy) ping(ctx context.Context, i int) {
+	t := p.opt.Targets[i]
+	for {
+		up := p.pingOnce(ctx, t)
+		if ctx.Err() != nil {
+			return
+		}
+		h := &p.health[i]
+		if was := h.up.Swap(up); was != up || !h.checked.Load() {
+			if up {
+				p.log.Info("PBX answers SIP", "pbx", t.Name, "address", t.HostPort())
+			} else {
+				p.log.Warn("PBX does not answer SIP OPTIONS: its phones' requests get 503", "pbx", t.Name, "address", t.HostPort())
+			}
+		}
+		h.checked.Store(true)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(p.opt.HealthInterval):
+		}
+	}
+}
+
+func (p *Proxy) pingOnce(ctx context.Context, t Target) bool {
+	uri := sip.Uri{Scheme: "sip", Host: t.Host, Port: t.Port}
+	req := sip.NewRequest(sip.OPTIONS, uri)
+	req.SetTransport(t.Transport)
+	req.SetDestination(t.HostPort())
+	p.setLocal(req, t.Transport, t.Host)
+	ctx, cancel := context.WithTimeout(ctx, min(5*time.Second, p.opt.HealthInterval))
+	defer cancel()
+	res, err := p.client.Do(ctx, req)
+	return err == nil && res != nil
+}
+
+// setLocal makes a request leave from our listener for its transport
+// (UDP: so that answers come back to it and the PBX sees our port) and
+// puts our address in its Via when it has none.
+func (p *Proxy) setLocal(req *sip.Request, transport, host string) {
+	peer, _ := netip.ParseAddr(host)
+	if transport == "UDP" {
+		if l, ok := p.server.BoundAddr("UDP", peer); ok {
+			req.Laddr = sip.Addr{IP: net.IP(l.Addr().AsSlice()), Port: int(l.Port())}
+		}
+	}
+}
+
+// Forwards reports whether a request of a method the presence server
+// answers itself is for the PBX instead: a request with a Route of ours
+// (in a dialog the proxy record-routed, or for a phone through its
+// Path), any request from a PBX, a REGISTER of a proxied phone, and
+// SUBSCRIBE or PUBLISH for packages Lamplighter does not serve.
+func (p *Proxy) Forwards(req *sipmsg.Request) bool {
+	for v := range req.Values(sipmsg.Route) {
+		for r := range sipmsg.SplitList(v) {
+			if a, err := sipmsg.ParseAddress(r); err == nil && p.isOurs(a.URI.User) {
+				return true
+			}
+		}
+		break // only the topmost Route can be ours
+	}
+	if p.fromPBX(req.Peer) {
+		return true
+	}
+	switch req.Method {
+	case "REGISTER":
+		return p.targetFor(req.To.URI.User) >= 0
+	case "SUBSCRIBE", "PUBLISH":
+		ev, _ := req.Get(sipmsg.Event)
+		pkg, _, _ := strings.Cut(ev, ";")
+		switch strings.ToLower(strings.TrimSpace(pkg)) {
+		case "presence", "dialog":
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+func (p *Proxy) isOurs(user string) bool {
+	_, _, ok := p.tokens.read(user)
+	return ok
+}
+
+// FlowUser returns the address-of-record user a request's flow was
+// registered as through the proxy, when the request's From names that
+// user; ok is false otherwise, and always with RequireDigest.
+func (p *Proxy) FlowUser(req *sipmsg.Request) (string, bool) {
+	if p.opt.RequireDigest {
+		return "", false
+	}
+	b, ok := p.binds.onFlow(flow{transport: req.Transport, addr: req.Peer})
+	if !ok || !strings.EqualFold(b.user, req.From.URI.User) {
+		return "", false
+	}
+	return b.user, true
+}
+
+// targetFor returns the index of the proxied PBX of a user part, -1 for
+// none.
+func (p *Proxy) targetFor(user string) int {
+	if p.opt.TargetFor == nil {
+		return 0
+	}
+	name := p.opt.TargetFor(user)
+	if name == "" {
+		return -1
+	}
+	for i, t := range p.opt.Targets {
+		if t.Name == name {
+			return i
+		}
+	}
+	return -1
+}
