@@ -25,6 +25,7 @@ import (
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/durable"
+	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
 // daemon is one running Lamplighter: the bridge, the PBX adapters and the
@@ -34,6 +35,7 @@ type daemon struct {
 	level    *slog.LevelVar
 	bridge   *bridge.Bridge
 	sip      *presence.Server
+	proxy    *proxy.Proxy // nil unless a PBX is in proxy mode
 	adapters []adapters.Adapter
 	ops      *ops.Server
 	api      *api.API
@@ -87,6 +89,12 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	for _, p := range persons {
 		_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
 	}
+	if d.proxy, err = newProxy(cfg, d.bridge, d.ops.Metrics, log.With("component", "proxy")); err != nil {
+		return nil, err
+	}
+	if d.proxy != nil {
+		opt.Forwarder = d.proxy
+	}
 	if d.sip, err = presence.New(d.bridge, opt); err != nil {
 		return nil, err
 	}
@@ -121,7 +129,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
 	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
-		Alive: func() bool { return d.bridgeAnswers(time.Second) }})
+		Alive: func() bool { return d.bridgeAnswers(time.Second) }, Proxied: d.proxiedHealth()})
 	return d, nil
 }
 
@@ -475,4 +483,13 @@ func notifySystemd(log *slog.Logger, state string) {
 	if _, err := sddaemon.SdNotify(false, state); err != nil {
 		log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
+}
+
+// proxiedHealth is what /readyz reports of the PBXs in proxy mode (nil
+// without any).
+func (d *daemon) proxiedHealth() func() map[string]bool {
+	if d.proxy == nil {
+		return nil
+	}
+	return d.proxy.Health
 }

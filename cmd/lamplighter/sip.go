@@ -3,10 +3,13 @@ package main
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"strings"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 	"github.com/lamplighter/lamplighter/presence"
+	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
 // presenceOptions turns the config's sip and policy sections and the
@@ -106,4 +109,49 @@ func singleDialogPolicy(cfg *config.Config) func(userAgent, watcher string) bool
 		}
 		return false
 	}
+}
+
+// newProxy makes the proxy for the PBXs in proxy mode (nil, nil when
+// none is). A phone's requests go to the PBX of the user its extension or
+// alias names; an unknown user's to the one proxied PBX, when there is
+// only one.
+func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.Logger) (*proxy.Proxy, error) {
+	var targets []proxy.Target
+	proxied := map[string]bool{}
+	for _, pb := range cfg.PBX {
+		if pb.Proxy == nil {
+			continue
+		}
+		host, port, err := pb.Proxy.HostPort()
+		if err != nil {
+			return nil, fmt.Errorf("pbx %q proxy address: %w", pb.Name, err)
+		}
+		targets = append(targets, proxy.Target{Name: pb.Name, Host: host, Port: port, Transport: pb.Proxy.Transport})
+		proxied[pb.Name] = true
+	}
+	if len(targets) == 0 {
+		return nil, nil
+	}
+	only := ""
+	if len(targets) == 1 {
+		only = targets[0].Name
+	}
+	targetFor := func(user string) string {
+		u, ok := b.Directory().Lookup(user)
+		if !ok {
+			return only
+		}
+		for _, d := range u.Devices {
+			if proxied[d.Source] {
+				return d.Source
+			}
+		}
+		return ""
+	}
+	return proxy.New(proxy.Options{
+		Targets: targets, TargetFor: targetFor,
+		RequireDigest:   cfg.Policy.ProxyRequireDigest,
+		MaxTransactions: cfg.Policy.MaxForwarding,
+		Logger:          log, Metrics: m,
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"regexp"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence"
+	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
 // Config is the whole configuration file.
@@ -102,6 +104,12 @@ type Policy struct {
 	MaxPendingRequests int `yaml:"max_pending_requests"`
 	MaxPendingNotifies int `yaml:"max_pending_notifies"`
 	RetryAfter         int `yaml:"retry_after"`
+	// ProxyRequireDigest, in proxy mode, makes SUBSCRIBE and PUBLISH need
+	// a password even on the flow a phone registered with the PBX on.
+	ProxyRequireDigest bool `yaml:"proxy_require_digest"`
+	// MaxForwarding bounds the requests being forwarded at once in proxy
+	// mode; past it phones get 503.
+	MaxForwarding int `yaml:"max_forwarding"`
 	// Coalesce is how long bursts of non-urgent changes for one user are
 	// gathered into one NOTIFY. A change to ringing is never delayed.
 	Coalesce time.Duration `yaml:"coalesce"`
@@ -160,6 +168,43 @@ type PBX struct {
 	ESL *esl.Config `yaml:"esl"`
 	// Sim is the section of a PBX of kind sim.
 	Sim *sim.Config `yaml:"sim"`
+	// Proxy, when present, puts the PBX in proxy mode: its users' phones
+	// use Lamplighter as outbound proxy, and every request but presence
+	// goes on to the PBX (presence/proxy/README.md).
+	Proxy *PBXProxy `yaml:"proxy"`
+}
+
+// HostPort splits Address into host and port, with the transport's
+// default port when it has none.
+func (px *PBXProxy) HostPort() (string, int, error) {
+	def := 5060
+	if strings.EqualFold(px.Transport, "tls") {
+		def = 5061
+	}
+	host, portStr, err := net.SplitHostPort(px.Address)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			return strings.Trim(px.Address, "[]"), def, nil
+		}
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", portStr)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("no host")
+	}
+	return host, port, nil
+}
+
+// PBXProxy is a PBX's `proxy:` section: where its SIP side listens.
+type PBXProxy struct {
+	// Address is the PBX's SIP address, host:port (port 5060, or 5061
+	// for tls, when left out).
+	Address string `yaml:"address"`
+	// Transport is udp (default), tcp or tls.
+	Transport string `yaml:"transport"`
 }
 
 // User is one person.
@@ -371,6 +416,7 @@ func (c *Config) defaults() {
 	setInt(&p.MaxPendingRequests, presence.DefaultMaxPendingRequests)
 	setInt(&p.MaxPendingNotifies, presence.DefaultMaxPendingNotifies)
 	setInt(&p.RetryAfter, presence.DefaultRetryAfter)
+	setInt(&p.MaxForwarding, proxy.DefaultMaxTransactions)
 	if p.MessageTimeout == 0 {
 		p.MessageTimeout = presence.DefaultMessageTimeout
 	}

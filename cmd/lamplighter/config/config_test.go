@@ -129,6 +129,11 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"esl section checked", [2]string{"kind: sim", "kind: esl\n    address: fs:8021\n    password: p\n    esl: {reconnect_min: 1m, reconnect_max: 1s}"}, 13, "reconnect_min: is above reconnect_max"},
 		{"esl section on a sim", [2]string{"kind: sim", "kind: sim\n    esl: {ping_interval: 1s}"}, 11, "an esl section on a pbx of kind"},
 		{"extension not a URI user", [2]string{`extensions: ["101"]`, `extensions: ["10 1"]`}, 17, "cannot be the user part"},
+		{"proxy without address", [2]string{"    password: p\n", "    password: p\n    proxy: {transport: udp}\n"}, 9, "needs the PBX's SIP address"},
+		{"proxy bad transport", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5:5060\", transport: sctp}\n"}, 9, `transport "sctp" is not udp`},
+		{"proxy bad port", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5:70000\"}\n"}, 9, `bad port "70000"`},
+		{"proxy unknown key", [2]string{"    password: p\n", "    password: p\n    proxy: {adress: x}\n"}, 9, `unknown key "adress"`},
+		{"max_forwarding", [2]string{"sip:", "policy:\n  max_forwarding: -1\nsip:"}, 2, "must be at least 1"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {

@@ -154,7 +154,8 @@ func (v *validator) checkPolicy(c *Config) {
 	for key, n := range map[string]int{"max_publications_per_user": pol.MaxPublicationsPerUser,
 		"max_registrations_per_user": pol.MaxRegistrationsPerUser, "max_connections": pol.MaxConnections,
 		"max_connections_per_address": pol.MaxConnectionsPerAddress, "max_pending_requests": pol.MaxPendingRequests,
-		"max_pending_notifies": pol.MaxPendingNotifies, "retry_after": pol.RetryAfter} {
+		"max_pending_notifies": pol.MaxPendingNotifies, "retry_after": pol.RetryAfter,
+		"max_forwarding": pol.MaxForwarding} {
 		if n < 1 {
 			v.at(p("policy", key), "must be at least 1")
 		}
@@ -246,8 +247,28 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 			}
 		}
 		v.checkSecret(path, "password", pb.PasswordFile, pb.PasswordEnv)
+		if pb.Proxy != nil {
+			v.checkProxy(append(path, "proxy"), pb.Proxy)
+		}
 	}
 	return names
+}
+
+// checkProxy checks a PBX's proxy section.
+func (v *validator) checkProxy(path []any, px *PBXProxy) {
+	tr := strings.ToLower(px.Transport)
+	switch tr {
+	case "", "udp", "tcp", "tls":
+	default:
+		v.at(append(path, "transport"), "transport %q is not udp, tcp or tls", px.Transport)
+	}
+	if px.Address == "" {
+		v.at(path, "a proxy section needs the PBX's SIP address (host:port)")
+		return
+	}
+	if _, _, err := px.HostPort(); err != nil {
+		v.at(append(path, "address"), "bad address %q: %v", px.Address, err)
+	}
 }
 
 func (v *validator) checkUsers(c *Config, pbxs map[string]bool) {

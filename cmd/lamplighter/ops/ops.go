@@ -44,6 +44,10 @@ type Sources struct {
 	// Alive answers whether the core still answers (the bridge lock is
 	// not wedged).
 	Alive func() bool
+	// Proxied says, per PBX in proxy mode, whether it answered its last
+	// SIP OPTIONS (a PBX not yet asked is missing); nil without proxy
+	// mode.
+	Proxied func() map[string]bool
 }
 
 // Adapter is one PBX adapter and its kind (ari, esl, sim).
@@ -186,6 +190,9 @@ type readiness struct {
 	Ready bool                       `json:"ready"`
 	SIP   bool                       `json:"sip_listening"`
 	PBX   map[string]adapters.Status `json:"pbx"`
+	// Proxied is, per PBX in proxy mode, whether its SIP side answers
+	// OPTIONS: phones' calls and registrations go there.
+	Proxied map[string]bool `json:"proxied_pbx_answers,omitempty"`
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -204,6 +211,14 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			rd.Ready = false
 		}
 	}
+	if s.src.Proxied != nil {
+		rd.Proxied = s.src.Proxied()
+		for _, a := range s.src.Adapters {
+			if _, proxied := rd.Proxied[a.Name()]; proxied && !rd.Proxied[a.Name()] {
+				rd.Ready = false
+			}
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if !rd.Ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -220,6 +235,8 @@ type Metrics struct {
 	latency      prometheus.Histogram
 	refused      *prometheus.CounterVec
 	dropped      *prometheus.CounterVec
+	forwarded    *prometheus.CounterVec
+	answered     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -240,7 +257,12 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "SIP stream connections refused or closed by a limit, by reason."}, []string{"reason"})
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_sip_requests_dropped_total",
 		Help: "SIP requests dropped unanswered, by reason (rate_limit: over policy.requests_per_address)."}, []string{"reason"})
-	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused, m.dropped)
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_proxy_forwarded_total",
+		Help: "Requests forwarded in proxy mode, by method."}, []string{"method"})
+	m.answered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_proxy_responses_total",
+		Help: "Responses to forwarded requests sent back (relayed or the proxy's own), by method and status code."}, []string{"method", "code"})
+	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused, m.dropped,
+		m.forwarded, m.answered)
 	return m
 }
 
@@ -328,4 +350,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+}
+
+// Forwarded implements proxy.Metrics.
+func (m *Metrics) Forwarded(method string) { m.forwarded.WithLabelValues(method).Inc() }
+
+// Answered implements proxy.Metrics.
+func (m *Metrics) Answered(method string, code int) {
+	m.answered.WithLabelValues(method, strconv.Itoa(code)).Inc()
 }
