@@ -237,8 +237,14 @@ func New(states States, opt Options) (*Server, error) {
 	log := opt.Logger
 	quiet := slog.New(demoteHandler{log.Handler()})
 	var notify *notifier // NOTIFY responses match no sipgo transaction
+	// sipgo reads what the guard frames (stream.go): a head up to
+	// maxHeadBytes and a body up to MaxBodyBytes, which proxy mode may
+	// set past sipgo's own 64 KiB.
+	parser := sip.NewParser()
+	parser.MaxMessageLength = max(parser.MaxMessageLength, maxHeadBytes+opt.MaxBodyBytes)
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
+		sipgo.WithUserAgentParser(parser),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),

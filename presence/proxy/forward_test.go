@@ -1,11 +1,15 @@
 package proxy
 
 import (
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/presence"
 )
 
 // register takes a phone through a REGISTER that the PBX challenges and
@@ -289,5 +293,106 @@ func TestUnservedPackageGoesToPBX(t *testing.T) {
 	phone.sendTo(got2.Source(), responseTo(got2, 200, "OK", ""))
 	if res := e.pbx.response(sip.NOTIFY, 200); res.StatusCode != 200 {
 		t.Fatalf("PBX got %s for its NOTIFY", res.String()[:40])
+	}
+}
+
+func TestLoopDetected(t *testing.T) {
+	// The "PBX" is Lamplighter itself: the request comes back to it.
+	port := freeUDPPort(t, "127.0.0.3")
+	self := "127.0.0.3:" + strconv.Itoa(port)
+	e := newEnv(t, func(o *Options, so *presenceOptions) {
+		o.Targets = []Target{{Name: "pbx", Host: "127.0.0.3", Port: port}}
+		so.Listen = []presence.Listener{{Transport: "udp", Address: self}, {Transport: "tcp", Address: "127.0.0.3:0"}}
+	})
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@" + self, from: phone.addr(), user: "100",
+		toUser: "101", callID: "loop-1"}.String())
+	if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 482 {
+		t.Fatalf("a request that loops got %s, want 482 Loop Detected", res.String()[:40])
+	}
+}
+
+func TestTimerCCancelsARingingCall(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *presenceOptions) { o.TimerC = 300 * time.Millisecond })
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "tc-1"}.String())
+	got := e.pbx.request(sip.INVITE)
+	e.pbx.sendTo(got.Source(), responseTo(got, 180, "Ringing", "pbx-tc"))
+	if res := phone.response(sip.INVITE, 200); res.StatusCode != 408 {
+		t.Fatalf("a call ringing past Timer C got %s, want 408", res.String()[:40])
+	}
+	if c := e.pbx.request(sip.CANCEL); c.CallID().Value() != "tc-1" {
+		t.Fatal("no CANCEL for the call that rang too long")
+	}
+}
+
+func TestForwardingBoundGets503(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *presenceOptions) { o.MaxTransactions = 1 })
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "b-1"}.String())
+	first := e.pbx.request(sip.INVITE)
+	e.pbx.sendTo(first.Source(), responseTo(first, 180, "Ringing", "pbx-b"))
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "b-2"}.String())
+	if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("past max_forwarding got %s, want 503 with Retry-After", res.String()[:40])
+	}
+	// The first call ends; room again.
+	e.pbx.sendTo(first.Source(), responseTo(first, 486, "Busy Here", "pbx-b"))
+	if res := phone.response(sip.INVITE, 200); res.StatusCode != 486 {
+		t.Fatalf("first call ended with %s, want 486", res.String()[:40])
+	}
+	e.pbx.request(sip.ACK)
+	deadline := time.Now().Add(5 * time.Second)
+	for e.px.InFlight() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "b-3"}.String())
+	if m := e.pbx.request(sip.MESSAGE); m.CallID().Value() != "b-3" {
+		t.Fatalf("PBX got %s", m.CallID().Value())
+	}
+}
+
+func TestLargeMessageOverTCP(t *testing.T) {
+	pbx := listenTCPPeer(t, "127.0.0.2:0")
+	e := newEnv(t, func(o *Options, so *presenceOptions) {
+		o.Targets = []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port(), Transport: "tcp"}}
+		so.MaxBodyBytes = 256 << 10
+	})
+	e.waitHealth(true)
+	c, err := net.Dial("tcp", e.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := strings.Repeat("x", 100<<10) // more than any UDP datagram holds
+	req := phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: c.LocalAddr().String(), user: "100",
+		toUser: "101", callID: "big-1", extra: []string{"Content-Type: text/plain"}, body: body}.String()
+	req = strings.Replace(req, "SIP/2.0/UDP", "SIP/2.0/TCP", 1)
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	var got tcpMsg
+	select {
+	case got = <-pbx.in:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the large MESSAGE never reached the PBX")
+	}
+	r := got.msg.(*sip.Request)
+	if len(r.Body()) != len(body) || r.Via().Transport != "TCP" {
+		t.Fatalf("PBX got a %d-byte body over %s, want %d over TCP", len(r.Body()), r.Via().Transport, len(body))
+	}
+	got.conn.Write([]byte(responseTo(r, 202, "Accepted", "pbx-big")))
+	res, err := newFramer(c).next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := res.(*sip.Response).StatusCode; code != 202 {
+		t.Fatalf("phone got %d, want the PBX's 202", code)
 	}
 }

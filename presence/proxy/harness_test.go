@@ -321,3 +321,102 @@ func startLine(m sip.Message) string {
 	s, _, _ := strings.Cut(m.String(), "\r\n")
 	return s
 }
+
+// tcpPeer is a raw TCP listener playing a PBX over TCP: each message
+// read is parsed and queued with its connection.
+type tcpPeer struct {
+	t  *testing.T
+	ln net.Listener
+	in chan tcpMsg
+}
+
+type tcpMsg struct {
+	msg  sip.Message
+	conn net.Conn
+}
+
+func listenTCPPeer(t *testing.T, addr string) *tcpPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpPeer{t: t, ln: ln, in: make(chan tcpMsg, 16)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *tcpPeer) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+func (p *tcpPeer) serve(c net.Conn) {
+	r := newFramer(c)
+	for {
+		msg, err := r.next()
+		if err != nil {
+			return
+		}
+		if req, ok := msg.(*sip.Request); ok && req.Method == sip.OPTIONS && req.Route() == nil && req.Recipient.User == "" {
+			c.Write([]byte(responseTo(req, 200, "OK", "")))
+			continue
+		}
+		p.in <- tcpMsg{msg, c}
+	}
+}
+
+// framer reads SIP messages from a stream by their Content-Length.
+type framer struct {
+	c   net.Conn
+	buf []byte
+}
+
+func newFramer(c net.Conn) *framer { return &framer{c: c} }
+
+func (f *framer) next() (sip.Message, error) {
+	tmp := make([]byte, 64<<10)
+	for {
+		if end := strings.Index(string(f.buf), "\r\n\r\n"); end >= 0 {
+			head := string(f.buf[:end])
+			n := 0
+			for _, line := range strings.Split(head, "\r\n") {
+				k, v, _ := strings.Cut(line, ":")
+				if strings.EqualFold(strings.TrimSpace(k), "Content-Length") || strings.TrimSpace(k) == "l" {
+					n, _ = strconv.Atoi(strings.TrimSpace(v))
+				}
+			}
+			if len(f.buf) >= end+4+n {
+				raw := append([]byte(nil), f.buf[:end+4+n]...)
+				f.buf = f.buf[end+4+n:]
+				parser := sip.NewParser()
+				parser.MaxMessageLength = 1 << 20
+				return parser.ParseSIP(raw)
+			}
+		}
+		_ = f.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		k, err := f.c.Read(tmp)
+		if err != nil {
+			return nil, err
+		}
+		f.buf = append(f.buf, tmp[:k]...)
+	}
+}
+
+// freeUDPPort returns a UDP port free on addr a moment ago.
+func freeUDPPort(t *testing.T, host string) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
