@@ -396,3 +396,65 @@ func TestLargeMessageOverTCP(t *testing.T) {
 		t.Fatalf("phone got %d, want the PBX's 202", code)
 	}
 }
+
+func TestPhoneOverTCPRegistersSubscribesAndIsCalledOnItsConnection(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	c, err := net.Dial("tcp", e.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	in := newFramer(c)
+	me := c.LocalAddr().String()
+	send := func(r phoneRequest) {
+		t.Helper()
+		s := strings.Replace(r.String(), "SIP/2.0/UDP", "SIP/2.0/TCP", 1)
+		if _, err := c.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func() sip.Message {
+		t.Helper()
+		m, err := in.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	send(phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: me, user: "100", callID: "treg", extra: []string{"Expires: 300"}})
+	reg := e.pbx.request(sip.REGISTER)
+	if p := reg.GetHeader("Path"); p == nil || !strings.Contains(p.Value(), tokenPrefix) {
+		t.Fatalf("no Path on the REGISTER from a TCP phone:\n%s", reg)
+	}
+	e.pbx.sendTo(reg.Source(), responseTo(reg, 200, "OK", "r", "Contact: <sip:100@"+me+">;expires=300"))
+	if res, ok := next().(*sip.Response); !ok || res.StatusCode != 200 {
+		t.Fatalf("phone over TCP did not get the PBX's 200")
+	}
+	// Presence on the same connection needs no password.
+	send(phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: me, user: "100", toUser: "101",
+		callID: "tsub", extra: []string{"Event: dialog", "Expires: 600"}})
+	if res, ok := next().(*sip.Response); !ok || res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE on the registered TCP connection was not accepted")
+	}
+	if n, ok := next().(*sip.Request); !ok || n.Method != sip.NOTIFY {
+		t.Fatal("no NOTIFY on the connection")
+	} else if _, err := c.Write([]byte(responseTo(n, 200, "OK", ""))); err != nil {
+		t.Fatal(err)
+	}
+	// The PBX's call for the phone arrives on that connection.
+	e.pbx.sendTo(e.udp, phoneRequest{method: "INVITE", uri: "sip:100@" + me, from: e.pbx.addr(), user: "200", toUser: "100",
+		callID: "tin", extra: []string{"Route: " + reg.GetHeader("Path").Value()}}.String())
+	m := next()
+	inv, ok := m.(*sip.Request)
+	if !ok || inv.Method != sip.INVITE || inv.Via().Transport != "TCP" {
+		t.Fatalf("phone got %s on its connection, want the INVITE over TCP", startLine(m))
+	}
+	if rr := inv.GetHeaders("Record-Route"); len(rr) != 2 {
+		t.Errorf("an INVITE from UDP to TCP has %d Record-Routes, want 2 (RFC 5658)", len(rr))
+	}
+	c.Write([]byte(responseTo(inv, 486, "Busy Here", "busy")))
+	if res := e.pbx.response(sip.INVITE, 200); res.StatusCode != 486 {
+		t.Fatalf("PBX got %s", res.String()[:40])
+	}
+}
