@@ -65,7 +65,7 @@ func (t *tokens) read(s string) (f flow, target int, ok bool) {
 	if !found {
 		return flow{}, 0, false
 	}
-	b, err := base64.RawURLEncoding.DecodeString(rest)
+	b, err := base64.RawURLEncoding.Strict().DecodeString(rest)
 	if err != nil || len(b) != 2+16+2+12 {
 		return flow{}, 0, false
 	}

@@ -56,8 +56,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	b := bridge.New(dir)
 	b.Apply(bridge.Snapshot{Source: "pbx", Devices: map[string]bridge.DeviceState{
 		"PJSIP/100": bridge.DeviceIdle, "PJSIP/101": bridge.DeviceIdle}})
-	pbx := listenPeer(t, "127.0.0.2:0")
-	pbx.autoOptions = true
+	pbx := listenPeerWith(t, "127.0.0.2:0", true)
 	popt := Options{
 		Targets:        []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port()}},
 		HealthInterval: 300 * time.Millisecond,
@@ -131,13 +130,17 @@ type peer struct {
 	pings       atomic.Int64
 }
 
-func listenPeer(t *testing.T, addr string) *peer {
+func listenPeer(t *testing.T, addr string) *peer { return listenPeerWith(t, addr, false) }
+
+// listenPeerWith makes a peer that answers OPTIONS pings itself when
+// autoOptions is set (a PBX).
+func listenPeerWith(t *testing.T, addr string, autoOptions bool) *peer {
 	t.Helper()
 	c, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &peer{t: t, conn: c.(*net.UDPConn), in: make(chan sip.Message, 64)}
+	p := &peer{t: t, conn: c.(*net.UDPConn), in: make(chan sip.Message, 64), autoOptions: autoOptions}
 	t.Cleanup(func() { p.conn.Close() })
 	go p.read()
 	return p
