@@ -67,11 +67,8 @@ func (s *Server) BoundAddr(transport string, peer netip.Addr) (netip.AddrPort, b
 		if err != nil {
 			continue
 		}
-		if peer.IsValid() && !ap.Addr().IsUnspecified() && peer.Unmap().Is4() != ap.Addr().Unmap().Is4() {
-			continue
-		}
-		if peer.IsValid() && ap.Addr().IsUnspecified() && peer.Unmap().Is4() != ap.Addr().Is4() {
-			continue
+		if peer.IsValid() && peer.Unmap().Is4() != ap.Addr().Unmap().Is4() {
+			continue // 0.0.0.0 serves IPv4 peers, [::] IPv6 ones
 		}
 		return ap, true
 	}

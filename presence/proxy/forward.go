@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,12 +224,12 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 	}
 	switch {
 	case hasToken && tok != src && !p.samePhone(tok, src):
-		return p.toPhone(tok, tokTgt)
+		return p.toPhone(tok)
 	case hasToken:
 		return p.toPBX(tokTgt)
 	case p.fromPBX(src.addr):
 		if b, ok := p.binds.forContact(uriKey(req.Recipient)); ok {
-			return p.toPhone(b.flow, b.target)
+			return p.toPhone(b.flow)
 		}
 		return p.toURI(fwd)
 	}
@@ -264,7 +265,7 @@ func (p *Proxy) toPBX(i int) (hop, int, string) {
 	return hop{target: i, dest: t.HostPort(), transport: t.Transport, host: t.Host}, 0, ""
 }
 
-func (p *Proxy) toPhone(f flow, target int) (hop, int, string) {
+func (p *Proxy) toPhone(f flow) (hop, int, string) {
 	if !f.valid() {
 		return hop{}, 404, "Not Found"
 	}
@@ -347,13 +348,9 @@ func (p *Proxy) addVia(req, fwd *sip.Request, h hop) {
 func (p *Proxy) recordRoute(fwd *sip.Request, src flow, h hop) {
 	phone, target := src, h.target
 	if h.target < 0 { // toward a phone: its flow; the PBX it came from
-		phone, target = h.flow, 0
-		if !h.flow.valid() {
-			phone = flow{}
-		}
-		target = p.targetOf(src)
+		phone, target = h.flow, p.targetOf(src)
 	}
-	tok := p.tokens.mint(phone, max(target, 0))
+	tok := p.tokens.mint(phone, target)
 	out := p.server.Advertised(h.transport, hostIP(h.host))
 	in := p.server.Advertised(src.transport, src.addr.Addr())
 	rr := func(ap netip.AddrPort, transport string) *sip.RecordRouteHeader {
@@ -418,12 +415,9 @@ func uriKey(u sip.Uri) string {
 // relay sends fwd in a client transaction and passes its responses back
 // through tx until it ends.
 func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request, h hop) {
-	ctx, cancel := context.WithCancel(p.ctx)
-	defer cancel()
-	ctx = context.WithoutCancel(ctx) // the client transaction ends by its own timers
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	ctxTx, err := p.client.TransactionRequest(ctx, fwd, noBuild)
+	// The context bounds only the connection set-up (a TCP or TLS dial
+	// to the next hop); the transaction ends by its own timers.
+	ctxTx, err := p.client.TransactionRequest(p.ctx, fwd, noBuild)
 	if err != nil {
 		p.log.Debug("cannot forward", "method", req.Method, "to", h.dest, "err", err)
 		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
@@ -628,11 +622,7 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 			continue
 		}
 		key := uriKey(ch.Address)
-		found := false
-		for _, m := range mine {
-			found = found || m == key
-		}
-		if !found {
+		if !slices.Contains(mine, key) {
 			continue
 		}
 		exp := defaultExp

@@ -214,6 +214,7 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	resolved := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -221,6 +222,10 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 			return nil
 		case now := <-t.C:
 			p.binds.expire(now)
+			if now.Sub(resolved) >= time.Minute { // a PBX named by DNS may move
+				p.resolveTargets(ctx)
+				resolved = now
+			}
 		}
 	}
 }
@@ -307,9 +312,9 @@ func (p *Proxy) pingOnce(ctx context.Context, t Target) bool {
 	return err == nil && res != nil
 }
 
-// setLocal makes a request leave from our listener for its transport
-// (UDP: so that answers come back to it and the PBX sees our port) and
-// puts our address in its Via when it has none.
+// setLocal makes a request over UDP leave from our listener, so that
+// answers come back to it and the next hop sees our port (over TCP and
+// TLS sipgo reuses or dials the connection itself).
 func (p *Proxy) setLocal(req *sip.Request, transport, host string) {
 	peer, _ := netip.ParseAddr(host)
 	if transport == "UDP" {
@@ -325,15 +330,7 @@ func (p *Proxy) setLocal(req *sip.Request, transport, host string) {
 // Path), any request from a PBX, a REGISTER of a proxied phone, and
 // SUBSCRIBE or PUBLISH for packages Lamplighter does not serve.
 func (p *Proxy) Forwards(req *sipmsg.Request) bool {
-	for v := range req.Values(sipmsg.Route) {
-		for r := range sipmsg.SplitList(v) {
-			if a, err := sipmsg.ParseAddress(r); err == nil && p.isOurs(a.URI.User) {
-				return true
-			}
-		}
-		break // only the topmost Route can be ours
-	}
-	if p.fromPBX(req.Peer) {
+	if p.fromPBX(req.Peer) || p.routedByUs(req) {
 		return true
 	}
 	switch req.Method {
@@ -351,9 +348,22 @@ func (p *Proxy) Forwards(req *sipmsg.Request) bool {
 	return false
 }
 
-func (p *Proxy) isOurs(user string) bool {
-	_, _, ok := p.tokens.read(user)
-	return ok
+// routedByUs reports whether a request's topmost Route carries one of our
+// tokens.
+func (p *Proxy) routedByUs(req *sipmsg.Request) bool {
+	v, ok := req.Get(sipmsg.Route)
+	if !ok {
+		return false
+	}
+	for r := range sipmsg.SplitList(v) {
+		a, err := sipmsg.ParseAddress(r)
+		if err != nil {
+			return false
+		}
+		_, _, ours := p.tokens.read(a.URI.User)
+		return ours
+	}
+	return false
 }
 
 // FlowUser returns the address-of-record user a request's flow was

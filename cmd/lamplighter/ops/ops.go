@@ -213,10 +213,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.src.Proxied != nil {
 		rd.Proxied = s.src.Proxied()
-		for _, a := range s.src.Adapters {
-			if _, proxied := rd.Proxied[a.Name()]; proxied && !rd.Proxied[a.Name()] {
-				rd.Ready = false
-			}
+		for _, up := range rd.Proxied {
+			rd.Ready = rd.Ready && up
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -155,6 +156,48 @@ func TestHostHeaderIsChecked(t *testing.T) {
 		res.Body.Close()
 		if res.StatusCode != want {
 			t.Errorf("Host %q: %d, want %d", h, res.StatusCode, want)
+		}
+	}
+}
+
+func TestReadinessFollowsAProxiedPBXsSIPSide(t *testing.T) {
+	ast := &pbx{name: "asterisk", st: adapters.Status{Connected: true, Synchronised: true}}
+	ready := make(chan struct{})
+	close(ready)
+	var mu sync.Mutex
+	health := map[string]bool{}
+	s := New()
+	s.Attach(Sources{SIPReady: ready, Adapters: []Adapter{{Adapter: ast, Kind: "ari"}},
+		Proxied: func() map[string]bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(health)
+		}})
+	if code, body := get(t, s, "/readyz"); code != http.StatusOK {
+		t.Fatalf("readyz before the first OPTIONS: %d %s", code, body)
+	}
+	mu.Lock()
+	health["asterisk"] = false
+	mu.Unlock()
+	code, body := get(t, s, "/readyz")
+	var rd readiness
+	json.Unmarshal([]byte(body), &rd)
+	if code != http.StatusServiceUnavailable || rd.Ready || rd.Proxied["asterisk"] {
+		t.Fatalf("readyz with the proxied PBX not answering OPTIONS: %d %s", code, body)
+	}
+	mu.Lock()
+	health["asterisk"] = true
+	mu.Unlock()
+	if code, body := get(t, s, "/readyz"); code != http.StatusOK || !strings.Contains(body, `"proxied_pbx_answers":{"asterisk":true}`) {
+		t.Fatalf("readyz with the proxied PBX answering: %d %s", code, body)
+	}
+	s.Metrics.Forwarded("INVITE")
+	s.Metrics.Answered("INVITE", 486)
+	_, metrics := get(t, s, "/metrics")
+	for _, want := range []string{`lamplighter_proxy_forwarded_total{method="INVITE"} 1`,
+		`lamplighter_proxy_responses_total{code="486",method="INVITE"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 }
