@@ -56,6 +56,9 @@ type authenticator struct {
 	// flowUser, in proxy mode, names the user a request's registered
 	// flow stands for ("" for none).
 	flowUser func(*sipmsg.Request) string
+	// isUser, in proxy mode, says whether a user id is still in the
+	// directory: what a flow's grant holds by.
+	isUser func(id string) bool
 	creds    atomic.Pointer[map[string]Credential] // by username
 	nonceTTL time.Duration
 	now      func() time.Time
@@ -226,7 +229,11 @@ const (
 func (a *authenticator) revoked(grant, source, watcher string) string {
 	switch {
 	case grant == grantFlow:
-		return ""
+		// The PBX decides who registers; the directory who is a user.
+		if a.isUser != nil && a.isUser(watcher) {
+			return ""
+		}
+		return reasonRejected
 	case grant == grantTrusted:
 		if a.isTrusted(source) {
 			return ""

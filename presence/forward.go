@@ -108,6 +108,6 @@ func (s *Server) flowUser(req *sipmsg.Request) string {
 }
 
 // grantFlow is the grant of a subscription let in by its registered
-// flow: it holds while the subscription does (the PBX decides who
-// registers).
+// flow: it holds while its watcher is a user in the directory (the PBX
+// decides who registers).
 const grantFlow = "flow"

@@ -270,6 +270,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.notifier = newNotifier(s.notifyTxDone)
 	if opt.Forwarder != nil {
 		s.auth.flowUser = s.flowUser
+		s.auth.isUser = func(id string) bool { _, ok := s.states.Directory().User(id); return ok }
 	}
 
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)

@@ -100,12 +100,14 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	}
 	res.NeedRestart = needRestart(d.cfg, cfg)
 	resync := pbxsWithNewDevices(oldDir, dir)
+	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
+	// After the directory: a watcher let in by its registered flow (proxy
+	// mode) holds while it is a user.
 	d.sip.SetCredentials(creds)
 	_ = d.setLogins(cfg) // cannot fail: credentials were read above
 	d.liveMu.Lock()
 	d.single = singleDialogPolicy(cfg)
 	d.liveMu.Unlock()
-	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
 	d.api.SetToken(token)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)

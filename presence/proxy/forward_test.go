@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence"
 )
 
@@ -456,5 +457,35 @@ func TestPhoneOverTCPRegistersSubscribesAndIsCalledOnItsConnection(t *testing.T)
 	c.Write([]byte(responseTo(inv, 486, "Busy Here", "busy")))
 	if res := e.pbx.response(sip.INVITE, 200); res.StatusCode != 486 {
 		t.Fatalf("PBX got %s", res.String()[:40])
+	}
+}
+
+func TestWatcherRemovedFromTheDirectoryLosesItsFlowSubscription(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "rm-1", extra: []string{"Event: dialog", "Expires: 600"}}.String())
+	if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE got %s", res.String()[:40])
+	}
+	first := phone.request(sip.NOTIFY)
+	phone.sendTo(first.Source(), responseTo(first, 200, "OK", ""))
+	// A reload without debbie (extension 100): her phone still holds a
+	// PBX registration, but she is no longer a user here.
+	dir, err := bridge.NewDirectory([]bridge.User{
+		{ID: "bob", Name: "Bob", Extensions: []string{"101"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/101"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.bridge.SetDirectory(dir)
+	if n := e.srv.SetCredentials(nil); n != 1 {
+		t.Fatalf("%d subscriptions ended, want the removed watcher's one", n)
+	}
+	last := phone.request(sip.NOTIFY)
+	if ss := last.GetHeader("Subscription-State"); ss == nil || !strings.Contains(ss.Value(), "terminated;reason=rejected") {
+		t.Fatalf("final NOTIFY has Subscription-State %v, want terminated;reason=rejected", ss)
 	}
 }
