@@ -17,9 +17,16 @@ import (
 // then accepts, and returns the Path the PBX was given.
 func register(t *testing.T, e *env, phone *peer, user string) string {
 	t.Helper()
+	return registerAs(t, e, phone, user, phone.addr())
+}
+
+// registerAs is register with the phone's Contact at contactAddr (a
+// phone behind NAT registers its private address).
+func registerAs(t *testing.T, e *env, phone *peer, user, contactAddr string) string {
+	t.Helper()
 	callID := "reg-" + user + "-" + phone.addr()
 	phone.sendTo(e.udp, phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: phone.addr(), user: user,
-		callID: callID, extra: []string{"Expires: 300"}}.String())
+		callID: callID, contact: contactAddr, extra: []string{"Expires: 300"}}.String())
 	got := e.pbx.request(sip.REGISTER)
 	vias := got.GetHeaders("Via")
 	if len(vias) != 2 {
@@ -50,12 +57,12 @@ func register(t *testing.T, e *env, phone *peer, user string) string {
 	}
 	auth := `Authorization: Digest username="` + user + `", realm="pbx.test", nonce="abc", uri="sip:pbx.test", response="0123456789abcdef0123456789abcdef"`
 	phone.sendTo(e.udp, phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: phone.addr(), user: user,
-		callID: callID, cseq: 2, extra: []string{"Expires: 300", auth}}.String())
+		callID: callID, contact: contactAddr, cseq: 2, extra: []string{"Expires: 300", auth}}.String())
 	got = e.pbx.request(sip.REGISTER)
 	if a := got.GetHeader("Authorization"); a == nil || !strings.Contains(a.Value(), `response="0123456789abcdef0123456789abcdef"`) {
 		t.Fatalf("the phone's credentials did not reach the PBX unchanged:\n%s", got)
 	}
-	contact := "Contact: <sip:" + user + "@" + phone.addr() + ">;expires=300"
+	contact := "Contact: <sip:" + user + "@" + contactAddr + ">;expires=300"
 	e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", "pbx-reg", contact))
 	if res := phone.response(sip.REGISTER, 200); res.StatusCode != 200 {
 		t.Fatalf("phone got %s, want 200", res.String()[:40])
@@ -487,5 +494,54 @@ func TestWatcherRemovedFromTheDirectoryLosesItsFlowSubscription(t *testing.T) {
 	last := phone.request(sip.NOTIFY)
 	if ss := last.GetHeader("Subscription-State"); ss == nil || !strings.Contains(ss.Value(), "terminated;reason=rejected") {
 		t.Fatalf("final NOTIFY has Subscription-State %v, want terminated;reason=rejected", ss)
+	}
+}
+
+func TestPBXWithoutPathReachesAPhoneBehindNATByItsContact(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	// The phone registers its private address; only the flow reaches it.
+	registerAs(t, e, phone, "100", "10.9.9.9:5062")
+	e.pbx.sendTo(e.udp, phoneRequest{method: "OPTIONS", uri: "sip:100@10.9.9.9:5062", from: e.pbx.addr(), user: "pbx",
+		toUser: "100", callID: "q-1"}.String())
+	got := phone.request(sip.OPTIONS)
+	if got.Recipient.Host != "10.9.9.9" {
+		t.Fatalf("Request-URI changed to %s", got.Recipient.String())
+	}
+	phone.sendTo(got.Source(), responseTo(got, 200, "OK", "q"))
+	if res := e.pbx.response(sip.OPTIONS, 200); res.StatusCode != 200 {
+		t.Fatalf("PBX's qualify got %s", res.String()[:40])
+	}
+}
+
+func TestCallToAClosedTCPFlowGets430(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	c, err := net.Dial("tcp", e.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := c.LocalAddr().String()
+	r := phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: me, user: "100", callID: "creg", extra: []string{"Expires: 300"}}
+	c.Write([]byte(strings.Replace(r.String(), "SIP/2.0/UDP", "SIP/2.0/TCP", 1)))
+	reg := e.pbx.request(sip.REGISTER)
+	e.pbx.sendTo(reg.Source(), responseTo(reg, 200, "OK", "r", "Contact: <sip:100@"+me+">;expires=300"))
+	if m, err := newFramer(c).next(); err != nil || m.(*sip.Response).StatusCode != 200 {
+		t.Fatalf("REGISTER over TCP: %v", err)
+	}
+	c.Close() // the phone's connection is gone
+	// The PBX calls it by the Path until Lamplighter has seen the close.
+	deadline := time.Now().Add(5 * time.Second)
+	for n := 0; ; n++ {
+		e.pbx.sendTo(e.udp, phoneRequest{method: "INVITE", uri: "sip:100@" + me, from: e.pbx.addr(), user: "200", toUser: "100",
+			callID: "closed-" + strconv.Itoa(n), extra: []string{"Route: " + reg.GetHeader("Path").Value()}}.String())
+		res := e.pbx.response(sip.INVITE, 200)
+		if res.StatusCode == 430 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a call to a closed flow got %s, want 430 Flow Failed", res.String()[:40])
+		}
 	}
 }

@@ -277,6 +277,7 @@ type phoneRequest struct {
 	body    string
 	maxFwd  int // -1: none
 	viaHost string
+	contact string // the Contact's host:port (default from)
 }
 
 func (r phoneRequest) String() string {
@@ -311,7 +312,11 @@ func (r phoneRequest) String() string {
 	fmt.Fprintf(&b, "To: %s\r\n", to)
 	fmt.Fprintf(&b, "Call-ID: %s\r\n", r.callID)
 	fmt.Fprintf(&b, "CSeq: %d %s\r\n", r.cseq, r.method)
-	fmt.Fprintf(&b, "Contact: <sip:%s@%s>\r\n", r.user, r.from)
+	contact := r.from
+	if r.contact != "" {
+		contact = r.contact
+	}
+	fmt.Fprintf(&b, "Contact: <sip:%s@%s>\r\n", r.user, contact)
 	for _, h := range r.extra {
 		b.WriteString(h + "\r\n")
 	}
