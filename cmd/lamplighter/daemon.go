@@ -17,6 +17,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/ari"
 	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
+	"github.com/lamplighter/lamplighter/adapters/sipcalls"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -35,7 +36,8 @@ type daemon struct {
 	level    *slog.LevelVar
 	bridge   *bridge.Bridge
 	sip      *presence.Server
-	proxy    *proxy.Proxy // nil unless a PBX is in proxy mode
+	proxy    *proxy.Proxy                 // nil unless a PBX is in proxy mode
+	sipPBXs  map[string]*sipcalls.Adapter // the adapters of PBXs of kind sip, by name
 	adapters []adapters.Adapter
 	ops      *ops.Server
 	api      *api.API
@@ -89,7 +91,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	for _, p := range persons {
 		_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
 	}
-	if d.proxy, err = newProxy(cfg, d.bridge, d.ops.Metrics, log.With("component", "proxy")); err != nil {
+	if d.proxy, d.sipPBXs, err = newProxy(cfg, d.bridge, d.ops.Metrics, log.With("component", "proxy")); err != nil {
 		return nil, err
 	}
 	if d.proxy != nil {
@@ -157,6 +159,8 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 		return ari.New(conn, *p.ARI, d.devicesOn(p.Name), d.log)
 	case config.KindESL:
 		return esl.New(conn, *p.ESL, d.devicesOn(p.Name), d.log)
+	case config.KindSIP:
+		return d.sipPBXs[p.Name], nil
 	}
 	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
 }

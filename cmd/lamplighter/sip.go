@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/lamplighter/lamplighter/adapters/sipcalls"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 	"github.com/lamplighter/lamplighter/presence"
@@ -115,22 +116,34 @@ func singleDialogPolicy(cfg *config.Config) func(userAgent, watcher string) bool
 // none is). A phone's requests go to the PBX of the user its extension or
 // alias names; an unknown user's to the one proxied PBX, when there is
 // only one.
-func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.Logger) (*proxy.Proxy, error) {
+//
+// Each PBX of kind sip gets its adapter here: it learns its lamps from
+// the proxy (calls), and its readiness from the proxy's OPTIONS.
+func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.Logger) (*proxy.Proxy, map[string]*sipcalls.Adapter, error) {
 	var targets []proxy.Target
 	proxied := map[string]bool{}
+	calls := map[string]*sipcalls.Adapter{}
+	var px *proxy.Proxy
 	for _, pb := range cfg.PBX {
 		if pb.Proxy == nil {
 			continue
 		}
 		host, port, err := pb.Proxy.HostPort()
 		if err != nil {
-			return nil, fmt.Errorf("pbx %q proxy address: %w", pb.Name, err)
+			return nil, nil, fmt.Errorf("pbx %q proxy address: %w", pb.Name, err)
+		}
+		if pb.Kind == config.KindSIP {
+			name := pb.Name
+			calls[name] = sipcalls.New(name, func() (bool, bool) {
+				up, known := px.Health()[name]
+				return up, known
+			})
 		}
 		targets = append(targets, proxy.Target{Name: pb.Name, Host: host, Port: port, Transport: pb.Proxy.Transport})
 		proxied[pb.Name] = true
 	}
 	if len(targets) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	only := ""
 	if len(targets) == 1 {
@@ -148,10 +161,31 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 		}
 		return ""
 	}
-	return proxy.New(proxy.Options{
+	opt := proxy.Options{
 		Targets: targets, TargetFor: targetFor,
 		RequireDigest:   cfg.Policy.ProxyRequireDigest,
 		MaxTransactions: cfg.Policy.MaxForwarding,
 		Logger:          log, Metrics: m,
-	})
+	}
+	if len(calls) > 0 {
+		opt.Calls = callObservers(calls)
+	}
+	px, err := proxy.New(opt)
+	return px, calls, err
+}
+
+// callObservers passes the proxy's observations to every sip adapter
+// (each keeps those of its own PBX).
+type callObservers map[string]*sipcalls.Adapter
+
+func (o callObservers) ObserveCall(e proxy.CallEvent) {
+	for _, a := range o {
+		a.ObserveCall(e)
+	}
+}
+
+func (o callObservers) ObserveRegistrations(target, user string, n int) {
+	if a := o[target]; a != nil {
+		a.ObserveRegistrations(target, user, n)
+	}
 }

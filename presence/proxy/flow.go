@@ -109,12 +109,20 @@ type bindings struct {
 	mu        sync.Mutex
 	byFlow    map[flow]*binding
 	byContact map[string]*binding
+	perUser   map[userKey]int // live bindings of a user on a target
 	max       int
 	now       func() time.Time
 }
 
 func newBindings(max int) *bindings {
-	return &bindings{byFlow: map[flow]*binding{}, byContact: map[string]*binding{}, max: max, now: time.Now}
+	return &bindings{byFlow: map[flow]*binding{}, byContact: map[string]*binding{}, perUser: map[userKey]int{},
+		max: max, now: time.Now}
+}
+
+// userKey names a user on a target.
+type userKey struct {
+	target int
+	user   string
 }
 
 // put records (or, for a zero expiry, removes) the binding of a flow. A
@@ -134,6 +142,7 @@ func (bs *bindings) put(b binding) bool {
 	}
 	nb := b
 	bs.byFlow[b.flow] = &nb
+	bs.perUser[userKey{b.target, b.user}]++
 	for _, c := range b.contacts {
 		bs.byContact[c] = &nb
 	}
@@ -143,6 +152,10 @@ func (bs *bindings) put(b binding) bool {
 func (bs *bindings) dropLocked(b *binding) {
 	if bs.byFlow[b.flow] == b {
 		delete(bs.byFlow, b.flow)
+		k := userKey{b.target, b.user}
+		if bs.perUser[k]--; bs.perUser[k] <= 0 {
+			delete(bs.perUser, k)
+		}
 	}
 	for _, c := range b.contacts {
 		if bs.byContact[c] == b {
@@ -173,15 +186,25 @@ func (bs *bindings) forContact(uri string) (binding, bool) {
 	return *b, true
 }
 
-// expire forgets the bindings expired by now.
-func (bs *bindings) expire(now time.Time) {
+// expire forgets the bindings expired by now and returns them.
+func (bs *bindings) expire(now time.Time) []binding {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
+	var gone []binding
 	for _, b := range bs.byFlow {
 		if !b.expires.After(now) {
 			bs.dropLocked(b)
+			gone = append(gone, *b)
 		}
 	}
+	return gone
+}
+
+// count returns how many live bindings a user holds on a target.
+func (bs *bindings) count(target int, user string) int {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.perUser[userKey{target, user}]
 }
 
 // len returns how many bindings are held.

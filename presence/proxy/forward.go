@@ -365,17 +365,6 @@ func (p *Proxy) recordRoute(fwd *sip.Request, src flow, h hop) {
 	fwd.PrependHeader(rr(out, h.transport))
 }
 
-// targetOf is the index of the PBX a request from src came from (0 when
-// it is not one of them).
-func (p *Proxy) targetOf(src flow) int {
-	for i, t := range p.opt.Targets {
-		if ip, err := netip.ParseAddr(t.Host); err == nil && ip.Unmap() == src.addr.Addr() {
-			return i
-		}
-	}
-	return 0
-}
-
 func uriParams(transport string) sip.HeaderParams {
 	ps := sip.NewParams()
 	if transport != "UDP" {
@@ -425,6 +414,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 	}
 	defer ctxTx.Terminate()
 	p.opt.Metrics.Forwarded(string(req.Method))
+	leg := p.newCallLeg(req, h)
 
 	invite := req.IsInvite()
 	var (
@@ -481,8 +471,12 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			if res.IsSuccess() && req.Method == sip.REGISTER {
 				p.learnBinding(req, res, h)
 			}
+			leg.response(res)
 			p.relayResponse(req, tx, res)
 			if res.StatusCode >= 200 {
+				if !answered {
+					p.observeInDialog(req, res)
+				}
 				answered = true
 				if !invite || !res.IsSuccess() {
 					return
@@ -497,11 +491,16 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			canceled = true
 			mu.Unlock()
 			sendCancel()
+			leg.failed()
 			p.respond(req, tx, 408, "Request Timeout")
 			return
 		case <-ctxTx.Done():
 			if answered {
 				return
+			}
+			leg.failed()
+			if req.Method == sip.BYE { // unanswered, yet the caller has hung up
+				p.observeInDialog(req, sip.NewResponseFromRequest(req, 408, "Request Timeout", nil))
 			}
 			err := ctxTx.Err()
 			switch {
@@ -646,5 +645,14 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 	if !p.binds.put(b) {
 		p.log.Warn("too many registrations through the proxy: this one is not remembered",
 			"user", b.user, "flow", src.String(), "max", p.opt.MaxBindings)
+	}
+	p.observeRegistrations(h.target, b.user)
+}
+
+// observeRegistrations tells the observer how many registrations a user
+// holds through the proxy now.
+func (p *Proxy) observeRegistrations(target int, user string) {
+	if p.opt.Calls != nil && target >= 0 {
+		p.opt.Calls.ObserveRegistrations(p.opt.Targets[target].Name, user, p.binds.count(target, user))
 	}
 }

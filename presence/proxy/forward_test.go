@@ -545,3 +545,59 @@ func TestCallToAClosedTCPFlowGets430(t *testing.T) {
 		}
 	}
 }
+
+func TestCallsAndRegistrationsAreObserved(t *testing.T) {
+	obs := newCalls()
+	e := newEnv(t, func(o *Options, _ *presenceOptions) { o.Calls = obs })
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	if r, ok := obs.next(t).(regs); !ok || r != (regs{"pbx", "100", 1}) {
+		t.Fatalf("registration observed as %+v", r)
+	}
+	inv := phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100", toUser: "101",
+		callID: "obs-1", body: "v=0\r\na=sendrecv\r\n"}
+	phone.sendTo(e.udp, inv.String())
+	got := e.pbx.request(sip.INVITE)
+	if ev := obs.call(t); ev.Step != CallTrying || !ev.Outgoing || ev.User != "100" || ev.Target != "pbx" ||
+		ev.RemoteUser != "101" || ev.LocalTag != "ft-obs-1" {
+		t.Fatalf("trying: %+v", ev)
+	}
+	e.pbx.sendTo(got.Source(), responseTo(got, 180, "Ringing", "pbx-o"))
+	if ev := obs.call(t); ev.Step != CallEarly || ev.RemoteTag != "pbx-o" {
+		t.Fatalf("ringing: %+v", ev)
+	}
+	e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", "pbx-o"))
+	if ev := obs.call(t); ev.Step != CallConfirmed {
+		t.Fatalf("answered: %+v", ev)
+	}
+	phone.response(sip.INVITE, 200)
+	rr := got.RecordRoute().Value()
+	// A re-INVITE that holds, then a BYE.
+	reinv := phoneRequest{method: "INVITE", uri: "sip:101@" + e.pbx.addr(), from: phone.addr(), user: "100", toUser: "101",
+		callID: "obs-1", toTag: "pbx-o", cseq: 2, extra: []string{"Route: " + rr}, body: "v=0\r\na=sendonly\r\n"}
+	phone.sendTo(e.udp, reinv.String())
+	r2 := e.pbx.request(sip.INVITE)
+	e.pbx.sendTo(r2.Source(), responseTo(r2, 200, "OK", ""))
+	if ev := obs.call(t); ev.Step != CallHeld || ev.CallID != "obs-1" || ev.User != "" {
+		t.Fatalf("hold: %+v", ev)
+	}
+	bye := phoneRequest{method: "BYE", uri: "sip:101@" + e.pbx.addr(), from: phone.addr(), user: "100", toUser: "101",
+		callID: "obs-1", toTag: "pbx-o", cseq: 3, extra: []string{"Route: " + rr}}
+	phone.sendTo(e.udp, bye.String())
+	b := e.pbx.request(sip.BYE)
+	e.pbx.sendTo(b.Source(), responseTo(b, 200, "OK", ""))
+	if ev := obs.call(t); ev.Step != CallEnded || ev.CallID != "obs-1" {
+		t.Fatalf("bye: %+v", ev)
+	}
+	// A call that fails ends its leg.
+	inv2 := inv
+	inv2.callID, inv2.branch = "obs-2", ""
+	phone.sendTo(e.udp, inv2.String())
+	got2 := e.pbx.request(sip.INVITE)
+	obs.call(t) // trying
+	e.pbx.sendTo(got2.Source(), responseTo(got2, 486, "Busy Here", "pbx-b"))
+	if ev := obs.call(t); ev.Step != CallEnded || ev.CallID != "obs-2" || ev.User != "100" {
+		t.Fatalf("busy: %+v", ev)
+	}
+}

@@ -428,3 +428,41 @@ func freeUDPPort(t *testing.T, host string) int {
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
+
+// calls records what the proxy observes.
+type calls struct {
+	ch chan any // CallEvent, or regs
+}
+
+type regs struct {
+	target, user string
+	n            int
+}
+
+func newCalls() *calls { return &calls{ch: make(chan any, 64)} }
+
+func (c *calls) ObserveCall(e CallEvent) { c.ch <- e }
+
+func (c *calls) ObserveRegistrations(target, user string, n int) { c.ch <- regs{target, user, n} }
+
+// next waits for the next observation.
+func (c *calls) next(t *testing.T) any {
+	t.Helper()
+	select {
+	case v := <-c.ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing observed within 5 s")
+		return nil
+	}
+}
+
+// call waits for the next call event.
+func (c *calls) call(t *testing.T) CallEvent {
+	t.Helper()
+	for {
+		if e, ok := c.next(t).(CallEvent); ok {
+			return e
+		}
+	}
+}

@@ -93,6 +93,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics receives counts; nil for none.
 	Metrics Metrics
+	// Calls learns of the calls and registrations the proxy carries
+	// (calls.go); nil for none.
+	Calls CallObserver
 }
 
 // Defaults of Options.
@@ -147,7 +150,7 @@ type Proxy struct {
 	tokens  *tokens
 	binds   *bindings
 	health  []targetHealth
-	pbxIPs  atomic.Pointer[map[netip.Addr]bool]
+	pbxIPs  atomic.Pointer[map[netip.Addr]int] // a target's address → its index
 	inUse   atomic.Int64 // forwarded transactions in flight
 	started chan struct{}
 
@@ -189,7 +192,7 @@ func New(opt Options) (*Proxy, error) {
 		health:  make([]targetHealth, len(opt.Targets)),
 		started: make(chan struct{}),
 	}
-	empty := map[netip.Addr]bool{}
+	empty := map[netip.Addr]int{}
 	p.pbxIPs.Store(&empty)
 	return p, nil
 }
@@ -221,7 +224,9 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 			wg.Wait()
 			return nil
 		case now := <-t.C:
-			p.binds.expire(now)
+			for _, b := range p.binds.expire(now) {
+				p.observeRegistrations(b.target, b.user)
+			}
 			if now.Sub(resolved) >= time.Minute { // a PBX named by DNS may move
 				p.resolveTargets(ctx)
 				resolved = now
@@ -233,10 +238,10 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 // resolveTargets learns the targets' IP addresses, by which requests
 // from a PBX are told from phones'.
 func (p *Proxy) resolveTargets(ctx context.Context) {
-	ips := map[netip.Addr]bool{}
-	for _, t := range p.opt.Targets {
+	ips := map[netip.Addr]int{}
+	for i, t := range p.opt.Targets {
 		if ip, err := netip.ParseAddr(t.Host); err == nil {
-			ips[ip.Unmap()] = true
+			ips[ip.Unmap()] = i
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -247,14 +252,21 @@ func (p *Proxy) resolveTargets(ctx context.Context) {
 			continue
 		}
 		for _, a := range addrs {
-			ips[a.Unmap()] = true
+			ips[a.Unmap()] = i
 		}
 	}
 	p.pbxIPs.Store(&ips)
 }
 
 // fromPBX reports whether a source address is one of the targets'.
-func (p *Proxy) fromPBX(addr netip.AddrPort) bool { return (*p.pbxIPs.Load())[addr.Addr().Unmap()] }
+func (p *Proxy) fromPBX(addr netip.AddrPort) bool {
+	_, ok := (*p.pbxIPs.Load())[addr.Addr().Unmap()]
+	return ok
+}
+
+// targetOf is the index of the PBX a request from src came from (0 when
+// it is not one of them).
+func (p *Proxy) targetOf(src flow) int { return (*p.pbxIPs.Load())[src.addr.Addr().Unmap()] }
 
 // Health reports, per target name, whether it answered its last OPTIONS;
 // a target not yet pinged is missing.

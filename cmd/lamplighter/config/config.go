@@ -156,7 +156,7 @@ type Log struct {
 // PBX is one PBX connection.
 type PBX struct {
 	Name         string `yaml:"name"`
-	Kind         string `yaml:"kind"`    // ari, esl or sim
+	Kind         string `yaml:"kind"`    // ari, esl, sim or sip
 	Address      string `yaml:"address"` // ari: http(s)://host:8088; esl: host:8021
 	Username     string `yaml:"username"`
 	Password     string `yaml:"password"`
@@ -241,6 +241,9 @@ const (
 	KindARI = "ari"
 	KindESL = "esl"
 	KindSim = "sim"
+	// KindSIP is a PBX reached only through its SIP side, in proxy mode:
+	// its lamps come from the calls Lamplighter carries (adapters/sipcalls).
+	KindSIP = "sip"
 )
 
 // Error is one problem, with where it is.

@@ -94,6 +94,18 @@ func TestBaseIsValid(t *testing.T) {
 	}
 }
 
+func TestSIPKindWithProxyIsValid(t *testing.T) {
+	src := strings.Replace(base, "kind: sim", "kind: sip\n    proxy: {address: \"127.0.0.1:5070\", transport: udp}", 1)
+	cfg, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, err := cfg.PBX[1].Proxy.HostPort()
+	if err != nil || host != "127.0.0.1" || port != 5070 {
+		t.Fatalf("proxy address %s %d %v", host, port, err)
+	}
+}
+
 func TestCheckConfigErrors(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -133,6 +145,8 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"proxy bad transport", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5:5060\", transport: sctp}\n"}, 9, `transport "sctp" is not udp`},
 		{"proxy bad port", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5:70000\"}\n"}, 9, `bad port "70000"`},
 		{"proxy unknown key", [2]string{"    password: p\n", "    password: p\n    proxy: {adress: x}\n"}, 9, `unknown key "adress"`},
+		{"sip kind without proxy", [2]string{"kind: sim", "kind: sip"}, 9, `of kind sip needs a proxy section`},
+		{"sip kind with an event address", [2]string{"kind: sim", "kind: sip\n    address: 10.0.0.5:8088\n    proxy: {address: \"10.0.0.5\"}"}, 11, "has no event address"},
 		{"max_forwarding", [2]string{"sip:", "policy:\n  max_forwarding: -1\nsip:"}, 2, "must be at least 1"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}

@@ -215,10 +215,17 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 					v.at(append(path, "sim", e.Key), "%s", e.Error())
 				}
 			}
+		case KindSIP:
+			if pb.Proxy == nil {
+				v.at(path, "pbx %q of kind sip needs a proxy section: its SIP address", pb.Name)
+			}
+			if pb.Address != "" {
+				v.at(append(path, "address"), "a pbx of kind sip has no event address: its SIP side is proxy.address")
+			}
 		case "":
-			v.at(path, "pbx %q has no kind (ari, esl or sim)", pb.Name)
+			v.at(path, "pbx %q has no kind (ari, esl, sim or sip)", pb.Name)
 		default:
-			v.at(append(path, "kind"), "kind %q is not ari, esl or sim", pb.Kind)
+			v.at(append(path, "kind"), "kind %q is not ari, esl, sim or sip", pb.Kind)
 		}
 		if pb.Kind != KindSim && pb.Sim != nil {
 			v.at(append(path, "sim"), "a sim section on a pbx of kind %q", pb.Kind)

@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// The proxy carries its phones' calls, so it can tell what each phone is
+// doing, as Kamailio's pua_dialoginfo does: an INVITE from a phone is an
+// outgoing call of the user its flow registered as, an INVITE toward a
+// phone an incoming one; their responses say trying, ringing, answered or
+// failed; a re-INVITE whose offer is sendonly or inactive puts the call on
+// hold; a BYE ends it. A PBX with no event interface of its own (kind sip,
+// adapters/sipcalls) gets its lamps from this alone.
+
+// CallStep is how far a call leg has come.
+type CallStep int
+
+// The steps of a call leg.
+const (
+	CallTrying    CallStep = iota // sent on, no answer yet
+	CallEarly                     // ringing (180/183)
+	CallConfirmed                 // answered (2xx)
+	CallHeld                      // put on hold by a re-INVITE (every leg of the Call-ID)
+	CallResumed                   // taken off hold (every leg of the Call-ID)
+	CallEnded                     // failed, cancelled, timed out, or a BYE (User "": every leg of the Call-ID)
+)
+
+// CallEvent is one thing the proxy saw of a phone's call.
+type CallEvent struct {
+	Target string // the PBX's name
+	User   string // the phone's address-of-record user ("" with a Call-ID-wide step)
+	CallID string
+	// Outgoing is set when the phone placed the call.
+	Outgoing bool
+	Step     CallStep
+	// The phone's dialog identifiers (for pickup with Replaces): its
+	// own tag and the other side's, once known.
+	LocalTag, RemoteTag string
+	// RemoteUser and RemoteName are the other party as the request
+	// names it.
+	RemoteUser, RemoteName string
+}
+
+// CallObserver learns what the proxy sees of its phones: their call legs
+// and how many registrations each user holds through it. Its methods
+// must not block.
+type CallObserver interface {
+	ObserveCall(e CallEvent)
+	ObserveRegistrations(target, user string, bindings int)
+}
+
+// callLeg follows one forwarded INVITE for the observer; nil when there
+// is no observer or the INVITE is not a phone's new call.
+type callLeg struct {
+	p  *Proxy
+	ev CallEvent
+}
+
+// newCallLeg starts following a forwarded INVITE that makes a dialog; it
+// reports CallTrying.
+func (p *Proxy) newCallLeg(req *sip.Request, h hop) *callLeg {
+	if p.opt.Calls == nil || !req.IsInvite() || tagOfTo(req.To()) != "" {
+		return nil
+	}
+	src := sourceFlow(req)
+	ev := CallEvent{CallID: req.CallID().Value(), Step: CallTrying}
+	if h.target >= 0 { // from a phone: its outgoing call
+		ev.Target = p.opt.Targets[h.target].Name
+		ev.Outgoing = true
+		ev.User = req.From().Address.User
+		if b, ok := p.binds.onFlow(src); ok {
+			ev.User = b.user
+		}
+		ev.LocalTag = tagOf(req.From())
+		ev.RemoteUser, ev.RemoteName = req.To().Address.User, req.To().DisplayName
+	} else { // toward a phone: its incoming call
+		b, ok := p.binds.onFlow(h.flow)
+		if !ok {
+			return nil // not one of our registered phones
+		}
+		ev.Target = p.opt.Targets[p.targetOf(src)].Name
+		ev.User = b.user
+		ev.RemoteTag = tagOf(req.From())
+		ev.RemoteUser, ev.RemoteName = req.From().Address.User, req.From().DisplayName
+	}
+	l := &callLeg{p: p, ev: ev}
+	p.opt.Calls.ObserveCall(ev)
+	return l
+}
+
+// response reports what a response to the INVITE says of the leg.
+func (l *callLeg) response(res *sip.Response) {
+	if l == nil {
+		return
+	}
+	tag := tagOfTo(res.To())
+	switch {
+	case res.StatusCode == 180 || res.StatusCode == 183:
+		l.ev.Step = CallEarly
+	case res.IsSuccess():
+		l.ev.Step = CallConfirmed
+	case res.StatusCode >= 300:
+		l.ev.Step = CallEnded
+	default:
+		return
+	}
+	if tag != "" {
+		if l.ev.Outgoing {
+			l.ev.RemoteTag = tag
+		} else {
+			l.ev.LocalTag = tag
+		}
+	}
+	l.p.opt.Calls.ObserveCall(l.ev)
+}
+
+// failed reports a leg that ended with no final response relayed
+// (timeout, transport error, Timer C).
+func (l *callLeg) failed() {
+	if l == nil || l.ev.Step == CallEnded {
+		return
+	}
+	l.ev.Step = CallEnded
+	l.p.opt.Calls.ObserveCall(l.ev)
+}
+
+// observeInDialog reports what an answered request within a dialog says:
+// a BYE ends every leg of its Call-ID, a re-INVITE holds or resumes it.
+func (p *Proxy) observeInDialog(req *sip.Request, res *sip.Response) {
+	if p.opt.Calls == nil || tagOfTo(req.To()) == "" {
+		return
+	}
+	ev := CallEvent{CallID: req.CallID().Value()}
+	switch {
+	case req.Method == sip.BYE && res.StatusCode >= 200:
+		ev.Step = CallEnded // whatever the answer, the caller has hung up
+	case req.IsInvite() && res.IsSuccess():
+		ev.Step = CallResumed
+		if holds(req.Body()) {
+			ev.Step = CallHeld
+		}
+	default:
+		return
+	}
+	p.opt.Calls.ObserveCall(ev)
+}
+
+// holds reports whether an SDP offer puts the call on hold: its media are
+// sendonly or inactive (RFC 3264 §8.4), or its connection address is
+// 0.0.0.0 (RFC 2543 style).
+func holds(sdp []byte) bool {
+	return bytes.Contains(sdp, []byte("a=sendonly")) || bytes.Contains(sdp, []byte("a=inactive")) ||
+		bytes.Contains(sdp, []byte("c=IN IP4 0.0.0.0"))
+}
