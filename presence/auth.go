@@ -58,7 +58,7 @@ type authenticator struct {
 	flowUser func(*sipmsg.Request) string
 	// isUser, in proxy mode, says whether a user id is still in the
 	// directory: what a flow's grant holds by.
-	isUser func(id string) bool
+	isUser   func(id string) bool
 	creds    atomic.Pointer[map[string]Credential] // by username
 	nonceTTL time.Duration
 	now      func() time.Time

@@ -33,7 +33,7 @@ type Adapter struct {
 }
 
 var (
-	_ adapters.Adapter    = (*Adapter)(nil)
+	_ adapters.Adapter   = (*Adapter)(nil)
 	_ proxy.CallObserver = (*Adapter)(nil)
 )
 

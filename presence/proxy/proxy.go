@@ -151,7 +151,7 @@ type Proxy struct {
 	binds   *bindings
 	health  []targetHealth
 	pbxIPs  atomic.Pointer[map[netip.Addr]int] // a target's address → its index
-	inUse   atomic.Int64 // forwarded transactions in flight
+	inUse   atomic.Int64                       // forwarded transactions in flight
 	started chan struct{}
 
 	// Set by Run, from the presence server.
