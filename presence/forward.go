@@ -8,6 +8,7 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -111,3 +112,34 @@ func (s *Server) flowUser(req *sipmsg.Request) string {
 // flow: it holds while its watcher is a user in the directory (the PBX
 // decides who registers).
 const grantFlow = "flow"
+
+// AuthenticateCall checks a call placed on a dedicated busy-lamp line
+// (proxy mode with dedicated lines) with the caller's SIP credentials, as
+// SUBSCRIBE is checked: Proxy-Authorization (or Authorization), or a
+// trusted network. It returns the directory user who called; with none,
+// the challenges to answer 407 with (Proxy-Authenticate values), or
+// neither when the caller authenticated as no user of the directory (403).
+func (s *Server) AuthenticateCall(req *sip.Request) (*bridge.User, []string, error) {
+	m, err := sipmsg.ParseString(req.String())
+	if err != nil {
+		return nil, nil, err
+	}
+	m.Transport, m.Source = strings.ToUpper(req.Transport()), req.Source()
+	m.Peer = parseAddrPort(req.Source())
+	id, out := s.auth.check(m)
+	dir := s.states.Directory()
+	switch out {
+	case authOK:
+		if u, ok := dir.User(id.UserID); ok && id.UserID != "" {
+			return u, nil, nil
+		}
+		if u, ok := dir.Lookup(m.From.URI.User); ok && id.Trusted {
+			return u, nil, nil
+		}
+		return nil, nil, nil
+	case authFailed:
+		s.opt.Metrics.AuthFailure(m.Method)
+		s.log.Info("authentication failed", "method", m.Method, "source", m.Source)
+	}
+	return nil, s.auth.challenges(out == authStale), nil
+}

@@ -139,7 +139,8 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 				return up, known
 			})
 		}
-		targets = append(targets, proxy.Target{Name: pb.Name, Host: host, Port: port, Transport: pb.Proxy.Transport})
+		targets = append(targets, proxy.Target{Name: pb.Name, Host: host, Port: port, Transport: pb.Proxy.Transport,
+			Dedicated: pb.Proxy.Phones == config.PhonesDedicated, Redirect: pb.Proxy.DedicatedCalls == config.CallsRedirect})
 		proxied[pb.Name] = true
 	}
 	if len(targets) == 0 {

@@ -82,6 +82,10 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 		p.respond(req, tx, code, reason)
 		return
 	}
+	if t, ok := p.dedicatedLineCall(req); ok {
+		p.serveDedicated(req, tx, t)
+		return
+	}
 	fwd, h, code, reason := p.prepare(req)
 	if code != 0 {
 		var hdrs []sip.Header
@@ -163,11 +167,18 @@ func sourceFlow(req *sip.Request) flow {
 // means go, any other is the answer to give instead.
 func (p *Proxy) prepare(req *sip.Request) (*sip.Request, hop, int, string) {
 	fwd := req.Clone()
-	src := sourceFlow(req)
-	h, code, reason := p.nextHop(req, fwd, src)
+	h, code, reason := p.nextHop(req, fwd, sourceFlow(req))
 	if code != 0 {
 		return nil, h, code, reason
 	}
+	p.prepareTo(req, fwd, h)
+	return fwd, h, 0, ""
+}
+
+// prepareTo makes fwd, a copy of req, ready to go to h: Max-Forwards,
+// received/rport, Record-Route, Path, our Via, the destination.
+func (p *Proxy) prepareTo(req, fwd *sip.Request, h hop) {
+	src := sourceFlow(req)
 	if mf := fwd.MaxForwards(); mf != nil {
 		mf.Dec()
 	} else {
@@ -194,7 +205,6 @@ func (p *Proxy) prepare(req *sip.Request) (*sip.Request, hop, int, string) {
 	fwd.SetDestination(h.dest)
 	fwd.SetTransport(h.transport)
 	p.setLocal(fwd, h.transport, h.host)
-	return fwd, h, 0, ""
 }
 
 // nextHop pops the Routes that are ours from fwd and decides where it

@@ -45,6 +45,14 @@ type Target struct {
 	Port int
 	// Transport is udp (default), tcp or tls.
 	Transport string
+	// Dedicated says the PBX's phones keep their own line to the PBX and
+	// a second, busy-lamp line registered to Lamplighter (dedicated.go):
+	// REGISTER stays here, and a call from the busy-lamp line is
+	// authenticated here and sent on to the PBX, or redirected to it when
+	// Redirect is set. Otherwise phones use Lamplighter as the outbound
+	// proxy of their one line.
+	Dedicated bool
+	Redirect  bool
 }
 
 func (t *Target) defaults() {
@@ -347,7 +355,8 @@ func (p *Proxy) Forwards(req *sipmsg.Request) bool {
 	}
 	switch req.Method {
 	case "REGISTER":
-		return p.targetFor(req.To.URI.User) >= 0
+		t := p.targetFor(req.To.URI.User)
+		return t >= 0 && !p.opt.Targets[t].Dedicated
 	case "SUBSCRIBE", "PUBLISH":
 		ev, _ := req.Get(sipmsg.Event)
 		pkg, _, _ := strings.Cut(ev, ";")

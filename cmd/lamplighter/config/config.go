@@ -205,7 +205,24 @@ type PBXProxy struct {
 	Address string `yaml:"address"`
 	// Transport is udp (default), tcp or tls.
 	Transport string `yaml:"transport"`
+	// Phones says how the PBX's phones reach Lamplighter: "outbound"
+	// (default: their one line has Lamplighter as outbound proxy) or
+	// "dedicated" (a second, busy-lamp line registered to Lamplighter,
+	// whose calls Lamplighter authenticates and passes on).
+	Phones string `yaml:"phones"`
+	// DedicatedCalls, for dedicated lines, is what a call from the
+	// busy-lamp line gets: "forward" (default: sent on to the PBX with
+	// P-Asserted-Identity) or "redirect" (302 to the PBX).
+	DedicatedCalls string `yaml:"dedicated_calls"`
 }
+
+// Values of PBXProxy.Phones and DedicatedCalls.
+const (
+	PhonesOutbound  = "outbound"
+	PhonesDedicated = "dedicated"
+	CallsForward    = "forward"
+	CallsRedirect   = "redirect"
+)
 
 // User is one person.
 type User struct {

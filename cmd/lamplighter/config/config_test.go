@@ -147,6 +147,10 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"proxy unknown key", [2]string{"    password: p\n", "    password: p\n    proxy: {adress: x}\n"}, 9, `unknown key "adress"`},
 		{"sip kind without proxy", [2]string{"kind: sim", "kind: sip"}, 9, `of kind sip needs a proxy section`},
 		{"sip kind with an event address", [2]string{"kind: sim", "kind: sip\n    address: 10.0.0.5:8088\n    proxy: {address: \"10.0.0.5\"}"}, 11, "has no event address"},
+		{"proxy phones", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", phones: two}\n"}, 9, `phones "two" is not outbound or dedicated`},
+		{"dedicated_calls without dedicated", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", dedicated_calls: redirect}\n"}, 9, "dedicated_calls is for phones: dedicated"},
+		{"dedicated_calls value", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", phones: dedicated, dedicated_calls: drop}\n"}, 9, `dedicated_calls "drop" is not forward or redirect`},
+		{"sip kind with dedicated phones", [2]string{"kind: sim", "kind: sip\n    proxy: {address: \"10.0.0.5\", phones: dedicated}"}, 11, "phones: outbound"},
 		{"max_forwarding", [2]string{"sip:", "policy:\n  max_forwarding: -1\nsip:"}, 2, "must be at least 1"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}

@@ -256,6 +256,9 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 		v.checkSecret(path, "password", pb.PasswordFile, pb.PasswordEnv)
 		if pb.Proxy != nil {
 			v.checkProxy(append(path, "proxy"), pb.Proxy)
+			if pb.Kind == KindSIP && pb.Proxy.Phones == PhonesDedicated {
+				v.at(append(path, "proxy", "phones"), "a pbx of kind sip sees calls only on phones that use Lamplighter as outbound proxy: phones: outbound")
+			}
 		}
 	}
 	return names
@@ -268,6 +271,17 @@ func (v *validator) checkProxy(path []any, px *PBXProxy) {
 	case "", "udp", "tcp", "tls":
 	default:
 		v.at(append(path, "transport"), "transport %q is not udp, tcp or tls", px.Transport)
+	}
+	switch px.Phones {
+	case "", PhonesOutbound, PhonesDedicated:
+	default:
+		v.at(append(path, "phones"), "phones %q is not outbound or dedicated", px.Phones)
+	}
+	switch {
+	case px.DedicatedCalls != "" && px.Phones != PhonesDedicated:
+		v.at(append(path, "dedicated_calls"), "dedicated_calls is for phones: dedicated")
+	case px.DedicatedCalls != "" && px.DedicatedCalls != CallsForward && px.DedicatedCalls != CallsRedirect:
+		v.at(append(path, "dedicated_calls"), "dedicated_calls %q is not forward or redirect", px.DedicatedCalls)
 	}
 	if px.Address == "" {
 		v.at(path, "a proxy section needs the PBX's SIP address (host:port)")
