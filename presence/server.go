@@ -112,6 +112,10 @@ type Options struct {
 	// Forwarder takes what the server does not answer itself (proxy
 	// mode); nil: other methods get 405.
 	Forwarder Forwarder
+	// ClientTLS is how connections the server opens over TLS (proxy
+	// mode, to a PBX) check the peer; default the system's roots, TLS 1.2
+	// at least.
+	ClientTLS *tls.Config
 	// Restore is what the Store held at start-up; Run brings it back
 	// before serving. Restored subscriptions get their NOTIFY from
 	// NotifyRestored.
@@ -242,9 +246,14 @@ func New(states States, opt Options) (*Server, error) {
 	// set past sipgo's own 64 KiB.
 	parser := sip.NewParser()
 	parser.MaxMessageLength = max(parser.MaxMessageLength, maxHeadBytes+opt.MaxBodyBytes)
+	clientTLS := opt.ClientTLS
+	if clientTLS == nil {
+		clientTLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(opt.UserAgent),
 		sipgo.WithUserAgentParser(parser),
+		sipgo.WithUserAgenTLSConfig(clientTLS),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),

@@ -2,8 +2,10 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/lamplighter/lamplighter/adapters/sipcalls"
@@ -65,7 +67,35 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 	}
 	opt.Credentials = creds
 	opt.SingleDialog = singleDialogPolicy(cfg)
+	if opt.ClientTLS, err = clientTLS(cfg); err != nil {
+		return opt, err
+	}
 	return opt, nil
+}
+
+// clientTLS is how Lamplighter checks a PBX it reaches over TLS in proxy
+// mode: the system's roots and every proxy section's ca_file.
+func clientTLS(cfg *config.Config) (*tls.Config, error) {
+	var pool *x509.CertPool
+	for _, pb := range cfg.PBX {
+		if pb.Proxy == nil || pb.Proxy.CAFile == "" {
+			continue
+		}
+		if pool == nil {
+			var err error
+			if pool, err = x509.SystemCertPool(); err != nil {
+				pool = x509.NewCertPool()
+			}
+		}
+		b, err := os.ReadFile(pb.Proxy.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("pbx %q ca_file: %w", pb.Name, err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("pbx %q ca_file %s holds no PEM certificate", pb.Name, pb.Proxy.CAFile)
+		}
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // credentials resolves every user's SIP password; users without one can

@@ -1,6 +1,13 @@
 package proxy
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -599,5 +606,124 @@ func TestCallsAndRegistrationsAreObserved(t *testing.T) {
 	e.pbx.sendTo(got2.Source(), responseTo(got2, 486, "Busy Here", "pbx-b"))
 	if ev := obs.call(t); ev.Step != CallEnded || ev.CallID != "obs-2" || ev.User != "100" {
 		t.Fatalf("busy: %+v", ev)
+	}
+}
+
+// selfSigned makes a certificate for ip, and a pool that trusts it.
+func selfSigned(t *testing.T, ip net.IP) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pbx test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{ip}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, pool
+}
+
+func TestForwardsToAPBXOverTLS(t *testing.T) {
+	conf, pool := selfSigned(t, net.IPv4(127, 0, 0, 2))
+	ln, err := tls.Listen("tcp", "127.0.0.2:0", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbx := serveTCPPeer(t, ln)
+	e := newEnv(t, func(o *Options, so *presenceOptions) {
+		o.Targets = []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port(), Transport: "tls"}}
+		so.ClientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	})
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "tls-1", body: "hello"}.String())
+	var got tcpMsg
+	select {
+	case got = <-pbx.in:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing reached the PBX over TLS")
+	}
+	r := got.msg.(*sip.Request)
+	if r.Via().Transport != "TLS" || string(r.Body()) != "hello" {
+		t.Fatalf("PBX got %s over %s", startLine(r), r.Via().Transport)
+	}
+	got.conn.Write([]byte(responseTo(r, 200, "OK", "tls")))
+	if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 200 {
+		t.Fatalf("phone got %s", startLine(res))
+	}
+}
+
+func TestPBXOverTLSWithAnUntrustedCertificateGets503(t *testing.T) {
+	conf, _ := selfSigned(t, net.IPv4(127, 0, 0, 2))
+	ln, err := tls.Listen("tcp", "127.0.0.2:0", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbx := serveTCPPeer(t, ln)
+	e := newEnv(t, func(o *Options, _ *presenceOptions) {
+		o.Targets = []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port(), Transport: "tls"}}
+	})
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "tls-2"}.String())
+	if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 503 {
+		t.Fatalf("a PBX whose certificate is not trusted: %s, want 503", startLine(res))
+	}
+	select {
+	case m := <-pbx.in:
+		t.Fatalf("the PBX got %s over an untrusted connection", startLine(m.msg))
+	default:
+	}
+}
+
+func TestForwardsToAPBXOverIPv6(t *testing.T) {
+	if c, err := net.ListenPacket("udp", "[::1]:0"); err != nil {
+		t.Skip("no IPv6 loopback here")
+	} else {
+		c.Close()
+	}
+	pbx6 := listenPeerWith(t, "[::1]:0", true)
+	e := newEnv(t, func(o *Options, so *presenceOptions) {
+		o.Targets = []Target{{Name: "pbx", Host: "::1", Port: pbx6.port()}}
+		so.Listen = append(so.Listen, presence.Listener{Transport: "udp", Address: "[::1]:0"})
+	})
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	callID := "reg6"
+	phone.sendTo(e.udp, phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: phone.addr(), user: "100",
+		callID: callID, extra: []string{"Expires: 300"}}.String())
+	reg := pbx6.request(sip.REGISTER)
+	if v := reg.Via(); v.Host != "::1" {
+		t.Fatalf("our Via toward an IPv6 PBX has host %q", v.Host)
+	}
+	path := reg.GetHeader("Path").Value()
+	if !strings.Contains(path, "[::1]") {
+		t.Fatalf("Path %s does not name our IPv6 address", path)
+	}
+	pbx6.sendTo(reg.Source(), responseTo(reg, 200, "OK", "r6", "Contact: <sip:100@"+phone.addr()+">;expires=300"))
+	if res := phone.response(sip.REGISTER, 200); res.StatusCode != 200 {
+		t.Fatalf("phone got %s", startLine(res))
+	}
+	// The PBX's call comes back over IPv6 and reaches the IPv4 phone.
+	udp6 := e.srv.Addrs()[2].String()
+	pbx6.sendTo(udp6, phoneRequest{method: "INVITE", uri: "sip:100@" + phone.addr(), from: "[::1]:" + strconv.Itoa(pbx6.port()),
+		user: "200", toUser: "100", callID: "in6", extra: []string{"Route: " + path}}.String())
+	inv := phone.request(sip.INVITE)
+	if rr := inv.GetHeaders("Record-Route"); len(rr) != 2 {
+		t.Fatalf("an INVITE from IPv6 to IPv4 has %d Record-Routes, want 2", len(rr))
+	}
+	phone.sendTo(inv.Source(), responseTo(inv, 486, "Busy Here", "b6"))
+	if res := pbx6.response(sip.INVITE, 200); res.StatusCode != 486 {
+		t.Fatalf("PBX got %s", startLine(res))
 	}
 }

@@ -349,6 +349,12 @@ func listenTCPPeer(t *testing.T, addr string) *tcpPeer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTCPPeer(t, ln)
+}
+
+// serveTCPPeer plays a PBX on a stream listener (TCP or TLS).
+func serveTCPPeer(t *testing.T, ln net.Listener) *tcpPeer {
+	t.Helper()
 	p := &tcpPeer{t: t, ln: ln, in: make(chan tcpMsg, 16)}
 	t.Cleanup(func() { ln.Close() })
 	go func() {

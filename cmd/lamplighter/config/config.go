@@ -214,6 +214,10 @@ type PBXProxy struct {
 	// busy-lamp line gets: "forward" (default: sent on to the PBX with
 	// P-Asserted-Identity) or "redirect" (302 to the PBX).
 	DedicatedCalls string `yaml:"dedicated_calls"`
+	// CAFile, for transport tls, is a PEM file of the certificate
+	// authorities that may sign the PBX's certificate, besides the
+	// system's.
+	CAFile string `yaml:"ca_file"`
 }
 
 // Values of PBXProxy.Phones and DedicatedCalls.

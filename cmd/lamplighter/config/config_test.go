@@ -151,6 +151,9 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"dedicated_calls without dedicated", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", dedicated_calls: redirect}\n"}, 9, "dedicated_calls is for phones: dedicated"},
 		{"dedicated_calls value", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", phones: dedicated, dedicated_calls: drop}\n"}, 9, `dedicated_calls "drop" is not forward or redirect`},
 		{"sip kind with dedicated phones", [2]string{"kind: sim", "kind: sip\n    proxy: {address: \"10.0.0.5\", phones: dedicated}"}, 11, "phones: outbound"},
+		{"ca_file without tls", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", ca_file: /etc/hosts}\n"}, 9, "ca_file is for transport: tls"},
+		{"ca_file not PEM", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", transport: tls, ca_file: /etc/hosts}\n"}, 9, "holds no PEM certificate"},
+		{"ca_file missing", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", transport: tls, ca_file: /nonexistent/ca.pem}\n"}, 9, "cannot read ca_file"},
 		{"max_forwarding", [2]string{"sip:", "policy:\n  max_forwarding: -1\nsip:"}, 2, "must be at least 1"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
@@ -282,6 +283,15 @@ func (v *validator) checkProxy(path []any, px *PBXProxy) {
 		v.at(append(path, "dedicated_calls"), "dedicated_calls is for phones: dedicated")
 	case px.DedicatedCalls != "" && px.DedicatedCalls != CallsForward && px.DedicatedCalls != CallsRedirect:
 		v.at(append(path, "dedicated_calls"), "dedicated_calls %q is not forward or redirect", px.DedicatedCalls)
+	}
+	if px.CAFile != "" {
+		if tr != "tls" {
+			v.at(append(path, "ca_file"), "ca_file is for transport: tls")
+		} else if b, err := os.ReadFile(px.CAFile); err != nil {
+			v.at(append(path, "ca_file"), "cannot read ca_file: %v", unwrapPath(err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			v.at(append(path, "ca_file"), "ca_file %s holds no PEM certificate", px.CAFile)
+		}
 	}
 	if px.Address == "" {
 		v.at(path, "a proxy section needs the PBX's SIP address (host:port)")
