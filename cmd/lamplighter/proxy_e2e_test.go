@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -133,9 +134,10 @@ func TestProxyModeWithRealPhonesAndARegistrar(t *testing.T) {
 	baresiptest.Need(t)
 	pbx, pbxLog := startRegistrar(t)
 	dir := t.TempDir()
+	ll := "127.0.0.1:" + strconv.Itoa(baresiptest.FreePorts(t, 1)[0]) // the phones' outbound proxy: kept over a restart
 	config := fmt.Sprintf(`sip:
   domain: pbx.test
-  listen: [{transport: udp, address: "127.0.0.1:0"}]
+  listen: [{transport: udp, address: "%s"}]
 http: {listen: "127.0.0.1:0"}
 state_dir: %s
 log: {level: debug}
@@ -147,17 +149,12 @@ users:
   - {id: alice, name: Alice, extensions: ["100"], devices: [{pbx: kam, device: "100"}]}
   - {id: bob, name: Bob, extensions: ["101"], devices: [{pbx: kam, device: "101"}]}
   - {id: carol, name: Carol, extensions: ["102"], devices: [{pbx: kam, device: "102"}]}
-`, filepath.Join(dir, "state"), pbx)
+`, ll, filepath.Join(dir, "state"), pbx)
 	path := filepath.Join(dir, "c.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, _ := runInProcess(t, path)
-	m := regexp.MustCompile(`"sip listening" component=sip transport=udp address=(\S+)`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("no SIP address in the log:\n%s", out.String())
-	}
-	ll := m[1]
+	out, stop := startDaemon(t, path)
 	waitFor(t, out, "PBX answers SIP", 15*time.Second)
 
 	// One line each, Lamplighter as outbound proxy, no password anywhere:
@@ -194,12 +191,31 @@ users:
 	alice.WaitPresence("Bob", "Online", 10*time.Second)
 	bob.WaitPresence("Alice", "Online", 10*time.Second)
 
+	// Lamplighter restarts. The registrar still holds the phones' Paths
+	// (signed before the restart), and the lamps' subscriptions come back
+	// from the state file: nothing waits for the phones to register again.
+	stop()
+	out, _ = startDaemon(t, path)
+	waitFor(t, out, "PBX answers SIP", 15*time.Second)
+
 	// Alice calls again; a third phone (raw socket), registered through
 	// Lamplighter too, watches Bob's lamp and picks the ringing call up
 	// with Replaces, from the dialog identifiers the lamp carries.
+	rings := strings.Count(bob.Output(), "Incoming call from")
 	mark = len(out.String())
 	alice.Command("/dial sip:101@pbx.test")
 	waitLog(t, out, mark, "msg=lamp user=bob state=ringing", 15*time.Second)
+	alice.WaitPresence("Bob", "Busy", 10*time.Second)
+	if n := strings.Count(bob.Output(), "Incoming call from"); n != rings+1 {
+		t.Fatalf("Bob's phone rang %d times after the restart, want once", n-rings)
+	}
+	// It came by the Path signed before the restart, which Lamplighter
+	// still reads as its own (it would otherwise pass it on).
+	trace := bob.Output()
+	last := trace[strings.LastIndex(trace, "INVITE sip:101-"):]
+	if inv, _, _ := strings.Cut(last, "\r\n\r\n"); strings.Contains(inv, "Route:") {
+		t.Fatalf("the INVITE after the restart reached Bob with a Route of the old Path:\n%s", inv)
+	}
 	carol := newRawPhone(t, ll, "102")
 	carol.register(t)
 	dialog := carol.ringingDialogOf(t, "101")
@@ -210,6 +226,27 @@ users:
 		t.Fatalf("the registrar got Replaces %q, want %q unchanged", got[1], replaces)
 	}
 	bob.WaitOutput("Replaces: "+replaces, 10*time.Second)
+}
+
+// startDaemon runs lamplighter with a config file until stop or the end
+// of the test, and returns its log.
+func startDaemon(t *testing.T, config string) (*syncBuffer, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"-config", config}, out, out) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	waitFor(t, out, "lamplighter running", 10*time.Second)
+	return out, stop
 }
 
 // waitLog waits until the log, from byte from on, contains want.

@@ -192,8 +192,16 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 		}
 		return ""
 	}
+	key, replaced, err := proxy.LoadTokenKey(cfg.StateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if replaced {
+		log.Warn("the proxy's token key was damaged and is replaced: the PBX reaches phones by contact until they register again",
+			"file", proxy.TokenKeyFile)
+	}
 	opt := proxy.Options{
-		Targets: targets, TargetFor: targetFor,
+		Targets: targets, TargetFor: targetFor, TokenKey: key,
 		RequireDigest:   cfg.Policy.ProxyRequireDigest,
 		MaxTransactions: cfg.Policy.MaxForwarding,
 		Logger:          log, Metrics: m,
@@ -201,7 +209,7 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 	if len(calls) > 0 {
 		opt.Calls = callObservers(calls)
 	}
-	px, err := proxy.New(opt)
+	px, err = proxy.New(opt)
 	return px, calls, err
 }
 

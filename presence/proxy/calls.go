@@ -76,12 +76,13 @@ func (p *Proxy) newCallLeg(req *sip.Request, h hop) *callLeg {
 		ev.LocalTag = tagOf(req.From())
 		ev.RemoteUser, ev.RemoteName = req.To().Address.User, req.To().DisplayName
 	} else { // toward a phone: its incoming call
-		b, ok := p.binds.onFlow(h.flow)
-		if !ok {
-			return nil // not one of our registered phones
-		}
 		ev.Target = p.opt.Targets[p.targetOf(src)].Name
-		ev.User = b.user
+		// The user its flow registered as; before it registers again
+		// after a restart of ours, the user the call is for.
+		ev.User = req.To().Address.User
+		if b, ok := p.binds.onFlow(h.flow); ok {
+			ev.User = b.user
+		}
 		ev.RemoteTag = tagOf(req.From())
 		ev.RemoteUser, ev.RemoteName = req.From().Address.User, req.From().DisplayName
 	}

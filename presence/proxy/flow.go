@@ -25,15 +25,20 @@ func (f flow) String() string { return strings.ToLower(f.transport) + ":" + f.ad
 
 // The URIs the proxy puts in Path and Record-Route carry a token as their
 // user part: the phone's flow and the PBX it was sent to, under an HMAC
-// with a per-process key. A Route that comes back with a token is ours
-// (whatever address the PBX reached us on) and says where to go; a
-// forged or damaged token is not ours and routes nowhere. Tokens do not
-// survive a restart: a phone re-registers within its expiry, and until
-// then the PBX's requests for it are routed by the contact (bindings).
+// with a key (Options.TokenKey: kept in the state directory, so that the
+// Paths a PBX holds and the Record-Routes of calls in progress still
+// route after Lamplighter restarts). A Route that comes back with a token
+// is ours (whatever address the PBX reached us on) and says where to go;
+// a forged or damaged token is not ours and routes nowhere.
 type tokens struct{ key [32]byte }
 
-func newTokens() *tokens {
+// newTokens uses key, or a random one when key is not 32 bytes.
+func newTokens(key []byte) *tokens {
 	t := &tokens{}
+	if len(key) == len(t.key) {
+		copy(t.key[:], key)
+		return t
+	}
 	if _, err := rand.Read(t.key[:]); err != nil {
 		panic("proxy: no randomness: " + err.Error())
 	}

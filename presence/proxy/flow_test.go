@@ -2,13 +2,15 @@ package proxy
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
 func TestTokensRoundTripAndRefuseForgeries(t *testing.T) {
-	tk := newTokens()
+	tk := newTokens(nil)
 	for _, f := range []flow{
 		{transport: "UDP", addr: netip.MustParseAddrPort("192.0.2.7:5062")},
 		{transport: "TLS", addr: netip.MustParseAddrPort("[2001:db8::1]:40123")},
@@ -27,7 +29,7 @@ func TestTokensRoundTripAndRefuseForgeries(t *testing.T) {
 			}
 		}
 		// Another process's key: not ours.
-		if _, _, ok := newTokens().read(s); ok {
+		if _, _, ok := newTokens(nil).read(s); ok {
 			t.Fatal("a token from another key was taken")
 		}
 	}
@@ -69,5 +71,39 @@ func TestBindingsAreBoundedAndExpire(t *testing.T) {
 	bs.expire(now)
 	if bs.len() != 0 {
 		t.Fatalf("%d bindings held after expiry", bs.len())
+	}
+}
+
+func TestTokenKeySurvivesARestart(t *testing.T) {
+	dir := t.TempDir()
+	k1, replaced, err := LoadTokenKey(dir)
+	if err != nil || replaced || len(k1) != 32 {
+		t.Fatalf("first key: %d bytes, replaced %v, %v", len(k1), replaced, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, TokenKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, %v", fi.Mode(), err)
+	}
+	f := flow{transport: "UDP", addr: netip.MustParseAddrPort("192.0.2.7:5062")}
+	tok := newTokens(k1).mint(f, 0)
+	// The next process reads the same key: a Path minted before the
+	// restart still routes.
+	k2, _, err := LoadTokenKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, ok := newTokens(k2).read(tok); !ok || got != f {
+		t.Fatal("a token from before the restart is not read after it")
+	}
+	// A damaged file is replaced, and said so.
+	os.WriteFile(filepath.Join(dir, TokenKeyFile), []byte("short"), 0o600)
+	k3, replaced, err := LoadTokenKey(dir)
+	if err != nil || !replaced || len(k3) != 32 {
+		t.Fatalf("damaged key file: %d bytes, replaced %v, %v", len(k3), replaced, err)
+	}
+	// One that cannot be read is an error, not a silent new key.
+	os.Remove(filepath.Join(dir, TokenKeyFile))
+	os.Mkdir(filepath.Join(dir, TokenKeyFile), 0o700)
+	if _, _, err := LoadTokenKey(dir); err == nil {
+		t.Fatal("an unreadable key file gave a key")
 	}
 }

@@ -104,6 +104,12 @@ type Options struct {
 	// Calls learns of the calls and registrations the proxy carries
 	// (calls.go); nil for none.
 	Calls CallObserver
+	// TokenKey (32 bytes) signs the tokens in Path and Record-Route
+	// (flow.go). Keep it across restarts (LoadTokenKey): with a new one,
+	// the PBX's requests for phones that registered before the restart
+	// find their flow only by contact until the phones register again.
+	// Nil: a random key.
+	TokenKey []byte
 }
 
 // Defaults of Options.
@@ -195,7 +201,7 @@ func New(opt Options) (*Proxy, error) {
 	}
 	p := &Proxy{
 		opt: opt, log: opt.Logger,
-		tokens:  newTokens(),
+		tokens:  newTokens(opt.TokenKey),
 		binds:   newBindings(opt.MaxBindings),
 		health:  make([]targetHealth, len(opt.Targets)),
 		started: make(chan struct{}),
