@@ -220,11 +220,13 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 		if r == nil {
 			break
 		}
+		// Ours: a token of ours, or our own address (a phone's preloaded
+		// outbound-proxy Route): RFC 3261 §16.4 takes it off.
 		f, t, ok := p.tokens.read(r.Address.User)
-		if !ok {
+		if !ok && !p.isUs(r.Address) {
 			break
 		}
-		if !hasToken {
+		if ok && !hasToken {
 			tok, tokTgt, hasToken = f, t, true
 		}
 		fwd.RemoveHeader("Route")

@@ -727,3 +727,41 @@ func TestForwardsToAPBXOverIPv6(t *testing.T) {
 		t.Fatalf("PBX got %s", startLine(res))
 	}
 }
+
+func TestPathFromBeforeARestartStillRoutes(t *testing.T) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	withKey := func(o *Options, _ *presenceOptions) { o.TokenKey = key }
+	before := newEnv(t, withKey)
+	before.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	// Behind NAT: only its flow reaches it, never its contact.
+	path := registerAs(t, before, phone, "100", "10.9.9.9:5062")
+
+	// The next Lamplighter (same key from the state directory, another
+	// address here) gets the PBX's call with the Path from before.
+	after := newEnv(t, withKey)
+	after.waitHealth(true)
+	after.pbx.sendTo(after.udp, phoneRequest{method: "INVITE", uri: "sip:100@10.9.9.9:5062", from: after.pbx.addr(),
+		user: "200", toUser: "100", callID: "after-1", extra: []string{"Route: " + path}}.String())
+	inv := phone.request(sip.INVITE)
+	if inv.Route() != nil {
+		t.Fatalf("the old Path was not taken off: %s", inv.Route().Value())
+	}
+	phone.sendTo(inv.Source(), responseTo(inv, 486, "Busy Here", "b"))
+	if res := after.pbx.response(sip.INVITE, 200); res.StatusCode != 486 {
+		t.Fatalf("PBX got %s", startLine(res))
+	}
+}
+
+func TestPreloadedRouteToUsIsTakenOff(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "pre-1", extra: []string{"Route: <sip:" + e.udp + ";lr>"}}.String())
+	got := e.pbx.request(sip.MESSAGE)
+	if got.Route() != nil {
+		t.Fatalf("the phone's outbound-proxy Route went on to the PBX: %s", got.Route().Value())
+	}
+}

@@ -169,9 +169,10 @@ type Proxy struct {
 	started chan struct{}
 
 	// Set by Run, from the presence server.
-	ctx    context.Context
-	server *presence.Server
-	client *sipgo.Client
+	ctx      context.Context
+	server   *presence.Server
+	client   *sipgo.Client
+	localIPs map[netip.Addr]bool // this machine's addresses, for wildcard listeners
 }
 
 // targetHealth is what the OPTIONS pings found last.
@@ -219,6 +220,7 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 		return err
 	}
 	p.ctx, p.server, p.client = ctx, s, client
+	p.localIPs = localIPs()
 	p.resolveTargets(ctx)
 	close(p.started)
 	var wg sync.WaitGroup
@@ -375,6 +377,32 @@ func (p *Proxy) Forwards(req *sipmsg.Request) bool {
 	return false
 }
 
+// isUs reports whether a URI names one of our listeners: its host is a
+// listener's address (or, for a wildcard listener, an address of this
+// machine) and its port the listener's (5060 when it has none).
+func (p *Proxy) isUs(u sip.Uri) bool {
+	ip, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	for _, a := range p.server.Addrs() {
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil || int(ap.Port()) != port {
+			continue
+		}
+		bound := ap.Addr().Unmap()
+		if bound == ip || bound.IsUnspecified() && p.localIPs[ip] {
+			return true
+		}
+	}
+	return false
+}
+
 // routedByUs reports whether a request's topmost Route carries one of our
 // tokens.
 func (p *Proxy) routedByUs(req *sipmsg.Request) bool {
@@ -423,4 +451,16 @@ func (p *Proxy) targetFor(user string) int {
 		}
 	}
 	return -1
+}
+
+// localIPs returns this machine's interface addresses.
+func localIPs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+			out[pfx.Addr().Unmap()] = true
+		}
+	}
+	return out
 }
