@@ -29,6 +29,12 @@ type Forwarder interface {
 	// Serve forwards a request sipgo read, in its server transaction,
 	// returning when the transaction is over.
 	Serve(req *sip.Request, tx sip.ServerTransaction)
+	// Cancel cancels the forwarded INVITE a CANCEL matches (RFC 3261
+	// §16.10), reporting whether one did. The server answers the CANCEL
+	// itself (200, or 481); the INVITE ends with what the next hop
+	// answers, so that a 200 that crosses the CANCEL still reaches the
+	// caller.
+	Cancel(req *sipmsg.Request) bool
 	// Run forwards once the server's listeners are bound, until ctx
 	// ends.
 	Run(ctx context.Context, s *Server) error
@@ -80,6 +86,17 @@ func (s *Server) BoundAddr(transport string, peer netip.Addr) (netip.AddrPort, b
 // Forwarder instead.
 func (s *Server) forwards(req *sipmsg.Request) bool {
 	return s.opt.Forwarder != nil && s.opt.Forwarder.Forwards(req)
+}
+
+// handleCancel answers a CANCEL in proxy mode (sipgo would answer the
+// INVITE 487 at once, before the next hop has said whether it was
+// answered meanwhile).
+func (s *Server) handleCancel(req *sipmsg.Request, tx serverTx) {
+	if s.opt.Forwarder.Cancel(req) {
+		s.reply(req, tx, 200, "OK")
+		return
+	}
+	s.reply(req, tx, 481, "Call/Transaction Does Not Exist")
 }
 
 // handleOther answers a request of a method the server does not serve:

@@ -23,12 +23,16 @@ type requestHandler func(req *sipmsg.Request, tx serverTx)
 // handlers are the methods the server answers itself, each behind
 // checked; made once (New), read by every request.
 func (s *Server) makeHandlers() map[string]requestHandler {
-	return map[string]requestHandler{
+	h := map[string]requestHandler{
 		"SUBSCRIBE": s.checked(s.handleSubscribe),
 		"PUBLISH":   s.checked(s.handlePublish),
 		"REGISTER":  s.checked(s.handleRegister),
 		"OPTIONS":   s.checked(s.handleOptions),
 	}
+	if s.opt.Forwarder != nil {
+		h["CANCEL"] = s.checked(s.handleCancel) // proxy mode (forward.go)
+	}
+	return h
 }
 
 // handlerFor returns the handler of a method the server answers itself.

@@ -75,7 +75,14 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	defer p.inUse.Add(-1)
 	if req.IsInvite() {
-		// At once, so that the phone stops retransmitting (§16.2).
+		// The phone's CANCEL (Cancel, through the presence server, which
+		// answers it) finds the INVITE from now on; then, at once, 100
+		// Trying, so that the phone stops retransmitting (§16.2) and may
+		// cancel.
+		st := &inviteState{p: p}
+		key := inviteKeyOf(req)
+		p.invites.Store(key, st)
+		defer p.invites.Delete(key)
 		p.respond(req, tx, 100, "Trying")
 	}
 	if code, reason := p.validate(req); code != 0 {
@@ -416,6 +423,16 @@ func uriKey(u sip.Uri) string {
 // relay sends fwd in a client transaction and passes its responses back
 // through tx until it ends.
 func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request, h hop) {
+	invite := req.IsInvite()
+	var st *inviteState // nil unless an INVITE
+	if invite {
+		v, _ := p.invites.Load(inviteKeyOf(req))
+		st, _ = v.(*inviteState)
+	}
+	if st.isCanceled() { // cancelled before it could go
+		p.respond(req, tx, 487, "Request Terminated")
+		return
+	}
 	// The context bounds only the connection set-up (a TCP or TLS dial
 	// to the next hop); the transaction ends by its own timers.
 	ctxTx, err := p.client.TransactionRequest(p.ctx, fwd, noBuild)
@@ -428,32 +445,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 	p.opt.Metrics.Forwarded(string(req.Method))
 	leg := p.newCallLeg(req, h)
 
-	invite := req.IsInvite()
-	var (
-		mu          sync.Mutex
-		provisional bool // a provisional response came: a CANCEL may go
-		canceled    bool // the phone cancelled
-		cancelSent  bool
-	)
-	sendCancel := func() {
-		mu.Lock()
-		send := canceled && provisional && !cancelSent
-		if send {
-			cancelSent = true
-		}
-		mu.Unlock()
-		if send {
-			go p.cancelDownstream(fwd)
-		}
-	}
-	if invite {
-		tx.OnCancel(func(*sip.Request) {
-			mu.Lock()
-			canceled = true
-			mu.Unlock()
-			sendCancel()
-		})
-	}
+	st.sending(fwd)
 	var timerC <-chan time.Time
 	var tc *time.Timer
 	if invite {
@@ -472,10 +464,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 				continue
 			}
 			if res.IsProvisional() {
-				mu.Lock()
-				provisional = true
-				mu.Unlock()
-				sendCancel()
+				st.gotProvisional()
 				if tc != nil {
 					tc.Reset(p.opt.TimerC)
 				}
@@ -499,10 +488,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			}
 		case <-timerC:
 			// Timer C (RFC 3261 §16.8): ringing too long.
-			mu.Lock()
-			canceled = true
-			mu.Unlock()
-			sendCancel()
+			st.cancel()
 			leg.failed()
 			p.respond(req, tx, 408, "Request Timeout")
 			return
@@ -666,5 +652,84 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 func (p *Proxy) observeRegistrations(target int, user string) {
 	if p.opt.Calls != nil && target >= 0 {
 		p.opt.Calls.ObserveRegistrations(p.opt.Targets[target].Name, user, p.binds.count(target, user))
+	}
+}
+
+// inviteState is what the CANCEL of a forwarded INVITE needs (RFC 3261
+// §9.1, §16.10): the CANCEL goes downstream once the INVITE has been sent
+// and a provisional response has come back; the INVITE then ends with
+// whatever the next hop answers (487, or a 200 that crossed the CANCEL).
+type inviteState struct {
+	p           *Proxy
+	mu          sync.Mutex
+	fwd         *sip.Request // the INVITE as sent; nil until then
+	canceled    bool         // the phone cancelled (or Timer C fired)
+	provisional bool         // a provisional response came
+	cancelSent  bool
+}
+
+// inviteKeyOf is the key of a request's INVITE for CANCEL matching.
+func inviteKeyOf(req *sip.Request) string {
+	v := req.Via()
+	if v == nil {
+		return ""
+	}
+	return inviteKey(v.Params.GetOr("branch", ""), v.Host, v.Port)
+}
+
+// cancel notes a CANCEL; it goes downstream as soon as it may.
+func (s *inviteState) cancel() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.canceled = true
+	s.mu.Unlock()
+	s.maybeSend()
+}
+
+// isCanceled reports whether the INVITE was cancelled before it went.
+func (s *inviteState) isCanceled() bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.canceled
+}
+
+// sending records the INVITE as it is sent (a CANCEL that came
+// meanwhile goes once a provisional response has).
+func (s *inviteState) sending(fwd *sip.Request) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.fwd = fwd
+	s.mu.Unlock()
+	s.maybeSend()
+}
+
+// gotProvisional notes a provisional response from the next hop.
+func (s *inviteState) gotProvisional() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.provisional = true
+	s.mu.Unlock()
+	s.maybeSend()
+}
+
+func (s *inviteState) maybeSend() {
+	s.mu.Lock()
+	send := s.canceled && s.provisional && !s.cancelSent && s.fwd != nil
+	if send {
+		s.cancelSent = true
+	}
+	fwd := s.fwd
+	s.mu.Unlock()
+	if send {
+		go s.p.cancelDownstream(fwd)
 	}
 }

@@ -202,19 +202,46 @@ func TestCancelBeforeAnswer(t *testing.T) {
 	if res := phone.response(sip.CANCEL, 200); res.StatusCode != 200 {
 		t.Fatalf("CANCEL got %s, want 200", res.String()[:40])
 	}
-	if res := phone.response(sip.INVITE, 200); res.StatusCode != 487 {
-		t.Fatalf("INVITE ended with %s, want 487", res.String()[:40])
-	}
 	c := e.pbx.request(sip.CANCEL)
 	ib, _ := got.Via().Params.Get("branch")
 	cb, _ := c.Via().Params.Get("branch")
 	if ib != cb || c.CSeq().SeqNo != got.CSeq().SeqNo {
 		t.Fatalf("CANCEL does not match the forwarded INVITE: branch %s vs %s", cb, ib)
 	}
+	// The INVITE ends with what the PBX answers (RFC 3261 §16.10).
 	e.pbx.sendTo(c.Source(), responseTo(c, 200, "OK", ""))
 	e.pbx.sendTo(got.Source(), responseTo(got, 487, "Request Terminated", "pbx-1"))
+	if res := phone.response(sip.INVITE, 200); res.StatusCode != 487 {
+		t.Fatalf("INVITE ended with %s, want the PBX's 487", res.String()[:40])
+	}
 	if a := e.pbx.request(sip.ACK); a.CSeq().SeqNo != got.CSeq().SeqNo {
 		t.Fatalf("ACK for the 487 has CSeq %d", a.CSeq().SeqNo)
+	}
+}
+
+func TestAnswerThatCrossesTheCancelReachesTheCaller(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	inv := phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100", toUser: "101",
+		callID: "x-1", branch: "z9hG4bKcross1"}
+	phone.sendTo(e.udp, inv.String())
+	got := e.pbx.request(sip.INVITE)
+	e.pbx.sendTo(got.Source(), responseTo(got, 180, "Ringing", "pbx-x"))
+	phone.response(sip.INVITE, 101)
+	// The caller gives up just as the callee answers: the PBX gets the
+	// CANCEL after its 200 has left, and says so.
+	cancel := inv
+	cancel.method = "CANCEL"
+	phone.sendTo(e.udp, cancel.String())
+	if res := phone.response(sip.CANCEL, 200); res.StatusCode != 200 {
+		t.Fatalf("CANCEL got %s", res.String()[:40])
+	}
+	c := e.pbx.request(sip.CANCEL)
+	e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", "pbx-x", "Contact: <sip:101@"+e.pbx.addr()+">"))
+	e.pbx.sendTo(c.Source(), responseTo(c, 481, "Call/Transaction Does Not Exist", ""))
+	if res := phone.response(sip.INVITE, 200); res.StatusCode != 200 {
+		t.Fatalf("the caller got %s, want the callee's 200 (it can then ACK and BYE)", res.String()[:40])
 	}
 }
 

@@ -168,6 +168,8 @@ type Proxy struct {
 	inUse   atomic.Int64                       // forwarded transactions in flight
 	started chan struct{}
 
+	invites sync.Map // inviteKey of an INVITE being forwarded → *inviteState
+
 	// Set by Run, from the presence server.
 	ctx      context.Context
 	server   *presence.Server
@@ -358,6 +360,9 @@ func (p *Proxy) setLocal(req *sip.Request, transport, host string) {
 // Path), any request from a PBX, a REGISTER of a proxied phone, and
 // SUBSCRIBE or PUBLISH for packages Lamplighter does not serve.
 func (p *Proxy) Forwards(req *sipmsg.Request) bool {
+	if req.Method == "CANCEL" {
+		return false // Cancel takes it
+	}
 	if p.fromPBX(req.Peer) || p.routedByUs(req) {
 		return true
 	}
@@ -463,4 +468,23 @@ func localIPs() map[netip.Addr]bool {
 		}
 	}
 	return out
+}
+
+// Cancel implements presence.Forwarder: a CANCEL matches the INVITE with
+// the same top Via (branch and sent-by, RFC 3261 §9.2) being forwarded.
+func (p *Proxy) Cancel(req *sipmsg.Request) bool {
+	v, err := req.TopVia()
+	if err != nil {
+		return false
+	}
+	st, ok := p.invites.Load(inviteKey(v.Branch(), v.Host, v.Port))
+	if ok {
+		st.(*inviteState).cancel()
+	}
+	return ok
+}
+
+// inviteKey matches a CANCEL to its INVITE.
+func inviteKey(branch, host string, port int) string {
+	return branch + "|" + strings.ToLower(strings.Trim(host, "[]")) + ":" + strconv.Itoa(port)
 }
