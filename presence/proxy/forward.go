@@ -68,12 +68,21 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 		p.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
+	// A forwarded request holds sipgo's server transaction until it ends,
+	// which over UDP is up to 32 s after its answer (to absorb
+	// retransmissions): MaxTransactions bounds them all.
 	if n := p.inUse.Add(1); n > int64(p.opt.MaxTransactions) {
 		p.inUse.Add(-1)
 		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		// Kept by no one, like the presence server's refusals: a flood
+		// past the bound leaves nothing behind (a retransmission is
+		// refused again).
+		tx.Terminate()
 		return
 	}
-	defer p.inUse.Add(-1)
+	if !tx.OnTerminate(func(string, error) { p.inUse.Add(-1) }) {
+		p.inUse.Add(-1) // already over
+	}
 	if req.IsInvite() {
 		// The phone's CANCEL (Cancel, through the presence server, which
 		// answers it) finds the INVITE from now on; then, at once, 100

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -790,5 +791,39 @@ func TestPreloadedRouteToUsIsTakenOff(t *testing.T) {
 	got := e.pbx.request(sip.MESSAGE)
 	if got.Route() != nil {
 		t.Fatalf("the phone's outbound-proxy Route went on to the PBX: %s", got.Route().Value())
+	}
+}
+
+func TestFloodPastTheBoundKeepsNothing(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *presenceOptions) { o.MaxTransactions = 1 })
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	// One request held by the PBX (never answered) fills the bound.
+	phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+		toUser: "101", callID: "hold"}.String())
+	e.pbx.request(sip.MESSAGE)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	}
+	before := heap()
+	const n = 4000
+	for i := 0; i < n; i += 50 {
+		for j := i; j < i+50; j++ {
+			phone.sendTo(e.udp, phoneRequest{method: "MESSAGE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100",
+				toUser: "101", callID: "flood-" + strconv.Itoa(j)}.String())
+		}
+		for range 50 {
+			if res := phone.response(sip.MESSAGE, 200); res.StatusCode != 503 {
+				t.Fatalf("past the bound: %s", startLine(res))
+			}
+		}
+	}
+	// sipgo keeps an answered UDP transaction (~4.5 KiB) for Timer J:
+	// 4000 of them would be ~18 MB.
+	if grown := int64(heap()) - int64(before); grown > 4<<20 {
+		t.Fatalf("heap grew %d KiB for %d refused requests", grown>>10, n)
 	}
 }

@@ -84,8 +84,9 @@ type Options struct {
 	// and PUBLISH need a password (or a trusted network) as without the
 	// proxy. UDP source addresses can be forged on a LAN.
 	RequireDigest bool
-	// MaxTransactions bounds the forwarded transactions in flight
-	// (default 10000); past it requests get 503.
+	// MaxTransactions bounds the forwarded transactions held (default
+	// 10000): in flight, and over UDP kept up to 32 s after their answer
+	// for retransmissions; past it requests get 503.
 	MaxTransactions int
 	// MaxBindings bounds the registrations remembered for routing and
 	// flow trust (default 100000).
@@ -301,7 +302,8 @@ func (p *Proxy) Health() map[string]bool {
 // Bindings returns how many registrations through the proxy are held.
 func (p *Proxy) Bindings() int { return p.binds.len() }
 
-// InFlight returns how many forwarded transactions are in flight.
+// InFlight returns how many forwarded transactions are held (in flight,
+// or kept for retransmissions).
 func (p *Proxy) InFlight() int { return int(p.inUse.Load()) }
 
 // ping sends OPTIONS to a target every HealthInterval: any response at
