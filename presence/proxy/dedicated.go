@@ -78,11 +78,7 @@ func (p *Proxy) serveDedicated(req *sip.Request, tx sip.ServerTransaction, calle
 	}
 	h, code, reason := p.toPBX(t)
 	if code != 0 {
-		var hdrs []sip.Header
-		if code == 503 {
-			hdrs = append(hdrs, sip.NewHeader("Retry-After", "5"))
-		}
-		p.respond(req, tx, code, reason, hdrs...)
+		p.refuse(req, tx, code, reason)
 		return
 	}
 	fwd := req.Clone()

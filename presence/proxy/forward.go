@@ -55,7 +55,7 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 	select {
 	case <-p.started:
 	default:
-		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		p.refuse(req, tx, 503, "Service Unavailable")
 		return
 	}
 	if req.IsAck() {
@@ -63,8 +63,9 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if req.IsCancel() {
-		// A CANCEL that matched an INVITE in progress was answered by
-		// sipgo, which then ran our OnCancel: this one matches nothing.
+		// Phones' CANCELs reach Cancel through the presence server; one
+		// sipgo read itself (on a connection we opened to a PBX) and did
+		// not match matches nothing.
 		p.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
@@ -73,7 +74,7 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 	// retransmissions): MaxTransactions bounds them all.
 	if n := p.inUse.Add(1); n > int64(p.opt.MaxTransactions) {
 		p.inUse.Add(-1)
-		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		p.refuse(req, tx, 503, "Service Unavailable")
 		// Kept by no one, like the presence server's refusals: a flood
 		// past the bound leaves nothing behind (a retransmission is
 		// refused again).
@@ -104,11 +105,7 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	fwd, h, code, reason := p.prepare(req)
 	if code != 0 {
-		var hdrs []sip.Header
-		if code == 503 {
-			hdrs = append(hdrs, sip.NewHeader("Retry-After", "5"))
-		}
-		p.respond(req, tx, code, reason, hdrs...)
+		p.refuse(req, tx, code, reason)
 		return
 	}
 	p.relay(req, tx, fwd, h)
@@ -447,7 +444,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 	ctxTx, err := p.client.TransactionRequest(p.ctx, fwd, noBuild)
 	if err != nil {
 		p.log.Debug("cannot forward", "method", req.Method, "to", h.dest, "err", err)
-		p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		p.refuse(req, tx, 503, "Service Unavailable")
 		return
 	}
 	defer ctxTx.Terminate()
@@ -515,7 +512,7 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 				p.respond(req, tx, 408, "Request Timeout")
 			default:
 				p.log.Debug("forwarding failed", "method", req.Method, "to", h.dest, "err", err)
-				p.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+				p.refuse(req, tx, 503, "Service Unavailable")
 			}
 			return
 		case <-p.ctx.Done():
@@ -565,6 +562,16 @@ func (p *Proxy) relayResponse(req *sip.Request, tx sip.ServerTransaction, res *s
 		return
 	}
 	p.opt.Metrics.Answered(string(req.Method), res.StatusCode)
+}
+
+// refuse answers a request itself with a failure; a 503 says when to
+// try again.
+func (p *Proxy) refuse(req *sip.Request, tx sip.ServerTransaction, code int, reason string) {
+	if code == 503 {
+		p.respond(req, tx, code, reason, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	p.respond(req, tx, code, reason)
 }
 
 // respond answers a request itself.

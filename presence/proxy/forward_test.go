@@ -345,6 +345,9 @@ func TestLoopDetected(t *testing.T) {
 	self := "127.0.0.3:" + strconv.Itoa(port)
 	e := newEnv(t, func(o *Options, so *presenceOptions) {
 		o.Targets = []Target{{Name: "pbx", Host: "127.0.0.3", Port: port}}
+		// The pings loop too (and end in 482, an answer): a slow
+		// machine must not find this PBX down before they do.
+		o.HealthInterval = time.Minute
 		so.Listen = []presence.Listener{{Transport: "udp", Address: self}, {Transport: "tcp", Address: "127.0.0.3:0"}}
 	})
 	phone := listenPeer(t, "127.0.0.1:0")

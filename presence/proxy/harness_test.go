@@ -59,7 +59,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	pbx := listenPeerWith(t, "127.0.0.2:0", true)
 	popt := Options{
 		Targets:        []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port()}},
-		HealthInterval: 300 * time.Millisecond,
+		HealthInterval: time.Second, // and so a ping unanswered for 1 s: generous on a busy machine
 	}
 	sopt := presence.Options{
 		Realm:       "test.invalid",
@@ -110,7 +110,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 // waitHealth waits until the proxy's OPTIONS found the PBX up (or down).
 func (e *env) waitHealth(up bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if v, ok := e.px.Health()["pbx"]; ok && v == up {
 			return
