@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -15,7 +16,8 @@ import (
 func benchSubscription(id, source string) *Subscription {
 	target, _ := sipmsg.ParseURI("sip:watcher@" + source)
 	sub := &Subscription{ID: id, CallID: id + "@w", RemoteTag: "rt", UserID: "debbie", Entity: "sip:100@pbx.example.com",
-		Package: PackageDialog, LocalURI: "sip:100@pbx.example.com", RemoteURI: "sip:200@pbx.example.com", Transport: "UDP", Source: source,
+		Package: PackageDialog, pkg: dialogPackage{}, MediaType: body.TypeDialogInfo,
+		LocalURI: "sip:100@pbx.example.com", RemoteURI: "sip:200@pbx.example.com", Transport: "UDP", Source: source,
 		LocalHost: "127.0.0.1", LocalPort: 5060, expires: time.Now().Add(time.Hour)}
 	sub.setTarget(target)
 	return sub

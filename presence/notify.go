@@ -179,7 +179,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.dirty, sub.force, sub.inflight = false, false, true
 	sub.cseq++
 	version := sub.version
-	if sub.Package == PackageDialog {
+	if sub.pkg.Versioned() {
 		sub.version++
 	}
 	if final != "" {
@@ -392,25 +392,10 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 	}
 	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact,
 		DNDText: sub.DNDText}
-	contentType := body.TypePIDF
-	switch {
-	case sub.Package == PackageDialog:
-		contentType = body.TypeDialogInfo
-	case sub.XPIDF:
-		contentType = body.TypeXPIDF
-	}
 	dst = append(dst, "Content-Type: "...)
-	dst = append(dst, contentType...)
+	dst = append(dst, sub.MediaType...)
 	scratch := s.notifier.bufs.Get().(*[]byte)
-	b := (*scratch)[:0]
-	switch {
-	case sub.Package == PackageDialog:
-		b = body.DialogInfo(b, sub.Entity, st, opt)
-	case sub.XPIDF:
-		b = body.XPIDF(b, sub.Entity, st)
-	default:
-		b = body.PIDF(b, sub.Entity, st, opt)
-	}
+	b := sub.pkg.Render((*scratch)[:0], sub, st, opt)
 	dst = append(dst, "\r\nContent-Length: "...)
 	dst = strconv.AppendInt(dst, int64(len(b)), 10)
 	dst = append(dst, "\r\n\r\n"...)

@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -295,7 +296,7 @@ func (s *Server) restore(saved *Saved) {
 	var subs, skipped, revoked int
 	for i := range saved.Subscriptions {
 		r := &saved.Subscriptions[i]
-		sub, err := restoredSubscription(r)
+		sub, err := restoredSubscription(r, s.packages)
 		_, known := dir.User(r.UserID) // a user gone from the directory
 		if err != nil || !known || !r.Expires.After(now) {
 			skipped++
@@ -372,8 +373,20 @@ func (s *Server) restore(saved *Saved) {
 }
 
 // restoredSubscription rebuilds a subscription from its record.
-func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
+func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, error) {
+	if r.Package == "" {
+		r.Package = PackagePresence // what an absent package was before tokens
+	}
+	pkg, ok := ps.lookup(r.Package)
+	if !ok {
+		return nil, fmt.Errorf("event package %q is not served", r.Package)
+	}
+	mediaType, ok := pkg.Negotiate(r.Accept)
+	if !ok {
+		mediaType = pkg.MediaTypes()[0]
+	}
 	sub := &Subscription{
+		pkg: pkg, MediaType: mediaType,
 		ID: r.ID, CallID: r.CallID, RemoteTag: r.RemoteTag, UserID: r.UserID, Entity: r.Entity,
 		Package: r.Package, EventID: r.EventID, Accept: r.Accept, Transport: r.Transport, Source: r.Source,
 		Watcher: r.Watcher, Grant: r.Grant, UserAgent: r.UserAgent, Single: r.Single,
@@ -393,7 +406,6 @@ func restoredSubscription(r *SavedSubscription) (*Subscription, error) {
 	sub.LocalURI, sub.RemoteURI = shared(local.Raw), shared(remote.Raw)
 	sub.Entity, sub.Accept, sub.Transport, sub.Source = shared(sub.Entity), shared(sub.Accept), shared(sub.Transport), shared(sub.Source)
 	sub.Grant, sub.UserAgent = shared(sub.Grant), shared(sub.UserAgent)
-	sub.XPIDF = wantsXPIDF(sub.Package, sub.Accept)
 	sub.DNDText = body.WantsDNDText(sub.UserAgent)
 	sub.setTarget(target)
 	var routes []sipmsg.URI

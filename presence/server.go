@@ -228,6 +228,7 @@ type Server struct {
 	ids       *idSequence // subscription ids
 	workers   int         // request workers (requestWorkers)
 	handlers  map[string]requestHandler
+	packages  *packages
 	expiry    *expiryWheel
 	overloadState
 }
@@ -288,6 +289,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.workers = requestWorkers()
 	s.ids = newIDSequence()
 	s.handlers = s.makeHandlers()
+	s.packages = makePackages()
 	s.expiry = newExpiryWheel()
 	notify = s.notifier
 	s.pubs = newPublications(s)
@@ -563,8 +565,8 @@ func (s *Server) StreamConnections() int {
 }
 
 // Subscriptions returns the number of active subscriptions, in total and
-// per package (indexed by Package).
-func (s *Server) Subscriptions() (total int, byPackage [2]int) { return s.subs.count() }
+// per package.
+func (s *Server) Subscriptions() (total int, byPackage map[Package]int) { return s.subs.count() }
 
 // SubscriptionsByKind returns the number of active subscriptions per
 // event package and transport.
@@ -604,13 +606,12 @@ func (s *Server) authenticate(req *sipmsg.Request, tx serverTx) (identity, bool)
 }
 
 const allowedMethods = "SUBSCRIBE, NOTIFY, PUBLISH, REGISTER, OPTIONS"
-const allowedEvents = "presence, dialog"
 
 func (s *Server) handleOptions(req *sipmsg.Request, tx serverTx) {
 	s.reply(req, tx, 200, "OK",
 		field{"Allow", allowedMethods},
-		field{"Allow-Events", allowedEvents},
-		field{"Accept", "application/pidf+xml, application/dialog-info+xml, application/xpidf+xml"},
+		field{"Allow-Events", s.packages.allowEvents},
+		field{"Accept", s.packages.accept},
 		field{"Accept-Language", "en"},
 		field{"Supported", ""},
 	)
@@ -675,23 +676,6 @@ func (s *Server) clampExpires(n int) (int, bool) {
 
 func (s *Server) intervalTooBrief(req *sipmsg.Request, tx serverTx) {
 	s.reply(req, tx, 423, "Interval Too Brief", field{"Min-Expires", strconv.Itoa(s.opt.MinExpires)})
-}
-
-// accepts reports whether the request's Accept headers allow the media
-// type (no Accept header allows the package's default).
-func accepts(req *sipmsg.Request, mediaType string) bool {
-	major, _, _ := strings.Cut(mediaType, "/")
-	any := false
-	for part := range req.Values(sipmsg.Accept) {
-		any = true
-		t, _, _ := strings.Cut(part, ";")
-		t = strings.TrimSpace(t)
-		if strings.EqualFold(t, mediaType) || t == "*/*" || (strings.HasSuffix(t, "/*") && strings.EqualFold(t[:len(t)-2], major)) {
-			return true
-		}
-	}
-	// No Accept header, or only empty ones: the package's default.
-	return !any
 }
 
 // parseAddrPort reads host:port as an address (IPv4-mapped unmapped);

@@ -23,18 +23,13 @@ func (s *Server) handleSubscribe(req *sipmsg.Request, tx serverTx) {
 	}
 	ev, ok := req.Get(sipmsg.Event)
 	if !ok {
-		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", allowedEvents})
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", s.packages.allowEvents})
 		return
 	}
 	pkgName, eventID := parseEvent(ev)
-	var pkg Package
-	switch pkgName {
-	case "presence":
-		pkg = PackagePresence
-	case "dialog":
-		pkg = PackageDialog
-	default:
-		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", allowedEvents})
+	pkg, ok := s.packages.lookup(Package(pkgName))
+	if !ok {
+		s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", s.packages.allowEvents})
 		return
 	}
 	expires := s.expiresOf(req)
@@ -59,14 +54,7 @@ func contactOf(req *sipmsg.Request) (sipmsg.Address, bool) {
 	return sipmsg.Address{}, false
 }
 
-func mediaTypeOf(pkg Package) string {
-	if pkg == PackageDialog {
-		return body.TypeDialogInfo
-	}
-	return body.TypePIDF
-}
-
-func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag string, pkg Package, eventID string, expires int) {
+func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag string, pkg eventPackage, eventID string, expires int) {
 	contact, ok := contactOf(req)
 	if !ok {
 		s.reply(req, tx, 400, "Missing Contact")
@@ -87,18 +75,11 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		s.reply(req, tx, 404, "Not Found")
 		return
 	}
-	xpidf := false
-	if !accepts(req, mediaTypeOf(pkg)) {
-		// Older phones ask for the pre-standard XPIDF instead of PIDF.
-		if pkg != PackagePresence || !accepts(req, body.TypeXPIDF) {
-			accept := mediaTypeOf(pkg)
-			if pkg == PackagePresence {
-				accept += ", " + body.TypeXPIDF
-			}
-			s.reply(req, tx, 406, "Not Acceptable", field{"Accept", accept})
-			return
-		}
-		xpidf = true
+	accept := acceptList(req)
+	mediaType, ok := pkg.Negotiate(accept)
+	if !ok {
+		s.reply(req, tx, 406, "Not Acceptable", field{"Accept", strings.Join(pkg.MediaTypes(), ", ")})
+		return
 	}
 	expires, ok = s.clampExpires(expires)
 	if !ok {
@@ -116,9 +97,9 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		RemoteTag: strings.Clone(fromTag),
 		UserID:    user.ID,
 		Entity:    shared(presentityURI(req)),
-		Package:   pkg,
+		Package:   pkg.Token(),
 		EventID:   strings.Clone(eventID),
-		Accept:    shared(acceptList(req)),
+		Accept:    shared(accept),
 		LocalURI:  shared(req.To.URI.Raw),
 		RemoteURI: shared(req.From.URI.Raw),
 		Transport: shared(strings.ToUpper(req.Transport)),
@@ -126,7 +107,8 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		Watcher:   id.UserID,
 		Grant:     shared(s.auth.grant(id)),
 		UserAgent: shared(ua),
-		XPIDF:     xpidf,
+		MediaType: mediaType,
+		pkg:       pkg,
 		DNDText:   body.WantsDNDText(ua),
 
 		remoteCSeq: req.CSeq,
@@ -170,11 +152,11 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	s.enqueue(sub, time.Time{}, true)
 }
 
-func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fromTag string, pkg Package, expires int) {
+func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fromTag string, pkg eventPackage, expires int) {
 	sub, ok := s.subs.get(toTag)
 	// The dialog's identifiers are unguessable: matching all of them is
 	// the refresh's credential, so refreshes need no new digest round.
-	if !ok || sub.CallID != req.CallID || sub.RemoteTag != fromTag || sub.Package != pkg {
+	if !ok || sub.CallID != req.CallID || sub.RemoteTag != fromTag || sub.Package != pkg.Token() {
 		s.reply(req, tx, 481, "Subscription Does Not Exist")
 		return
 	}
@@ -236,7 +218,7 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 	b = append(b, ">\r\nExpires: "...)
 	b = strconv.AppendInt(b, int64(expires), 10)
 	b = append(b, "\r\n"...)
-	b = sipmsg.AppendHeader(b, "Allow-Events", allowedEvents)
+	b = sipmsg.AppendHeader(b, "Allow-Events", s.packages.allowEvents)
 	s.send(req, tx, b, 200)
 }
 
@@ -270,25 +252,6 @@ func uriAddr(u sipmsg.URI, transport string) string {
 // uses, and that does not hold on to what s was cut from (unique.Make
 // copies what it keeps, and lets it go with its last user).
 func shared(s string) string { return unique.Make(s).Value() }
-
-// wantsXPIDF tells from a subscription's Accept list (as kept) whether it
-// takes XPIDF and not PIDF: how a restored subscription gets its format.
-func wantsXPIDF(pkg Package, accept string) bool {
-	if pkg != PackagePresence || accept == "" {
-		return false
-	}
-	has := func(mt string) bool {
-		for part := range sipmsg.SplitList(accept) {
-			t, _, _ := strings.Cut(part, ";")
-			t = strings.TrimSpace(t)
-			if strings.EqualFold(t, mt) || t == "*/*" || strings.EqualFold(t, "application/*") {
-				return true
-			}
-		}
-		return false
-	}
-	return !has(body.TypePIDF) && has(body.TypeXPIDF)
-}
 
 // acceptList is the request's Accept values as one list.
 func acceptList(req *sipmsg.Request) string {

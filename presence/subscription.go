@@ -8,23 +8,6 @@ import (
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
-// Package is a SIP event package the server answers.
-type Package uint8
-
-// Event packages.
-const (
-	PackagePresence Package = iota // Event: presence, application/pidf+xml (RFC 3856)
-	PackageDialog                  // Event: dialog, application/dialog-info+xml (RFC 4235)
-)
-
-// String returns the Event header token.
-func (p Package) String() string {
-	if p == PackageDialog {
-		return "dialog"
-	}
-	return "presence"
-}
-
 // Subscription is one subscription dialog (RFC 6665): SIP's dialog helpers
 // in sipgo are INVITE-only, so this type is the whole dialog state: ids,
 // route set, remote target, our CSeq and the dialog-info version.
@@ -46,9 +29,9 @@ type Subscription struct {
 	Grant     string // what let the watcher in (authenticator.grant), checked again at reload
 	UserAgent string
 	Single    bool // one dialog per dialog-info document
-	// XPIDF: a presence subscriber that accepts application/xpidf+xml
-	// and not PIDF (older Polycom and Cisco phones); from Accept.
-	XPIDF bool
+	// MediaType is what its NOTIFYs carry, as its package negotiated
+	// it from Accept (XPIDF for older Polycom and Cisco phones).
+	MediaType string
 	// DNDText: a client that reads dnd from the text in <rpid:busy>
 	// (Linphone); from User-Agent.
 	DNDText bool
@@ -57,6 +40,7 @@ type Subscription struct {
 	LocalHost string
 	LocalPort int
 
+	pkg        eventPackage // Package's
 	mu         sync.Mutex
 	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
 	targetAddr string   // host:port of target
@@ -185,9 +169,10 @@ func (st *store) watchers(userID string, dst []*Subscription) []*Subscription {
 }
 
 // count returns the number of subscriptions, per package.
-func (st *store) count() (total int, byPackage [2]int) {
+func (st *store) count() (total int, byPackage map[Package]int) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
+	byPackage = map[Package]int{}
 	for _, s := range st.byID {
 		byPackage[s.Package]++
 	}

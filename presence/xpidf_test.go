@@ -55,12 +55,12 @@ func TestXPIDFSubscriber(t *testing.T) {
 		sub.mu.Lock()
 		rec := sub.saved()
 		sub.mu.Unlock()
-		back, err := restoredSubscription(&rec)
+		back, err := restoredSubscription(&rec, env.srv.packages)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if back.XPIDF != sub.XPIDF {
-			t.Errorf("%s: XPIDF %v after a restore, was %v", sub.CallID, back.XPIDF, sub.XPIDF)
+		if back.MediaType != sub.MediaType {
+			t.Errorf("%s: %s after a restore, was %s", sub.CallID, back.MediaType, sub.MediaType)
 		}
 	}
 }

@@ -20,7 +20,7 @@ func appendSubscription(dst []byte, r *presence.SavedSubscription) []byte {
 	dst = appendField(dst, "user", r.UserID, false, false)
 	dst = appendField(dst, "entity", r.Entity, false, false)
 	dst = append(dst, `,"package":`...)
-	dst = strconv.AppendUint(dst, uint64(r.Package), 10)
+	dst = appendString(dst, string(r.Package))
 	dst = appendField(dst, "event_id", r.EventID, true, false)
 	dst = appendField(dst, "accept", r.Accept, true, false)
 	dst = appendField(dst, "local_uri", r.LocalURI, false, false)

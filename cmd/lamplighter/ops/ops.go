@@ -341,7 +341,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		by := src.Subscriptions()
 		// Every package and transport is reported, zero included, so
 		// that a series does not vanish when its last subscriber goes.
-		for _, pkg := range []presence.Package{presence.PackagePresence, presence.PackageDialog} {
+		for _, pkg := range presence.EventPackages() {
 			for _, tr := range []string{"UDP", "TCP", "TLS"} {
 				n := by[presence.SubscriptionKind{Package: pkg, Transport: tr}]
 				ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(n), pkg.String(), strings.ToLower(tr))

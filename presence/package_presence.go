@@ -1,0 +1,34 @@
+package presence
+
+import (
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/body"
+)
+
+// presencePackage is Event: presence (RFC 3856): PIDF with RPID and the
+// phonestate extension, or XPIDF for older Polycom and Cisco phones whose
+// Accept names it and not PIDF.
+type presencePackage struct{}
+
+func (presencePackage) Token() Package { return PackagePresence }
+
+func (presencePackage) MediaTypes() []string { return []string{body.TypePIDF, body.TypeXPIDF} }
+
+func (presencePackage) Negotiate(accept string) (string, bool) {
+	switch {
+	case saysNothing(accept), acceptable(accept, body.TypePIDF):
+		return body.TypePIDF, true
+	case acceptable(accept, body.TypeXPIDF):
+		return body.TypeXPIDF, true
+	}
+	return "", false
+}
+
+func (presencePackage) Versioned() bool { return false }
+
+func (presencePackage) Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte {
+	if sub.MediaType == body.TypeXPIDF {
+		return body.XPIDF(dst, sub.Entity, st)
+	}
+	return body.PIDF(dst, sub.Entity, st, opt)
+}
