@@ -171,7 +171,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		defer s.subs.remove(sub)
 		defer s.journal.unsubscribed(sub)
 	}
-	if final == "" && !sub.force && st == sub.lastState {
+	if final == "" && !sub.force && !sub.shows(st) {
 		sub.dirty = false // nothing new since the last NOTIFY
 		sub.mu.Unlock()
 		return
@@ -213,6 +213,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		}
 	}
 	cseq := sub.cseq
+	sub.featureReply = "" // answered by this NOTIFY
 	sub.mu.Unlock()
 
 	err := s.connect(s.ctx, tx, network, addr, h)

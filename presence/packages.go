@@ -80,6 +80,25 @@ type eventPackage interface {
 	Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte
 }
 
+// What some packages add to eventPackage:
+
+// ownOnly is a package whose subscriber may only subscribe to the user it
+// authenticated as (a trusted network may subscribe to anyone).
+type ownOnly interface{ OwnOnly() }
+
+// bodyTaker is a package that takes a request in a SUBSCRIBE's body; it
+// answers with a status code (200 when it did what was asked).
+type bodyTaker interface {
+	TakeBody(s *Server, sub *Subscription, contentType string, b []byte) (code int, reason string)
+}
+
+// changeFilter is a package that shows only part of a user's state: a
+// NOTIFY goes only when that part differs (otherwise, whenever the state
+// does).
+type changeFilter interface {
+	Differs(sub *Subscription, old, cur *bridge.State) bool
+}
+
 // packages are the event packages a server answers, by token, made once
 // by New.
 type packages struct {
@@ -94,7 +113,7 @@ type packages struct {
 func makePackages() *packages {
 	ps := &packages{byToken: map[Package]eventPackage{}}
 	var events, types []string
-	for _, p := range []eventPackage{presencePackage{}, dialogPackage{}} {
+	for _, p := range []eventPackage{presencePackage{}, dialogPackage{}, asFeaturePackage{}} {
 		ps.byToken[p.Token()] = p
 		ps.list = append(ps.list, p)
 		events = append(events, p.Token().String())

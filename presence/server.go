@@ -31,6 +31,13 @@ type States interface {
 	State(userID string) (*bridge.State, bool)
 	SetPerson(userID, origin string, p bridge.PersonState) error
 	ClearPerson(userID, origin string)
+	Person(userID, origin string) (bridge.PersonState, bool)
+}
+
+// PersonStore keeps person states across restarts (durable.DB is one).
+type PersonStore interface {
+	SavePerson(userID, origin string, p bridge.PersonState) error
+	DeletePerson(userID, origin string) error
 }
 
 // Listener is one transport and address to serve SIP on.
@@ -109,6 +116,14 @@ type Options struct {
 	// FlushInterval is how often changes go to the Store (default 1s):
 	// the most a crash can lose.
 	FlushInterval time.Duration
+	// PersonOrigin is the origin under which a phone's DND key
+	// (as-feature-event) sets and clears dnd; the daemon gives the API's,
+	// so that the key, the API and the switchboard share one dnd.
+	// Default "feature-key".
+	PersonOrigin string
+	// PersonStates keeps what the DND key set across restarts; nil: the
+	// bridge alone.
+	PersonStates PersonStore
 	// Forwarder takes what the server does not answer itself (proxy
 	// mode); nil: other methods get 405.
 	Forwarder Forwarder
@@ -138,6 +153,9 @@ const (
 func (o *Options) defaults() {
 	if o.UserAgent == "" {
 		o.UserAgent = "Lamplighter"
+	}
+	if o.PersonOrigin == "" {
+		o.PersonOrigin = "feature-key"
 	}
 	if o.MinExpires == 0 {
 		o.MinExpires = DefaultMinExpires

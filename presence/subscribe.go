@@ -75,6 +75,10 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		s.reply(req, tx, 404, "Not Found")
 		return
 	}
+	if _, own := pkg.(ownOnly); own && !id.Trusted && id.UserID != user.ID {
+		s.reply(req, tx, 403, "Forbidden")
+		return
+	}
 	accept := acceptList(req)
 	mediaType, ok := pkg.Negotiate(accept)
 	if !ok {
@@ -124,6 +128,9 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	sub.LocalHost = shared(sub.LocalHost)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
+	}
+	if !s.takeBody(req, tx, sub) {
+		return
 	}
 	if expires > 0 && !s.subs.add(sub, s.opt.MaxSubscriptionsPerSource) {
 		s.log.Warn("too many subscriptions from one source", "source", req.Source,
@@ -192,6 +199,9 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 		sub.expires = time.Now().Add(time.Duration(expires) * time.Second)
 	}
 	sub.mu.Unlock()
+	if !s.takeBody(req, tx, sub) {
+		return
+	}
 	if expires > 0 {
 		s.journal.subscription(sub, false)
 	}
@@ -293,4 +303,20 @@ func recordRoutes(req *sipmsg.Request) []sipmsg.URI {
 		}
 	}
 	return out
+}
+
+// takeBody hands a SUBSCRIBE's body to a package that takes requests in
+// it (as-feature-event), answering for it when it refuses; packages that
+// take none ignore bodies. It reports whether to go on.
+func (s *Server) takeBody(req *sipmsg.Request, tx serverTx, sub *Subscription) bool {
+	bt, ok := sub.pkg.(bodyTaker)
+	if !ok || len(req.Body) == 0 {
+		return true
+	}
+	code, reason := bt.TakeBody(s, sub, headerValue(req, sipmsg.ContentType), req.Body)
+	if code >= 300 {
+		s.reply(req, tx, code, reason)
+		return false
+	}
+	return true
 }

@@ -40,27 +40,31 @@ type Subscription struct {
 	LocalHost string
 	LocalPort int
 
-	pkg        eventPackage // Package's
-	mu         sync.Mutex
-	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
-	targetAddr string   // host:port of target
-	routes     []string // route set from Record-Route, as URIs
-	routeAddr  string   // host:port of the first route, "" without routes
-	remoteCSeq uint32
-	cseq       uint32        // last NOTIFY CSeq sent
-	version    uint32        // next dialog-info version
-	expires    time.Time     // when the subscription lapses (see expiryWheel)
-	dirty      bool          // state changed since the last NOTIFY was built
-	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
-	queued     bool          // waiting in the send queue
-	inflight   bool          // a NOTIFY transaction is under way
-	final      string        // reason of the terminating NOTIFY still to send
-	done       bool          // terminated and final NOTIFY sent
-	failures   int           // consecutive failed NOTIFYs
-	removed    bool          // gone from the store
-	force      bool          // send even if the state is unchanged
-	changedAt  time.Time     // first unsent change, for the latency metric
-	lastState  *bridge.State // state rendered in the last NOTIFY
+	pkg eventPackage // Package's
+
+	mu sync.Mutex
+	// featureReply is the forwarding type an as-feature-event
+	// subscriber asked for, to be answered in its next NOTIFY.
+	featureReply string
+	target       string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
+	targetAddr   string   // host:port of target
+	routes       []string // route set from Record-Route, as URIs
+	routeAddr    string   // host:port of the first route, "" without routes
+	remoteCSeq   uint32
+	cseq         uint32        // last NOTIFY CSeq sent
+	version      uint32        // next dialog-info version
+	expires      time.Time     // when the subscription lapses (see expiryWheel)
+	dirty        bool          // state changed since the last NOTIFY was built
+	unanswered   bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
+	queued       bool          // waiting in the send queue
+	inflight     bool          // a NOTIFY transaction is under way
+	final        string        // reason of the terminating NOTIFY still to send
+	done         bool          // terminated and final NOTIFY sent
+	failures     int           // consecutive failed NOTIFYs
+	removed      bool          // gone from the store
+	force        bool          // send even if the state is unchanged
+	changedAt    time.Time     // first unsent change, for the latency metric
+	lastState    *bridge.State // state rendered in the last NOTIFY
 	// savedCSeq and savedVersion are the reservations last handed to the
 	// Store: going past either asks for an early save.
 	savedCSeq, savedVersion uint32
@@ -206,4 +210,16 @@ func (st *store) all() []*Subscription {
 		out = append(out, s)
 	}
 	return out
+}
+
+// shows reports whether st is news to the subscriber: another state than
+// its last NOTIFY's, in the part its package shows. Called with mu held.
+func (sub *Subscription) shows(st *bridge.State) bool {
+	if st == sub.lastState {
+		return false
+	}
+	if cf, ok := sub.pkg.(changeFilter); ok {
+		return cf.Differs(sub, sub.lastState, st)
+	}
+	return true
 }

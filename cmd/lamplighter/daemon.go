@@ -84,6 +84,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
 	}
 	opt.Store = d.db
+	// A phone's DND key sets the same dnd as the API and the switchboard,
+	// kept across restarts as theirs is.
+	opt.PersonOrigin, opt.PersonStates = api.Origin, d.db
 	persons, err := d.db.Persons(now)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
