@@ -131,3 +131,37 @@ func drainNotifies(p *phone, quiet time.Duration) {
 		}
 	}
 }
+
+// TestUnsubscribeAnswered481IsNoFailure: Linphone forgets the dialog as
+// it unsubscribes and answers the final NOTIFY 481; that is no NOTIFY
+// failure, and the final NOTIFY gives no reason that invites it back.
+func TestUnsubscribeAnswered481IsNoFailure(t *testing.T) {
+	m := newTestMetrics()
+	env := newEnv(t, trusted, func(o *Options) { o.Metrics = m })
+	p := newPhone(t, "UDP")
+	_, d := p.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600})
+	p.nextNotify(3 * time.Second)
+	p.answer.Store(481)
+	if res := p.refresh(d, 0); res.StatusCode != 200 {
+		t.Fatalf("unsubscribe: %d", res.StatusCode)
+	}
+	if n := p.nextNotify(3 * time.Second); header(n, "Subscription-State") != "terminated" {
+		t.Fatalf("final NOTIFY says %q", header(n, "Subscription-State"))
+	}
+	// A live subscription's NOTIFY answered 481 is one (the subscriber
+	// lost the dialog): counted, which also shows the count works here.
+	p.subscribe(env.udp, subReq{user: "101", event: "presence", expires: 600})
+	select {
+	case reason := <-m.failed:
+		if reason != "481" {
+			t.Fatalf("failure %q", reason)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the 481 to a live subscription's NOTIFY was not counted")
+	}
+	select {
+	case reason := <-m.failed:
+		t.Fatalf("another failure counted: %q", reason)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

@@ -112,6 +112,10 @@ func (s *Server) enqueue(sub *Subscription, changedAt time.Time, force bool) {
 }
 
 // terminate ends a subscription with a final NOTIFY giving reason.
+// reasonUnsubscribed ends a subscription its subscriber ended itself
+// (Expires: 0): the final NOTIFY says terminated with no reason.
+const reasonUnsubscribed = "unsubscribed"
+
 func (s *Server) terminate(sub *Subscription, reason string) {
 	sub.mu.Lock()
 	if sub.removed {
@@ -256,6 +260,9 @@ func (s *Server) notifyDone(sub *Subscription, res *sip.Response, failure string
 	case res != nil && res.IsSuccess():
 		sub.failures = 0
 		s.opt.Metrics.NotifySent(sub.Package, sub.Transport)
+	case res != nil && res.StatusCode == 481 && sub.done && sub.final == reasonUnsubscribed:
+		// The subscriber forgot the dialog as it unsubscribed (Linphone
+		// does): the final NOTIFY had nothing left to tell it.
 	case res != nil && res.StatusCode == 481:
 		s.opt.Metrics.NotifyFailed("481")
 		if !sub.done {
@@ -378,12 +385,17 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 		dst = append(dst, ";id="...)
 		dst = append(dst, sub.EventID...)
 	}
-	if final != "" {
-		dst = append(dst, "\r\nSubscription-State: terminated;reason="...)
-		dst = append(dst, final...)
-	} else {
+	switch final {
+	case "":
 		dst = append(dst, "\r\nSubscription-State: active;expires="...)
 		dst = strconv.AppendInt(dst, int64(max(remaining, 1)), 10)
+	case reasonUnsubscribed:
+		// Ended by the subscriber itself, which knows why: no reason
+		// (timeout would say it lapsed, and invite it back at once).
+		dst = append(dst, "\r\nSubscription-State: terminated"...)
+	default:
+		dst = append(dst, "\r\nSubscription-State: terminated;reason="...)
+		dst = append(dst, final...)
 	}
 	dst = append(dst, "\r\nUser-Agent: "...)
 	dst = append(dst, s.opt.UserAgent...)

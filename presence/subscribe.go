@@ -207,7 +207,7 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 	}
 	s.answer(req, tx, sub, expires)
 	if expires == 0 {
-		s.terminate(sub, "timeout")
+		s.terminate(sub, reasonUnsubscribed)
 		return
 	}
 	s.enqueue(sub, time.Time{}, true)
