@@ -53,13 +53,21 @@ type State struct {
 	Person PersonState `json:"person"`
 }
 
-// Open reports whether the user can be reached at all (PIDF basic "open").
+// Open reports whether the user can be reached at all (PIDF basic
+// "open"). The person's stated intent wins over the PBX's devices: a
+// person whose every soft client says closed (offline) is closed though
+// a desk phone is registered, and one a soft client says open is open
+// though no PBX device is; only a call in progress shows them open
+// regardless.
 func (s *State) Open() bool {
 	if len(s.Calls) > 0 {
 		return true
 	}
 	if s.Person.Closed {
 		return false
+	}
+	if s.Person.Open {
+		return true
 	}
 	switch s.Device {
 	case DeviceUnavailable, DeviceUnknown, DeviceInvalid:
@@ -160,7 +168,7 @@ func personEqual(a, b *PersonState) bool {
 // lapses, which a soft client's PUBLISH refresh moves on every time.
 func personLooksEqual(a, b *PersonState) bool {
 	return slices.Equal(a.Activities, b.Activities) && a.Note == b.Note &&
-		a.Closed == b.Closed && slices.EqualFunc(a.Extra, b.Extra, bytes.Equal)
+		a.Closed == b.Closed && a.Open == b.Open && slices.EqualFunc(a.Extra, b.Extra, bytes.Equal)
 }
 
 // LooksEqual reports whether s and o show the same to a watcher: Equal
@@ -201,6 +209,7 @@ func mergePersons(ps []PersonState) PersonState {
 		if !p.Closed {
 			out.Closed = false
 		}
+		out.Open = out.Open || p.Open
 		if !p.Expires.IsZero() && (out.Expires.IsZero() || p.Expires.Before(out.Expires)) {
 			out.Expires = p.Expires
 		}

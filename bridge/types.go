@@ -270,6 +270,10 @@ type PersonState struct {
 	// Closed marks a publication that says the person is not reachable at
 	// all (PIDF basic "closed" for every tuple).
 	Closed bool `json:"closed,omitempty"`
+	// Open marks a publication that says the person is reachable (some
+	// tuple's basic "open": a soft client is online), whatever the PBX's
+	// devices say.
+	Open bool `json:"open,omitempty"`
 	// Expires is when the state lapses by itself; zero means never.
 	Expires time.Time `json:"expires,omitzero"`
 	// Updated is when it was set; the newest of several publications wins
@@ -282,7 +286,7 @@ type PersonState struct {
 
 // IsZero reports whether the person state says nothing.
 func (p *PersonState) IsZero() bool {
-	return len(p.Activities) == 0 && p.Note == "" && !p.Closed && len(p.Extra) == 0
+	return len(p.Activities) == 0 && p.Note == "" && !p.Closed && !p.Open && len(p.Extra) == 0
 }
 
 // Has reports whether a is one of the activities.

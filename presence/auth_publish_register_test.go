@@ -14,6 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -373,4 +374,39 @@ func TestRegisterKeepsInstance(t *testing.T) {
 	if len(regs) != 1 || !strings.Contains(regs[0].Params, "+sip.instance") || strings.Contains(regs[0].Params, "expires") {
 		t.Fatalf("bindings: %+v", regs)
 	}
+}
+
+// TestSoftClientOpenAndClosedWin: what a person says through a soft client
+// wins over the PBX's devices. Linphone online makes a person whose desk
+// phone is off the network reachable; Linphone offline (closed) makes one
+// whose desk phone is idle unreachable; withdrawn, the devices rule again.
+func TestSoftClientOpenAndClosedWin(t *testing.T) {
+	env := newEnv(t, trusted)
+	watcher := newPhone(t, "UDP")
+	if res, _ := watcher.subscribe(env.udp, subReq{user: "100", event: "presence", expires: 600}); res.StatusCode != 200 {
+		t.Fatal(res.StatusCode)
+	}
+	watcher.notifyWhere("<basic>open</basic>", 2*time.Second) // the desk phone is idle
+	pub := newPhone(t, "UDP")
+	publish := func(body, etag, expires string) string {
+		t.Helper()
+		hdrs := map[string]string{"Event": "presence", "Expires": expires, "Content-Type": "application/pidf+xml"}
+		if etag != "" {
+			hdrs["SIP-If-Match"] = etag
+		}
+		res := pub.do(pub.request(env.udp, sip.PUBLISH, "100", hdrs, []byte(body)))
+		if res.StatusCode != 200 {
+			t.Fatalf("PUBLISH: %d", res.StatusCode)
+		}
+		return header(res, "SIP-ETag")
+	}
+	etag := publish(linphoneBody(t, "publish-06-closed-away.txt"), "", "600")
+	watcher.notifyWhere("<basic>closed</basic>", 2*time.Second)
+	// The desk phone drops off the network; Linphone comes online.
+	env.bridge.Apply(bridge.DeviceStateChanged{Source: "pbx", Device: "PJSIP/100", State: bridge.DeviceUnavailable})
+	etag = publish(linphoneBody(t, "publish-01-open-pidfonline.txt"), etag, "600")
+	watcher.notifyWhere("<basic>open</basic>", 2*time.Second)
+	// Linphone quits: only the devices speak, and none is reachable.
+	publish("", etag, "0")
+	watcher.notifyWhere("<basic>closed</basic>", 2*time.Second)
 }

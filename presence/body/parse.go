@@ -199,6 +199,7 @@ func ParsePIDF(data []byte) (bridge.PersonState, error) {
 		ps.Note = docNote
 	}
 	ps.Closed = tuples > 0 && openTuples == 0
+	ps.Open = openTuples > 0
 	return ps, nil
 }
 
