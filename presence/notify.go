@@ -126,6 +126,7 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 	sub.mu.Unlock()
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
+	s.watchersChanged(sub.UserID, sub, reason)
 	s.log.Debug("subscription terminated", "user", sub.UserID, "event", sub.Package, "reason", reason, "source", sub.Source)
 	s.enqueue(sub, time.Time{}, true)
 }
@@ -136,6 +137,7 @@ func (s *Server) drop(sub *Subscription) {
 	sub.removed, sub.done = true, true
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
+	s.watchersChanged(sub.UserID, sub, "timeout")
 }
 
 // sendLoop is one NOTIFY worker.
@@ -172,6 +174,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 	if !ok && final == "" {
 		final = "noresource"
 		sub.removed = true
+		defer s.watchersChanged(sub.UserID, sub, final)
 		defer s.subs.remove(sub)
 		defer s.journal.unsubscribed(sub)
 	}

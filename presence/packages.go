@@ -113,7 +113,7 @@ type packages struct {
 func makePackages() *packages {
 	ps := &packages{byToken: map[Package]eventPackage{}}
 	var events, types []string
-	for _, p := range []eventPackage{presencePackage{}, dialogPackage{}, asFeaturePackage{}} {
+	for _, p := range []eventPackage{presencePackage{}, dialogPackage{}, asFeaturePackage{}, winfoPackage{}} {
 		ps.byToken[p.Token()] = p
 		ps.list = append(ps.list, p)
 		events = append(events, p.Token().String())

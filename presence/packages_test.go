@@ -37,7 +37,7 @@ func TestPackagesNegotiateTheirDocuments(t *testing.T) {
 			t.Errorf("%s with Accept %q: %q %v, want %q", c.pkg, c.accept, got, ok, c.want)
 		}
 	}
-	if ps.allowEvents != "presence, dialog, as-feature-event" || !strings.Contains(ps.accept, body.TypeXPIDF) {
+	if ps.allowEvents != "presence, dialog, as-feature-event, presence.winfo" || !strings.Contains(ps.accept, body.TypeXPIDF) {
 		t.Errorf("Allow-Events %q, Accept %q", ps.allowEvents, ps.accept)
 	}
 	if _, ok := ps.lookup("message-summary"); ok {

@@ -308,6 +308,9 @@ func (s *Server) restore(saved *Saved) {
 		if !s.subs.add(sub, 0) {
 			continue
 		}
+		if _, ww := sub.pkg.(watchesWatchers); ww {
+			s.winfo.live.Add(1)
+		}
 		s.expiry.add(sub, sub.expires)
 		if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
 			// The config changed while we were down: the watcher is told
@@ -320,6 +323,15 @@ func (s *Server) restore(saved *Saved) {
 		}
 		s.restored = append(s.restored, sub)
 		subs++
+	}
+	// Watcher-info subscriptions list the watchers now all back.
+	for _, sub := range s.restored {
+		if _, ww := sub.pkg.(watchesWatchers); ww {
+			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
+			sub.mu.Lock()
+			sub.watchers = lists
+			sub.mu.Unlock()
+		}
 	}
 	// Publications and bindings come back within the caps, the newest
 	// first; what is over a cap (saved before it was lowered) or gone is

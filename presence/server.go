@@ -247,6 +247,7 @@ type Server struct {
 	workers   int         // request workers (requestWorkers)
 	handlers  map[string]requestHandler
 	packages  *packages
+	winfo     winfoState
 	expiry    *expiryWheel
 	overloadState
 }
@@ -308,6 +309,7 @@ func New(states States, opt Options) (*Server, error) {
 	s.ids = newIDSequence()
 	s.handlers = s.makeHandlers()
 	s.packages = makePackages()
+	s.winfo.wake = make(chan struct{}, 1)
 	s.expiry = newExpiryWheel()
 	notify = s.notifier
 	s.pubs = newPublications(s)
@@ -431,6 +433,11 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.runWinfo(ctx)
+	}()
 	if s.opt.Forwarder != nil {
 		wg.Add(1)
 		go func() {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/body"
 )
 
 // Subscription is one subscription dialog (RFC 6665): SIP's dialog helpers
@@ -46,6 +47,8 @@ type Subscription struct {
 	// featureReply is the forwarding type an as-feature-event
 	// subscriber asked for, to be answered in its next NOTIFY.
 	featureReply string
+	// watchers is what a watcher-info subscription shows (winfo.go).
+	watchers []body.WatcherList
 	target       string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
 	targetAddr   string   // host:port of target
 	routes       []string // route set from Record-Route, as URIs

@@ -50,3 +50,14 @@ func TestParseFeatureRequests(t *testing.T) {
 		}
 	}
 }
+
+func TestWatcherInfoDocument(t *testing.T) {
+	doc := WatcherInfo(nil, 3, "sip:100@pbx.example.com", []WatcherList{
+		{Package: "presence", Watchers: []Watcher{
+			{ID: "a1", URI: "sip:101@pbx.example.com", Status: "active", Event: "subscribe"},
+			{ID: "b2", URI: `sip:"odd"&<x>@pbx.example.com`, Status: "terminated", Event: "timeout"},
+		}},
+		{Package: "dialog"},
+	})
+	golden(t, "winfo-two-watchers.xml", doc)
+}

@@ -1,0 +1,162 @@
+package presence
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lamplighter/lamplighter/presence/body"
+)
+
+// Watcher information (package_winfo.go) changes when subscriptions to a
+// person come and go, which happens under locks that the store's must not
+// be taken under (doc.go's lock order): so a change only notes the user
+// (and any watcher that ended), and a worker of its own lists the user's
+// watchers afresh, outside every lock, hands the list to each watcher-info
+// subscription and NOTIFYs it. With no watcher-info subscription at all,
+// noting costs one atomic load.
+
+// watchesWatchers is a package whose documents list its user's watchers.
+type watchesWatchers interface{ WatchesWatchers() }
+
+// winfoState is the Server's part of the above.
+type winfoState struct {
+	live  atomic.Int64 // watcher-info subscriptions
+	mu    sync.Mutex
+	dirty map[string][]endedWatcher // user → watchers ended since the last NOTIFY
+	wake  chan struct{}
+}
+
+// endedWatcher is a watcher to show as terminated once.
+type endedWatcher struct {
+	pkg Package
+	w   body.Watcher
+}
+
+// watchersChanged notes that the watchers of a user changed; ended is a
+// subscription that ended (nil for one that began), reason why.
+func (s *Server) watchersChanged(userID string, ended *Subscription, reason string) {
+	if ended != nil {
+		if _, ww := ended.pkg.(watchesWatchers); ww {
+			s.winfo.live.Add(-1)
+			return
+		}
+	}
+	if s.winfo.live.Load() == 0 {
+		return
+	}
+	s.winfo.mu.Lock()
+	if s.winfo.dirty == nil {
+		s.winfo.dirty = map[string][]endedWatcher{}
+	}
+	gone := s.winfo.dirty[userID]
+	if ended != nil && listsWatchers(ended.pkg) {
+		gone = append(gone, endedWatcher{ended.Package,
+			body.Watcher{ID: ended.ID, URI: ended.RemoteURI, Status: "terminated", Event: winfoEvent(reason)}})
+	}
+	s.winfo.dirty[userID] = gone
+	s.winfo.mu.Unlock()
+	select {
+	case s.winfo.wake <- struct{}{}:
+	default:
+	}
+}
+
+// winfoEvent is RFC 3858's event for why a subscription ended.
+func winfoEvent(reason string) string {
+	switch reason {
+	case "rejected", "deactivated", "noresource", "giveup", "probation":
+		return reason
+	}
+	return "timeout" // expired, unsubscribed, or the subscriber is gone
+}
+
+// listsWatchers reports whether subscriptions of a package are watchers
+// a person is told of: those that show the person to others (not the
+// person's own phone's feature keys or watcher lists).
+func listsWatchers(p eventPackage) bool {
+	_, own := p.(ownOnly)
+	return !own
+}
+
+// runWinfo sends watcher-info NOTIFYs as watchers change, until ctx ends.
+func (s *Server) runWinfo(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.winfo.wake:
+		}
+		s.winfo.mu.Lock()
+		dirty := s.winfo.dirty
+		s.winfo.dirty = nil
+		s.winfo.mu.Unlock()
+		for userID, gone := range dirty {
+			s.sendWinfo(userID, gone)
+		}
+	}
+}
+
+// sendWinfo lists a user's watchers and NOTIFYs each of the user's
+// watcher-info subscriptions with them.
+func (s *Server) sendWinfo(userID string, gone []endedWatcher) {
+	subs := s.subs.watchers(userID, nil)
+	lists := s.watcherLists(subs, gone)
+	for _, sub := range subs {
+		if _, ww := sub.pkg.(watchesWatchers); !ww {
+			continue
+		}
+		sub.mu.Lock()
+		sub.watchers = lists
+		sub.mu.Unlock()
+		s.enqueue(sub, time.Time{}, true)
+	}
+}
+
+// watcherLists is the watchers of subs (active) and gone (terminated), a
+// list per package that shows its user to others, in a stable order.
+func (s *Server) watcherLists(subs []*Subscription, gone []endedWatcher) []body.WatcherList {
+	byPkg := map[Package][]body.Watcher{}
+	for _, sub := range subs {
+		if listsWatchers(sub.pkg) {
+			// ID, RemoteURI and the package never change: read unlocked.
+			byPkg[sub.Package] = append(byPkg[sub.Package],
+				body.Watcher{ID: sub.ID, URI: sub.RemoteURI, Status: "active", Event: "subscribe"})
+		}
+	}
+	for _, g := range gone {
+		byPkg[g.pkg] = append(byPkg[g.pkg], g.w)
+	}
+	var out []body.WatcherList
+	for _, p := range s.packages.list {
+		if !listsWatchers(p) {
+			continue
+		}
+		ws := byPkg[p.Token()]
+		slices.SortFunc(ws, func(a, b body.Watcher) int { return strings.Compare(a.ID, b.ID) })
+		out = append(out, body.WatcherList{Package: p.Token().String(), Watchers: ws})
+	}
+	return out
+}
+
+// startWatching is told of a subscription just made (stored when it is
+// not a fetch): a watcher-info one gets its list now, for its first
+// NOTIFY; any other is news to the user's watcher-info subscriptions.
+func (s *Server) startWatching(sub *Subscription, stored bool) {
+	if _, ww := sub.pkg.(watchesWatchers); ww {
+		if stored {
+			s.winfo.live.Add(1)
+		}
+		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
+		sub.mu.Lock()
+		sub.watchers = lists
+		sub.mu.Unlock()
+		return
+	}
+	if stored {
+		s.watchersChanged(sub.UserID, nil, "")
+	}
+}
