@@ -48,26 +48,26 @@ type Subscription struct {
 	// subscriber asked for, to be answered in its next NOTIFY.
 	featureReply string
 	// watchers is what a watcher-info subscription shows (winfo.go).
-	watchers []body.WatcherList
-	target       string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
-	targetAddr   string   // host:port of target
-	routes       []string // route set from Record-Route, as URIs
-	routeAddr    string   // host:port of the first route, "" without routes
-	remoteCSeq   uint32
-	cseq         uint32        // last NOTIFY CSeq sent
-	version      uint32        // next dialog-info version
-	expires      time.Time     // when the subscription lapses (see expiryWheel)
-	dirty        bool          // state changed since the last NOTIFY was built
-	unanswered   bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
-	queued       bool          // waiting in the send queue
-	inflight     bool          // a NOTIFY transaction is under way
-	final        string        // reason of the terminating NOTIFY still to send
-	done         bool          // terminated and final NOTIFY sent
-	failures     int           // consecutive failed NOTIFYs
-	removed      bool          // gone from the store
-	force        bool          // send even if the state is unchanged
-	changedAt    time.Time     // first unsent change, for the latency metric
-	lastState    *bridge.State // state rendered in the last NOTIFY
+	watchers   []body.WatcherList
+	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
+	targetAddr string   // host:port of target
+	routes     []string // route set from Record-Route, as URIs
+	routeAddr  string   // host:port of the first route, "" without routes
+	remoteCSeq uint32
+	cseq       uint32        // last NOTIFY CSeq sent
+	version    uint32        // next dialog-info version
+	expires    time.Time     // when the subscription lapses (see expiryWheel)
+	dirty      bool          // state changed since the last NOTIFY was built
+	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
+	queued     bool          // waiting in the send queue
+	inflight   bool          // a NOTIFY transaction is under way
+	final      string        // reason of the terminating NOTIFY still to send
+	done       bool          // terminated and final NOTIFY sent
+	failures   int           // consecutive failed NOTIFYs
+	removed    bool          // gone from the store
+	force      bool          // send even if the state is unchanged
+	changedAt  time.Time     // first unsent change, for the latency metric
+	lastState  *bridge.State // state rendered in the last NOTIFY
 	// savedCSeq and savedVersion are the reservations last handed to the
 	// Store: going past either asks for an early save.
 	savedCSeq, savedVersion uint32
