@@ -38,6 +38,19 @@ type Forwarder interface {
 	// Run forwards once the server's listeners are bound, until ctx
 	// ends.
 	Run(ctx context.Context, s *Server) error
+	// HoldsFlow reports whether a flow (transport and the peer's
+	// address) carries a registration through the forwarder: the PBX
+	// reaches the phone on it, so an idle connection must stay.
+	HoldsFlow(transport string, peer netip.AddrPort) bool
+}
+
+// streamNeeded reports whether an idle stream connection must stay open:
+// it carries subscriptions, or (proxy mode) a phone's registration.
+func (s *Server) streamNeeded(transport, remote string) bool {
+	if s.subs.holdsStream(remote) {
+		return true
+	}
+	return s.opt.Forwarder != nil && s.opt.Forwarder.HoldsFlow(transport, parseAddrPort(remote))
 }
 
 // UserAgent is the sipgo user agent the server's listeners belong to: a

@@ -177,8 +177,8 @@ func (c *guardedConn) fill() error {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if len(c.in) == 0 && c.l.s.subs.holdsStream(c.remote) {
-					continue // idle, but its subscriptions need it
+				if len(c.in) == 0 && c.l.s.streamNeeded(c.transport(), c.remote) {
+					continue // idle, but its subscriptions or its phone's calls need it
 				}
 				reason := "idle_timeout"
 				if len(c.in) > 0 {

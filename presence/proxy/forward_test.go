@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -828,5 +830,39 @@ func TestFloodPastTheBoundKeepsNothing(t *testing.T) {
 	// 4000 of them would be ~18 MB.
 	if grown := int64(heap()) - int64(before); grown > 4<<20 {
 		t.Fatalf("heap grew %d KiB for %d refused requests", grown>>10, n)
+	}
+}
+
+func TestIdleTCPPhoneStaysConnectedWhileRegistered(t *testing.T) {
+	e := newEnv(t, func(_ *Options, so *presenceOptions) { so.Streams.IdleTimeout = 300 * time.Millisecond })
+	e.waitHealth(true)
+	dial := func(register bool) net.Conn {
+		c, err := net.Dial("tcp", e.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if register {
+			me := c.LocalAddr().String()
+			r := phoneRequest{method: "REGISTER", uri: "sip:pbx.test", from: me, user: "100", callID: "idle-" + me, extra: []string{"Expires: 300"}}
+			c.Write([]byte(strings.Replace(r.String(), "SIP/2.0/UDP", "SIP/2.0/TCP", 1)))
+			reg := e.pbx.request(sip.REGISTER)
+			e.pbx.sendTo(reg.Source(), responseTo(reg, 200, "OK", "r", "Contact: <sip:100@"+me+">;expires=300"))
+			if m, err := newFramer(c).next(); err != nil || m.(*sip.Response).StatusCode != 200 {
+				t.Fatalf("REGISTER: %v", err)
+			}
+		}
+		return c
+	}
+	idle, registered := dial(false), dial(true)
+	// The unregistered connection is closed when idle; the registered
+	// one stays for the PBX's calls.
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil {
+		t.Fatal("an idle connection with nothing on it was kept")
+	}
+	registered.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := registered.Read(make([]byte, 1)); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the registered phone's connection: %v, want it still open", err)
 	}
 }

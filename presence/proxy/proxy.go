@@ -490,3 +490,10 @@ func (p *Proxy) Cancel(req *sipmsg.Request) bool {
 func inviteKey(branch, host string, port int) string {
 	return branch + "|" + strings.ToLower(strings.Trim(host, "[]")) + ":" + strconv.Itoa(port)
 }
+
+// HoldsFlow implements presence.Forwarder: a flow with a live
+// registration through the proxy.
+func (p *Proxy) HoldsFlow(transport string, peer netip.AddrPort) bool {
+	_, ok := p.binds.onFlow(flow{transport: transport, addr: peer})
+	return ok
+}
