@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,10 +53,28 @@ func noBuild(*sipgo.Client, *sip.Request) error { return nil }
 // server does not answer itself, and those Forwards claimed. It returns
 // when the transaction is over (sipgo then ends it).
 func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
+	// A fault here must never take presence down with it: sipgo runs
+	// this in a goroutine of its own, where a panic ends the process.
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("forwarding failed unexpectedly", "method", req.Method, "source", req.Source(),
+				"panic", r, "stack", string(debug.Stack()))
+			if !req.IsAck() {
+				p.refuse(req, tx, 500, "Server Internal Error")
+			}
+		}
+	}()
 	select {
 	case <-p.started:
 	default:
 		p.refuse(req, tx, 503, "Service Unavailable")
+		return
+	}
+	if !wellFormed(req) {
+		// RFC 3261 §16.3: a request missing what forwarding needs.
+		if !req.IsAck() {
+			p.respond(req, tx, 400, "Bad Request")
+		}
 		return
 	}
 	if req.IsAck() {
@@ -109,6 +128,14 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	p.relay(req, tx, fwd, h)
+}
+
+// wellFormed reports whether a request has what forwarding reads: From
+// and To (sipgo has checked Via and CSeq), a Call-ID, a SIP or SIPS
+// Request-URI with a host.
+func wellFormed(req *sip.Request) bool {
+	return req.From() != nil && req.To() != nil && req.CallID() != nil && req.CSeq() != nil && req.Via() != nil &&
+		(req.Recipient.Scheme == "sip" || req.Recipient.Scheme == "sips") && req.Recipient.Host != ""
 }
 
 // validate checks Max-Forwards and loops (RFC 3261 §16.3): 483 when the
