@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -156,7 +157,7 @@ func (p *Proxy) validate(req *sip.Request) (int, string) {
 			continue
 		}
 		below, _ := vias[i+1].(*sip.ViaHeader)
-		if below != nil && b == branch(req, below) {
+		if below != nil && b == p.branch(req, below) {
 			return 482, "Loop Detected"
 		}
 	}
@@ -166,9 +167,11 @@ func (p *Proxy) validate(req *sip.Request) (int, string) {
 // branch is the branch of our Via for a request whose top Via (before
 // ours) is top: the same for a retransmission (and for a CANCEL of it), a
 // different one once the Request-URI or dialog changed (a spiral), as
-// RFC 3261 §16.6 item 8 describes for loop detection.
-func branch(req *sip.Request, top *sip.ViaHeader) string {
-	h := sha256.New()
+// RFC 3261 §16.6 item 8 describes for loop detection. It is an HMAC
+// under the tokens' key: nobody who saw the phone's request but not our
+// Via can guess it, and so forge a response to our client transaction.
+func (p *Proxy) branch(req *sip.Request, top *sip.ViaHeader) string {
+	h := hmac.New(sha256.New, p.tokens.key[:])
 	tb, _ := top.Params.Get("branch")
 	for _, s := range []string{tb, top.SentBy(), req.Recipient.String(), req.CallID().Value(),
 		strconv.FormatUint(uint64(req.CSeq().SeqNo), 10), tagOf(req.From()), tagOfTo(req.To())} {
@@ -388,7 +391,7 @@ func (p *Proxy) addVia(req, fwd *sip.Request, h hop) {
 	top := req.Via()
 	br := sip.GenerateBranchN(16)
 	if top != nil && req.CallID() != nil && req.CSeq() != nil {
-		br = branch(req, top)
+		br = p.branch(req, top)
 	}
 	v.Params.Add("branch", br)
 	v.Params.Add("rport", "")
