@@ -315,6 +315,21 @@ func linphoneBody(t *testing.T, name string) string {
 	return b
 }
 
+// publishAs sends a PIDF PUBLISH for 100 (a refresh of etag when it is
+// set) and returns the new entity tag; anything but 200 fails the test.
+func publishAs(t *testing.T, pub *phone, server, body, etag, expires string) string {
+	t.Helper()
+	hdrs := map[string]string{"Event": "presence", "Expires": expires, "Content-Type": "application/pidf+xml"}
+	if etag != "" {
+		hdrs["SIP-If-Match"] = etag
+	}
+	res := pub.do(pub.request(server, sip.PUBLISH, "100", hdrs, []byte(body)))
+	if res.StatusCode != 200 {
+		t.Fatalf("PUBLISH: %d", res.StatusCode)
+	}
+	return header(res, "SIP-ETag")
+}
+
 // TestRepublishedStateNotifiesNobody: Linphone refreshes its PUBLISH by
 // sending the whole document again (a new timestamp, a new expiry);
 // watchers see nothing new and get no NOTIFY. A real change still
@@ -328,18 +343,7 @@ func TestRepublishedStateNotifiesNobody(t *testing.T) {
 	watcher.nextNotify(2 * time.Second)
 	pub := newPhone(t, "UDP")
 	away := linphoneBody(t, "publish-02-open-away.txt")
-	publish := func(body, etag string) string {
-		t.Helper()
-		hdrs := map[string]string{"Event": "presence", "Expires": "600", "Content-Type": "application/pidf+xml"}
-		if etag != "" {
-			hdrs["SIP-If-Match"] = etag
-		}
-		res := pub.do(pub.request(env.udp, sip.PUBLISH, "100", hdrs, []byte(body)))
-		if res.StatusCode != 200 {
-			t.Fatalf("PUBLISH: %d", res.StatusCode)
-		}
-		return header(res, "SIP-ETag")
-	}
+	publish := func(body, etag string) string { t.Helper(); return publishAs(t, pub, env.udp, body, etag, "600") }
 	etag := publish(away, "")
 	watcher.notifyWhere("<rpid:away/>", 2*time.Second)
 	for i := range 3 { // three refreshes, each with a new timestamp
@@ -390,15 +394,7 @@ func TestSoftClientOpenAndClosedWin(t *testing.T) {
 	pub := newPhone(t, "UDP")
 	publish := func(body, etag, expires string) string {
 		t.Helper()
-		hdrs := map[string]string{"Event": "presence", "Expires": expires, "Content-Type": "application/pidf+xml"}
-		if etag != "" {
-			hdrs["SIP-If-Match"] = etag
-		}
-		res := pub.do(pub.request(env.udp, sip.PUBLISH, "100", hdrs, []byte(body)))
-		if res.StatusCode != 200 {
-			t.Fatalf("PUBLISH: %d", res.StatusCode)
-		}
-		return header(res, "SIP-ETag")
+		return publishAs(t, pub, env.udp, body, etag, expires)
 	}
 	etag := publish(linphoneBody(t, "publish-06-closed-away.txt"), "", "600")
 	watcher.notifyWhere("<basic>closed</basic>", 2*time.Second)

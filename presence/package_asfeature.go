@@ -27,10 +27,7 @@ func (asFeaturePackage) Token() Package { return PackageAsFeature }
 func (asFeaturePackage) MediaTypes() []string { return []string{body.TypeAsFeature} }
 
 func (asFeaturePackage) Negotiate(accept string) (string, bool) {
-	if saysNothing(accept) || acceptable(accept, body.TypeAsFeature) {
-		return body.TypeAsFeature, true
-	}
-	return "", false
+	return negotiateOne(accept, body.TypeAsFeature)
 }
 
 func (asFeaturePackage) Versioned() bool { return false }

@@ -15,10 +15,7 @@ func (dialogPackage) Token() Package { return PackageDialog }
 func (dialogPackage) MediaTypes() []string { return []string{body.TypeDialogInfo} }
 
 func (dialogPackage) Negotiate(accept string) (string, bool) {
-	if saysNothing(accept) || acceptable(accept, body.TypeDialogInfo) {
-		return body.TypeDialogInfo, true
-	}
-	return "", false
+	return negotiateOne(accept, body.TypeDialogInfo)
 }
 
 func (dialogPackage) Versioned() bool { return true }

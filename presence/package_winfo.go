@@ -22,10 +22,7 @@ func (winfoPackage) Token() Package { return PackageWatcherInfo }
 func (winfoPackage) MediaTypes() []string { return []string{body.TypeWatcherInfo} }
 
 func (winfoPackage) Negotiate(accept string) (string, bool) {
-	if saysNothing(accept) || acceptable(accept, body.TypeWatcherInfo) {
-		return body.TypeWatcherInfo, true
-	}
-	return "", false
+	return negotiateOne(accept, body.TypeWatcherInfo)
 }
 
 func (winfoPackage) Versioned() bool { return true }

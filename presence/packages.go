@@ -144,6 +144,15 @@ func acceptable(accept, mediaType string) bool {
 	return false
 }
 
+// negotiateOne is Negotiate for a package of one media type: it, when an
+// Accept list names it or says nothing.
+func negotiateOne(accept, mediaType string) (string, bool) {
+	if saysNothing(accept) || acceptable(accept, mediaType) {
+		return mediaType, true
+	}
+	return "", false
+}
+
 // saysNothing reports whether an Accept list names no type at all.
 func saysNothing(accept string) bool {
 	for part := range sipmsg.SplitList(accept) {
