@@ -866,3 +866,23 @@ func TestIdleTCPPhoneStaysConnectedWhileRegistered(t *testing.T) {
 		t.Fatalf("the registered phone's connection: %v, want it still open", err)
 	}
 }
+
+func TestFeatureKeyAndWatcherInfoAreServedHere(t *testing.T) {
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	for i, ev := range []string{"as-feature-event", "presence.winfo"} {
+		phone.sendTo(e.udp, phoneRequest{method: "SUBSCRIBE", uri: "sip:100@pbx.test", from: phone.addr(), user: "100",
+			callID: "own-" + strconv.Itoa(i), extra: []string{"Event: " + ev, "Expires: 600"}}.String())
+		if res := phone.response(sip.SUBSCRIBE, 200); res.StatusCode != 200 {
+			t.Fatalf("%s on the registered flow: %s", ev, startLine(res))
+		}
+		if n := phone.request(sip.NOTIFY); n.GetHeader("Event").Value() != ev {
+			t.Fatalf("NOTIFY for %s has Event %s", ev, n.GetHeader("Event").Value())
+		} else {
+			phone.sendTo(n.Source(), responseTo(n, 200, "OK", ""))
+		}
+	}
+	e.pbx.quiet(200*time.Millisecond, "packages Lamplighter serves are not the PBX's")
+}

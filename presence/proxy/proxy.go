@@ -170,6 +170,7 @@ type Proxy struct {
 	started chan struct{}
 
 	invites sync.Map // inviteKey of an INVITE being forwarded → *inviteState
+	served  map[presence.Package]bool // the event packages Lamplighter answers
 
 	// Set by Run, from the presence server.
 	ctx      context.Context
@@ -212,6 +213,10 @@ func New(opt Options) (*Proxy, error) {
 	}
 	empty := map[netip.Addr]int{}
 	p.pbxIPs.Store(&empty)
+	p.served = map[presence.Package]bool{}
+	for _, t := range presence.EventPackages() {
+		p.served[t] = true
+	}
 	return p, nil
 }
 
@@ -372,16 +377,19 @@ func (p *Proxy) Forwards(req *sipmsg.Request) bool {
 	case "REGISTER":
 		t := p.targetFor(req.To.URI.User)
 		return t >= 0 && !p.opt.Targets[t].Dedicated
-	case "SUBSCRIBE", "PUBLISH":
-		ev, _ := req.Get(sipmsg.Event)
-		pkg, _, _ := strings.Cut(ev, ";")
-		switch strings.ToLower(strings.TrimSpace(pkg)) {
-		case "presence", "dialog":
-			return false
-		}
-		return true
+	case "SUBSCRIBE":
+		return !p.served[eventToken(req)]
+	case "PUBLISH":
+		return eventToken(req) != presence.PackagePresence
 	}
 	return false
+}
+
+// eventToken is a request's event package.
+func eventToken(req *sipmsg.Request) presence.Package {
+	ev, _ := req.Get(sipmsg.Event)
+	pkg, _, _ := strings.Cut(ev, ";")
+	return presence.Package(strings.ToLower(strings.TrimSpace(pkg)))
 }
 
 // isUs reports whether a URI names one of our listeners: its host is a
