@@ -169,7 +169,7 @@ type Proxy struct {
 	inUse   atomic.Int64                       // forwarded transactions in flight
 	started chan struct{}
 
-	invites sync.Map // inviteKey of an INVITE being forwarded → *inviteState
+	invites sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
 	served  map[presence.Package]bool // the event packages Lamplighter answers
 
 	// Set by Run, from the presence server.
