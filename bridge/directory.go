@@ -58,15 +58,41 @@ type Directory struct {
 	byID     map[string]*User
 	byName   map[string]*User // extension or lower-cased alias
 	byDevice map[DeviceRef]*User
+	lists    []*ResolvedList
+	byList   map[string]*ResolvedList // lower-cased list name
+}
+
+// List is a resource list (RFC 4662) as configured: one URI that a phone
+// subscribes to for the state of every member (a receptionist's BLF list).
+type List struct {
+	// Name is the user part phones subscribe to (sip:Name@domain); it may
+	// not be a user's extension or alias.
+	Name string `json:"name"`
+	// Display is what phones may show for the list (default Name).
+	Display string `json:"display,omitempty"`
+	// Members are user ids, extensions or aliases, in the order the
+	// phone's keys show them.
+	Members []string `json:"members,omitempty"`
+	// Group adds every user of that group, in directory order, after
+	// Members (a user in both is listed once).
+	Group string `json:"group,omitempty"`
+}
+
+// ResolvedList is a List with its members found in the directory.
+type ResolvedList struct {
+	List
+	Users []*User
 }
 
 // NewDirectory builds a directory and checks it: ids, extensions and
-// aliases must be unique, and no device may belong to two users.
-func NewDirectory(users []User) (*Directory, error) {
+// aliases must be unique, and no device may belong to two users; each
+// list's name must be free and its members known.
+func NewDirectory(users []User, lists ...List) (*Directory, error) {
 	d := &Directory{
 		byID:     make(map[string]*User, len(users)),
 		byName:   make(map[string]*User, 2*len(users)),
 		byDevice: make(map[DeviceRef]*User, 2*len(users)),
+		byList:   make(map[string]*ResolvedList, len(lists)),
 	}
 	var errs []string
 	for i := range users {
@@ -101,11 +127,86 @@ func NewDirectory(users []User) (*Directory, error) {
 			d.byDevice[ref] = &u
 		}
 	}
+	if len(errs) == 0 {
+		errs = d.addLists(lists)
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("directory: %s", strings.Join(errs, "; "))
 	}
 	return d, nil
 }
+
+// addLists resolves the lists' members; it returns what is wrong.
+func (d *Directory) addLists(lists []List) []string {
+	var errs []string
+	for _, l := range lists {
+		key := nameKey(l.Name)
+		switch {
+		case l.Name == "":
+			errs = append(errs, "a list has no name")
+			continue
+		case d.byName[key] != nil:
+			errs = append(errs, fmt.Sprintf("list %q has the name of user %q", l.Name, d.byName[key].ID))
+			continue
+		case d.byList[key] != nil:
+			errs = append(errs, fmt.Sprintf("list %q is defined twice", l.Name))
+			continue
+		}
+		rl := &ResolvedList{List: l}
+		rl.Members = slices.Clone(l.Members)
+		seen := map[*User]bool{}
+		for _, m := range l.Members {
+			u := d.member(m)
+			switch {
+			case u == nil:
+				errs = append(errs, fmt.Sprintf("list %q: no user has id, extension or alias %q", l.Name, m))
+			case seen[u]:
+				errs = append(errs, fmt.Sprintf("list %q names user %q twice", l.Name, u.ID))
+			default:
+				seen[u] = true
+				rl.Users = append(rl.Users, u)
+			}
+		}
+		if l.Group != "" {
+			n := 0
+			for _, u := range d.users {
+				if slices.Contains(u.Groups, l.Group) {
+					n++
+					if !seen[u] {
+						seen[u] = true
+						rl.Users = append(rl.Users, u)
+					}
+				}
+			}
+			if n == 0 {
+				errs = append(errs, fmt.Sprintf("list %q: no user is in group %q", l.Name, l.Group))
+			}
+		}
+		if len(rl.Users) == 0 && len(l.Members) == 0 && l.Group == "" {
+			errs = append(errs, fmt.Sprintf("list %q has no members and no group", l.Name))
+		}
+		d.byList[key] = rl
+		d.lists = append(d.lists, rl)
+	}
+	return errs
+}
+
+// member finds a list member by user id, extension or alias.
+func (d *Directory) member(name string) *User {
+	if u, ok := d.byID[name]; ok {
+		return u
+	}
+	return d.byName[nameKey(name)]
+}
+
+// List returns the list a URI's user part names (regardless of case).
+func (d *Directory) List(name string) (*ResolvedList, bool) {
+	l, ok := d.byList[nameKey(name)]
+	return l, ok
+}
+
+// Lists returns every list in configuration order.
+func (d *Directory) Lists() []*ResolvedList { return d.lists }
 
 func nameKey(s string) string { return strings.ToLower(s) }
 

@@ -37,6 +37,9 @@ type Config struct {
 	Log      Log    `yaml:"log"`
 	PBX      []PBX  `yaml:"pbx"`
 	Users    []User `yaml:"users"`
+	// Lists are BLF lists (RFC 4662): one URI a phone subscribes to for
+	// many people's lamps.
+	Lists []List `yaml:"lists"`
 
 	// File is the path the config was read from.
 	File string `yaml:"-"`
@@ -242,6 +245,16 @@ type User struct {
 	SingleDialog *bool `yaml:"single_dialog"`
 }
 
+// List is one BLF list (RFC 4662): phones subscribe to sip:Name@domain
+// with Supported: eventlist and get every member's state in one
+// subscription.
+type List struct {
+	Name    string   `yaml:"name"`
+	Display string   `yaml:"display"`
+	Members []string `yaml:"members"` // user ids, extensions or aliases
+	Group   string   `yaml:"group"`   // every user of the group, after Members
+}
+
 // Device is one device of a user on one PBX.
 type Device struct {
 	PBX    string `yaml:"pbx"`
@@ -369,6 +382,8 @@ func sectionName(typeName string) string {
 		return "a user's sip section"
 	case "Listener":
 		return "a sip listener"
+	case "List":
+		return "a list"
 	}
 	return strings.ToLower(typeName) + " section"
 }
@@ -496,7 +511,11 @@ func (c *Config) Directory() (*bridge.Directory, error) {
 		}
 		users = append(users, bu)
 	}
-	return bridge.NewDirectory(users)
+	lists := make([]bridge.List, 0, len(c.Lists))
+	for _, l := range c.Lists {
+		lists = append(lists, bridge.List{Name: l.Name, Display: l.Display, Members: l.Members, Group: l.Group})
+	}
+	return bridge.NewDirectory(users, lists...)
 }
 
 // PBXPassword returns a PBX connection's password from wherever the

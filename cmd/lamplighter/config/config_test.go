@@ -155,6 +155,14 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"ca_file not PEM", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", transport: tls, ca_file: /etc/hosts}\n"}, 9, "holds no PEM certificate"},
 		{"ca_file missing", [2]string{"    password: p\n", "    password: p\n    proxy: {address: \"10.0.0.5\", transport: tls, ca_file: /nonexistent/ca.pem}\n"}, 9, "cannot read ca_file"},
 		{"max_forwarding", [2]string{"sip:", "policy:\n  max_forwarding: -1\nsip:"}, 2, "must be at least 1"},
+		{"list member unknown", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - name: desk\n    members: [a, \"102\"]\n"}, 23, `no user has id, extension or alias "102"`},
+		{"list member twice", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - name: desk\n    members:\n      - a\n      - \"100\"\n"}, 25, `"100" is user "a", already a member at line 24`},
+		{"list name is an extension", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - name: BEE\n    members: [a]\n"}, 22, `already an extension or alias of user "b"`},
+		{"list defined twice", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk, members: [a]}\n  - {name: Desk, members: [b]}\n"}, 23, `list "Desk" is already defined at line 22`},
+		{"list without members", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk}\n"}, 22, `needs members or a group`},
+		{"list of an empty group", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk, group: nobody}\n"}, 22, `no user is in group "nobody"`},
+		{"list name not a URI user", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: \"front desk\", members: [a]}\n"}, 22, `cannot be the user part`},
+		{"list unknown key", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk, memebrs: [a]}\n"}, 22, `unknown key "memebrs" in a list`},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {

@@ -83,6 +83,62 @@ func (v *validator) check(c *Config) {
 	}
 	pbxs := v.checkPBXs(c)
 	v.checkUsers(c, pbxs)
+	v.checkLists(c)
+}
+
+// checkLists checks the BLF lists: a free name that can be a URI's user
+// part, and members and groups that exist.
+func (v *validator) checkLists(c *Config) {
+	ids := map[string]bool{}
+	names := map[string]string{} // extension/alias (lower case) → user id
+	groups := map[string]bool{}
+	for _, u := range c.Users {
+		ids[u.ID] = true
+		for _, n := range append(append([]string{}, u.Extensions...), u.Aliases...) {
+			names[strings.ToLower(n)] = u.ID
+		}
+		for _, g := range u.Groups {
+			groups[g] = true
+		}
+	}
+	seen := map[string]int{}
+	for i, l := range c.Lists {
+		path := p("lists", i)
+		key := strings.ToLower(l.Name)
+		switch {
+		case l.Name == "":
+			v.at(path, "list has no name")
+		case strings.ContainsAny(l.Name, " @:;<>\"?"):
+			v.at(append(path, "name"), "list name %q cannot be the user part of a SIP URI", l.Name)
+		case names[key] != "":
+			v.at(append(path, "name"), "list name %q is already an extension or alias of user %q", l.Name, names[key])
+		case seen[key] != 0:
+			v.at(append(path, "name"), "list %q is already defined at line %d", l.Name, seen[key])
+		}
+		seen[key] = lineOf(v.root, append(path, "name"))
+		if len(l.Members) == 0 && l.Group == "" {
+			v.at(path, "list %q needs members or a group", l.Name)
+		}
+		if l.Group != "" && !groups[l.Group] {
+			v.at(append(path, "group"), "no user is in group %q", l.Group)
+		}
+		members := map[string]int{}
+		for j, m := range l.Members {
+			id := m
+			if !ids[m] {
+				id = names[strings.ToLower(m)]
+			}
+			if id == "" {
+				v.at(append(path, "members", j), "no user has id, extension or alias %q", m)
+				continue
+			}
+			if prev, dup := members[id]; dup {
+				v.at(append(path, "members", j), "%q is user %q, already a member at line %d", m, id, prev)
+				continue
+			}
+			members[id] = lineOf(v.root, append(path, "members", j))
+		}
+	}
 }
 
 func (v *validator) checkSIP(c *Config) {
