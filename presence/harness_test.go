@@ -55,9 +55,21 @@ func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newEnvDir(t, dir, opts...)
+}
+
+// newEnvDir is newEnv on a directory of the test's own: every device of
+// its users starts idle on PBX "pbx".
+func newEnvDir(t testing.TB, dir *bridge.Directory, opts ...envOption) *testEnv {
+	t.Helper()
 	b := bridge.New(dir)
-	b.Apply(bridge.Snapshot{Source: "pbx", Devices: map[string]bridge.DeviceState{
-		"PJSIP/100": bridge.DeviceIdle, "PJSIP/101": bridge.DeviceIdle}})
+	idle := map[string]bridge.DeviceState{}
+	for _, u := range dir.Users() {
+		for _, d := range u.Devices {
+			idle[d.Device] = bridge.DeviceIdle
+		}
+	}
+	b.Apply(bridge.Snapshot{Source: "pbx", Devices: idle})
 	opt := Options{
 		Realm:  "test.invalid",
 		Listen: []Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "tcp", Address: "127.0.0.1:0"}},

@@ -27,12 +27,18 @@ func (s *Server) HandleChange(c bridge.Change) {
 		delete(s.pace, c.UserID)
 		s.paceMu.Unlock()
 		for _, sub := range s.subs.watchers(c.UserID, nil) {
+			if sub.List != "" {
+				// The list goes on without them; relist reads the
+				// directory, which the bridge lock held here guards.
+				go s.relist(sub)
+				continue
+			}
 			s.terminate(sub, "noresource")
 		}
 		return
 	}
 	if s.opt.Coalesce <= 0 {
-		s.kickUser(c.UserID, now)
+		s.kickUser(c.UserID, now, c.Urgent)
 		return
 	}
 	s.paceMu.Lock()
@@ -52,7 +58,7 @@ func (s *Server) HandleChange(c bridge.Change) {
 		}
 		p.last, p.pending = now, false
 		s.paceMu.Unlock()
-		s.kickUser(c.UserID, changedAt)
+		s.kickUser(c.UserID, changedAt, c.Urgent)
 		return
 	}
 	p.pending, p.first = true, now
@@ -67,7 +73,7 @@ func (s *Server) HandleChange(c bridge.Change) {
 		p.pending, p.last = false, time.Now()
 		first := p.first
 		s.paceMu.Unlock()
-		s.kickUser(c.UserID, first)
+		s.kickUser(c.UserID, first, false)
 	})
 }
 
@@ -79,9 +85,17 @@ type userPace struct {
 	pending bool
 }
 
-// kickUser queues a NOTIFY for every watcher of a user.
-func (s *Server) kickUser(userID string, changedAt time.Time) {
+// kickUser queues a NOTIFY for every watcher of a user; urgent (the
+// user started ringing) is not held back by a list's batching.
+func (s *Server) kickUser(userID string, changedAt time.Time, urgent bool) {
 	for _, sub := range s.subs.watchers(userID, nil) {
+		if urgent && sub.List != "" {
+			sub.mu.Lock()
+			if sub.list != nil {
+				sub.list.urgent = true
+			}
+			sub.mu.Unlock()
+		}
 		s.enqueue(sub, changedAt, false)
 	}
 }
@@ -126,8 +140,8 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 	sub.mu.Unlock()
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
-	s.watchersChanged(sub.UserID, sub, reason)
-	s.log.Debug("subscription terminated", "user", sub.UserID, "event", sub.Package, "reason", reason, "source", sub.Source)
+	s.noteWatched(sub, true, reason)
+	s.log.Debug("subscription terminated", "user", sub.UserID, "list", sub.List, "event", sub.Package, "reason", reason, "source", sub.Source)
 	s.enqueue(sub, time.Time{}, true)
 }
 
@@ -137,7 +151,7 @@ func (s *Server) drop(sub *Subscription) {
 	sub.removed, sub.done = true, true
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
-	s.watchersChanged(sub.UserID, sub, "timeout")
+	s.noteWatched(sub, true, "timeout")
 }
 
 // sendLoop is one NOTIFY worker.
@@ -153,6 +167,10 @@ func (s *Server) sendLoop(ctx context.Context) {
 
 // sendNotify builds the NOTIFY for sub's current state and sends it.
 func (s *Server) sendNotify(sub *Subscription) {
+	if sub.List != "" {
+		s.sendListNotify(sub)
+		return
+	}
 	sub.mu.Lock()
 	sub.queued = false
 	if sub.done || !sub.dirty || sub.inflight {
@@ -200,8 +218,23 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.lastState = st
 	tx := s.notifier.newTx(sub)
 	network, addr := s.address(sub)
+	render := func(dst []byte, h hop, compact bool) []byte {
+		return s.appendNotify(dst, sub, h, st, version, final, remaining, tx.branch, compact)
+	}
+	network, h, compact, size := s.renderNotify(sub, tx, network, render)
+	cseq := sub.cseq
+	sub.featureReply = "" // answered by this NOTIFY
+	sub.mu.Unlock()
+	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq)
+}
+
+// renderNotify renders a NOTIFY into tx's buffer for the subscription's
+// own hop; one too large for a UDP datagram goes over TCP where we listen
+// on it, the compact rendering (render's compact) kept as the fallback,
+// else compact at once. Called with sub.mu held.
+func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render func(dst []byte, h hop, compact bool) []byte) (string, hop, []byte, int) {
 	h := sub.hop()
-	*tx.buf = s.appendNotify(*tx.buf, sub, h, st, version, final, remaining, tx.branch, false)
+	*tx.buf = render(*tx.buf, h, false)
 	var compact []byte // the UDP fallback when TCP is tried first
 	size := len(*tx.buf)
 	if network == "udp" && size > maxDatagram {
@@ -209,24 +242,26 @@ func (s *Server) sendNotify(sub *Subscription) {
 		// RFC 3261 §18.1.1: a large request goes over TCP where the peer
 		// takes it (phones listen on TCP at their UDP port); else send
 		// what matters, one dialog and no published extras.
-		compact = s.appendNotify(nil, sub, h, st, version, final, remaining, tx.branch, true)
+		compact = render(nil, h, true)
 		if th, ok := s.tcpHop(sub); ok {
-			*tx.buf = s.appendNotify((*tx.buf)[:0], sub, th, st, version, final, remaining, tx.branch, false)
+			*tx.buf = render((*tx.buf)[:0], th, false)
 			h, network = th, "tcp"
 		} else {
 			*tx.buf, compact = append((*tx.buf)[:0], compact...), nil
 			s.log.Warn("NOTIFY too large for a UDP datagram: sent compact (one dialog, no published extras)",
-				"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
+				"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
 		}
 	}
-	cseq := sub.cseq
-	sub.featureReply = "" // answered by this NOTIFY
-	sub.mu.Unlock()
+	return network, h, compact, size
+}
 
+// transmit sends a rendered NOTIFY (falling back to compact over UDP
+// when TCP cannot be reached) and starts its transaction.
+func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string, h hop, compact []byte, size int, changedAt time.Time, cseq uint32) {
 	err := s.connect(s.ctx, tx, network, addr, h)
 	if err != nil && compact != nil {
 		s.log.Warn("NOTIFY too large for a UDP datagram and the subscriber takes no TCP: sent compact (one dialog, no published extras)",
-			"user", sub.UserID, "source", sub.Source, "bytes", size, "compact_bytes", len(compact), "tcp_err", err)
+			"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "compact_bytes", len(compact), "tcp_err", err)
 		*tx.buf = append((*tx.buf)[:0], compact...)
 		err = s.connect(s.ctx, tx, "udp", addr, sub.hop())
 	}
@@ -243,7 +278,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		s.opt.Metrics.NotifyLatency(time.Since(changedAt))
 	}
 	if s.log.Enabled(s.ctx, slog.LevelDebug) {
-		s.log.Debug("NOTIFY sent", "user", sub.UserID, "cseq", cseq, "dest", addr)
+		s.log.Debug("NOTIFY sent", "user", sub.UserID, "list", sub.List, "cseq", cseq, "dest", addr)
 	}
 }
 
@@ -352,6 +387,28 @@ const maxDatagram = 65000
 // remote target, From/To our and their tags, our CSeq, the route set,
 // and the body for the subscriber's package. Called with sub.mu held.
 func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.State, version uint32, final string, remaining int, branch string, compact bool) []byte {
+	dst = s.appendNotifyHead(dst, sub, h, final, remaining, branch)
+	if st == nil {
+		return append(dst, "Content-Length: 0\r\n\r\n"...)
+	}
+	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact,
+		DNDText: sub.DNDText}
+	dst = append(dst, "Content-Type: "...)
+	dst = append(dst, sub.MediaType...)
+	scratch := s.notifier.bufs.Get().(*[]byte)
+	b := sub.pkg.Render((*scratch)[:0], sub, st, opt)
+	dst = append(dst, "\r\nContent-Length: "...)
+	dst = strconv.AppendInt(dst, int64(len(b)), 10)
+	dst = append(dst, "\r\n\r\n"...)
+	dst = append(dst, b...)
+	*scratch = b[:0]
+	s.notifier.bufs.Put(scratch)
+	return dst
+}
+
+// appendNotifyHead renders the NOTIFY's start line and the headers every
+// NOTIFY of the dialog has, up to the body's. Called with sub.mu held.
+func (s *Server) appendNotifyHead(dst []byte, sub *Subscription, h hop, final string, remaining int, branch string) []byte {
 	dst = append(dst, "NOTIFY "...)
 	dst = append(dst, sub.target...)
 	dst = append(dst, " SIP/2.0\r\nVia: SIP/2.0/"...)
@@ -402,23 +459,7 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 	}
 	dst = append(dst, "\r\nUser-Agent: "...)
 	dst = append(dst, s.opt.UserAgent...)
-	dst = append(dst, "\r\n"...)
-	if st == nil {
-		return append(dst, "Content-Length: 0\r\n\r\n"...)
-	}
-	opt := body.Options{Version: version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact, Compact: compact,
-		DNDText: sub.DNDText}
-	dst = append(dst, "Content-Type: "...)
-	dst = append(dst, sub.MediaType...)
-	scratch := s.notifier.bufs.Get().(*[]byte)
-	b := sub.pkg.Render((*scratch)[:0], sub, st, opt)
-	dst = append(dst, "\r\nContent-Length: "...)
-	dst = strconv.AppendInt(dst, int64(len(b)), 10)
-	dst = append(dst, "\r\n\r\n"...)
-	dst = append(dst, b...)
-	*scratch = b[:0]
-	s.notifier.bufs.Put(scratch)
-	return dst
+	return append(dst, "\r\n"...)
 }
 
 // appendContactURI appends our URI for a transport: sips: for TLS,

@@ -20,6 +20,11 @@ func (dialogPackage) Negotiate(accept string) (string, bool) {
 
 func (dialogPackage) Versioned() bool { return true }
 
-func (dialogPackage) Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte {
-	return body.DialogInfo(dst, sub.Entity, st, opt)
+func (p dialogPackage) Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte {
+	return p.RenderMember(dst, sub.Entity, sub.MediaType, st, opt)
+}
+
+// RenderMember makes dialogPackage listable.
+func (dialogPackage) RenderMember(dst []byte, entity, _ string, st *bridge.State, opt body.Options) []byte {
+	return body.DialogInfo(dst, entity, st, opt)
 }

@@ -26,9 +26,14 @@ func (presencePackage) Negotiate(accept string) (string, bool) {
 
 func (presencePackage) Versioned() bool { return false }
 
-func (presencePackage) Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte {
-	if sub.MediaType == body.TypeXPIDF {
-		return body.XPIDF(dst, sub.Entity, st)
+func (p presencePackage) Render(dst []byte, sub *Subscription, st *bridge.State, opt body.Options) []byte {
+	return p.RenderMember(dst, sub.Entity, sub.MediaType, st, opt)
+}
+
+// RenderMember makes presencePackage listable.
+func (presencePackage) RenderMember(dst []byte, entity, mediaType string, st *bridge.State, opt body.Options) []byte {
+	if mediaType == body.TypeXPIDF {
+		return body.XPIDF(dst, entity, st)
 	}
-	return body.PIDF(dst, sub.Entity, st, opt)
+	return body.PIDF(dst, entity, st, opt)
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
@@ -53,6 +54,7 @@ type SavedSubscription struct {
 	CallID     string    `json:"call_id"`
 	RemoteTag  string    `json:"remote_tag"`
 	UserID     string    `json:"user"`
+	List       string    `json:"list,omitempty"` // a list subscription's list (RFC 4662)
 	Entity     string    `json:"entity"`
 	Package    Package   `json:"package"`
 	EventID    string    `json:"event_id,omitempty"`
@@ -89,7 +91,7 @@ const DefaultFlushInterval = time.Second
 // saved returns the record of s; called with s.mu held.
 func (s *Subscription) saved() SavedSubscription {
 	r := SavedSubscription{
-		ID: s.ID, CallID: s.CallID, RemoteTag: s.RemoteTag, UserID: s.UserID, Entity: s.Entity,
+		ID: s.ID, CallID: s.CallID, RemoteTag: s.RemoteTag, UserID: s.UserID, List: s.List, Entity: s.Entity,
 		Package: s.Package, EventID: s.EventID, Accept: s.Accept,
 		LocalURI: s.LocalURI, RemoteURI: s.RemoteURI, Target: s.target,
 		Transport: s.Transport, Source: s.Source, Watcher: s.Watcher, Grant: s.Grant, UserAgent: s.UserAgent,
@@ -298,6 +300,12 @@ func (s *Server) restore(saved *Saved) {
 		r := &saved.Subscriptions[i]
 		sub, err := restoredSubscription(r, s.packages)
 		_, known := dir.User(r.UserID) // a user gone from the directory
+		if err == nil && r.List != "" {
+			var rl *bridge.ResolvedList
+			if rl, known = dir.List(r.List); known {
+				known = sub.restoreList(rl)
+			}
+		}
 		if err != nil || !known || !r.Expires.After(now) {
 			skipped++
 			s.journal.forget(r.ID)
@@ -397,9 +405,14 @@ func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, er
 	if !ok {
 		mediaType = pkg.MediaTypes()[0]
 	}
+	if r.List != "" {
+		if mediaType, ok = negotiateList(pkg, r.Accept); !ok {
+			mediaType = pkg.MediaTypes()[0]
+		}
+	}
 	sub := &Subscription{
 		pkg: pkg, MediaType: mediaType,
-		ID: r.ID, CallID: r.CallID, RemoteTag: r.RemoteTag, UserID: r.UserID, Entity: r.Entity,
+		ID: r.ID, CallID: r.CallID, RemoteTag: r.RemoteTag, UserID: r.UserID, List: r.List, Entity: r.Entity,
 		Package: r.Package, EventID: r.EventID, Accept: r.Accept, Transport: r.Transport, Source: r.Source,
 		Watcher: r.Watcher, Grant: r.Grant, UserAgent: r.UserAgent, Single: r.Single,
 		remoteCSeq: r.RemoteCSeq, cseq: r.CSeq, version: r.Version, expires: r.Expires,
@@ -430,6 +443,20 @@ func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, er
 	}
 	sub.setRoutes(routes)
 	return sub, nil
+}
+
+// restoreList readies a restored list subscription's view of rl; it
+// reports false when its package takes no lists (a damaged record).
+func (sub *Subscription) restoreList(rl *bridge.ResolvedList) bool {
+	if _, ok := sub.pkg.(listable); !ok {
+		return false
+	}
+	sub.list = &listView{full: true}
+	// The restored version is a reservation past any sent: members start
+	// there (listMember.version).
+	sub.list.resolve(rl, sub.Entity, sub.version)
+	sub.indexed = sub.list.ids()
+	return true
 }
 
 // NotifyRestored sends every subscription restored at start-up a NOTIFY

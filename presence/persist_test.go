@@ -134,7 +134,7 @@ func TestSubscriptionsSurviveACrash(t *testing.T) {
 		n := w.p.notifyWhere("confirmed", 2*time.Second)
 		w.cseq, w.version = cseqOf(n), versionOf(t, n)
 	}
-	if by := env.srv.SubscriptionsByKind(); by[SubscriptionKind{PackageDialog, "UDP"}] != 1 || by[SubscriptionKind{PackageDialog, "TCP"}] != 1 {
+	if by := env.srv.SubscriptionsByKind(); by[SubscriptionKind{Package: PackageDialog, Transport: "UDP"}] != 1 || by[SubscriptionKind{Package: PackageDialog, Transport: "TCP"}] != 1 {
 		t.Errorf("subscriptions by kind: %v", by)
 	}
 	waitUntil(t, 2*time.Second, "both subscriptions saved", func() bool { return store.count() == 2 })
@@ -174,7 +174,7 @@ func TestSubscriptionsSurviveACrash(t *testing.T) {
 func restartEnv(t *testing.T, old *testEnv, opts ...envOption) *testEnv {
 	t.Helper()
 	old.stop()
-	return newEnv(t, append([]envOption{func(o *Options) {
+	return newEnvDir(t, old.bridge.Directory(), append([]envOption{func(o *Options) {
 		o.Listen = []Listener{{Transport: "udp", Address: old.udp}, {Transport: "tcp", Address: old.tcp}}
 	}}, opts...)...)
 }

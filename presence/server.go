@@ -638,7 +638,7 @@ func (s *Server) handleOptions(req *sipmsg.Request, tx serverTx) {
 		field{"Allow-Events", s.packages.allowEvents},
 		field{"Accept", s.packages.accept},
 		field{"Accept-Language", "en"},
-		field{"Supported", ""},
+		field{"Supported", "eventlist"},
 	)
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
@@ -70,20 +71,42 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	if userPart == "" {
 		userPart = req.To.URI.User
 	}
-	user, found := s.states.Directory().Lookup(userPart)
+	dir := s.states.Directory()
+	user, found := dir.Lookup(userPart)
+	var list *bridge.ResolvedList
+	if !found {
+		list, found = dir.List(userPart)
+	}
 	if !found {
 		s.reply(req, tx, 404, "Not Found")
 		return
 	}
-	if _, own := pkg.(ownOnly); own && !id.Trusted && id.UserID != user.ID {
-		s.reply(req, tx, 403, "Forbidden")
-		return
-	}
 	accept := acceptList(req)
-	mediaType, ok := pkg.Negotiate(accept)
-	if !ok {
-		s.reply(req, tx, 406, "Not Acceptable", field{"Accept", strings.Join(pkg.MediaTypes(), ", ")})
-		return
+	var mediaType string
+	if list != nil {
+		// RFC 4662 §4.1: a list is served only to a subscriber that
+		// takes lists; the 421 says what it must support.
+		if !supportsEventlist(req) {
+			s.reply(req, tx, 421, "Extension Required", field{"Require", "eventlist"})
+			return
+		}
+		if _, ok := pkg.(listable); !ok {
+			s.reply(req, tx, 489, "Bad Event", field{"Allow-Events", s.packages.listAllowEvents()})
+			return
+		}
+		if mediaType, ok = negotiateList(pkg, accept); !ok {
+			s.reply(req, tx, 406, "Not Acceptable", field{"Accept", listAccept(pkg)})
+			return
+		}
+	} else {
+		if _, own := pkg.(ownOnly); own && !id.Trusted && id.UserID != user.ID {
+			s.reply(req, tx, 403, "Forbidden")
+			return
+		}
+		if mediaType, ok = pkg.Negotiate(accept); !ok {
+			s.reply(req, tx, 406, "Not Acceptable", field{"Accept", strings.Join(pkg.MediaTypes(), ", ")})
+			return
+		}
 	}
 	expires, ok = s.clampExpires(expires)
 	if !ok {
@@ -99,7 +122,6 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		// of one person) are kept once (shared).
 		CallID:    strings.Clone(req.CallID),
 		RemoteTag: strings.Clone(fromTag),
-		UserID:    user.ID,
 		Entity:    shared(presentityURI(req)),
 		Package:   pkg.Token(),
 		EventID:   strings.Clone(eventID),
@@ -121,6 +143,13 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		// store wait for the 200 (RFC 6665 lets a subscriber cope with an
 		// early NOTIFY; many phones answer it 481 and lose the lamp).
 		unanswered: true,
+	}
+	if list != nil {
+		sub.List, sub.list = list.Name, &listView{}
+		sub.list.resolve(list, sub.Entity, 0)
+		sub.indexed = sub.list.ids()
+	} else {
+		sub.UserID = user.ID
 	}
 	sub.setTarget(contact.URI)
 	sub.setRoutes(recordRoutes(req))
@@ -148,7 +177,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	sub.mu.Unlock()
 	if expires == 0 {
 		// A fetch: one NOTIFY with the state, terminated at once.
-		s.log.Debug("fetch", "user", user.ID, "event", pkg, "source", sub.Source)
+		s.log.Debug("fetch", "user", sub.UserID, "list", sub.List, "event", pkg.Token(), "source", sub.Source)
 		sub.mu.Lock()
 		sub.final, sub.removed = "timeout", true
 		sub.mu.Unlock()
@@ -156,7 +185,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		return
 	}
 	s.expiry.add(sub, sub.expires)
-	s.log.Debug("subscribed", "user", user.ID, "event", pkg, "watcher", id.UserID, "source", sub.Source, "expires", expires)
+	s.log.Debug("subscribed", "user", sub.UserID, "list", sub.List, "event", pkg.Token(), "watcher", id.UserID, "source", sub.Source, "expires", expires)
 	s.enqueue(sub, time.Time{}, true)
 }
 
@@ -229,6 +258,9 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 	b = append(b, ">\r\nExpires: "...)
 	b = strconv.AppendInt(b, int64(expires), 10)
 	b = append(b, "\r\n"...)
+	if sub.List != "" {
+		b = append(b, "Require: eventlist\r\n"...) // RFC 4662 §5.1
+	}
 	b = sipmsg.AppendHeader(b, "Allow-Events", s.packages.allowEvents)
 	s.send(req, tx, b, 200)
 }

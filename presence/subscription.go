@@ -2,6 +2,7 @@ package presence
 
 import (
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,7 +18,10 @@ type Subscription struct {
 	ID        string // our tag (To-tag of the 200, From-tag of NOTIFYs)
 	CallID    string
 	RemoteTag string
-	UserID    string // the watched user
+	UserID    string // the watched user ("" for a list)
+	// List is the name of the list (RFC 4662) it watches, "" for one
+	// user (list.go).
+	List string
 	Entity    string // the presentity URI as subscribed
 	Package   Package
 	EventID   string // the Event header's id parameter, echoed back
@@ -43,7 +47,13 @@ type Subscription struct {
 
 	pkg eventPackage // Package's
 
+	// indexed are the users the store holds a list subscription under
+	// (its members); guarded by the store's mu.
+	indexed []string
+
 	mu sync.Mutex
+	// list is what a list subscription shows (list.go).
+	list *listView
 	// featureReply is the forwarding type an as-feature-event
 	// subscriber asked for, to be answered in its next NOTIFY.
 	featureReply string
@@ -111,12 +121,12 @@ func (st *store) add(s *Subscription, max int) bool {
 		return false
 	}
 	st.byID[s.ID] = s
-	m := st.byUser[s.UserID]
-	if m == nil {
-		m = map[*Subscription]struct{}{}
-		st.byUser[s.UserID] = m
+	if s.List == "" {
+		st.index(s, s.UserID)
 	}
-	m[s] = struct{}{}
+	for _, id := range s.indexed {
+		st.index(s, id)
+	}
 	st.bySource[ip]++
 	if s.Transport != "UDP" {
 		st.byStream[s.Source]++
@@ -132,11 +142,11 @@ func (st *store) remove(s *Subscription) bool {
 		return false
 	}
 	delete(st.byID, s.ID)
-	if m := st.byUser[s.UserID]; m != nil {
-		delete(m, s)
-		if len(m) == 0 {
-			delete(st.byUser, s.UserID)
-		}
+	if s.List == "" {
+		st.unindex(s, s.UserID)
+	}
+	for _, id := range s.indexed {
+		st.unindex(s, id)
 	}
 	ip := s.sourceIP()
 	if st.bySource[ip]--; st.bySource[ip] <= 0 {
@@ -148,6 +158,59 @@ func (st *store) remove(s *Subscription) bool {
 		}
 	}
 	return true
+}
+
+// index and unindex add and take s under a user; called with mu held.
+func (st *store) index(s *Subscription, userID string) {
+	m := st.byUser[userID]
+	if m == nil {
+		m = map[*Subscription]struct{}{}
+		st.byUser[userID] = m
+	}
+	m[s] = struct{}{}
+}
+
+func (st *store) unindex(s *Subscription, userID string) {
+	if m := st.byUser[userID]; m != nil {
+		delete(m, s)
+		if len(m) == 0 {
+			delete(st.byUser, userID)
+		}
+	}
+}
+
+// reindex sets the users a list subscription is held under (while it is
+// in the store); it returns the users added and gone.
+func (st *store) reindex(s *Subscription, users []string) (added, gone []string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	in := st.byID[s.ID] == s
+	for _, id := range users {
+		if !slices.Contains(s.indexed, id) {
+			added = append(added, id)
+			if in {
+				st.index(s, id)
+			}
+		}
+	}
+	for _, id := range s.indexed {
+		if !slices.Contains(users, id) {
+			gone = append(gone, id)
+			if in {
+				st.unindex(s, id)
+			}
+		}
+	}
+	s.indexed = slices.Clone(users)
+	return added, gone
+}
+
+// usersOf returns the users a list subscription is (or was last) held
+// under.
+func (st *store) usersOf(s *Subscription) []string {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return slices.Clone(s.indexed)
 }
 
 // holdsStream reports whether a stream connection from source carries
@@ -186,10 +249,12 @@ func (st *store) count() (total int, byPackage map[Package]int) {
 	return len(st.byID), byPackage
 }
 
-// SubscriptionKind is an event package and a transport.
+// SubscriptionKind is an event package and a transport, and whether
+// the subscriptions are to lists (RFC 4662).
 type SubscriptionKind struct {
 	Package   Package
 	Transport string // UDP, TCP or TLS
+	List      bool
 }
 
 // countByKind returns the number of subscriptions per package and
@@ -199,7 +264,7 @@ func (st *store) countByKind() map[SubscriptionKind]int {
 	defer st.mu.RUnlock()
 	out := map[SubscriptionKind]int{}
 	for _, s := range st.byID {
-		out[SubscriptionKind{s.Package, s.Transport}]++
+		out[SubscriptionKind{s.Package, s.Transport, s.List != ""}]++
 	}
 	return out
 }

@@ -157,6 +157,6 @@ func (s *Server) startWatching(sub *Subscription, stored bool) {
 		return
 	}
 	if stored {
-		s.watchersChanged(sub.UserID, nil, "")
+		s.noteWatched(sub, false, "")
 	}
 }

@@ -310,10 +310,11 @@ var (
 	descResyncs   = prometheus.NewDesc("lamplighter_pbx_reconnects_total", "Connections lost and made again (each followed by a resync).", []string{"pbx", "kind"}, nil)
 	descUnsaved   = prometheus.NewDesc("lamplighter_state_unsaved_changes", "Subscription, publication and registration changes not yet written to the state file (written every second).", nil, nil)
 	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
+	descListSubs  = prometheus.NewDesc("lamplighter_list_subscriptions", "Active SIP subscriptions to BLF lists (RFC 4662), by event package and transport; also counted in lamplighter_subscriptions.", []string{"package", "transport"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descUnsaved} {
+	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved} {
 		ch <- d
 	}
 }
@@ -343,8 +344,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		// that a series does not vanish when its last subscriber goes.
 		for _, pkg := range presence.EventPackages() {
 			for _, tr := range []string{"UDP", "TCP", "TLS"} {
-				n := by[presence.SubscriptionKind{Package: pkg, Transport: tr}]
-				ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(n), pkg.String(), strings.ToLower(tr))
+				one := by[presence.SubscriptionKind{Package: pkg, Transport: tr}]
+				lists := by[presence.SubscriptionKind{Package: pkg, Transport: tr, List: true}]
+				ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(one+lists), pkg.String(), strings.ToLower(tr))
+				ch <- prometheus.MustNewConstMetric(descListSubs, prometheus.GaugeValue, float64(lists), pkg.String(), strings.ToLower(tr))
 			}
 		}
 	}
