@@ -21,7 +21,7 @@ type Subscription struct {
 	UserID    string // the watched user ("" for a list)
 	// List is the name of the list (RFC 4662) it watches, "" for one
 	// user (list.go).
-	List string
+	List      string
 	Entity    string // the presentity URI as subscribed
 	Package   Package
 	EventID   string // the Event header's id parameter, echoed back

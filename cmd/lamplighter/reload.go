@@ -101,7 +101,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	res.NeedRestart = needRestart(d.cfg, cfg)
 	resync := pbxsWithNewDevices(oldDir, dir)
 	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
-	d.sip.DirectoryChanged() // list subscriptions follow their lists
+	d.sip.DirectoryChanged()   // list subscriptions follow their lists
 	// After the directory: a watcher let in by its registered flow (proxy
 	// mode) holds while it is a user.
 	d.sip.SetCredentials(creds)
