@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 const reloadBase = `sip:
@@ -23,7 +25,8 @@ users:
 
 // TestReloadWhileSubscribed: a reload that adds, changes and removes
 // users ends only the removed user's subscriptions (noresource), keeps
-// the others, and makes the added user reachable; a broken file, by the
+// the others, and makes the added user reachable; a BLF list's
+// subscriber gets the list's new members in full; a broken file, by the
 // API or by SIGHUP, changes nothing and names file and line.
 func TestReloadWhileSubscribed(t *testing.T) {
 	dir := t.TempDir()
@@ -36,6 +39,8 @@ func TestReloadWhileSubscribed(t *testing.T) {
 	}
 	write(`  - {id: debbie, name: Debbie, extensions: ["100"]}
   - {id: bob, name: Bob, extensions: ["101"]}
+lists:
+  - {name: team, members: [debbie, bob]}
 `)
 	out, httpAddr := runInProcess(t, path)
 	sipAddr := regexp.MustCompile(`"sip listening".* transport=udp address=(\S+)`).FindStringSubmatch(out.String())[1]
@@ -51,6 +56,12 @@ func TestReloadWhileSubscribed(t *testing.T) {
 		}
 		w.w.notifyWhere("active", 5*time.Second)
 	}
+	team := newWatcher(t, "UDP")
+	team.extra = []sip.Header{sip.NewHeader("Supported", "eventlist")}
+	if res := team.subscribe(sipAddr, "team", "dialog", 600); res.StatusCode != 200 {
+		t.Fatalf("subscribe to the list: %d", res.StatusCode)
+	}
+	team.notifyWhere(`<name>Bob</name>`, 5*time.Second)
 
 	if code, _ := apiDo(t, "POST", api+"/reload", "wrong", ""); code != 401 {
 		t.Errorf("reload with a wrong token: %d, want 401", code)
@@ -58,6 +69,8 @@ func TestReloadWhileSubscribed(t *testing.T) {
 	// Bob leaves, Carol joins, Debbie gets a new name.
 	write(`  - {id: debbie, name: Debbie Harry, extensions: ["100"]}
   - {id: carol, name: Carol King, extensions: ["102"]}
+lists:
+  - {name: team, members: [debbie, carol]}
 `)
 	code, body := apiDo(t, "POST", api+"/reload", "s3cret", "")
 	if code != 200 || !strings.Contains(body, `"added": [
@@ -67,6 +80,11 @@ func TestReloadWhileSubscribed(t *testing.T) {
 		t.Fatalf("reload: %d %s", code, body)
 	}
 	bob.notifyWhere("terminated;reason=noresource", 5*time.Second)
+	n := team.notifyWhere(`<name>Carol King</name>`, 5*time.Second)
+	if b := string(n.Body()); !strings.Contains(b, `fullState="true"`) || strings.Contains(b, "sip:101@") ||
+		!strings.Contains(b, `<name>Debbie Harry</name>`) {
+		t.Errorf("the list after the reload:\n%s", b)
+	}
 	if res := debbie.subscribe("", "", "", 600); res.StatusCode != 200 {
 		t.Errorf("debbie's subscription after the reload: refresh got %d", res.StatusCode)
 	}

@@ -30,6 +30,8 @@ type watcher struct {
 	cseq                                        uint32
 	// digest credentials, used when a SUBSCRIBE is challenged
 	username, password string
+	// extra headers of every SUBSCRIBE (Supported: eventlist for a list)
+	extra []sip.Header
 }
 
 func newWatcher(t *testing.T, transport string) *watcher {
@@ -147,6 +149,9 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 	req.AppendHeader(&sip.ContactHeader{Address: contact})
 	req.AppendHeader(sip.NewHeader("Event", w.event))
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
+	for _, h := range w.extra {
+		req.AppendHeader(h)
+	}
 	if w.transport == "TCP" {
 		req.SetTransport("TCP")
 	} else {
