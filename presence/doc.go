@@ -1,7 +1,9 @@
 // Package presence is Lamplighter's SIP side: transports, subscription
-// dialogs for the presence and dialog event packages, PUBLISH, REGISTER,
-// authentication and NOTIFY fan-out. It knows users and their bridge.State,
-// never PBXs. Document bodies are rendered by the sub-package body.
+// dialogs for its event packages (packages.go: presence, dialog,
+// as-feature-event, presence.winfo) and for lists of users (list.go, RFC
+// 4662), PUBLISH, REGISTER, authentication and NOTIFY fan-out. It knows
+// users and their bridge.State, never PBXs. Document bodies are rendered
+// by the sub-package body.
 //
 // # Request path
 //

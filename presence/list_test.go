@@ -467,3 +467,54 @@ func TestListSubscriptionSurvivesARestart(t *testing.T) {
 		t.Errorf("refresh after restart got %d", res.StatusCode)
 	}
 }
+
+// TestListSubscriberIsAuthenticatedAndShownAsWatcher: a list is no way
+// around authentication (401 first, 200 with the password), and its
+// subscriber is among each member's watchers in watcher info; when it
+// unsubscribes, each member's watcher info says so.
+func TestListSubscriberIsAuthenticatedAndShownAsWatcher(t *testing.T) {
+	env := newEnvDir(t, listDir(t))
+	own := newPhone(t, "UDP")
+	own.user, own.password = "debbie", "d-secret"
+	if res, _ := own.subscribe(env.udp, subReq{user: "100", event: "presence.winfo", expires: 600}); res.StatusCode != 200 {
+		t.Fatalf("presence.winfo: %d", res.StatusCode)
+	}
+	if d := readWinfo(t, own.nextNotify(3*time.Second).Body()); len(d.presenceWatchers()) != 0 {
+		t.Fatalf("watchers before the list: %v", d.presenceWatchers())
+	}
+
+	p := newPhone(t, "UDP")
+	req := subReq{user: "desk", event: "presence", expires: 600,
+		accept: "application/rlmi+xml, multipart/related, application/pidf+xml", headers: []sip.Header{eventlist()}}
+	if res, _ := p.subscribe(env.udp, req); res.StatusCode != 401 {
+		t.Fatalf("list SUBSCRIBE without credentials: %d, want 401", res.StatusCode)
+	}
+	p.user, p.password = "bob", "b-secret"
+	res, d := p.subscribe(env.udp, req)
+	if res.StatusCode != 200 {
+		t.Fatalf("list SUBSCRIBE with credentials: %d", res.StatusCode)
+	}
+	parseRLS(t, p.nextNotify(2*time.Second))
+	var id string
+	for _, s := range env.srv.subs.all() {
+		if s.List == "desk" {
+			id = s.ID
+		}
+	}
+	w := readWinfo(t, own.notifyWhere(id, 3*time.Second).Body()).presenceWatchers()
+	if w[id] != "active/subscribe" {
+		t.Errorf("debbie's watchers %v, want the list's %s active", w, id)
+	}
+	if res := p.refresh(d, 0); res.StatusCode != 200 {
+		t.Fatalf("unsubscribe: %d", res.StatusCode)
+	}
+	for {
+		n := own.nextNotify(3 * time.Second)
+		if w := readWinfo(t, n.Body()).presenceWatchers(); w[id] != "" && w[id] != "active/subscribe" {
+			if w[id] != "terminated/timeout" {
+				t.Errorf("list watcher after unsubscribe: %s", w[id])
+			}
+			break
+		}
+	}
+}
