@@ -338,6 +338,13 @@ func (b *Bridge) update(u *User) {
 	next := b.compute(u)
 	prev, had := b.states[u.ID]
 	if had && prev.Equal(next) {
+		if prev.IDsPending && !next.IDsPending {
+			// No document changes, but a watcher's NOTIFY held for
+			// the ringing leg's ids waits no more (its source found
+			// none).
+			b.states[u.ID] = next
+			b.emit(Change{UserID: u.ID, State: next, Previous: prev})
+		}
 		return
 	}
 	b.states[u.ID] = next
@@ -384,6 +391,9 @@ func (b *Bridge) compute(u *User) *State {
 			if d, ok := src.devices[ref.Device]; ok {
 				ds = d.effective()
 				for _, c := range d.calls {
+					if c.IDsPending && c.Direction == Incoming && c.State <= CallEarly {
+						st.IDsPending = true
+					}
 					if !c.Pending() {
 						st.Calls = append(st.Calls, *c)
 					}

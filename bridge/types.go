@@ -163,6 +163,11 @@ type Call struct {
 	CallID    string `json:"call_id,omitempty"`
 	LocalTag  string `json:"local_tag,omitempty"`  // the device's tag
 	RemoteTag string `json:"remote_tag,omitempty"` // the PBX's tag
+	// IDsPending says the source is still reading the leg's dialog
+	// identifiers and will report them within moments (Asterisk's tags
+	// are read once the leg rings): watchers' first ringing NOTIFY may
+	// wait for them, briefly, so that it can already be picked up.
+	IDsPending bool `json:"ids_pending,omitempty"`
 	// Started is when the leg appeared; Answered when it was answered
 	// (zero until then).
 	Started  time.Time `json:"started,omitzero"`

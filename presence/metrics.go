@@ -25,6 +25,9 @@ type Metrics interface {
 	ConnectionRefused(reason string)
 	// RequestDropped counts a request dropped unanswered: "rate_limit".
 	RequestDropped(reason string)
+	// PickupWaitExpired counts a ringing NOTIFY sent without the dialog
+	// identifiers it waited for (Options.PickupWait ran out).
+	PickupWaitExpired()
 }
 
 type nopMetrics struct{}
@@ -36,3 +39,4 @@ func (nopMetrics) NotifyFailed(string)         {}
 func (nopMetrics) NotifyLatency(time.Duration) {}
 func (nopMetrics) ConnectionRefused(string)    {}
 func (nopMetrics) RequestDropped(string)       {}
+func (nopMetrics) PickupWaitExpired()          {}

@@ -16,12 +16,19 @@ import (
 
 // HandleChange takes a user's state change from the bridge and schedules
 // NOTIFYs to every watcher of that user. It never blocks: it is called
-// with the bridge's lock held. A change to ringing goes out at once, and
-// so does the first change after a quiet spell; further changes of the
-// same user within Options.Coalesce of the last NOTIFY become one, sent
-// when the window ends.
+// with the bridge's lock held. A change to ringing goes out at once (or,
+// when its dialog identifiers are on their way, as soon as they come,
+// within Options.PickupWait), and so does the first change after a quiet
+// spell; further changes of the same user within Options.Coalesce of the
+// last NOTIFY become one, sent when the window ends.
 func (s *Server) HandleChange(c bridge.Change) {
 	now := time.Now()
+	if c.State != nil && s.holdForIDs(c, now) {
+		return
+	}
+	if c.Previous != nil && c.State != nil && c.Previous.IDsPending && !c.State.IDsPending && c.Previous.Equal(c.State) {
+		return // only the wait for ids ended: nothing to show
+	}
 	if c.State == nil {
 		s.paceMu.Lock()
 		delete(s.pace, c.UserID)
@@ -83,6 +90,55 @@ type userPace struct {
 	last    time.Time
 	first   time.Time // the first change the waiting kick carries
 	pending bool
+	// held: the user started ringing and the NOTIFY waits for the
+	// ringing leg's dialog ids (holdForIDs), since heldAt.
+	held   bool
+	heldAt time.Time
+}
+
+// holdForIDs holds the NOTIFY of a user who starts ringing while a
+// ringing leg's dialog identifiers are still on their way from the PBX
+// (bridge.State.IDsPending), and releases it, as urgent, with the change
+// that brings them or when Options.PickupWait runs out. It reports
+// whether it took the change.
+func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
+	if s.opt.PickupWait <= 0 {
+		return false
+	}
+	s.paceMu.Lock()
+	p := s.pace[c.UserID]
+	switch {
+	case p != nil && p.held && c.State.IDsPending:
+		s.paceMu.Unlock()
+		return true // still waiting: the release carries this change
+	case p != nil && p.held:
+		p.held, p.pending, p.last = false, false, now
+		at := p.heldAt
+		s.paceMu.Unlock()
+		s.kickUser(c.UserID, at, true)
+		return true
+	case !c.Urgent || !c.State.IDsPending:
+		s.paceMu.Unlock()
+		return false
+	}
+	if p == nil {
+		p = &userPace{}
+		s.pace[c.UserID] = p
+	}
+	p.held, p.heldAt = true, now
+	s.paceMu.Unlock()
+	time.AfterFunc(s.opt.PickupWait, func() {
+		s.paceMu.Lock()
+		if !p.held || !p.heldAt.Equal(now) {
+			s.paceMu.Unlock()
+			return
+		}
+		p.held, p.pending, p.last = false, false, time.Now()
+		s.paceMu.Unlock()
+		s.opt.Metrics.PickupWaitExpired()
+		s.kickUser(c.UserID, now, true)
+	})
+	return true
 }
 
 // kickUser queues a NOTIFY for every watcher of a user; urgent (the

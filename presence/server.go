@@ -94,6 +94,13 @@ type Options struct {
 	// waits for the window's end. Ringing and the first change after a
 	// quiet spell are never delayed. Default 20ms.
 	Coalesce time.Duration
+	// PickupWait is how long the first NOTIFY of a user who starts ringing
+	// may wait for the ringing leg's dialog identifiers that its PBX
+	// adapter is still reading (bridge.Call.IDsPending), so that the very
+	// first ringing NOTIFY can be picked up with Replaces. Released at once
+	// when they come (a few ms on a LAN); default 250ms; negative: never
+	// wait.
+	PickupWait time.Duration
 	// SingleDialog decides, per subscriber, whether dialog-info documents
 	// carry only the most important call (nil: never).
 	SingleDialog func(userAgent, watcherUserID string) bool
@@ -148,6 +155,7 @@ const (
 	DefaultMaxBindingsPerUser        = 10
 	DefaultUDPBuffer                 = 4 << 20
 	DefaultCoalesce                  = 20 * time.Millisecond
+	DefaultPickupWait                = 250 * time.Millisecond
 )
 
 func (o *Options) defaults() {
@@ -183,6 +191,9 @@ func (o *Options) defaults() {
 	}
 	if o.Coalesce == 0 {
 		o.Coalesce = DefaultCoalesce
+	}
+	if o.PickupWait == 0 {
+		o.PickupWait = DefaultPickupWait
 	}
 	o.Streams.defaults()
 	if o.NotifyRetries == 0 {

@@ -1,6 +1,7 @@
 package ari
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -174,6 +176,12 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 // apply decodes one frame and hands its events to the sink. Frames that
 // do not decode (unknown event types included) are skipped and counted.
 func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
+	if id, ok := bytes.CutPrefix(frame, tagsDone); ok {
+		for _, e := range m.tagsRead(string(id)) {
+			sink.Apply(e)
+		}
+		return
+	}
 	a.Event()
 	ev, err := ari.DecodeEvent(frame)
 	if err != nil || ev == nil {
@@ -187,6 +195,10 @@ func (a *Adapter) apply(m *mapper, frame []byte, sink bridge.Sink) {
 		sink.Apply(e)
 	}
 }
+
+// tagsDone starts the frame readTags queues after a leg's tags: not ARI,
+// so that the mapper learns in order that no more are coming.
+var tagsDone = []byte("\x00lamplighter-tags-read:")
 
 // readTags reads a ringing leg's SIP tags from Asterisk and queues them
 // as the ChannelVarset events the dialplan would have sent, so that the
@@ -210,6 +222,7 @@ func (a *Adapter) readTags(ctx context.Context, vars [][2]string, channelID stri
 			q.Push(frame)
 		}
 	}
+	q.Push(append(slices.Clip(tagsDone), channelID...))
 }
 
 // readLoop reads websocket frames into q until the connection ends. It

@@ -1,10 +1,12 @@
 package ari
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -479,5 +481,58 @@ func TestRingingLegGetsItsTagsFromAsterisk(t *testing.T) {
 	h.waitPhone("101", bridge.PhoneIdle)
 	if n := fake.varReads.Load(); n != 2 {
 		t.Errorf("%d variable reads after the call, want 2", n)
+	}
+}
+
+// TestRingingLegSaysItsIDsArePending: in the recording where Asterisk
+// says the device RINGS before its leg does (pjsip-call2: 100 is called),
+// every ringing state the bridge shows is marked as waiting for the leg's
+// dialog ids until the adapter has read the tags; the first one that is
+// not carries Call-ID and both tags (what a watcher's held NOTIFY then
+// shows). When Asterisk has no tags, the wait ends as the read does.
+func TestRingingLegSaysItsIDsArePending(t *testing.T) {
+	for _, found := range []bool{true, false} {
+		fake := newFakeAsterisk(t)
+		fake.devices["PJSIP/100"], fake.devices["PJSIP/101"] = "NOT_INUSE", "NOT_INUSE"
+		if found {
+			fake.variables = map[string]string{"CHANNEL(pjsip,remote_tag)": "phone-100-tag", "CHANNEL(pjsip,local_tag)": "asterisk-tag"}
+		}
+		h := newHarness(t, fake)
+		c := fake.waitConn()
+		h.waitSynchronised()
+		h.waitPhone("100", bridge.PhoneIdle)
+		lines := readFixture(t, "pjsip/pjsip-call2.jsonl")
+		up := slices.IndexFunc(lines, func(l []byte) bool { return bytes.Contains(l, []byte(`"state":"Up"`)) })
+		fake.send(c, lines[:up]...) // until the call is answered
+		var pending int
+		deadline := time.After(5 * time.Second)
+	wait:
+		for {
+			select {
+			case ch := <-h.changes:
+				if ch.UserID != "100" || ch.State == nil || ch.State.Phone != bridge.PhoneRinging {
+					continue
+				}
+				if ch.State.IDsPending {
+					pending++
+					continue
+				}
+				if pending == 0 {
+					t.Errorf("found=%v: rang without saying its ids were coming", found)
+				}
+				call, ok := ch.State.Primary()
+				switch {
+				case !ok:
+					t.Errorf("found=%v: ringing with no call", found)
+				case found && (call.CallID == "" || call.LocalTag != "phone-100-tag" || call.RemoteTag != "asterisk-tag"):
+					t.Errorf("found=%v: first ringing state without pending ids: %+v", found, call)
+				case !found && (call.CallID == "" || call.LocalTag != ""):
+					t.Errorf("found=%v: %+v", found, call)
+				}
+				break wait
+			case <-deadline:
+				t.Fatalf("found=%v: no ringing state without pending ids (%d with)", found, pending)
+			}
+		}
 	}
 }

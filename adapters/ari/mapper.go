@@ -16,6 +16,18 @@ type channel struct {
 	internal  bool // the ;2 half of a Local channel: not a device's call leg
 	dialed    string
 	tagsAsked bool // the SIP tags were asked of Asterisk (see tagsWanted)
+	tagsRead  bool // and the reading is over, whatever it found
+}
+
+// settle marks whether the leg's dialog identifiers are still to come
+// (bridge.Call.IDsPending): a PJSIP leg towards its phone, not answered,
+// lacking its Call-ID or a tag, whose tags have not been read yet (they
+// are read once it rings). A leg created Down, before it rings, is one.
+func (ch *channel) settle() {
+	c := &ch.call
+	c.IDsPending = !ch.internal && !ch.tagsRead && strings.HasPrefix(c.Device, "PJSIP/") &&
+		c.Direction == bridge.Incoming && c.State <= bridge.CallEarly &&
+		(c.CallID == "" || c.LocalTag == "" || c.RemoteTag == "")
 }
 
 // mapper turns ARI events into bridge events. It keeps per-channel state
@@ -165,7 +177,25 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 		ch.tagsAsked = true
 		m.tagsWanted = append(m.tagsWanted, c.ID)
 	}
+	ch.settle()
 	return ch, !ch.internal
+}
+
+// tagsRead is told that the adapter finished reading a leg's tags (what
+// it found came before, as ChannelVarset events): the leg waits for no
+// more identifiers.
+func (m *mapper) tagsRead(channelID string) []bridge.Event {
+	ch, ok := m.channels[channelID]
+	if !ok || ch.internal || ch.tagsRead {
+		return nil
+	}
+	ch.tagsRead = true
+	before := ch.call
+	ch.settle()
+	if ch.call == before {
+		return nil
+	}
+	return []bridge.Event{m.update(ch)}
 }
 
 // takeTagsWanted returns the channels whose tags should be read now.
@@ -249,6 +279,7 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 		case m.remoteTagVar:
 			ch.call.RemoteTag = e.Value
 		}
+		ch.settle()
 		if ch.internal || ch.call == before {
 			return nil
 		}

@@ -182,6 +182,12 @@ func (m *mapper) channel(e event) []bridge.Event {
 		l.seq = seq
 		m.fill(&l.call, e)
 	}
+	// A sofia leg towards its phone learns its Call-ID and tags from the
+	// phone's 180 or 183 (CHANNEL_PROGRESS, _MEDIA), moments after
+	// FreeSWITCH says it rings: until then they are pending.
+	c := &l.call
+	c.IDsPending = strings.HasPrefix(e.get("Channel-Name"), "sofia/") && c.Direction == bridge.Incoming &&
+		c.State <= bridge.CallEarly && (c.CallID == "" || c.LocalTag == "" || c.RemoteTag == "")
 	if l.call == before {
 		return nil
 	}

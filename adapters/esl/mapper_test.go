@@ -305,6 +305,9 @@ func TestRingingCalleeCarriesPickupData(t *testing.T) {
 			mp.feed(f)
 		}
 	}
+	if st := mp.state("1001"); st.Phone != bridge.PhoneRinging || !st.IDsPending {
+		t.Errorf("ringing before the phone's 180: phone %v, ids pending %v (want ringing, pending)", st.Phone, st.IDsPending)
+	}
 	answer := bySeq(evs, 595).ev
 	progress := event{}
 	for k, v := range bySeq(evs, 586).ev {
@@ -325,7 +328,7 @@ func TestRingingCalleeCarriesPickupData(t *testing.T) {
 	}
 	c := st.Calls[0]
 	if st.Phone != bridge.PhoneRinging || c.CallID != "deee3036-6014-1240-cc8d-f6b91c3a5360" ||
-		c.LocalTag != "97d7dc44d0c2ff3b" || c.RemoteTag != "3Q6vgt45XjjrD" {
+		c.LocalTag != "97d7dc44d0c2ff3b" || c.RemoteTag != "3Q6vgt45XjjrD" || st.IDsPending {
 		t.Errorf("ringing callee: phone %v, call %+v", st.Phone, c)
 	}
 }

@@ -235,6 +235,7 @@ type Metrics struct {
 	dropped      *prometheus.CounterVec
 	forwarded    *prometheus.CounterVec
 	answered     *prometheus.CounterVec
+	pickupWait   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -259,8 +260,10 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Requests forwarded in proxy mode, by method."}, []string{"method"})
 	m.answered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lamplighter_proxy_responses_total",
 		Help: "Responses to forwarded requests sent back (relayed or the proxy's own), by method and status code."}, []string{"method", "code"})
+	m.pickupWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "lamplighter_pickup_wait_expired_total",
+		Help: "Ringing NOTIFYs sent without the dialog identifiers they waited for (the PBX adapter did not deliver them within the wait)."})
 	reg.MustRegister(m.responses, m.authFailures, m.notifySent, m.notifyFailed, m.latency, m.refused, m.dropped,
-		m.forwarded, m.answered)
+		m.forwarded, m.answered, m.pickupWait)
 	return m
 }
 
@@ -287,6 +290,9 @@ func (m *Metrics) NotifyLatency(d time.Duration) { m.latency.Observe(d.Seconds()
 
 // RequestDropped implements presence.Metrics.
 func (m *Metrics) RequestDropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// PickupWaitExpired implements presence.Metrics.
+func (m *Metrics) PickupWaitExpired() { m.pickupWait.Inc() }
 
 // ConnectionRefused implements presence.Metrics.
 func (m *Metrics) ConnectionRefused(reason string) { m.refused.WithLabelValues(reason).Inc() }
