@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -116,8 +118,23 @@ func TestDemoRunsAndStops(t *testing.T) {
 			t.Errorf("GET %s: %d, want %q in:\n%.2000s", path, res.StatusCode, want, body)
 		}
 	}
+	// The demo's list of everyone, as a receptionist's phone takes it:
+	// every member first, then each call as it rings.
+	sipAddr := regexp.MustCompile(`"sip listening" .*transport=udp address=(\S+)`).FindStringSubmatch(out.String())
+	if sipAddr == nil {
+		t.Fatalf("no SIP address in the log:\n%s", out.String())
+	}
+	w := newWatcher(t, "UDP")
+	w.extra = []sip.Header{sip.NewHeader("Supported", "eventlist")}
+	if res := w.subscribe(sipAddr[1], "everyone", "dialog", 600); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE to the demo list: %d", res.StatusCode)
+	}
+	if n := w.notifyWhere(`fullState="true"`, 5*time.Second); strings.Count(string(n.Body()), "<resource ") != 8 {
+		t.Errorf("the demo list's first NOTIFY:\n%s", n.Body())
+	}
 	// The demo places a call every five seconds on average.
-	waitFor(t, &out, "state=ringing", 60*time.Second)
+	w.notifyWhere("<state>early</state>", 60*time.Second)
+	waitFor(t, &out, "state=ringing", 10*time.Second)
 	cancel()
 	select {
 	case code := <-done:
