@@ -111,17 +111,22 @@ func TestSwitchboardInChromium(t *testing.T) {
 		t.Errorf("title %q", title)
 	}
 	// Any tile that rings: follow it through the call.
-	var ringing string
+	// The tile and its text are read in one go: a demo call may be
+	// answered a moment after it rings.
+	var ringing, caller string
 	deadline := time.Now().Add(90 * time.Second)
 	for ringing == "" {
 		if time.Now().After(deadline) {
 			t.Fatal("no tile rang within 90s")
 		}
-		ringing, _ = chromedp.Run(bctx, chromedp.Evaluate[string](
-			`(document.querySelector('.tile[data-state="ringing"]') || {dataset: {}}).dataset.user || ""`))
+		seen, _ := chromedp.Run(bctx, chromedp.Evaluate[[]string](
+			`(() => { const t = document.querySelector('.tile[data-state="ringing"]');
+			  return t ? [t.dataset.user, (t.querySelector('.remote') || {}).textContent || ""] : ["", ""]; })()`))
+		if len(seen) == 2 {
+			ringing, caller = seen[0], strings.TrimSpace(seen[1])
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	caller, _ := chromedp.Run(bctx, chromedp.Text(fmt.Sprintf(`.tile[data-user=%q] .remote`, ringing)))
 	if !strings.HasPrefix(caller, "From ") && !strings.HasPrefix(caller, "To ") {
 		t.Errorf("ringing tile shows %q, not who is calling", caller)
 	}
