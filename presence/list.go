@@ -74,7 +74,7 @@ func (lv *listView) resolve(rl *bridge.ResolvedList, entity string, version uint
 	lv.display = display
 	next := make([]listMember, 0, len(rl.Users))
 	for i, u := range rl.Users {
-		m := listMember{userID: u.ID, uri: memberURI(entity, u.Presentity()), name: u.Name, version: version}
+		m := listMember{userID: u.ID, uri: shared(memberURI(entity, u.Presentity())), name: u.Name, version: version}
 		if j := slices.IndexFunc(lv.members, func(o listMember) bool { return o.userID == u.ID }); j >= 0 {
 			old := lv.members[j]
 			m.last, m.version = old.last, old.version
