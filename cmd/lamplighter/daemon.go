@@ -19,6 +19,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/adapters/sipcalls"
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
@@ -43,7 +44,8 @@ type daemon struct {
 	api      *api.API
 	board    *switchboard.Switchboard
 	db       *durable.DB
-	demo     bool // only simulated PBXs: lamp changes are logged at info level
+	node     *cluster.Node // nil when running alone
+	demo     bool          // only simulated PBXs: lamp changes are logged at info level
 
 	cfgMu  sync.Mutex // held through a reload
 	cfg    *config.Config
@@ -87,12 +89,26 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	// A phone's DND key sets the same dnd as the API and the switchboard,
 	// kept across restarts as theirs is.
 	opt.PersonOrigin, opt.PersonStates = api.Origin, d.db
-	persons, err := d.db.Persons(now)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
-	}
-	for _, p := range persons {
-		_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
+	// What the SIP server and the API set as person state goes through
+	// states: the bridge, or with a cluster the bridge shared with every
+	// node.
+	var states interface {
+		presence.States
+		api.Bridge
+	} = d.bridge
+	if cfg.Cluster != nil {
+		d.node = cluster.New(*cfg.Cluster, d.bridge, log.With("component", "cluster"))
+		states = d.node.Share(d.bridge)
+	} else {
+		// Alone, the state file is the truth about the API's person
+		// states; in a cluster the engine is, and its watch brings them.
+		persons, err := d.db.Persons(now)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
+		}
+		for _, p := range persons {
+			_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
+		}
 	}
 	if d.proxy, d.sipPBXs, err = newProxy(cfg, d.bridge, d.ops.Metrics, log.With("component", "proxy")); err != nil {
 		return nil, err
@@ -100,13 +116,13 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if d.proxy != nil {
 		opt.Forwarder = d.proxy
 	}
-	if d.sip, err = presence.New(d.bridge, opt); err != nil {
+	if d.sip, err = presence.New(states, opt); err != nil {
 		return nil, err
 	}
 	if err := d.setLogins(cfg); err != nil {
 		return nil, err
 	}
-	d.api = api.New(api.Options{Bridge: d.bridge, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload,
+	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload,
 		CheckUser: d.checkLogin, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
@@ -133,8 +149,12 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		d.adapters = append(d.adapters, a)
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
-	d.ops.Attach(ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
-		Alive: func() bool { return d.bridgeAnswers(time.Second) }, Proxied: d.proxiedHealth()})
+	src := ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
+		Alive: func() bool { return d.bridgeAnswers(time.Second) }, Proxied: d.proxiedHealth()}
+	if d.node != nil {
+		src.Cluster, src.ClusterStats = d.node.Status, d.node.Stats()
+	}
+	d.ops.Attach(src)
 	return d, nil
 }
 
@@ -230,6 +250,15 @@ func (d *daemon) Run(ctx context.Context) error {
 			defer wg.Done()
 			if err := d.ops.Run(ctx, ln, d.log); err != nil {
 				d.log.Error("http server stopped", "err", err)
+			}
+		}()
+	}
+	if d.node != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.node.Run(ctx); err != nil {
+				d.log.Error("cluster node stopped: running alone", "err", err)
 			}
 		}()
 	}

@@ -160,6 +160,9 @@ func needRestart(old, next *config.Config) []string {
 	if old.HTTP.Pprof != next.HTTP.Pprof {
 		out = append(out, "http.pprof")
 	}
+	if !reflect.DeepEqual(old.Cluster, next.Cluster) {
+		out = append(out, "cluster")
+	}
 	if old.StateDir != next.StateDir {
 		out = append(out, "state_dir")
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
@@ -40,6 +41,9 @@ type Config struct {
 	// Lists are BLF lists (RFC 4662): one URI a phone subscribes to for
 	// many people's lamps.
 	Lists []List `yaml:"lists"`
+	// Cluster, when present, makes this node one of several sharing
+	// state through NATS JetStream (cluster/README.md).
+	Cluster *cluster.Config `yaml:"cluster"`
 
 	// File is the path the config was read from.
 	File string `yaml:"-"`
@@ -484,6 +488,9 @@ func (c *Config) defaults() {
 		if c.Users[i].SIP.Username == "" {
 			c.Users[i].SIP.Username = c.Users[i].ID
 		}
+	}
+	if c.Cluster != nil {
+		c.Cluster.Defaults()
 	}
 	for i := range c.PBX {
 		if c.PBX[i].Kind == KindSim && c.PBX[i].Sim == nil {

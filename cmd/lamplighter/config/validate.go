@@ -84,6 +84,11 @@ func (v *validator) check(c *Config) {
 	pbxs := v.checkPBXs(c)
 	v.checkUsers(c, pbxs)
 	v.checkLists(c)
+	if c.Cluster != nil {
+		for _, e := range c.Cluster.Validate() {
+			v.at(p("cluster", e.Key), "%s", e.Error())
+		}
+	}
 }
 
 // checkLists checks the BLF lists: a free name that can be a URI's user

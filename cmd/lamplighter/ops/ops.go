@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/netlimit"
 	"github.com/lamplighter/lamplighter/presence"
 )
@@ -48,6 +49,10 @@ type Sources struct {
 	// SIP OPTIONS (a PBX not yet asked is missing); nil without proxy
 	// mode.
 	Proxied func() map[string]bool
+	// Cluster is the node's view of the cluster, and its counts; nil
+	// when it runs alone.
+	Cluster      func() cluster.Status
+	ClusterStats *cluster.Stats
 }
 
 // Adapter is one PBX adapter and its kind (ari, esl, sim).
@@ -193,6 +198,15 @@ type readiness struct {
 	// Proxied is, per PBX in proxy mode, whether its SIP side answers
 	// OPTIONS: phones' calls and registrations go there.
 	Proxied map[string]bool `json:"proxied_pbx_answers,omitempty"`
+	// Cluster is the node's view of the cluster. A degraded cluster (the
+	// engine away) does not make the node unready: it serves from
+	// memory, and a load balancer should keep sending phones to it.
+	Cluster *clusterReadiness `json:"cluster,omitempty"`
+}
+
+type clusterReadiness struct {
+	cluster.Status
+	Degraded bool `json:"degraded"`
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -210,6 +224,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		if !st.Connected || !st.Synchronised {
 			rd.Ready = false
 		}
+	}
+	if s.src.Cluster != nil {
+		st := s.src.Cluster()
+		rd.Cluster = &clusterReadiness{Status: st, Degraded: st.Degraded()}
 	}
 	if s.src.Proxied != nil {
 		rd.Proxied = s.src.Proxied()
@@ -317,10 +335,24 @@ var (
 	descUnsaved   = prometheus.NewDesc("lamplighter_state_unsaved_changes", "Subscription, publication and registration changes not yet written to the state file (written every second).", nil, nil)
 	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
 	descListSubs  = prometheus.NewDesc("lamplighter_list_subscriptions", "Active SIP subscriptions to BLF lists (RFC 4662), by event package and transport; also counted in lamplighter_subscriptions.", []string{"package", "transport"}, nil)
+
+	descClusterConnected = prometheus.NewDesc("lamplighter_cluster_connected", "1 while the node is connected to the cluster engine (NATS).", nil, nil)
+	descClusterLeased    = prometheus.NewDesc("lamplighter_cluster_leased", "1 while the node's lease is fresh (the other nodes count it alive).", nil, nil)
+	descClusterMembers   = prometheus.NewDesc("lamplighter_cluster_members", "Nodes whose lease is fresh, as this node last read them.", nil, nil)
+	descClusterPending   = prometheus.NewDesc("lamplighter_cluster_pending_writes", "Person states waiting to be written to the engine.", nil, nil)
+	descClusterWrites    = prometheus.NewDesc("lamplighter_cluster_writes_total", "Person states written to the engine.", nil, nil)
+	descClusterErrors    = prometheus.NewDesc("lamplighter_cluster_engine_errors_total", "Engine operations that failed (they are retried).", nil, nil)
+	descClusterApplied   = prometheus.NewDesc("lamplighter_cluster_applied_total", "Person states from other nodes applied on this one.", nil, nil)
+	descClusterRenewals  = prometheus.NewDesc("lamplighter_cluster_lease_renewals_total", "Lease renewals the engine took.", nil, nil)
+	descClusterLeaseFail = prometheus.NewDesc("lamplighter_cluster_lease_failures_total", "Lease renewals that failed.", nil, nil)
+	descClusterLatency   = prometheus.NewDesc("lamplighter_cluster_engine_seconds_total", "Time spent waiting for the engine's writes; divide by lamplighter_cluster_engine_operations_total for the mean.", nil, nil)
+	descClusterOps       = prometheus.NewDesc("lamplighter_cluster_engine_operations_total", "Engine writes answered (person states and lease renewals).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved} {
+	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
+		descClusterConnected, descClusterLeased, descClusterMembers, descClusterPending, descClusterWrites, descClusterErrors,
+		descClusterApplied, descClusterRenewals, descClusterLeaseFail, descClusterLatency, descClusterOps} {
 		ch <- d
 	}
 }
@@ -340,6 +372,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(st.Events), a.Name(), a.Kind)
 		ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(st.Skipped), a.Name(), a.Kind)
 		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(st.Reconnects), a.Name(), a.Kind)
+	}
+	if src.Cluster != nil {
+		st := src.Cluster()
+		ch <- prometheus.MustNewConstMetric(descClusterConnected, prometheus.GaugeValue, b(st.Connected))
+		ch <- prometheus.MustNewConstMetric(descClusterLeased, prometheus.GaugeValue, b(st.Leased))
+		ch <- prometheus.MustNewConstMetric(descClusterMembers, prometheus.GaugeValue, float64(len(st.Members)))
+		ch <- prometheus.MustNewConstMetric(descClusterPending, prometheus.GaugeValue, float64(st.Pending))
+	}
+	if cs := src.ClusterStats; cs != nil {
+		for d, v := range map[*prometheus.Desc]int64{descClusterWrites: cs.Writes.Load(), descClusterErrors: cs.WriteErrors.Load(),
+			descClusterApplied: cs.Applied.Load(), descClusterRenewals: cs.LeaseRenewals.Load(),
+			descClusterLeaseFail: cs.LeaseFailures.Load(), descClusterOps: cs.EngineOps.Load()} {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+		}
+		ch <- prometheus.MustNewConstMetric(descClusterLatency, prometheus.CounterValue, time.Duration(cs.EngineNanos.Load()).Seconds())
 	}
 	if src.Unsaved != nil {
 		ch <- prometheus.MustNewConstMetric(descUnsaved, prometheus.GaugeValue, float64(src.Unsaved()))

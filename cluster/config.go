@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the `cluster:` section. Without it Lamplighter runs alone on
+// its bbolt state file; with it, nodes share state through NATS
+// JetStream.
+type Config struct {
+	// Node names this node among the others (default: the host name);
+	// every node needs its own.
+	Node string `yaml:"node"`
+	// URLs are the NATS servers, nats://host:4222 (tls:// for TLS).
+	URLs []string `yaml:"urls"`
+	// Username and Password, or CredsFile (a NATS .creds file: JWT and
+	// nkey), or Token authenticate to NATS; all optional.
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	CredsFile    string `yaml:"creds_file"`
+	// TLS towards NATS: a CA file for its certificate, and a client
+	// certificate and key when NATS asks for one.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Replicas of each JetStream bucket: 3 on a three-server NATS
+	// cluster (default 1).
+	Replicas int `yaml:"replicas"`
+	// LeaseTTL is how long a node that stops renewing its lease is still
+	// held alive (default 6s); it renews every third of it.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// BucketPrefix starts the names of the JetStream buckets (default
+	// "lamplighter"), so that two installations can share NATS.
+	BucketPrefix string `yaml:"bucket_prefix"`
+}
+
+// Defaults fills in what the administrator may leave out.
+func (c *Config) Defaults() {
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 6 * time.Second
+	}
+	if c.BucketPrefix == "" {
+		c.BucketPrefix = "lamplighter"
+	}
+}
+
+// ConfigError is one problem in the section: the key and what is wrong.
+type ConfigError struct {
+	Key string
+	Msg string
+}
+
+func (e ConfigError) Error() string {
+	if e.Key == "" {
+		return e.Msg
+	}
+	return e.Key + ": " + e.Msg
+}
+
+// Validate checks the section (after Defaults).
+func (c *Config) Validate() []ConfigError {
+	var errs []ConfigError
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, ConfigError{key, fmt.Sprintf(format, args...)})
+	}
+	if c.Node == "" || strings.ContainsAny(c.Node, " .*>/\\\"") {
+		bad("node", "node name %q must be set and may not contain spaces or any of .*>/\\\"", c.Node)
+	}
+	if len(c.URLs) == 0 {
+		bad("urls", "name at least one NATS server (nats://host:4222)")
+	}
+	for _, u := range c.URLs {
+		p, err := url.Parse(u)
+		if err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls") {
+			bad("urls", "%q is not nats://host:port or tls://host:port", u)
+		}
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		bad("replicas", "replicas must be between 1 and 5 (JetStream's limit)")
+	}
+	if c.LeaseTTL < time.Second {
+		bad("lease_ttl", "lease_ttl must be at least 1s")
+	}
+	if c.Password != "" && c.PasswordFile != "" {
+		bad("password", "give password or password_file, not both")
+	}
+	if (c.Password != "" || c.PasswordFile != "") && c.Username == "" {
+		bad("username", "a password needs a username")
+	}
+	if c.CredsFile != "" && c.Username != "" {
+		bad("creds_file", "give creds_file or username, not both")
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		bad("cert_file", "cert_file and key_file go together")
+	}
+	for key, f := range map[string]string{"password_file": c.PasswordFile, "creds_file": c.CredsFile,
+		"ca_file": c.CAFile, "cert_file": c.CertFile, "key_file": c.KeyFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			bad(key, "cannot read %s", f)
+		}
+	}
+	if strings.ContainsAny(c.BucketPrefix, " .*>/\\") {
+		bad("bucket_prefix", "bucket_prefix %q may hold only letters, digits, - and _", c.BucketPrefix)
+	}
+	return errs
+}

@@ -1,0 +1,531 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lamplighter/lamplighter/bridge"
+)
+
+// Local is this node's bridge, where person states from other nodes are
+// applied (*bridge.Bridge is one).
+type Local interface {
+	SetPerson(userID, origin string, p bridge.PersonState) error
+	ClearPerson(userID, origin string)
+}
+
+// Node is this Lamplighter's membership of a cluster: its NATS
+// connection, its lease, and the person states it shares. It never
+// blocks the SIP or HTTP paths on the engine: writes are queued and
+// retried, and while the engine is away the node serves from memory.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	local    Local
+	instance string // this process, among restarts of the node
+
+	wake chan struct{} // the writer has work
+
+	mu        sync.Mutex
+	keys      map[string]*keyState // person key → what this node wrote and applied
+	queue     map[string]*personValue
+	nc        *nats.Conn
+	persons   jetstream.KeyValue
+	leases    jetstream.KeyValue
+	leasedAt  time.Time // the last lease renewal the engine took
+	synced    bool      // the persons bucket was read whole since the watch began
+	members   []string
+	lastError string
+
+	stats Stats
+}
+
+// Stats are a node's counts since it started.
+type Stats struct {
+	Writes        atomic.Int64 // person states written to the engine
+	WriteErrors   atomic.Int64 // engine operations that failed (retried)
+	Applied       atomic.Int64 // person states from other nodes applied here
+	LeaseRenewals atomic.Int64
+	LeaseFailures atomic.Int64
+	// EngineNanos and EngineOps give the mean latency of engine writes.
+	EngineNanos atomic.Int64
+	EngineOps   atomic.Int64
+}
+
+// keyState is one person key's bookkeeping (see apply).
+type keyState struct {
+	applied uint64 // the newest revision shown here
+	writing bool   // a local write is queued or under way
+	gen     uint64 // local writes queued so far
+	skipped jetstream.KeyValueEntry
+}
+
+// personValue is what a person key holds.
+type personValue struct {
+	Node    string              `json:"node"`
+	User    string              `json:"user"`
+	Origin  string              `json:"origin"`
+	Cleared bool                `json:"cleared,omitempty"`
+	Person  *bridge.PersonState `json:"person,omitempty"`
+	Extra   [][]byte            `json:"extra,omitempty"` // Person.Extra, which bridge does not marshal
+	gen     uint64
+}
+
+// New makes a node; Run connects it and keeps it going.
+func New(cfg Config, local Local, log *slog.Logger) *Node {
+	cfg.Defaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
+		wake: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{}}
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.cfg.Node }
+
+// Stats returns the node's counts.
+func (n *Node) Stats() *Stats { return &n.stats }
+
+// Status is what /readyz says of the cluster.
+type Status struct {
+	Node      string   `json:"node"`
+	Connected bool     `json:"connected"` // to a NATS server
+	Leased    bool     `json:"leased"`    // the lease is fresh: other nodes count this one alive
+	Synced    bool     `json:"synced"`    // every shared person state has been read
+	Members   []string `json:"members"`   // nodes whose lease is fresh
+	Pending   int      `json:"pending_writes"`
+	Server    string   `json:"server,omitempty"`
+	LastError string   `json:"last_error,omitempty"`
+}
+
+// Degraded reports whether the node runs on its own: the engine is away
+// or its lease has lapsed.
+func (s Status) Degraded() bool { return !s.Connected || !s.Leased || !s.Synced }
+
+// Status returns the node's view of the cluster.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := Status{Node: n.cfg.Node, Synced: n.synced, Members: slices.Clone(n.members), Pending: len(n.queue),
+		LastError: n.lastError}
+	if n.nc != nil {
+		st.Connected = n.nc.IsConnected()
+		st.Server = n.nc.ConnectedUrlRedacted()
+	}
+	st.Leased = !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	return st
+}
+
+// Run connects to NATS, binds the buckets, and then renews the lease,
+// writes queued person states and applies other nodes' until ctx ends.
+// An engine that is away is waited for; Run returns only with ctx.
+func (n *Node) Run(ctx context.Context) error {
+	nc, err := n.connect()
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.nc = nc
+	n.mu.Unlock()
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	for {
+		if err = n.bind(ctx, js); err == nil {
+			break
+		}
+		n.failed("binding the buckets", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); n.renewLoop(ctx) }()
+	go func() { defer wg.Done(); n.writeLoop(ctx) }()
+	go func() { defer wg.Done(); n.watchLoop(ctx) }()
+	wg.Wait()
+	return nil
+}
+
+// connect opens the NATS connection; it reconnects by itself for ever.
+func (n *Node) connect() (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("lamplighter " + n.cfg.Node),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.log.Warn("cluster engine connection lost: serving from memory", "err", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			n.log.Info("cluster engine connection back", "server", c.ConnectedUrlRedacted())
+			n.kick()
+		}),
+	}
+	switch {
+	case n.cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(n.cfg.CredsFile))
+	case n.cfg.Username != "":
+		pw := n.cfg.Password
+		if n.cfg.PasswordFile != "" {
+			b, err := os.ReadFile(n.cfg.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("cluster password: %w", err)
+			}
+			pw = strings.TrimRight(string(b), "\r\n")
+		}
+		opts = append(opts, nats.UserInfo(n.cfg.Username, pw))
+	}
+	if n.cfg.CAFile != "" {
+		opts = append(opts, nats.RootCAs(n.cfg.CAFile))
+	}
+	if n.cfg.CertFile != "" {
+		opts = append(opts, nats.ClientCert(n.cfg.CertFile, n.cfg.KeyFile))
+	}
+	return nats.Connect(strings.Join(n.cfg.URLs, ","), opts...)
+}
+
+// bind creates (or takes) the buckets: person states, and the leases
+// whose entries lapse by themselves after LeaseTTL.
+func (n *Node) bind(ctx context.Context, js jetstream.JetStream) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	persons, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: n.cfg.BucketPrefix + "_persons", History: 1, Replicas: n.cfg.Replicas,
+		Description: "Lamplighter: person states (PUBLISH, API, feature keys) shared by every node",
+	})
+	if err != nil {
+		return err
+	}
+	leases, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: n.cfg.BucketPrefix + "_nodes", History: 1, Replicas: n.cfg.Replicas, TTL: n.cfg.LeaseTTL,
+		Description: "Lamplighter: the nodes alive, each key renewed within its TTL",
+	})
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.persons, n.leases = persons, leases
+	n.mu.Unlock()
+	return nil
+}
+
+// failed notes an engine error.
+func (n *Node) failed(what string, err error) {
+	n.stats.WriteErrors.Add(1)
+	n.mu.Lock()
+	n.lastError = what + ": " + err.Error()
+	n.mu.Unlock()
+	n.log.Debug("cluster engine operation failed", "op", what, "err", err)
+}
+
+// lease is the value of a node's lease key.
+type lease struct {
+	Instance string    `json:"instance"`
+	Renewed  time.Time `json:"renewed"`
+}
+
+// renewLoop renews the lease every third of its TTL and lists the nodes
+// whose leases are fresh.
+func (n *Node) renewLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		n.renew(ctx)
+		select {
+		case <-ctx.Done():
+			n.release()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) renew(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.LeaseTTL/3)
+	defer cancel()
+	sent := time.Now()
+	b, _ := json.Marshal(lease{Instance: n.instance, Renewed: sent})
+	if _, err := n.leases.Put(ctx, n.cfg.Node, b); err != nil {
+		n.stats.LeaseFailures.Add(1)
+		n.failed("renewing the lease", err)
+		return
+	}
+	n.stats.LeaseRenewals.Add(1)
+	n.observe(sent)
+	members, err := n.leases.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		n.failed("listing the nodes", err)
+	}
+	slices.Sort(members)
+	n.mu.Lock()
+	// The lease counts from when it was sent: the engine's TTL runs from
+	// its own receipt, later.
+	n.leasedAt = sent
+	n.members = members
+	n.mu.Unlock()
+}
+
+// release gives the lease up at a clean stop, so that the others need not
+// wait out its TTL.
+func (n *Node) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = n.leases.Delete(ctx, n.cfg.Node)
+}
+
+func (n *Node) observe(sent time.Time) {
+	n.stats.EngineNanos.Add(int64(time.Since(sent)))
+	n.stats.EngineOps.Add(1)
+}
+
+// personKey is the bucket key of one origin's state of one user: both
+// base64url-encoded, so that any id and origin make a valid key.
+func personKey(userID, origin string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(userID)) + "." + base64.RawURLEncoding.EncodeToString([]byte(origin))
+}
+
+func (n *Node) kick() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// share queues a person state set (p) or cleared (nil) on this node for
+// every other node.
+func (n *Node) share(userID, origin string, p *bridge.PersonState) {
+	v := &personValue{Node: n.cfg.Node, User: userID, Origin: origin, Cleared: p == nil}
+	if p != nil {
+		cp := *p
+		v.Person, v.Extra = &cp, cp.Extra
+	}
+	key := personKey(userID, origin)
+	n.mu.Lock()
+	ks := n.keys[key]
+	if ks == nil {
+		ks = &keyState{}
+		n.keys[key] = ks
+	}
+	ks.writing = true
+	ks.gen++
+	v.gen = ks.gen
+	n.queue[key] = v
+	n.mu.Unlock()
+	n.kick()
+}
+
+// writeLoop writes queued person states, the newest of each key, and
+// retries what the engine did not take.
+func (n *Node) writeLoop(ctx context.Context) {
+	for {
+		n.mu.Lock()
+		batch := make(map[string]*personValue, len(n.queue))
+		for k, v := range n.queue {
+			batch[k] = v
+		}
+		n.mu.Unlock()
+		failed := false
+		for key, v := range batch {
+			if ctx.Err() != nil {
+				return
+			}
+			if !n.write(ctx, key, v) {
+				failed = true
+				break
+			}
+		}
+		wait := time.Duration(-1)
+		if failed {
+			wait = time.Second
+		}
+		if !n.idle(ctx, wait) {
+			return
+		}
+	}
+}
+
+// idle waits for work (or wait, when not negative).
+func (n *Node) idle(ctx context.Context, wait time.Duration) bool {
+	var retry <-chan time.Time
+	if wait >= 0 {
+		retry = time.After(wait)
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-n.wake:
+	case <-retry:
+	}
+	return true
+}
+
+// write puts one person value; it reports whether the engine took it.
+func (n *Node) write(ctx context.Context, key string, v *personValue) bool {
+	b, err := json.Marshal(v)
+	if err != nil {
+		n.log.Error("cannot encode a person state for the cluster", "user", v.User, "err", err)
+		n.mu.Lock()
+		delete(n.queue, key)
+		n.mu.Unlock()
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sent := time.Now()
+	rev, err := n.persons.Put(ctx, key, b)
+	if err != nil {
+		n.failed("writing a person state", err)
+		return false
+	}
+	n.observe(sent)
+	n.stats.Writes.Add(1)
+	n.mu.Lock()
+	ks := n.keys[key]
+	ks.applied = max(ks.applied, rev)
+	if q := n.queue[key]; q == v {
+		delete(n.queue, key)
+	}
+	var late jetstream.KeyValueEntry
+	if ks.gen == v.gen {
+		ks.writing = false
+		// Another node wrote the key after us while we waited for the
+		// engine's answer: theirs is the newer truth.
+		if ks.skipped != nil && ks.skipped.Revision() > ks.applied {
+			late = ks.skipped
+		}
+		ks.skipped = nil
+	}
+	n.mu.Unlock()
+	if late != nil {
+		n.apply(late)
+	}
+	return true
+}
+
+// watchLoop follows the persons bucket: every state, then each change.
+// A watch that ends (the engine went away for long) is started again,
+// which reads everything anew.
+func (n *Node) watchLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := n.persons.WatchAll(ctx)
+		if err != nil {
+			n.failed("watching person states", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		n.follow(ctx, w)
+		_ = w.Stop()
+	}
+}
+
+func (n *Node) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				n.mu.Lock()
+				n.synced = false
+				n.mu.Unlock()
+				return
+			}
+			if e == nil { // everything there was has been read
+				n.mu.Lock()
+				n.synced = true
+				n.mu.Unlock()
+				n.log.Info("cluster person states read", "node", n.cfg.Node)
+				continue
+			}
+			n.apply(e)
+		}
+	}
+}
+
+// apply shows one entry of the persons bucket here, unless it is older
+// than what this node shows for its key, or a write of ours to the key
+// is under way (its answer decides: see write).
+func (n *Node) apply(e jetstream.KeyValueEntry) {
+	key := e.Key()
+	n.mu.Lock()
+	ks := n.keys[key]
+	if ks == nil {
+		ks = &keyState{}
+		n.keys[key] = ks
+	}
+	switch {
+	case ks.writing:
+		if ks.skipped == nil || e.Revision() > ks.skipped.Revision() {
+			ks.skipped = e
+		}
+		n.mu.Unlock()
+		return
+	case e.Revision() <= ks.applied:
+		n.mu.Unlock()
+		return
+	}
+	ks.applied = e.Revision()
+	n.mu.Unlock()
+
+	user, origin, ok := splitKey(key)
+	if !ok {
+		return
+	}
+	var v personValue
+	if e.Operation() == jetstream.KeyValuePut {
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			n.log.Warn("a person state in the cluster cannot be read: ignored", "key", key, "err", err)
+			return
+		}
+	}
+	if e.Operation() != jetstream.KeyValuePut || v.Cleared || v.Person == nil {
+		n.local.ClearPerson(user, origin)
+	} else {
+		p := *v.Person
+		p.Extra = v.Extra
+		if err := n.local.SetPerson(user, origin, p); err != nil {
+			n.log.Debug("a person state from the cluster is for a user this node does not know", "user", user, "err", err)
+			return
+		}
+	}
+	n.stats.Applied.Add(1)
+}
+
+func splitKey(key string) (user, origin string, ok bool) {
+	a, b, found := strings.Cut(key, ".")
+	if !found {
+		return "", "", false
+	}
+	u, err1 := base64.RawURLEncoding.DecodeString(a)
+	o, err2 := base64.RawURLEncoding.DecodeString(b)
+	return string(u), string(o), err1 == nil && err2 == nil
+}

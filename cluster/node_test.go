@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cluster/natstest"
+)
+
+// member is one node and its own bridge.
+type member struct {
+	node   *Node
+	bridge *bridge.Bridge
+	shared *Shared
+	stop   func()
+}
+
+func newMember(t *testing.T, name string, urls []string) *member {
+	t.Helper()
+	dir, err := bridge.NewDirectory([]bridge.User{{ID: "debbie", Extensions: []string{"100"}}, {ID: "bob", Extensions: []string{"101"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bridge.New(dir)
+	n := New(Config{Node: name, URLs: urls, LeaseTTL: 3 * time.Second, Replicas: len(urls)}, b, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = n.Run(ctx); close(done) }()
+	m := &member{node: n, bridge: b, shared: n.Share(b)}
+	m.stop = func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("node did not stop within 5s")
+		}
+	}
+	t.Cleanup(m.stop)
+	waitFor(t, 20*time.Second, name+" synced and leased", func() bool { st := n.Status(); return !st.Degraded() })
+	return m
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func note(m *member, user string) string {
+	st, _ := m.bridge.State(user)
+	return st.Person.Note
+}
+
+// TestPersonStatesReachEveryNode: a person state set on one node shows
+// on the others, cleared too; concurrent writes of one key settle on one
+// value everywhere; the nodes see each other's leases.
+func TestPersonStatesReachEveryNode(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	a, b := newMember(t, "a", nats.URLs()), newMember(t, "b", nats.URLs())
+
+	if err := a.shared.SetPerson("debbie", "api", bridge.PersonState{Activities: []bridge.Activity{bridge.ActivityDND}, Note: "from a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "b shows a's state", func() bool { return note(b, "debbie") == "from a" })
+	st, _ := b.bridge.State("debbie")
+	if st.Phone != bridge.PhoneDND {
+		t.Errorf("b: debbie is %v, want dnd", st.Phone)
+	}
+	b.shared.ClearPerson("debbie", "api")
+	waitFor(t, 5*time.Second, "a shows b's clear", func() bool { return note(a, "debbie") == "" })
+
+	// Both write bob's key at once, many times: they end on one value.
+	for i := range 20 {
+		_ = a.shared.SetPerson("bob", "api", bridge.PersonState{Note: "a" + string(rune('0'+i%10))})
+		_ = b.shared.SetPerson("bob", "api", bridge.PersonState{Note: "b" + string(rune('0'+i%10))})
+	}
+	waitFor(t, 5*time.Second, "a and b agree on bob", func() bool {
+		return a.node.Status().Pending == 0 && b.node.Status().Pending == 0 && note(a, "bob") == note(b, "bob")
+	})
+
+	waitFor(t, 5*time.Second, "each sees both leases", func() bool {
+		return len(a.node.Status().Members) == 2 && len(b.node.Status().Members) == 2
+	})
+	// A node that stops gives its lease up at once.
+	b.stop()
+	waitFor(t, 5*time.Second, "a sees b gone", func() bool { return len(a.node.Status().Members) == 1 })
+}
+
+// TestEngineAwayAndBack: with the engine down a node keeps working from
+// memory, says it is degraded, and queues what it sets; when the engine
+// returns the queued state reaches the other node.
+func TestEngineAwayAndBack(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	a, b := newMember(t, "a", nats.URLs()), newMember(t, "b", nats.URLs())
+	nats.StopAll()
+	waitFor(t, 10*time.Second, "a degraded", func() bool { return a.node.Status().Degraded() })
+	if err := a.shared.SetPerson("debbie", "api", bridge.PersonState{Note: "set while away"}); err != nil {
+		t.Fatal(err)
+	}
+	if note(a, "debbie") != "set while away" {
+		t.Fatal("a does not show its own state while the engine is away")
+	}
+	if p := a.node.Status().Pending; p != 1 {
+		t.Errorf("pending writes %d, want 1", p)
+	}
+	nats.StartAll()
+	waitFor(t, 20*time.Second, "b shows what a set while the engine was away", func() bool { return note(b, "debbie") == "set while away" })
+	waitFor(t, 10*time.Second, "a no longer degraded", func() bool { return !a.node.Status().Degraded() })
+}
