@@ -39,7 +39,10 @@ type Node struct {
 	local    Local
 	instance string // this process, among restarts of the node
 
-	wake chan struct{} // the writer has work
+	wake    chan struct{} // the writer has work
+	rewatch chan struct{} // the watch should start again (see checkWatch)
+	seen    atomic.Uint64 // the newest revision the watch delivered
+	lagging bool          // the watch was behind at the last check
 
 	mu        sync.Mutex
 	keys      map[string]*keyState // person key → what this node wrote and applied
@@ -95,7 +98,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
-		wake: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{}}
+		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{}}
 }
 
 // Name is the node's name.
@@ -184,6 +187,7 @@ func (n *Node) connect() (*nats.Conn, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			n.log.Info("cluster engine connection back", "server", c.ConnectedUrlRedacted())
 			n.kick()
+			n.restartWatch()
 		}),
 	}
 	switch {
@@ -277,6 +281,7 @@ func (n *Node) renew(ctx context.Context) {
 	}
 	n.stats.LeaseRenewals.Add(1)
 	n.observe(sent)
+	n.checkWatch(ctx)
 	members, err := n.leases.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		n.failed("listing the nodes", err)
@@ -427,12 +432,48 @@ func (n *Node) write(ctx context.Context, key string, v *personValue) bool {
 	return true
 }
 
+// restartWatch asks the watch to start again from where it was.
+func (n *Node) restartWatch() {
+	select {
+	case n.rewatch <- struct{}{}:
+	default:
+	}
+}
+
+// checkWatch restarts a watch that has fallen behind the bucket for two
+// checks in a row. The watch is an ordered consumer on the bucket's
+// stream leader: when that server goes, nats.go notices only after
+// missed heartbeats (ten seconds or more), and other nodes' changes would
+// not show meanwhile.
+func (n *Node) checkWatch(ctx context.Context) {
+	st, err := n.persons.Status(ctx)
+	if err != nil {
+		return
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return
+	}
+	behind := bs.StreamInfo().State.LastSeq > n.seen.Load()
+	if behind && n.lagging {
+		n.log.Info("cluster watch behind the engine: starting it again", "seen", n.seen.Load(),
+			"last", bs.StreamInfo().State.LastSeq)
+		n.restartWatch()
+		behind = false
+	}
+	n.lagging = behind
+}
+
 // watchLoop follows the persons bucket: every state, then each change.
-// A watch that ends (the engine went away for long) is started again,
-// which reads everything anew.
+// A watch that ends or falls behind is started again from the revision
+// after the last it delivered.
 func (n *Node) watchLoop(ctx context.Context) {
 	for ctx.Err() == nil {
-		w, err := n.persons.WatchAll(ctx)
+		var opts []jetstream.WatchOpt
+		if seen := n.seen.Load(); seen > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(seen+1))
+		}
+		w, err := n.persons.WatchAll(ctx, opts...)
 		if err != nil {
 			n.failed("watching person states", err)
 			select {
@@ -452,6 +493,8 @@ func (n *Node) follow(ctx context.Context, w jetstream.KeyWatcher) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.rewatch:
+			return
 		case e, ok := <-w.Updates():
 			if !ok {
 				n.mu.Lock()
@@ -465,6 +508,9 @@ func (n *Node) follow(ctx context.Context, w jetstream.KeyWatcher) {
 				n.mu.Unlock()
 				n.log.Info("cluster person states read", "node", n.cfg.Node)
 				continue
+			}
+			if rev := e.Revision(); rev > n.seen.Load() {
+				n.seen.Store(rev)
 			}
 			n.apply(e)
 		}

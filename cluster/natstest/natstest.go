@@ -43,6 +43,9 @@ func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/nats-server") // Debian's, off a user's PATH
+	}
+	if err != nil {
 		if os.Getenv("LAMPLIGHTER_E2E") == "require" {
 			t.Fatal("nats-server is not installed (apt-get install nats-server; .ci/deps does it)")
 		}
