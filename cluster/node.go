@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,16 +45,42 @@ type Node struct {
 	seen    atomic.Uint64 // the newest revision the watch delivered
 	lagging bool          // the watch was behind at the last check
 
-	mu        sync.Mutex
-	keys      map[string]*keyState // person key → what this node wrote and applied
-	queue     map[string]*personValue
-	nc        *nats.Conn
-	persons   jetstream.KeyValue
-	leases    jetstream.KeyValue
-	leasedAt  time.Time // the last lease renewal the engine took
-	synced    bool      // the persons bucket was read whole since the watch began
-	members   []string
-	lastError string
+	host Host // the SIP server whose dialogs are kept (Attach)
+
+	mu             sync.Mutex
+	keys           map[string]*keyState // person key → what this node wrote and applied
+	queue          map[string]*personValue
+	nc             *nats.Conn
+	js             jetstream.JetStream
+	persons        jetstream.KeyValue
+	leases         jetstream.KeyValue
+	dialogs        jetstream.KeyValue
+	leasedAt       time.Time // when the last lease renewal the engine took was sent
+	leaseRev       uint64    // the revision of our lease key
+	disconnectedAt time.Time // when the engine connection was lost (zero while up)
+	reconciled     bool      // what this node holds agrees with the engine (MayNotify)
+	synced         bool      // the persons bucket was read whole since the watch began
+	dsynced        bool      // the dialogs bucket too
+	members        []string
+	lastError      string
+	// absent counts, per node owning dialogs, the lease checks in a row
+	// that found its lease gone; connectedSince is when this node last
+	// held a fresh lease after being without one.
+	absent      map[string]int
+	leasedSince time.Time
+
+	// Dialogs (dialogs.go).
+	dmu       sync.Mutex
+	dqueue    map[string]dialogOp
+	dindex    map[string]dialogEntry
+	dwake     chan struct{}
+	drewatch  chan struct{}
+	dsyncedCh chan struct{}
+	dseen     atomic.Uint64
+
+	// notifyUntil is when the lease last renewed runs out, while the node
+	// is reconciled: before it, MayNotify needs no lock (unix nanos).
+	notifyUntil atomic.Int64
 
 	stats Stats
 }
@@ -63,6 +90,7 @@ type Stats struct {
 	Writes        atomic.Int64 // person states written to the engine
 	WriteErrors   atomic.Int64 // engine operations that failed (retried)
 	Applied       atomic.Int64 // person states from other nodes applied here
+	Claims        atomic.Int64 // dialogs taken over from other nodes
 	LeaseRenewals atomic.Int64
 	LeaseFailures atomic.Int64
 	// EngineNanos and EngineOps give the mean latency of engine writes.
@@ -98,7 +126,9 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
-		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{}}
+		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
+		absent: map[string]int{}, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dwake: make(chan struct{}, 1),
+		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
 }
 
 // Name is the node's name.
@@ -112,7 +142,8 @@ type Status struct {
 	Node      string   `json:"node"`
 	Connected bool     `json:"connected"` // to a NATS server
 	Leased    bool     `json:"leased"`    // the lease is fresh: other nodes count this one alive
-	Synced    bool     `json:"synced"`    // every shared person state has been read
+	Synced    bool     `json:"synced"`    // every shared person state and dialog owner has been read
+	Dialogs   int      `json:"dialogs_owned"`
 	Members   []string `json:"members"`   // nodes whose lease is fresh
 	Pending   int      `json:"pending_writes"`
 	Server    string   `json:"server,omitempty"`
@@ -125,16 +156,31 @@ func (s Status) Degraded() bool { return !s.Connected || !s.Leased || !s.Synced 
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
+	owned := n.owned()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Node: n.cfg.Node, Synced: n.synced, Members: slices.Clone(n.members), Pending: len(n.queue),
-		LastError: n.lastError}
+	st := Status{Node: n.cfg.Node, Synced: n.synced && n.dsynced, Members: slices.Clone(n.members), Pending: len(n.queue),
+		LastError: n.lastError, Dialogs: owned}
 	if n.nc != nil {
 		st.Connected = n.nc.IsConnected()
 		st.Server = n.nc.ConnectedUrlRedacted()
 	}
 	st.Leased = !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
 	return st
+}
+
+// owned counts the dialogs the engine says this node owns.
+func (n *Node) owned() int {
+	me := unique.Make(n.cfg.Node)
+	n.dmu.Lock()
+	defer n.dmu.Unlock()
+	c := 0
+	for _, e := range n.dindex {
+		if e.owner == me {
+			c++
+		}
+	}
+	return c
 }
 
 // Run connects to NATS, binds the buckets, and then renews the lease,
@@ -153,6 +199,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.js = js
 	for {
 		if err = n.bind(ctx, js); err == nil {
 			break
@@ -166,10 +213,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); n.renewLoop(ctx) }()
+	wg.Add(5)
 	go func() { defer wg.Done(); n.writeLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx) }()
+	go func() { defer wg.Done(); n.dialogWriteLoop(ctx) }()
+	go func() { defer wg.Done(); n.dialogWatchLoop(ctx) }()
+	go func() { defer wg.Done(); n.renewLoop(ctx) }()
 	wg.Wait()
 	return nil
 }
@@ -182,12 +231,24 @@ func (n *Node) connect() (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.mu.Lock()
+			if n.disconnectedAt.IsZero() {
+				n.disconnectedAt = time.Now()
+			}
+			n.mu.Unlock()
 			n.log.Warn("cluster engine connection lost: serving from memory", "err", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
+			n.mu.Lock()
+			n.disconnectedAt = time.Time{}
+			n.mu.Unlock()
 			n.log.Info("cluster engine connection back", "server", c.ConnectedUrlRedacted())
 			n.kick()
 			n.restartWatch()
+			select {
+			case n.drewatch <- struct{}{}:
+			default:
+			}
 		}),
 	}
 	switch {
@@ -232,8 +293,15 @@ func (n *Node) bind(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return err
 	}
+	dialogs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: n.cfg.BucketPrefix + "_dialogs", History: 1, Replicas: n.cfg.Replicas,
+		Description: "Lamplighter: subscription dialogs, each with the node that NOTIFYs it",
+	})
+	if err != nil {
+		return err
+	}
 	n.mu.Lock()
-	n.persons, n.leases = persons, leases
+	n.persons, n.leases, n.dialogs = persons, leases, dialogs
 	n.mu.Unlock()
 	return nil
 }
@@ -247,19 +315,23 @@ func (n *Node) failed(what string, err error) {
 	n.log.Debug("cluster engine operation failed", "op", what, "err", err)
 }
 
-// lease is the value of a node's lease key.
+// lease is the value of a node's lease key. A tombstone is written on a
+// dead node's key by the node that takes its dialogs over.
 type lease struct {
-	Instance string    `json:"instance"`
-	Renewed  time.Time `json:"renewed"`
+	Instance string    `json:"instance,omitempty"`
+	Renewed  time.Time `json:"renewed,omitzero"`
+	DeadBy   string    `json:"dead_by,omitempty"`
 }
 
-// renewLoop renews the lease every third of its TTL and lists the nodes
-// whose leases are fresh.
+// renewLoop renews the lease every third of its TTL, reconciles after
+// a lapse, and takes over the dialogs of nodes whose leases are gone.
 func (n *Node) renewLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.LeaseTTL / 3)
 	defer t.Stop()
 	for {
-		n.renew(ctx)
+		if n.renew(ctx) {
+			n.watchNodes(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			n.release()
@@ -269,38 +341,239 @@ func (n *Node) renewLoop(ctx context.Context) {
 	}
 }
 
-func (n *Node) renew(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.LeaseTTL/3)
+// renew renews the lease (compare-and-set on its revision, so that a
+// tombstone another node wrote is never written over) and reports
+// whether this node holds it. A lease taken again after a lapse, or for
+// the first time, is followed by a reconcile before NOTIFYs may go.
+func (n *Node) renew(parent context.Context) bool {
+	ctx, cancel := context.WithTimeout(parent, n.cfg.LeaseTTL/3)
 	defer cancel()
 	sent := time.Now()
 	b, _ := json.Marshal(lease{Instance: n.instance, Renewed: sent})
-	if _, err := n.leases.Put(ctx, n.cfg.Node, b); err != nil {
+	n.mu.Lock()
+	rev, prev := n.leaseRev, n.leasedAt
+	n.mu.Unlock()
+	var err error
+	if rev != 0 {
+		rev, err = n.leases.Update(ctx, n.cfg.Node, b, rev)
+	}
+	if rev == 0 || err != nil {
+		// No lease yet, or it lapsed (its key is gone or another node's
+		// tombstone holds it): take it anew where the key is free.
+		rev, err = n.acquire(ctx, b)
+	}
+	if err != nil {
 		n.stats.LeaseFailures.Add(1)
 		n.failed("renewing the lease", err)
-		return
+		return false
 	}
 	n.stats.LeaseRenewals.Add(1)
 	n.observe(sent)
-	n.checkWatch(ctx)
-	members, err := n.leases.Keys(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		n.failed("listing the nodes", err)
-	}
-	slices.Sort(members)
+	lapsed := prev.IsZero() || sent.Sub(prev) >= n.cfg.LeaseTTL
 	n.mu.Lock()
-	// The lease counts from when it was sent: the engine's TTL runs from
-	// its own receipt, later.
-	n.leasedAt = sent
-	n.members = members
+	n.leaseRev, n.leasedAt = rev, sent
+	if lapsed {
+		n.reconciled, n.leasedSince = false, sent
+		n.notifyUntil.Store(0)
+	}
+	reconciled := n.reconciled
+	if reconciled {
+		n.notifyUntil.Store(sent.Add(n.cfg.LeaseTTL).UnixNano())
+	}
+	n.mu.Unlock()
+	n.checkWatch(ctx)
+	if !reconciled {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), 30*time.Second)
+		n.reconcile(rctx)
+		rcancel()
+	}
+	return true
+}
+
+// acquire creates this node's lease key; a key left by this node's
+// previous run (a restart within the TTL) is taken over, a tombstone is
+// waited out (the node that wrote it is taking this node's dialogs).
+func (n *Node) acquire(ctx context.Context, b []byte) (uint64, error) {
+	rev, err := n.leases.Create(ctx, n.cfg.Node, b)
+	if err == nil {
+		return rev, nil
+	}
+	e, gerr := n.leases.Get(ctx, n.cfg.Node)
+	if gerr != nil {
+		return 0, err
+	}
+	var l lease
+	_ = json.Unmarshal(e.Value(), &l)
+	if l.DeadBy != "" {
+		n.mu.Lock()
+		first := n.reconciled || !n.leasedAt.IsZero()
+		n.reconciled = false
+		n.notifyUntil.Store(0)
+		n.mu.Unlock()
+		if first && n.host != nil {
+			// Declared dead: every dialog here may have a new owner.
+			n.log.Warn("this node was declared dead by another (its lease lapsed): dropping its dialogs", "by", l.DeadBy)
+			n.host.Forget(n.host.SubscriptionIDs())
+		}
+		return 0, fmt.Errorf("declared dead by %s: waiting for the tombstone to lapse", l.DeadBy)
+	}
+	return n.leases.Update(ctx, n.cfg.Node, b, e.Revision())
+}
+
+// reconcile makes what this node holds agree with the engine, then lets
+// NOTIFYs go: it reads the dialog owners afresh; forgets dialogs another
+// node owns, writes again those the engine never got, and adopts those
+// the engine says are its own but it does not hold (a restart that lost
+// its state file).
+func (n *Node) reconcile(ctx context.Context) {
+	if n.host == nil {
+		n.setReconciled()
+		return
+	}
+	select {
+	case n.drewatch <- struct{}{}:
+	default:
+	}
+	if !n.waitDialogsRead(ctx) {
+		return // the next renewal tries again
+	}
+	me := unique.Make(n.cfg.Node)
+	local := n.host.SubscriptionIDs()
+	held := make(map[string]bool, len(local))
+	var forget, resave []string
+	n.dmu.Lock()
+	for _, id := range local {
+		held[id] = true
+		e, ok := n.dindex[id]
+		switch {
+		case !ok:
+			resave = append(resave, id) // never reached the engine
+		case e.owner != me:
+			forget = append(forget, id) // another node's, or ended there
+		}
+	}
+	missing := 0
+	for id, e := range n.dindex {
+		if e.owner == me && !held[id] {
+			missing++
+		}
+	}
+	n.dmu.Unlock()
+	n.host.Forget(forget)
+	n.host.Resave(resave)
+	adopted := 0
+	if missing > 0 {
+		recs, _, err := n.readDialogs(ctx, func(owner string) bool { return owner == n.cfg.Node })
+		if err != nil {
+			n.failed("reading this node's dialogs", err)
+			return
+		}
+		adopted = n.host.Adopt(recs)
+	}
+	n.setReconciled()
+	sent := n.host.Unfence()
+	n.log.Info("cluster reconciled: NOTIFYs go", "held", len(local), "forgotten", len(forget), "written_again", len(resave),
+		"adopted", adopted, "waiting_notifies", sent)
+}
+
+func (n *Node) setReconciled() {
+	n.mu.Lock()
+	n.reconciled = true
+	if !n.leasedAt.IsZero() {
+		n.notifyUntil.Store(n.leasedAt.Add(n.cfg.LeaseTTL).UnixNano())
+	}
 	n.mu.Unlock()
 }
 
-// release gives the lease up at a clean stop, so that the others need not
-// wait out its TTL.
+// waitDialogsRead waits until a fresh dialogs watch has read the bucket.
+func (n *Node) waitDialogsRead(ctx context.Context) bool {
+	n.mu.Lock()
+	n.dsynced = false
+	n.mu.Unlock()
+	deadline := time.After(n.cfg.LeaseTTL)
+	for {
+		n.mu.Lock()
+		done := n.dsynced
+		n.mu.Unlock()
+		if done {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return false
+		case <-n.dsyncedCh:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// watchNodes lists the live nodes and takes over the dialogs of a node
+// whose lease has been gone on two checks in a row, once this node has
+// held its own lease for a whole TTL (after an engine outage every
+// lease is gone for a moment: the others get time to renew).
+func (n *Node) watchNodes(ctx context.Context) {
+	keys, err := n.leases.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		n.failed("listing the nodes", err)
+		return
+	}
+	live := map[string]bool{}
+	for _, k := range keys {
+		live[k] = true
+	}
+	owners := map[string]bool{}
+	n.dmu.Lock()
+	for _, e := range n.dindex {
+		if o := e.owner.Value(); o != "" && o != n.cfg.Node {
+			owners[o] = true
+		}
+	}
+	n.dmu.Unlock()
+	n.mu.Lock()
+	settled := time.Since(n.leasedSince) >= n.cfg.LeaseTTL && n.reconciled
+	var dead []string
+	for o := range owners {
+		if live[o] {
+			delete(n.absent, o)
+			continue
+		}
+		n.absent[o]++
+		if n.absent[o] >= 2 && settled {
+			dead = append(dead, o)
+		}
+	}
+	members := keys
+	slices.Sort(members)
+	n.members = members
+	n.mu.Unlock()
+	for _, o := range dead {
+		b, _ := json.Marshal(lease{DeadBy: n.cfg.Node})
+		if _, err := n.leases.Create(ctx, o, b); err != nil {
+			continue // it came back, or another node is taking over
+		}
+		n.mu.Lock()
+		delete(n.absent, o)
+		n.mu.Unlock()
+		n.log.Warn("a node's lease is gone: taking its dialogs over", "dead", o)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		n.claimFrom(cctx, o)
+		cancel()
+	}
+}
+
+// release gives the lease up at a clean stop, so that the others take
+// this node's dialogs over without waiting out its TTL.
 func (n *Node) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = n.leases.Delete(ctx, n.cfg.Node)
+	n.mu.Lock()
+	rev := n.leaseRev
+	n.mu.Unlock()
+	if rev != 0 {
+		_ = n.leases.Delete(ctx, n.cfg.Node, jetstream.LastRevision(rev))
+	}
 }
 
 func (n *Node) observe(sent time.Time) {

@@ -223,6 +223,9 @@ func (s *Server) sendLoop(ctx context.Context) {
 
 // sendNotify builds the NOTIFY for sub's current state and sends it.
 func (s *Server) sendNotify(sub *Subscription) {
+	if s.fenced(sub) {
+		return
+	}
 	if sub.List != "" {
 		s.sendListNotify(sub)
 		return

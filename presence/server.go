@@ -101,6 +101,14 @@ type Options struct {
 	// when they come (a few ms on a LAN); default 250ms; negative: never
 	// wait.
 	PickupWait time.Duration
+	// MayNotify, in a cluster, says whether this node may send NOTIFYs
+	// now (its lease is fresh and it knows which dialogs it owns); while
+	// it says no they wait for Server.Unfence. Nil: always.
+	MayNotify func() bool
+	// Claim, in a cluster, is asked for a dialog an in-dialog SUBSCRIBE
+	// names that this node does not hold: another node's, which this one
+	// takes over (the phone now reaches it); ok false for none.
+	Claim func(id string) (SavedSubscription, bool)
 	// SingleDialog decides, per subscriber, whether dialog-info documents
 	// carry only the most important call (nil: never).
 	SingleDialog func(userAgent, watcherUserID string) bool
@@ -231,6 +239,7 @@ type Server struct {
 
 	subs    *store
 	queue   *sendQueue
+	fence   fenceState
 	paceMu  sync.Mutex
 	pace    map[string]*userPace // user id → coalescing state
 	pubs    *publications

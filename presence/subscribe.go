@@ -191,6 +191,14 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 
 func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fromTag string, pkg eventPackage, expires int) {
 	sub, ok := s.subs.get(toTag)
+	if !ok && s.opt.Claim != nil {
+		// Another node's dialog, now reaching this one (it died, or a
+		// virtual address moved): taken over.
+		if rec, found := s.opt.Claim(toTag); found {
+			sub = s.adoptOne(&rec)
+			ok = sub != nil
+		}
+	}
 	// The dialog's identifiers are unguessable: matching all of them is
 	// the refresh's credential, so refreshes need no new digest round.
 	if !ok || sub.CallID != req.CallID || sub.RemoteTag != fromTag || sub.Package != pkg.Token() {

@@ -187,3 +187,13 @@ func freePort(t testing.TB) int {
 
 // String names the servers, for logs.
 func (c *Cluster) String() string { return fmt.Sprint(c.URLs()) }
+
+// Logs returns every server's log, for a failing test to show.
+func (c *Cluster) Logs() string {
+	var b strings.Builder
+	for _, s := range c.servers {
+		out, _ := os.ReadFile(s.dir + ".log")
+		fmt.Fprintf(&b, "--- nats-server %s (client port %d)\n%s", s.name, s.port, out)
+	}
+	return b.String()
+}

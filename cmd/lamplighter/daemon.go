@@ -97,8 +97,12 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		api.Bridge
 	} = d.bridge
 	if cfg.Cluster != nil {
+		// Dialogs go to the state file and to the engine, NOTIFYs wait
+		// while the node may not own what it holds, and a refresh for
+		// another node's dialog takes it over (cluster/README.md).
 		d.node = cluster.New(*cfg.Cluster, d.bridge, log.With("component", "cluster"))
 		states = d.node.Share(d.bridge)
+		opt.Store, opt.MayNotify, opt.Claim = d.node.Store(d.db), d.node.MayNotify, d.node.Claim
 	} else {
 		// Alone, the state file is the truth about the API's person
 		// states; in a cluster the engine is, and its watch brings them.
@@ -118,6 +122,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	}
 	if d.sip, err = presence.New(states, opt); err != nil {
 		return nil, err
+	}
+	if d.node != nil {
+		d.node.Attach(d.sip)
 	}
 	if err := d.setLogins(cfg); err != nil {
 		return nil, err

@@ -1,0 +1,474 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"time"
+	"unique"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lamplighter/lamplighter/presence"
+)
+
+// Subscription dialogs in the engine. Each node writes the dialogs it
+// accepted (presence's Store batches, through Store) to one bucket, each
+// under its id with the node as owner; every node follows the bucket, so
+// it knows who owns what. Ownership changes only by compare-and-set on a
+// key's revision, so exactly one node wins each dialog:
+//   - a node whose lease is gone (killed, powered off, stopped cleanly) is
+//     first declared dead by a tombstone created on its lease key (only
+//     one node can create it, and the dead node cannot renew over it);
+//     the node that created it claims the dead node's dialogs and
+//     NOTIFYs each in its dialog (presence.Server.Adopt);
+//   - a refresh that reaches a node for another node's dialog makes that
+//     node its owner (presence Options.Claim);
+//   - a node that sees one of its dialogs owned by another forgets it.
+// A node whose lease lapsed sends no NOTIFY (presence Options.MayNotify)
+// until it has read the bucket again and dropped what it lost (reconcile).
+
+// Host is the SIP server whose dialogs a node keeps in the engine
+// (*presence.Server is one).
+type Host interface {
+	Adopt([]presence.SavedSubscription) int
+	Forget(ids []string) int
+	SubscriptionIDs() []string
+	Resave(ids []string)
+	Unfence() int
+}
+
+// dialogValue is what a dialog key holds.
+type dialogValue struct {
+	Owner  string                     `json:"owner"`
+	Dialog presence.SavedSubscription `json:"dialog"`
+}
+
+// dialogEntry is what a node knows of a dialog key without its record:
+// who owns it at which revision ("" for deleted).
+type dialogEntry struct {
+	owner unique.Handle[string]
+	rev   uint64
+}
+
+// dialogOp is a queued write: a record, or nil to delete.
+type dialogOp struct {
+	rec *presence.SavedSubscription
+}
+
+// Store wraps the node's own state file: every batch is saved there and
+// the dialogs in it are queued for the engine, so that a node started
+// while the engine is away still has what it held.
+type Store struct {
+	local presence.Store
+	node  *Node
+}
+
+// Store returns a presence.Store that saves to local and to the engine.
+func (n *Node) Store(local presence.Store) *Store { return &Store{local: local, node: n} }
+
+// Save implements presence.Store.
+func (s *Store) Save(b presence.Batch) error {
+	if err := s.local.Save(b); err != nil {
+		return err
+	}
+	s.node.queueDialogs(b.Subscriptions, b.Unsubscribed)
+	return nil
+}
+
+// queueDialogs queues dialog writes and deletes for the engine.
+func (n *Node) queueDialogs(recs []presence.SavedSubscription, gone []string) {
+	if len(recs) == 0 && len(gone) == 0 {
+		return
+	}
+	n.dmu.Lock()
+	for i := range recs {
+		r := recs[i]
+		n.dqueue[r.ID] = dialogOp{rec: &r}
+	}
+	for _, id := range gone {
+		n.dqueue[id] = dialogOp{}
+	}
+	n.dmu.Unlock()
+	select {
+	case n.dwake <- struct{}{}:
+	default:
+	}
+}
+
+// Attach gives the node the SIP server whose dialogs it keeps; call it
+// before Run.
+func (n *Node) Attach(h Host) { n.host = h }
+
+// MayNotify reports whether this node may send NOTIFYs now: its lease is
+// fresh and it has reconciled what it holds with the engine. A node cut
+// off from the engine since before its lease ran out keeps sending (the
+// whole engine is down, or this node is on the wrong side of a network
+// split: README says what that costs); once it reaches the engine again,
+// it stops until it has reconciled.
+func (n *Node) MayNotify() bool {
+	if time.Now().UnixNano() < n.notifyUntil.Load() {
+		return true // fast path: a fresh lease, reconciled
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	if fresh {
+		return n.reconciled
+	}
+	away := !n.disconnectedAt.IsZero() && !n.leasedAt.IsZero() && n.disconnectedAt.Before(n.leasedAt.Add(n.cfg.LeaseTTL))
+	return away && n.reconciled
+}
+
+// dialogWriteLoop writes queued dialogs: each new one created, each of
+// ours updated at its revision, each deleted at its revision; one found
+// owned by another node is forgotten here.
+func (n *Node) dialogWriteLoop(ctx context.Context) {
+	for {
+		n.dmu.Lock()
+		batch := n.dqueue
+		n.dqueue = map[string]dialogOp{}
+		n.dmu.Unlock()
+		failed := n.writeDialogs(ctx, batch)
+		if len(failed) > 0 {
+			n.dmu.Lock()
+			for id, op := range failed {
+				if _, newer := n.dqueue[id]; !newer {
+					n.dqueue[id] = op
+				}
+			}
+			n.dmu.Unlock()
+		}
+		var retry <-chan time.Time
+		if len(failed) > 0 {
+			retry = time.After(time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.dwake:
+		case <-retry:
+		}
+	}
+}
+
+// pending is one asynchronous write waiting for the engine's answer.
+type pending struct {
+	id  string
+	op  dialogOp
+	ack jetstream.PubAckFuture
+}
+
+func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (failed map[string]dialogOp) {
+	failed = map[string]dialogOp{}
+	me := unique.Make(n.cfg.Node)
+	var waits []pending
+	var lost []string
+	for id, op := range batch {
+		n.dmu.Lock()
+		e, known := n.dindex[id]
+		n.dmu.Unlock()
+		if op.rec == nil && (!known || e.owner != me) {
+			continue // never written, deleted already, or another node's
+		}
+		if known && e.owner != me && e.owner.Value() != "" {
+			lost = append(lost, id) // another node's now: not ours to write
+			continue
+		}
+		m := nats.NewMsg(n.dialogSubject(id))
+		if op.rec == nil {
+			m.Header.Set("KV-Operation", "DEL")
+		} else {
+			b, err := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: *op.rec})
+			if err != nil {
+				continue
+			}
+			m.Data = b
+		}
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.rev, 10))
+		ack, err := n.js.PublishMsgAsync(m)
+		if err != nil {
+			failed[id] = op
+			continue
+		}
+		waits = append(waits, pending{id: id, op: op, ack: ack})
+	}
+	timeout := time.After(5 * time.Second)
+	for _, w := range waits {
+		select {
+		case pa := <-w.ack.Ok():
+			n.noteDialog(w.id, n.cfg.Node, w.op.rec == nil, pa.Sequence)
+			n.stats.Writes.Add(1)
+		case err := <-w.ack.Err():
+			if isConflict(err) {
+				lost = append(lost, w.id)
+				continue
+			}
+			n.failed("writing a dialog", err)
+			failed[w.id] = w.op
+		case <-timeout:
+			failed[w.id] = w.op
+		case <-ctx.Done():
+			return failed
+		}
+	}
+	if len(lost) > 0 {
+		n.checkLost(ctx, lost)
+	}
+	return failed
+}
+
+// checkLost reads dialogs whose write met another revision: those another
+// node owns now are forgotten here; ours (the index was behind) are
+// written again.
+func (n *Node) checkLost(ctx context.Context, ids []string) {
+	var forget, again []string
+	for _, id := range ids {
+		e, err := n.dialogs.Get(ctx, id)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			forget = append(forget, id)
+		case err != nil:
+			again = append(again, id)
+		default:
+			var v dialogValue
+			if json.Unmarshal(e.Value(), &v) != nil || v.Owner != n.cfg.Node {
+				n.noteDialog(id, v.Owner, false, e.Revision())
+				forget = append(forget, id)
+				continue
+			}
+			n.noteDialog(id, v.Owner, false, e.Revision())
+			again = append(again, id)
+		}
+	}
+	if len(forget) > 0 && n.host != nil {
+		n.host.Forget(forget)
+	}
+	if len(again) > 0 && n.host != nil {
+		n.host.Resave(again)
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164
+	}
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+func (n *Node) dialogSubject(id string) string { return "$KV." + n.cfg.BucketPrefix + "_dialogs." + id }
+
+// noteDialog records a dialog key's owner and revision, if newer than
+// what the index holds.
+func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dialogEntry, changed bool) {
+	if deleted {
+		owner = ""
+	}
+	n.dmu.Lock()
+	defer n.dmu.Unlock()
+	prev, known := n.dindex[id]
+	if known && rev <= prev.rev {
+		return prev, false
+	}
+	n.dindex[id] = dialogEntry{owner: unique.Make(owner), rev: rev}
+	return prev, true
+}
+
+// dialogWatchLoop follows the dialogs bucket (owners and revisions).
+func (n *Node) dialogWatchLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		var opts []jetstream.WatchOpt
+		if seen := n.dseen.Load(); seen > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(seen+1))
+		}
+		w, err := n.dialogs.WatchAll(ctx, opts...)
+		if err != nil {
+			n.failed("watching dialogs", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		n.followDialogs(ctx, w)
+		_ = w.Stop()
+	}
+}
+
+func (n *Node) followDialogs(ctx context.Context, w jetstream.KeyWatcher) {
+	me := unique.Make(n.cfg.Node)
+	var lost []string
+	flush := func() {
+		if len(lost) > 0 && n.host != nil {
+			n.host.Forget(lost)
+		}
+		lost = lost[:0]
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.drewatch:
+			flush()
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				flush()
+				return
+			}
+			if e == nil {
+				flush()
+				n.mu.Lock()
+				n.dsynced = true
+				n.mu.Unlock()
+				n.dsyncCond()
+				continue
+			}
+			if rev := e.Revision(); rev > n.dseen.Load() {
+				n.dseen.Store(rev)
+			}
+			owner := ""
+			deleted := e.Operation() != jetstream.KeyValuePut
+			if !deleted {
+				var v struct {
+					Owner string `json:"owner"`
+				}
+				_ = json.Unmarshal(e.Value(), &v)
+				owner = v.Owner
+			}
+			prev, changed := n.noteDialog(e.Key(), owner, deleted, e.Revision())
+			if changed && !deleted && owner != n.cfg.Node && (prev.rev == 0 || prev.owner == me) {
+				lost = append(lost, e.Key())
+			}
+			if len(lost) >= 256 || len(w.Updates()) == 0 {
+				flush()
+			}
+		}
+	}
+}
+
+// dsyncCond wakes whoever waits for the dialogs watch to have read the
+// bucket whole.
+func (n *Node) dsyncCond() {
+	select {
+	case n.dsyncedCh <- struct{}{}:
+	default:
+	}
+}
+
+// readDialogs reads every dialog record in the bucket (a fresh watch's
+// initial values) and returns those keep selects.
+func (n *Node) readDialogs(ctx context.Context, keep func(owner string) bool) ([]presence.SavedSubscription, map[string]uint64, error) {
+	w, err := n.dialogs.WatchAll(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer w.Stop()
+	var out []presence.SavedSubscription
+	revs := map[string]uint64{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, nil, errors.New("the watch ended")
+			}
+			if e == nil {
+				return out, revs, nil
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var v dialogValue
+			if json.Unmarshal(e.Value(), &v) != nil || !keep(v.Owner) {
+				continue
+			}
+			out = append(out, v.Dialog)
+			revs[v.Dialog.ID] = e.Revision()
+		}
+	}
+}
+
+// claimFrom takes the dialogs of a dead node: each is rewritten with this
+// node as owner at its revision (one node wins each), and the won ones
+// are adopted (each NOTIFYed in its dialog).
+func (n *Node) claimFrom(ctx context.Context, dead string) {
+	start := time.Now()
+	recs, revs, err := n.readDialogs(ctx, func(owner string) bool { return owner == dead })
+	if err != nil {
+		n.failed("reading a dead node's dialogs", err)
+		return
+	}
+	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+	type claim struct {
+		rec presence.SavedSubscription
+		ack jetstream.PubAckFuture
+	}
+	var claims []claim
+	for _, r := range recs {
+		b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: r})
+		m := nats.NewMsg(n.dialogSubject(r.ID))
+		m.Data = b
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(revs[r.ID], 10))
+		ack, err := n.js.PublishMsgAsync(m)
+		if err == nil {
+			claims = append(claims, claim{r, ack})
+		}
+	}
+	var won []presence.SavedSubscription
+	timeout := time.After(5 * time.Second)
+	for _, c := range claims {
+		select {
+		case pa := <-c.ack.Ok():
+			n.noteDialog(c.rec.ID, n.cfg.Node, false, pa.Sequence)
+			won = append(won, c.rec)
+		case <-c.ack.Err():
+		case <-timeout:
+		case <-ctx.Done():
+			return
+		}
+	}
+	n.stats.Claims.Add(int64(len(won)))
+	adopted := 0
+	if n.host != nil && len(won) > 0 {
+		adopted = n.host.Adopt(won)
+	}
+	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", len(won),
+		"adopted", adopted, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// Claim implements presence Options.Claim: another node's dialog that a
+// refresh brought here is taken over (compare-and-set on its revision).
+func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
+	if n.dialogs == nil {
+		return presence.SavedSubscription{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e, err := n.dialogs.Get(ctx, id)
+	if err != nil {
+		return presence.SavedSubscription{}, false
+	}
+	var v dialogValue
+	if json.Unmarshal(e.Value(), &v) != nil {
+		return presence.SavedSubscription{}, false
+	}
+	if from := v.Owner; from != n.cfg.Node {
+		v.Owner = n.cfg.Node
+		b, _ := json.Marshal(v)
+		rev, err := n.dialogs.Update(ctx, id, b, e.Revision())
+		if err != nil {
+			return presence.SavedSubscription{}, false
+		}
+		n.noteDialog(id, n.cfg.Node, false, rev)
+		n.stats.Claims.Add(1)
+		n.log.Info("took over a dialog a refresh brought here", "id", id, "from", from)
+	}
+	return v.Dialog, true
+}

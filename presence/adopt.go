@@ -1,0 +1,152 @@
+package presence
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// Dialogs that change hands at run time, for a cluster of nodes: one node
+// adopts the dialogs of another that died (and NOTIFYs each in its dialog,
+// as after a restart), forgets those another node took over, and sends
+// no NOTIFY while it may not own what it holds (Options.MayNotify: its
+// lease lapsed). The cluster package drives these.
+
+// fenceState holds the subscriptions whose NOTIFY waits for the fence to
+// lift.
+type fenceState struct {
+	mu   sync.Mutex
+	held []*Subscription
+}
+
+// fenced reports whether sub's NOTIFY must wait (Options.MayNotify says
+// no); it then keeps sub for Unfence.
+func (s *Server) fenced(sub *Subscription) bool {
+	if s.opt.MayNotify == nil || s.opt.MayNotify() {
+		return false
+	}
+	sub.mu.Lock()
+	sub.queued = false
+	sub.mu.Unlock()
+	s.fence.mu.Lock()
+	s.fence.held = append(s.fence.held, sub)
+	s.fence.mu.Unlock()
+	return true
+}
+
+// Unfence sends the NOTIFYs that waited while Options.MayNotify said no
+// (those of dialogs forgotten meanwhile are dropped).
+func (s *Server) Unfence() int {
+	s.fence.mu.Lock()
+	held := s.fence.held
+	s.fence.held = nil
+	s.fence.mu.Unlock()
+	for _, sub := range held {
+		s.enqueue(sub, time.Time{}, false)
+	}
+	return len(held)
+}
+
+// Adopt takes subscription dialogs that another node held (it died) and
+// sends each a NOTIFY in its dialog with the current state, from this
+// node (its Contact is ours: NOTIFY refreshes the remote target). The
+// records' CSeq and version are reservations past anything sent. Dialogs
+// already here, expired, of unknown users or lists are skipped. It
+// returns how many it took.
+func (s *Server) Adopt(recs []SavedSubscription) int {
+	var taken []*Subscription
+	for i := range recs {
+		if sub := s.adoptOne(&recs[i]); sub != nil {
+			taken = append(taken, sub)
+		}
+	}
+	for _, sub := range taken {
+		s.enqueue(sub, time.Time{}, true)
+	}
+	if len(taken) > 0 {
+		s.log.Info("adopted subscription dialogs", "count", len(taken))
+	}
+	return len(taken)
+}
+
+// adoptOne makes a subscription of a record and stores it (no NOTIFY).
+func (s *Server) adoptOne(r *SavedSubscription) *Subscription {
+	if _, here := s.subs.get(r.ID); here || !r.Expires.After(time.Now()) {
+		return nil
+	}
+	sub, err := restoredSubscription(r, s.packages)
+	if err != nil {
+		s.log.Warn("a dialog to adopt cannot be read: skipped", "id", r.ID, "err", err)
+		return nil
+	}
+	dir := s.states.Directory()
+	if r.List != "" {
+		rl, ok := dir.List(r.List)
+		if !ok || !sub.restoreList(rl) {
+			return nil
+		}
+	} else if _, ok := dir.User(r.UserID); !ok {
+		return nil
+	}
+	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
+	sub.LocalHost = shared(sub.LocalHost)
+	if !s.subs.add(sub, 0) {
+		return nil
+	}
+	if _, ww := sub.pkg.(watchesWatchers); ww {
+		s.winfo.live.Add(1)
+		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
+		sub.mu.Lock()
+		sub.watchers = lists
+		sub.mu.Unlock()
+	} else {
+		s.noteWatched(sub, false, "")
+	}
+	s.expiry.add(sub, sub.expires)
+	// Saved again at once: the store then holds it as ours.
+	s.journal.subscription(sub, true)
+	return sub
+}
+
+// Forget drops dialogs this node no longer owns (another node took them
+// over), with no NOTIFY: their new owner speaks for them now.
+func (s *Server) Forget(ids []string) int {
+	n := 0
+	for _, id := range ids {
+		sub, ok := s.subs.get(id)
+		if !ok {
+			continue
+		}
+		sub.mu.Lock()
+		if !sub.removed {
+			s.drop(sub) // as a NOTIFY refused (notifyDone) does
+			n++
+		}
+		sub.mu.Unlock()
+	}
+	if n > 0 {
+		s.log.Info("dialogs taken over by another node: forgotten here", "count", n)
+	}
+	return n
+}
+
+// SubscriptionIDs lists the dialogs this node holds.
+func (s *Server) SubscriptionIDs() []string {
+	subs := s.subs.all()
+	out := make([]string, 0, len(subs))
+	for _, sub := range subs {
+		out = append(out, sub.ID)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Resave hands the given dialogs to the Store again (the cluster lost
+// them: a node's write that never reached the engine).
+func (s *Server) Resave(ids []string) {
+	for _, id := range ids {
+		if sub, ok := s.subs.get(id); ok {
+			s.journal.subscription(sub, true)
+		}
+	}
+}
