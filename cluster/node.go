@@ -144,7 +144,7 @@ type Status struct {
 	Leased    bool     `json:"leased"`    // the lease is fresh: other nodes count this one alive
 	Synced    bool     `json:"synced"`    // every shared person state and dialog owner has been read
 	Dialogs   int      `json:"dialogs_owned"`
-	Members   []string `json:"members"`   // nodes whose lease is fresh
+	Members   []string `json:"members"` // nodes whose lease is fresh
 	Pending   int      `json:"pending_writes"`
 	Server    string   `json:"server,omitempty"`
 	LastError string   `json:"last_error,omitempty"`

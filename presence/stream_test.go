@@ -293,7 +293,11 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 			p.notifyWhere("confirmed", 5*time.Second)
 		}
 	}
-	waitUntil(t, 5*time.Second, "references back where they were", func() bool { return refs() == before })
+	last := before
+	waitUntil(t, 5*time.Second, "references back where they were", func() bool { last = refs(); return last == before })
+	if last != before {
+		t.Logf("references %d, before %d", last, before)
+	}
 }
 
 // TestForgedResponseOnAnotherConnection: over TCP a NOTIFY's answer
