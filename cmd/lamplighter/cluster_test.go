@@ -5,9 +5,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/cluster/natstest"
 )
@@ -128,5 +132,159 @@ func waitReady(t *testing.T, httpAddr string, want ...string) {
 			t.Fatalf("/readyz of %s lacks %q: %s", httpAddr, want, body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// clusterConfig writes a node's config in dir (kept across restarts).
+func clusterConfig(t *testing.T, dir, name string, urls []string, leaseTTL string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`sip:
+  domain: cluster.test
+  listen:
+    - {transport: udp, address: "127.0.0.1:%d"}
+  trusted_networks: [127.0.0.0/8]
+http: {listen: "127.0.0.1:%d", token: s3cret}
+state_dir: %s
+cluster:
+  node: %s
+  urls: [%s]
+  lease_ttl: %s
+users:
+  - {id: debbie, name: Debbie Harry, extensions: ["100"]}
+`, freePort(t), freePort(t), filepath.Join(dir, "state"), name, strings.Join(urls, ", "), leaseTTL)
+	path := filepath.Join(dir, "lamplighter.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// addrs reads a started node's SIP and HTTP addresses from its log.
+func addrs(t *testing.T, p *process) (sipAddr, httpAddr string) {
+	t.Helper()
+	waitFor(t, p.out, "cluster reconciled", 20*time.Second)
+	s := regexp.MustCompile(`"sip listening".* transport=udp address=(\S+)`).FindStringSubmatch(p.out.String())
+	h := regexp.MustCompile(`"http listening" address=(\S+)`).FindStringSubmatch(p.out.String())
+	if s == nil || h == nil {
+		t.Fatalf("no addresses in the log:\n%s", p.out.String())
+	}
+	return s[1], h[1]
+}
+
+// nextNotify waits for the next NOTIFY of the watcher's dialog.
+func (w *watcher) nextNotify(within time.Duration) *sip.Request {
+	w.t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case n := <-w.notifies:
+			if n.CallID().Value() == w.callID {
+				return n
+			}
+		case <-deadline:
+			w.t.Fatalf("no NOTIFY within %v", within)
+		}
+	}
+}
+
+// sentBy reports whether a NOTIFY came from the node listening on sipAddr
+// (its Contact, which a NOTIFY's sender sets to itself).
+func sentBy(n *sip.Request, sipAddr string) bool {
+	c := n.Contact()
+	return c != nil && strings.HasSuffix(sipAddr, ":"+strconv.Itoa(c.Address.Port))
+}
+
+// TestClusterFailover: the node holding a phone's subscription is killed
+// (SIGKILL); the other node claims the dialog and NOTIFYs it in the same
+// dialog within 2 s of the dead node's lease running out, with CSeq and
+// version going up and its own Contact, and the refresh sent there gets
+// 200. The killed node, started again, forgets the dialog it lost
+// without a word. Then the holder is stopped (SIGSTOP) past its lease: the
+// other takes over, and once continued the stopped one sends nothing for
+// the dialog it lost; a change then reaches the phone once, from the new
+// owner.
+func TestClusterFailover(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	bin := buildBinary(t)
+	const ttl = 2 * time.Second
+	dirB, dirC := t.TempDir(), t.TempDir()
+	cfgB := clusterConfig(t, dirB, "b", nats.URLs(), ttl.String())
+	cfgC := clusterConfig(t, dirC, "c", nats.URLs(), ttl.String())
+	b := start(t, bin, cfgB)
+	sipB, httpB := addrs(t, b)
+	c := start(t, bin, cfgC)
+	sipC, httpC := addrs(t, c)
+
+	w := newWatcher(t, "UDP")
+	if res := w.subscribe(sipB, "100", "dialog", 600); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE on node b: %d", res.StatusCode)
+	}
+	first := w.nextNotify(5 * time.Second)
+	waitReady(t, httpB, `"dialogs_owned":1`)
+	// Let node c hold its lease a whole TTL, as it must before it may
+	// declare another node dead.
+	time.Sleep(ttl + 500*time.Millisecond)
+
+	killed := time.Now()
+	b.kill()
+	n := w.nextNotify(ttl + 5*time.Second)
+	took := time.Since(killed)
+	t.Logf("NOTIFY from the surviving node %v after the kill (lease TTL %v)", took.Round(time.Millisecond), ttl)
+	if took > ttl+2*time.Second {
+		t.Errorf("the takeover NOTIFY came %v after the kill: more than 2 s after the lease ran out", took)
+	}
+	if !sentBy(n, sipC) || n.CSeq().SeqNo <= first.CSeq().SeqNo {
+		t.Errorf("takeover NOTIFY: Contact %v (node c is %s), CSeq %d after %d", n.Contact(), sipC, n.CSeq().SeqNo, first.CSeq().SeqNo)
+	}
+	if v1, err1 := dialogVersion(first); true {
+		if v2, err2 := dialogVersion(n); err1 != nil || err2 != nil || v2 <= v1 {
+			t.Errorf("dialog-info version %d then %d (%v %v)", v1, v2, err1, err2)
+		}
+	}
+	w.server = sipC // the phone follows the Contact (target refresh)
+	if res := w.subscribe("", "", "", 600); res.StatusCode != 200 {
+		t.Fatalf("refresh at the new owner: %d, want 200", res.StatusCode)
+	}
+	w.nextNotify(5 * time.Second)
+	waitReady(t, httpC, `"dialogs_owned":1`)
+
+	// Node b comes back: it restores the dialog from its state file and
+	// must forget it (c owns it) without a NOTIFY.
+	b = start(t, bin, cfgB)
+	sipB, httpB = addrs(t, b)
+	waitFor(t, b.out, "dialogs taken over by another node: forgotten here", 5*time.Second)
+	time.Sleep(ttl + 500*time.Millisecond) // b settles before it may claim
+
+	// Node c stops (a long pause) past its lease; b takes over.
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	n = w.nextNotify(ttl + 5*time.Second)
+	t.Logf("NOTIFY from node b %v after node c stopped", time.Since(stopped).Round(time.Millisecond))
+	if !sentBy(n, sipB) {
+		t.Fatalf("takeover NOTIFY not from node b (%s): Contact %v", sipB, n.Contact())
+	}
+	cseq := n.CSeq().SeqNo
+	if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c.out, "dropping its dialogs", 10*time.Second)
+	// A change, set on node c: it reaches the phone once, from b.
+	if code, body := apiDo(t, "PUT", "http://"+httpC+"/api/v1/users/100/presence", "s3cret", `{"activity":"dnd"}`); code != 200 {
+		t.Fatalf("PUT presence on node c: %d %s", code, body)
+	}
+	n = w.nextNotify(10 * time.Second)
+	if !sentBy(n, sipB) || n.CSeq().SeqNo <= cseq || !strings.Contains(string(n.Body()), "dnd") {
+		t.Errorf("after the pause: Contact %v CSeq %d (after %d)\n%s", n.Contact(), n.CSeq().SeqNo, cseq, n.Body())
+	}
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case extra := <-w.notifies:
+			t.Errorf("a second NOTIFY (Contact %v, CSeq %d):\n%s", extra.Contact(), extra.CSeq().SeqNo, extra.Body())
+		case <-deadline:
+			return
+		}
 	}
 }
