@@ -169,6 +169,24 @@ func (n *Node) Status() Status {
 	return st
 }
 
+// Leads reports whether this node is the one of the cluster that writes
+// to the PBXs (the dnd mirror): the first, by name, of the nodes whose
+// lease is fresh. Alone or cut off, a node leads.
+func (n *Node) Leads() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	if !fresh || len(n.members) == 0 {
+		return true
+	}
+	for _, m := range n.members {
+		if m != n.cfg.Node && m < n.cfg.Node {
+			return false
+		}
+	}
+	return true
+}
+
 // owned counts the dialogs the engine says this node owns.
 func (n *Node) owned() int {
 	me := unique.Make(n.cfg.Node)

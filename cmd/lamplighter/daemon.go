@@ -420,6 +420,9 @@ func (d *daemon) mirrorPersons() (cancel func()) {
 		return func() {}
 	}
 	tell := func(u bridge.User, p bridge.PersonState) {
+		if d.node != nil && !d.node.Leads() {
+			return // in a cluster one node writes to the PBXs
+		}
 		seen := map[string]bool{}
 		for _, ref := range u.Devices {
 			if m := mirrors[ref.Source]; m != nil && !seen[ref.Source] {
@@ -436,7 +439,32 @@ func (d *daemon) mirrorPersons() (cancel func()) {
 	for _, st := range d.bridge.States() {
 		tell(*st.User, st.Person)
 	}
-	return cancel
+	if d.node == nil {
+		return cancel
+	}
+	// A node that comes to lead writes every person's dnd again.
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		led := d.node.Leads()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			leads := d.node.Leads()
+			if leads && !led {
+				d.log.Info("this node now writes person states to the PBXs (dnd mirror)")
+				for _, st := range d.bridge.States() {
+					tell(*st.User, st.Person)
+				}
+			}
+			led = leads
+		}
+	}()
+	return func() { cancel(); close(stop) }
 }
 
 // expirePersons lets person states lapse when their expiry comes.

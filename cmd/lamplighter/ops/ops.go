@@ -346,13 +346,15 @@ var (
 	descClusterRenewals  = prometheus.NewDesc("lamplighter_cluster_lease_renewals_total", "Lease renewals the engine took.", nil, nil)
 	descClusterLeaseFail = prometheus.NewDesc("lamplighter_cluster_lease_failures_total", "Lease renewals that failed.", nil, nil)
 	descClusterLatency   = prometheus.NewDesc("lamplighter_cluster_engine_seconds_total", "Time spent waiting for the engine's writes; divide by lamplighter_cluster_engine_operations_total for the mean.", nil, nil)
+	descClusterOwned     = prometheus.NewDesc("lamplighter_cluster_dialogs_owned", "Subscription dialogs this node owns (NOTIFYs), as the engine says.", nil, nil)
+	descClusterClaims    = prometheus.NewDesc("lamplighter_cluster_claims_total", "Subscription dialogs this node took over from other nodes (a dead node's, or a refresh that reached it).", nil, nil)
 	descClusterOps       = prometheus.NewDesc("lamplighter_cluster_engine_operations_total", "Engine writes answered (person states and lease renewals).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
 		descClusterConnected, descClusterLeased, descClusterMembers, descClusterPending, descClusterWrites, descClusterErrors,
-		descClusterApplied, descClusterRenewals, descClusterLeaseFail, descClusterLatency, descClusterOps} {
+		descClusterApplied, descClusterRenewals, descClusterLeaseFail, descClusterLatency, descClusterOps, descClusterOwned, descClusterClaims} {
 		ch <- d
 	}
 }
@@ -379,11 +381,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClusterLeased, prometheus.GaugeValue, b(st.Leased))
 		ch <- prometheus.MustNewConstMetric(descClusterMembers, prometheus.GaugeValue, float64(len(st.Members)))
 		ch <- prometheus.MustNewConstMetric(descClusterPending, prometheus.GaugeValue, float64(st.Pending))
+		ch <- prometheus.MustNewConstMetric(descClusterOwned, prometheus.GaugeValue, float64(st.Dialogs))
 	}
 	if cs := src.ClusterStats; cs != nil {
 		for d, v := range map[*prometheus.Desc]int64{descClusterWrites: cs.Writes.Load(), descClusterErrors: cs.WriteErrors.Load(),
 			descClusterApplied: cs.Applied.Load(), descClusterRenewals: cs.LeaseRenewals.Load(),
-			descClusterLeaseFail: cs.LeaseFailures.Load(), descClusterOps: cs.EngineOps.Load()} {
+			descClusterLeaseFail: cs.LeaseFailures.Load(), descClusterOps: cs.EngineOps.Load(), descClusterClaims: cs.Claims.Load()} {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 		}
 		ch <- prometheus.MustNewConstMetric(descClusterLatency, prometheus.CounterValue, time.Duration(cs.EngineNanos.Load()).Seconds())
