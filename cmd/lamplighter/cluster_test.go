@@ -247,6 +247,9 @@ func TestClusterFailover(t *testing.T) {
 	}
 	w.nextNotify(5 * time.Second)
 	waitReady(t, httpC, `"dialogs_owned":1`)
+	if n := metric(t, httpC, "lamplighter_cluster_claims_total"); n != 1 {
+		t.Errorf("node c counts %v claims, want 1", n)
+	}
 
 	// Node b comes back: it restores the dialog from its state file and
 	// must forget it (c owns it) without a NOTIFY.
