@@ -330,7 +330,7 @@ func Load(path string) (*Config, error) {
 }
 
 var lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
-var fieldNotFound = regexp.MustCompile(`^field (\S+) not found in type \S+\.(\w+)$`)
+var fieldNotFound = regexp.MustCompile(`^field (\S+) not found in type (\w+)\.(\w+)$`)
 
 // Parse reads and checks a config file's content; file names it in errors.
 func Parse(file string, data []byte, env Env) (*Config, error) {
@@ -353,7 +353,7 @@ func Parse(file string, data []byte, env Env) (*Config, error) {
 				e.Line, _ = strconv.Atoi(sub[1])
 				e.Msg = sub[2]
 				if f := fieldNotFound.FindStringSubmatch(e.Msg); f != nil {
-					e.Msg = fmt.Sprintf("unknown key %q in %s", f[1], sectionName(f[2]))
+					e.Msg = fmt.Sprintf("unknown key %q in %s", f[1], sectionName(f[2], f[3]))
 				}
 			}
 			errs = append(errs, e)
@@ -374,7 +374,10 @@ func Parse(file string, data []byte, env Env) (*Config, error) {
 	return cfg, nil
 }
 
-func sectionName(typeName string) string {
+func sectionName(pkg, typeName string) string {
+	if pkg != "config" && typeName == "Config" {
+		return pkg + " section" // an adapter's or the cluster's own Config
+	}
 	switch typeName {
 	case "Config":
 		return "the top level"

@@ -163,6 +163,12 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"list of an empty group", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk, group: nobody}\n"}, 22, `no user is in group "nobody"`},
 		{"list name not a URI user", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: \"front desk\", members: [a]}\n"}, 22, `cannot be the user part`},
 		{"list unknown key", [2]string{"{pbx: demo, device: SIM/101}\n", "{pbx: demo, device: SIM/101}\nlists:\n  - {name: desk, memebrs: [a]}\n"}, 22, `unknown key "memebrs" in a list`},
+		{"cluster url", [2]string{"sip:", "cluster:\n  node: a\n  urls: [http://nats:4222]\nsip:"}, 3, `urls: "http://nats:4222" is not nats://host:port`},
+		{"cluster node name", [2]string{"sip:", "cluster:\n  node: a.b\n  urls: [nats://127.0.0.1:4222]\nsip:"}, 2, `node: node name "a.b"`},
+		{"cluster replicas", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  replicas: 7\nsip:"}, 3, `replicas must be between 1 and 5`},
+		{"cluster no urls", [2]string{"sip:", "cluster:\n  node: a\nsip:"}, 1, `urls: name at least one NATS server`},
+		{"cluster unknown key", [2]string{"sip:", "cluster:\n  nodes: a\nsip:"}, 2, `unknown key "nodes" in cluster section`},
+		{"cluster creds file", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  creds_file: /nonexistent/x.creds\nsip:"}, 3, `cannot read /nonexistent/x.creds`},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {
