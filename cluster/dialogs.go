@@ -165,7 +165,9 @@ type pending struct {
 func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (failed map[string]dialogOp) {
 	failed = map[string]dialogOp{}
 	me := unique.Make(n.cfg.Node)
-	var waits []pending
+	var ids []string
+	var ops []dialogOp
+	var msgs []*nats.Msg
 	var lost []string
 	for id, op := range batch {
 		n.dmu.Lock()
@@ -189,36 +191,73 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			m.Data = b
 		}
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.rev, 10))
-		ack, err := n.js.PublishMsgAsync(m)
-		if err != nil {
-			failed[id] = op
-			continue
-		}
-		waits = append(waits, pending{id: id, op: op, ack: ack})
+		ids, ops, msgs = append(ids, id), append(ops, op), append(msgs, m)
 	}
-	timeout := time.After(5 * time.Second)
-	for _, w := range waits {
-		select {
-		case pa := <-w.ack.Ok():
-			n.noteDialog(w.id, n.cfg.Node, w.op.rec == nil, pa.Sequence)
+	for i, r := range n.publishAll(ctx, msgs) {
+		switch {
+		case r.err == nil:
+			n.noteDialog(ids[i], n.cfg.Node, ops[i].rec == nil, r.seq)
 			n.stats.Writes.Add(1)
-		case err := <-w.ack.Err():
-			if isConflict(err) {
-				lost = append(lost, w.id)
-				continue
-			}
-			n.failed("writing a dialog", err)
-			failed[w.id] = w.op
-		case <-timeout:
-			failed[w.id] = w.op
-		case <-ctx.Done():
-			return failed
+		case isConflict(r.err):
+			lost = append(lost, ids[i])
+		default:
+			n.failed("writing a dialog", r.err)
+			failed[ids[i]] = ops[i]
 		}
 	}
 	if len(lost) > 0 {
 		n.checkLost(ctx, lost)
 	}
 	return failed
+}
+
+// published is the engine's answer to one message.
+type published struct {
+	seq uint64
+	err error
+}
+
+// publishWindow is how many messages publishAll has in flight at once
+// (nats.go stalls past a few thousand).
+const publishWindow = 512
+
+// publishAll publishes msgs to JetStream, a window at a time, and returns
+// each one's sequence or error.
+func (n *Node) publishAll(ctx context.Context, msgs []*nats.Msg) []published {
+	out := make([]published, len(msgs))
+	for lo := 0; lo < len(msgs); lo += publishWindow {
+		hi := min(lo+publishWindow, len(msgs))
+		acks := make([]jetstream.PubAckFuture, hi-lo)
+		sent := time.Now()
+		for i := lo; i < hi; i++ {
+			ack, err := n.js.PublishMsgAsync(msgs[i])
+			if err != nil {
+				out[i].err = err
+				continue
+			}
+			acks[i-lo] = ack
+		}
+		timeout := time.After(10 * time.Second)
+		for i := lo; i < hi; i++ {
+			ack := acks[i-lo]
+			if ack == nil {
+				continue
+			}
+			select {
+			case pa := <-ack.Ok():
+				out[i].seq = pa.Sequence
+			case err := <-ack.Err():
+				out[i].err = err
+			case <-timeout:
+				out[i].err = context.DeadlineExceeded
+			case <-ctx.Done():
+				out[i].err = ctx.Err()
+			}
+		}
+		n.stats.EngineNanos.Add(int64(time.Since(sent)))
+		n.stats.EngineOps.Add(int64(hi - lo))
+	}
+	return out
 }
 
 // checkLost reads dialogs whose write met another revision: those another
@@ -405,42 +444,36 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 		n.failed("reading a dead node's dialogs", err)
 		return
 	}
+	read := time.Since(start)
 	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
-	type claim struct {
-		rec presence.SavedSubscription
-		ack jetstream.PubAckFuture
-	}
-	var claims []claim
-	for _, r := range recs {
-		b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: r})
-		m := nats.NewMsg(n.dialogSubject(r.ID))
-		m.Data = b
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(revs[r.ID], 10))
-		ack, err := n.js.PublishMsgAsync(m)
-		if err == nil {
-			claims = append(claims, claim{r, ack})
+	// Claimed and adopted a chunk at a time, so that the first phones
+	// hear from this node while the rest are still being claimed.
+	won, adopted := 0, 0
+	for lo := 0; lo < len(recs); lo += 4 * publishWindow {
+		chunk := recs[lo:min(lo+4*publishWindow, len(recs))]
+		msgs := make([]*nats.Msg, len(chunk))
+		for i, r := range chunk {
+			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: r})
+			m := nats.NewMsg(n.dialogSubject(r.ID))
+			m.Data = b
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(revs[r.ID], 10))
+			msgs[i] = m
+		}
+		var mine []presence.SavedSubscription
+		for i, p := range n.publishAll(ctx, msgs) {
+			if p.err == nil {
+				n.noteDialog(chunk[i].ID, n.cfg.Node, false, p.seq)
+				mine = append(mine, chunk[i])
+			}
+		}
+		won += len(mine)
+		n.stats.Claims.Add(int64(len(mine)))
+		if n.host != nil && len(mine) > 0 {
+			adopted += n.host.Adopt(mine)
 		}
 	}
-	var won []presence.SavedSubscription
-	timeout := time.After(5 * time.Second)
-	for _, c := range claims {
-		select {
-		case pa := <-c.ack.Ok():
-			n.noteDialog(c.rec.ID, n.cfg.Node, false, pa.Sequence)
-			won = append(won, c.rec)
-		case <-c.ack.Err():
-		case <-timeout:
-		case <-ctx.Done():
-			return
-		}
-	}
-	n.stats.Claims.Add(int64(len(won)))
-	adopted := 0
-	if n.host != nil && len(won) > 0 {
-		adopted = n.host.Adopt(won)
-	}
-	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", len(won),
-		"adopted", adopted, "took", time.Since(start).Round(time.Millisecond))
+	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", won,
+		"adopted", adopted, "read", read.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 }
 
 // Claim implements presence Options.Claim: another node's dialog that a

@@ -64,8 +64,8 @@ type Node struct {
 	members        []string
 	lastError      string
 	// absent counts, per node owning dialogs, the lease checks in a row
-	// that found its lease gone; connectedSince is when this node last
-	// held a fresh lease after being without one.
+	// that found its lease gone; leasedSince is when this node last held
+	// a fresh lease after being without one.
 	absent      map[string]int
 	leasedSince time.Time
 
@@ -528,9 +528,9 @@ func (n *Node) waitDialogsRead(ctx context.Context) bool {
 }
 
 // watchNodes lists the live nodes and takes over the dialogs of a node
-// whose lease has been gone on two checks in a row, once this node has
-// held its own lease for a whole TTL (after an engine outage every
-// lease is gone for a moment: the others get time to renew).
+// whose lease is gone (a whole TTL without renewal), once this node has
+// held its own lease for a whole TTL (after an engine outage every lease
+// is gone for a moment: the others get time to renew).
 func (n *Node) watchNodes(ctx context.Context) {
 	keys, err := n.leases.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -558,7 +558,7 @@ func (n *Node) watchNodes(ctx context.Context) {
 			continue
 		}
 		n.absent[o]++
-		if n.absent[o] >= 2 && settled {
+		if settled {
 			dead = append(dead, o)
 		}
 	}
@@ -568,16 +568,41 @@ func (n *Node) watchNodes(ctx context.Context) {
 	n.mu.Unlock()
 	for _, o := range dead {
 		b, _ := json.Marshal(lease{DeadBy: n.cfg.Node})
-		if _, err := n.leases.Create(ctx, o, b); err != nil {
+		tomb, err := n.leases.Create(ctx, o, b)
+		if err != nil {
 			continue // it came back, or another node is taking over
 		}
 		n.mu.Lock()
 		delete(n.absent, o)
 		n.mu.Unlock()
 		n.log.Warn("a node's lease is gone: taking its dialogs over", "dead", o)
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		n.claimFrom(cctx, o)
-		cancel()
+		// Beside the lease loop: a large share takes seconds, and the
+		// lease must not lapse meanwhile.
+		go func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
+			go n.keepTombstone(cctx, o, tomb, b)
+			n.claimFrom(cctx, o)
+		}()
+	}
+}
+
+// keepTombstone renews a dead node's tombstone while its dialogs are
+// being claimed, so that no other node starts claiming them too.
+func (n *Node) keepTombstone(ctx context.Context, dead string, rev uint64, b []byte) {
+	t := time.NewTicker(n.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r, err := n.leases.Update(ctx, dead, b, rev)
+		if err != nil {
+			return
+		}
+		rev = r
 	}
 }
 

@@ -109,3 +109,41 @@ func TestCompareRun(t *testing.T) {
 		t.Errorf("no ratio in the table:\n%s", table.String())
 	}
 }
+
+// TestClusterRun: a small -cluster run against real nodes on a real
+// nats-server: every subscription set up, refreshed in its dialog, and
+// every one of the killed node's subscriptions NOTIFYed by another node.
+func TestClusterRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Lamplighter nodes and nats-server")
+	}
+	if _, err := exec.LookPath("nats-server"); err != nil {
+		if _, err := exec.LookPath("/usr/sbin/nats-server"); err != nil {
+			if os.Getenv("LAMPLIGHTER_E2E") == "require" {
+				t.Fatal("nats-server missing: run .ci/deps")
+			}
+			t.Skip("nats-server missing: run .ci/deps")
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "lamplighter")
+	if out, err := exec.Command("go", "build", "-o", bin, "../lamplighter").CombinedOutput(); err != nil {
+		t.Fatalf("building lamplighter: %v\n%s", err, out)
+	}
+	o := options{binary: bin, subs: 300, users: 30, perPhone: 25, window: 100, expires: 600, logLevel: "info", cluster: 2}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := runCluster(ctx, o, &progress)
+	if err != nil {
+		t.Fatalf("cluster: %v\n%s", err, progress.String())
+	}
+	var table bytes.Buffer
+	res.print(&table)
+	t.Logf("\n%s", table.String())
+	if res.Setup.OK != 300 || res.Refresh.OK != 300 || res.WritesPerSetup < 1 {
+		t.Errorf("set-up %d, refresh %d, writes per set-up %.2f", res.Setup.OK, res.Refresh.OK, res.WritesPerSetup)
+	}
+	if res.FailoverShare != 150 || res.FailoverNotified != 150 {
+		t.Errorf("failover: %d of %d NOTIFYed", res.FailoverNotified, res.FailoverShare)
+	}
+}

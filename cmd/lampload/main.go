@@ -52,6 +52,7 @@ type options struct {
 	pprofDir     string
 	selfProfile  string
 	storm        float64
+	cluster      int // nodes of the -cluster run (0: one Lamplighter)
 
 	compare          bool
 	compareInterval  time.Duration
@@ -81,6 +82,7 @@ func main() {
 	fs.BoolVar(&o.burst, "burst", true, "also change every user at once (many changes, many watchers)")
 	fs.BoolVar(&o.restart, "restart", true, "restart Lamplighter and time the re-NOTIFY of every subscription")
 	fs.IntVar(&o.window, "window", 1000, "SUBSCRIBEs in flight at once while setting up")
+	fs.IntVar(&o.cluster, "cluster", 0, "run this many Lamplighter nodes on one nats-server (JetStream) instead of one: set-up over all, the engine's cost per set-up and per refresh, and the failover of one node's share (-subs, -users apply)")
 	fs.Float64Var(&o.storm, "storm", 0, "a reboot storm: send the SUBSCRIBEs at this many a second whatever is in flight, instead of -window at a time (0: no storm)")
 	fs.IntVar(&o.expires, "expires", 7200, "Expires of the SUBSCRIBEs, seconds")
 	fs.IntVar(&o.sipPort, "sip-port", 0, "Lamplighter's SIP port on 127.0.0.1 (0: a free one)")
@@ -118,6 +120,21 @@ func main() {
 			log.Fatal(err)
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if o.cluster > 0 {
+		cres, err := runCluster(ctx, o, os.Stderr)
+		if cres != nil {
+			cres.print(os.Stdout)
+			if o.jsonPath != "" {
+				if werr := writeJSON(o.jsonPath, cres); werr != nil {
+					err = errors.Join(err, werr)
+				}
+			}
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if o.compare {
 		cres, err := runCompare(ctx, o, os.Stderr)

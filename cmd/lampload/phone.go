@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,7 @@ type sub struct {
 	firstAt  time.Time
 	interval time.Duration
 	attempt  int
+	toTag    string // the server's tag from the 2xx: later SUBSCRIBEs refresh the dialog
 	retryAt  time.Time
 }
 
@@ -201,7 +203,7 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s-%d;rport\r\n"+
 		"Max-Forwards: 70\r\n"+
 		"From: <sip:phone%d@lampload>;tag=%s\r\n"+
-		"To: <sip:%s@lampload>\r\n"+
+		"To: <sip:%s@lampload>%s\r\n"+
 		"Call-ID: %s\r\n"+
 		"CSeq: %d SUBSCRIBE\r\n"+
 		"Contact: <sip:phone%d@%s;transport=%s>\r\n"+
@@ -211,7 +213,7 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 		"User-Agent: lampload\r\n"+
 		"Content-Length: 0\r\n\r\n",
 		s.user.ext, p.ps.server, p.transport, host, s.tag, s.callID, s.attempt,
-		p.id, s.tag, s.user.ext, s.callID, s.attempt+1, p.id, host, lower(p.transport), s.pkg, accept, expires)
+		p.id, s.tag, s.user.ext, toTagParam(s.toTag), s.callID, s.attempt+1, p.id, host, lower(p.transport), s.pkg, accept, expires)
 }
 
 func lower(t string) string {
@@ -310,6 +312,11 @@ func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
 					return out
 				}
 				delete(ps.pending, s)
+				if waiting && m.status < 300 {
+					if tag := tagOf(m.to); tag != "" && s.toTag == "" {
+						s.toTag = tag
+					}
+				}
 				ps.pendingMu.Unlock()
 				if waiting {
 					s.status.Store(int32(m.status))
@@ -425,4 +432,24 @@ func (ps *phones) retransmit(ctx context.Context, expires int) {
 			}
 		}
 	}
+}
+
+// tagOf returns the tag parameter of a From or To value.
+func tagOf(v []byte) string {
+	_, after, ok := bytes.Cut(v, []byte(";tag="))
+	if !ok {
+		return ""
+	}
+	if i := bytes.IndexAny(after, "; \t"); i >= 0 {
+		after = after[:i]
+	}
+	return string(after)
+}
+
+// toTagParam is the To header's tag parameter, when the dialog has one.
+func toTagParam(tag string) string {
+	if tag == "" {
+		return ""
+	}
+	return ";tag=" + tag
 }

@@ -23,6 +23,7 @@ type target struct {
 	binary   string
 	dir      string // config, state and log
 	logLevel string
+	extra    string // appended to the configuration (a cluster section)
 	sipAddr  string
 	http     string
 	cmd      *exec.Cmd
@@ -64,6 +65,7 @@ users:
 	for _, u := range users {
 		fmt.Fprintf(&b, "  - {id: %s, extensions: [%q], devices: [{pbx: fs, device: %q}]}\n", u.id, u.ext, u.ext)
 	}
+	b.WriteString(t.extra)
 	t.sipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sipPort))
 	t.http = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	return os.WriteFile(filepath.Join(t.dir, "lamplighter.yaml"), b.Bytes(), 0o600)
