@@ -3,7 +3,7 @@
 # test, after installing the real peers the tests use). CI runs `make test`.
 GO ?= go
 
-.PHONY: test deps vet build fuzz bench load storm compare
+.PHONY: test deps vet build fuzz bench load storm compare cluster
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
@@ -46,6 +46,14 @@ STORM ?= 40000
 storm: build
 	$(GO) build -trimpath -o lampload ./cmd/lampload
 	./lampload -lamplighter ./lamplighter -subs 100000 -storm $(STORM) -quick -fanout 0 -burst=false -restart=false -json storm-$(STORM).json
+
+# Three Lamplighter nodes on one nats-server (from Debian, installed when
+# missing): set-up over all nodes, the engine's cost, the failover of one
+# node's share (BENCHMARKS.md): make cluster SUBS=100000.
+cluster: build
+	bash .ci/deps
+	$(GO) build -trimpath -o lampload ./cmd/lampload
+	./lampload -cluster 3 -lamplighter ./lamplighter -subs $(SUBS) -json cluster-$(SUBS).json
 
 # Kamailio's presence server (from Debian, installed when missing) and
 # Lamplighter under the same load in one run, with their ratio

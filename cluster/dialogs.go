@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -374,11 +375,7 @@ func (n *Node) followDialogs(ctx context.Context, w jetstream.KeyWatcher) {
 			owner := ""
 			deleted := e.Operation() != jetstream.KeyValuePut
 			if !deleted {
-				var v struct {
-					Owner string `json:"owner"`
-				}
-				_ = json.Unmarshal(e.Value(), &v)
-				owner = v.Owner
+				owner = ownerOf(e.Value())
 			}
 			prev, changed := n.noteDialog(e.Key(), owner, deleted, e.Revision())
 			if changed && !deleted && owner != n.cfg.Node && (prev.rev == 0 || prev.owner == me) {
@@ -504,4 +501,20 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 		n.log.Info("took over a dialog a refresh brought here", "id", id, "from", from)
 	}
 	return v.Dialog, true
+}
+
+// ownerOf reads a dialog value's owner: from the start of the document,
+// where dialogValue puts it (node names hold no quotes), else by decoding.
+func ownerOf(v []byte) string {
+	const prefix = `{"owner":"`
+	if rest, ok := bytes.CutPrefix(v, []byte(prefix)); ok {
+		if i := bytes.IndexByte(rest, '"'); i >= 0 {
+			return string(rest[:i])
+		}
+	}
+	var d struct {
+		Owner string `json:"owner"`
+	}
+	_ = json.Unmarshal(v, &d)
+	return d.Owner
 }

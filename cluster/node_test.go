@@ -121,3 +121,16 @@ func TestEngineAwayAndBack(t *testing.T) {
 	waitFor(t, 20*time.Second, "b shows what a set while the engine was away", func() bool { return note(b, "debbie") == "set while away" })
 	waitFor(t, 10*time.Second, "a no longer degraded", func() bool { return !a.node.Status().Degraded() })
 }
+
+func TestOwnerOf(t *testing.T) {
+	for v, want := range map[string]string{
+		`{"owner":"n1","dialog":{}}`:   "n1",
+		`{"dialog":{},"owner":"n2"}`:   "n2",
+		`{"owner": "n3", "dialog":{}}`: "n3",
+		`not json`:                     "",
+	} {
+		if got := ownerOf([]byte(v)); got != want {
+			t.Errorf("ownerOf(%s) = %q, want %q", v, got, want)
+		}
+	}
+}
