@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -34,6 +35,11 @@ type Config struct {
 	// LeaseTTL is how long a node that stops renewing its lease is still
 	// held alive (default 6s); it renews every third of it.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// Address is the host phones reach every node at (a virtual IP or a
+	// name with DNS SRV records), when there is one: the Contact of 200s
+	// and NOTIFYs names it instead of the node's own address, so that a
+	// phone's refreshes follow whichever node holds it.
+	Address string `yaml:"address"`
 	// BucketPrefix starts the names of the JetStream buckets (default
 	// "lamplighter"), so that two installations can share NATS.
 	BucketPrefix string `yaml:"bucket_prefix"`
@@ -112,6 +118,9 @@ func (c *Config) Validate() []ConfigError {
 		if _, err := os.Stat(f); err != nil {
 			bad(key, "cannot read %s", f)
 		}
+	}
+	if _, err := netip.ParseAddr(strings.Trim(c.Address, "[]")); err != nil && strings.ContainsAny(c.Address, " @:;<>/\"[]") {
+		bad("address", "address %q must be a host name or an IP address (no port)", c.Address)
 	}
 	if strings.ContainsAny(c.BucketPrefix, " .*>/\\") {
 		bad("bucket_prefix", "bucket_prefix %q may hold only letters, digits, - and _", c.BucketPrefix)

@@ -497,7 +497,7 @@ func (s *Server) appendNotifyHead(dst []byte, sub *Subscription, h hop, final st
 	dst = append(dst, "\r\nCSeq: "...)
 	dst = strconv.AppendUint(dst, uint64(sub.cseq), 10)
 	dst = append(dst, " NOTIFY\r\nContact: <"...)
-	dst = appendContactURI(dst, h.Transport, h.Host, h.Port)
+	dst = appendContactURI(dst, h.Transport, s.contactHost(h.Host), h.Port)
 	dst = append(dst, ">\r\nEvent: "...)
 	dst = append(dst, sub.Package.String()...)
 	if sub.EventID != "" {
@@ -519,6 +519,15 @@ func (s *Server) appendNotifyHead(dst []byte, sub *Subscription, h hop, final st
 	dst = append(dst, "\r\nUser-Agent: "...)
 	dst = append(dst, s.opt.UserAgent...)
 	return append(dst, "\r\n"...)
+}
+
+// contactHost is the host our Contact names: Options.ContactHost, else
+// the address the subscriber reaches this node at.
+func (s *Server) contactHost(local string) string {
+	if s.opt.ContactHost != "" {
+		return s.opt.ContactHost
+	}
+	return local
 }
 
 // appendContactURI appends our URI for a transport: sips: for TLS,

@@ -101,6 +101,11 @@ type Options struct {
 	// when they come (a few ms on a LAN); default 250ms; negative: never
 	// wait.
 	PickupWait time.Duration
+	// ContactHost, when set, is the host the Contact of 200s and NOTIFYs
+	// names instead of this node's own address: a cluster's virtual IP
+	// or name, which reaches whichever node holds it (Via stays this
+	// node's, so that answers come here).
+	ContactHost string
 	// MayNotify, in a cluster, says whether this node may send NOTIFYs
 	// now (its lease is fresh and it knows which dialogs it owns); while
 	// it says no they wait for Server.Unfence. Nil: always.

@@ -262,7 +262,7 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 		}
 	}
 	b = append(b, "Contact: <"...)
-	b = appendContactURI(b, sub.Transport, sub.LocalHost, sub.LocalPort)
+	b = appendContactURI(b, sub.Transport, s.contactHost(sub.LocalHost), sub.LocalPort)
 	b = append(b, ">\r\nExpires: "...)
 	b = strconv.AppendInt(b, int64(expires), 10)
 	b = append(b, "\r\n"...)

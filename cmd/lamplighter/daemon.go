@@ -103,6 +103,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		d.node = cluster.New(*cfg.Cluster, d.bridge, log.With("component", "cluster"))
 		states = d.node.Share(d.bridge)
 		opt.Store, opt.MayNotify, opt.Claim = d.node.Store(d.db), d.node.MayNotify, d.node.Claim
+		opt.ContactHost = cfg.Cluster.Address
 	} else {
 		// Alone, the state file is the truth about the API's person
 		// states; in a cluster the engine is, and its watch brings them.

@@ -168,6 +168,7 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"cluster replicas", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  replicas: 7\nsip:"}, 3, `replicas must be between 1 and 5`},
 		{"cluster no urls", [2]string{"sip:", "cluster:\n  node: a\nsip:"}, 1, `urls: name at least one NATS server`},
 		{"cluster unknown key", [2]string{"sip:", "cluster:\n  nodes: a\nsip:"}, 2, `unknown key "nodes" in cluster section`},
+		{"cluster address", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  address: \"10.0.0.9:5060\"\nsip:"}, 3, `must be a host name or an IP address (no port)`},
 		{"cluster creds file", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  creds_file: /nonexistent/x.creds\nsip:"}, 3, `cannot read /nonexistent/x.creds`},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
