@@ -16,33 +16,11 @@ import (
 	"github.com/lamplighter/lamplighter/cluster/natstest"
 )
 
-// clusterNode writes the config of one Lamplighter node of a cluster on
-// the NATS servers urls and starts it in this process; it returns the
-// SIP and HTTP addresses.
+// clusterNode starts one node of a cluster on the NATS servers urls in
+// this process; it returns the SIP and HTTP addresses.
 func clusterNode(t *testing.T, name string, urls []string) (sipAddr, httpAddr string) {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf(`sip:
-  domain: cluster.test
-  listen:
-    - {transport: udp, address: "127.0.0.1:0"}
-  trusted_networks: [127.0.0.0/8]
-http: {listen: "127.0.0.1:0", token: s3cret}
-state_dir: %s
-cluster:
-  node: %s
-  urls: [%s]
-  replicas: %d
-  lease_ttl: 3s
-users:
-  - {id: debbie, name: Debbie Harry, extensions: ["100"]}
-  - {id: bob, name: Bob, extensions: ["101"]}
-`, filepath.Join(dir, "state"), name, strings.Join(urls, ", "), len(urls))
-	path := filepath.Join(dir, "lamplighter.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, httpAddr := runInProcess(t, path)
+	out, httpAddr := runInProcess(t, clusterConfig(t, t.TempDir(), name, urls, "3s"))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("node %s:\n%s", name, out.String())
@@ -135,7 +113,8 @@ func waitReady(t *testing.T, httpAddr string, want ...string) {
 	}
 }
 
-// clusterConfig writes a node's config in dir (kept across restarts).
+// clusterConfig writes a node's config in dir (kept across restarts):
+// its own ports, a bucket replica per NATS server, two users.
 func clusterConfig(t *testing.T, dir, name string, urls []string, leaseTTL string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`sip:
@@ -148,10 +127,12 @@ state_dir: %s
 cluster:
   node: %s
   urls: [%s]
+  replicas: %d
   lease_ttl: %s
 users:
   - {id: debbie, name: Debbie Harry, extensions: ["100"]}
-`, freePort(t), freePort(t), filepath.Join(dir, "state"), name, strings.Join(urls, ", "), leaseTTL)
+  - {id: bob, name: Bob, extensions: ["101"]}
+`, freePort(t), freePort(t), filepath.Join(dir, "state"), name, strings.Join(urls, ", "), len(urls), leaseTTL)
 	path := filepath.Join(dir, "lamplighter.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

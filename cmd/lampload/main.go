@@ -121,37 +121,29 @@ func main() {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	if o.cluster > 0 {
-		cres, err := runCluster(ctx, o, os.Stderr)
-		if cres != nil {
-			cres.print(os.Stdout)
-			if o.jsonPath != "" {
-				if werr := writeJSON(o.jsonPath, cres); werr != nil {
-					err = errors.Join(err, werr)
-				}
-			}
+	// One of three runs; each result prints itself and goes to -json.
+	var res interface{ print(io.Writer) }
+	var err error
+	switch {
+	case o.cluster > 0:
+		r, e := runCluster(ctx, o, os.Stderr)
+		if r != nil {
+			res = r
 		}
-		if err != nil {
-			log.Fatal(err)
+		err = e
+	case o.compare:
+		r, e := runCompare(ctx, o, os.Stderr)
+		if r != nil {
+			res = r
 		}
-		return
+		err = e
+	default:
+		r, e := run(ctx, o, os.Stderr)
+		if r != nil {
+			res = r
+		}
+		err = e
 	}
-	if o.compare {
-		cres, err := runCompare(ctx, o, os.Stderr)
-		if cres != nil {
-			cres.print(os.Stdout)
-			if o.jsonPath != "" {
-				if werr := writeJSON(o.jsonPath, cres); werr != nil {
-					err = errors.Join(err, werr)
-				}
-			}
-		}
-		if err != nil {
-			log.Fatal(err)
-		}
-		return
-	}
-	res, err := run(ctx, o, os.Stderr)
 	if res != nil {
 		res.print(os.Stdout)
 		if o.jsonPath != "" {
