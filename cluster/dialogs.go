@@ -219,8 +219,8 @@ type published struct {
 }
 
 // publishWindow is how many messages publishAll has in flight at once
-// (nats.go stalls past a few thousand).
-const publishWindow = 512
+// (nats.go stalls past 4,000 by default).
+const publishWindow = 2000
 
 // publishAll publishes msgs to JetStream, a window at a time, and returns
 // each one's sequence or error.
@@ -422,7 +422,8 @@ func (n *Node) readDialogs(ctx context.Context, keep func(owner string) bool) ([
 				continue
 			}
 			var v dialogValue
-			if json.Unmarshal(e.Value(), &v) != nil || !keep(v.Owner) {
+			// Only the records kept are decoded (a claim keeps a third).
+			if !keep(ownerOf(e.Value())) || json.Unmarshal(e.Value(), &v) != nil {
 				continue
 			}
 			out = append(out, v.Dialog)
@@ -446,8 +447,8 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 	// Claimed and adopted a chunk at a time, so that the first phones
 	// hear from this node while the rest are still being claimed.
 	won, adopted := 0, 0
-	for lo := 0; lo < len(recs); lo += 4 * publishWindow {
-		chunk := recs[lo:min(lo+4*publishWindow, len(recs))]
+	for lo := 0; lo < len(recs); lo += publishWindow {
+		chunk := recs[lo:min(lo+publishWindow, len(recs))]
 		msgs := make([]*nats.Msg, len(chunk))
 		for i, r := range chunk {
 			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: r})
