@@ -13,6 +13,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/lamplighter/lamplighter/adapters/esl/esltest"
 	"github.com/lamplighter/lamplighter/cluster/natstest"
 )
 
@@ -20,7 +21,7 @@ import (
 // this process; it returns the SIP and HTTP addresses.
 func clusterNode(t *testing.T, name string, urls []string) (sipAddr, httpAddr string) {
 	t.Helper()
-	out, httpAddr := runInProcess(t, clusterConfig(t, t.TempDir(), name, urls, "3s"))
+	out, httpAddr := runInProcess(t, clusterConfig(t, t.TempDir(), name, urls, "3s", ""))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("node %s:\n%s", name, out.String())
@@ -114,8 +115,10 @@ func waitReady(t *testing.T, httpAddr string, want ...string) {
 }
 
 // clusterConfig writes a node's config in dir (kept across restarts):
-// its own ports, a bucket replica per NATS server, two users.
-func clusterConfig(t *testing.T, dir, name string, urls []string, leaseTTL string) string {
+// its own ports, a bucket replica per NATS server, two users; with
+// eslAddr, a FreeSWITCH there (the node's own double of the same PBX)
+// whose device 100@cluster.test is debbie's.
+func clusterConfig(t *testing.T, dir, name string, urls []string, leaseTTL, eslAddr string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`sip:
   domain: cluster.test
@@ -133,6 +136,11 @@ users:
   - {id: debbie, name: Debbie Harry, extensions: ["100"]}
   - {id: bob, name: Bob, extensions: ["101"]}
 `, freePort(t), freePort(t), filepath.Join(dir, "state"), name, strings.Join(urls, ", "), len(urls), leaseTTL)
+	if eslAddr != "" {
+		cfg = strings.Replace(cfg, `  - {id: debbie, name: Debbie Harry, extensions: ["100"]}`,
+			`  - {id: debbie, name: Debbie Harry, extensions: ["100"], devices: [{pbx: fs, device: "100@cluster.test"}]}`, 1)
+		cfg += fmt.Sprintf("pbx:\n  - {name: fs, kind: esl, address: %q, password: ClueCon}\n", eslAddr)
+	}
 	path := filepath.Join(dir, "lamplighter.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -175,11 +183,12 @@ func sentBy(n *sip.Request, sipAddr string) bool {
 	return c != nil && strings.HasSuffix(sipAddr, ":"+strconv.Itoa(c.Address.Port))
 }
 
-// TestClusterFailover: the node holding a phone's subscription is killed
+// TestClusterFailover: mid-call (both nodes follow the same PBX, here a
+// double for each), the node holding a phone's subscription is killed
 // (SIGKILL); the other node claims the dialog and NOTIFYs it in the same
-// dialog within 2 s of the dead node's lease running out, with CSeq and
-// version going up and its own Contact, and the refresh sent there gets
-// 200. The killed node, started again, forgets the dialog it lost
+// dialog within 2 s of the dead node's lease running out, showing the
+// call, with CSeq and version going up and its own Contact, and the
+// refresh sent there gets 200. The killed node, started again, forgets the dialog it lost
 // without a word. Then the holder is stopped (SIGSTOP) past its lease: the
 // other takes over, and once continued the stopped one sends nothing for
 // the dialog it lost; a change then reaches the phone once, from the new
@@ -188,19 +197,32 @@ func TestClusterFailover(t *testing.T) {
 	nats := natstest.Start(t, 1)
 	bin := buildBinary(t)
 	const ttl = 2 * time.Second
+	pbxB, pbxC := eslDouble(t), eslDouble(t)
 	dirB, dirC := t.TempDir(), t.TempDir()
-	cfgB := clusterConfig(t, dirB, "b", nats.URLs(), ttl.String())
-	cfgC := clusterConfig(t, dirC, "c", nats.URLs(), ttl.String())
+	cfgB := clusterConfig(t, dirB, "b", nats.URLs(), ttl.String(), pbxB.Addr())
+	cfgC := clusterConfig(t, dirC, "c", nats.URLs(), ttl.String(), pbxC.Addr())
 	b := start(t, bin, cfgB)
 	sipB, httpB := addrs(t, b)
 	c := start(t, bin, cfgC)
 	sipC, httpC := addrs(t, c)
+	for _, p := range []*esltest.Server{pbxB, pbxC} {
+		if _, err := p.WaitLogin(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	w := newWatcher(t, "UDP")
 	if res := w.subscribe(sipB, "100", "dialog", 600); res.StatusCode != 200 {
 		t.Fatalf("SUBSCRIBE on node b: %d", res.StatusCode)
 	}
-	first := w.nextNotify(5 * time.Second)
+	w.nextNotify(5 * time.Second)
+	// A call to debbie's phone, answered: the PBX tells both nodes.
+	for _, p := range []*esltest.Server{pbxB, pbxC} {
+		if err := p.Send(answeredCall("100@cluster.test")...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := w.notifyWhere("confirmed", 5*time.Second)
 	waitReady(t, httpB, `"dialogs_owned":1`)
 	// Let node c hold its lease a whole TTL, as it must before it may
 	// declare another node dead.
@@ -213,6 +235,9 @@ func TestClusterFailover(t *testing.T) {
 	t.Logf("NOTIFY from the surviving node %v after the kill (lease TTL %v)", took.Round(time.Millisecond), ttl)
 	if took > ttl+2*time.Second {
 		t.Errorf("the takeover NOTIFY came %v after the kill: more than 2 s after the lease ran out", took)
+	}
+	if !strings.Contains(string(n.Body()), "<state>confirmed</state>") {
+		t.Errorf("the takeover NOTIFY does not show the call:\n%s", n.Body())
 	}
 	if !sentBy(n, sipC) || n.CSeq().SeqNo <= first.CSeq().SeqNo {
 		t.Errorf("takeover NOTIFY: Contact %v (node c is %s), CSeq %d after %d", n.Contact(), sipC, n.CSeq().SeqNo, first.CSeq().SeqNo)
@@ -270,5 +295,41 @@ func TestClusterFailover(t *testing.T) {
 		case <-deadline:
 			return
 		}
+	}
+}
+
+// eslDouble is a FreeSWITCH event socket double on loopback.
+func eslDouble(t *testing.T) *esltest.Server {
+	t.Helper()
+	s, err := esltest.Listen("127.0.0.1:0", "ClueCon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// answeredCall is FreeSWITCH's event for a call from 2000 to the phone
+// whose presence id is device, answered.
+func answeredCall(device string) []string {
+	now := strconv.FormatInt(time.Now().UnixMicro(), 10)
+	user, _, _ := strings.Cut(device, "@")
+	return []string{
+		"Event-Name", "CHANNEL_ANSWER",
+		"Event-Date-Timestamp", now,
+		"Channel-Call-State", "ACTIVE",
+		"Channel-Name", "sofia/internal/" + user + "@127.0.0.1:5090",
+		"Unique-ID", "6c1a0001-10ad-4000-8000-000000000001",
+		"Call-Direction", "outbound",
+		"Channel-Presence-ID", device,
+		"Answer-State", "answered",
+		"Caller-Caller-ID-Name", "Cluster Caller",
+		"Caller-Caller-ID-Number", "2000",
+		"Caller-Callee-ID-Number", user,
+		"Caller-Channel-Created-Time", now,
+		"Caller-Channel-Answered-Time", now,
+		"variable_sip_call_id", "call-1@cluster.test",
+		"variable_sip_to_tag", "phone-tag",
+		"variable_sip_from_tag", "pbx-tag",
 	}
 }
