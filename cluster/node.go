@@ -69,6 +69,11 @@ type Node struct {
 	absent      map[string]int
 	leasedSince time.Time
 
+	// sweep holds the person keys to sweep (noteSweep); the ages are
+	// constants but for tests.
+	sweep                               map[string]sweepItem
+	sweepEvery, tombstoneAge, markerAge time.Duration
+
 	// Dialogs (dialogs.go).
 	dmu       sync.Mutex
 	dqueue    map[string]dialogOp
@@ -127,7 +132,8 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
-		absent: map[string]int{}, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dwake: make(chan struct{}, 1),
+		absent: map[string]int{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
+		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
 }
 
@@ -231,7 +237,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 	go func() { defer wg.Done(); n.writeLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx) }()
 	go func() { defer wg.Done(); n.dialogWriteLoop(ctx) }()
@@ -838,7 +845,15 @@ func (n *Node) follow(ctx context.Context, w jetstream.KeyWatcher) {
 // is under way (its answer decides: see write).
 func (n *Node) apply(e jetstream.KeyValueEntry) {
 	key := e.Key()
+	var v personValue
+	if e.Operation() == jetstream.KeyValuePut {
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			n.log.Warn("a person state in the cluster cannot be read: ignored", "key", key, "err", err)
+			return
+		}
+	}
 	n.mu.Lock()
+	n.noteSweep(key, e, &v)
 	ks := n.keys[key]
 	if ks == nil {
 		ks = &keyState{}
@@ -862,13 +877,6 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 	if !ok {
 		return
 	}
-	var v personValue
-	if e.Operation() == jetstream.KeyValuePut {
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			n.log.Warn("a person state in the cluster cannot be read: ignored", "key", key, "err", err)
-			return
-		}
-	}
 	if e.Operation() != jetstream.KeyValuePut || v.Cleared || v.Person == nil {
 		n.local.ClearPerson(user, origin)
 	} else {
@@ -880,6 +888,81 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 		}
 	}
 	n.stats.Applied.Add(1)
+}
+
+// A person key whose state was cleared, or lapsed long ago, is swept
+// from the bucket by the node that leads (each PUBLISH of a soft client is
+// a key of its own: without sweeping the bucket would only grow). The
+// clear is kept as a value for a while, so that every node orders it by
+// revision; then it becomes a delete marker (compare-and-set: a newer
+// write keeps the key), and old markers are purged.
+const (
+	sweepEvery      = time.Minute
+	tombstoneAge    = 10 * time.Minute // how long a cleared value stays
+	lapsedAge       = time.Minute      // how long past its expiry a state stays
+	deleteMarkerAge = 30 * time.Minute
+)
+
+// sweepItem is a key to sweep at a revision, once due.
+type sweepItem struct {
+	rev uint64
+	due time.Time
+}
+
+// noteSweep records whether a person key is to be swept; called with
+// n.mu held.
+func (n *Node) noteSweep(key string, e jetstream.KeyValueEntry, v *personValue) {
+	switch {
+	case e.Operation() != jetstream.KeyValuePut:
+		delete(n.sweep, key)
+	case v.Cleared || v.Person == nil:
+		n.sweep[key] = sweepItem{e.Revision(), e.Created().Add(n.tombstoneAge)}
+	case !v.Person.Expires.IsZero():
+		n.sweep[key] = sweepItem{e.Revision(), v.Person.Expires.Add(lapsedAge)}
+	default:
+		delete(n.sweep, key)
+	}
+}
+
+// sweepLoop sweeps due person keys and purges old delete markers, on the
+// node that leads.
+func (n *Node) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(n.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.Leads() {
+			n.sweepOnce(ctx)
+		}
+	}
+}
+
+// sweepOnce deletes the person keys that are due and purges old markers;
+// it returns how many it deleted.
+func (n *Node) sweepOnce(ctx context.Context) int {
+	now := time.Now()
+	n.mu.Lock()
+	due := map[string]uint64{}
+	for k, it := range n.sweep {
+		if now.After(it.due) {
+			due[k] = it.rev
+		}
+	}
+	n.mu.Unlock()
+	swept := 0
+	for k, rev := range due {
+		if err := n.persons.Delete(ctx, k, jetstream.LastRevision(rev)); err == nil {
+			swept++
+		}
+	}
+	if err := n.persons.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(n.markerAge)); err != nil {
+		n.failed("purging old person states", err)
+	}
+	return swept
 }
 
 func splitKey(key string) (user, origin string, ok bool) {

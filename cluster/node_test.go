@@ -134,3 +134,35 @@ func TestOwnerOf(t *testing.T) {
 		}
 	}
 }
+
+// TestClearedStatesAreSwept: a cleared person state stays in the bucket
+// as a value for a while (so every node orders it), then the leading
+// node deletes it and purges the marker: PUBLISHes of soft clients, a
+// key each, do not make the bucket grow without end.
+func TestClearedStatesAreSwept(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	a, b := newMember(t, "a", nats.URLs()), newMember(t, "b", nats.URLs())
+	a.node.mu.Lock()
+	a.node.tombstoneAge, a.node.markerAge = 0, -1
+	a.node.mu.Unlock()
+	_ = a.shared.SetPerson("debbie", "publish:e1", bridge.PersonState{Note: "soft client"})
+	waitFor(t, 5*time.Second, "b shows it", func() bool { return note(b, "debbie") == "soft client" })
+	a.shared.ClearPerson("debbie", "publish:e1")
+	waitFor(t, 5*time.Second, "b clears it", func() bool { return note(b, "debbie") == "" })
+	waitFor(t, 5*time.Second, "a knows the key is to sweep", func() bool {
+		a.node.mu.Lock()
+		defer a.node.mu.Unlock()
+		return len(a.node.sweep) == 1
+	})
+	ctx := context.Background()
+	if n := a.node.sweepOnce(ctx); n != 1 {
+		t.Fatalf("swept %d keys, want 1", n)
+	}
+	waitFor(t, 5*time.Second, "the bucket empty", func() bool {
+		st, err := a.node.persons.Status(ctx)
+		return err == nil && st.Values() == 0
+	})
+	if note(b, "debbie") != "" {
+		t.Errorf("b shows %q after the sweep", note(b, "debbie"))
+	}
+}
