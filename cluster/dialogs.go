@@ -315,7 +315,30 @@ func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dial
 		return prev, false
 	}
 	n.dindex[id] = dialogEntry{owner: unique.Make(owner), rev: rev}
+	if deleted {
+		n.dgone[id] = time.Now()
+	}
 	return prev, true
+}
+
+// forgetEnded takes dialogs that ended more than age ago out of the
+// index and purges their delete markers from the bucket: the index and
+// the bucket hold the dialogs alive and the recently ended only.
+func (n *Node) forgetEnded(ctx context.Context, age time.Duration) {
+	cut := time.Now().Add(-age)
+	n.dmu.Lock()
+	for id, at := range n.dgone {
+		if at.Before(cut) {
+			if e, ok := n.dindex[id]; ok && e.owner.Value() == "" {
+				delete(n.dindex, id)
+			}
+			delete(n.dgone, id)
+		}
+	}
+	n.dmu.Unlock()
+	if err := n.dialogs.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(age)); err != nil {
+		n.failed("purging ended dialogs", err)
+	}
 }
 
 // dialogWatchLoop follows the dialogs bucket (owners and revisions).

@@ -78,6 +78,7 @@ type Node struct {
 	dmu       sync.Mutex
 	dqueue    map[string]dialogOp
 	dindex    map[string]dialogEntry
+	dgone     map[string]time.Time // when each deleted dialog of dindex was deleted
 	dwake     chan struct{}
 	drewatch  chan struct{}
 	dsyncedCh chan struct{}
@@ -133,7 +134,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
 		absent: map[string]int{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
-		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dwake: make(chan struct{}, 1),
+		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
 }
 
@@ -938,6 +939,9 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		if n.Leads() {
 			n.sweepOnce(ctx)
 		}
+		// Every node drops ended dialogs from its index; the purge of
+		// their markers is idempotent.
+		n.forgetEnded(ctx, n.markerAge)
 	}
 }
 
