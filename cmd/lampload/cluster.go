@@ -334,6 +334,10 @@ func runCluster(ctx context.Context, o options, stderr io.Writer) (*clusterResul
 		before[i] = s.notifies.Load()
 	}
 	res.FailoverShare = len(share[0])
+	var stops []func()
+	for i, t := range nodes[1:] {
+		stops = append(stops, t.profileDuring(o.pprofDir, fmt.Sprintf("failover-n%d", i+2), 8*time.Second, say))
+	}
 	killed := time.Now()
 	nodes[0].kill()
 	var first time.Duration
@@ -356,6 +360,9 @@ func runCluster(ctx context.Context, o options, stderr io.Writer) (*clusterResul
 	}
 	res.FailoverSeconds = time.Since(killed).Seconds()
 	res.FailoverFirstSecs = first.Seconds()
+	for _, stop := range stops {
+		stop()
+	}
 	return res, nil
 }
 

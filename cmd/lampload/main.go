@@ -88,7 +88,7 @@ func main() {
 	fs.IntVar(&o.sipPort, "sip-port", 0, "Lamplighter's SIP port on 127.0.0.1 (0: a free one)")
 	fs.IntVar(&o.httpPort, "http-port", 0, "Lamplighter's HTTP port on 127.0.0.1 (0: a free one)")
 	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this `file` (- for stdout)")
-	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases in this `directory`")
+	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases (with -cluster: of the surviving nodes during the failover) in this `directory`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
 	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs without credentials sent from one untrusted address (127.0.0.2) over -flood-for while the latency is measured again (0 skips it)")
