@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/fnv"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -35,7 +36,7 @@ import (
 // Host is the SIP server whose dialogs a node keeps in the engine
 // (*presence.Server is one).
 type Host interface {
-	Adopt([]presence.SavedSubscription) int
+	Adopt(recs []presence.SavedSubscription, reserved bool) int
 	Forget(ids []string) int
 	SubscriptionIDs() []string
 	Resave(ids []string)
@@ -53,6 +54,7 @@ type dialogValue struct {
 type dialogEntry struct {
 	owner unique.Handle[string]
 	rev   uint64
+	sum   uint64 // FNV-1a of the value this node last wrote (0: none)
 }
 
 // dialogOp is a queued write: a record, or nil to delete.
@@ -168,6 +170,7 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 	me := unique.Make(n.cfg.Node)
 	var ids []string
 	var ops []dialogOp
+	var sums []uint64
 	var msgs []*nats.Msg
 	var lost []string
 	for id, op := range batch {
@@ -182,6 +185,7 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			continue
 		}
 		m := nats.NewMsg(n.dialogSubject(id))
+		var sum uint64
 		if op.rec == nil {
 			m.Header.Set("KV-Operation", "DEL")
 		} else {
@@ -189,15 +193,19 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			if err != nil {
 				continue
 			}
+			if sum = fnv64(b); known && e.owner == me && e.sum == sum {
+				continue // the engine holds exactly this already (an adopted dialog's)
+			}
 			m.Data = b
 		}
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.rev, 10))
-		ids, ops, msgs = append(ids, id), append(ops, op), append(msgs, m)
+		ids, ops, sums, msgs = append(ids, id), append(ops, op), append(sums, sum), append(msgs, m)
 	}
 	for i, r := range n.publishAll(ctx, msgs) {
 		switch {
 		case r.err == nil:
 			n.noteDialog(ids[i], n.cfg.Node, ops[i].rec == nil, r.seq)
+			n.noteSum(ids[i], sums[i])
 			n.stats.Writes.Add(1)
 		case isConflict(r.err):
 			lost = append(lost, ids[i])
@@ -319,6 +327,24 @@ func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dial
 		n.dgone[id] = time.Now()
 	}
 	return prev, true
+}
+
+// noteSum records the value this node wrote for a dialog at the revision
+// just noted.
+func (n *Node) noteSum(id string, sum uint64) {
+	n.dmu.Lock()
+	if e, ok := n.dindex[id]; ok {
+		e.sum = sum
+		n.dindex[id] = e
+	}
+	n.dmu.Unlock()
+}
+
+// fnv64 is FNV-1a over b.
+func fnv64(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }
 
 // forgetEnded takes dialogs that ended more than age ago out of the
@@ -473,8 +499,10 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 	for lo := 0; lo < len(recs); lo += publishWindow {
 		chunk := recs[lo:min(lo+publishWindow, len(recs))]
 		msgs := make([]*nats.Msg, len(chunk))
+		sums := make([]uint64, len(chunk))
 		for i, r := range chunk {
-			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: r})
+			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(r)})
+			sums[i] = fnv64(b)
 			m := nats.NewMsg(n.dialogSubject(r.ID))
 			m.Data = b
 			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(revs[r.ID], 10))
@@ -484,13 +512,14 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 		for i, p := range n.publishAll(ctx, msgs) {
 			if p.err == nil {
 				n.noteDialog(chunk[i].ID, n.cfg.Node, false, p.seq)
+				n.noteSum(chunk[i].ID, sums[i])
 				mine = append(mine, chunk[i])
 			}
 		}
 		won += len(mine)
 		n.stats.Claims.Add(int64(len(mine)))
 		if n.host != nil && len(mine) > 0 {
-			adopted += n.host.Adopt(mine)
+			adopted += n.host.Adopt(mine, true)
 		}
 	}
 	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", won,
@@ -513,16 +542,18 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 	if json.Unmarshal(e.Value(), &v) != nil {
 		return presence.SavedSubscription{}, false
 	}
-	if from := v.Owner; from != n.cfg.Node {
-		v.Owner = n.cfg.Node
-		b, _ := json.Marshal(v)
-		rev, err := n.dialogs.Update(ctx, id, b, e.Revision())
-		if err != nil {
-			return presence.SavedSubscription{}, false
-		}
-		n.noteDialog(id, n.cfg.Node, false, rev)
+	// Stored with its reservations moved on (presence.Reserved), owner
+	// or not: the adopted dialog's NOTIFYs run below them.
+	b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(v.Dialog)})
+	rev, err := n.dialogs.Update(ctx, id, b, e.Revision())
+	if err != nil {
+		return presence.SavedSubscription{}, false
+	}
+	n.noteDialog(id, n.cfg.Node, false, rev)
+	n.noteSum(id, fnv64(b))
+	if v.Owner != n.cfg.Node {
 		n.stats.Claims.Add(1)
-		n.log.Info("took over a dialog a refresh brought here", "id", id, "from", from)
+		n.log.Info("took over a dialog a refresh brought here", "id", id, "from", v.Owner)
 	}
 	return v.Dialog, true
 }

@@ -494,7 +494,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			n.failed("reading this node's dialogs", err)
 			return
 		}
-		adopted = n.host.Adopt(recs)
+		adopted = n.host.Adopt(recs, false)
 	}
 	n.setReconciled()
 	sent := n.host.Unfence()

@@ -47,16 +47,28 @@ func (s *Server) Unfence() int {
 	return len(held)
 }
 
+// Reserved is the record a node that takes a dialog over stores for it
+// before Adopt: the same dialog with its CSeq and version reservations
+// moved on, so that the adopted dialog's first NOTIFYs need no second
+// write to the store.
+func Reserved(r SavedSubscription) SavedSubscription {
+	r.CSeq += cseqReserve
+	r.Version += cseqReserve
+	return r
+}
+
 // Adopt takes subscription dialogs that another node held (it died) and
 // sends each a NOTIFY in its dialog with the current state, from this
 // node (its Contact is ours: NOTIFY refreshes the remote target). The
-// records' CSeq and version are reservations past anything sent. Dialogs
+// records are as stored (CSeq and version are reservations past
+// anything sent); reserved says the store already holds Reserved(r) for
+// each (else each is saved again after its first NOTIFY). Dialogs
 // already here, expired, of unknown users or lists are skipped. It
 // returns how many it took.
-func (s *Server) Adopt(recs []SavedSubscription) int {
+func (s *Server) Adopt(recs []SavedSubscription, reserved bool) int {
 	var taken []*Subscription
 	for i := range recs {
-		if sub := s.adoptOne(&recs[i]); sub != nil {
+		if sub := s.adoptOne(&recs[i], reserved); sub != nil {
 			taken = append(taken, sub)
 		}
 	}
@@ -70,7 +82,7 @@ func (s *Server) Adopt(recs []SavedSubscription) int {
 }
 
 // adoptOne makes a subscription of a record and stores it (no NOTIFY).
-func (s *Server) adoptOne(r *SavedSubscription) *Subscription {
+func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 	if _, here := s.subs.get(r.ID); here || !r.Expires.After(time.Now()) {
 		return nil
 	}
@@ -103,8 +115,11 @@ func (s *Server) adoptOne(r *SavedSubscription) *Subscription {
 		s.noteWatched(sub, false, "")
 	}
 	s.expiry.add(sub, sub.expires)
-	// Saved again at once: the store then holds it as ours.
-	s.journal.subscription(sub, true)
+	if reserved {
+		// The store holds Reserved(r): the reservations run from there.
+		sub.savedCSeq, sub.savedVersion = r.CSeq+cseqReserve, r.Version+cseqReserve
+	}
+	s.journal.subscription(sub, !reserved)
 	return sub
 }
 

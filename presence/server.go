@@ -112,7 +112,8 @@ type Options struct {
 	MayNotify func() bool
 	// Claim, in a cluster, is asked for a dialog an in-dialog SUBSCRIBE
 	// names that this node does not hold: another node's, which this one
-	// takes over (the phone now reaches it); ok false for none.
+	// takes over (the phone now reaches it), storing Reserved of what it
+	// returns; ok false for none.
 	Claim func(id string) (SavedSubscription, bool)
 	// SingleDialog decides, per subscriber, whether dialog-info documents
 	// carry only the most important call (nil: never).

@@ -195,7 +195,7 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 		// Another node's dialog, now reaching this one (it died, or a
 		// virtual address moved): taken over.
 		if rec, found := s.opt.Claim(toTag); found {
-			sub = s.adoptOne(&rec)
+			sub = s.adoptOne(&rec, true)
 			ok = sub != nil
 		}
 	}
