@@ -107,11 +107,12 @@ func (n *Node) queueDialogs(recs []presence.SavedSubscription, gone []string) {
 func (n *Node) Attach(h Host) { n.host = h }
 
 // MayNotify reports whether this node may send NOTIFYs now: its lease is
-// fresh and it has reconciled what it holds with the engine. A node cut
-// off from the engine since before its lease ran out keeps sending (the
-// whole engine is down, or this node is on the wrong side of a network
-// split: README says what that costs); once it reaches the engine again,
-// it stops until it has reconciled.
+// fresh and it has reconciled what it holds with the engine. A node that
+// lost the engine (its connection, or JetStream's answers) before its
+// lease ran out keeps sending: the engine is down, so nobody can take its
+// dialogs (or this node is on the wrong side of a network split: README
+// says what that costs); once a renewal succeeds again, it stops until it
+// has reconciled. A node whose lease ran out first (paused) sends nothing.
 func (n *Node) MayNotify() bool {
 	if time.Now().UnixNano() < n.notifyUntil.Load() {
 		return true // fast path: a fresh lease, reconciled
@@ -122,7 +123,7 @@ func (n *Node) MayNotify() bool {
 	if fresh {
 		return n.reconciled
 	}
-	away := !n.disconnectedAt.IsZero() && !n.leasedAt.IsZero() && n.disconnectedAt.Before(n.leasedAt.Add(n.cfg.LeaseTTL))
+	away := !n.awaySince.IsZero() && !n.leasedAt.IsZero() && n.awaySince.Before(n.leasedAt.Add(n.cfg.LeaseTTL))
 	return away && n.reconciled
 }
 

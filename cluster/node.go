@@ -47,22 +47,22 @@ type Node struct {
 
 	host Host // the SIP server whose dialogs are kept (Attach)
 
-	mu             sync.Mutex
-	keys           map[string]*keyState // person key → what this node wrote and applied
-	queue          map[string]*personValue
-	nc             *nats.Conn
-	js             jetstream.JetStream
-	persons        jetstream.KeyValue
-	leases         jetstream.KeyValue
-	dialogs        jetstream.KeyValue
-	leasedAt       time.Time // when the last lease renewal the engine took was sent
-	leaseRev       uint64    // the revision of our lease key
-	disconnectedAt time.Time // when the engine connection was lost (zero while up)
-	reconciled     bool      // what this node holds agrees with the engine (MayNotify)
-	synced         bool      // the persons bucket was read whole since the watch began
-	dsynced        bool      // the dialogs bucket too
-	members        []string
-	lastError      string
+	mu         sync.Mutex
+	keys       map[string]*keyState // person key → what this node wrote and applied
+	queue      map[string]*personValue
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	persons    jetstream.KeyValue
+	leases     jetstream.KeyValue
+	dialogs    jetstream.KeyValue
+	leasedAt   time.Time // when the last lease renewal the engine took was sent
+	leaseRev   uint64    // the revision of our lease key
+	awaySince  time.Time // since when the engine has been out of reach (connection lost or renewals failing); zero while a renewal succeeds
+	reconciled bool      // what this node holds agrees with the engine (MayNotify)
+	synced     bool      // the persons bucket was read whole since the watch began
+	dsynced    bool      // the dialogs bucket too
+	members    []string
+	lastError  string
 	// absent counts, per node owning dialogs, the lease checks in a row
 	// that found its lease gone; leasedSince is when this node last held
 	// a fresh lease after being without one.
@@ -258,16 +258,13 @@ func (n *Node) connect() (*nats.Conn, error) {
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			n.mu.Lock()
-			if n.disconnectedAt.IsZero() {
-				n.disconnectedAt = time.Now()
+			if n.awaySince.IsZero() {
+				n.awaySince = time.Now()
 			}
 			n.mu.Unlock()
 			n.log.Warn("cluster engine connection lost: serving from memory", "err", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
-			n.mu.Lock()
-			n.disconnectedAt = time.Time{}
-			n.mu.Unlock()
 			n.log.Info("cluster engine connection back", "server", c.ConnectedUrlRedacted())
 			n.kick()
 			n.restartWatch()
@@ -391,13 +388,20 @@ func (n *Node) renew(parent context.Context) bool {
 	if err != nil {
 		n.stats.LeaseFailures.Add(1)
 		n.failed("renewing the lease", err)
+		n.mu.Lock()
+		if n.awaySince.IsZero() {
+			// A JetStream without quorum answers no renewal either,
+			// with the connection up: the engine is away all the same.
+			n.awaySince = sent
+		}
+		n.mu.Unlock()
 		return false
 	}
 	n.stats.LeaseRenewals.Add(1)
 	n.observe(sent)
 	lapsed := prev.IsZero() || sent.Sub(prev) >= n.cfg.LeaseTTL
 	n.mu.Lock()
-	n.leaseRev, n.leasedAt = rev, sent
+	n.leaseRev, n.leasedAt, n.awaySince = rev, sent, time.Time{}
 	if lapsed {
 		n.reconciled, n.leasedSince = false, sent
 		n.notifyUntil.Store(0)
@@ -539,7 +543,11 @@ func (n *Node) waitDialogsRead(ctx context.Context) bool {
 // whose lease is gone (a whole TTL without renewal), once this node has
 // held its own lease for a whole TTL (after an engine outage every lease
 // is gone for a moment: the others get time to renew).
-func (n *Node) watchNodes(ctx context.Context) {
+func (n *Node) watchNodes(parent context.Context) {
+	// Bounded: a JetStream without quorum answers nothing, and the lease
+	// loop must go on trying to renew.
+	ctx, cancel := context.WithTimeout(parent, n.cfg.LeaseTTL/3)
+	defer cancel()
 	keys, err := n.leases.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		n.failed("listing the nodes", err)
@@ -587,7 +595,7 @@ func (n *Node) watchNodes(ctx context.Context) {
 		// Beside the lease loop: a large share takes seconds, and the
 		// lease must not lapse meanwhile.
 		go func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(parent), 2*time.Minute)
 			defer cancel()
 			go n.keepTombstone(cctx, o, tomb, b)
 			n.claimFrom(cctx, o)
@@ -872,6 +880,11 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 		return
 	}
 	ks.applied = e.Revision()
+	if e.Operation() != jetstream.KeyValuePut {
+		// Deleted (swept): any later write has a higher revision, and
+		// the bookkeeping of every PUBLISH ever made must not pile up.
+		delete(n.keys, key)
+	}
 	n.mu.Unlock()
 
 	user, origin, ok := splitKey(key)

@@ -19,12 +19,18 @@ type member struct {
 
 func newMember(t *testing.T, name string, urls []string) *member {
 	t.Helper()
+	return newMemberOf(t, name, urls, len(urls))
+}
+
+// newMemberOf is newMember with the bucket replicas given.
+func newMemberOf(t *testing.T, name string, urls []string, replicas int) *member {
+	t.Helper()
 	dir, err := bridge.NewDirectory([]bridge.User{{ID: "debbie", Extensions: []string{"100"}}, {ID: "bob", Extensions: []string{"101"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := bridge.New(dir)
-	n := New(Config{Node: name, URLs: urls, LeaseTTL: 3 * time.Second, Replicas: len(urls)}, b, nil)
+	n := New(Config{Node: name, URLs: urls, LeaseTTL: 3 * time.Second, Replicas: replicas}, b, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = n.Run(ctx); close(done) }()
@@ -165,4 +171,62 @@ func TestClearedStatesAreSwept(t *testing.T) {
 	if note(b, "debbie") != "" {
 		t.Errorf("b shows %q after the sweep", note(b, "debbie"))
 	}
+}
+
+// TestSweptKeysLeaveNoBookkeeping: once a cleared state is swept, no
+// node keeps anything for its key.
+func TestSweptKeysLeaveNoBookkeeping(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	a, b := newMember(t, "a", nats.URLs()), newMember(t, "b", nats.URLs())
+	a.node.mu.Lock()
+	a.node.tombstoneAge, a.node.markerAge = 0, -1
+	a.node.mu.Unlock()
+	for i := range 20 {
+		origin := "publish:e" + string(rune('a'+i))
+		_ = a.shared.SetPerson("debbie", origin, bridge.PersonState{Note: "x"})
+		a.shared.ClearPerson("debbie", origin)
+	}
+	waitFor(t, 5*time.Second, "a has written everything", func() bool { return a.node.Status().Pending == 0 })
+	waitFor(t, 5*time.Second, "a knows every key is to sweep", func() bool {
+		a.node.mu.Lock()
+		defer a.node.mu.Unlock()
+		return len(a.node.sweep) == 20
+	})
+	if n := a.node.sweepOnce(context.Background()); n != 20 {
+		t.Fatalf("swept %d, want 20", n)
+	}
+	for _, m := range []*member{a, b} {
+		waitFor(t, 5*time.Second, m.node.Name()+" keeps no bookkeeping", func() bool {
+			m.node.mu.Lock()
+			defer m.node.mu.Unlock()
+			return len(m.node.keys) == 0 && len(m.node.sweep) == 0
+		})
+	}
+}
+
+// TestNoQuorumKeepsNotifying: with two NATS servers of three down,
+// JetStream answers nothing (no quorum) though the connection to the
+// third is up; nobody can take this node's dialogs, so it goes on
+// NOTIFYing (serving from memory) past its lease, and says degraded.
+func TestNoQuorumKeepsNotifying(t *testing.T) {
+	nats := natstest.Start(t, 3)
+	// Connected to the server that stays up: the connection never drops.
+	a := newMemberOf(t, "a", nats.URLs()[:1], 3)
+	if !a.node.MayNotify() {
+		t.Fatal("a may not NOTIFY with the engine up")
+	}
+	nats.Stop(1)
+	nats.Stop(2)
+	deadline := time.Now().Add(2 * a.node.cfg.LeaseTTL)
+	for time.Now().Before(deadline) {
+		if !a.node.MayNotify() {
+			t.Fatalf("a stopped NOTIFYing without quorum (status %+v)", a.node.Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !a.node.Status().Degraded() {
+		t.Errorf("a does not say it is degraded: %+v", a.node.Status())
+	}
+	nats.StartAll()
+	waitFor(t, 30*time.Second, "a back to normal", func() bool { return !a.node.Status().Degraded() && a.node.MayNotify() })
 }
