@@ -63,8 +63,8 @@ func Reserved(r SavedSubscription) SavedSubscription {
 // records are as stored (CSeq and version are reservations past
 // anything sent); reserved says the store already holds Reserved(r) for
 // each (else each is saved again after its first NOTIFY). Dialogs
-// already here, expired, of unknown users or lists are skipped. It
-// returns how many it took.
+// already here are skipped; expired ones, or of users or lists gone, are
+// deleted from the store. It returns how many it took.
 func (s *Server) Adopt(recs []SavedSubscription, reserved bool) int {
 	var taken []*Subscription
 	for i := range recs {
@@ -83,21 +83,30 @@ func (s *Server) Adopt(recs []SavedSubscription, reserved bool) int {
 
 // adoptOne makes a subscription of a record and stores it (no NOTIFY).
 func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
-	if _, here := s.subs.get(r.ID); here || !r.Expires.After(time.Now()) {
+	if _, here := s.subs.get(r.ID); here {
+		return nil
+	}
+	// One this node will never hold (lapsed, unreadable, of a user or
+	// list gone) is deleted from the store: nobody else would.
+	if !r.Expires.After(time.Now()) {
+		s.journal.forget(r.ID)
 		return nil
 	}
 	sub, err := restoredSubscription(r, s.packages)
 	if err != nil {
-		s.log.Warn("a dialog to adopt cannot be read: skipped", "id", r.ID, "err", err)
+		s.log.Warn("a dialog to adopt cannot be read: deleted", "id", r.ID, "err", err)
+		s.journal.forget(r.ID)
 		return nil
 	}
 	dir := s.states.Directory()
 	if r.List != "" {
 		rl, ok := dir.List(r.List)
 		if !ok || !sub.restoreList(rl) {
+			s.journal.forget(r.ID)
 			return nil
 		}
 	} else if _, ok := dir.User(r.UserID); !ok {
+		s.journal.forget(r.ID)
 		return nil
 	}
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)

@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,4 +21,32 @@ func TestContactHostNamesTheSharedAddress(t *testing.T) {
 	if !strings.Contains(header(n, "Contact"), "sip:blf.example.com:") || !strings.Contains(header(n, "Via"), "127.0.0.1:") {
 		t.Errorf("NOTIFY: Contact %q, Via %q", header(n, "Contact"), header(n, "Via"))
 	}
+}
+
+// TestAdoptDeletesWhatNobodyWillHold: adopted dialogs get a NOTIFY in
+// their dialog; a lapsed one, or one of a user gone, is not adopted and
+// is deleted from the store (after a failover nobody else would).
+func TestAdoptDeletesWhatNobodyWillHold(t *testing.T) {
+	store := newMemStore()
+	env := newEnv(t, trusted, func(o *Options) { o.Store, o.FlushInterval = store, 20*time.Millisecond })
+	p := newPhone(t, "UDP")
+	live := SavedSubscription{ID: "adopt1", CallID: "c1@test", RemoteTag: "rt1", UserID: "debbie", Entity: "sip:100@127.0.0.1",
+		Package: PackageDialog, LocalURI: "sip:100@127.0.0.1", RemoteURI: "sip:watcher@127.0.0.1",
+		Target: "sip:watcher@" + p.addr.String(), Transport: "UDP", Source: p.addr.String(),
+		Expires: time.Now().Add(time.Hour), CSeq: 100, Version: 100}
+	lapsed, gone := live, live
+	lapsed.ID, lapsed.Expires = "adopt2", time.Now().Add(-time.Second)
+	gone.ID, gone.UserID = "adopt3", "nobody"
+	if n := env.srv.Adopt([]SavedSubscription{live, lapsed, gone}, true); n != 1 {
+		t.Fatalf("adopted %d, want 1", n)
+	}
+	n := p.nextNotify(2 * time.Second)
+	if n.CallID().Value() != "c1@test" || n.CSeq().SeqNo != 101 {
+		t.Errorf("NOTIFY Call-ID %s CSeq %d, want c1@test 101", n.CallID().Value(), n.CSeq().SeqNo)
+	}
+	waitUntil(t, 2*time.Second, "the refused dialogs deleted from the store", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return slices.Contains(store.gone, "adopt2") && slices.Contains(store.gone, "adopt3") && store.subs["adopt1"].ID == "adopt1"
+	})
 }

@@ -21,7 +21,8 @@ type memStore struct {
 	pubs  map[string]Publication
 	binds map[string][]Binding
 	saves int
-	fail  int // the next fail saves return an error
+	fail  int      // the next fail saves return an error
+	gone  []string // every id deleted, in order
 }
 
 func newMemStore() *memStore {
@@ -41,6 +42,7 @@ func (m *memStore) Save(b Batch) error {
 	}
 	for _, id := range b.Unsubscribed {
 		delete(m.subs, id)
+		m.gone = append(m.gone, id)
 	}
 	for _, p := range b.Publications {
 		m.pubs[p.ETag] = p
