@@ -69,6 +69,10 @@ type Node struct {
 	absent      map[string]int
 	leasedSince time.Time
 
+	// provisional are the person states applied at start from this node's
+	// state file, until the engine's first read says what holds (keys).
+	provisional map[string]bool
+
 	// sweep holds the person keys to sweep (noteSweep); the ages are
 	// constants but for tests.
 	sweep                               map[string]sweepItem
@@ -136,6 +140,20 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 		absent: map[string]int{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
+}
+
+// Provisional tells the node which person states the daemon applied at
+// start from its own state file (userID, origin pairs), so that the node
+// serves them while the engine is away and clears those the engine no
+// longer has once it has read it (they were cleared on another node
+// meanwhile). Call it before Run.
+func (n *Node) Provisional(keys [][2]string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.provisional = make(map[string]bool, len(keys))
+	for _, k := range keys {
+		n.provisional[personKey(k[0], k[1])] = true
+	}
 }
 
 // Name is the node's name.
@@ -837,13 +855,25 @@ func (n *Node) follow(ctx context.Context, w jetstream.KeyWatcher) {
 			if e == nil { // everything there was has been read
 				n.mu.Lock()
 				n.synced = true
+				stale := n.provisional
+				n.provisional = nil
 				n.mu.Unlock()
-				n.log.Info("cluster person states read", "node", n.cfg.Node)
+				// What the state file held that the engine no longer
+				// has was cleared on another node meanwhile.
+				for key := range stale {
+					if user, origin, ok := splitKey(key); ok {
+						n.local.ClearPerson(user, origin)
+					}
+				}
+				n.log.Info("cluster person states read", "node", n.cfg.Node, "stale_local", len(stale))
 				continue
 			}
 			if rev := e.Revision(); rev > n.seen.Load() {
 				n.seen.Store(rev)
 			}
+			n.mu.Lock()
+			delete(n.provisional, e.Key())
+			n.mu.Unlock()
 			n.apply(e)
 		}
 	}

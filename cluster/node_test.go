@@ -230,3 +230,30 @@ func TestNoQuorumKeepsNotifying(t *testing.T) {
 	nats.StartAll()
 	waitFor(t, 30*time.Second, "a back to normal", func() bool { return !a.node.Status().Degraded() && a.node.MayNotify() })
 }
+
+// TestProvisionalStatesFollowTheEngine: what a node's state file held at
+// start holds until the engine is read; then a state the engine no longer
+// has (cleared on another node meanwhile) is cleared here, and one it has
+// shows the engine's value.
+func TestProvisionalStatesFollowTheEngine(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	a := newMember(t, "a", nats.URLs())
+	_ = a.shared.SetPerson("bob", "api", bridge.PersonState{Note: "engine's"})
+	waitFor(t, 5*time.Second, "a wrote bob's", func() bool { return a.node.Status().Pending == 0 })
+
+	dir, _ := bridge.NewDirectory([]bridge.User{{ID: "debbie", Extensions: []string{"100"}}, {ID: "bob", Extensions: []string{"101"}}})
+	br := bridge.New(dir)
+	_ = br.SetPerson("debbie", "api", bridge.PersonState{Note: "stale"})
+	_ = br.SetPerson("bob", "api", bridge.PersonState{Note: "old"})
+	n := New(Config{Node: "b", URLs: nats.URLs(), LeaseTTL: 3 * time.Second}, br, nil)
+	n.Provisional([][2]string{{"debbie", "api"}, {"bob", "api"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = n.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	b := &member{node: n, bridge: br}
+	waitFor(t, 10*time.Second, "b read the engine", func() bool { return n.Status().Synced })
+	waitFor(t, 5*time.Second, "debbie's stale state cleared, bob's the engine's", func() bool {
+		return note(b, "debbie") == "" && note(b, "bob") == "engine's"
+	})
+}

@@ -96,24 +96,28 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		presence.States
 		api.Bridge
 	} = d.bridge
+	// The API's person states as the state file kept them: alone, the
+	// truth; in a cluster, what holds until the engine says otherwise
+	// (applied to the bridge itself, not written to the engine).
+	persons, err := d.db.Persons(now)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
+	}
+	var applied [][2]string
+	for _, p := range persons {
+		if d.bridge.SetPerson(p.UserID, p.Origin, p.State) == nil { // a user gone from the config is skipped
+			applied = append(applied, [2]string{p.UserID, p.Origin})
+		}
+	}
 	if cfg.Cluster != nil {
 		// Dialogs go to the state file and to the engine, NOTIFYs wait
 		// while the node may not own what it holds, and a refresh for
 		// another node's dialog takes it over (cluster/README.md).
 		d.node = cluster.New(*cfg.Cluster, d.bridge, log.With("component", "cluster"))
+		d.node.Provisional(applied)
 		states = d.node.Share(d.bridge)
 		opt.Store, opt.MayNotify, opt.Claim = d.node.Store(d.db), d.node.MayNotify, d.node.Claim
 		opt.ContactHost = cfg.Cluster.Address
-	} else {
-		// Alone, the state file is the truth about the API's person
-		// states; in a cluster the engine is, and its watch brings them.
-		persons, err := d.db.Persons(now)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", d.db.Path(), err)
-		}
-		for _, p := range persons {
-			_ = d.bridge.SetPerson(p.UserID, p.Origin, p.State) // a user gone from the config is skipped
-		}
 	}
 	if d.proxy, d.sipPBXs, err = newProxy(cfg, d.bridge, d.ops.Metrics, log.With("component", "proxy")); err != nil {
 		return nil, err
