@@ -263,6 +263,9 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.dialogWriteLoop(ctx) }()
 	go func() { defer wg.Done(); n.dialogWatchLoop(ctx) }()
 	go func() { defer wg.Done(); n.renewLoop(ctx) }()
+	<-ctx.Done()
+	n.release()
+	nc.Close() // whatever still waits on the engine gives up now
 	wg.Wait()
 	return nil
 }
@@ -375,7 +378,6 @@ func (n *Node) renewLoop(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			n.release()
 			return
 		case <-t.C:
 		}
@@ -431,7 +433,7 @@ func (n *Node) renew(parent context.Context) bool {
 	n.mu.Unlock()
 	n.checkWatch(ctx)
 	if !reconciled {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), 30*time.Second)
+		rctx, rcancel := context.WithTimeout(parent, 30*time.Second)
 		n.reconcile(rctx)
 		rcancel()
 	}

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -40,7 +42,9 @@ func newMemberOf(t *testing.T, name string, urls []string, replicas int) *member
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
-			t.Error("node did not stop within 5s")
+			var buf bytes.Buffer
+			_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+			t.Errorf("node did not stop within 5s:\n%s", buf.String())
 		}
 	}
 	t.Cleanup(m.stop)
