@@ -123,8 +123,21 @@ func (n *Node) MayNotify() bool {
 	if fresh {
 		return n.reconciled
 	}
-	away := !n.awaySince.IsZero() && !n.leasedAt.IsZero() && n.awaySince.Before(n.leasedAt.Add(n.cfg.LeaseTTL))
-	return away && n.reconciled
+	if n.leasedAt.IsZero() || !n.reconciled {
+		return false
+	}
+	// The engine went away before the lease ran out, and the lease loop
+	// has kept trying since (a node that was paused has not: it waits
+	// for its next attempt to say where it stands).
+	expiry := n.leasedAt.Add(n.cfg.LeaseTTL)
+	slack := 2 * n.cfg.LeaseTTL / 3
+	trying := time.Since(n.lastAttempt) < slack ||
+		(!n.renewingSince.IsZero() && time.Since(n.renewingSince) < slack)
+	away := !n.awaySince.IsZero() && n.awaySince.Before(expiry)
+	// An attempt that began before the lease ran out and has not been
+	// answered yet: the engine is slow or away, not this node paused.
+	pending := !n.renewingSince.IsZero() && n.renewingSince.Before(expiry)
+	return trying && (away || pending)
 }
 
 // dialogWriteLoop writes queued dialogs: each new one created, each of

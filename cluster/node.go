@@ -47,22 +47,25 @@ type Node struct {
 
 	host Host // the SIP server whose dialogs are kept (Attach)
 
-	mu         sync.Mutex
-	keys       map[string]*keyState // person key → what this node wrote and applied
-	queue      map[string]*personValue
-	nc         *nats.Conn
-	js         jetstream.JetStream
-	persons    jetstream.KeyValue
-	leases     jetstream.KeyValue
-	dialogs    jetstream.KeyValue
-	leasedAt   time.Time // when the last lease renewal the engine took was sent
-	leaseRev   uint64    // the revision of our lease key
-	awaySince  time.Time // since when the engine has been out of reach (connection lost or renewals failing); zero while a renewal succeeds
-	reconciled bool      // what this node holds agrees with the engine (MayNotify)
-	synced     bool      // the persons bucket was read whole since the watch began
-	dsynced    bool      // the dialogs bucket too
-	members    []string
-	lastError  string
+	mu            sync.Mutex
+	keys          map[string]*keyState // person key → what this node wrote and applied
+	queue         map[string]*personValue
+	nc            *nats.Conn
+	js            jetstream.JetStream
+	persons       jetstream.KeyValue
+	leases        jetstream.KeyValue
+	dialogs       jetstream.KeyValue
+	leasedAt      time.Time // when the last lease renewal the engine took was sent
+	leaseRev      uint64    // the revision of our lease key
+	awaySince     time.Time // since when the engine has been out of reach (connection lost or renewals failing); zero while a renewal succeeds
+	renewingSince time.Time // when the renewal under way began (zero: none)
+	lastAttempt   time.Time // when the last renewal attempt ended
+	reconciled    bool      // what this node holds agrees with the engine (MayNotify)
+	reconciling   bool      // a reconcile is under way
+	synced        bool      // the persons bucket was read whole since the watch began
+	dsynced       bool      // the dialogs bucket too
+	members       []string
+	lastError     string
 	// absent counts, per node owning dialogs, the lease checks in a row
 	// that found its lease gone; leasedSince is when this node last held
 	// a fresh lease after being without one.
@@ -256,7 +259,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
 	var wg sync.WaitGroup
-	wg.Add(6)
+	wg.Add(7)
+	go func() { defer wg.Done(); n.nodesLoop(ctx) }()
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 	go func() { defer wg.Done(); n.writeLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx) }()
@@ -373,13 +377,35 @@ func (n *Node) renewLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.LeaseTTL / 3)
 	defer t.Stop()
 	for {
-		if n.renew(ctx) {
-			n.watchNodes(ctx)
-		}
+		n.renew(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// nodesLoop, beside the lease loop (whose renewals must never wait on
+// anything slower), checks the watch and takes over the dialogs of nodes
+// whose leases are gone, while this node holds its own.
+func (n *Node) nodesLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+		n.mu.Unlock()
+		if fresh {
+			cctx, cancel := context.WithTimeout(ctx, n.cfg.LeaseTTL/3)
+			n.checkWatch(cctx)
+			cancel()
+			n.watchNodes(ctx)
 		}
 	}
 }
@@ -395,7 +421,13 @@ func (n *Node) renew(parent context.Context) bool {
 	b, _ := json.Marshal(lease{Instance: n.instance, Renewed: sent})
 	n.mu.Lock()
 	rev, prev := n.leaseRev, n.leasedAt
+	n.renewingSince = sent
 	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.renewingSince, n.lastAttempt = time.Time{}, time.Now()
+		n.mu.Unlock()
+	}()
 	var err error
 	if rev != 0 {
 		rev, err = n.leases.Update(ctx, n.cfg.Node, b, rev)
@@ -409,9 +441,10 @@ func (n *Node) renew(parent context.Context) bool {
 		n.stats.LeaseFailures.Add(1)
 		n.failed("renewing the lease", err)
 		n.mu.Lock()
-		if n.awaySince.IsZero() {
-			// A JetStream without quorum answers no renewal either,
-			// with the connection up: the engine is away all the same.
+		// A JetStream without quorum answers no renewal either, with
+		// the connection up: the engine is away all the same. Unless the
+		// attempt took far longer than it may: this node was paused.
+		if n.awaySince.IsZero() && time.Since(sent) < 2*n.cfg.LeaseTTL/3 {
 			n.awaySince = sent
 		}
 		n.mu.Unlock()
@@ -430,12 +463,22 @@ func (n *Node) renew(parent context.Context) bool {
 	if reconciled {
 		n.notifyUntil.Store(sent.Add(n.cfg.LeaseTTL).UnixNano())
 	}
+	start := !reconciled && !n.reconciling
+	if start {
+		n.reconciling = true
+	}
 	n.mu.Unlock()
-	n.checkWatch(ctx)
-	if !reconciled {
-		rctx, rcancel := context.WithTimeout(parent, 30*time.Second)
-		n.reconcile(rctx)
-		rcancel()
+	if start {
+		// Beside the lease loop: reading every dialog owner takes time,
+		// and the lease must not lapse meanwhile.
+		go func() {
+			rctx, rcancel := context.WithTimeout(parent, 30*time.Second)
+			defer rcancel()
+			n.reconcile(rctx)
+			n.mu.Lock()
+			n.reconciling = false
+			n.mu.Unlock()
+		}()
 	}
 	return true
 }
