@@ -119,7 +119,7 @@ func (n *Node) MayNotify() bool {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	fresh := n.leaseFresh()
 	if fresh {
 		return n.reconciled
 	}

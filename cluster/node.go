@@ -193,7 +193,7 @@ func (n *Node) Status() Status {
 		st.Connected = n.nc.IsConnected()
 		st.Server = n.nc.ConnectedUrlRedacted()
 	}
-	st.Leased = !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	st.Leased = n.leaseFresh()
 	return st
 }
 
@@ -203,7 +203,7 @@ func (n *Node) Status() Status {
 func (n *Node) Leads() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+	fresh := n.leaseFresh()
 	if !fresh || len(n.members) == 0 {
 		return true
 	}
@@ -213,6 +213,28 @@ func (n *Node) Leads() bool {
 		}
 	}
 	return true
+}
+
+// leaseFresh reports whether this node's lease was renewed within its
+// TTL; called with n.mu held.
+func (n *Node) leaseFresh() bool {
+	return !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+}
+
+// every calls f every d until ctx ends or f says to stop.
+func every(ctx context.Context, d time.Duration, f func() bool) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !f() {
+			return
+		}
+	}
 }
 
 // owned counts the dialogs the engine says this node owns.
@@ -390,16 +412,9 @@ func (n *Node) renewLoop(ctx context.Context) {
 // anything slower), checks the watch and takes over the dialogs of nodes
 // whose leases are gone, while this node holds its own.
 func (n *Node) nodesLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.LeaseTTL / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, n.cfg.LeaseTTL/3, func() bool {
 		n.mu.Lock()
-		fresh := !n.leasedAt.IsZero() && time.Since(n.leasedAt) < n.cfg.LeaseTTL
+		fresh := n.leaseFresh()
 		n.mu.Unlock()
 		if fresh {
 			cctx, cancel := context.WithTimeout(ctx, n.cfg.LeaseTTL/3)
@@ -407,7 +422,8 @@ func (n *Node) nodesLoop(ctx context.Context) {
 			cancel()
 			n.watchNodes(ctx)
 		}
-	}
+		return true
+	})
 }
 
 // renew renews the lease (compare-and-set on its revision, so that a
@@ -669,20 +685,11 @@ func (n *Node) watchNodes(parent context.Context) {
 // keepTombstone renews a dead node's tombstone while its dialogs are
 // being claimed, so that no other node starts claiming them too.
 func (n *Node) keepTombstone(ctx context.Context, dead string, rev uint64, b []byte) {
-	t := time.NewTicker(n.cfg.LeaseTTL / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, n.cfg.LeaseTTL/3, func() bool {
 		r, err := n.leases.Update(ctx, dead, b, rev)
-		if err != nil {
-			return
-		}
 		rev = r
-	}
+		return err == nil
+	})
 }
 
 // release gives the lease up at a clean stop, so that the others take
@@ -1016,21 +1023,15 @@ func (n *Node) noteSweep(key string, e jetstream.KeyValueEntry, v *personValue) 
 // sweepLoop sweeps due person keys and purges old delete markers, on the
 // node that leads.
 func (n *Node) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(n.sweepEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, n.sweepEvery, func() bool {
 		if n.Leads() {
 			n.sweepOnce(ctx)
 		}
 		// Every node drops ended dialogs from its index; the purge of
 		// their markers is idempotent.
 		n.forgetEnded(ctx, n.markerAge)
-	}
+		return true
+	})
 }
 
 // sweepOnce deletes the person keys that are due and purges old markers;

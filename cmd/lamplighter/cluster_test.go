@@ -72,6 +72,11 @@ func TestClusterSharesPersonState(t *testing.T) {
 	}
 	set("Quarterly close")
 	w.notifyWhere("Quarterly close", 5*time.Second)
+	// The API (and so the switchboard) of node c shows it too.
+	if code, body := apiDo(t, "GET", "http://"+httpC+"/api/v1/users/100", "s3cret", ""); code != 200 ||
+		!strings.Contains(body, `"state": "dnd"`) || !strings.Contains(body, "Quarterly close") {
+		t.Errorf("node c's API: %d %s", code, body)
+	}
 	for _, addr := range []string{httpB, httpC} {
 		waitReady(t, addr, `"degraded":false`, `"members":["b","c"]`)
 	}
