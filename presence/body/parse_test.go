@@ -287,3 +287,19 @@ func TestLinphoneDND(t *testing.T) {
 		t.Error("User-Agent detection")
 	}
 }
+
+func TestValidNamespace(t *testing.T) {
+	for ns, want := range map[string]bool{
+		"urn:ietf:params:xml:ns:pidf:rpid": true,
+		"http://example.com/a?b=c#d":       true,
+		"urn:x%20y":                        true,
+		"urn:ietf:p[rams:xml":              false, // libxml2 refuses it: fuzzing found it kept
+		"urn:x y":                          false,
+		"urn:x%2":                          false,
+		"urn:<x>":                          false,
+	} {
+		if got := validNamespace(ns); got != want {
+			t.Errorf("validNamespace(%q) = %v, want %v", ns, got, want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"strings"
 	"io"
 )
 
@@ -67,11 +68,16 @@ func checkFragment(b []byte) error {
 						return errors.New("the xmlns namespace declared")
 					case a.Value == "":
 						return fmt.Errorf("prefix %s undeclared", a.Name.Local)
+					case !validNamespace(a.Value):
+						return fmt.Errorf("namespace %q is not a URI", a.Value)
 					}
 					ns[a.Name.Local] = a.Value
 				case a.Name.Space == "" && a.Name.Local == "xmlns":
 					if a.Value == nsXML || a.Value == nsXMLNS {
 						return errors.New("a reserved namespace as the default")
+					}
+					if a.Value != "" && !validNamespace(a.Value) {
+						return fmt.Errorf("namespace %q is not a URI", a.Value)
 					}
 					ns[""] = a.Value
 				}
@@ -115,4 +121,26 @@ func checkFragment(b []byte) error {
 			return errors.New("a DTD or other directive")
 		}
 	}
+}
+
+// validNamespace reports whether a namespace name is a URI reference as
+// strict parsers (libxml2) read one (RFC 3986): only its characters, '%'
+// followed by two hex digits, and no brackets (which RFC 3986 keeps for
+// an IPv6 host, and no namespace in a presence document has).
+func validNamespace(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-._~:/?#@!$&'()*+,;=", c) >= 0:
+		case c == '%':
+			if i+2 >= len(v) || !isHex(v[i+1]) || !isHex(v[i+2]) {
+				return false
+			}
+			i += 2
+		default:
+			return false
+		}
+	}
+	return true
 }
