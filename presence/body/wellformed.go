@@ -5,8 +5,8 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"strings"
 	"io"
+	"strings"
 )
 
 // checkFragment reports whether b is namespace-well-formed XML (Namespaces
