@@ -293,10 +293,12 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 			p.notifyWhere("confirmed", 5*time.Second)
 		}
 	}
-	last := before
-	waitUntil(t, 5*time.Second, "references back where they were", func() bool { last = refs(); return last == before })
-	if last != before {
-		t.Logf("references %d, before %d", last, before)
+	deadline := time.Now().Add(5 * time.Second)
+	for last := refs(); last != before; last = refs() {
+		if time.Now().After(deadline) {
+			t.Fatalf("references %d, not back to %d within 5s (NOTIFYs in flight: %d)", last, before, env.srv.notifier.pending())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
