@@ -268,19 +268,9 @@ func (s *Server) sendListNotify(sub *Subscription) {
 		sub.mu.Unlock()
 		return
 	}
-	sub.dirty, sub.force, sub.inflight = false, false, true
 	lv.full, lv.urgent, lv.sentAt = false, false, now
-	sub.cseq++
-	version := sub.version
-	sub.version++
-	if final != "" {
-		sub.done = true
-	} else if sub.savedCSeq != 0 && (sub.cseq >= sub.savedCSeq || sub.version >= sub.savedVersion) {
-		s.journal.subscription(sub, true)
-	}
-	remaining := int(time.Until(sub.expires).Round(time.Second) / time.Second)
-	changedAt := sub.changedAt
-	sub.changedAt = time.Time{}
+	// The RLMI version grows with every NOTIFY.
+	version, remaining, changedAt := s.beginNotify(sub, final, true)
 	tx := s.notifier.newTx(sub)
 	network, addr := s.address(sub)
 	render := func(dst []byte, h hop, compact bool) []byte {

@@ -260,20 +260,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		sub.mu.Unlock()
 		return
 	}
-	sub.dirty, sub.force, sub.inflight = false, false, true
-	sub.cseq++
-	version := sub.version
-	if sub.pkg.Versioned() {
-		sub.version++
-	}
-	if final != "" {
-		sub.done = true
-	} else if sub.savedCSeq != 0 && (sub.cseq >= sub.savedCSeq || sub.version >= sub.savedVersion) {
-		s.journal.subscription(sub, true) // the stored reservation is used up
-	}
-	remaining := int(time.Until(sub.expires).Round(time.Second) / time.Second)
-	changedAt := sub.changedAt
-	sub.changedAt = time.Time{}
+	version, remaining, changedAt := s.beginNotify(sub, final, sub.pkg.Versioned())
 	sub.lastState = st
 	tx := s.notifier.newTx(sub)
 	network, addr := s.address(sub)
@@ -285,6 +272,28 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.featureReply = "" // answered by this NOTIFY
 	sub.mu.Unlock()
 	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq)
+}
+
+// beginNotify starts a NOTIFY's transaction in the dialog: the next CSeq
+// and (versioned) document version, the final one marked, an early save
+// when the stored reservation is used up. It returns the version the
+// document carries, the seconds left, and the first change it carries.
+// Called with sub.mu held.
+func (s *Server) beginNotify(sub *Subscription, final string, versioned bool) (version uint32, remaining int, changedAt time.Time) {
+	sub.dirty, sub.force, sub.inflight = false, false, true
+	sub.cseq++
+	version = sub.version
+	if versioned {
+		sub.version++
+	}
+	if final != "" {
+		sub.done = true
+	} else if sub.savedCSeq != 0 && (sub.cseq >= sub.savedCSeq || sub.version >= sub.savedVersion) {
+		s.journal.subscription(sub, true) // the stored reservation is used up
+	}
+	remaining = int(time.Until(sub.expires).Round(time.Second) / time.Second)
+	changedAt, sub.changedAt = sub.changedAt, time.Time{}
+	return version, remaining, changedAt
 }
 
 // renderNotify renders a NOTIFY into tx's buffer for the subscription's
