@@ -102,8 +102,8 @@ type userPace struct {
 // that brings them or when Options.PickupWait runs out. It reports
 // whether it took the change.
 func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
-	if s.opt.PickupWait <= 0 {
-		return false
+	if s.opt.PickupWait <= 0 || ((!c.Urgent || !c.State.IDsPending) && s.held.Load() == 0) {
+		return false // nothing to hold, nobody held: no lock on the change path
 	}
 	s.paceMu.Lock()
 	p := s.pace[c.UserID]
@@ -113,6 +113,7 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 		return true // still waiting: the release carries this change
 	case p != nil && p.held:
 		p.held, p.pending, p.last = false, false, now
+		s.held.Add(-1)
 		at := p.heldAt
 		s.paceMu.Unlock()
 		s.kickUser(c.UserID, at, true)
@@ -126,6 +127,7 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 		s.pace[c.UserID] = p
 	}
 	p.held, p.heldAt = true, now
+	s.held.Add(1)
 	s.paceMu.Unlock()
 	time.AfterFunc(s.opt.PickupWait, func() {
 		s.paceMu.Lock()
@@ -134,6 +136,7 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 			return
 		}
 		p.held, p.pending, p.last = false, false, time.Now()
+		s.held.Add(-1)
 		s.paceMu.Unlock()
 		s.opt.Metrics.PickupWaitExpired()
 		s.kickUser(c.UserID, now, true)

@@ -248,6 +248,7 @@ type Server struct {
 	fence   fenceState
 	paceMu  sync.Mutex
 	pace    map[string]*userPace // user id → coalescing state
+	held    atomic.Int64         // users whose ringing NOTIFY waits for ids (holdForIDs)
 	pubs    *publications
 	regs    *registrar
 	journal *journal // nil without a Store
