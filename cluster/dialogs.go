@@ -336,11 +336,23 @@ func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dial
 	if known && rev <= prev.rev {
 		return prev, false
 	}
-	n.dindex[id] = dialogEntry{owner: unique.Make(owner), rev: rev}
+	next := dialogEntry{owner: unique.Make(owner), rev: rev}
+	n.dindex[id] = next
+	if known {
+		n.uncount(prev.owner)
+	}
+	n.byOwner[next.owner]++
 	if deleted {
 		n.dgone[id] = time.Now()
 	}
 	return prev, true
+}
+
+// uncount takes one dialog off an owner's count; called with dmu held.
+func (n *Node) uncount(owner unique.Handle[string]) {
+	if n.byOwner[owner]--; n.byOwner[owner] <= 0 {
+		delete(n.byOwner, owner)
+	}
 }
 
 // noteSum records the value this node wrote for a dialog at the revision
@@ -371,6 +383,7 @@ func (n *Node) forgetEnded(ctx context.Context, age time.Duration) {
 		if at.Before(cut) {
 			if e, ok := n.dindex[id]; ok && e.owner.Value() == "" {
 				delete(n.dindex, id)
+				n.uncount(e.owner)
 			}
 			delete(n.dgone, id)
 		}

@@ -85,7 +85,8 @@ type Node struct {
 	dmu       sync.Mutex
 	dqueue    map[string]dialogOp
 	dindex    map[string]dialogEntry
-	dgone     map[string]time.Time // when each deleted dialog of dindex was deleted
+	dgone     map[string]time.Time          // when each deleted dialog of dindex was deleted
+	byOwner   map[unique.Handle[string]]int // dialogs of dindex per owner (deleted ones under "")
 	dwake     chan struct{}
 	drewatch  chan struct{}
 	dsyncedCh chan struct{}
@@ -141,7 +142,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
 		absent: map[string]int{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
-		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, dwake: make(chan struct{}, 1),
+		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
 }
 
@@ -239,16 +240,9 @@ func every(ctx context.Context, d time.Duration, f func() bool) {
 
 // owned counts the dialogs the engine says this node owns.
 func (n *Node) owned() int {
-	me := unique.Make(n.cfg.Node)
 	n.dmu.Lock()
 	defer n.dmu.Unlock()
-	c := 0
-	for _, e := range n.dindex {
-		if e.owner == me {
-			c++
-		}
-	}
-	return c
+	return n.byOwner[unique.Make(n.cfg.Node)]
 }
 
 // Run connects to NATS, binds the buckets, and then renews the lease,
@@ -638,8 +632,8 @@ func (n *Node) watchNodes(parent context.Context) {
 	}
 	owners := map[string]bool{}
 	n.dmu.Lock()
-	for _, e := range n.dindex {
-		if o := e.owner.Value(); o != "" && o != n.cfg.Node {
+	for h, c := range n.byOwner {
+		if o := h.Value(); c > 0 && o != "" && o != n.cfg.Node {
 			owners[o] = true
 		}
 	}
