@@ -41,6 +41,7 @@ type Host interface {
 	SubscriptionIDs() []string
 	Resave(ids []string)
 	Unfence() int
+	SetBindings(userID string, bs []presence.Binding)
 }
 
 // dialogValue is what a dialog key holds.
@@ -79,6 +80,9 @@ func (s *Store) Save(b presence.Batch) error {
 		return err
 	}
 	s.node.queueDialogs(b.Subscriptions, b.Unsubscribed)
+	for userID, bs := range b.Bindings {
+		s.node.shareBindings(userID, bs)
+	}
 	return nil
 }
 

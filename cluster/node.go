@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence"
 )
 
 // Local is this node's bridge, where person states from other nodes are
@@ -76,6 +77,10 @@ type Node struct {
 	// state file, until the engine's first read says what holds (keys).
 	provisional map[string]bool
 
+	// bindSums holds, per user, the sum of the bindings this node last
+	// applied from the engine or wrote to it (registrations.go).
+	bindSums map[string]uint64
+
 	// sweep holds the person keys to sweep (noteSweep); the ages are
 	// constants but for tests.
 	sweep                               map[string]sweepItem
@@ -128,7 +133,9 @@ type personValue struct {
 	Cleared bool                `json:"cleared,omitempty"`
 	Person  *bridge.PersonState `json:"person,omitempty"`
 	Extra   [][]byte            `json:"extra,omitempty"` // Person.Extra, which bridge does not marshal
-	gen     uint64
+	// Bindings are a user's registrations, under bindingsOrigin.
+	Bindings []presence.Binding `json:"bindings,omitempty"`
+	gen      uint64
 }
 
 // New makes a node; Run connects it and keeps it going.
@@ -141,7 +148,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
-		absent: map[string]int{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
+		absent: map[string]int{}, bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
 }
@@ -967,6 +974,14 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 	if !ok {
 		return
 	}
+	if origin == bindingsOrigin {
+		var bs []presence.Binding
+		if e.Operation() == jetstream.KeyValuePut && !v.Cleared {
+			bs = v.Bindings
+		}
+		n.applyBindings(user, bs)
+		return
+	}
 	if e.Operation() != jetstream.KeyValuePut || v.Cleared || v.Person == nil {
 		n.local.ClearPerson(user, origin)
 	} else {
@@ -1005,6 +1020,8 @@ func (n *Node) noteSweep(key string, e jetstream.KeyValueEntry, v *personValue) 
 	switch {
 	case e.Operation() != jetstream.KeyValuePut:
 		delete(n.sweep, key)
+	case len(v.Bindings) > 0:
+		n.sweep[key] = sweepItem{e.Revision(), latestExpiry(v.Bindings).Add(lapsedAge)}
 	case v.Cleared || v.Person == nil:
 		n.sweep[key] = sweepItem{e.Revision(), e.Created().Add(n.tombstoneAge)}
 	case !v.Person.Expires.IsZero():

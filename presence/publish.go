@@ -140,8 +140,8 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 	ps.mu.Lock()
 	var pub *Publication
 	if match != "" {
-		pub = ps.byTag[match]
-		if pub == nil || pub.UserID != user.ID {
+		pub = s.publicationOf(user.ID, match)
+		if pub == nil {
 			ps.mu.Unlock()
 			s.reply(req, tx, 412, "Conditional Request Failed")
 			return
@@ -195,4 +195,26 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 	}
 	s.log.Debug("published", "user", user.ID, "etag", next.ETag, "activities", next.Person.Activities, "note", next.Person.Note)
 	s.reply(req, tx, 200, "OK", field{"SIP-ETag", next.ETag}, field{"Expires", strconv.Itoa(expires)})
+}
+
+// publicationOf finds the publication a SIP-If-Match names; called with
+// s.pubs.mu held. The person state kept under the entity tag's origin is
+// the truth: a publication this server holds whose state is gone (another
+// node of a cluster refreshed or removed it) is stale, and one this
+// server never saw whose state is there (published through another node,
+// which the cluster shares) is taken up here, so that a soft client's
+// refresh works on whichever node it reaches.
+func (s *Server) publicationOf(userID, etag string) *Publication {
+	origin := (&Publication{ETag: etag}).origin()
+	state, shown := s.states.Person(userID, origin)
+	if pub := s.pubs.byTag[etag]; pub != nil {
+		if pub.UserID != userID || !shown {
+			return nil
+		}
+		return pub
+	}
+	if !shown || state.Expires.IsZero() || !state.Expires.After(time.Now()) {
+		return nil
+	}
+	return &Publication{ETag: etag, UserID: userID, Expires: state.Expires, Person: state}
 }

@@ -197,3 +197,29 @@ func (s *Server) handleRegister(req *sipmsg.Request, tx serverTx) {
 	}
 	s.send(req, tx, res, 200)
 }
+
+// SetBindings replaces a user's bindings with bs, as another node of a
+// cluster registered them (the expired are dropped; none removes the
+// user's). They are saved like any REGISTER's; a user the directory no
+// longer has is ignored.
+func (s *Server) SetBindings(userID string, bs []Binding) {
+	if _, ok := s.states.Directory().User(userID); !ok {
+		return
+	}
+	now := time.Now()
+	var keep []Binding
+	for _, b := range bs {
+		if b.UserID == userID && b.Expires.After(now) {
+			keep = append(keep, b)
+		}
+	}
+	r := s.regs
+	r.mu.Lock()
+	if len(keep) == 0 {
+		delete(r.byUser, userID)
+	} else {
+		r.byUser[userID] = keep
+	}
+	r.mu.Unlock()
+	s.journal.bindings(userID)
+}
