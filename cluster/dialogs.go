@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 	"unique"
 
@@ -51,11 +53,34 @@ type dialogValue struct {
 }
 
 // dialogEntry is what a node knows of a dialog key without its record:
-// who owns it at which revision ("" for deleted).
+// who owns it at which revision ("" for deleted), and under which key.
 type dialogEntry struct {
 	owner unique.Handle[string]
-	rev   uint64
-	sum   uint64 // FNV-1a of the value this node last wrote (0: none)
+	// acceptor is the node that wrote the dialog first: its key is
+	// "<acceptor>.<id>", so that the node taking over a dead node's
+	// dialogs reads only the keys of the acceptors among them, not the
+	// whole bucket. "" is a key without a prefix (written by an older
+	// version): the dialog's id alone.
+	acceptor unique.Handle[string]
+	rev      uint64
+	sum      uint64 // FNV-1a of the value this node last wrote (0: none)
+}
+
+// key is the bucket key of the dialog id this entry is of.
+func (e dialogEntry) key(id string) string {
+	if a := e.acceptor.Value(); a != "" {
+		return a + "." + id
+	}
+	return id
+}
+
+// splitDialogKey reads a dialog key: its acceptor ("" when it has none)
+// and the dialog's id (ids hold no dots).
+func splitDialogKey(key string) (acceptor, id string) {
+	if i := strings.LastIndexByte(key, '.'); i >= 0 {
+		return key[:i], key[i+1:]
+	}
+	return "", key
 }
 
 // dialogOp is a queued write: a record, or nil to delete.
@@ -185,8 +210,9 @@ type pending struct {
 
 func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (failed map[string]dialogOp) {
 	failed = map[string]dialogOp{}
-	me := unique.Make(n.cfg.Node)
+	me := n.me
 	var ids []string
+	var accs []unique.Handle[string]
 	var ops []dialogOp
 	var sums []uint64
 	var msgs []*nats.Msg
@@ -202,7 +228,10 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			lost = append(lost, id) // another node's now: not ours to write
 			continue
 		}
-		m := nats.NewMsg(n.dialogSubject(id))
+		if !known {
+			e.acceptor = me // a new dialog: under this node's prefix
+		}
+		m := nats.NewMsg(n.dialogSubject(e.key(id)))
 		var sum uint64
 		if op.rec == nil {
 			m.Header.Set("KV-Operation", "DEL")
@@ -217,12 +246,12 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			m.Data = b
 		}
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.rev, 10))
-		ids, ops, sums, msgs = append(ids, id), append(ops, op), append(sums, sum), append(msgs, m)
+		ids, accs, ops, sums, msgs = append(ids, id), append(accs, e.acceptor), append(ops, op), append(sums, sum), append(msgs, m)
 	}
 	for i, r := range n.publishAll(ctx, msgs) {
 		switch {
 		case r.err == nil:
-			n.noteDialog(ids[i], n.cfg.Node, ops[i].rec == nil, r.seq)
+			n.noteDialog(ids[i], accs[i], n.cfg.Node, ops[i].rec == nil, r.seq)
 			n.noteSum(ids[i], sums[i])
 			n.stats.Writes.Add(1)
 		case isConflict(r.err):
@@ -251,39 +280,53 @@ const publishWindow = 2000
 // publishAll publishes msgs to JetStream, a window at a time, and returns
 // each one's sequence or error.
 func (n *Node) publishAll(ctx context.Context, msgs []*nats.Msg) []published {
-	out := make([]published, len(msgs))
+	out := make([]published, 0, len(msgs))
 	for lo := 0; lo < len(msgs); lo += publishWindow {
-		hi := min(lo+publishWindow, len(msgs))
-		acks := make([]jetstream.PubAckFuture, hi-lo)
-		sent := time.Now()
-		for i := lo; i < hi; i++ {
-			ack, err := n.js.PublishMsgAsync(msgs[i])
-			if err != nil {
-				out[i].err = err
-				continue
-			}
-			acks[i-lo] = ack
-		}
-		timeout := time.After(10 * time.Second)
-		for i := lo; i < hi; i++ {
-			ack := acks[i-lo]
-			if ack == nil {
-				continue
-			}
-			select {
-			case pa := <-ack.Ok():
-				out[i].seq = pa.Sequence
-			case err := <-ack.Err():
-				out[i].err = err
-			case <-timeout:
-				out[i].err = context.DeadlineExceeded
-			case <-ctx.Done():
-				out[i].err = ctx.Err()
-			}
-		}
-		n.stats.EngineNanos.Add(int64(time.Since(sent)))
-		n.stats.EngineOps.Add(int64(hi - lo))
+		w := n.publishAsync(msgs[lo:min(lo+publishWindow, len(msgs))])
+		out = append(out, w.wait(ctx)...)
 	}
+	return out
+}
+
+// inFlight is a window of messages published, waiting for their answers.
+type inFlight struct {
+	n    *Node
+	acks []jetstream.PubAckFuture
+	errs []error
+	sent time.Time
+}
+
+// publishAsync publishes msgs without waiting for the engine's answers.
+func (n *Node) publishAsync(msgs []*nats.Msg) *inFlight {
+	f := &inFlight{n: n, acks: make([]jetstream.PubAckFuture, len(msgs)), errs: make([]error, len(msgs)), sent: time.Now()}
+	for i, m := range msgs {
+		f.acks[i], f.errs[i] = n.js.PublishMsgAsync(m)
+	}
+	return f
+}
+
+// wait returns each message's sequence or error.
+func (f *inFlight) wait(ctx context.Context) []published {
+	out := make([]published, len(f.acks))
+	timeout := time.After(10 * time.Second)
+	for i, ack := range f.acks {
+		if f.errs[i] != nil || ack == nil {
+			out[i].err = f.errs[i]
+			continue
+		}
+		select {
+		case pa := <-ack.Ok():
+			out[i].seq = pa.Sequence
+		case err := <-ack.Err():
+			out[i].err = err
+		case <-timeout:
+			out[i].err = context.DeadlineExceeded
+		case <-ctx.Done():
+			out[i].err = ctx.Err()
+		}
+	}
+	f.n.stats.EngineNanos.Add(int64(time.Since(f.sent)))
+	f.n.stats.EngineOps.Add(int64(len(f.acks)))
 	return out
 }
 
@@ -293,7 +336,13 @@ func (n *Node) publishAll(ctx context.Context, msgs []*nats.Msg) []published {
 func (n *Node) checkLost(ctx context.Context, ids []string) {
 	var forget, again []string
 	for _, id := range ids {
-		e, err := n.dialogs.Get(ctx, id)
+		n.dmu.Lock()
+		de := n.dindex[id]
+		n.dmu.Unlock()
+		if de.acceptor == (unique.Handle[string]{}) {
+			de.acceptor = n.me
+		}
+		e, err := n.dialogs.Get(ctx, de.key(id))
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
 			forget = append(forget, id)
@@ -302,11 +351,11 @@ func (n *Node) checkLost(ctx context.Context, ids []string) {
 		default:
 			var v dialogValue
 			if json.Unmarshal(e.Value(), &v) != nil || v.Owner != n.cfg.Node {
-				n.noteDialog(id, v.Owner, false, e.Revision())
+				n.noteDialog(id, de.acceptor, v.Owner, false, e.Revision())
 				forget = append(forget, id)
 				continue
 			}
-			n.noteDialog(id, v.Owner, false, e.Revision())
+			n.noteDialog(id, de.acceptor, v.Owner, false, e.Revision())
 			again = append(again, id)
 		}
 	}
@@ -326,11 +375,13 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
-func (n *Node) dialogSubject(id string) string { return "$KV." + n.cfg.BucketPrefix + "_dialogs." + id }
+func (n *Node) dialogSubject(key string) string {
+	return "$KV." + n.cfg.BucketPrefix + "_dialogs." + key
+}
 
 // noteDialog records a dialog key's owner and revision, if newer than
 // what the index holds.
-func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dialogEntry, changed bool) {
+func (n *Node) noteDialog(id string, acceptor unique.Handle[string], owner string, deleted bool, rev uint64) (prev dialogEntry, changed bool) {
 	if deleted {
 		owner = ""
 	}
@@ -340,7 +391,7 @@ func (n *Node) noteDialog(id, owner string, deleted bool, rev uint64) (prev dial
 	if known && rev <= prev.rev {
 		return prev, false
 	}
-	next := dialogEntry{owner: unique.Make(owner), rev: rev}
+	next := dialogEntry{owner: unique.Make(owner), acceptor: acceptor, rev: rev}
 	n.dindex[id] = next
 	if known {
 		n.uncount(prev.owner)
@@ -421,7 +472,9 @@ func (n *Node) dialogWatchLoop(ctx context.Context) {
 }
 
 func (n *Node) followDialogs(ctx context.Context, w jetstream.KeyWatcher) {
-	me := unique.Make(n.cfg.Node)
+	me := n.me
+	// The acceptors' handles, made once each (unique.Make costs).
+	acceptors := map[string]unique.Handle[string]{}
 	var lost []string
 	flush := func() {
 		if len(lost) > 0 && n.host != nil {
@@ -457,9 +510,15 @@ func (n *Node) followDialogs(ctx context.Context, w jetstream.KeyWatcher) {
 			if !deleted {
 				owner = ownerOf(e.Value())
 			}
-			prev, changed := n.noteDialog(e.Key(), owner, deleted, e.Revision())
+			acc, id := splitDialogKey(e.Key())
+			h, ok := acceptors[acc]
+			if !ok {
+				h = unique.Make(acc)
+				acceptors[acc] = h
+			}
+			prev, changed := n.noteDialog(id, h, owner, deleted, e.Revision())
 			if changed && !deleted && owner != n.cfg.Node && (prev.rev == 0 || prev.owner == me) {
-				lost = append(lost, e.Key())
+				lost = append(lost, id)
 			}
 			if len(lost) >= 256 || len(w.Updates()) == 0 {
 				flush()
@@ -477,16 +536,54 @@ func (n *Node) dsyncCond() {
 	}
 }
 
-// readDialogs reads every dialog record in the bucket (a fresh watch's
-// initial values) and returns those keep selects.
-func (n *Node) readDialogs(ctx context.Context, keep func(owner string) bool) ([]presence.SavedSubscription, map[string]uint64, error) {
-	w, err := n.dialogs.WatchAll(ctx)
+// stored is where a dialog record was read: its key and revision.
+type stored struct {
+	key string
+	rev uint64
+}
+
+// readDialogsOf reads the dialog records that owner holds. The index
+// says under which acceptors' prefixes they are: only those keys are
+// read (a dead node's share of the bucket, mostly under its own prefix),
+// unless some are under keys without a prefix (an older version wrote
+// them), when the whole bucket is.
+func (n *Node) readDialogsOf(ctx context.Context, owner string) ([]presence.SavedSubscription, map[string]stored, error) {
+	who := unique.Make(owner)
+	prefixes := map[string]bool{}
+	n.dmu.Lock()
+	for _, e := range n.dindex {
+		if e.owner == who {
+			prefixes[e.acceptor.Value()] = true
+		}
+	}
+	n.dmu.Unlock()
+	if prefixes[""] {
+		return n.readDialogs(ctx, ">", owner)
+	}
+	var out []presence.SavedSubscription
+	at := map[string]stored{}
+	for p := range prefixes {
+		recs, where, err := n.readDialogs(ctx, p+".*", owner)
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, recs...)
+		maps.Copy(at, where)
+	}
+	return out, at, nil
+}
+
+// readDialogs reads the dialog records under the keys the pattern keys
+// matches (a fresh watch's initial values) and returns those owner
+// holds, with where each was read, by dialog id.
+func (n *Node) readDialogs(ctx context.Context, keys, owner string) ([]presence.SavedSubscription, map[string]stored, error) {
+	w, err := n.dialogs.Watch(ctx, keys)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer w.Stop()
 	var out []presence.SavedSubscription
-	revs := map[string]uint64{}
+	at := map[string]stored{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -496,63 +593,104 @@ func (n *Node) readDialogs(ctx context.Context, keep func(owner string) bool) ([
 				return nil, nil, errors.New("the watch ended")
 			}
 			if e == nil {
-				return out, revs, nil
+				return out, at, nil
 			}
 			if e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
 			var v dialogValue
-			// Only the records kept are decoded (a claim keeps a third).
-			if !keep(ownerOf(e.Value())) || json.Unmarshal(e.Value(), &v) != nil {
+			// Only the records kept are decoded.
+			if ownerOf(e.Value()) != owner || json.Unmarshal(e.Value(), &v) != nil {
 				continue
 			}
 			out = append(out, v.Dialog)
-			revs[v.Dialog.ID] = e.Revision()
+			at[v.Dialog.ID] = stored{key: e.Key(), rev: e.Revision()}
 		}
 	}
 }
+
+// claimWindow is how many claims are in flight at once; the next window
+// is published before the answers to the last are read, and the won
+// dialogs are adopted meanwhile, so that the engine, this node and the
+// phones all work at once.
+const claimWindow = 1000
 
 // claimFrom takes the dialogs of a dead node: each is rewritten with this
 // node as owner at its revision (one node wins each), and the won ones
 // are adopted (each NOTIFYed in its dialog).
 func (n *Node) claimFrom(ctx context.Context, dead string) {
 	start := time.Now()
-	recs, revs, err := n.readDialogs(ctx, func(owner string) bool { return owner == dead })
+	recs, at, err := n.readDialogsOf(ctx, dead)
 	if err != nil {
 		n.failed("reading a dead node's dialogs", err)
 		return
 	}
 	read := time.Since(start)
 	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
-	// Claimed and adopted a chunk at a time, so that the first phones
-	// hear from this node while the rest are still being claimed.
-	won, adopted := 0, 0
-	for lo := 0; lo < len(recs); lo += publishWindow {
-		chunk := recs[lo:min(lo+publishWindow, len(recs))]
-		msgs := make([]*nats.Msg, len(chunk))
-		sums := make([]uint64, len(chunk))
-		for i, r := range chunk {
+
+	adopt := make(chan []presence.SavedSubscription, 4)
+	adopted := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for mine := range adopt {
+			if n.host != nil {
+				adopted += n.host.Adopt(mine, true)
+			}
+		}
+	}()
+	acceptors := map[string]unique.Handle[string]{}
+	type window struct {
+		recs []presence.SavedSubscription
+		sums []uint64
+		f    *inFlight
+	}
+	send := func(lo int) *window {
+		if lo >= len(recs) {
+			return nil
+		}
+		w := &window{recs: recs[lo:min(lo+claimWindow, len(recs))]}
+		msgs := make([]*nats.Msg, len(w.recs))
+		w.sums = make([]uint64, len(w.recs))
+		for i, r := range w.recs {
 			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(r)})
-			sums[i] = fnv64(b)
-			m := nats.NewMsg(n.dialogSubject(r.ID))
+			w.sums[i] = fnv64(b)
+			m := nats.NewMsg(n.dialogSubject(at[r.ID].key))
 			m.Data = b
-			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(revs[r.ID], 10))
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(at[r.ID].rev, 10))
 			msgs[i] = m
 		}
+		w.f = n.publishAsync(msgs)
+		return w
+	}
+	won := 0
+	cur := send(0)
+	for lo := 0; cur != nil; lo += claimWindow {
+		next := send(lo + claimWindow)
 		var mine []presence.SavedSubscription
-		for i, p := range n.publishAll(ctx, msgs) {
-			if p.err == nil {
-				n.noteDialog(chunk[i].ID, n.cfg.Node, false, p.seq)
-				n.noteSum(chunk[i].ID, sums[i])
-				mine = append(mine, chunk[i])
+		for i, p := range cur.f.wait(ctx) {
+			if p.err != nil {
+				continue
 			}
+			acc, _ := splitDialogKey(at[cur.recs[i].ID].key)
+			h, ok := acceptors[acc]
+			if !ok {
+				h = unique.Make(acc)
+				acceptors[acc] = h
+			}
+			n.noteDialog(cur.recs[i].ID, h, n.cfg.Node, false, p.seq)
+			n.noteSum(cur.recs[i].ID, cur.sums[i])
+			mine = append(mine, cur.recs[i])
 		}
 		won += len(mine)
 		n.stats.Claims.Add(int64(len(mine)))
-		if n.host != nil && len(mine) > 0 {
-			adopted += n.host.Adopt(mine, true)
+		if len(mine) > 0 {
+			adopt <- mine
 		}
+		cur = next
 	}
+	close(adopt)
+	<-done
 	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", won,
 		"adopted", adopted, "read", read.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 }
@@ -563,9 +701,16 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 	if n.dialogs == nil {
 		return presence.SavedSubscription{}, false
 	}
+	n.dmu.Lock()
+	de, known := n.dindex[id]
+	n.dmu.Unlock()
+	if !known {
+		return presence.SavedSubscription{}, false // no node wrote it
+	}
+	key := de.key(id)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	e, err := n.dialogs.Get(ctx, id)
+	e, err := n.dialogs.Get(ctx, key)
 	if err != nil {
 		return presence.SavedSubscription{}, false
 	}
@@ -576,11 +721,11 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 	// Stored with its reservations moved on (presence.Reserved), owner
 	// or not: the adopted dialog's NOTIFYs run below them.
 	b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(v.Dialog)})
-	rev, err := n.dialogs.Update(ctx, id, b, e.Revision())
+	rev, err := n.dialogs.Update(ctx, key, b, e.Revision())
 	if err != nil {
 		return presence.SavedSubscription{}, false
 	}
-	n.noteDialog(id, n.cfg.Node, false, rev)
+	n.noteDialog(id, de.acceptor, n.cfg.Node, false, rev)
 	n.noteSum(id, fnv64(b))
 	if v.Owner != n.cfg.Node {
 		n.stats.Claims.Add(1)

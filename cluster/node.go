@@ -46,7 +46,8 @@ type Node struct {
 	seen    atomic.Uint64 // the newest revision the watch delivered
 	lagging bool          // the watch was behind at the last check
 
-	host Host // the SIP server whose dialogs are kept (Attach)
+	host Host                  // the SIP server whose dialogs are kept (Attach)
+	me   unique.Handle[string] // cfg.Node's handle
 
 	mu            sync.Mutex
 	keys          map[string]*keyState // person key → what this node wrote and applied
@@ -146,7 +147,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
-	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]),
+	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]), me: unique.Make(cfg.Node),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
 		absent: map[string]int{}, bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
@@ -573,7 +574,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	n.host.Resave(resave)
 	adopted := 0
 	if missing > 0 {
-		recs, _, err := n.readDialogs(ctx, func(owner string) bool { return owner == n.cfg.Node })
+		recs, _, err := n.readDialogsOf(ctx, n.cfg.Node)
 		if err != nil {
 			n.failed("reading this node's dialogs", err)
 			return
