@@ -119,7 +119,7 @@ func TestClusterSharesRegistrationsAndPublications(t *testing.T) {
 	tagB := res.GetHeader("SIP-ETag").Value()
 	w.notifyWhere("Board meeting", 5*time.Second) // C has the state now
 
-	appliedOnB := clusterApplied(t, httpB)
+	appliedOnB := metric(t, httpB, "lamplighter_cluster_applied_total")
 	res = publish(sipC, 2, tagB, "600", "")
 	if res.StatusCode != 200 {
 		t.Fatalf("refresh of B's publication on C: %d %s", res.StatusCode, res.Reason)
@@ -130,7 +130,7 @@ func TestClusterSharesRegistrationsAndPublications(t *testing.T) {
 	}
 	// Once B has applied C's two changes (the new tag's state set, the
 	// old one's cleared), B refuses the replaced tag.
-	waitUntil(t, 10*time.Second, "B applies C's refresh", func() bool { return clusterApplied(t, httpB) >= appliedOnB+2 })
+	waitUntil(t, 10*time.Second, "B applies C's refresh", func() bool { return metric(t, httpB, "lamplighter_cluster_applied_total") >= appliedOnB+2 })
 	if res := publish(sipB, 3, tagB, "600", ""); res.StatusCode != 412 {
 		t.Fatalf("refresh on B of the tag C replaced: %d, want 412", res.StatusCode)
 	}
@@ -152,20 +152,6 @@ func TestClusterSharesRegistrationsAndPublications(t *testing.T) {
 	waitUntil(t, 10*time.Second, "B has no binding left", func() bool {
 		return contacts(reg(sipB, 4, "", "600")) == ""
 	})
-}
-
-// clusterApplied reads a node's lamplighter_cluster_applied_total.
-func clusterApplied(t *testing.T, httpAddr string) int {
-	t.Helper()
-	_, body := apiDo(t, "GET", "http://"+httpAddr+"/metrics", "", "")
-	for _, l := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(l, "lamplighter_cluster_applied_total "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int(n)
-		}
-	}
-	t.Fatalf("no lamplighter_cluster_applied_total in %s's metrics", httpAddr)
-	return 0
 }
 
 // waitUntil polls cond until it holds, failing the test after within.

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // The cluster run (-cluster N): N Lamplighter nodes on one NATS JetStream
@@ -46,6 +49,10 @@ type clusterResult struct {
 	FailoverNotified  int     `json:"failover_notified"`
 	FailoverSeconds   float64 `json:"failover_seconds"`
 	FailoverFirstSecs float64 `json:"failover_first_seconds"`
+	// LeaseLapsedSecs is when, after the kill, the killed node's lease
+	// ran out (its last renewal as the engine stamped it, plus the TTL):
+	// the issue's failover bound counts from there.
+	LeaseLapsedSecs float64 `json:"lease_lapsed_seconds"`
 }
 
 func (r *clusterResult) print(w io.Writer) {
@@ -61,6 +68,35 @@ func (r *clusterResult) print(w io.Writer) {
 		r.Refresh.PerSecond, r.EngineCPUPerRefreshMicros)
 	fmt.Fprintf(w, "%-36s %d of %d subscriptions NOTIFYed by another node; first %.2f s, last %.2f s after the kill\n",
 		"failover of one node (SIGKILL)", r.FailoverNotified, r.FailoverShare, r.FailoverFirstSecs, r.FailoverSeconds)
+	if r.LeaseLapsedSecs > 0 {
+		fmt.Fprintf(w, "%-36s the lease ran out %.2f s after the kill: first NOTIFY %.2f s, last %.2f s after that\n",
+			"", r.LeaseLapsedSecs, r.FailoverFirstSecs-r.LeaseLapsedSecs, r.FailoverSeconds-r.LeaseLapsedSecs)
+	}
+}
+
+// leaseRenewed reads when a node last renewed its lease, as the engine
+// stamped the renewal.
+func leaseRenewed(url, node string) (time.Time, error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return time.Time{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "lamplighter_nodes")
+	if err != nil {
+		return time.Time{}, err
+	}
+	e, err := kv.Get(ctx, node)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return e.Created(), nil
 }
 
 // natsServer runs one JetStream server in dir.
@@ -340,6 +376,11 @@ func runCluster(ctx context.Context, o options, stderr io.Writer) (*clusterResul
 	}
 	killed := time.Now()
 	nodes[0].kill()
+	if renewed, err := leaseRenewed(nats.url, "n1"); err == nil {
+		res.LeaseLapsedSecs = renewed.Add(3 * time.Second).Sub(killed).Seconds()
+	} else {
+		say("cannot read n1's lease: %v", err)
+	}
 	var first time.Duration
 	deadline := killed.Add(60 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
