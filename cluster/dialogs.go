@@ -3,9 +3,10 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"hash/fnv"
+	"hash/maphash"
 	"maps"
 	"math/rand/v2"
 	"strconv"
@@ -231,18 +232,21 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 		if !known {
 			e.acceptor = me // a new dialog: under this node's prefix
 		}
-		m := nats.NewMsg(n.dialogSubject(e.key(id)))
 		var sum uint64
+		var b []byte
+		if op.rec != nil {
+			if sum = recordSum(n.seed, op.rec); known && e.owner == me && e.sum == sum {
+				continue // the engine holds exactly this already (an adopted dialog's)
+			}
+			var err error
+			if b, err = json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: *op.rec}); err != nil {
+				continue
+			}
+		}
+		m := nats.NewMsg(n.dialogSubject(e.key(id)))
 		if op.rec == nil {
 			m.Header.Set("KV-Operation", "DEL")
 		} else {
-			b, err := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: *op.rec})
-			if err != nil {
-				continue
-			}
-			if sum = fnv64(b); known && e.owner == me && e.sum == sum {
-				continue // the engine holds exactly this already (an adopted dialog's)
-			}
 			m.Data = b
 		}
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.rev, 10))
@@ -421,11 +425,42 @@ func (n *Node) noteSum(id string, sum uint64) {
 	n.dmu.Unlock()
 }
 
-// fnv64 is FNV-1a over b.
-func fnv64(b []byte) uint64 {
-	h := fnv.New64a()
-	h.Write(b)
+// recordSum identifies a dialog record as this node wrote it, so that a
+// write of what the engine holds already is skipped. It reads every field
+// the record is stored with, straight (encoding the record to compare
+// would cost as much as the write it may save).
+func recordSum(seed maphash.Seed, r *presence.SavedSubscription) uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	str := func(v string) {
+		num(&h, uint64(len(v)))
+		h.WriteString(v)
+	}
+	for _, v := range []string{r.ID, r.CallID, r.RemoteTag, r.UserID, r.List, r.Entity, string(r.Package), r.EventID,
+		r.Accept, r.LocalURI, r.RemoteURI, r.Target, r.Transport, r.Source, r.Watcher, r.Grant, r.UserAgent} {
+		str(v)
+	}
+	num(&h, uint64(len(r.Routes)))
+	for _, v := range r.Routes {
+		str(v)
+	}
+	single := uint64(0)
+	if r.Single {
+		single = 1
+	}
+	num(&h, single)
+	num(&h, uint64(r.Expires.UnixNano()))
+	num(&h, uint64(r.RemoteCSeq))
+	num(&h, uint64(r.CSeq))
+	num(&h, uint64(r.Version))
 	return h.Sum64()
+}
+
+// num hashes v's eight bytes.
+func num(h *maphash.Hash, v uint64) {
+	var buf [8]byte
+	binary.LittleEndian.PutUint64(buf[:], v)
+	h.Write(buf[:])
 }
 
 // forgetEnded takes dialogs that ended more than age ago out of the
@@ -653,8 +688,9 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 		msgs := make([]*nats.Msg, len(w.recs))
 		w.sums = make([]uint64, len(w.recs))
 		for i, r := range w.recs {
-			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(r)})
-			w.sums[i] = fnv64(b)
+			rec := presence.Reserved(r)
+			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: rec})
+			w.sums[i] = recordSum(n.seed, &rec)
 			m := nats.NewMsg(n.dialogSubject(at[r.ID].key))
 			m.Data = b
 			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(at[r.ID].rev, 10))
@@ -720,13 +756,14 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 	}
 	// Stored with its reservations moved on (presence.Reserved), owner
 	// or not: the adopted dialog's NOTIFYs run below them.
-	b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: presence.Reserved(v.Dialog)})
+	rec := presence.Reserved(v.Dialog)
+	b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: rec})
 	rev, err := n.dialogs.Update(ctx, key, b, e.Revision())
 	if err != nil {
 		return presence.SavedSubscription{}, false
 	}
 	n.noteDialog(id, de.acceptor, n.cfg.Node, false, rev)
-	n.noteSum(id, fnv64(b))
+	n.noteSum(id, recordSum(n.seed, &rec))
 	if v.Owner != n.cfg.Node {
 		n.stats.Claims.Add(1)
 		n.log.Info("took over a dialog a refresh brought here", "id", id, "from", v.Owner)

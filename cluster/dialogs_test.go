@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"hash/maphash"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -170,3 +172,34 @@ func TestBindingsReachEveryNode(t *testing.T) {
 type nopStore struct{}
 
 func (nopStore) Save(presence.Batch) error { return nil }
+
+// TestRecordSumReadsEveryField: a change to any field of a dialog record
+// changes its sum (else a write of it would be skipped as "the engine has
+// it already"); a field added to the record must be added to the sum.
+func TestRecordSumReadsEveryField(t *testing.T) {
+	base := presence.SavedSubscription{}
+	seed := maphash.MakeSeed()
+	zero := recordSum(seed, &base)
+	typ := reflect.TypeOf(base)
+	for i := range typ.NumField() {
+		r := base
+		f := reflect.ValueOf(&r).Elem().Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("x")
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Uint32:
+			f.SetUint(1)
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"<sip:proxy>"}))
+		case reflect.Struct: // time.Time
+			f.Set(reflect.ValueOf(time.Unix(1, 0)))
+		default:
+			t.Fatalf("field %s: kind %v not covered by this test", typ.Field(i).Name, f.Kind())
+		}
+		if recordSum(seed, &r) == zero {
+			t.Errorf("field %s does not change the sum", typ.Field(i).Name)
+		}
+	}
+}
