@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/maphash"
-	"maps"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -577,12 +575,12 @@ type stored struct {
 	rev uint64
 }
 
-// readDialogsOf reads the dialog records that owner holds. The index
-// says under which acceptors' prefixes they are: only those keys are
-// read (a dead node's share of the bucket, mostly under its own prefix),
-// unless some are under keys without a prefix (an older version wrote
-// them), when the whole bucket is.
-func (n *Node) readDialogsOf(ctx context.Context, owner string) ([]presence.SavedSubscription, map[string]stored, error) {
+// readDialogsOf hands each dialog record that owner holds to each, with
+// where it was read. The index says under which acceptors' prefixes they
+// are: only those keys are read (a dead node's share of the bucket,
+// mostly under its own prefix), unless some are under keys without a
+// prefix (an older version wrote them), when the whole bucket is.
+func (n *Node) readDialogsOf(ctx context.Context, owner string, each func(presence.SavedSubscription, stored)) error {
 	who := unique.Make(owner)
 	prefixes := map[string]bool{}
 	n.dmu.Lock()
@@ -593,42 +591,46 @@ func (n *Node) readDialogsOf(ctx context.Context, owner string) ([]presence.Save
 	}
 	n.dmu.Unlock()
 	if prefixes[""] {
-		return n.readDialogs(ctx, ">", owner)
+		return n.readDialogs(ctx, ">", owner, each)
 	}
+	for p := range prefixes {
+		if err := n.readDialogs(ctx, p+".*", owner, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// collectDialogsOf is readDialogsOf into a slice.
+func (n *Node) collectDialogsOf(ctx context.Context, owner string) ([]presence.SavedSubscription, map[string]stored, error) {
 	var out []presence.SavedSubscription
 	at := map[string]stored{}
-	for p := range prefixes {
-		recs, where, err := n.readDialogs(ctx, p+".*", owner)
-		if err != nil {
-			return nil, nil, err
-		}
-		out = append(out, recs...)
-		maps.Copy(at, where)
-	}
-	return out, at, nil
+	err := n.readDialogsOf(ctx, owner, func(r presence.SavedSubscription, where stored) {
+		out = append(out, r)
+		at[r.ID] = where
+	})
+	return out, at, err
 }
 
 // readDialogs reads the dialog records under the keys the pattern keys
-// matches (a fresh watch's initial values) and returns those owner
-// holds, with where each was read, by dialog id.
-func (n *Node) readDialogs(ctx context.Context, keys, owner string) ([]presence.SavedSubscription, map[string]stored, error) {
+// matches (a fresh watch's initial values) and hands those owner holds
+// to each.
+func (n *Node) readDialogs(ctx context.Context, keys, owner string, each func(presence.SavedSubscription, stored)) error {
 	w, err := n.dialogs.Watch(ctx, keys)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	defer w.Stop()
-	var out []presence.SavedSubscription
-	at := map[string]stored{}
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return ctx.Err()
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil, nil, errors.New("the watch ended")
+				return errors.New("the watch ended")
 			}
 			if e == nil {
-				return out, at, nil
+				return nil
 			}
 			if e.Operation() != jetstream.KeyValuePut {
 				continue
@@ -638,8 +640,7 @@ func (n *Node) readDialogs(ctx context.Context, keys, owner string) ([]presence.
 			if ownerOf(e.Value()) != owner || json.Unmarshal(e.Value(), &v) != nil {
 				continue
 			}
-			out = append(out, v.Dialog)
-			at[v.Dialog.ID] = stored{key: e.Key(), rev: e.Revision()}
+			each(v.Dialog, stored{key: e.Key(), rev: e.Revision()})
 		}
 	}
 }
@@ -650,18 +651,42 @@ func (n *Node) readDialogs(ctx context.Context, keys, owner string) ([]presence.
 // phones all work at once.
 const claimWindow = 1000
 
+// claimItem is a dead node's dialog to claim, as read.
+type claimItem struct {
+	rec presence.SavedSubscription
+	at  stored
+}
+
 // claimFrom takes the dialogs of a dead node: each is rewritten with this
 // node as owner at its revision (one node wins each), and the won ones
-// are adopted (each NOTIFYed in its dialog).
+// are adopted (each NOTIFYed in its dialog). The claims start as soon as
+// the first records are read, and each window won is adopted while the
+// next is in flight: the read, the engine's answers and the NOTIFYs
+// overlap.
 func (n *Node) claimFrom(ctx context.Context, dead string) {
 	start := time.Now()
-	recs, at, err := n.readDialogsOf(ctx, dead)
-	if err != nil {
-		n.failed("reading a dead node's dialogs", err)
-		return
+	items := make(chan claimItem, claimWindow)
+	var readErr error
+	var read time.Duration
+	go func() {
+		defer close(items)
+		readErr = n.readDialogsOf(ctx, dead, func(r presence.SavedSubscription, at stored) {
+			select {
+			case items <- claimItem{r, at}:
+			case <-ctx.Done():
+			}
+		})
+		read = time.Since(start)
+	}()
+	collect := func() []claimItem {
+		var out []claimItem
+		for it := range items {
+			if out = append(out, it); len(out) == claimWindow {
+				break
+			}
+		}
+		return out
 	}
-	read := time.Since(start)
-	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
 
 	adopt := make(chan []presence.SavedSubscription, 4)
 	adopted := 0
@@ -676,48 +701,48 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 	}()
 	acceptors := map[string]unique.Handle[string]{}
 	type window struct {
-		recs []presence.SavedSubscription
-		sums []uint64
-		f    *inFlight
+		items []claimItem
+		sums  []uint64
+		f     *inFlight
 	}
-	send := func(lo int) *window {
-		if lo >= len(recs) {
+	send := func(items []claimItem) *window {
+		if len(items) == 0 {
 			return nil
 		}
-		w := &window{recs: recs[lo:min(lo+claimWindow, len(recs))]}
-		msgs := make([]*nats.Msg, len(w.recs))
-		w.sums = make([]uint64, len(w.recs))
-		for i, r := range w.recs {
-			rec := presence.Reserved(r)
+		w := &window{items: items, sums: make([]uint64, len(items))}
+		msgs := make([]*nats.Msg, len(items))
+		for i, it := range items {
+			rec := presence.Reserved(it.rec)
 			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: rec})
 			w.sums[i] = recordSum(n.seed, &rec)
-			m := nats.NewMsg(n.dialogSubject(at[r.ID].key))
+			m := nats.NewMsg(n.dialogSubject(it.at.key))
 			m.Data = b
-			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(at[r.ID].rev, 10))
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(it.at.rev, 10))
 			msgs[i] = m
 		}
 		w.f = n.publishAsync(msgs)
 		return w
 	}
-	won := 0
-	cur := send(0)
-	for lo := 0; cur != nil; lo += claimWindow {
-		next := send(lo + claimWindow)
+	total, won := 0, 0
+	for cur := send(collect()); cur != nil; {
+		next := send(collect())
 		var mine []presence.SavedSubscription
 		for i, p := range cur.f.wait(ctx) {
 			if p.err != nil {
 				continue
 			}
-			acc, _ := splitDialogKey(at[cur.recs[i].ID].key)
+			it := cur.items[i]
+			acc, _ := splitDialogKey(it.at.key)
 			h, ok := acceptors[acc]
 			if !ok {
 				h = unique.Make(acc)
 				acceptors[acc] = h
 			}
-			n.noteDialog(cur.recs[i].ID, h, n.cfg.Node, false, p.seq)
-			n.noteSum(cur.recs[i].ID, cur.sums[i])
-			mine = append(mine, cur.recs[i])
+			n.noteDialog(it.rec.ID, h, n.cfg.Node, false, p.seq)
+			n.noteSum(it.rec.ID, cur.sums[i])
+			mine = append(mine, it.rec)
 		}
+		total += len(cur.items)
 		won += len(mine)
 		n.stats.Claims.Add(int64(len(mine)))
 		if len(mine) > 0 {
@@ -727,7 +752,10 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 	}
 	close(adopt)
 	<-done
-	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", len(recs), "won", won,
+	if readErr != nil {
+		n.failed("reading a dead node's dialogs", readErr)
+	}
+	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", total, "won", won,
 		"adopted", adopted, "read", read.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 }
 

@@ -99,7 +99,7 @@ func TestDeadNodesDialogsAreReadByPrefix(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	recs, at, err := a.readDialogsOf(ctx, "x")
+	recs, at, err := a.collectDialogsOf(ctx, "x")
 	if err != nil || !slices.Equal(ids(recs), []string{"d1", "d2", "d4"}) || at["d2"].key != "y.d2" || at["d4"].key != "d4" {
 		t.Fatalf("x's dialogs: %v %v %v", ids(recs), at, err)
 	}
@@ -111,7 +111,7 @@ func TestDeadNodesDialogsAreReadByPrefix(t *testing.T) {
 		defer a.dmu.Unlock()
 		return a.dindex["d4"].owner.Value() == ""
 	})
-	if recs, _, err := a.readDialogsOf(ctx, "x"); err != nil || !slices.Equal(ids(recs), []string{"d1", "d2"}) {
+	if recs, _, err := a.collectDialogsOf(ctx, "x"); err != nil || !slices.Equal(ids(recs), []string{"d1", "d2"}) {
 		t.Fatalf("x's dialogs by prefix: %v %v", ids(recs), err)
 	}
 

@@ -584,7 +584,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	n.host.Resave(resave)
 	adopted := 0
 	if missing > 0 {
-		recs, _, err := n.readDialogsOf(ctx, n.cfg.Node)
+		recs, _, err := n.collectDialogsOf(ctx, n.cfg.Node)
 		if err != nil {
 			n.failed("reading this node's dialogs", err)
 			return
