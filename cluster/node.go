@@ -59,15 +59,16 @@ type Node struct {
 	persons       jetstream.KeyValue
 	leases        jetstream.KeyValue
 	dialogs       jetstream.KeyValue
-	leasedAt      time.Time // when the last lease renewal the engine took was sent
-	leaseRev      uint64    // the revision of our lease key
-	awaySince     time.Time // since when the engine has been out of reach (connection lost or renewals failing); zero while a renewal succeeds
-	renewingSince time.Time // when the renewal under way began (zero: none)
-	lastAttempt   time.Time // when the last renewal attempt ended
-	reconciled    bool      // what this node holds agrees with the engine (MayNotify)
-	reconciling   bool      // a reconcile is under way
-	synced        bool      // the persons bucket was read whole since the watch began
-	dsynced       bool      // the dialogs bucket too
+	shared        jetstream.KeyValue // keys every node holds alike (keys.go)
+	leasedAt      time.Time          // when the last lease renewal the engine took was sent
+	leaseRev      uint64             // the revision of our lease key
+	awaySince     time.Time          // since when the engine has been out of reach (connection lost or renewals failing); zero while a renewal succeeds
+	renewingSince time.Time          // when the renewal under way began (zero: none)
+	lastAttempt   time.Time          // when the last renewal attempt ended
+	reconciled    bool               // what this node holds agrees with the engine (MayNotify)
+	reconciling   bool               // a reconcile is under way
+	synced        bool               // the persons bucket was read whole since the watch began
+	dsynced       bool               // the dialogs bucket too
 	members       []string
 	lastError     string
 	// absent counts, per node owning dialogs, the lease checks in a row
@@ -79,6 +80,8 @@ type Node struct {
 	// provisional are the person states applied at start from this node's
 	// state file, until the engine's first read says what holds (keys).
 	provisional map[string]bool
+
+	sharedKeys []sharedKey // set before Run (ShareKey)
 
 	// bindSums holds, per user, the sum of the bindings this node last
 	// applied from the engine or wrote to it (registrations.go).
@@ -285,7 +288,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
 	var wg sync.WaitGroup
-	wg.Add(7)
+	wg.Add(8)
+	go func() { defer wg.Done(); n.agreeKeys(ctx) }()
 	go func() { defer wg.Done(); n.nodesLoop(ctx) }()
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 	go func() { defer wg.Done(); n.writeLoop(ctx) }()
@@ -374,8 +378,15 @@ func (n *Node) bind(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return err
 	}
+	shared, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: n.cfg.BucketPrefix + "_shared", History: 1, Replicas: n.cfg.Replicas,
+		Description: "Lamplighter: keys every node holds alike (proxy mode's token key)",
+	})
+	if err != nil {
+		return err
+	}
 	n.mu.Lock()
-	n.persons, n.leases, n.dialogs = persons, leases, dialogs
+	n.persons, n.leases, n.dialogs, n.shared = persons, leases, dialogs, shared
 	n.mu.Unlock()
 	return nil
 }

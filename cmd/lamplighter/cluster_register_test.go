@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,5 +166,44 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool
 			t.Fatalf("%s: not within %v", what, within)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestClusterSharesTheProxyKey: in proxy mode every node signs Paths and
+// Record-Routes with one key: the first node's own becomes the cluster's,
+// the next node takes it in place of its own (and keeps it in its state
+// directory, for a start while NATS is away).
+func TestClusterSharesTheProxyKey(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	var dirs []string
+	for _, name := range []string{"b", "c"} {
+		dir := t.TempDir()
+		cfg := clusterConfig(t, dir, name, nats.URLs(), "3s", "")
+		src, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Every node proxies the phones to the same PBX.
+		withProxy := string(src) + "pbx:\n  - {name: pbx, kind: sip, proxy: {address: \"127.0.0.1:5060\"}}\n"
+		if err := os.WriteFile(cfg, []byte(withProxy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := runInProcess(t, cfg)
+		want := "this node's key is the cluster's"
+		if name == "c" {
+			want = "taking the cluster's key in place of this node's"
+		}
+		waitFor(t, out, want, 10*time.Second)
+		dirs = append(dirs, filepath.Join(dir, "state"))
+	}
+	key := func(dir string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, "proxy-token.key"))
+		if err != nil || len(b) != 32 {
+			t.Fatalf("%s: %d bytes, %v", dir, len(b), err)
+		}
+		return b
+	}
+	if !bytes.Equal(key(dirs[0]), key(dirs[1])) {
+		t.Error("the nodes keep different token keys")
 	}
 }

@@ -124,6 +124,18 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	}
 	if d.proxy != nil {
 		opt.Forwarder = d.proxy
+		if d.node != nil {
+			// Every node signs Paths and Record-Routes with the
+			// cluster's key, so that what one node wrote routes through
+			// any other; it is kept in the state file's directory too.
+			px, plog := d.proxy, log.With("component", "proxy")
+			d.node.ShareKey("proxy-token-key", px.TokenKey(), func(key []byte) {
+				px.SetTokenKey(key)
+				if err := proxy.SaveTokenKey(cfg.StateDir, key); err != nil {
+					plog.Warn("cannot keep the cluster's token key in the state directory", "err", err)
+				}
+			})
+		}
 	}
 	if d.sip, err = presence.New(states, opt); err != nil {
 		return nil, err

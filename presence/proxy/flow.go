@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,19 +32,45 @@ func (f flow) String() string { return strings.ToLower(f.transport) + ":" + f.ad
 // route after Lamplighter restarts). A Route that comes back with a token
 // is ours (whatever address the PBX reached us on) and says where to go;
 // a forged or damaged token is not ours and routes nowhere.
-type tokens struct{ key [32]byte }
+//
+// A cluster shares one key among its nodes (cluster.Node.ShareKey): when
+// a node takes the cluster's key in place of its own (setKey), tokens
+// under the key it had are still read, so that what it minted a moment
+// before still routes.
+type tokens struct {
+	cur, prev atomic.Pointer[[32]byte]
+}
 
 // newTokens uses key, or a random one when key is not 32 bytes.
 func newTokens(key []byte) *tokens {
 	t := &tokens{}
-	if len(key) == len(t.key) {
-		copy(t.key[:], key)
-		return t
-	}
-	if _, err := rand.Read(t.key[:]); err != nil {
+	var k [32]byte
+	if len(key) == len(k) {
+		copy(k[:], key)
+	} else if _, err := rand.Read(k[:]); err != nil {
 		panic("proxy: no randomness: " + err.Error())
 	}
+	t.cur.Store(&k)
 	return t
+}
+
+// key is the key tokens are minted under.
+func (t *tokens) key() *[32]byte { return t.cur.Load() }
+
+// setKey mints under key from now on, and still reads tokens under the
+// key it replaces; it reports whether the key changed.
+func (t *tokens) setKey(key []byte) bool {
+	if len(key) != 32 {
+		return false
+	}
+	old := t.cur.Load()
+	if bytes.Equal(old[:], key) {
+		return false
+	}
+	k := [32]byte(key)
+	t.prev.Store(old)
+	t.cur.Store(&k)
+	return true
 }
 
 // tokenPrefix starts every token, so that an ordinary user part is never
@@ -59,7 +87,7 @@ func (t *tokens) mint(f flow, target int) string {
 	a16 := f.addr.Addr().As16()
 	b = append(b, a16[:]...)
 	b = append(b, byte(f.addr.Port()>>8), byte(f.addr.Port()))
-	b = append(b, t.mac(b)...)
+	b = append(b, mac(t.key(), b)...)
 	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
@@ -74,9 +102,12 @@ func (t *tokens) read(s string) (f flow, target int, ok bool) {
 	if err != nil || len(b) != 2+16+2+12 {
 		return flow{}, 0, false
 	}
-	body, mac := b[:20], b[20:]
-	if !hmac.Equal(mac, t.mac(body)) {
-		return flow{}, 0, false
+	body, sum := b[:20], b[20:]
+	if !hmac.Equal(sum, mac(t.key(), body)) {
+		prev := t.prev.Load()
+		if prev == nil || !hmac.Equal(sum, mac(prev, body)) {
+			return flow{}, 0, false
+		}
 	}
 	for name, code := range transportCode {
 		if code == body[0] {
@@ -91,8 +122,9 @@ func (t *tokens) read(s string) (f flow, target int, ok bool) {
 	return f, int(body[1]), true
 }
 
-func (t *tokens) mac(b []byte) []byte {
-	m := hmac.New(sha256.New, t.key[:])
+// mac is a token's HMAC under key.
+func mac(key *[32]byte, b []byte) []byte {
+	m := hmac.New(sha256.New, key[:])
 	m.Write(b)
 	return m.Sum(nil)[:12]
 }

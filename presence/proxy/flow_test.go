@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -105,5 +106,36 @@ func TestTokenKeySurvivesARestart(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, TokenKeyFile), 0o700)
 	if _, _, err := LoadTokenKey(dir); err == nil {
 		t.Fatal("an unreadable key file gave a key")
+	}
+}
+
+// TestTokensTakeAClusterKey: a node taking the cluster's key mints under
+// it at once, still reads what it minted under its own, and reads what
+// another node holding the cluster's key minted; a key nobody holds is
+// still refused.
+func TestTokensTakeAClusterKey(t *testing.T) {
+	own, shared, stranger := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)
+	f := flow{transport: "TCP", addr: netip.MustParseAddrPort("[2001:db8::7]:5061")}
+	tk := newTokens(own)
+	before := tk.mint(f, 1)
+	if !tk.setKey(shared) || tk.setKey(shared) || tk.setKey([]byte("short")) {
+		t.Fatal("setKey: want a change for a new key only")
+	}
+	if got, target, ok := tk.read(before); !ok || got != f || target != 1 {
+		t.Error("a token minted under the node's own key is no longer read")
+	}
+	after := tk.mint(f, 1)
+	if _, _, ok := newTokens(shared).read(after); !ok {
+		t.Error("another node with the cluster's key cannot read a token minted after the change")
+	}
+	if _, _, ok := tk.read(newTokens(stranger).mint(f, 1)); ok {
+		t.Error("a token under a key nobody holds is read")
+	}
+	dir := t.TempDir()
+	if err := SaveTokenKey(dir, shared); err != nil {
+		t.Fatal(err)
+	}
+	if k, replaced, err := LoadTokenKey(dir); err != nil || replaced || !bytes.Equal(k, shared) {
+		t.Errorf("the saved cluster key reads back as %x (%v %v)", k, replaced, err)
 	}
 }

@@ -171,7 +171,7 @@ func (p *Proxy) validate(req *sip.Request) (int, string) {
 // under the tokens' key: nobody who saw the phone's request but not our
 // Via can guess it, and so forge a response to our client transaction.
 func (p *Proxy) branch(req *sip.Request, top *sip.ViaHeader) string {
-	h := hmac.New(sha256.New, p.tokens.key[:])
+	h := hmac.New(sha256.New, p.tokens.key()[:])
 	tb, _ := top.Params.Get("branch")
 	for _, s := range []string{tb, top.SentBy(), req.Recipient.String(), req.CallID().Value(),
 		strconv.FormatUint(uint64(req.CSeq().SeqNo), 10), tagOf(req.From()), tagOfTo(req.To())} {

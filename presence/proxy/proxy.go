@@ -16,6 +16,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -505,3 +506,12 @@ func (p *Proxy) HoldsFlow(transport string, peer netip.AddrPort) bool {
 	_, ok := p.binds.onFlow(flow{transport: transport, addr: peer})
 	return ok
 }
+
+// TokenKey returns the key the proxy's tokens are minted under.
+func (p *Proxy) TokenKey() []byte { return bytes.Clone(p.tokens.key()[:]) }
+
+// SetTokenKey mints tokens under key (32 bytes) from now on: a node of a
+// cluster takes the key the cluster shares, so that a Path or
+// Record-Route another node wrote routes here too. Tokens under the key
+// it replaces are still read. It reports whether the key changed.
+func (p *Proxy) SetTokenKey(key []byte) bool { return p.tokens.setKey(key) }

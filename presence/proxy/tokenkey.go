@@ -32,13 +32,27 @@ func LoadTokenKey(dir string) (key []byte, replaced bool, err error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, false, err
 	}
+	if err := SaveTokenKey(dir, key); err != nil {
+		return nil, false, err
+	}
+	return key, replaced, nil
+}
+
+// SaveTokenKey keeps key in dir (mode 0600), replacing the file whole: a
+// node of a cluster keeps the cluster's key there, so that it has it when
+// it starts while the engine is away.
+func SaveTokenKey(dir string, key []byte) error {
+	if len(key) != 32 {
+		return fmt.Errorf("proxy token key: %d bytes, want 32", len(key))
+	}
+	path := filepath.Join(dir, TokenKeyFile)
 	tmp := path + ".new"
 	if err := os.WriteFile(tmp, key, 0o600); err != nil {
-		return nil, false, fmt.Errorf("proxy token key: %w", err)
+		return fmt.Errorf("proxy token key: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return nil, false, fmt.Errorf("proxy token key: %w", err)
+		return fmt.Errorf("proxy token key: %w", err)
 	}
-	return key, replaced, nil
+	return nil
 }
