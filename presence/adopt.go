@@ -92,7 +92,7 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 		s.journal.forget(r.ID)
 		return nil
 	}
-	sub, err := restoredSubscription(r, s.packages)
+	sub, err := restoredSubscription(r, s.packages, s.strs)
 	if err != nil {
 		s.log.Warn("a dialog to adopt cannot be read: deleted", "id", r.ID, "err", err)
 		s.journal.forget(r.ID)
@@ -101,7 +101,7 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 	dir := s.states.Directory()
 	if r.List != "" {
 		rl, ok := dir.List(r.List)
-		if !ok || !sub.restoreList(rl) {
+		if !ok || !sub.restoreList(s.strs, rl) {
 			s.journal.forget(r.ID)
 			return nil
 		}
@@ -110,7 +110,7 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 		return nil
 	}
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
-	sub.LocalHost = shared(sub.LocalHost)
+	sub.LocalHost = s.strs.get(sub.LocalHost)
 	if !s.subs.add(sub, 0) {
 		return nil
 	}

@@ -19,7 +19,7 @@ func benchSubscription(id, source string) *Subscription {
 		Package: PackageDialog, pkg: dialogPackage{}, MediaType: body.TypeDialogInfo,
 		LocalURI: "sip:100@pbx.example.com", RemoteURI: "sip:200@pbx.example.com", Transport: "UDP", Source: source,
 		LocalHost: "127.0.0.1", LocalPort: 5060, expires: time.Now().Add(time.Hour)}
-	sub.setTarget(target)
+	sub.setTarget(newInterner(internMaxBytes), target)
 	return sub
 }
 

@@ -65,7 +65,7 @@ type listMember struct {
 
 // resolve sets the members from the directory's list; old members keep
 // what they were sent. It reports whether members or labels changed.
-func (lv *listView) resolve(rl *bridge.ResolvedList, entity string, version uint32) bool {
+func (lv *listView) resolve(in *interner, rl *bridge.ResolvedList, entity string, version uint32) bool {
 	display := rl.Display
 	if display == "" {
 		display = rl.Name
@@ -74,7 +74,7 @@ func (lv *listView) resolve(rl *bridge.ResolvedList, entity string, version uint
 	lv.display = display
 	next := make([]listMember, 0, len(rl.Users))
 	for i, u := range rl.Users {
-		m := listMember{userID: u.ID, uri: shared(memberURI(entity, u.Presentity())), name: u.Name, version: version}
+		m := listMember{userID: u.ID, uri: in.get(memberURI(entity, u.Presentity())), name: u.Name, version: version}
 		if j := slices.IndexFunc(lv.members, func(o listMember) bool { return o.userID == u.ID }); j >= 0 {
 			old := lv.members[j]
 			m.last, m.version = old.last, old.version
@@ -172,7 +172,7 @@ func (s *Server) relist(sub *Subscription) {
 		sub.mu.Unlock()
 		return
 	}
-	changed := sub.list.resolve(rl, sub.Entity, sub.version)
+	changed := sub.list.resolve(s.strs, rl, sub.Entity, sub.version)
 	ids := sub.list.ids()
 	if changed {
 		sub.list.full = true

@@ -75,12 +75,12 @@ func TestSavedPackagesLoadByTokenAndByOldNumber(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps := makePackages()
-	sub, err := restoredSubscription(&rec, ps)
+	sub, err := restoredSubscription(&rec, ps, newInterner(internMaxBytes))
 	if err != nil || sub.Package != PackageDialog || sub.MediaType != body.TypeDialogInfo || !sub.pkg.Versioned() {
 		t.Fatalf("old dialog record restored as %v %q (%v)", sub.Package, sub.MediaType, err)
 	}
 	rec.Package = "message-summary"
-	if _, err := restoredSubscription(&rec, ps); err == nil {
+	if _, err := restoredSubscription(&rec, ps, newInterner(internMaxBytes)); err == nil {
 		t.Error("a record of a package not served was restored")
 	}
 }

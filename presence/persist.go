@@ -223,7 +223,7 @@ func (j *journal) flush(s *Server) {
 		j.saving = 0
 		j.mu.Unlock()
 	}()
-	var b Batch
+	b := Batch{Subscriptions: make([]SavedSubscription, 0, len(subs))}
 	for sub := range subs {
 		sub.mu.Lock()
 		if sub.removed {
@@ -298,12 +298,12 @@ func (s *Server) restore(saved *Saved) {
 	var subs, skipped, revoked int
 	for i := range saved.Subscriptions {
 		r := &saved.Subscriptions[i]
-		sub, err := restoredSubscription(r, s.packages)
+		sub, err := restoredSubscription(r, s.packages, s.strs)
 		_, known := dir.User(r.UserID) // a user gone from the directory
 		if err == nil && r.List != "" {
 			var rl *bridge.ResolvedList
 			if rl, known = dir.List(r.List); known {
-				known = sub.restoreList(rl)
+				known = sub.restoreList(s.strs, rl)
 			}
 		}
 		if err != nil || !known || !r.Expires.After(now) {
@@ -312,7 +312,7 @@ func (s *Server) restore(saved *Saved) {
 			continue
 		}
 		sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
-		sub.LocalHost = shared(sub.LocalHost)
+		sub.LocalHost = s.strs.get(sub.LocalHost)
 		if !s.subs.add(sub, 0) {
 			continue
 		}
@@ -393,7 +393,7 @@ func (s *Server) restore(saved *Saved) {
 }
 
 // restoredSubscription rebuilds a subscription from its record.
-func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, error) {
+func restoredSubscription(r *SavedSubscription, ps *packages, in *interner) (*Subscription, error) {
 	if r.Package == "" {
 		r.Package = PackagePresence // what an absent package was before tokens
 	}
@@ -428,11 +428,11 @@ func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, er
 			return nil, err
 		}
 	}
-	sub.LocalURI, sub.RemoteURI = shared(local.Raw), shared(remote.Raw)
-	sub.Entity, sub.Accept, sub.Transport, sub.Source = shared(sub.Entity), shared(sub.Accept), shared(sub.Transport), shared(sub.Source)
-	sub.Grant, sub.UserAgent = shared(sub.Grant), shared(sub.UserAgent)
+	sub.LocalURI, sub.RemoteURI = in.get(local.Raw), in.get(remote.Raw)
+	sub.Entity, sub.Accept, sub.Transport, sub.Source = in.get(sub.Entity), in.get(sub.Accept), in.get(sub.Transport), in.get(sub.Source)
+	sub.Grant, sub.UserAgent = in.get(sub.Grant), in.get(sub.UserAgent)
 	sub.DNDText = body.WantsDNDText(sub.UserAgent)
-	sub.setTarget(target)
+	sub.setTarget(in, target)
 	var routes []sipmsg.URI
 	for _, rt := range r.Routes {
 		u, err := sipmsg.ParseURI(rt)
@@ -441,20 +441,20 @@ func restoredSubscription(r *SavedSubscription, ps *packages) (*Subscription, er
 		}
 		routes = append(routes, u)
 	}
-	sub.setRoutes(routes)
+	sub.setRoutes(in, routes)
 	return sub, nil
 }
 
 // restoreList readies a restored list subscription's view of rl; it
 // reports false when its package takes no lists (a damaged record).
-func (sub *Subscription) restoreList(rl *bridge.ResolvedList) bool {
+func (sub *Subscription) restoreList(in *interner, rl *bridge.ResolvedList) bool {
 	if _, ok := sub.pkg.(listable); !ok {
 		return false
 	}
 	sub.list = &listView{full: true}
 	// The restored version is a reservation past any sent: members start
 	// there (listMember.version).
-	sub.list.resolve(rl, sub.Entity, sub.version)
+	sub.list.resolve(in, rl, sub.Entity, sub.version)
 	sub.indexed = sub.list.ids()
 	return true
 }

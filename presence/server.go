@@ -251,7 +251,8 @@ type Server struct {
 	held    atomic.Int64         // users whose ringing NOTIFY waits for ids (holdForIDs)
 	pubs    *publications
 	regs    *registrar
-	journal *journal // nil without a Store
+	strs    *interner // strings subscriptions share
+	journal *journal  // nil without a Store
 
 	restoreMu sync.Mutex
 	restored  []*Subscription // waiting for NotifyRestored
@@ -341,6 +342,7 @@ func New(states States, opt Options) (*Server, error) {
 	notify = s.notifier
 	s.pubs = newPublications(s)
 	s.regs = newRegistrar()
+	s.strs = newInterner(internMaxBytes)
 	if opt.Store != nil {
 		s.journal = newJournal(opt.Store, opt.FlushInterval, log)
 	}

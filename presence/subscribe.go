@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unique"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -122,17 +121,17 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		// of one person) are kept once (shared).
 		CallID:    strings.Clone(req.CallID),
 		RemoteTag: strings.Clone(fromTag),
-		Entity:    shared(presentityURI(req)),
+		Entity:    s.strs.get(presentityURI(req)),
 		Package:   pkg.Token(),
 		EventID:   strings.Clone(eventID),
-		Accept:    shared(accept),
-		LocalURI:  shared(req.To.URI.Raw),
-		RemoteURI: shared(req.From.URI.Raw),
-		Transport: shared(strings.ToUpper(req.Transport)),
-		Source:    shared(req.Source),
+		Accept:    s.strs.get(accept),
+		LocalURI:  s.strs.get(req.To.URI.Raw),
+		RemoteURI: s.strs.get(req.From.URI.Raw),
+		Transport: s.strs.get(strings.ToUpper(req.Transport)),
+		Source:    s.strs.get(req.Source),
 		Watcher:   id.UserID,
-		Grant:     shared(s.auth.grant(id)),
-		UserAgent: shared(ua),
+		Grant:     s.strs.get(s.auth.grant(id)),
+		UserAgent: s.strs.get(ua),
 		MediaType: mediaType,
 		pkg:       pkg,
 		DNDText:   body.WantsDNDText(ua),
@@ -146,15 +145,15 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	}
 	if list != nil {
 		sub.List, sub.list = list.Name, &listView{}
-		sub.list.resolve(list, sub.Entity, 0)
+		sub.list.resolve(s.strs, list, sub.Entity, 0)
 		sub.indexed = sub.list.ids()
 	} else {
 		sub.UserID = user.ID
 	}
-	sub.setTarget(contact.URI)
-	sub.setRoutes(recordRoutes(req))
+	sub.setTarget(s.strs, contact.URI)
+	sub.setRoutes(s.strs, recordRoutes(req))
 	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
-	sub.LocalHost = shared(sub.LocalHost)
+	sub.LocalHost = s.strs.get(sub.LocalHost)
 	if s.opt.SingleDialog != nil {
 		sub.Single = s.opt.SingleDialog(ua, id.UserID)
 	}
@@ -230,7 +229,7 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 	}
 	sub.remoteCSeq = req.CSeq
 	if c, ok := contactOf(req); ok {
-		sub.setTarget(c.URI)
+		sub.setTarget(s.strs, c.URI)
 	}
 	if expires > 0 {
 		// The expiry wheel finds the new time when the old one comes up.
@@ -274,15 +273,15 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 }
 
 // setTarget sets the remote target and where requests to it go.
-func (sub *Subscription) setTarget(u sipmsg.URI) {
-	sub.target, sub.targetAddr = shared(u.Raw), shared(uriAddr(u, sub.Transport))
+func (sub *Subscription) setTarget(in *interner, u sipmsg.URI) {
+	sub.target, sub.targetAddr = in.get(u.Raw), in.get(uriAddr(u, sub.Transport))
 }
 
 // setRoutes sets the route set and where its first hop is.
-func (sub *Subscription) setRoutes(routes []sipmsg.URI) {
+func (sub *Subscription) setRoutes(in *interner, routes []sipmsg.URI) {
 	sub.routes, sub.routeAddr = nil, ""
 	for i := range routes {
-		sub.routes = append(sub.routes, shared(routes[i].Raw))
+		sub.routes = append(sub.routes, in.get(routes[i].Raw))
 	}
 	if len(routes) > 0 {
 		sub.routeAddr = uriAddr(routes[0], sub.Transport)
@@ -298,11 +297,6 @@ func uriAddr(u sipmsg.URI, transport string) string {
 	}
 	return net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port))
 }
-
-// shared returns s as one copy that every equal string kept with shared
-// uses, and that does not hold on to what s was cut from (unique.Make
-// copies what it keeps, and lets it go with its last user).
-func shared(s string) string { return unique.Make(s).Value() }
 
 // acceptList is the request's Accept values as one list.
 func acceptList(req *sipmsg.Request) string {

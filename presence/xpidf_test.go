@@ -55,7 +55,7 @@ func TestXPIDFSubscriber(t *testing.T) {
 		sub.mu.Lock()
 		rec := sub.saved()
 		sub.mu.Unlock()
-		back, err := restoredSubscription(&rec, env.srv.packages)
+		back, err := restoredSubscription(&rec, env.srv.packages, env.srv.strs)
 		if err != nil {
 			t.Fatal(err)
 		}
