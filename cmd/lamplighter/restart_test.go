@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/emiago/sipgo/sip"
 	"io"
 	"net/http"
 	"os"
@@ -121,6 +122,8 @@ log: {level: debug}
 users:
   - {id: debbie, name: Debbie Harry, extensions: ["100"]}
   - {id: bob, name: Bob Marley, extensions: ["101"]}
+lists:
+  - {name: team, members: [debbie, bob]}
 `, sipPort, sipPort, httpAddr, filepath.Join(dir, "state"))), 0o644)
 	server := fmt.Sprintf("127.0.0.1:%d", sipPort)
 
@@ -139,11 +142,19 @@ users:
 		w.notifyWhere("active", 5*time.Second)
 		subs = append(subs, &sub{w: w})
 	}
+	// A busy-lamp list (RFC 4662), a receptionist's side car.
+	team := newWatcher(t, "UDP")
+	team.extra = []sip.Header{sip.NewHeader("Supported", "eventlist")}
+	if res := team.subscribe(server, "team", "dialog", 3600); res.StatusCode != 200 {
+		t.Fatalf("list SUBSCRIBE: %d", res.StatusCode)
+	}
+	team.notifyWhere("<name>Bob Marley</name>", 5*time.Second)
 	// A change, so that CSeq and version move past their first values.
 	if code, body := apiDo(t, "PUT", "http://"+httpAddr+"/api/v1/users/100/presence", "s3cret",
 		`{"activity":"dnd","note":"Quarterly close"}`); code != 200 || !strings.Contains(body, `"state": "dnd"`) {
 		t.Fatalf("PUT presence: %d %s", code, body)
 	}
+	teamCSeq := team.nextNotify(5 * time.Second).CSeq().SeqNo
 	for _, s := range subs {
 		n := s.w.notifyWhere("active", 5*time.Second)
 		s.cseq = n.CSeq().SeqNo
@@ -179,8 +190,15 @@ users:
 			t.Errorf("%s: refresh after the restart got %d, want 200", s.w.transport, res.StatusCode)
 		}
 	}
+	// The list subscription is back too: its full state in its dialog.
+	if n := team.notifyWhere("<name>Bob Marley</name>", 5*time.Second); n.CSeq().SeqNo <= teamCSeq {
+		t.Errorf("list: CSeq %d after the restart, not above %d", n.CSeq().SeqNo, teamCSeq)
+	}
+	if res := team.subscribe("", "", "", 3600); res.StatusCode != 200 {
+		t.Errorf("list: refresh after the restart got %d, want 200", res.StatusCode)
+	}
 	if code, body := apiDo(t, "GET", "http://"+httpAddr+"/api/v1/users/debbie", "s3cret", ""); code != 200 ||
-		!strings.Contains(body, `"state": "dnd"`) || !strings.Contains(body, "Quarterly close") || !strings.Contains(body, `"watchers": 2`) {
+		!strings.Contains(body, `"state": "dnd"`) || !strings.Contains(body, "Quarterly close") || !strings.Contains(body, `"watchers": 3`) {
 		t.Errorf("after the restart: %d %s", code, body)
 	}
 

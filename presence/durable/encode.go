@@ -18,6 +18,7 @@ func appendSubscription(dst []byte, r *presence.SavedSubscription) []byte {
 	dst = appendField(dst, "call_id", r.CallID, false, false)
 	dst = appendField(dst, "remote_tag", r.RemoteTag, false, false)
 	dst = appendField(dst, "user", r.UserID, false, false)
+	dst = appendField(dst, "list", r.List, true, false)
 	dst = appendField(dst, "entity", r.Entity, false, false)
 	dst = append(dst, `,"package":`...)
 	dst = appendString(dst, string(r.Package))
