@@ -283,6 +283,9 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 		defer c.TryClose()
 		return c.Ref(0) - 1 // less the look itself
 	}
+	// Measured once the first NOTIFY's answer is in: a NOTIFY in flight
+	// holds a reference of its own.
+	waitUntil(t, 5*time.Second, "the first NOTIFY answered", func() bool { return env.srv.notifier.pending() == 0 })
 	before := refs()
 	for i := range 20 {
 		if i%2 == 0 {
