@@ -754,8 +754,14 @@ func (n *Node) share(userID, origin string, p *bridge.PersonState) {
 		cp := *p
 		v.Person, v.Extra = &cp, cp.Extra
 	}
-	key := personKey(userID, origin)
 	n.mu.Lock()
+	n.queueLocked(personKey(userID, origin), v)
+	n.mu.Unlock()
+	n.kick()
+}
+
+// queueLocked queues v as the newest write of key; called with n.mu held.
+func (n *Node) queueLocked(key string, v *personValue) {
 	ks := n.keys[key]
 	if ks == nil {
 		ks = &keyState{}
@@ -765,8 +771,6 @@ func (n *Node) share(userID, origin string, p *bridge.PersonState) {
 	ks.gen++
 	v.gen = ks.gen
 	n.queue[key] = v
-	n.mu.Unlock()
-	n.kick()
 }
 
 // writeLoop writes queued person states, the newest of each key, and

@@ -33,16 +33,8 @@ func (n *Node) shareBindings(userID string, bs []presence.Binding) {
 		return
 	}
 	n.bindSums[userID] = sum
-	key := personKey(userID, bindingsOrigin)
-	ks := n.keys[key]
-	if ks == nil {
-		ks = &keyState{}
-		n.keys[key] = ks
-	}
-	ks.writing = true
-	ks.gen++
-	n.queue[key] = &personValue{Node: n.cfg.Node, User: userID, Origin: bindingsOrigin,
-		Cleared: len(bs) == 0, Bindings: slices.Clone(bs), gen: ks.gen}
+	n.queueLocked(personKey(userID, bindingsOrigin), &personValue{Node: n.cfg.Node, User: userID,
+		Origin: bindingsOrigin, Cleared: len(bs) == 0, Bindings: slices.Clone(bs)})
 	n.mu.Unlock()
 	n.kick()
 }
