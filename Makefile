@@ -17,6 +17,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSubscribe$$' -fuzztime $(FUZZTIME) ./presence/
 	$(GO) test -run '^$$' -fuzz '^FuzzDatagram$$' -fuzztime $(FUZZTIME) ./presence/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./presence/sipmsg/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubscription$$' -fuzztime $(FUZZTIME) ./presence/durable/
 
 vet:
 	$(GO) vet ./...

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lamplighter/lamplighter/presence"
+	"github.com/lamplighter/lamplighter/presence/durable"
 )
 
 // Subscription dialogs in the engine. Each node writes the dialogs it
@@ -236,10 +237,7 @@ func (n *Node) writeDialogs(ctx context.Context, batch map[string]dialogOp) (fai
 			if sum = recordSum(n.seed, op.rec); known && e.owner == me && e.sum == sum {
 				continue // the engine holds exactly this already (an adopted dialog's)
 			}
-			var err error
-			if b, err = json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: *op.rec}); err != nil {
-				continue
-			}
+			b = encodeDialog(n.cfg.Node, op.rec)
 		}
 		m := nats.NewMsg(n.dialogSubject(e.key(id)))
 		if op.rec == nil {
@@ -351,8 +349,8 @@ func (n *Node) checkLost(ctx context.Context, ids []string) {
 		case err != nil:
 			again = append(again, id)
 		default:
-			var v dialogValue
-			if json.Unmarshal(e.Value(), &v) != nil || v.Owner != n.cfg.Node {
+			v, err := decodeDialog(e.Value())
+			if err != nil || v.Owner != n.cfg.Node {
 				n.noteDialog(id, de.acceptor, v.Owner, false, e.Revision())
 				forget = append(forget, id)
 				continue
@@ -635,9 +633,12 @@ func (n *Node) readDialogs(ctx context.Context, keys, owner string, each func(pr
 			if e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			var v dialogValue
 			// Only the records kept are decoded.
-			if ownerOf(e.Value()) != owner || json.Unmarshal(e.Value(), &v) != nil {
+			if ownerOf(e.Value()) != owner {
+				continue
+			}
+			v, err := decodeDialog(e.Value())
+			if err != nil {
 				continue
 			}
 			each(v.Dialog, stored{key: e.Key(), rev: e.Revision()})
@@ -713,7 +714,7 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 		msgs := make([]*nats.Msg, len(items))
 		for i, it := range items {
 			rec := presence.Reserved(it.rec)
-			b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: rec})
+			b := encodeDialog(n.cfg.Node, &rec)
 			w.sums[i] = recordSum(n.seed, &rec)
 			m := nats.NewMsg(n.dialogSubject(it.at.key))
 			m.Data = b
@@ -778,14 +779,14 @@ func (n *Node) Claim(id string) (presence.SavedSubscription, bool) {
 	if err != nil {
 		return presence.SavedSubscription{}, false
 	}
-	var v dialogValue
-	if json.Unmarshal(e.Value(), &v) != nil {
+	v, err := decodeDialog(e.Value())
+	if err != nil {
 		return presence.SavedSubscription{}, false
 	}
 	// Stored with its reservations moved on (presence.Reserved), owner
 	// or not: the adopted dialog's NOTIFYs run below them.
 	rec := presence.Reserved(v.Dialog)
-	b, _ := json.Marshal(dialogValue{Owner: n.cfg.Node, Dialog: rec})
+	b := encodeDialog(n.cfg.Node, &rec)
 	rev, err := n.dialogs.Update(ctx, key, b, e.Revision())
 	if err != nil {
 		return presence.SavedSubscription{}, false
@@ -813,4 +814,35 @@ func ownerOf(v []byte) string {
 	}
 	_ = json.Unmarshal(v, &d)
 	return d.Owner
+}
+
+// encodeDialog is a dialog key's value: what encoding/json writes for a
+// dialogValue, written directly (durable.AppendSubscription).
+func encodeDialog(owner string, rec *presence.SavedSubscription) []byte {
+	b := make([]byte, 0, 512)
+	b = append(b, `{"owner":`...)
+	ob, _ := json.Marshal(owner)
+	b = append(b, ob...)
+	b = append(b, `,"dialog":`...)
+	b = durable.AppendSubscription(b, rec)
+	return append(b, '}')
+}
+
+// decodeDialog reads a dialog key's value: its record read directly
+// (durable.ParseSubscription) when the value has the shape encodeDialog
+// gives it, by encoding/json otherwise.
+func decodeDialog(v []byte) (dialogValue, error) {
+	const prefix = `{"owner":"`
+	if rest, ok := bytes.CutPrefix(v, []byte(prefix)); ok {
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
+			if rec, ok := bytes.CutPrefix(rest[i+1:], []byte(`,"dialog":`)); ok && len(rec) > 0 && rec[len(rec)-1] == '}' {
+				if d, err := durable.ParseSubscription(rec[:len(rec)-1]); err == nil {
+					return dialogValue{Owner: string(rest[:i]), Dialog: d}, nil
+				}
+			}
+		}
+	}
+	var d dialogValue
+	err := json.Unmarshal(v, &d)
+	return d, err
 }

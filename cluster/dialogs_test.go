@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"hash/maphash"
@@ -200,6 +201,25 @@ func TestRecordSumReadsEveryField(t *testing.T) {
 		}
 		if recordSum(seed, &r) == zero {
 			t.Errorf("field %s does not change the sum", typ.Field(i).Name)
+		}
+	}
+}
+
+// TestDialogValueIsEncodingJSONs: a dialog key's value is what
+// encoding/json writes for it (nodes of an earlier release read it), and
+// reads back whole, the direct way and from what encoding/json wrote.
+func TestDialogValueIsEncodingJSONs(t *testing.T) {
+	rec := presence.SavedSubscription{ID: "0001abc", CallID: "c@p", List: "team", Routes: []string{"sip:p;lr"},
+		Expires: time.Date(2026, 11, 26, 10, 0, 0, 7, time.UTC), CSeq: 70, Version: 71}
+	want, _ := json.Marshal(dialogValue{Owner: "pbx-a", Dialog: rec})
+	got := encodeDialog("pbx-a", &rec)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	for _, b := range [][]byte{got, []byte(`{"dialog":` + string(got[len(`{"owner":"pbx-a","dialog":`):len(got)-1]) + `,"owner":"pbx-a"}`)} {
+		v, err := decodeDialog(b)
+		if err != nil || v.Owner != "pbx-a" || v.Dialog.ID != rec.ID || v.Dialog.List != "team" || !v.Dialog.Expires.Equal(rec.Expires) || v.Dialog.CSeq != 70 {
+			t.Errorf("%s read back as %+v, %v", b, v, err)
 		}
 	}
 }

@@ -405,8 +405,8 @@ func (d *DB) Load(now time.Time) (*presence.Saved, error) {
 			var stale [][]byte
 			subs := tx.Bucket(bucketSubscriptions)
 			err := subs.ForEach(func(k, v []byte) error {
-				var r presence.SavedSubscription
-				if err := json.Unmarshal(v, &r); err != nil || r.ID != string(k) {
+				r, err := ParseSubscription(v)
+				if err != nil || r.ID != string(k) {
 					d.log.Warn("unreadable saved subscription dropped", "key", string(k), "err", err)
 					stale = append(stale, bytes.Clone(k))
 					return nil
