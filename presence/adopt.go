@@ -125,10 +125,17 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 	}
 	s.expiry.add(sub, sub.expires)
 	if reserved {
-		// The store holds Reserved(r): the reservations run from there.
-		sub.savedCSeq, sub.savedVersion = r.CSeq+cseqReserve, r.Version+cseqReserve
+		// The store holds Reserved(r): the reservations run from there,
+		// and the record saved here (to this node's own file) is that
+		// one, taken before any NOTIFY moves the counters on, so that
+		// the cluster's store sees it holds it already and writes nothing.
+		sub.mu.Lock()
+		rec := sub.saved()
+		sub.mu.Unlock()
+		s.journal.record(rec)
+		return sub
 	}
-	s.journal.subscription(sub, !reserved)
+	s.journal.subscription(sub, true)
 	return sub
 }
 

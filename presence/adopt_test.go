@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -49,4 +50,17 @@ func TestAdoptDeletesWhatNobodyWillHold(t *testing.T) {
 		defer store.mu.Unlock()
 		return slices.Contains(store.gone, "adopt2") && slices.Contains(store.gone, "adopt3") && store.subs["adopt1"].ID == "adopt1"
 	})
+	// Saved as the cluster holds it (Reserved), not as it was once its
+	// NOTIFY had gone: the cluster's store then has nothing to write.
+	store.mu.Lock()
+	got := store.subs["adopt1"]
+	store.mu.Unlock()
+	want := Reserved(live)
+	if !got.Expires.Equal(want.Expires) {
+		t.Errorf("saved expiry %v, want %v", got.Expires, want.Expires)
+	}
+	got.Expires, want.Expires = time.Time{}, time.Time{}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("saved\n%+v\nwant Reserved(record)\n%+v", got, want)
+	}
 }

@@ -111,7 +111,11 @@ type journal struct {
 
 	mu    sync.Mutex
 	subs  map[*Subscription]struct{}
-	unsub map[string]struct{}
+	// records are subscriptions saved as they were when marked, not as
+	// they are at the save (an adopted dialog: its record must match the
+	// one the cluster holds, whatever NOTIFY went out since).
+	records map[string]SavedSubscription
+	unsub   map[string]struct{}
 	pubs  map[string]*Publication // nil value: gone
 	users map[string]struct{}     // users whose bindings changed
 	soon  chan struct{}
@@ -123,7 +127,7 @@ type journal struct {
 func (j *journal) unsaved() int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return len(j.subs) + len(j.unsub) + len(j.pubs) + len(j.users) + j.saving
+	return len(j.subs) + len(j.records) + len(j.unsub) + len(j.pubs) + len(j.users) + j.saving
 }
 
 func newJournal(store Store, every time.Duration, log *slog.Logger) *journal {
@@ -134,6 +138,7 @@ func newJournal(store Store, every time.Duration, log *slog.Logger) *journal {
 
 func (j *journal) reset() {
 	j.subs = map[*Subscription]struct{}{}
+	j.records = map[string]SavedSubscription{}
 	j.unsub = map[string]struct{}{}
 	j.pubs = map[string]*Publication{}
 	j.users = map[string]struct{}{}
@@ -156,12 +161,24 @@ func (j *journal) subscription(s *Subscription, urgent bool) {
 	}
 }
 
+// record marks a subscription as changed, to be saved as rec (what it
+// is now) unless it changes again before the save.
+func (j *journal) record(rec SavedSubscription) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.records[rec.ID] = rec
+	j.mu.Unlock()
+}
+
 func (j *journal) unsubscribed(s *Subscription) {
 	if j == nil {
 		return
 	}
 	j.mu.Lock()
 	delete(j.subs, s)
+	delete(j.records, s.ID)
 	j.unsub[s.ID] = struct{}{}
 	j.mu.Unlock()
 }
@@ -214,8 +231,8 @@ func (j *journal) run(ctx context.Context, s *Server) {
 // pending for the next try.
 func (j *journal) flush(s *Server) {
 	j.mu.Lock()
-	subs, unsub, pubs, users := j.subs, j.unsub, j.pubs, j.users
-	j.saving = len(subs) + len(unsub) + len(pubs) + len(users)
+	subs, records, unsub, pubs, users := j.subs, j.records, j.unsub, j.pubs, j.users
+	j.saving = len(subs) + len(records) + len(unsub) + len(pubs) + len(users)
 	j.reset()
 	j.mu.Unlock()
 	defer func() {
@@ -223,9 +240,10 @@ func (j *journal) flush(s *Server) {
 		j.saving = 0
 		j.mu.Unlock()
 	}()
-	b := Batch{Subscriptions: make([]SavedSubscription, 0, len(subs))}
+	b := Batch{Subscriptions: make([]SavedSubscription, 0, len(subs)+len(records))}
 	for sub := range subs {
 		sub.mu.Lock()
+		delete(records, sub.ID) // changed since: saved as it is now
 		if sub.removed {
 			sub.mu.Unlock()
 			unsub[sub.ID] = struct{}{}
@@ -233,6 +251,11 @@ func (j *journal) flush(s *Server) {
 		}
 		b.Subscriptions = append(b.Subscriptions, sub.saved())
 		sub.mu.Unlock()
+	}
+	for id, rec := range records {
+		if _, gone := unsub[id]; !gone {
+			b.Subscriptions = append(b.Subscriptions, rec)
+		}
 	}
 	for id := range unsub {
 		b.Unsubscribed = append(b.Unsubscribed, id)
@@ -261,6 +284,11 @@ func (j *journal) flush(s *Server) {
 		j.mu.Lock()
 		for sub := range subs {
 			j.subs[sub] = struct{}{}
+		}
+		for id, rec := range records {
+			if _, newer := j.records[id]; !newer {
+				j.records[id] = rec
+			}
 		}
 		for id := range unsub {
 			if _, again := j.unsub[id]; !again {
