@@ -109,16 +109,16 @@ type journal struct {
 	every time.Duration
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	subs  map[*Subscription]struct{}
+	mu   sync.Mutex
+	subs map[*Subscription]struct{}
 	// records are subscriptions saved as they were when marked, not as
 	// they are at the save (an adopted dialog: its record must match the
 	// one the cluster holds, whatever NOTIFY went out since).
 	records map[string]SavedSubscription
 	unsub   map[string]struct{}
-	pubs  map[string]*Publication // nil value: gone
-	users map[string]struct{}     // users whose bindings changed
-	soon  chan struct{}
+	pubs    map[string]*Publication // nil value: gone
+	users   map[string]struct{}     // users whose bindings changed
+	soon    chan struct{}
 	// saving is the size of the batch being written (still unsaved).
 	saving int
 }
