@@ -41,7 +41,7 @@ func (in *interner) get(s string) string {
 		return v
 	}
 	if in.bytes+len(s) > in.maxBytes {
-		clear(in.m)
+		in.m = map[string]string{} // a new map: clear would keep the old one's size
 		in.bytes = 0
 	}
 	v := strings.Clone(s)
