@@ -22,9 +22,13 @@ type interner struct {
 	maxBytes int
 }
 
-// internMaxBytes bounds the strings an interner holds: enough for the
-// distinct strings of some hundred thousand subscriptions.
-const internMaxBytes = 16 << 20
+// internMaxBytes bounds what an interner holds, its map's entries
+// counted (internEntryBytes each): enough for the distinct strings of
+// some hundred thousand subscriptions.
+const (
+	internMaxBytes   = 16 << 20
+	internEntryBytes = 48
+)
 
 func newInterner(maxBytes int) *interner {
 	return &interner{m: map[string]string{}, maxBytes: maxBytes}
@@ -40,12 +44,12 @@ func (in *interner) get(s string) string {
 	if v, ok := in.m[s]; ok {
 		return v
 	}
-	if in.bytes+len(s) > in.maxBytes {
+	if in.bytes+len(s)+internEntryBytes > in.maxBytes {
 		in.m = map[string]string{} // a new map: clear would keep the old one's size
 		in.bytes = 0
 	}
 	v := strings.Clone(s)
 	in.m[v] = v
-	in.bytes += len(v)
+	in.bytes += len(v) + internEntryBytes
 	return v
 }
