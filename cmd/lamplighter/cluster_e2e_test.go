@@ -77,9 +77,8 @@ func TestClusterSoftphonesKeepTheirLamps(t *testing.T) {
 	p2.WaitPresence("Debbie", "Busy", 5*time.Second)
 	allShow("busy", a, b, c)
 	subscribes := strings.Count(p1.Output(), "SUBSCRIBE sip:100@")
-	// Let b and c hold their leases a whole TTL, as they must before
-	// they may declare another node dead.
-	time.Sleep(ttl + 500*time.Millisecond)
+	settled(t, b.http)
+	settled(t, c.http)
 
 	a.p.kill()
 	// The surviving nodes never show anything but the call meanwhile.

@@ -229,9 +229,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	first := w.notifyWhere("confirmed", 5*time.Second)
 	waitReady(t, httpB, `"dialogs_owned":1`)
-	// Let node c hold its lease a whole TTL, as it must before it may
-	// declare another node dead.
-	time.Sleep(ttl + 500*time.Millisecond)
+	settled(t, httpC)
 
 	killed := time.Now()
 	b.kill()
@@ -267,7 +265,7 @@ func TestClusterFailover(t *testing.T) {
 	b = start(t, bin, cfgB)
 	sipB, httpB = addrs(t, b)
 	waitFor(t, b.out, "dialogs taken over by another node: forgotten here", 5*time.Second)
-	time.Sleep(ttl + 500*time.Millisecond) // b settles before it may claim
+	settled(t, httpB)
 
 	// Node c stops (a long pause) past its lease; b takes over.
 	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -301,6 +299,16 @@ func TestClusterFailover(t *testing.T) {
 			return
 		}
 	}
+}
+
+// settled waits until a node has held its lease a whole TTL, as it must
+// before it may declare another node dead: its lease renewals (every
+// third of the TTL) say so.
+func settled(t *testing.T, httpAddr string) {
+	t.Helper()
+	waitUntil(t, 20*time.Second, httpAddr+" holding its lease a whole TTL", func() bool {
+		return metric(t, httpAddr, "lamplighter_cluster_lease_renewals_total") >= 5
+	})
 }
 
 // eslDouble is a FreeSWITCH event socket double on loopback.
