@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -205,5 +207,52 @@ func TestClusterSharesTheProxyKey(t *testing.T) {
 	}
 	if !bytes.Equal(key(dirs[0]), key(dirs[1])) {
 		t.Error("the nodes keep different token keys")
+	}
+}
+
+// TestClusterNodesRegisterTheirOwnARIApp: Asterisk gives an ARI
+// application's events to its last websocket only, so nodes sharing one
+// YAML (app: lamplighter) would take them from each other: each node
+// registers the application under its own name. Both nodes are stopped
+// at the end: a node of a cluster with an ARI PBX (whose dnd mirror it
+// runs) once overflowed its stack stopping.
+func TestClusterNodesRegisterTheirOwnARIApp(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	apps := make(chan string, 16)
+	asterisk := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ari/events" {
+			select {
+			case apps <- r.URL.Query().Get("app"):
+			default:
+			}
+		}
+		http.Error(w, "not here", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(asterisk.Close)
+	for _, name := range []string{"b", "c"} {
+		cfg := clusterConfig(t, t.TempDir(), name, nats.URLs(), "3s", "")
+		src, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		withARI := string(src) + "pbx:\n  - {name: ast, kind: ari, address: \"" + asterisk.URL +
+			"\", username: u, password: p, ari: {app: lamplighter}}\n"
+		if err := os.WriteFile(cfg, []byte(withARI), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		runInProcess(t, cfg)
+	}
+	seen := map[string]bool{}
+	deadline := time.After(10 * time.Second)
+	for !seen["lamplighter-b"] || !seen["lamplighter-c"] {
+		select {
+		case app := <-apps:
+			if app != "lamplighter-b" && app != "lamplighter-c" {
+				t.Fatalf("a node registered ARI application %q", app)
+			}
+			seen[app] = true
+		case <-deadline:
+			t.Fatalf("ARI applications registered: %v, want lamplighter-b and lamplighter-c", seen)
+		}
 	}
 }

@@ -203,13 +203,35 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 	case config.KindSim:
 		return sim.New(conn, *p.Sim, simPhones(p.Name, dir), d.log), nil
 	case config.KindARI:
-		return ari.New(conn, *p.ARI, d.devicesOn(p.Name), d.log)
+		cfg := *p.ARI
+		if d.node != nil {
+			// Asterisk gives an ARI application's events to one websocket
+			// only (the last connected): nodes sharing one YAML would
+			// take them from each other. Each node registers its own.
+			cfg.App = nodeApp(cfg.App, d.node.Name())
+		}
+		return ari.New(conn, cfg, d.devicesOn(p.Name), d.log)
 	case config.KindESL:
 		return esl.New(conn, *p.ESL, d.devicesOn(p.Name), d.log)
 	case config.KindSIP:
 		return d.sipPBXs[p.Name], nil
 	}
 	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
+}
+
+// nodeApp is the ARI application name a node of a cluster registers:
+// app and the node's name, in the characters an application name takes.
+func nodeApp(app, node string) string {
+	if app == "" {
+		app = "lamplighter"
+	}
+	suffix := []byte(node)
+	for i, c := range suffix {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			suffix[i] = '_'
+		}
+	}
+	return app + "-" + string(suffix)
 }
 
 // devicesOn returns a function listing the devices users have on a PBX
@@ -448,7 +470,7 @@ func (d *daemon) mirrorPersons() (cancel func()) {
 			}
 		}
 	}
-	cancel = d.bridge.Listen(func(c bridge.Change) {
+	unlisten := d.bridge.Listen(func(c bridge.Change) {
 		if c.State != nil && (c.Previous == nil || c.State.Person.DND() != c.Previous.Person.DND()) {
 			tell(*c.State.User, c.State.Person)
 		}
@@ -457,7 +479,7 @@ func (d *daemon) mirrorPersons() (cancel func()) {
 		tell(*st.User, st.Person)
 	}
 	if d.node == nil {
-		return cancel
+		return unlisten
 	}
 	// A node that comes to lead writes every person's dnd again.
 	stop := make(chan struct{})
@@ -481,7 +503,8 @@ func (d *daemon) mirrorPersons() (cancel func()) {
 			led = leads
 		}
 	}()
-	return func() { cancel(); close(stop) }
+	// (Not the named result in the closure: it would call itself.)
+	return func() { unlisten(); close(stop) }
 }
 
 // expirePersons lets person states lapse when their expiry comes.
