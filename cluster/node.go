@@ -311,7 +311,10 @@ func (n *Node) connect() (*nats.Conn, error) {
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if err == nil && c.IsClosed() {
+				return // this node stopping closed it
+			}
 			n.mu.Lock()
 			if n.awaySince.IsZero() {
 				n.awaySince = time.Now()
