@@ -56,8 +56,9 @@ type Connection struct {
 	Password string
 }
 
-// ConfigError is a problem in an adapter's own config section. Key is the
-// key within that section, so that the config loader can name its line.
+// ConfigError is a problem in a component's own config section (an
+// adapter's, the cluster's). Key is the key within that section, so that
+// the config loader can name its line.
 type ConfigError struct {
 	Key string
 	Msg string

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"github.com/lamplighter/lamplighter/adapters"
 	"net/netip"
 	"net/url"
 	"os"
@@ -61,24 +62,11 @@ func (c *Config) Defaults() {
 	}
 }
 
-// ConfigError is one problem in the section: the key and what is wrong.
-type ConfigError struct {
-	Key string
-	Msg string
-}
-
-func (e ConfigError) Error() string {
-	if e.Key == "" {
-		return e.Msg
-	}
-	return e.Key + ": " + e.Msg
-}
-
 // Validate checks the section (after Defaults).
-func (c *Config) Validate() []ConfigError {
-	var errs []ConfigError
+func (c *Config) Validate() []adapters.ConfigError {
+	var errs []adapters.ConfigError
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, ConfigError{key, fmt.Sprintf(format, args...)})
+		errs = append(errs, adapters.ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	if c.Node == "" || strings.ContainsAny(c.Node, " .*>/\\\"") {
 		bad("node", "node name %q must be set and may not contain spaces or any of .*>/\\\"", c.Node)

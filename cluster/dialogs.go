@@ -480,28 +480,8 @@ func (n *Node) forgetEnded(ctx context.Context, age time.Duration) {
 	}
 }
 
-// dialogWatchLoop follows the dialogs bucket (owners and revisions).
-func (n *Node) dialogWatchLoop(ctx context.Context) {
-	for ctx.Err() == nil {
-		var opts []jetstream.WatchOpt
-		if seen := n.dseen.Load(); seen > 0 {
-			opts = append(opts, jetstream.ResumeFromRevision(seen+1))
-		}
-		w, err := n.dialogs.WatchAll(ctx, opts...)
-		if err != nil {
-			n.failed("watching dialogs", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		n.followDialogs(ctx, w)
-		_ = w.Stop()
-	}
-}
-
+// followDialogs follows the dialogs bucket (owners and revisions), for
+// watchLoop.
 func (n *Node) followDialogs(ctx context.Context, w jetstream.KeyWatcher) {
 	me := n.me
 	// The acceptors' handles, made once each (unique.Make costs).

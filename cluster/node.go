@@ -293,9 +293,9 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.nodesLoop(ctx) }()
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 	go func() { defer wg.Done(); n.writeLoop(ctx) }()
-	go func() { defer wg.Done(); n.watchLoop(ctx) }()
+	go func() { defer wg.Done(); n.watchLoop(ctx, n.persons, &n.seen, "person states", n.follow) }()
 	go func() { defer wg.Done(); n.dialogWriteLoop(ctx) }()
-	go func() { defer wg.Done(); n.dialogWatchLoop(ctx) }()
+	go func() { defer wg.Done(); n.watchLoop(ctx, n.dialogs, &n.dseen, "dialogs", n.followDialogs) }()
 	go func() { defer wg.Done(); n.renewLoop(ctx) }()
 	<-ctx.Done()
 	n.release()
@@ -360,36 +360,28 @@ func (n *Node) connect() (*nats.Conn, error) {
 func (n *Node) bind(ctx context.Context, js jetstream.JetStream) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	persons, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: n.cfg.BucketPrefix + "_persons", History: 1, Replicas: n.cfg.Replicas,
-		Description: "Lamplighter: person states (PUBLISH, API, feature keys) shared by every node",
-	})
-	if err != nil {
-		return err
+	buckets := []struct {
+		name, what string
+		ttl        time.Duration
+	}{
+		{"_persons", "person states (PUBLISH, API, feature keys) shared by every node", 0},
+		{"_nodes", "the nodes alive, each key renewed within its TTL", n.cfg.LeaseTTL},
+		{"_dialogs", "subscription dialogs, each with the node that NOTIFYs it", 0},
+		{"_shared", "keys every node holds alike (proxy mode's token key)", 0},
 	}
-	leases, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: n.cfg.BucketPrefix + "_nodes", History: 1, Replicas: n.cfg.Replicas, TTL: n.cfg.LeaseTTL,
-		Description: "Lamplighter: the nodes alive, each key renewed within its TTL",
-	})
-	if err != nil {
-		return err
-	}
-	dialogs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: n.cfg.BucketPrefix + "_dialogs", History: 1, Replicas: n.cfg.Replicas,
-		Description: "Lamplighter: subscription dialogs, each with the node that NOTIFYs it",
-	})
-	if err != nil {
-		return err
-	}
-	shared, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: n.cfg.BucketPrefix + "_shared", History: 1, Replicas: n.cfg.Replicas,
-		Description: "Lamplighter: keys every node holds alike (proxy mode's token key)",
-	})
-	if err != nil {
-		return err
+	kvs := make([]jetstream.KeyValue, len(buckets))
+	for i, b := range buckets {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: n.cfg.BucketPrefix + b.name, History: 1, Replicas: n.cfg.Replicas, TTL: b.ttl,
+			Description: "Lamplighter: " + b.what,
+		})
+		if err != nil {
+			return err
+		}
+		kvs[i] = kv
 	}
 	n.mu.Lock()
-	n.persons, n.leases, n.dialogs, n.shared = persons, leases, dialogs, shared
+	n.persons, n.leases, n.dialogs, n.shared = kvs[0], kvs[1], kvs[2], kvs[3]
 	n.mu.Unlock()
 	return nil
 }
@@ -896,18 +888,19 @@ func (n *Node) checkWatch(ctx context.Context) {
 	n.lagging = behind
 }
 
-// watchLoop follows the persons bucket: every state, then each change.
-// A watch that ends or falls behind is started again from the revision
-// after the last it delivered.
-func (n *Node) watchLoop(ctx context.Context) {
+// watchLoop follows a bucket: every key, then each change, handed to
+// follow until it returns. A watch that ends or falls behind is started
+// again from the revision after the last it delivered (seen).
+func (n *Node) watchLoop(ctx context.Context, kv jetstream.KeyValue, seen *atomic.Uint64, what string,
+	follow func(context.Context, jetstream.KeyWatcher)) {
 	for ctx.Err() == nil {
 		var opts []jetstream.WatchOpt
-		if seen := n.seen.Load(); seen > 0 {
-			opts = append(opts, jetstream.ResumeFromRevision(seen+1))
+		if last := seen.Load(); last > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(last+1))
 		}
-		w, err := n.persons.WatchAll(ctx, opts...)
+		w, err := kv.WatchAll(ctx, opts...)
 		if err != nil {
-			n.failed("watching person states", err)
+			n.failed("watching "+what, err)
 			select {
 			case <-ctx.Done():
 				return
@@ -915,7 +908,7 @@ func (n *Node) watchLoop(ctx context.Context) {
 			}
 			continue
 		}
-		n.follow(ctx, w)
+		follow(ctx, w)
 		_ = w.Stop()
 	}
 }
