@@ -2,12 +2,13 @@ package cluster
 
 import (
 	"fmt"
-	"github.com/lamplighter/lamplighter/adapters"
 	"net/netip"
 	"net/url"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/lamplighter/lamplighter/adapters"
 )
 
 // Config is the `cluster:` section. Without it Lamplighter runs alone on
