@@ -296,8 +296,13 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 
 	say("setting up %d subscriptions from %d phones", len(held), res.Phones)
 	stopProfile := t.profileDuring(o.pprofDir, "setup", 3*time.Second, say)
+	serverCPU, phonesCPU := cpuSeconds(t.cmd.Process.Pid), cpuSeconds(os.Getpid())
 	res.Setup = setUp(ctx, ps, held, o.window, o.expires, o.storm)
 	stopProfile()
+	if res.Setup.OK > 0 {
+		res.Setup.ServerCPUMicros = (cpuSeconds(t.cmd.Process.Pid) - serverCPU) / float64(res.Setup.OK) * 1e6
+		res.Setup.PhonesCPUMicros = (cpuSeconds(os.Getpid()) - phonesCPU) / float64(res.Setup.OK) * 1e6
+	}
 	if res.Setup.Failed > 0 {
 		say("%d subscriptions failed", res.Setup.Failed)
 	}

@@ -74,7 +74,14 @@ type setupResult struct {
 	Shed                  int64  `json:"shed"`
 	Notifies              int64  `json:"notifies"`
 	NotifyRetransmissions int64  `json:"notify_retransmissions"`
-	Error                 string `json:"error,omitempty"`
+	// ServerCPUMicros and PhonesCPUMicros are the CPU time (user and
+	// system) Lamplighter and the load tool's phones spent per accepted
+	// subscription, from the first SUBSCRIBE to the last first NOTIFY:
+	// with both on one machine, the set-up rate is bounded by the cores
+	// over their sum.
+	ServerCPUMicros float64 `json:"server_cpu_us_per_setup,omitempty"`
+	PhonesCPUMicros float64 `json:"phones_cpu_us_per_setup,omitempty"`
+	Error           string  `json:"error,omitempty"`
 }
 
 // memoryResult is Lamplighter's memory before any subscription, right
@@ -243,6 +250,11 @@ func (r *result) print(w io.Writer) {
 	row("raw UDP, 1 kB datagrams, one sender", fmt.Sprintf("%.0f/s", r.RawUDP.PerSecond))
 	row("subscription set-up", fmt.Sprintf("%.0f/s (%d ok, %d failed, %d missing, %d retransmitted; all first NOTIFYs by %.2f s)",
 		r.Setup.PerSecond, r.Setup.OK, r.Setup.Failed, r.Setup.Missing, r.Setup.Retransmissions, r.Setup.FirstNotifySeconds))
+	if r.Setup.ServerCPUMicros > 0 {
+		row("  CPU per set-up", fmt.Sprintf("Lamplighter %.1f µs, phones %.1f µs (%d cores: at most %.0f/s for both on this machine)",
+			r.Setup.ServerCPUMicros, r.Setup.PhonesCPUMicros, r.Machine.Cores,
+			float64(r.Machine.Cores)*1e6/(r.Setup.ServerCPUMicros+r.Setup.PhonesCPUMicros)))
+	}
 	if r.Setup.OfferedPerSecond > 0 {
 		share := 0.0
 		if r.Setup.Notifies > 0 {
