@@ -50,6 +50,7 @@ type options struct {
 	httpPort     int
 	jsonPath     string
 	pprofDir     string
+	ceiling      bool
 	selfProfile  string
 	storm        float64
 	cluster      int // nodes of the -cluster run (0: one Lamplighter)
@@ -100,7 +101,17 @@ func main() {
 	fs.StringVar(&o.kamailio, "kamailio", "kamailio", "the Kamailio `binary` for -compare")
 	fs.StringVar(&o.kamailioModules, "kamailio-modules", "", "Kamailio's module `directory` (default: where Debian puts it)")
 	fs.IntVar(&o.kamailioChildren, "kamailio-children", 8, "Kamailio's UDP worker processes")
+	fs.BoolVar(&o.ceiling, "ceiling", false, "set up -subs subscriptions against a server that only answers (no state, no file) instead of Lamplighter: the set-up rate the phones and the machine allow")
+	answerAddr := fs.String("answer-only", "", "")
 	fs.Parse(os.Args[1:])
+	if *answerAddr != "" { // the ceiling run's server, started by lampload itself
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := answerOnly(ctx, *answerAddr); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if o.users == 0 {
 		o.users = max(1, o.subs/10)
 	}
@@ -127,6 +138,12 @@ func main() {
 	switch {
 	case o.cluster > 0:
 		r, e := runCluster(ctx, o, os.Stderr)
+		if r != nil {
+			res = r
+		}
+		err = e
+	case o.ceiling:
+		r, e := runCeiling(ctx, o, os.Stderr)
 		if r != nil {
 			res = r
 		}

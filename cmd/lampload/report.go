@@ -71,9 +71,9 @@ type setupResult struct {
 	// Shed counts 503s with Retry-After (each retried when told);
 	// Notifies and NotifyRetransmissions the NOTIFYs received during the
 	// set-up and those received again.
-	Shed                  int64  `json:"shed"`
-	Notifies              int64  `json:"notifies"`
-	NotifyRetransmissions int64  `json:"notify_retransmissions"`
+	Shed                  int64 `json:"shed"`
+	Notifies              int64 `json:"notifies"`
+	NotifyRetransmissions int64 `json:"notify_retransmissions"`
 	// ServerCPUMicros and PhonesCPUMicros are the CPU time (user and
 	// system) Lamplighter and the load tool's phones spent per accepted
 	// subscription, from the first SUBSCRIBE to the last first NOTIFY:
