@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,5 +146,54 @@ func TestClusterRun(t *testing.T) {
 	}
 	if res.FailoverShare != 150 || res.FailoverNotified != 150 {
 		t.Errorf("failover: %d of %d NOTIFYed", res.FailoverNotified, res.FailoverShare)
+	}
+}
+
+// TestSubscribeRequestRendering checks the phones' SUBSCRIBE, written
+// with appends, against the same request written with fmt, for a first
+// SUBSCRIBE and for a refresh in the dialog.
+func TestSubscribeRequestRendering(t *testing.T) {
+	ps := newPhones("127.0.0.1:5060")
+	p := &phone{ps: ps, id: 7, transport: "TCP", port: 40123}
+	s := &sub{phone: p, user: &user{ext: "100042"}, pkg: "dialog", callID: "ll3-40123@lampload", tag: "t3"}
+	for _, toTag := range []string{"", "srv9"} {
+		s.toTag, s.attempt = toTag, len(toTag)
+		want := fmt.Sprintf("SUBSCRIBE sip:%s@%s SIP/2.0\r\n"+
+			"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s-%d;rport\r\n"+
+			"Max-Forwards: 70\r\n"+
+			"From: <sip:phone%d@lampload>;tag=%s\r\n"+
+			"To: <sip:%s@lampload>%s\r\n"+
+			"Call-ID: %s\r\n"+
+			"CSeq: %d SUBSCRIBE\r\n"+
+			"Contact: <sip:phone%d@%s;transport=%s>\r\n"+
+			"Event: %s\r\n"+
+			"Accept: %s\r\n"+
+			"Expires: %d\r\n"+
+			"User-Agent: lampload\r\n"+
+			"Content-Length: 0\r\n\r\n",
+			"100042", "127.0.0.1:5060", "TCP", "127.0.0.1:40123", "t3", s.callID, s.attempt,
+			7, "t3", "100042", toTagParam(toTag), s.callID, s.attempt+1, 7, "127.0.0.1:40123", "tcp", "dialog",
+			"application/dialog-info+xml", 600)
+		if got := string(p.subscribeRequest(s, 600)); got != want {
+			t.Errorf("to-tag %q:\ngot  %q\nwant %q", toTag, got, want)
+		}
+	}
+}
+
+// TestHeaderNames checks the phones' header matching: any case, compact
+// forms, and no prefix or longer name taken for a header.
+func TestHeaderNames(t *testing.T) {
+	for _, c := range []struct {
+		name, long, compact string
+		want                bool
+	}{
+		{"Via", "Via", "v", true}, {"VIA", "Via", "v", true}, {"v", "Via", "v", true}, {"V", "Via", "v", true},
+		{"Vi", "Via", "v", false}, {"Vias", "Via", "v", false}, {"t", "Via", "v", false},
+		{"call-id", "Call-ID", "i", true}, {"i", "Call-ID", "i", true},
+		{"c", "CSeq", "", false}, {"Content-Length", "Content-Length", "l", true}, {"l", "Content-Length", "l", true},
+	} {
+		if got := headerIs([]byte(c.name), c.long, c.compact); got != c.want {
+			t.Errorf("headerIs(%q, %q, %q) = %v", c.name, c.long, c.compact, got)
+		}
 	}
 }

@@ -74,53 +74,78 @@ func setUp(ctx context.Context, ps *phones, subs []*sub, window, expires int, ra
 	r := setupResult{Subscriptions: len(subs), OfferedPerSecond: rate}
 	before, shedBefore := ps.retransmitted.Load(), ps.shed.Load()
 	dupBefore, notBefore := ps.duplicates.Load(), ps.notifies.Load()
-	if rate > 0 {
-		window = len(subs) // the pace alone limits a storm
-	}
-	tokens := make(chan struct{}, window)
-	start := time.Now()
+	n := int64(len(subs))
+	var ok, failed, answered, lastAt, next atomic.Int64
+	done := make(chan struct{})
 	sendErr := make(chan error, 1)
-	go func() {
-		for i, s := range subs {
+	send := func(s *sub) {
+		if err := s.phone.subscribe(s, expires); err != nil {
 			select {
-			case tokens <- struct{}{}:
-			case <-ctx.Done():
-				return
+			case sendErr <- err:
+			default:
 			}
-			if rate > 0 { // open loop: the i-th goes out at i/rate
+		}
+	}
+	// The phone that reads a final response sends the next SUBSCRIBE
+	// itself (at most window in flight): no hand-over to another
+	// goroutine, whose wake-ups would be the load tool's cost, not the
+	// server's.
+	onAnswer := func(s *sub) {
+		if st := s.status.Load(); st >= 200 && st < 300 {
+			ok.Add(1)
+		} else {
+			failed.Add(1)
+		}
+		lastAt.Store(time.Now().UnixNano())
+		if rate == 0 {
+			if i := next.Add(1) - 1; i < n {
+				send(subs[i])
+			}
+		}
+		if answered.Add(1) == n {
+			close(done)
+		}
+	}
+	ps.onAnswer(onAnswer)
+	defer ps.onAnswer(nil)
+	start := time.Now()
+	if n == 0 {
+		close(done)
+	}
+	if rate > 0 { // a storm: open loop, the i-th goes out at i/rate whatever is in flight
+		go func() {
+			for i, s := range subs {
 				if d := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); d > 0 {
-					time.Sleep(d)
+					select {
+					case <-time.After(d):
+					case <-ctx.Done():
+						return
+					}
 				}
+				send(s)
 			}
-			if err := s.phone.subscribe(s, expires); err != nil {
-				sendErr <- err
-				return
-			}
+		}()
+	} else {
+		first := min(int64(window), n)
+		next.Store(first)
+		for _, s := range subs[:first] {
+			send(s)
 		}
-	}()
-	var last time.Time
+	}
 	deadline := time.After(60*time.Second + time.Duration(len(subs))*time.Millisecond)
-wait:
-	for got := 0; got < len(subs); got++ {
-		select {
-		case s := <-ps.answered:
-			<-tokens
-			if st := s.status.Load(); st >= 200 && st < 300 {
-				r.OK++
-			} else {
-				r.Failed++
-			}
-			last = time.Now()
-		case err := <-sendErr:
-			r.Error = err.Error()
-			break wait
-		case <-deadline:
-			r.Error = "final responses missing at the deadline"
-			break wait
-		case <-ctx.Done():
-			r.Error = ctx.Err().Error()
-			break wait
-		}
+	select {
+	case <-done:
+	case err := <-sendErr:
+		r.Error = err.Error()
+	case <-deadline:
+		r.Error = "final responses missing at the deadline"
+	case <-ctx.Done():
+		r.Error = ctx.Err().Error()
+	}
+	r.OK, r.Failed = int(ok.Load()), int(failed.Load())
+	last := start
+	if at := lastAt.Load(); at > 0 {
+		last = time.Unix(0, at)
 	}
 	r.Missing = len(subs) - r.OK - r.Failed
 	r.Seconds = last.Sub(start).Seconds()

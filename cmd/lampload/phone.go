@@ -58,7 +58,7 @@ type phones struct {
 
 	pendingMu sync.Mutex
 	pending   map[*sub]struct{}
-	answered  chan *sub // final responses to SUBSCRIBEs
+	answered  atomic.Pointer[func(*sub)] // what a final response to a SUBSCRIBE is handed to
 
 	duplicates    atomic.Int64 // NOTIFYs received again (server retransmissions)
 	shed          atomic.Int64 // SUBSCRIBEs answered 503 with Retry-After
@@ -84,8 +84,7 @@ type phone struct {
 }
 
 func newPhones(server string) *phones {
-	return &phones{server: server, byCall: map[string]*sub{}, pending: map[*sub]struct{}{},
-		answered: make(chan *sub, 4096)}
+	return &phones{server: server, byCall: map[string]*sub{}, pending: map[*sub]struct{}{}}
 }
 
 // reusable lets a TCP phone listen and dial from one port.
@@ -198,22 +197,49 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 	if s.pkg == "dialog" {
 		accept = "application/dialog-info+xml"
 	}
+	// Written with appends, not fmt: the phones share the machine with
+	// the server they measure, so what they spend is taken from it.
 	host := "127.0.0.1:" + strconv.Itoa(p.port)
-	return fmt.Appendf(nil, "SUBSCRIBE sip:%s@%s SIP/2.0\r\n"+
-		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%s-%d;rport\r\n"+
-		"Max-Forwards: 70\r\n"+
-		"From: <sip:phone%d@lampload>;tag=%s\r\n"+
-		"To: <sip:%s@lampload>%s\r\n"+
-		"Call-ID: %s\r\n"+
-		"CSeq: %d SUBSCRIBE\r\n"+
-		"Contact: <sip:phone%d@%s;transport=%s>\r\n"+
-		"Event: %s\r\n"+
-		"Accept: %s\r\n"+
-		"Expires: %d\r\n"+
-		"User-Agent: lampload\r\n"+
-		"Content-Length: 0\r\n\r\n",
-		s.user.ext, p.ps.server, p.transport, host, s.tag, s.callID, s.attempt,
-		p.id, s.tag, s.user.ext, toTagParam(s.toTag), s.callID, s.attempt+1, p.id, host, lower(p.transport), s.pkg, accept, expires)
+	b := make([]byte, 0, 512)
+	b = append(b, "SUBSCRIBE sip:"...)
+	b = append(b, s.user.ext...)
+	b = append(b, '@')
+	b = append(b, p.ps.server...)
+	b = append(b, " SIP/2.0\r\nVia: SIP/2.0/"...)
+	b = append(b, p.transport...)
+	b = append(b, ' ')
+	b = append(b, host...)
+	b = append(b, ";branch=z9hG4bK-"...)
+	b = append(b, s.tag...)
+	b = append(b, '-')
+	b = append(b, s.callID...)
+	b = append(b, '-')
+	b = strconv.AppendInt(b, int64(s.attempt), 10)
+	b = append(b, ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:phone"...)
+	b = strconv.AppendInt(b, int64(p.id), 10)
+	b = append(b, "@lampload>;tag="...)
+	b = append(b, s.tag...)
+	b = append(b, "\r\nTo: <sip:"...)
+	b = append(b, s.user.ext...)
+	b = append(b, "@lampload>"...)
+	b = append(b, toTagParam(s.toTag)...)
+	b = append(b, "\r\nCall-ID: "...)
+	b = append(b, s.callID...)
+	b = append(b, "\r\nCSeq: "...)
+	b = strconv.AppendInt(b, int64(s.attempt+1), 10)
+	b = append(b, " SUBSCRIBE\r\nContact: <sip:phone"...)
+	b = strconv.AppendInt(b, int64(p.id), 10)
+	b = append(b, '@')
+	b = append(b, host...)
+	b = append(b, ";transport="...)
+	b = append(b, lower(p.transport)...)
+	b = append(b, ">\r\nEvent: "...)
+	b = append(b, s.pkg...)
+	b = append(b, "\r\nAccept: "...)
+	b = append(b, accept...)
+	b = append(b, "\r\nExpires: "...)
+	b = strconv.AppendInt(b, int64(expires), 10)
+	return append(b, "\r\nUser-Agent: lampload\r\nContent-Length: 0\r\n\r\n"...)
 }
 
 func lower(t string) string {
@@ -320,7 +346,7 @@ func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
 				ps.pendingMu.Unlock()
 				if waiting {
 					s.status.Store(int32(m.status))
-					ps.answered <- s
+					ps.answer(s)
 				}
 			}
 		}
@@ -358,6 +384,24 @@ func (ps *phones) handle(m *message, at time.Time, out []byte) []byte {
 		(*h)(n)
 	}
 	return out
+}
+
+// onAnswer sets what every final response to a SUBSCRIBE (and each that
+// never came, as 408) is handed to, on the goroutine that read it (nil:
+// nothing).
+func (ps *phones) onAnswer(h func(*sub)) {
+	if h == nil {
+		ps.answered.Store(nil)
+		return
+	}
+	ps.answered.Store(&h)
+}
+
+// answer hands s, just answered, to the onAnswer handler.
+func (ps *phones) answer(s *sub) {
+	if h := ps.answered.Load(); h != nil {
+		(*h)(s)
+	}
 }
 
 // seal publishes the subscriptions to the phones' readers; none may be
@@ -428,7 +472,7 @@ func (ps *phones) retransmit(ctx context.Context, expires int) {
 			}
 			for _, s := range expired {
 				s.status.Store(408)
-				ps.answered <- s
+				ps.answer(s)
 			}
 		}
 	}

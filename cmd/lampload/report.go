@@ -270,6 +270,8 @@ func (r *result) print(w io.Writer) {
 		m.HeapPerSub, m.RSSPerSub, m.RSSFilePerSub, m.Subscriptions, mib(m.Before.HeapLive), mib(m.Held.HeapLive), mib(m.Before.RSS), mib(m.Held.RSS)))
 	row("  right after set-up", fmt.Sprintf("%.0f B heap, %.0f B RSS of which %.0f B state-file pages (SUBSCRIBE transactions still kept for Timer J)",
 		m.SetupHeapPerSub, m.SetupRSSPerSub, m.SetupRSSFilePerSub))
+	row("  where the held RSS is", fmt.Sprintf("heap %s live in %s of spans, %s of free heap pages not yet returned",
+		mib(m.Held.HeapLive), mib(m.Held.HeapSpans), mib(m.Held.HeapFreeKept)))
 	if m.Restored.RSS > 0 {
 		row("  after a restart", fmt.Sprintf("%.0f B heap, %.0f B RSS (the same subscriptions restored from the state file)",
 			m.RestoredHeapPerSub, m.RestoredRSSPerSub))

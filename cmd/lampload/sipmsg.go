@@ -102,8 +102,13 @@ func parseMessage(b []byte) (message, int, error) {
 	return m, total, nil
 }
 
+// headerIs tells whether name is the header long (any case) or its
+// compact form; the length is compared first, as most names are not.
 func headerIs(name []byte, long, compact string) bool {
-	return bytes.EqualFold(name, []byte(long)) || compact != "" && bytes.EqualFold(name, []byte(compact))
+	if len(name) == len(long) {
+		return bytes.EqualFold(name, []byte(long))
+	}
+	return len(name) == 1 && len(compact) == 1 && name[0]|0x20 == compact[0]
 }
 
 // isSubscribe tells whether the message's CSeq method is SUBSCRIBE.

@@ -146,6 +146,11 @@ type memory struct {
 	RSS      int64 `json:"rss_bytes"`
 	RSSFile  int64 `json:"rss_file_bytes"` // of RSS, file pages (the state file bbolt maps)
 	HeapLive int64 `json:"heap_live_bytes"`
+	// HeapSpans is the heap's pages in use by spans (live objects and the
+	// free slots between them); HeapFreeKept the free pages not yet given
+	// back to the kernel. With HeapLive they tell where RSS goes.
+	HeapSpans    int64 `json:"heap_in_spans_bytes"`
+	HeapFreeKept int64 `json:"heap_free_kept_bytes"`
 }
 
 // memory forces a collection (through the profiler) and reads the live
@@ -163,6 +168,8 @@ func (t *target) memory() (memory, error) {
 		return m, err
 	}
 	m.HeapLive = int64(metrics["go_memstats_heap_alloc_bytes"])
+	m.HeapSpans = int64(metrics["go_memstats_heap_inuse_bytes"])
+	m.HeapFreeKept = int64(metrics["go_memstats_heap_idle_bytes"] - metrics["go_memstats_heap_released_bytes"])
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
 	if err != nil {
 		return m, err
