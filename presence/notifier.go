@@ -22,8 +22,10 @@ import (
 // rather than by sipgo: a NOTIFY is rendered straight into bytes from the
 // subscription's dialog, written to the UDP listener (or the subscriber's
 // stream connection), retransmitted on Timer E and given up on Timer F.
-// Responses reach it through sipgo's handler for responses that match no
-// sipgo transaction. This halves the CPU a NOTIFY costs and keeps no
+// Responses are read from their bytes by the UDP readers and by the
+// guard of each stream connection we accepted (raw); on a connection we
+// opened ourselves they come through sipgo's handler for responses that
+// match no sipgo transaction. This halves the CPU a NOTIFY costs and keeps no
 // per-transaction goroutine (see BENCHMARKS.md).
 
 // notifier holds the NOTIFY transactions in flight, by Via branch.
@@ -209,13 +211,41 @@ func (n *notifier) answer(branch string, code int, from func(*notifyTx) bool, re
 // any address but the one the NOTIFY went to is dropped.
 func (n *notifier) datagram(data []byte, from netip.AddrPort) []byte {
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	if n.raw(data, func(tx *notifyTx) bool { return tx.stream == nil && tx.to == from }) {
+		return nil
+	}
+	return data
+}
+
+// streamed takes a response read on a guarded stream connection whose
+// peer is remote, as datagram does for UDP: it reports whether the
+// response was handled (else sipgo reads it). A response is taken for a
+// NOTIFY that left on a connection to the same peer only.
+func (n *notifier) streamed(msg []byte, remote string) bool {
+	return n.raw(msg, func(tx *notifyTx) bool {
+		if tx.stream == nil {
+			return false
+		}
+		if c, ok := tx.stream.(interface{ RemoteAddr() net.Addr }); ok {
+			return c.RemoteAddr().String() == remote
+		}
+		return tx.stub.Destination() == remote
+	})
+}
+
+// raw reads a response to a NOTIFY from its bytes (status, top Via's
+// branch, CSeq) and ends its transaction when from accepts the
+// transaction; it reports whether the response is done with: handled,
+// a late copy of an answered one, or a forgery of our branch. Anything
+// it cannot read plainly (folded lines) is left to sipgo's parser.
+func (n *notifier) raw(data []byte, from func(*notifyTx) bool) bool {
 	const prefix = "SIP/2.0 "
 	if len(data) < len(prefix)+3 || string(data[:len(prefix)]) != prefix {
-		return data
+		return false
 	}
 	code, err := strconv.Atoi(string(data[len(prefix) : len(prefix)+3]))
 	if err != nil || code < 100 || code > 699 {
-		return data
+		return false
 	}
 	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
 	status, rest, _ := bytes.Cut(head, []byte("\r\n"))
@@ -226,7 +256,7 @@ func (n *notifier) datagram(data []byte, from netip.AddrPort) []byte {
 		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
-			return data // folded or odd: leave it to sipgo's parser
+			return false // folded or odd: leave it to sipgo's parser
 		}
 		name = bytes.TrimSpace(name)
 		switch {
@@ -245,19 +275,16 @@ func (n *notifier) datagram(data []byte, from netip.AddrPort) []byte {
 		}
 	}
 	if !notify || branch == nil {
-		return data
+		return false
 	}
-	ours := n.answer(string(branch), code, func(tx *notifyTx) bool { return tx.to == from }, func() *sip.Response {
+	ours := n.answer(string(branch), code, from, func() *sip.Response {
 		reason := ""
 		if len(status) > len(prefix)+4 {
 			reason = string(status[len(prefix)+4:])
 		}
 		return &sip.Response{StatusCode: code, Reason: reason}
 	})
-	if !ours && !bytes.HasPrefix(branch, []byte(branchPrefix)) {
-		return data // not ours
-	}
-	return nil // handled, a late copy of an answered one, or forged
+	return ours || bytes.HasPrefix(branch, []byte(branchPrefix))
 }
 
 // release returns tx's buffer to the pool once no write uses it, and the

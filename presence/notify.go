@@ -394,7 +394,7 @@ func (s *Server) notifyDone(sub *Subscription, res *sip.Response, failure string
 		if sub.done {
 			break
 		}
-		if sub.failures >= s.opt.NotifyRetries {
+		if int(sub.failures) >= s.opt.NotifyRetries {
 			s.log.Warn("subscriber does not answer NOTIFYs: ending the subscription", "user", sub.UserID,
 				"source", sub.Source, "failures", sub.failures, "err", errString(err, res))
 			s.drop(sub)

@@ -262,13 +262,16 @@ func (c *guardedConn) frame() {
 
 // consume drops n framed bytes from in.
 // serve runs a request the server answers itself on Lamplighter's own
-// path, in order with the connection's other messages; it reports false
-// for what sipgo should read instead (responses, other methods). Over a
+// path, in order with the connection's other messages, and ends the
+// NOTIFY transaction a response answers; it reports false for what sipgo
+// should read instead (other responses, other methods). Over a
 // stream there are no retransmissions to absorb: the response is written
 // on the connection and nothing is kept.
 func (c *guardedConn) serve(msg []byte) bool {
 	if !isRawRequest(msg) {
-		return false
+		// A response to one of our NOTIFYs ends its transaction here, as
+		// over UDP; any other goes to sipgo.
+		return c.l.s.notifier.streamed(msg, c.remote)
 	}
 	handler, ok := c.l.s.handlerFor(rawMethod(msg))
 	if !ok {

@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -184,7 +185,9 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		return
 	}
 	s.expiry.add(sub, sub.expires)
-	s.log.Debug("subscribed", "user", sub.UserID, "list", sub.List, "event", pkg.Token(), "watcher", id.UserID, "source", sub.Source, "expires", expires)
+	if s.log.Enabled(s.ctx, slog.LevelDebug) { // its arguments alone cost allocations
+		s.log.Debug("subscribed", "user", sub.UserID, "list", sub.List, "event", pkg.Token(), "watcher", id.UserID, "source", sub.Source, "expires", expires)
+	}
 	s.enqueue(sub, time.Time{}, true)
 }
 

@@ -33,13 +33,9 @@ type Subscription struct {
 	Watcher   string // authenticated user id of the subscriber ("" if trusted and unknown)
 	Grant     string // what let the watcher in (authenticator.grant), checked again at reload
 	UserAgent string
-	Single    bool // one dialog per dialog-info document
 	// MediaType is what its NOTIFYs carry, as its package negotiated
 	// it from Accept (XPIDF for older Polycom and Cisco phones).
 	MediaType string
-	// DNDText: a client that reads dnd from the text in <rpid:busy>
-	// (Linphone); from User-Agent.
-	DNDText bool
 	// LocalHost and LocalPort are our address as this subscriber reaches
 	// it (Via and Contact), worked out once when the dialog is made.
 	LocalHost string
@@ -64,23 +60,32 @@ type Subscription struct {
 	routes     []string // route set from Record-Route, as URIs
 	routeAddr  string   // host:port of the first route, "" without routes
 	remoteCSeq uint32
-	cseq       uint32        // last NOTIFY CSeq sent
-	version    uint32        // next dialog-info version
-	expires    time.Time     // when the subscription lapses (see expiryWheel)
-	dirty      bool          // state changed since the last NOTIFY was built
-	unanswered bool          // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
-	queued     bool          // waiting in the send queue
-	inflight   bool          // a NOTIFY transaction is under way
-	final      string        // reason of the terminating NOTIFY still to send
-	done       bool          // terminated and final NOTIFY sent
-	failures   int           // consecutive failed NOTIFYs
-	removed    bool          // gone from the store
-	force      bool          // send even if the state is unchanged
-	changedAt  time.Time     // first unsent change, for the latency metric
-	lastState  *bridge.State // state rendered in the last NOTIFY
+	cseq       uint32 // last NOTIFY CSeq sent
+	version    uint32 // next dialog-info version
 	// savedCSeq and savedVersion are the reservations last handed to the
 	// Store: going past either asks for an early save.
 	savedCSeq, savedVersion uint32
+	failures                int32         // consecutive failed NOTIFYs
+	expires                 time.Time     // when the subscription lapses (see expiryWheel)
+	final                   string        // reason of the terminating NOTIFY still to send
+	changedAt               time.Time     // first unsent change, for the latency metric
+	lastState               *bridge.State // state rendered in the last NOTIFY
+
+	// The flags last, side by side: a subscription is the server's
+	// largest object by count, and each flag placed between wider fields
+	// would cost a word of padding.
+
+	Single bool // one dialog per dialog-info document
+	// DNDText: a client that reads dnd from the text in <rpid:busy>
+	// (Linphone); from User-Agent.
+	DNDText    bool
+	dirty      bool // state changed since the last NOTIFY was built
+	unanswered bool // the SUBSCRIBE's 2xx has not left yet: NOTIFYs wait for it
+	queued     bool // waiting in the send queue
+	inflight   bool // a NOTIFY transaction is under way
+	done       bool // terminated and final NOTIFY sent
+	removed    bool // gone from the store
+	force      bool // send even if the state is unchanged
 }
 
 // sourceIP returns the host of Source, the unit of the per-source limit.
