@@ -283,7 +283,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	if err := t.ready(ctx, 30*time.Second); err != nil {
 		return res, err
 	}
-	if res.Memory.Before, err = t.memory(); err != nil {
+	if res.Memory.Before, err = t.settledMemory(ctx); err != nil {
 		return res, fmt.Errorf("reading memory: %w", err)
 	}
 
@@ -366,7 +366,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 			return res, ctx.Err()
 		}
 	}
-	if res.Memory.Held, err = t.memory(); err != nil {
+	if res.Memory.Held, err = t.settledMemory(ctx); err != nil {
 		return res, fmt.Errorf("reading memory: %w", err)
 	}
 	res.Memory.perSubscription(res.Setup.OK+res.FanoutSetup.OK, res.Setup.OK)

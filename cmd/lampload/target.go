@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -187,6 +188,56 @@ func (t *target) memory() (memory, error) {
 		}
 	}
 	return m, nil
+}
+
+// settledMemory reads the memory as memory does, then again every half
+// second until the resident set has stopped falling (less than 1 MiB in
+// two seconds) or for at most 20 s: the Go runtime gives free pages above
+// its heap goal back in the background, so a reading right after a
+// collection still counts the pages of the heap before it. Held figures
+// are what a process keeps, so they are read settled.
+func (t *target) settledMemory(ctx context.Context) (memory, error) {
+	m, err := t.memory()
+	if err != nil {
+		return m, err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	mark := m.RSS
+	markAt := time.Now()
+	for time.Now().Before(deadline) {
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return m, ctx.Err()
+		}
+		rss, err := t.rss()
+		if err != nil {
+			return m, err
+		}
+		m.RSS = rss
+		switch {
+		case mark-rss >= 1<<20:
+			mark, markAt = rss, time.Now()
+		case time.Since(markAt) >= 2*time.Second:
+			return t.memory() // the rest read again, at the settled point
+		}
+	}
+	return t.memory()
+}
+
+// rss reads the resident set size from /proc.
+func (t *target) rss() (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n * 1024, nil
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
 }
 
 // metrics reads /metrics into name{labels} → value.
