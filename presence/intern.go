@@ -44,6 +44,25 @@ func (in *interner) get(s string) string {
 	if v, ok := in.m[s]; ok {
 		return v
 	}
+	return in.keep(s)
+}
+
+// getBytes is get for a string still being built: when it is kept
+// already (the usual case) nothing is allocated.
+func (in *interner) getBytes(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if v, ok := in.m[string(b)]; ok {
+		return v
+	}
+	return in.keep(string(b))
+}
+
+// keep adds a copy of s, starting afresh when full. Called with mu held.
+func (in *interner) keep(s string) string {
 	if in.bytes+len(s)+internEntryBytes > in.maxBytes {
 		in.m = map[string]string{} // a new map: clear would keep the old one's size
 		in.bytes = 0

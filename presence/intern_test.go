@@ -33,3 +33,25 @@ func TestInternerSharesAndForgets(t *testing.T) {
 		t.Error("empty string")
 	}
 }
+
+// TestInternerBytesAllocateOnlyOnce: a string built in a buffer comes
+// back as the kept copy, without an allocation once it is kept.
+func TestInternerBytesAllocateOnlyOnce(t *testing.T) {
+	in := newInterner(internMaxBytes)
+	buf := []byte("127.0.0.1:5060")
+	first := in.getBytes(buf)
+	if first != "127.0.0.1:5060" || unsafe.StringData(first) == unsafe.SliceData(buf) {
+		t.Fatalf("not a copy of its own: %q", first)
+	}
+	buf[0] = '9' // the buffer is reused: the kept string must not change
+	if first != "127.0.0.1:5060" {
+		t.Fatalf("kept string changed with the buffer: %q", first)
+	}
+	buf[0] = '1'
+	if allocs := testing.AllocsPerRun(100, func() { _ = in.getBytes(buf) }); allocs != 0 {
+		t.Errorf("%v allocations for a kept string", allocs)
+	}
+	if got := in.get("127.0.0.1:5060"); unsafe.StringData(got) != unsafe.StringData(first) {
+		t.Error("get and getBytes keep different copies")
+	}
+}

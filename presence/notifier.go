@@ -38,7 +38,14 @@ type notifier struct {
 	txs    map[string]*notifyTx
 	closed bool
 	bufs   sync.Pool
-	done   func(tx *notifyTx, res *sip.Response, failure string, err error)
+	done   func(tx *notifyTx, res notifyResponse, failure string, err error)
+}
+
+// notifyResponse is the final response that ended a NOTIFY transaction:
+// all its outcome needs (code 0: none came).
+type notifyResponse struct {
+	code   int
+	reason string
 }
 
 // notifyTx is one NOTIFY in flight.
@@ -60,7 +67,7 @@ type notifyTx struct {
 	sending sync.Mutex
 }
 
-func newNotifier(done func(*notifyTx, *sip.Response, string, error)) *notifier {
+func newNotifier(done func(*notifyTx, notifyResponse, string, error)) *notifier {
 	var seed [32]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		panic("presence: no randomness for NOTIFY branches: " + err.Error())
@@ -146,7 +153,7 @@ func (n *notifier) fire(tx *notifyTx) {
 		delete(n.txs, tx.branch)
 		n.mu.Unlock()
 		n.release(tx)
-		n.done(tx, nil, "timeout", fmt.Errorf("no final response within %v", sip.Timer_F))
+		n.done(tx, notifyResponse{}, "timeout", fmt.Errorf("no final response within %v", sip.Timer_F))
 		return
 	}
 	tx.interval = min(2*tx.interval, tx.t2)
@@ -165,7 +172,7 @@ func (n *notifier) response(res *sip.Response) {
 		return
 	}
 	branch, _ := via.Params.Get("branch")
-	n.answer(branch, res.StatusCode, func(tx *notifyTx) bool { return tx.cameFrom(res) }, func() *sip.Response { return res })
+	n.answer([]byte(branch), res.StatusCode, func(tx *notifyTx) bool { return tx.cameFrom(res) }, func() string { return res.Reason })
 }
 
 // cameFrom reports whether a response reached us the way tx's NOTIFY
@@ -185,9 +192,9 @@ func (tx *notifyTx) cameFrom(res *sip.Response) bool {
 // answer ends the transaction of branch on a final response (res builds
 // it) when from accepts where it came from; a provisional one only says
 // the peer is there. It reports whether the transaction was in flight.
-func (n *notifier) answer(branch string, code int, from func(*notifyTx) bool, res func() *sip.Response) bool {
+func (n *notifier) answer(branch []byte, code int, from func(*notifyTx) bool, reason func() string) bool {
 	n.mu.Lock()
-	tx := n.txs[branch]
+	tx := n.txs[string(branch)] // no copy for the lookup
 	if tx != nil && !from(tx) {
 		n.mu.Unlock()
 		return false
@@ -196,11 +203,11 @@ func (n *notifier) answer(branch string, code int, from func(*notifyTx) bool, re
 		n.mu.Unlock()
 		return tx != nil
 	}
-	delete(n.txs, branch)
+	delete(n.txs, tx.branch)
 	n.mu.Unlock()
 	tx.timer.Stop()
 	n.release(tx)
-	n.done(tx, res(), "", nil)
+	n.done(tx, notifyResponse{code: code, reason: reason()}, "", nil)
 	return true
 }
 
@@ -277,12 +284,14 @@ func (n *notifier) raw(data []byte, from func(*notifyTx) bool) bool {
 	if !notify || branch == nil {
 		return false
 	}
-	ours := n.answer(string(branch), code, from, func() *sip.Response {
-		reason := ""
-		if len(status) > len(prefix)+4 {
-			reason = string(status[len(prefix)+4:])
+	ours := n.answer(branch, code, from, func() string {
+		if code >= 200 && code < 300 {
+			return "" // read only to say why a NOTIFY failed
 		}
-		return &sip.Response{StatusCode: code, Reason: reason}
+		if len(status) > len(prefix)+4 {
+			return string(status[len(prefix)+4:])
+		}
+		return ""
 	})
 	return ours || bytes.HasPrefix(branch, []byte(branchPrefix))
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 )
 
 // TestDatagramMatchesNotifyResponses: a 200 to a NOTIFY in flight is
@@ -20,7 +19,7 @@ func TestDatagramMatchesNotifyResponses(t *testing.T) {
 		code int
 	}
 	done := make(chan outcome, 4)
-	n := newNotifier(func(tx *notifyTx, res *sip.Response, _ string, _ error) { done <- outcome{tx, res.StatusCode} })
+	n := newNotifier(func(tx *notifyTx, res notifyResponse, _ string, _ error) { done <- outcome{tx, res.code} })
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
-
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
 )
@@ -342,7 +340,7 @@ func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string,
 		s.notifier.release(tx)
 	}
 	if err != nil {
-		s.notifyDone(sub, nil, "transport", err)
+		s.notifyDone(sub, notifyResponse{}, "transport", err)
 		return
 	}
 	if !changedAt.IsZero() {
@@ -354,35 +352,35 @@ func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string,
 }
 
 // notifyTxDone is the outcome of a NOTIFY transaction.
-func (s *Server) notifyTxDone(tx *notifyTx, res *sip.Response, failure string, err error) {
+func (s *Server) notifyTxDone(tx *notifyTx, res notifyResponse, failure string, err error) {
 	s.notifyDone(tx.sub, res, failure, err)
 }
 
 // notifyDone handles the outcome of a NOTIFY: success; 481 or another
 // refusal ends the subscription; a timeout or server error is retried
 // with backoff, and only repeated failures end it.
-func (s *Server) notifyDone(sub *Subscription, res *sip.Response, failure string, err error) {
+func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure string, err error) {
 	sub.mu.Lock()
 	sub.inflight = false
 	retry := false
 	switch {
-	case res != nil && res.IsSuccess():
+	case res.code >= 200 && res.code < 300:
 		sub.failures = 0
 		s.opt.Metrics.NotifySent(sub.Package, sub.Transport)
-	case res != nil && res.StatusCode == 481 && sub.done && sub.final == reasonUnsubscribed:
+	case res.code == 481 && sub.done && sub.final == reasonUnsubscribed:
 		// The subscriber forgot the dialog as it unsubscribed (Linphone
 		// does): the final NOTIFY had nothing left to tell it.
-	case res != nil && res.StatusCode == 481:
+	case res.code == 481:
 		s.opt.Metrics.NotifyFailed("481")
 		if !sub.done {
 			s.log.Debug("subscriber forgot the subscription (481)", "user", sub.UserID, "source", sub.Source)
 			s.drop(sub)
 		}
-	case res != nil && res.StatusCode != 408 && res.StatusCode < 500:
+	case res.code != 0 && res.code != 408 && res.code < 500:
 		s.opt.Metrics.NotifyFailed("rejected")
 		if !sub.done {
 			s.log.Info("subscriber refused a NOTIFY: ending the subscription", "user", sub.UserID,
-				"source", sub.Source, "status", res.StatusCode)
+				"source", sub.Source, "status", res.code)
 			s.drop(sub)
 		}
 	default:
@@ -418,12 +416,12 @@ func (s *Server) notifyDone(sub *Subscription, res *sip.Response, failure string
 	}
 }
 
-func errString(err error, res *sip.Response) string {
+func errString(err error, res notifyResponse) string {
 	switch {
 	case err != nil:
 		return err.Error()
-	case res != nil:
-		return strconv.Itoa(res.StatusCode) + " " + res.Reason
+	case res.code != 0:
+		return strconv.Itoa(res.code) + " " + res.reason
 	}
 	return ""
 }

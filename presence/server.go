@@ -744,15 +744,28 @@ func parseAddrPort(s string) netip.AddrPort {
 
 // parseEvent splits an Event header into package token and id parameter.
 func parseEvent(v string) (pkg, id string) {
-	parts := strings.Split(v, ";")
-	pkg = strings.ToLower(strings.TrimSpace(parts[0]))
-	for _, p := range parts[1:] {
+	first, params, _ := strings.Cut(v, ";")
+	pkg = lowerASCII(strings.TrimSpace(first))
+	for params != "" {
+		var p string
+		p, params, _ = strings.Cut(params, ";")
 		k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
 		if strings.EqualFold(k, "id") {
 			id = strings.Trim(val, `"`)
 		}
 	}
 	return pkg, id
+}
+
+// lowerASCII is strings.ToLower without an allocation when s has no
+// upper-case letter (a package name as phones send it).
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
 }
 
 // localAddr is the address we advertise (Via, Contact) to reach a
@@ -770,8 +783,8 @@ func (s *Server) localAddr(transport, peer string) (string, int) {
 		if (want == "udp") != (lt == "udp") || (transport == "TLS") != (lt == "tls") {
 			continue
 		}
-		ap, err := netip.ParseAddrPort(s.addrs[i].String())
-		if err != nil {
+		ap, ok := addrPortOf(s.addrs[i])
+		if !ok {
 			continue
 		}
 		if peerIP.IsValid() && peerIP.Unmap().Is4() != ap.Addr().Unmap().Is4() && !ap.Addr().IsUnspecified() {
@@ -781,9 +794,24 @@ func (s *Server) localAddr(transport, peer string) (string, int) {
 		if host.IsUnspecified() {
 			host = s.routeTo(peerIP)
 		}
-		return host.String(), int(ap.Port())
+		// Every subscription over a listener shares this string.
+		var buf [64]byte
+		return s.strs.getBytes(host.AppendTo(buf[:0])), int(ap.Port())
 	}
 	return "127.0.0.1", 5060
+}
+
+// addrPortOf is a listener's address as an AddrPort, without going
+// through its string.
+func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort(), true
+	case *net.TCPAddr:
+		return a.AddrPort(), true
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
 }
 
 // routeTo returns the local IP the kernel would use to reach ip.

@@ -2,7 +2,6 @@ package presence
 
 import (
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -114,6 +113,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		return
 	}
 	ua := headerValue(req, sipmsg.UserAgent)
+	var uriBuf [128]byte
 	sub := &Subscription{
 		ID: s.ids.dialogID(),
 		// Strings kept beyond the request are copied out of it (a
@@ -122,7 +122,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		// of one person) are kept once (shared).
 		CallID:    strings.Clone(req.CallID),
 		RemoteTag: strings.Clone(fromTag),
-		Entity:    s.strs.get(presentityURI(req)),
+		Entity:    s.strs.getBytes(appendPresentityURI(uriBuf[:0], req)),
 		Package:   pkg.Token(),
 		EventID:   strings.Clone(eventID),
 		Accept:    s.strs.get(accept),
@@ -277,7 +277,8 @@ func (s *Server) answer(req *sipmsg.Request, tx serverTx, sub *Subscription, exp
 
 // setTarget sets the remote target and where requests to it go.
 func (sub *Subscription) setTarget(in *interner, u sipmsg.URI) {
-	sub.target, sub.targetAddr = in.get(u.Raw), in.get(uriAddr(u, sub.Transport))
+	var buf [80]byte
+	sub.target, sub.targetAddr = in.get(u.Raw), in.getBytes(appendURIAddr(buf[:0], u, sub.Transport))
 }
 
 // setRoutes sets the route set and where its first hop is.
@@ -294,15 +295,41 @@ func (sub *Subscription) setRoutes(in *interner, routes []sipmsg.URI) {
 // uriAddr is the host:port requests to u go to: its port, else the
 // transport's default.
 func uriAddr(u sipmsg.URI, transport string) string {
+	return string(appendURIAddr(nil, u, transport))
+}
+
+// appendURIAddr appends uriAddr's host:port to dst (an IPv6 host in
+// brackets, as net.JoinHostPort writes it).
+func appendURIAddr(dst []byte, u sipmsg.URI, transport string) []byte {
 	port := u.Port
 	if port == 0 {
 		port = int(sip.DefaultPort(transport))
 	}
-	return net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port))
+	host := strings.Trim(u.Host, "[]")
+	if strings.IndexByte(host, ':') >= 0 {
+		dst = append(dst, '[')
+		dst = append(dst, host...)
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, host...)
+	}
+	dst = append(dst, ':')
+	return strconv.AppendInt(dst, int64(port), 10)
 }
 
 // acceptList is the request's Accept values as one list.
 func acceptList(req *sipmsg.Request) string {
+	// One header with one type, as nearly every phone sends it: the
+	// value as it is, with no copy.
+	single, n := "", 0
+	for i := range req.Fields {
+		if req.Fields[i].Key == sipmsg.Accept {
+			single, n = req.Fields[i].Value, n+1
+		}
+	}
+	if n == 1 && strings.IndexByte(single, ',') < 0 {
+		return strings.TrimSpace(single)
+	}
 	var b strings.Builder
 	for v := range req.Values(sipmsg.Accept) {
 		if b.Len() > 0 {
@@ -316,19 +343,30 @@ func acceptList(req *sipmsg.Request) string {
 // presentityURI is the URI the watcher subscribed to, as they wrote it
 // (scheme, user and host), which is what entity must say.
 func presentityURI(req *sipmsg.Request) string {
+	return string(appendPresentityURI(nil, req))
+}
+
+// appendPresentityURI appends presentityURI's URI to dst.
+func appendPresentityURI(dst []byte, req *sipmsg.Request) []byte {
 	u := req.URI
 	scheme := u.Scheme
 	if scheme == "" {
 		scheme = "sip"
 	}
-	host := u.Host
+	user := u.User
+	if user == "" {
+		user = req.To.URI.User
+	}
+	dst = append(dst, scheme...)
+	dst = append(dst, ':')
+	dst = append(dst, user...)
+	dst = append(dst, '@')
+	dst = append(dst, u.Host...)
 	if u.Port > 0 {
-		host += ":" + strconv.Itoa(u.Port)
+		dst = append(dst, ':')
+		dst = strconv.AppendInt(dst, int64(u.Port), 10)
 	}
-	if u.User == "" {
-		return scheme + ":" + req.To.URI.User + "@" + host
-	}
-	return scheme + ":" + u.User + "@" + host
+	return dst
 }
 
 // recordRoutes returns the route set a UAS takes from Record-Route: in the
