@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // TestDatagramMatchesNotifyResponses: a 200 to a NOTIFY in flight is
