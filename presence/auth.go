@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,15 @@ type authenticator struct {
 	creds    atomic.Pointer[map[string]Credential] // by username
 	nonceTTL time.Duration
 	now      func() time.Time
+
+	// The challenges of the current second: a nonce changes only with
+	// the clock's second, so every 401 within one shares its
+	// WWW-Authenticate values, written once (a flood of unauthenticated
+	// requests was spending a third of its CPU writing them).
+	challengeMu sync.Mutex
+	challengeAt int64 // Unix second of the nonce below; 0: none yet
+	fresh       []string
+	stale       []string
 }
 
 func newAuthenticator(realm string, algs []string, trusted []netip.Prefix, creds []Credential) *authenticator {
@@ -276,10 +286,13 @@ func uriMatches(digestURI string, target sipmsg.URI) bool {
 }
 
 // nonce makes a fresh nonce: hex(timestamp || HMAC(key, timestamp)[:16]).
-func (a *authenticator) nonce() string {
+func (a *authenticator) nonce() string { return nonceAt(a.key, a.now().Unix()) }
+
+// nonceAt is the nonce of the Unix second unix under key.
+func nonceAt(key [32]byte, unix int64) string {
 	var buf [8 + 16]byte
-	binary.BigEndian.PutUint64(buf[:8], uint64(a.now().Unix()))
-	m := hmac.New(sha256.New, a.key[:])
+	binary.BigEndian.PutUint64(buf[:8], uint64(unix))
+	m := hmac.New(sha256.New, key[:])
 	m.Write(buf[:8])
 	copy(buf[8:], m.Sum(nil))
 	return hex.EncodeToString(buf[:])
@@ -302,13 +315,25 @@ func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
 }
 
 // challenges are the WWW-Authenticate values of a 401, one per
-// configured algorithm, under one fresh nonce.
+// configured algorithm, under one fresh nonce. The slice is shared:
+// callers only read it.
 func (a *authenticator) challenges(stale bool) []string {
-	n := a.nonce()
-	out := make([]string, 0, len(a.algs))
-	for _, alg := range a.algs {
-		c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
-		out = append(out, c.String())
+	now := a.now().Unix()
+	a.challengeMu.Lock()
+	defer a.challengeMu.Unlock()
+	if a.challengeAt != now || a.fresh == nil {
+		n := nonceAt(a.key, now)
+		a.fresh, a.stale = make([]string, 0, len(a.algs)), make([]string, 0, len(a.algs))
+		for _, alg := range a.algs {
+			c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}}
+			a.fresh = append(a.fresh, c.String())
+			c.Stale = true
+			a.stale = append(a.stale, c.String())
+		}
+		a.challengeAt = now
 	}
-	return out
+	if stale {
+		return a.stale
+	}
+	return a.fresh
 }

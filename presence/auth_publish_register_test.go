@@ -406,3 +406,43 @@ func TestSoftClientOpenAndClosedWin(t *testing.T) {
 	publish("", etag, "0")
 	watcher.notifyWhere("<basic>closed</basic>", 2*time.Second)
 }
+
+// TestChallengesFollowTheClock: the WWW-Authenticate values written once
+// a second carry that second's nonce (valid, fresh), the stale flag only
+// where asked, and a new nonce when the second changes.
+func TestChallengesFollowTheClock(t *testing.T) {
+	a := newAuthenticator("r", []string{"SHA-256", "MD5"}, nil, nil)
+	now := time.Unix(1_800_000_000, 0)
+	a.now = func() time.Time { return now }
+	nonceOf := func(c string) string {
+		ch, err := digest.ParseChallenge(c)
+		if err != nil {
+			t.Fatalf("%q: %v", c, err)
+		}
+		return ch.Nonce
+	}
+	first := a.challenges(false)
+	if len(first) != 2 || !strings.Contains(first[0], "SHA-256") || !strings.Contains(first[1], "MD5") {
+		t.Fatalf("challenges %q: one per algorithm, in order", first)
+	}
+	for _, c := range first {
+		if strings.Contains(strings.ToLower(c), "stale") {
+			t.Errorf("fresh challenge says stale: %q", c)
+		}
+	}
+	stale := a.challenges(true)
+	if len(stale) != 2 || !strings.Contains(strings.ToLower(stale[0]), "stale=true") || nonceOf(stale[0]) != nonceOf(first[0]) {
+		t.Errorf("stale challenges %q: stale=true under the second's nonce", stale)
+	}
+	if fresh, valid := a.checkNonce(nonceOf(first[0])); !fresh || !valid {
+		t.Errorf("the challenge's nonce: fresh %v valid %v", fresh, valid)
+	}
+	now = now.Add(999 * time.Millisecond)
+	if again := a.challenges(false); nonceOf(again[0]) != nonceOf(first[0]) {
+		t.Error("a new nonce within the same second")
+	}
+	now = now.Add(time.Millisecond)
+	if next := a.challenges(false); nonceOf(next[0]) == nonceOf(first[0]) || nonceOf(next[1]) != nonceOf(next[0]) {
+		t.Errorf("next second: %q after %q", next, first)
+	}
+}

@@ -150,3 +150,35 @@ func BenchmarkSubscribeRequest(b *testing.B) {
 		msgs = msgs[:len(msgs)-1]
 	}
 }
+
+// BenchmarkChallengeRequest runs SUBSCRIBEs without credentials from an
+// untrusted address through the worker's path: each is answered 401 with
+// a fresh challenge and kept nowhere (the flood of the figure).
+func BenchmarkChallengeRequest(b *testing.B) {
+	env := newEnv(b)
+	watcher := newBenchWatcher(b)
+	from := watcher.LocalAddr().(*net.UDPAddr).AddrPort()
+	conn := env.srv.udpConns[0]
+	msgs := make([][]byte, 0, 1024)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if len(msgs) == 0 {
+			b.StopTimer()
+			for range cap(msgs) {
+				i++
+				msgs = append(msgs, fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
+					"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
+					"From: <sip:intruder@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: flood-%d\r\n"+
+					"CSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@%s>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+					from, i, i, i, from))
+			}
+			b.StartTimer()
+		}
+		env.srv.serveDatagram(conn, from, msgs[len(msgs)-1])
+		msgs = msgs[:len(msgs)-1]
+	}
+	if n := env.srv.udpTxs.size(); n != 0 {
+		b.Fatalf("%d transactions kept for challenges", n)
+	}
+}
