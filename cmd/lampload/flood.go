@@ -30,11 +30,11 @@ var floodSource = net.IPv4(127, 0, 0, 2)
 // measureFlood sends n SUBSCRIBEs without credentials, each with its own
 // Call-ID, from one untrusted address, evenly over d, while PBX events go
 // on at rate for the well-behaved watchers; it reads memory before and
-// after.
+// after, settled (see settledMemory).
 func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*user, n int, d time.Duration, rate float64) floodResult {
 	var r floodResult
 	var err error
-	if r.Before, err = t.memory(); err != nil {
+	if r.Before, err = t.settledMemory(ctx); err != nil {
 		r.Error = err.Error()
 		return r
 	}
@@ -89,7 +89,7 @@ func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*u
 	r.Latency = <-lat
 	time.Sleep(time.Second) // the last answers
 	r.Challenged = challenged.Load()
-	if r.After, err = t.memory(); err != nil {
+	if r.After, err = t.settledMemory(ctx); err != nil {
 		r.Error = err.Error()
 	}
 	r.RSSGrowth = r.After.RSS - r.Before.RSS

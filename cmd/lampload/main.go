@@ -333,11 +333,6 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	res.Latency = measureLatency(ctx, &tracker, freeswitch, users, o.rate, o.duration)
 	stopProfile()
 
-	if o.flood > 0 {
-		say("flood: %d SUBSCRIBEs without credentials from %s over %v, events going on", o.flood, floodSource, o.floodFor)
-		res.Flood = measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate)
-	}
-
 	if o.fanout > 0 {
 		say("fan-out: setting up %d watchers of one user", len(fan))
 		res.FanoutSetup = setUp(ctx, ps, fan, o.window, o.expires, 0)
@@ -370,6 +365,16 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		return res, fmt.Errorf("reading memory: %w", err)
 	}
 	res.Memory.perSubscription(res.Setup.OK+res.FanoutSetup.OK, res.Setup.OK)
+
+	// The flood comes once the subscriptions are held (their transactions
+	// gone, memory settled), so that what it adds to RSS is its own and
+	// not the set-up's heap still finding its level.
+	if o.flood > 0 {
+		say("flood: %d SUBSCRIBEs without credentials from %s over %v, events going on", o.flood, floodSource, o.floodFor)
+		stopProfile = t.profileDuring(o.pprofDir, "flood", o.floodFor, say)
+		res.Flood = measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate)
+		stopProfile()
+	}
 	if o.pprofDir != "" {
 		if err := t.fetch("/debug/pprof/heap", filepath.Join(o.pprofDir, "heap.pprof")); err != nil {
 			say("heap profile: %v", err)
