@@ -118,7 +118,7 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 		s.winfo.live.Add(1)
 		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 		sub.mu.Lock()
-		sub.watchers = lists
+		sub.extras().watchers = lists
 		sub.mu.Unlock()
 	} else {
 		s.noteWatched(sub, false, "")

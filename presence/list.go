@@ -48,6 +48,9 @@ type listView struct {
 	urgent  bool      // a member started ringing: no batching
 	paced   bool      // a batching timer will queue the subscription
 	sentAt  time.Time // when the last NOTIFY was built
+	// indexed are the users the store holds the subscription under (its
+	// members); guarded by the store's mu, not the subscription's.
+	indexed []string
 }
 
 // listMember is one member of a list subscription.

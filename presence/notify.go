@@ -142,6 +142,19 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 	return true
 }
 
+// sinceEpoch is t as a subscription keeps it: time since the server's
+// epoch, on the monotonic clock; 0 for the zero time. The epoch lies a
+// second before the server was made, so no real time is 0.
+func (s *Server) sinceEpoch(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	if d := t.Sub(s.epoch); d != 0 {
+		return d
+	}
+	return 1
+}
+
 // kickUser queues a NOTIFY for every watcher of a user; urgent (the
 // user started ringing) is not held back by a list's batching.
 func (s *Server) kickUser(userID string, changedAt time.Time, urgent bool) {
@@ -169,8 +182,8 @@ func (s *Server) enqueue(sub *Subscription, changedAt time.Time, force bool) {
 	}
 	sub.dirty = true
 	sub.force = sub.force || force
-	if !changedAt.IsZero() && (sub.changedAt.IsZero() || changedAt.Before(sub.changedAt)) {
-		sub.changedAt = changedAt
+	if at := s.sinceEpoch(changedAt); at != 0 && (sub.changedAt == 0 || at < sub.changedAt) {
+		sub.changedAt = at
 	}
 	push := !sub.queued && !sub.inflight && !sub.unanswered
 	if push {
@@ -270,7 +283,9 @@ func (s *Server) sendNotify(sub *Subscription) {
 	}
 	network, h, compact, size := s.renderNotify(sub, tx, network, render)
 	cseq := sub.cseq
-	sub.featureReply = "" // answered by this NOTIFY
+	if sub.extra != nil {
+		sub.extra.featureReply = "" // answered by this NOTIFY
+	}
 	sub.mu.Unlock()
 	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq)
 }
@@ -293,7 +308,10 @@ func (s *Server) beginNotify(sub *Subscription, final string, versioned bool) (v
 		s.journal.subscription(sub, true) // the stored reservation is used up
 	}
 	remaining = int(time.Until(sub.expires).Round(time.Second) / time.Second)
-	changedAt, sub.changedAt = sub.changedAt, time.Time{}
+	if sub.changedAt != 0 {
+		changedAt = s.epoch.Add(sub.changedAt)
+	}
+	sub.changedAt = 0
 	return version, remaining, changedAt
 }
 

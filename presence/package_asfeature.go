@@ -36,7 +36,7 @@ func (asFeaturePackage) Versioned() bool { return false }
 // (off), else dnd.
 func (asFeaturePackage) Render(dst []byte, sub *Subscription, st *bridge.State, _ body.Options) []byte {
 	device := entityUser(sub.Entity)
-	if t := sub.featureReply; t != "" {
+	if t := sub.featureReply(); t != "" {
 		return body.ForwardingEvent(dst, device, t, false, "")
 	}
 	return body.DoNotDisturbEvent(dst, device, st.Person.DND())
@@ -48,7 +48,7 @@ func (asFeaturePackage) OwnOnly() {}
 // Differs: only dnd shows on the key, so calls coming and going send the
 // phone nothing.
 func (asFeaturePackage) Differs(sub *Subscription, old, cur *bridge.State) bool {
-	return old == nil || cur == nil || old.Person.DND() != cur.Person.DND() || sub.featureReply != ""
+	return old == nil || cur == nil || old.Person.DND() != cur.Person.DND() || sub.featureReply() != ""
 }
 
 // TakeBody carries out SetDoNotDisturb and notes SetForwarding, to be
@@ -69,7 +69,7 @@ func (asFeaturePackage) TakeBody(s *Server, sub *Subscription, contentType strin
 		s.log.Info("dnd set from a phone's key", "user", sub.UserID, "dnd", r.DNDOn, "source", sub.Source)
 	case r.Forwarding:
 		sub.mu.Lock()
-		sub.featureReply = r.ForwardingType
+		sub.extras().featureReply = r.ForwardingType
 		sub.mu.Unlock()
 		s.log.Info("a phone asked for call forwarding, which the PBX does, not Lamplighter: told it is off",
 			"user", sub.UserID, "type", r.ForwardingType, "to", r.ForwardTo)

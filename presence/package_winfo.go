@@ -28,7 +28,7 @@ func (winfoPackage) Negotiate(accept string) (string, bool) {
 func (winfoPackage) Versioned() bool { return true }
 
 func (winfoPackage) Render(dst []byte, sub *Subscription, _ *bridge.State, opt body.Options) []byte {
-	return body.WatcherInfo(dst, opt.Version, sub.Entity, sub.watchers)
+	return body.WatcherInfo(dst, opt.Version, sub.Entity, sub.shownWatchers())
 }
 
 // OwnOnly: who watches a person is the person's own business.
@@ -39,5 +39,5 @@ func (winfoPackage) OwnOnly() {}
 func (winfoPackage) Differs(*Subscription, *bridge.State, *bridge.State) bool { return false }
 
 // WatchesWatchers marks a package whose documents list the subscribers
-// of its user (the server keeps Subscription.watchers for it).
+// of its user (the server keeps it in the subscription's extra fields).
 func (winfoPackage) WatchesWatchers() {}

@@ -365,7 +365,7 @@ func (s *Server) restore(saved *Saved) {
 		if _, ww := sub.pkg.(watchesWatchers); ww {
 			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 			sub.mu.Lock()
-			sub.watchers = lists
+			sub.extras().watchers = lists
 			sub.mu.Unlock()
 		}
 	}
@@ -483,7 +483,7 @@ func (sub *Subscription) restoreList(in *interner, rl *bridge.ResolvedList) bool
 	// The restored version is a reservation past any sent: members start
 	// there (listMember.version).
 	sub.list.resolve(in, rl, sub.Entity, sub.version)
-	sub.indexed = sub.list.ids()
+	sub.list.indexed = sub.list.ids()
 	return true
 }
 

@@ -257,7 +257,9 @@ type Server struct {
 	restoreMu sync.Mutex
 	restored  []*Subscription // waiting for NotifyRestored
 
-	ctx       context.Context // the Run context, for NOTIFY transactions
+	ctx context.Context // the Run context, for NOTIFY transactions
+	// epoch is what subscriptions keep times against (sinceEpoch).
+	epoch     time.Time
 	ready     chan struct{}
 	addrsMu   sync.Mutex
 	addrs     []net.Addr
@@ -316,7 +318,8 @@ func New(states States, opt Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		opt: opt, states: states, log: log,
+		epoch: time.Now().Add(-time.Second),
+		opt:   opt, states: states, log: log,
 		auth: newAuthenticator(opt.Realm, opt.DigestAlgorithms, opt.Trusted, opt.Credentials),
 		ua:   ua, srv: srv,
 		subs:  newStore(),

@@ -147,7 +147,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	if list != nil {
 		sub.List, sub.list = list.Name, &listView{}
 		sub.list.resolve(s.strs, list, sub.Entity, 0)
-		sub.indexed = sub.list.ids()
+		sub.list.indexed = sub.list.ids()
 	} else {
 		sub.UserID = user.ID
 	}

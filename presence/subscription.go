@@ -43,18 +43,12 @@ type Subscription struct {
 
 	pkg eventPackage // Package's
 
-	// indexed are the users the store holds a list subscription under
-	// (its members); guarded by the store's mu.
-	indexed []string
-
 	mu sync.Mutex
-	// list is what a list subscription shows (list.go).
+	// list is what a list subscription shows (list.go), set when it is
+	// made and never after; nil for any other.
 	list *listView
-	// featureReply is the forwarding type an as-feature-event
-	// subscriber asked for, to be answered in its next NOTIFY.
-	featureReply string
-	// watchers is what a watcher-info subscription shows (winfo.go).
-	watchers   []body.WatcherList
+	// extra is what only some packages need (made when first set).
+	extra      *subExtra
 	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
 	targetAddr string   // host:port of target
 	routes     []string // route set from Record-Route, as URIs
@@ -65,11 +59,13 @@ type Subscription struct {
 	// savedCSeq and savedVersion are the reservations last handed to the
 	// Store: going past either asks for an early save.
 	savedCSeq, savedVersion uint32
-	failures                int32         // consecutive failed NOTIFYs
-	expires                 time.Time     // when the subscription lapses (see expiryWheel)
-	final                   string        // reason of the terminating NOTIFY still to send
-	changedAt               time.Time     // first unsent change, for the latency metric
-	lastState               *bridge.State // state rendered in the last NOTIFY
+	failures                int32     // consecutive failed NOTIFYs
+	expires                 time.Time // when the subscription lapses (see expiryWheel)
+	final                   string    // reason of the terminating NOTIFY still to send
+	// changedAt is the first unsent change, for the latency metric, as
+	// time since the server's epoch (monotonic; 0: none).
+	changedAt time.Duration
+	lastState *bridge.State // state rendered in the last NOTIFY
 
 	// The flags last, side by side: a subscription is the server's
 	// largest object by count, and each flag placed between wider fields
@@ -86,6 +82,53 @@ type Subscription struct {
 	done       bool // terminated and final NOTIFY sent
 	removed    bool // gone from the store
 	force      bool // send even if the state is unchanged
+}
+
+// subExtra is what a subscription of the as-feature-event or
+// watcher-info package holds besides the rest: most subscriptions
+// (presence, dialog) never make one.
+type subExtra struct {
+	// featureReply is the forwarding type an as-feature-event
+	// subscriber asked for, to be answered in its next NOTIFY.
+	featureReply string
+	// watchers is what a watcher-info subscription shows (winfo.go).
+	watchers []body.WatcherList
+}
+
+// extras returns s's extra fields, made on first use. Called with s.mu
+// held.
+func (s *Subscription) extras() *subExtra {
+	if s.extra == nil {
+		s.extra = &subExtra{}
+	}
+	return s.extra
+}
+
+// featureReply is the forwarding type to answer in the next NOTIFY ("":
+// none). Called with s.mu held.
+func (s *Subscription) featureReply() string {
+	if s.extra == nil {
+		return ""
+	}
+	return s.extra.featureReply
+}
+
+// shownWatchers is what a watcher-info subscription shows. Called with
+// s.mu held.
+func (s *Subscription) shownWatchers() []body.WatcherList {
+	if s.extra == nil {
+		return nil
+	}
+	return s.extra.watchers
+}
+
+// listUsers are the users the store holds a list subscription under
+// (its members; none for any other). Called with the store's mu held.
+func (s *Subscription) listUsers() []string {
+	if s.list == nil {
+		return nil
+	}
+	return s.list.indexed
 }
 
 // sourceIP returns the host of Source, the unit of the per-source limit.
@@ -129,7 +172,7 @@ func (st *store) add(s *Subscription, max int) bool {
 	if s.List == "" {
 		st.index(s, s.UserID)
 	}
-	for _, id := range s.indexed {
+	for _, id := range s.listUsers() {
 		st.index(s, id)
 	}
 	st.bySource[ip]++
@@ -150,7 +193,7 @@ func (st *store) remove(s *Subscription) bool {
 	if s.List == "" {
 		st.unindex(s, s.UserID)
 	}
-	for _, id := range s.indexed {
+	for _, id := range s.listUsers() {
 		st.unindex(s, id)
 	}
 	ip := s.sourceIP()
@@ -189,16 +232,19 @@ func (st *store) unindex(s *Subscription, userID string) {
 func (st *store) reindex(s *Subscription, users []string) (added, gone []string) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if s.list == nil {
+		return nil, nil // not a list subscription
+	}
 	in := st.byID[s.ID] == s
 	for _, id := range users {
-		if !slices.Contains(s.indexed, id) {
+		if !slices.Contains(s.list.indexed, id) {
 			added = append(added, id)
 			if in {
 				st.index(s, id)
 			}
 		}
 	}
-	for _, id := range s.indexed {
+	for _, id := range s.list.indexed {
 		if !slices.Contains(users, id) {
 			gone = append(gone, id)
 			if in {
@@ -206,7 +252,7 @@ func (st *store) reindex(s *Subscription, users []string) (added, gone []string)
 			}
 		}
 	}
-	s.indexed = slices.Clone(users)
+	s.list.indexed = slices.Clone(users)
 	return added, gone
 }
 
@@ -215,7 +261,7 @@ func (st *store) reindex(s *Subscription, users []string) (added, gone []string)
 func (st *store) usersOf(s *Subscription) []string {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	return slices.Clone(s.indexed)
+	return slices.Clone(s.listUsers())
 }
 
 // holdsStream reports whether a stream connection from source carries

@@ -110,7 +110,7 @@ func (s *Server) sendWinfo(userID string, gone []endedWatcher) {
 			continue
 		}
 		sub.mu.Lock()
-		sub.watchers = lists
+		sub.extras().watchers = lists
 		sub.mu.Unlock()
 		s.enqueue(sub, time.Time{}, true)
 	}
@@ -152,7 +152,7 @@ func (s *Server) startWatching(sub *Subscription, stored bool) {
 		}
 		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 		sub.mu.Lock()
-		sub.watchers = lists
+		sub.extras().watchers = lists
 		sub.mu.Unlock()
 		return
 	}
