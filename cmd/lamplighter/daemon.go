@@ -22,6 +22,7 @@ import (
 	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/memtrim"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/switchboard"
 	"github.com/lamplighter/lamplighter/presence"
@@ -343,6 +344,11 @@ func (d *daemon) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		d.feedWatchdog(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		memtrim.New(memtrim.Policy{}).Run(ctx, d.log) // memory a burst left free goes back
 	}()
 	d.log.Info("lamplighter running", "users", d.bridge.Directory().Len(), "pbx", len(d.adapters))
 	notifySystemd(d.log, sddaemon.SdNotifyReady)

@@ -190,18 +190,19 @@ func (t *target) memory() (memory, error) {
 	return m, nil
 }
 
-// settledMemory reads the memory as memory does, then again every half
-// second until the resident set has stopped falling (less than 1 MiB in
-// two seconds) or for at most 20 s: the Go runtime gives free pages above
-// its heap goal back in the background, so a reading right after a
-// collection still counts the pages of the heap before it. Held figures
-// are what a process keeps, so they are read settled.
+// settledMemory reads the memory as memory does, then RSS again every
+// half second until it has stopped falling (less than 1 MiB in eight
+// seconds) or for at most 40 s: free pages go back to the system after a
+// collection, by the Go runtime in the background and by Lamplighter's
+// trimmer once its heap is quiet (it looks every two seconds, at most
+// once in ten), so a reading at once still counts the heap from before.
+// Held figures are what a process keeps, so they are read settled.
 func (t *target) settledMemory(ctx context.Context) (memory, error) {
 	m, err := t.memory()
 	if err != nil {
 		return m, err
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	mark := m.RSS
 	markAt := time.Now()
 	for time.Now().Before(deadline) {
@@ -218,7 +219,7 @@ func (t *target) settledMemory(ctx context.Context) (memory, error) {
 		switch {
 		case mark-rss >= 1<<20:
 			mark, markAt = rss, time.Now()
-		case time.Since(markAt) >= 2*time.Second:
+		case time.Since(markAt) >= 8*time.Second:
 			return t.memory() // the rest read again, at the settled point
 		}
 	}
