@@ -168,7 +168,7 @@ func (s *Server) AuthenticateCall(req *sip.Request) (*bridge.User, []string, err
 		}
 		return nil, nil, nil
 	case authFailed:
-		s.opt.Metrics.AuthFailure(m.Method)
+		s.opt.Metrics.AuthFailure(methodLabel(m.Method))
 		s.log.Info("authentication failed", "method", m.Method, "source", m.Source)
 	}
 	return nil, s.auth.challenges(out == authStale), nil

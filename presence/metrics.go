@@ -1,6 +1,10 @@
 package presence
 
-import "time"
+import (
+	"time"
+
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
+)
 
 // Metrics receives the server's counts. cmd/lamplighter implements it with
 // Prometheus; tests and embedders may pass nil.
@@ -40,3 +44,13 @@ func (nopMetrics) NotifyLatency(time.Duration) {}
 func (nopMetrics) ConnectionRefused(string)    {}
 func (nopMetrics) RequestDropped(string)       {}
 func (nopMetrics) PickupWaitExpired()          {}
+
+// methodLabel is a method as the metrics label it goes under: a method SIP
+// defines, or "other", so that requests with made-up methods cannot grow
+// the set of series without end.
+func methodLabel(m string) string {
+	if k := sipmsg.KnownMethod(m); k != "" {
+		return k
+	}
+	return "other"
+}

@@ -79,7 +79,7 @@ func (s *Server) send(req *sipmsg.Request, tx serverTx, b []byte, code int) {
 			"to", req.Source, "err", err)
 		return
 	}
-	s.opt.Metrics.Response(req.Method, code)
+	s.opt.Metrics.Response(methodLabel(req.Method), code)
 }
 
 // reply sends a response with no body and the given extra headers.

@@ -271,6 +271,11 @@ type Server struct {
 	streams   []*streamListener
 	limiter   *rateLimiter // nil without a per-address limit
 	udpTxs    *udpTxTable  // server transactions of requests over UDP
+	// requests and datagrams are reused by requests answered and
+	// forgotten at once (serveDatagram's recycle): a flood of
+	// unauthenticated requests leaves no garbage of them.
+	requests  sync.Pool    // *sipmsg.Request
+	datagrams sync.Pool    // *[]byte, datagramBytes of capacity
 	stopped   atomic.Int32 // serve loops that ended while running
 	notifier  *notifier
 	ids       *idSequence // subscription ids
@@ -318,8 +323,13 @@ func New(states States, opt Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		epoch: time.Now().Add(-time.Second),
-		opt:   opt, states: states, log: log,
+		epoch:    time.Now().Add(-time.Second),
+		requests: sync.Pool{New: func() any { return new(sipmsg.Request) }},
+		datagrams: sync.Pool{New: func() any {
+			b := make([]byte, 0, datagramBytes)
+			return &b
+		}},
+		opt: opt, states: states, log: log,
 		auth: newAuthenticator(opt.Realm, opt.DigestAlgorithms, opt.Trusted, opt.Credentials),
 		ua:   ua, srv: srv,
 		subs:  newStore(),
@@ -651,7 +661,7 @@ func (s *Server) authenticate(req *sipmsg.Request, tx serverTx) (identity, bool)
 	case authOK:
 		return id, true
 	case authFailed:
-		s.opt.Metrics.AuthFailure(req.Method)
+		s.opt.Metrics.AuthFailure(methodLabel(req.Method))
 		s.log.Info("authentication failed", "method", req.Method, "source", req.Source)
 	}
 	b := s.response(req, 401, "Unauthorized", "")
@@ -682,7 +692,7 @@ func (s *Server) handleUnknown(req *sip.Request, tx sip.ServerTransaction) {
 	res.AppendHeader(sip.NewHeader("Allow", allowedMethods))
 	res.AppendHeader(sip.NewHeader("Server", s.opt.UserAgent))
 	if err := tx.Respond(res); err == nil {
-		s.opt.Metrics.Response(string(req.Method), 405)
+		s.opt.Metrics.Response(methodLabel(string(req.Method)), 405)
 	}
 }
 

@@ -107,7 +107,7 @@ func (s *Server) answerDatagram(conn *net.UDPConn, to netip.AddrPort, data []byt
 		return false
 	}
 	_, _ = conn.WriteToUDPAddrPort(res, to)
-	s.opt.Metrics.Response(rawMethod(data), code)
+	s.opt.Metrics.Response(methodLabel(rawMethod(data)), code)
 	return true
 }
 

@@ -341,7 +341,7 @@ func (c *guardedConn) refuse(data []byte, code int, reason string) {
 
 func (c *guardedConn) answer(req, res []byte, code int) {
 	_, _ = c.Write(res)
-	c.l.s.opt.Metrics.Response(rawMethod(req), code)
+	c.l.s.opt.Metrics.Response(methodLabel(rawMethod(req)), code)
 }
 
 // Write writes under the write deadline, one message at a time.

@@ -145,7 +145,7 @@ func (s *Server) queueDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	}
 	s.queuedBytes.Add(int64(len(data)))
 	select {
-	case s.work <- udpJob{conn: local, from: from, data: bytes.Clone(data)}:
+	case s.work <- udpJob{conn: local, from: from, data: s.datagramCopy(data)}:
 	default:
 		s.queuedBytes.Add(-int64(len(data)))
 		s.shed(local, from, data, "requests")
@@ -157,10 +157,13 @@ func (s *Server) queueDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 // bytes), then run with a transaction of ours, or with none when the
 // answer cannot change anything.
 func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []byte) {
-	// The job's copy is ours and never written again: the request's
-	// strings may share it.
-	req, err := sipmsg.ParseString(unsafe.String(&data[0], len(data)))
-	if err != nil {
+	// The job's copy is ours and not written again while the request's
+	// strings share it: only a request answered and forgotten at once
+	// (challenged, refused, shed) gives it and its Request back for
+	// reuse; one that may leave strings behind leaves both to the
+	// collector.
+	req := s.requests.Get().(*sipmsg.Request)
+	if err := sipmsg.ParseInto(req, unsafe.String(&data[0], len(data))); err != nil {
 		// What cannot be read is answered from the bytes when it can be,
 		// and kept nowhere.
 		code, reason := 400, "Bad Request"
@@ -168,6 +171,7 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 			code, reason = e.Code, e.Reason
 		}
 		s.answerDatagram(local, from, data, code, reason)
+		s.recycle(req, data)
 		return
 	}
 	handler, ok := s.handlerFor(req.Method)
@@ -187,6 +191,7 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		// kept nowhere: a retransmission is challenged again, and a
 		// flood of them costs no memory.
 		s.authenticate(req, &udpTx{conn: local, to: from})
+		s.recycle(req, data)
 		return
 	case req.Method == "OPTIONS":
 		// Anyone may ask; the answer changes nothing: kept nowhere.
@@ -204,9 +209,36 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	if why := s.overloaded(req); why != "" {
 		s.udpTxs.forget(tx) // its retransmission is a new request
 		s.shed(local, from, data, why)
+		s.recycle(req, data)
 		return
 	}
 	handler(req, tx)
+}
+
+// datagramBytes is the size of the buffers request datagrams are copied
+// into for the workers (most requests fit; a larger one gets a buffer of
+// its own, never reused).
+const datagramBytes = 2048
+
+// datagramCopy copies a request datagram out of the read buffer for a
+// worker, into a reused buffer when one is free.
+func (s *Server) datagramCopy(data []byte) []byte {
+	if len(data) > datagramBytes {
+		return bytes.Clone(data)
+	}
+	b := s.datagrams.Get().(*[]byte)
+	return append((*b)[:0], data...)
+}
+
+// recycle gives a request answered and forgotten, and the datagram it
+// was read from, back for reuse. Nothing may refer to either after.
+func (s *Server) recycle(req *sipmsg.Request, data []byte) {
+	*req = sipmsg.Request{} // drops what it pointed at
+	s.requests.Put(req)
+	if cap(data) == datagramBytes {
+		data = data[:0]
+		s.datagrams.Put(&data)
+	}
 }
 
 // mustChallenge reports whether req is sure to get 401: a SUBSCRIBE,

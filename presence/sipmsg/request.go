@@ -162,27 +162,45 @@ func Parse(data []byte) (*Request, error) {
 // ParseString is Parse for a message already held in a string.
 func ParseString(msg string) (*Request, error) {
 	r := &Request{}
+	if err := r.parse(msg); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ParseInto is ParseString into a Request of the caller's (one kept for
+// reuse): r is reset first, and holds nothing of before even on error.
+func ParseInto(r *Request, msg string) error {
+	*r = Request{}
+	return r.parse(msg)
+}
+
+// parse reads msg into r, which is zero.
+func (r *Request) parse(msg string) error {
 	r.Fields = r.fields[:0]
 	head, body, found := cutHead(msg)
 	if !found {
-		return nil, bad("Missing Blank Line")
+		return bad("Missing Blank Line")
 	}
 	line, rest := cutLine(head)
 	method, rest1, ok1 := strings.Cut(line, " ")
 	uri, version, ok2 := strings.Cut(rest1, " ")
 	if !ok1 || !ok2 || !isToken(method) {
 		if strings.HasPrefix(line, "SIP/") {
-			return nil, ErrNotRequest
+			return ErrNotRequest
 		}
-		return nil, bad("Bad Request Line")
+		return bad("Bad Request Line")
 	}
 	if version != "SIP/2.0" {
-		return nil, &Error{Code: 505, Reason: "Version Not Supported"}
+		return &Error{Code: 505, Reason: "Version Not Supported"}
 	}
 	r.Method = method
+	if k := KnownMethod(method); k != "" {
+		r.Method = k
+	}
 	var err error
 	if r.URI, err = ParseURI(uri); err != nil {
-		return nil, bad("Bad Request-URI")
+		return bad("Bad Request-URI")
 	}
 	for rest != "" {
 		line, rest = cutLine(rest)
@@ -194,17 +212,31 @@ func ParseString(msg string) (*Request, error) {
 		name, value, ok := strings.Cut(line, ":")
 		name = strings.TrimRight(name, " \t")
 		if !ok || !isToken(name) {
-			return nil, bad("Bad Header Line")
+			return bad("Bad Header Line")
 		}
 		if len(r.Fields) == MaxFields {
-			return nil, &Error{Code: 413, Reason: "Too Many Headers"}
+			return &Error{Code: 413, Reason: "Too Many Headers"}
 		}
 		r.Fields = append(r.Fields, Field{Name: name, Value: strings.TrimSpace(value), Key: keyOf(name)})
 	}
 	if err := r.readBody(body); err != nil {
-		return nil, err
+		return err
 	}
-	return r, r.readDialogHeaders()
+	return r.readDialogHeaders()
+}
+
+// KnownMethod returns the constant for m when it is a method SIP
+// defines, else "". A request's Method is that constant, so that it
+// refers to no bytes of the message (metrics keep it as a label; the
+// bytes may be reused).
+func KnownMethod(m string) string {
+	for _, c := range [...]string{"SUBSCRIBE", "NOTIFY", "PUBLISH", "REGISTER", "OPTIONS", "INVITE", "ACK",
+		"BYE", "CANCEL", "MESSAGE", "INFO", "UPDATE", "PRACK", "REFER"} {
+		if m == c {
+			return c
+		}
+	}
+	return ""
 }
 
 // cutHead splits a message at its blank line (CRLF CRLF, or bare LFs).
