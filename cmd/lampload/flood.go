@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,11 +47,12 @@ func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*u
 	defer conn.Close()
 	_ = conn.SetReadBuffer(8 << 20)
 	_ = conn.SetWriteBuffer(8 << 20)
-	server, err := net.ResolveUDPAddr("udp", t.sipAddr)
+	sa, err := net.ResolveUDPAddr("udp", t.sipAddr)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
+	server := sa.AddrPort()
 	var challenged atomic.Int64
 	go func() {
 		buf := make([]byte, 65536)
@@ -71,12 +73,40 @@ func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*u
 	go func() { lat <- measureLatency(fctx, c, p, users, rate, d) }()
 	start := time.Now()
 	const batch = 100
+	// Written into one reused buffer: the flood generator shares the
+	// process (and its collector) with the phones whose latency is
+	// measured meanwhile, so it must not make garbage of its own.
+	host, self := local.IP.String(), local.String()
+	runID := strconv.FormatInt(start.UnixNano(), 10)
+	msg := make([]byte, 0, 1024)
 	for i := 0; i < n && fctx.Err() == nil; i++ {
-		msg := fmt.Sprintf("SUBSCRIBE sip:%s@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKflood%d;rport\r\n"+
-			"Max-Forwards: 70\r\nFrom: <sip:intruder@%s>;tag=f%d\r\nTo: <sip:%s@%s>\r\nCall-ID: flood-%d-%d@%s\r\n"+
-			"CSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@%s>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
-			users[i%len(users)].ext, t.sipAddr, local, i, local.IP, i, users[i%len(users)].ext, local.IP, i, start.UnixNano(), local.IP, local)
-		if _, err := conn.WriteToUDP([]byte(msg), server); err == nil {
+		ext := users[i%len(users)].ext
+		msg = append(msg[:0], "SUBSCRIBE sip:"...)
+		msg = append(msg, ext...)
+		msg = append(msg, '@')
+		msg = append(msg, t.sipAddr...)
+		msg = append(msg, " SIP/2.0\r\nVia: SIP/2.0/UDP "...)
+		msg = append(msg, self...)
+		msg = append(msg, ";branch=z9hG4bKflood"...)
+		msg = strconv.AppendInt(msg, int64(i), 10)
+		msg = append(msg, ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:intruder@"...)
+		msg = append(msg, host...)
+		msg = append(msg, ">;tag=f"...)
+		msg = strconv.AppendInt(msg, int64(i), 10)
+		msg = append(msg, "\r\nTo: <sip:"...)
+		msg = append(msg, ext...)
+		msg = append(msg, '@')
+		msg = append(msg, host...)
+		msg = append(msg, ">\r\nCall-ID: flood-"...)
+		msg = strconv.AppendInt(msg, int64(i), 10)
+		msg = append(msg, '-')
+		msg = append(msg, runID...)
+		msg = append(msg, '@')
+		msg = append(msg, host...)
+		msg = append(msg, "\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@"...)
+		msg = append(msg, self...)
+		msg = append(msg, ">\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"...)
+		if _, err := conn.WriteToUDPAddrPort(msg, server); err == nil {
 			r.Sent++
 		}
 		if i%batch == batch-1 { // evenly over d

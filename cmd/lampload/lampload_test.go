@@ -24,7 +24,8 @@ func TestLoadRun(t *testing.T) {
 	}
 	o := options{binary: bin, subs: 400, users: 40, perPhone: 25, tcpShare: 0.25, dialogShare: 0.5,
 		rate: 200, duration: 2 * time.Second, fanout: 200, fanoutRounds: 3, burst: true, restart: true,
-		window: 100, expires: 600, logLevel: "info", skipHeld: true, flood: 2000, floodFor: time.Second}
+		window: 100, expires: 600, logLevel: "info", skipHeld: true, flood: 2000, floodFor: time.Second,
+		settle: 500 * time.Millisecond}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer

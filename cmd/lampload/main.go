@@ -51,6 +51,7 @@ type options struct {
 	jsonPath     string
 	pprofDir     string
 	ceiling      bool
+	settle       time.Duration // for settled memory readings (tests shorten it)
 	selfProfile  string
 	storm        float64
 	cluster      int // nodes of the -cluster run (0: one Lamplighter)
@@ -271,7 +272,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 			return nil, err
 		}
 	}
-	t := &target{binary: o.binary, dir: dir, logLevel: o.logLevel}
+	t := &target{binary: o.binary, dir: dir, logLevel: o.logLevel, settle: o.settle}
 	if err := t.writeConfig(sipPort, httpPort, esl.Addr(), append(users, hot), o.subs+o.fanout+100); err != nil {
 		return nil, err
 	}

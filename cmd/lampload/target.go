@@ -30,6 +30,9 @@ type target struct {
 	cmd      *exec.Cmd
 	exited   chan error
 	started  time.Time
+	// settle is how long RSS must stop falling for a settled reading
+	// (settledMemory; 0: eight seconds).
+	settle time.Duration
 }
 
 // writeConfig writes the configuration: the SIP server on sipPort (UDP
@@ -202,7 +205,11 @@ func (t *target) settledMemory(ctx context.Context) (memory, error) {
 	if err != nil {
 		return m, err
 	}
-	deadline := time.Now().Add(40 * time.Second)
+	quiet := t.settle
+	if quiet <= 0 {
+		quiet = 8 * time.Second
+	}
+	deadline := time.Now().Add(5 * quiet)
 	mark := m.RSS
 	markAt := time.Now()
 	for time.Now().Before(deadline) {
@@ -219,7 +226,7 @@ func (t *target) settledMemory(ctx context.Context) (memory, error) {
 		switch {
 		case mark-rss >= 1<<20:
 			mark, markAt = rss, time.Now()
-		case time.Since(markAt) >= 8*time.Second:
+		case time.Since(markAt) >= quiet:
 			return t.memory() // the rest read again, at the settled point
 		}
 	}
