@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -149,6 +150,9 @@ type store struct {
 	byUser   map[string]map[*Subscription]struct{}
 	bySource map[string]int // by source IP
 	byStream map[string]int // TCP/TLS subscriptions by source address (host:port)
+	// byKind counts them as they come and go: a metrics scrape reads it
+	// instead of walking every subscription under the lock.
+	byKind map[SubscriptionKind]int
 }
 
 func newStore() *store {
@@ -157,13 +161,28 @@ func newStore() *store {
 		byUser:   map[string]map[*Subscription]struct{}{},
 		bySource: map[string]int{},
 		byStream: map[string]int{},
+		byKind:   map[SubscriptionKind]int{},
 	}
 }
 
-// add inserts s unless its source already has max subscriptions.
+// kind is what s is counted under (its package, transport and whether
+// it watches a list never change).
+func (s *Subscription) kind() SubscriptionKind {
+	return SubscriptionKind{s.Package, s.Transport, s.List != ""}
+}
+
+// add inserts s unless its source already has max subscriptions or
+// another subscription has its id.
 func (st *store) add(s *Subscription, max int) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	switch st.byID[s.ID] {
+	case s:
+		return true // held already
+	case nil:
+	default:
+		return false // another subscription has its id: the indices stay whole
+	}
 	ip := s.sourceIP()
 	if max > 0 && st.bySource[ip] >= max {
 		return false
@@ -179,6 +198,7 @@ func (st *store) add(s *Subscription, max int) bool {
 	if s.Transport != "UDP" {
 		st.byStream[s.Source]++
 	}
+	st.byKind[s.kind()]++
 	return true
 }
 
@@ -204,6 +224,11 @@ func (st *store) remove(s *Subscription) bool {
 		if st.byStream[s.Source]--; st.byStream[s.Source] <= 0 {
 			delete(st.byStream, s.Source)
 		}
+	}
+	if k := s.kind(); st.byKind[k] <= 1 {
+		delete(st.byKind, k)
+	} else {
+		st.byKind[k]--
 	}
 	return true
 }
@@ -294,8 +319,8 @@ func (st *store) count() (total int, byPackage map[Package]int) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	byPackage = map[Package]int{}
-	for _, s := range st.byID {
-		byPackage[s.Package]++
+	for k, n := range st.byKind {
+		byPackage[k.Package] += n
 	}
 	return len(st.byID), byPackage
 }
@@ -313,11 +338,7 @@ type SubscriptionKind struct {
 func (st *store) countByKind() map[SubscriptionKind]int {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	out := map[SubscriptionKind]int{}
-	for _, s := range st.byID {
-		out[SubscriptionKind{s.Package, s.Transport, s.List != ""}]++
-	}
-	return out
+	return maps.Clone(st.byKind)
 }
 
 // all returns every subscription.
