@@ -189,8 +189,8 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	case s.mustChallenge(req):
 		// Challenged at once, before the handler's other checks, and
 		// kept nowhere: a retransmission is challenged again, and a
-		// flood of them costs no memory.
-		s.authenticate(req, &udpTx{conn: local, to: from})
+		// flood of them costs no memory and next to no garbage.
+		s.challengeDatagram(local, from, req)
 		s.recycle(req, data)
 		return
 	case req.Method == "OPTIONS":
@@ -213,6 +213,30 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return
 	}
 	handler(req, tx)
+}
+
+// challengeDatagram answers req, which carries no credentials
+// (mustChallenge), 401 with this second's challenges, written in a reused
+// buffer straight to the socket: what authenticate would send, without a
+// transaction or a buffer of its own.
+func (s *Server) challengeDatagram(local *net.UDPConn, from netip.AddrPort, req *sipmsg.Request) {
+	bp := s.datagrams.Get().(*[]byte)
+	b := sipmsg.AppendResponse((*bp)[:0], req, 401, "Unauthorized", "")
+	for _, c := range s.auth.challenges(false) {
+		b = sipmsg.AppendHeader(b, "WWW-Authenticate", c)
+	}
+	b = sipmsg.AppendHeader(b, "Server", s.opt.UserAgent)
+	b = sipmsg.AppendBody(b, "", nil)
+	_, err := local.WriteToUDPAddrPort(b, from)
+	if cap(b) == datagramBytes { // not grown past the pool's size
+		*bp = b[:0]
+		s.datagrams.Put(bp)
+	}
+	if err != nil {
+		s.log.Warn("cannot send a response", "method", req.Method, "status", 401, "to", req.Source, "err", err)
+		return
+	}
+	s.opt.Metrics.Response(methodLabel(req.Method), 401)
 }
 
 // datagramBytes is the size of the buffers request datagrams are copied
