@@ -181,6 +181,10 @@ func (l *link) api(ctx context.Context, cmd, args string) ([]byte, error) {
 // disconnect notice end the connection (and so lead to a resync).
 func (l *link) readLoop(r *bufio.Reader, q *adapters.Queue[event]) error {
 	defer close(l.replies)
+	// One reader over each event's body in turn: a new one per event was
+	// 4 KiB of garbage for every PBX event.
+	var body bytes.Reader
+	bodyReader := bufio.NewReader(&body)
 	for {
 		f, err := readFrame(r)
 		if err != nil {
@@ -188,7 +192,9 @@ func (l *link) readLoop(r *bufio.Reader, q *adapters.Queue[event]) error {
 		}
 		switch ct := f.header.Get("Content-Type"); ct {
 		case "text/event-plain":
-			h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(f.body))).ReadMIMEHeader()
+			body.Reset(f.body)
+			bodyReader.Reset(&body)
+			h, err := textproto.NewReader(bodyReader).ReadMIMEHeader()
 			if err != nil && len(h) == 0 {
 				return fmt.Errorf("undecodable event: %w", err)
 			}
