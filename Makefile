@@ -3,7 +3,7 @@
 # test, after installing the real peers the tests use). CI runs `make test`.
 GO ?= go
 
-.PHONY: test deps vet build fuzz bench load storm compare cluster
+.PHONY: test deps vet build fuzz bench load storm ceiling compare cluster
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
@@ -47,6 +47,12 @@ STORM ?= 40000
 storm: build
 	$(GO) build -trimpath -o lampload ./cmd/lampload
 	./lampload -lamplighter ./lamplighter -subs 100000 -storm $(STORM) -quick -fanout 0 -burst=false -restart=false -json storm-$(STORM).json
+
+# The load tool's ceiling (BENCHMARKS.md): the same set-up against a
+# server that only answers, a process of its own with no state.
+ceiling:
+	$(GO) build -trimpath -o lampload ./cmd/lampload
+	./lampload -ceiling -subs 100000
 
 # Three Lamplighter nodes on one nats-server (from Debian, installed when
 # missing): set-up over all nodes, the engine's cost, the failover of one
