@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -119,13 +120,10 @@ func answerNotifies(c *net.UDPConn) {
 	}
 }
 
-// BenchmarkSubscribeRequest runs new SUBSCRIBEs over UDP through the
-// request path a worker runs (serveDatagram: read, transaction, handler,
-// 200 written to the socket), each with its own Call-ID. The first NOTIFY
-// each one queues goes out from the NOTIFY workers meanwhile; the watcher
-// answers them.
-func BenchmarkSubscribeRequest(b *testing.B) {
-	env := newEnv(b, trusted, func(o *Options) { o.MaxSubscriptionsPerSource = 1 << 30 })
+// benchRequests runs requests through the path a worker runs
+// (serveDatagram), each rendered by request from a running number and the
+// watcher's address, rendered ahead in batches outside the timer.
+func benchRequests(b *testing.B, env *testEnv, request func(i int, from netip.AddrPort) []byte) {
 	watcher := newBenchWatcher(b)
 	from := watcher.LocalAddr().(*net.UDPAddr).AddrPort()
 	conn := env.srv.udpConns[0]
@@ -137,12 +135,7 @@ func BenchmarkSubscribeRequest(b *testing.B) {
 			b.StopTimer()
 			for range cap(msgs) {
 				i++
-				msgs = append(msgs, fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
-					"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
-					"From: <sip:w@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: bench-%d\r\n"+
-					"CSeq: 1 SUBSCRIBE\r\nContact: <sip:w@%s>\r\nEvent: dialog\r\n"+
-					"Accept: application/dialog-info+xml\r\nExpires: 3600\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n",
-					from, i, i, i, from))
+				msgs = append(msgs, request(i, from))
 			}
 			b.StartTimer()
 		}
@@ -151,33 +144,35 @@ func BenchmarkSubscribeRequest(b *testing.B) {
 	}
 }
 
+// BenchmarkSubscribeRequest runs new SUBSCRIBEs over UDP through the
+// request path a worker runs (serveDatagram: read, transaction, handler,
+// 200 written to the socket), each with its own Call-ID. The first NOTIFY
+// each one queues goes out from the NOTIFY workers meanwhile; the watcher
+// answers them.
+func BenchmarkSubscribeRequest(b *testing.B) {
+	env := newEnv(b, trusted, func(o *Options) { o.MaxSubscriptionsPerSource = 1 << 30 })
+	benchRequests(b, env, func(i int, from netip.AddrPort) []byte {
+		return fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
+			"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
+			"From: <sip:w@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: bench-%d\r\n"+
+			"CSeq: 1 SUBSCRIBE\r\nContact: <sip:w@%s>\r\nEvent: dialog\r\n"+
+			"Accept: application/dialog-info+xml\r\nExpires: 3600\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n",
+			from, i, i, i, from)
+	})
+}
+
 // BenchmarkChallengeRequest runs SUBSCRIBEs without credentials from an
 // untrusted address through the worker's path: each is answered 401 with
 // a fresh challenge and kept nowhere (the flood of the figure).
 func BenchmarkChallengeRequest(b *testing.B) {
 	env := newEnv(b)
-	watcher := newBenchWatcher(b)
-	from := watcher.LocalAddr().(*net.UDPAddr).AddrPort()
-	conn := env.srv.udpConns[0]
-	msgs := make([][]byte, 0, 1024)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if len(msgs) == 0 {
-			b.StopTimer()
-			for range cap(msgs) {
-				i++
-				msgs = append(msgs, fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
-					"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
-					"From: <sip:intruder@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: flood-%d\r\n"+
-					"CSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@%s>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
-					from, i, i, i, from))
-			}
-			b.StartTimer()
-		}
-		env.srv.serveDatagram(conn, from, msgs[len(msgs)-1])
-		msgs = msgs[:len(msgs)-1]
-	}
+	benchRequests(b, env, func(i int, from netip.AddrPort) []byte {
+		return fmt.Appendf(nil, "SUBSCRIBE sip:100@127.0.0.1 SIP/2.0\r\n"+
+			"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%d;rport\r\nMax-Forwards: 70\r\n"+
+			"From: <sip:intruder@127.0.0.1>;tag=f%d\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: flood-%d\r\n"+
+			"CSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@%s>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+			from, i, i, i, from)
+	})
 	if n := env.srv.udpTxs.size(); n != 0 {
 		b.Fatalf("%d transactions kept for challenges", n)
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -163,32 +164,14 @@ func answerOnly(ctx context.Context, addr string) error {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 0, 65536)
-				chunk := make([]byte, 65536)
-				out := make([]byte, 0, 4096)
-				for {
-					n, err := c.Read(chunk)
-					if err != nil {
-						return
+				local := c.LocalAddr().String()
+				var mu sync.Mutex // one writer: nothing to share
+				_ = readStream(c, &mu, func(m *message, _ time.Time, out []byte) []byte {
+					if string(m.method) != "SUBSCRIBE" {
+						return out
 					}
-					buf = append(buf, chunk[:n]...)
-					out = out[:0]
-					for {
-						m, used, err := parseMessage(buf)
-						if err != nil {
-							break
-						}
-						if string(m.method) == "SUBSCRIBE" {
-							out = answerSubscribe(out, &m, seq.Add(1), "TCP", c.LocalAddr().String())
-						}
-						buf = buf[:copy(buf, buf[used:])]
-					}
-					if len(out) > 0 {
-						if _, err := c.Write(out); err != nil {
-							return
-						}
-					}
-				}
+					return answerSubscribe(out, m, seq.Add(1), "TCP", local)
+				})
 			}()
 		}
 	}()

@@ -286,13 +286,24 @@ func (p *phone) readUDP() {
 
 func (p *phone) readTCP(c net.Conn) {
 	defer c.Close()
+	// The dialed connection is shared with SUBSCRIBEs: writes take connMu.
+	if errors.Is(readStream(c, &p.connMu, p.ps.handle), errMalformed) {
+		p.ps.malformed.Add(1)
+	}
+}
+
+// readStream reads SIP messages from c until it fails, handing each to
+// handle with the time its bytes were read; what handle appends to out
+// is written back once per read, under lock. It returns the error that
+// ended it (errMalformed for a message it could not read).
+func readStream(c net.Conn, lock sync.Locker, handle func(m *message, at time.Time, out []byte) []byte) error {
 	buf := make([]byte, 0, 65536)
 	chunk := make([]byte, 65536)
 	out := make([]byte, 0, 4096)
 	for {
 		n, err := c.Read(chunk)
 		if err != nil {
-			return
+			return err
 		}
 		at := time.Now()
 		buf = append(buf, chunk[:n]...)
@@ -303,18 +314,17 @@ func (p *phone) readTCP(c net.Conn) {
 				break
 			}
 			if err != nil {
-				p.ps.malformed.Add(1)
-				return
+				return err
 			}
-			out = p.ps.handle(&m, at, out)
+			out = handle(&m, at, out)
 			buf = buf[:copy(buf, buf[used:])]
 		}
 		if len(out) > 0 {
-			p.connMu.Lock() // the dialed connection is shared with SUBSCRIBEs
+			lock.Lock()
 			_, err := c.Write(out)
-			p.connMu.Unlock()
+			lock.Unlock()
 			if err != nil {
-				return
+				return err
 			}
 		}
 	}
