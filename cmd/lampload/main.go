@@ -394,7 +394,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		}
 		// The restarted process holds the same subscriptions without
 		// ever having had their SUBSCRIBE transactions.
-		if res.Memory.Restored, err = t.memory(); err != nil {
+		if res.Memory.Restored, err = t.settledMemory(ctx); err != nil {
 			return res, fmt.Errorf("reading memory: %w", err)
 		}
 		res.Memory.restored(res.Restart.Renotified)
