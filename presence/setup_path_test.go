@@ -28,16 +28,16 @@ func TestSetUpPathHelpers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.uri, err)
 		}
-		got := uriAddr(u, c.transport)
+		got := string(appendURIAddr(nil, u, c.transport))
 		if got != c.want {
-			t.Errorf("uriAddr(%s, %s) = %q, want %q", c.uri, c.transport, got, c.want)
+			t.Errorf("appendURIAddr(%s, %s) = %q, want %q", c.uri, c.transport, got, c.want)
 		}
 		port := u.Port
 		if port == 0 {
 			port = map[string]int{"UDP": 5060, "TCP": 5060, "TLS": 5061}[c.transport]
 		}
 		if host, _, _ := net.SplitHostPort(got); net.JoinHostPort(host, strconv.Itoa(port)) != got {
-			t.Errorf("uriAddr(%s) = %q, not as net.JoinHostPort writes it", c.uri, got)
+			t.Errorf("appendURIAddr(%s) = %q, not as net.JoinHostPort writes it", c.uri, got)
 		}
 	}
 
@@ -54,8 +54,8 @@ func TestSetUpPathHelpers(t *testing.T) {
 		{"SUBSCRIBE sip:100@pbx.test:5080 SIP/2.0\r\nTo: <sip:100@pbx.test>\r\n", "sip:100@pbx.test:5080"},
 		{"SUBSCRIBE sips:pbx.test SIP/2.0\r\nTo: <sips:200@pbx.test>\r\n", "sips:200@pbx.test"},
 	} {
-		if got := presentityURI(req(c.head + "Event: presence\r\n")); got != c.want {
-			t.Errorf("presentityURI(%q) = %q, want %q", c.head, got, c.want)
+		if got := string(appendPresentityURI(nil, req(c.head+"Event: presence\r\n"))); got != c.want {
+			t.Errorf("appendPresentityURI(%q) = %q, want %q", c.head, got, c.want)
 		}
 	}
 

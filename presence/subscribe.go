@@ -288,18 +288,14 @@ func (sub *Subscription) setRoutes(in *interner, routes []sipmsg.URI) {
 		sub.routes = append(sub.routes, in.get(routes[i].Raw))
 	}
 	if len(routes) > 0 {
-		sub.routeAddr = uriAddr(routes[0], sub.Transport)
+		var buf [80]byte
+		sub.routeAddr = in.getBytes(appendURIAddr(buf[:0], routes[0], sub.Transport))
 	}
 }
 
-// uriAddr is the host:port requests to u go to: its port, else the
-// transport's default.
-func uriAddr(u sipmsg.URI, transport string) string {
-	return string(appendURIAddr(nil, u, transport))
-}
-
-// appendURIAddr appends uriAddr's host:port to dst (an IPv6 host in
-// brackets, as net.JoinHostPort writes it).
+// appendURIAddr appends the host:port requests to u go to (its port,
+// else the transport's default) to dst, an IPv6 host in brackets as
+// net.JoinHostPort writes it.
 func appendURIAddr(dst []byte, u sipmsg.URI, transport string) []byte {
 	port := u.Port
 	if port == 0 {
@@ -340,13 +336,8 @@ func acceptList(req *sipmsg.Request) string {
 	return b.String()
 }
 
-// presentityURI is the URI the watcher subscribed to, as they wrote it
-// (scheme, user and host), which is what entity must say.
-func presentityURI(req *sipmsg.Request) string {
-	return string(appendPresentityURI(nil, req))
-}
-
-// appendPresentityURI appends presentityURI's URI to dst.
+// appendPresentityURI appends the URI the watcher subscribed to, as they
+// wrote it (scheme, user and host), which is what entity must say.
 func appendPresentityURI(dst []byte, req *sipmsg.Request) []byte {
 	u := req.URI
 	scheme := u.Scheme
