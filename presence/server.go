@@ -664,12 +664,21 @@ func (s *Server) authenticate(req *sipmsg.Request, tx serverTx) (identity, bool)
 		s.opt.Metrics.AuthFailure(methodLabel(req.Method))
 		s.log.Info("authentication failed", "method", req.Method, "source", req.Source)
 	}
-	b := s.response(req, 401, "Unauthorized", "")
-	for _, c := range s.auth.challenges(out == authStale) {
+	s.challenge(req, tx, out == authStale, nil)
+	return identity{}, false
+}
+
+// challenge answers req 401 with this second's challenges, written into
+// buf (nil: a buffer of its own).
+func (s *Server) challenge(req *sipmsg.Request, tx serverTx, stale bool, buf []byte) {
+	if buf == nil {
+		buf = make([]byte, 0, 512+len(req.CallID))
+	}
+	b := sipmsg.AppendResponse(buf, req, 401, "Unauthorized", "")
+	for _, c := range s.auth.challenges(stale) {
 		b = sipmsg.AppendHeader(b, "WWW-Authenticate", c)
 	}
 	s.send(req, tx, b, 401)
-	return identity{}, false
 }
 
 const allowedMethods = "SUBSCRIBE, NOTIFY, PUBLISH, REGISTER, OPTIONS"

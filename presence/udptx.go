@@ -216,27 +216,12 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 }
 
 // challengeDatagram answers req, which carries no credentials
-// (mustChallenge), 401 with this second's challenges, written in a reused
-// buffer straight to the socket: what authenticate would send, without a
-// transaction or a buffer of its own.
+// (mustChallenge), as authenticate would, in a reused buffer and with a
+// transaction kept nowhere.
 func (s *Server) challengeDatagram(local *net.UDPConn, from netip.AddrPort, req *sipmsg.Request) {
 	bp := s.datagrams.Get().(*[]byte)
-	b := sipmsg.AppendResponse((*bp)[:0], req, 401, "Unauthorized", "")
-	for _, c := range s.auth.challenges(false) {
-		b = sipmsg.AppendHeader(b, "WWW-Authenticate", c)
-	}
-	b = sipmsg.AppendHeader(b, "Server", s.opt.UserAgent)
-	b = sipmsg.AppendBody(b, "", nil)
-	_, err := local.WriteToUDPAddrPort(b, from)
-	if cap(b) == datagramBytes { // not grown past the pool's size
-		*bp = b[:0]
-		s.datagrams.Put(bp)
-	}
-	if err != nil {
-		s.log.Warn("cannot send a response", "method", req.Method, "status", 401, "to", req.Source, "err", err)
-		return
-	}
-	s.opt.Metrics.Response(methodLabel(req.Method), 401)
+	s.challenge(req, &udpTx{conn: local, to: from}, false, (*bp)[:0])
+	s.datagrams.Put(bp) // written by now; a copy grown past it is the collector's
 }
 
 // datagramBytes is the size of the buffers request datagrams are copied
