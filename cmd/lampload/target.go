@@ -174,23 +174,8 @@ func (t *target) memory() (memory, error) {
 	m.HeapLive = int64(metrics["go_memstats_heap_alloc_bytes"])
 	m.HeapSpans = int64(metrics["go_memstats_heap_inuse_bytes"])
 	m.HeapFreeKept = int64(metrics["go_memstats_heap_idle_bytes"] - metrics["go_memstats_heap_released_bytes"])
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
-	if err != nil {
-		return m, err
-	}
-	for line := range strings.Lines(string(status)) {
-		kb := func(v string) int64 {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n * 1024
-		}
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			m.RSS = kb(v)
-		}
-		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
-			m.RSSFile = kb(v) // the state file's pages, mapped by bbolt
-		}
-	}
-	return m, nil
+	m.RSS, m.RSSFile, err = t.resident()
+	return m, err
 }
 
 // settledMemory reads the memory as memory does, then RSS again every
@@ -218,7 +203,7 @@ func (t *target) settledMemory(ctx context.Context) (memory, error) {
 		case <-ctx.Done():
 			return m, ctx.Err()
 		}
-		rss, err := t.rss()
+		rss, _, err := t.resident()
 		if err != nil {
 			return m, err
 		}
@@ -233,19 +218,30 @@ func (t *target) settledMemory(ctx context.Context) (memory, error) {
 	return t.memory()
 }
 
-// rss reads the resident set size from /proc.
-func (t *target) rss() (int64, error) {
+// resident reads the resident set size from /proc, in all and of it the
+// file pages (the state file, mapped by bbolt).
+func (t *target) resident() (rss, file int64, err error) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	kb := func(v string) int64 {
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		return n * 1024
+	}
+	found := false
 	for line := range strings.Lines(string(status)) {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n * 1024, nil
+			rss, found = kb(v), true
+		}
+		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			file = kb(v)
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	if !found {
+		return 0, 0, errors.New("no VmRSS in /proc status")
+	}
+	return rss, file, nil
 }
 
 // metrics reads /metrics into name{labels} → value.
