@@ -334,9 +334,9 @@ func TestUndecodableEventsAreSkippedAndCounted(t *testing.T) {
 		[]byte(`not json at all`),
 		[]byte(`{"type":"SomethingAsterisk30Adds","timestamp":"2026-11-21T05:42:49.452+0000"}`),
 		[]byte(`{"no":"type"}`),
-		[]byte(`{"type":"DeviceStateChanged","timestamp":"2026-11-21T05:42:49.452+0000","device_state":{"name":"PJSIP/101","state":"RINGING"}}`),
+		[]byte(`{"type":"DeviceStateChanged","timestamp":"2026-11-21T05:42:49.452+0000","device_state":{"name":"PJSIP/101","state":"UNAVAILABLE"}}`),
 	)
-	h.waitPhone("101", bridge.PhoneRinging)
+	h.waitPhone("101", bridge.PhoneOffline)
 	if st := h.adapter.Status(); st.Skipped != 3 || !st.Connected {
 		t.Errorf("status: %+v, want 3 skipped and still connected", st)
 	}

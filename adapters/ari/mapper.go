@@ -218,11 +218,33 @@ func (m *mapper) update(ch *channel) bridge.Event {
 
 // device emits a device state unless it repeats the last one.
 func (m *mapper) device(name string, st bridge.DeviceState) []bridge.Event {
+	st = lineState(name, st)
 	if last, ok := m.devices[name]; ok && last == st {
 		return nil
 	}
 	m.devices[name] = st
 	return []bridge.Event{bridge.DeviceStateChanged{Source: m.source, Device: name, State: st}}
+}
+
+// lineState is what a device state says that its channels do not. The
+// calls of a device with channels (PJSIP/100, SIP/bob, Local/100@phones:
+// a technology and a resource) come one by one as channel events, with
+// their parties and ids, while Asterisk reports the device's state on its
+// own schedule: INUSE a moment after a channel's hang-up, RINGING a
+// moment before the channel rings. Only whether such a device can be
+// reached is taken from its state (in use, ringing or on hold means
+// reachable), so that a lamp never shows a call that no channel stands
+// for. A device without channels (Custom:, Stasis:, park:, Queue:) has
+// nothing but its state, which is kept whole.
+func lineState(name string, st bridge.DeviceState) bridge.DeviceState {
+	if !strings.Contains(name, "/") {
+		return st
+	}
+	switch st {
+	case bridge.DeviceInUse, bridge.DeviceRinging, bridge.DeviceRingInUse, bridge.DeviceOnHold:
+		return bridge.DeviceIdle
+	}
+	return st
 }
 
 // reachability turns an endpoint's reachability into a device state: an
@@ -407,7 +429,7 @@ func (m *mapper) snapshot(chans []channelInfo, endpoints []ari.EndpointData, sta
 	}
 	for name, s := range states {
 		if st, err := bridge.ParseDeviceState(s); err == nil && st != bridge.DeviceInvalid {
-			snap.Devices[name] = st
+			snap.Devices[name] = lineState(name, st)
 		}
 	}
 	for name, st := range snap.Devices {

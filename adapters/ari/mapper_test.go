@@ -130,11 +130,21 @@ func TestPJSIPCall(t *testing.T) {
 func TestPJSIPCallOtherWay(t *testing.T) {
 	// 101 dials 100; 100 rings and answers; 101 hangs up.
 	tl, _, _ := replay(t, map[string][]string{"100": {"PJSIP/100"}, "101": {"PJSIP/101"}}, "pjsip/pjsip-call2.jsonl")
-	if got, want := tl.phones("100"), []bridge.PhoneState{bridge.PhoneRinging, bridge.PhoneBusy, bridge.PhoneIdle}; !slices.Equal(got, want) {
+	// 100's first event is its device turning RINGING, a moment before
+	// its channel rings: that says it is reachable (idle), and the lamp
+	// rings with the channel, which names the caller.
+	if got, want := tl.phones("100"), []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneRinging, bridge.PhoneBusy, bridge.PhoneIdle}; !slices.Equal(got, want) {
 		t.Errorf("callee 100: %v, want %v", got, want)
 	}
 	if got, want := tl.phones("101"), []bridge.PhoneState{bridge.PhoneDialing, bridge.PhoneBusy, bridge.PhoneIdle}; !slices.Equal(got, want) {
 		t.Errorf("caller 101: %v, want %v", got, want)
+	}
+	for _, u := range []string{"100", "101"} {
+		for _, s := range tl.states[u] {
+			if s.Phone != bridge.PhoneIdle && s.Phone != bridge.PhoneOffline && len(s.Calls) == 0 {
+				t.Errorf("%s was %v with no call: a lamp would show a call no channel stands for", u, s.Phone)
+			}
+		}
 	}
 }
 
@@ -168,6 +178,7 @@ func TestLocalDeviceStatesTwiceAreOne(t *testing.T) {
 	cfg.Defaults()
 	m := newMapper("ast", cfg)
 	raw, emitted := 0, 0
+	last := map[string]bridge.DeviceState{}
 	for _, line := range readFixture(t, "local-channels/dial.jsonl") {
 		ev, err := ari.DecodeEvent(line)
 		if err != nil {
@@ -177,13 +188,17 @@ func TestLocalDeviceStatesTwiceAreOne(t *testing.T) {
 			raw++
 		}
 		for _, e := range m.event(ev, line) {
-			if _, ok := e.(bridge.DeviceStateChanged); ok {
+			if d, ok := e.(bridge.DeviceStateChanged); ok {
 				emitted++
+				if prev, seen := last[d.Device]; seen && prev == d.State {
+					t.Errorf("%s: %v twice in a row", d.Device, d.State)
+				}
+				last[d.Device] = d.State
 			}
 		}
 	}
-	if raw == 0 || emitted*2 != raw {
-		t.Errorf("%d device states in the recording became %d events, want half", raw, emitted)
+	if raw == 0 || emitted*2 > raw {
+		t.Errorf("%d device states in the recording became %d events, want at most half", raw, emitted)
 	}
 }
 

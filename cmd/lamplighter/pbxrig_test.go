@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lamplighter/lamplighter/adapters/pbxtest"
+	"github.com/lamplighter/lamplighter/presence/baresiptest"
+)
+
+// A rig is a real PBX from ../shared/pbx with real baresip phones
+// registered to it, Lamplighter following the PBX through its adapter,
+// and a BLF key watching each phone's lamp.
+type rig struct {
+	t      *testing.T
+	kind   string // ari or esl
+	ast    *pbxtest.Asterisk
+	fs     *pbxtest.FreeSWITCH
+	sip    string // the PBX's SIP address
+	domain string // the phones' domain
+	ll     string // Lamplighter's SIP address
+	out    *syncBuffer
+	stop   func()
+	config string
+	phones map[string]*baresiptest.Phone
+	lamps  map[string]*lampWatch
+}
+
+// rigOptions shape a rig.
+type rigOptions struct {
+	exts []string        // the phones, registered directly to the PBX
+	ast  pbxtest.Config  // Asterisk's config changes
+	fs   pbxtest.Config  // FreeSWITCH's
+	yaml string          // more YAML for Lamplighter's config (users for extra devices)
+	user func(string) string // a user's line in the YAML for an extension (default: one device)
+}
+
+// newAsteriskRig starts Asterisk, phones for exts and Lamplighter with an
+// ARI PBX (the read-only user, as the adapter's README advises).
+func newAsteriskRig(t *testing.T, o rigOptions) *rig {
+	t.Helper()
+	baresiptest.Need(t)
+	r := &rig{t: t, kind: "ari", phones: map[string]*baresiptest.Phone{}, lamps: map[string]*lampWatch{}}
+	r.ast = pbxtest.StartAsterisk(t, o.ast)
+	r.sip, r.domain = r.ast.SIP(), "127.0.0.1"
+	pbx := fmt.Sprintf(`  - name: ast
+    kind: ari
+    address: %s
+    username: reader
+    password: reader
+`, r.ast.ARI())
+	r.start(o, pbx, func(ext string) string {
+		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: ast, device: PJSIP/%s}]}`, ext, ext, ext, ext)
+	})
+	return r
+}
+
+// newFreeSWITCHRig is newAsteriskRig for FreeSWITCH over the event socket.
+func newFreeSWITCHRig(t *testing.T, o rigOptions) *rig {
+	t.Helper()
+	baresiptest.Need(t)
+	r := &rig{t: t, kind: "esl", phones: map[string]*baresiptest.Phone{}, lamps: map[string]*lampWatch{}}
+	r.fs = pbxtest.StartFreeSWITCH(t, o.fs)
+	r.sip, r.domain = r.fs.SIP(), pbxtest.Domain
+	pbx := fmt.Sprintf(`  - name: fs
+    kind: esl
+    address: %s
+    password: %s
+`, r.fs.ESL(), pbxtest.ESLPassword)
+	r.start(o, pbx, func(ext string) string {
+		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: fs, device: "%s@%s"}]}`,
+			ext, ext, ext, ext, pbxtest.Domain)
+	})
+	return r
+}
+
+func (r *rig) start(o rigOptions, pbx string, user func(string) string) {
+	t := r.t
+	if o.user != nil {
+		user = o.user
+	}
+	dir := t.TempDir()
+	r.ll = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	var users strings.Builder
+	for _, ext := range o.exts {
+		users.WriteString(user(ext) + "\n")
+	}
+	config := fmt.Sprintf(`sip:
+  domain: %s
+  listen: [{transport: udp, address: "%s"}, {transport: tcp, address: "%s"}]
+  trusted_networks: [127.0.0.0/8]
+http: {listen: "127.0.0.1:0"}
+state_dir: %s
+log: {level: debug}
+pbx:
+%s
+users:
+%s%s
+`, r.domain, r.ll, r.ll, filepath.Join(dir, "state"), pbx, users.String(), o.yaml)
+	r.config = filepath.Join(dir, "lamplighter.yaml")
+	if err := os.WriteFile(r.config, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.out, r.stop = startDaemon(t, r.config)
+	waitFor(t, r.out, "synchronised with ", 20*time.Second)
+	for _, ext := range o.exts {
+		r.phones[ext] = r.phone(ext)
+	}
+	for _, ext := range o.exts {
+		r.lamps[ext] = watchLamp(t, r.ll, ext)
+		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+}
+
+// restartLamplighter stops Lamplighter and starts it again on the same
+// config (its state file keeps the lamps' subscriptions).
+func (r *rig) restartLamplighter() {
+	r.stop()
+	r.out, r.stop = startDaemon(r.t, r.config)
+	waitFor(r.t, r.out, "synchronised with ", 20*time.Second)
+}
+
+// phone starts a baresip registered to the PBX as ext.
+func (r *rig) phone(ext string) *baresiptest.Phone {
+	pass := ext // Asterisk: user = password = extension
+	if r.kind == "esl" {
+		pass = "1234"
+	}
+	return baresiptest.Start(r.t, baresiptest.Options{
+		Account: fmt.Sprintf(`<sip:%s@%s>;auth_pass=%s;outbound="sip:%s";regint=300;answermode=manual`, ext, r.domain, pass, r.sip)})
+}
+
+// uri is what a phone dials for a number.
+func (r *rig) uri(number string) string { return "sip:" + number + "@" + r.domain }
+
+// dial makes ext's phone call number.
+func (r *rig) dial(ext, number string) { r.phones[ext].Command("/dial " + r.uri(number)) }
+
+// cmd sends a console command to ext's phone.
+func (r *rig) cmd(ext, command string) { r.phones[ext].Command(command) }
+
+// markAll moves every lamp's next wait past what it has shown so far.
+func (r *rig) markAll() {
+	for _, l := range r.lamps {
+		l.mark()
+	}
+}
+
+// allIdle waits until every lamp is idle again.
+func (r *rig) allIdle() {
+	for ext, l := range r.lamps {
+		r.t.Helper()
+		if !pbxtest.Wait(15*time.Second, func() bool { d := l.last(); return d.idle() && d.Phone == "idle" }) {
+			r.t.Fatalf("lamp %s did not come back to idle:\n%s", ext, l.history())
+		}
+	}
+}
+
+// hangupAll hangs every phone up and waits for idle lamps.
+func (r *rig) hangupAll() {
+	for _, p := range r.phones {
+		p.Command("/hangup")
+		p.Command("/hangup")
+	}
+	r.allIdle()
+	r.markAll()
+}
