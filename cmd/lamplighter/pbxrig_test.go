@@ -32,10 +32,10 @@ type rig struct {
 
 // rigOptions shape a rig.
 type rigOptions struct {
-	exts []string        // the phones, registered directly to the PBX
-	ast  pbxtest.Config  // Asterisk's config changes
-	fs   pbxtest.Config  // FreeSWITCH's
-	yaml string          // more YAML for Lamplighter's config (users for extra devices)
+	exts []string            // the phones, registered directly to the PBX
+	ast  pbxtest.Config      // Asterisk's config changes
+	fs   pbxtest.Config      // FreeSWITCH's
+	yaml string              // more YAML for Lamplighter's config (users for extra devices)
 	user func(string) string // a user's line in the YAML for an extension (default: one device)
 }
 
