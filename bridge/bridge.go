@@ -391,7 +391,7 @@ func (b *Bridge) compute(u *User) *State {
 			if d, ok := src.devices[ref.Device]; ok {
 				ds = d.effective()
 				for _, c := range d.calls {
-					if c.IDsPending && c.Direction == Incoming && c.State <= CallEarly {
+					if c.IDsPending {
 						st.IDsPending = true
 					}
 					if !c.Pending() {

@@ -51,8 +51,8 @@ type State struct {
 	// talking, held, dialing), then oldest first.
 	Calls  []Call      `json:"calls"`
 	Person PersonState `json:"person"`
-	// IDsPending: a leg ringing (or about to ring) on one of the user's
-	// devices is still waiting for its dialog identifiers from its source
+	// IDsPending: a leg not answered yet on one of the user's devices is
+	// still waiting for its dialog identifiers from its source
 	// (Call.IDsPending). Not part of Equal: it changes no document.
 	IDsPending bool `json:"ids_pending,omitempty"`
 }

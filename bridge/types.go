@@ -165,8 +165,10 @@ type Call struct {
 	RemoteTag string `json:"remote_tag,omitempty"` // the PBX's tag
 	// IDsPending says the source is still reading the leg's dialog
 	// identifiers and will report them within moments (Asterisk's tags
-	// are read once the leg rings): watchers' first ringing NOTIFY may
-	// wait for them, briefly, so that it can already be picked up.
+	// are read once the leg rings; a new channel's Call-ID comes with its
+	// next event): watchers' NOTIFY may wait for them, briefly, so that
+	// no lamp shows the call without them and the first ringing one can
+	// already be picked up.
 	IDsPending bool `json:"ids_pending,omitempty"`
 	// Started is when the leg appeared; Answered when it was answered
 	// (zero until then).

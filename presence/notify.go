@@ -14,11 +14,12 @@ import (
 
 // HandleChange takes a user's state change from the bridge and schedules
 // NOTIFYs to every watcher of that user. It never blocks: it is called
-// with the bridge's lock held. A change to ringing goes out at once (or,
-// when its dialog identifiers are on their way, as soon as they come,
-// within Options.PickupWait), and so does the first change after a quiet
-// spell; further changes of the same user within Options.Coalesce of the
-// last NOTIFY become one, sent when the window ends.
+// with the bridge's lock held. A change to ringing goes out at once, and
+// so does the first change after a quiet spell (or, when a new leg's
+// dialog identifiers are on their way, as soon as they come, within
+// Options.PickupWait); further changes of the same user within
+// Options.Coalesce of the last NOTIFY become one, sent when the window
+// ends.
 func (s *Server) HandleChange(c bridge.Change) {
 	now := time.Now()
 	if c.State != nil && s.holdForIDs(c, now) {
@@ -94,13 +95,13 @@ type userPace struct {
 	heldAt time.Time
 }
 
-// holdForIDs holds the NOTIFY of a user who starts ringing while a
-// ringing leg's dialog identifiers are still on their way from the PBX
-// (bridge.State.IDsPending), and releases it, as urgent, with the change
-// that brings them or when Options.PickupWait runs out. It reports
-// whether it took the change.
+// holdForIDs holds the NOTIFY of a user while a new leg's dialog
+// identifiers are still on their way from the PBX (bridge.State.IDsPending:
+// a ringing leg's tags, a new channel's Call-ID), and releases it, as
+// urgent, with the change that brings them or when Options.PickupWait
+// runs out. It reports whether it took the change.
 func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
-	if s.opt.PickupWait <= 0 || ((!c.Urgent || !c.State.IDsPending) && s.held.Load() == 0) {
+	if s.opt.PickupWait <= 0 || (!c.State.IDsPending && s.held.Load() == 0) {
 		return false // nothing to hold, nobody held: no lock on the change path
 	}
 	s.paceMu.Lock()
@@ -116,7 +117,7 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 		s.paceMu.Unlock()
 		s.kickUser(c.UserID, at, true)
 		return true
-	case !c.Urgent || !c.State.IDsPending:
+	case !c.State.IDsPending:
 		s.paceMu.Unlock()
 		return false
 	}

@@ -94,12 +94,12 @@ type Options struct {
 	// waits for the window's end. Ringing and the first change after a
 	// quiet spell are never delayed. Default 20ms.
 	Coalesce time.Duration
-	// PickupWait is how long the first NOTIFY of a user who starts ringing
-	// may wait for the ringing leg's dialog identifiers that its PBX
-	// adapter is still reading (bridge.Call.IDsPending), so that the very
-	// first ringing NOTIFY can be picked up with Replaces. Released at once
-	// when they come (a few ms on a LAN); default 250ms; negative: never
-	// wait.
+	// PickupWait is how long a NOTIFY may wait for the dialog
+	// identifiers of a new call leg that its PBX adapter is still reading
+	// (bridge.Call.IDsPending), so that no lamp shows a call without them
+	// and the very first ringing NOTIFY can be picked up with Replaces.
+	// Released at once when they come (a few ms on a LAN); default 250ms;
+	// negative: never wait.
 	PickupWait time.Duration
 	// ContactHost, when set, is the host the Contact of 200s and NOTIFYs
 	// names instead of this node's own address: a cluster's virtual IP

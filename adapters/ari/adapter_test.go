@@ -327,9 +327,11 @@ func TestResyncFindsACallInProgress(t *testing.T) {
 
 func TestUndecodableEventsAreSkippedAndCounted(t *testing.T) {
 	fake := newFakeAsterisk(t)
+	fake.devices["PJSIP/101"] = "NOT_INUSE"
 	h := newHarness(t, fake)
 	c := fake.waitConn()
 	h.waitSynchronised()
+	h.waitPhone("101", bridge.PhoneIdle)
 	fake.send(c,
 		[]byte(`not json at all`),
 		[]byte(`{"type":"SomethingAsterisk30Adds","timestamp":"2026-11-21T05:42:49.452+0000"}`),

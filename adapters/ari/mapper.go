@@ -2,6 +2,7 @@ package ari
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,21 +14,30 @@ import (
 // channel is what the mapper knows of one Asterisk channel.
 type channel struct {
 	call      bridge.Call
-	internal  bool // the ;2 half of a Local channel: not a device's call leg
+	name      string       // Asterisk's channel name, PJSIP/100-0000002a
+	caller    bridge.Party // who is on this channel (its caller id)
+	connected bridge.Party // the connected line Asterisk last gave it
+	internal  bool         // the ;2 half of a Local channel: not a device's call leg
 	dialed    string
 	tagsAsked bool // the SIP tags were asked of Asterisk (see tagsWanted)
 	tagsRead  bool // and the reading is over, whatever it found
+	parked    bool   // in a parking lot's holding bridge
+	space     string // the parking space it waits in, once known
 }
 
 // settle marks whether the leg's dialog identifiers are still to come
-// (bridge.Call.IDsPending): a PJSIP leg towards its phone, not answered,
-// lacking its Call-ID or a tag, whose tags have not been read yet (they
-// are read once it rings). A leg created Down, before it rings, is one.
+// (bridge.Call.IDsPending): a PJSIP leg not answered yet whose Call-ID
+// Asterisk has not told (its ChannelCreated carries none; the next event,
+// within the millisecond, does), or a leg towards its phone lacking a tag
+// whose tags have not been read yet (they are read once it rings). A leg
+// created Down, before it rings, is one; so is a call that entered a
+// parking lot until its space is known (its next event).
 func (ch *channel) settle() {
 	c := &ch.call
-	c.IDsPending = !ch.internal && !ch.tagsRead && strings.HasPrefix(c.Device, "PJSIP/") &&
-		c.Direction == bridge.Incoming && c.State <= bridge.CallEarly &&
-		(c.CallID == "" || c.LocalTag == "" || c.RemoteTag == "")
+	sip := !ch.internal && strings.HasPrefix(c.Device, "PJSIP/") && c.State < bridge.CallConfirmed
+	c.IDsPending = sip && (c.CallID == "" ||
+		!ch.tagsRead && c.Direction == bridge.Incoming && (c.LocalTag == "" || c.RemoteTag == "")) ||
+		ch.parked && ch.space == ""
 }
 
 // mapper turns ARI events into bridge events. It keeps per-channel state
@@ -39,14 +49,21 @@ type mapper struct {
 	localTagVar  string
 	remoteTagVar string
 	channels     map[string]*channel
+	byName       map[string]string // channel name → id, for BRIDGEPEER
 	devices      map[string]bridge.DeviceState
 	tagsWanted   []string // channels whose SIP tags the adapter should read
+	// Parking: channels that entered a parking lot and wait for the
+	// slot's device state (park:701@parkedcalls INUSE) that says where,
+	// oldest first; and which channel each taken slot holds.
+	parking []string
+	slots   map[string]string // park device → channel id
 }
 
 func newMapper(source string, cfg *Config) *mapper {
 	return &mapper{
 		source: source, localTagVar: cfg.LocalTagVar, remoteTagVar: cfg.RemoteTagVar,
-		channels: map[string]*channel{}, devices: map[string]bridge.DeviceState{},
+		channels: map[string]*channel{}, byName: map[string]string{}, devices: map[string]bridge.DeviceState{},
+		slots: map[string]string{},
 	}
 }
 
@@ -130,7 +147,10 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 	ch, known := m.channels[c.ID]
 	if !known {
 		device, outward := deviceOf(c.Name)
-		ch = &channel{internal: !outward}
+		ch = &channel{internal: !outward, name: c.Name}
+		if c.Name != "" {
+			m.byName[c.Name] = c.ID
+		}
 		ch.call.ID = c.ID
 		ch.call.Device = device
 		ch.call.Started = at
@@ -154,9 +174,20 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 			ch.call.Answered = at
 		}
 	}
-	if p := party(c.Connected); p.Number != "" || p.Name != "" {
-		ch.call.Remote = p
-	} else if ch.call.Remote.IsZero() && ch.dialed != "" {
+	if p := party(c.Caller); !p.IsZero() {
+		ch.caller = p
+	}
+	// Every event carries the channel's connected line, but Asterisk does
+	// not always update it (a pickup, a parked call, a bridge it moved
+	// the channel into): it is taken when it changes, and the bridge's
+	// word (BRIDGEPEER, parking, a conference) stands until it does.
+	if p := party(c.Connected); p != ch.connected {
+		ch.connected = p
+		if !p.IsZero() {
+			ch.call.Remote = p
+		}
+	}
+	if ch.call.Remote.IsZero() && ch.dialed != "" {
 		ch.call.Remote = bridge.Party{Number: ch.dialed}
 	}
 	if r.ProtocolID != "" {
@@ -276,7 +307,12 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 		if err != nil {
 			return nil
 		}
-		return m.device(e.DeviceState.Name, st)
+		out := m.parkingSlot(e.DeviceState.Name, st, ts)
+		return append(out, m.device(e.DeviceState.Name, st)...)
+	case *ari.ChannelEnteredBridge:
+		return m.enteredBridge(&e.Channel, ids.Channel, &e.Bridge, ts)
+	case *ari.ChannelLeftBridge:
+		return m.leftBridge(&e.Channel, ids.Channel, &e.Bridge, ts)
 	case *ari.ChannelCreated:
 		return m.channelEvent(&e.Channel, ids.Channel, ts)
 	case *ari.ChannelStateChange:
@@ -300,6 +336,8 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 			ch.call.LocalTag = e.Value
 		case m.remoteTagVar:
 			ch.call.RemoteTag = e.Value
+		case "BRIDGEPEER":
+			m.bridgePeer(ch, e.Value)
 		}
 		ch.settle()
 		if ch.internal || ch.call == before {
@@ -325,10 +363,17 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 	case *ari.ChannelDestroyed:
 		ch, ok := m.channels[e.Channel.ID]
 		delete(m.channels, e.Channel.ID)
-		if !ok || ch.internal {
+		if !ok {
 			return nil
 		}
-		return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: e.Channel.ID}}
+		if m.byName[ch.name] == e.Channel.ID {
+			delete(m.byName, ch.name)
+		}
+		out := m.unpark(e.Channel.ID)
+		if ch.internal {
+			return out
+		}
+		return append(out, bridge.CallEnded{Source: m.source, CallID: e.Channel.ID})
 	case *ari.ContactStatusChange:
 		switch e.ContactInfo.ContactStatus {
 		case "Unreachable", "Removed":
@@ -370,6 +415,116 @@ func (m *mapper) channelEvent(c *ari.ChannelData, r rawChannel, at time.Time) []
 	}
 	return []bridge.Event{m.update(ch)}
 }
+
+// bridgePeer takes the channel a channel is bridged with (BRIDGEPEER, set
+// as it enters a two-party bridge) as its remote party: the one who is
+// really on the call, which the connected line does not always say (the
+// picker of a call, the one who retrieves a parked call). A conference
+// (several peers) and a peer that is no device's (a ConfBridge
+// announcer) say nothing.
+func (m *mapper) bridgePeer(ch *channel, peerName string) {
+	if ch.parked || peerName == "" || strings.Contains(peerName, ",") {
+		return
+	}
+	peer, ok := m.channels[m.byName[peerName]]
+	if !ok || peer.caller.IsZero() {
+		return
+	}
+	ch.call.Remote = peer.caller
+}
+
+// enteredBridge notes what a bridge says of who a channel is with: in a
+// parking lot nobody (the slot is told by the lot's device state, see
+// parkingSlot), in a ConfBridge the conference.
+func (m *mapper) enteredBridge(c *ari.ChannelData, r rawChannel, b *ari.BridgeData, at time.Time) []bridge.Event {
+	ch, ok := m.track(c, r, at)
+	if !ok {
+		return nil
+	}
+	switch {
+	case b.Class == "parking":
+		ch.parked, ch.space = true, ""
+		ch.call.Remote = bridge.Party{Name: "Parked"}
+		ch.settle()
+		m.parking = append(m.parking, c.ID)
+	case b.Creator == "ConfBridge" && b.Name != "":
+		ch.call.Remote = bridge.Party{Number: b.Name, Name: "Conference " + b.Name}
+	default:
+		return nil
+	}
+	return []bridge.Event{m.update(ch)}
+}
+
+// leftBridge notes a channel leaving a parking lot: retrieved, timed out
+// or hung up. Its next party comes from BRIDGEPEER or its connected line.
+func (m *mapper) leftBridge(c *ari.ChannelData, r rawChannel, b *ari.BridgeData, at time.Time) []bridge.Event {
+	ch, ok := m.channels[c.ID]
+	if !ok || b.Class != "parking" || !ch.parked {
+		return nil
+	}
+	ch.parked, ch.space = false, ""
+	ch.settle()
+	return append(m.unpark(c.ID), m.update(ch))
+}
+
+// unpark forgets a channel's place in a parking lot: the slot's lamp,
+// which showed it, goes out.
+func (m *mapper) unpark(id string) []bridge.Event {
+	m.parking = slices.DeleteFunc(m.parking, func(p string) bool { return p == id })
+	var out []bridge.Event
+	for slot, held := range m.slots {
+		if held == id {
+			delete(m.slots, slot)
+			out = append(out, bridge.CallEnded{Source: m.source, CallID: slotCallID(slot)})
+		}
+	}
+	return out
+}
+
+// parkingSlot follows a parking space's device state (park:701@parkedcalls):
+// taken, it holds the channel that entered a parking lot before it (ARI
+// sends no ParkedCall event, and the lot's bridge does not say the
+// space), which then shows "Parked (701)" instead of the phone that
+// parked it, and the space's own lamp shows the parked caller as a call
+// (with its Call-ID), so that a key on the space names who waits there.
+func (m *mapper) parkingSlot(name string, st bridge.DeviceState, at time.Time) []bridge.Event {
+	if !strings.HasPrefix(name, "park:") {
+		return nil
+	}
+	space, _, _ := strings.Cut(strings.TrimPrefix(name, "park:"), "@")
+	switch st {
+	case bridge.DeviceInUse, bridge.DeviceBusy, bridge.DeviceOnHold:
+		if _, taken := m.slots[name]; taken || len(m.parking) == 0 {
+			return nil
+		}
+		id := m.parking[0]
+		m.parking = m.parking[1:]
+		ch, ok := m.channels[id]
+		if !ok {
+			return nil
+		}
+		m.slots[name] = id
+		ch.space = space
+		ch.call.Remote = bridge.Party{Number: space, Name: "Parked"}
+		ch.settle()
+		slot := bridge.Call{ID: slotCallID(name), Device: name, Direction: bridge.Incoming, State: bridge.CallConfirmed,
+			Remote: ch.caller, CallID: ch.call.CallID, Started: at, Answered: at}
+		var out []bridge.Event
+		if !ch.internal {
+			out = append(out, m.update(ch))
+		}
+		return append(out, bridge.CallUpdated{Source: m.source, Call: slot})
+	case bridge.DeviceIdle, bridge.DeviceUnavailable, bridge.DeviceUnknown, bridge.DeviceInvalid:
+		if _, taken := m.slots[name]; taken {
+			delete(m.slots, name)
+			return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: slotCallID(name)}}
+		}
+	}
+	return nil
+}
+
+// slotCallID is the call id of the call a parking space's lamp shows.
+func slotCallID(device string) string { return "slot-" + device }
 
 // dial uses Dial events: the peer is a leg towards a device (incoming),
 // the caller the device that dials; a RINGING status means the caller
@@ -416,6 +571,8 @@ func (m *mapper) dial(e *ari.Dial, ids rawEvent, at time.Time) []bridge.Event {
 // Device states from /deviceStates win over endpoint reachability.
 func (m *mapper) snapshot(chans []channelInfo, endpoints []ari.EndpointData, states map[string]string) bridge.Snapshot {
 	m.channels = map[string]*channel{}
+	m.byName = map[string]string{}
+	m.parking, m.slots = nil, map[string]string{}
 	m.devices = map[string]bridge.DeviceState{}
 	snap := bridge.Snapshot{Source: m.source, Devices: map[string]bridge.DeviceState{}}
 	for _, ep := range endpoints {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/CyCoreSystems/ari/v5"
@@ -17,7 +18,11 @@ const fixtures = "../../../shared/fixtures/ari"
 // readFixture returns the raw lines of a recording.
 func readFixture(t *testing.T, name string) [][]byte {
 	t.Helper()
-	f, err := os.Open(filepath.Join(fixtures, name))
+	path := filepath.Join(fixtures, name)
+	if strings.HasPrefix(name, "testdata/") { // recorded for this package
+		path = name
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatalf("recording missing: %v", err)
 	}
@@ -235,5 +240,106 @@ func TestDeviceOf(t *testing.T) {
 	}
 	if _, outward := deviceOf("Local/1@x-1;2"); outward {
 		t.Error(";2 half counted as outward")
+	}
+}
+
+// everyRemote checks that a user's every state that shows a call names
+// its remote party and has its Call-ID: no lamp between two states shows
+// a call it cannot say anything about.
+func everyRemote(t *testing.T, tl *timeline, user string) {
+	t.Helper()
+	for i, s := range tl.states[user] {
+		for _, c := range s.Calls {
+			if (c.Remote.Number == "" && c.Remote.URI == "") || c.CallID == "" {
+				if s.IDsPending {
+					continue // held back from watchers until its ids come
+				}
+				t.Errorf("%s, state %d: a call without its party or Call-ID: %+v", user, i, c)
+			}
+		}
+	}
+}
+
+func TestParkedCallAndItsSpace(t *testing.T) {
+	// 100 calls 101, 101 parks 100 (blind transfer to 700: space 701),
+	// 102 retrieves it by dialing 701.
+	users := map[string][]string{"100": {"PJSIP/100"}, "101": {"PJSIP/101"}, "102": {"PJSIP/102"},
+		"701": {"park:701@parkedcalls"}}
+	tl, b, _ := replay(t, users, "testdata/park-and-retrieve.jsonl")
+	for _, u := range []string{"100", "101", "102"} {
+		everyRemote(t, tl, u)
+	}
+	// While parked, 100's lamp names the space, never the phone that
+	// parked it; the space's lamp names who waits there.
+	var parked, after bool
+	for _, s := range tl.states["100"] {
+		if len(s.Calls) != 1 || s.IDsPending {
+			continue
+		}
+		switch r := s.Calls[0].Remote; {
+		case r.Number == "701" && r.Name == "Parked":
+			parked = true
+		case parked && r.Number == "101":
+			t.Errorf("100's lamp named 101 again after it was parked: %+v", r)
+		case parked && r.Number == "102":
+			after = true
+		}
+	}
+	if !parked || !after {
+		t.Errorf("100's lamp: parked in 701 %v, then with 102 %v; states %v", parked, after, tl.phones("100"))
+	}
+	slot := tl.first("701", bridge.PhoneBusy)
+	if slot == nil || len(slot.Calls) != 1 || slot.Calls[0].Remote.Number != "100" || slot.Calls[0].CallID == "" {
+		t.Fatalf("space 701 while taken: %+v", slot)
+	}
+	if s, _ := b.State("701"); len(s.Calls) != 0 || s.Phone != bridge.PhoneIdle {
+		t.Errorf("space 701 after the retrieval: %v %+v", s.Phone, s.Calls)
+	}
+	// The retriever's lamp names the space it dialed, answered by the
+	// lot, and then the caller it took.
+	var with []string
+	for _, s := range tl.states["102"] {
+		if len(s.Calls) == 1 && s.Phone == bridge.PhoneBusy {
+			if n := s.Calls[0].Remote.Number; len(with) == 0 || with[len(with)-1] != n {
+				with = append(with, n)
+			}
+		}
+	}
+	if !slices.Equal(with, []string{"701", "100"}) {
+		t.Errorf("102 retrieving was in a call with %v, want 701 then 100", with)
+	}
+}
+
+func TestConfBridgeNamesTheConference(t *testing.T) {
+	tl, _, _ := replay(t, map[string][]string{"100": {"PJSIP/100"}, "101": {"PJSIP/101"}}, "testdata/confbridge.jsonl")
+	for _, u := range []string{"100", "101"} {
+		everyRemote(t, tl, u)
+		found := false
+		for _, s := range tl.states[u] {
+			if len(s.Calls) == 1 && s.Calls[0].Remote == (bridge.Party{Number: "800", Name: "Conference 800"}) {
+				found = true
+			}
+			if len(s.Calls) == 1 && strings.HasPrefix(s.Calls[0].Remote.Number, "CBAnn") {
+				t.Errorf("%s's lamp names the conference's announcer: %+v", u, s.Calls[0].Remote)
+			}
+		}
+		if !found {
+			t.Errorf("%s's lamp never said Conference 800: %v", u, tl.phones(u))
+		}
+	}
+}
+
+func TestPickupByCodeNamesWhoIsOnTheCall(t *testing.T) {
+	// 100 calls 101; 102 dials *8101 while it rings.
+	tl, _, _ := replay(t, map[string][]string{"100": {"PJSIP/100"}, "101": {"PJSIP/101"}, "102": {"PJSIP/102"}},
+		"testdata/pickup-by-code.jsonl")
+	for _, u := range []string{"100", "101", "102"} {
+		everyRemote(t, tl, u)
+	}
+	if s := tl.first("102", bridge.PhoneBusy); s == nil || s.Calls[0].Remote.Number != "100" {
+		t.Errorf("the picker: %+v", s)
+	}
+	if got := tl.phones("101"); !slices.Equal(got, []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneRinging, bridge.PhoneIdle}) {
+		t.Errorf("the callee: %v", got)
 	}
 }

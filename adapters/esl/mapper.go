@@ -184,10 +184,12 @@ func (m *mapper) channel(e event) []bridge.Event {
 	}
 	// A sofia leg towards its phone learns its Call-ID and tags from the
 	// phone's 180 or 183 (CHANNEL_PROGRESS, _MEDIA), moments after
-	// FreeSWITCH says it rings: until then they are pending.
+	// FreeSWITCH says it rings: until then they are pending; so is the
+	// Call-ID of any sofia leg not answered yet that has not shown it.
 	c := &l.call
-	c.IDsPending = strings.HasPrefix(e.get("Channel-Name"), "sofia/") && c.Direction == bridge.Incoming &&
-		c.State <= bridge.CallEarly && (c.CallID == "" || c.LocalTag == "" || c.RemoteTag == "")
+	sofia := strings.HasPrefix(e.get("Channel-Name"), "sofia/") && c.State < bridge.CallConfirmed
+	c.IDsPending = sofia && (c.CallID == "" ||
+		c.Direction == bridge.Incoming && (c.LocalTag == "" || c.RemoteTag == ""))
 	if l.call == before {
 		return nil
 	}

@@ -152,12 +152,13 @@ func (l *lampWatch) read() {
 			continue
 		}
 		doc, err := parseLamp(n.Body())
-		if err != nil {
-			l.t.Errorf("lamp %s: unreadable document: %v\n%s", l.ext, err, n.Body())
-			continue
-		}
 		doc.At = time.Now()
 		l.mu.Lock()
+		if err != nil {
+			l.t.Errorf("lamp %s: unreadable document: %v\n%s", l.ext, err, n.Body())
+			l.mu.Unlock()
+			continue
+		}
 		l.docs = append(l.docs, doc)
 		l.mu.Unlock()
 		select {
@@ -169,10 +170,20 @@ func (l *lampWatch) read() {
 
 var _ = sip.NOTIFY
 
+// setT makes the lamp report to t (a subtest) from now on.
+func (l *lampWatch) setT(t *testing.T) {
+	l.mu.Lock()
+	l.t = t
+	l.mu.Unlock()
+}
+
 // wait waits for a document after those earlier waits took that
 // satisfies cond, and returns it; later waits look only after it.
 func (l *lampWatch) wait(what string, within time.Duration, cond func(lamp) bool) lamp {
-	l.t.Helper()
+	l.mu.Lock()
+	t := l.t
+	l.mu.Unlock()
+	t.Helper()
 	deadline := time.After(within)
 	for {
 		l.mu.Lock()
@@ -188,7 +199,7 @@ func (l *lampWatch) wait(what string, within time.Duration, cond func(lamp) bool
 		select {
 		case <-l.news:
 		case <-deadline:
-			l.t.Fatalf("lamp %s never showed %s within %v; it showed:\n%s", l.ext, what, within, l.history())
+			t.Fatalf("lamp %s never showed %s within %v; it showed:\n%s", l.ext, what, within, l.history())
 		}
 	}
 }
@@ -227,7 +238,6 @@ func (l *lampWatch) documents() []lamp {
 
 // waitIdle waits for a document with no call.
 func (l *lampWatch) waitIdle(within time.Duration) lamp {
-	l.t.Helper()
 	return l.wait("idle", within, func(d lamp) bool { return d.idle() && d.Phone == "idle" })
 }
 
@@ -235,7 +245,6 @@ func (l *lampWatch) waitIdle(within time.Duration) lamp {
 // confirmed), in direction (recipient or initiator; "" for either), with
 // the remote party's user part remote ("" for any).
 func (l *lampWatch) waitCall(state, direction, remote string, within time.Duration) lampDialog {
-	l.t.Helper()
 	what := fmt.Sprintf("one %s %s call with %q", state, direction, remote)
 	doc := l.wait(what, within, func(d lamp) bool {
 		c, ok := d.only()
@@ -256,23 +265,33 @@ func userOf(uri string) string {
 	return user
 }
 
-// checkLampsHonest checks every document a lamp was sent: no call in
-// progress without a remote party or a Call-ID (a stand-in made from a
-// device state), and no dialog id that stands for a line rather than a
-// call. It reports each offending document.
-func checkLampsHonest(t *testing.T, lamps ...*lampWatch) {
+// checkHonest checks every document the lamp was sent from the from'th
+// on: no call in progress without a remote party or a Call-ID (a
+// stand-in made from a device state), and no dialog id that stands for a
+// line rather than a call. It reports the first offending document.
+func (l *lampWatch) checkHonest(t *testing.T, from int) {
 	t.Helper()
-	for _, l := range lamps {
-		for _, d := range l.documents() {
-			for _, c := range d.Dialogs {
-				if c.State == "terminated" {
-					continue
+	docs := l.documents()
+	for i := from; i < len(docs); i++ {
+		for _, c := range docs[i].Dialogs {
+			if c.State == "terminated" {
+				continue
+			}
+			if c.Remote == "" || c.CallID == "" || strings.HasPrefix(c.ID, "line-") {
+				var b strings.Builder
+				for _, d := range docs[from:] {
+					b.WriteString("  " + d.At.Format("15:04:05.000") + " " + d.String() + "\n")
 				}
-				if c.Remote == "" || c.CallID == "" || strings.HasPrefix(c.ID, "line-") {
-					t.Errorf("lamp %s showed a call without its party or ids: %s\nall it showed:\n%s", l.ext, d, l.history())
-					break
-				}
+				t.Errorf("lamp %s showed a call without its party or ids: %s\nall it showed:\n%s", l.ext, docs[i], b.String())
+				return
 			}
 		}
 	}
+}
+
+// count is how many documents the lamp was sent so far.
+func (l *lampWatch) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.docs)
 }
