@@ -19,8 +19,8 @@ type channel struct {
 	connected bridge.Party // the connected line Asterisk last gave it
 	internal  bool         // the ;2 half of a Local channel: not a device's call leg
 	dialed    string
-	tagsAsked bool // the SIP tags were asked of Asterisk (see tagsWanted)
-	tagsRead  bool // and the reading is over, whatever it found
+	tagsAsked bool   // the SIP tags were asked of Asterisk (see tagsWanted)
+	tagsRead  bool   // and the reading is over, whatever it found
 	parked    bool   // in a parking lot's holding bridge
 	space     string // the parking space it waits in, once known
 }
