@@ -381,6 +381,20 @@ func ringsNewly(prev, next *State) bool {
 	return prev != nil && next.Phone == PhoneRinging && prev.Phone != PhoneRinging
 }
 
+// named gives a call's remote party the name the directory has for it
+// when the PBX gave none (FreeSWITCH names no callee, Asterisk only what
+// the endpoint's caller id says): a colleague's extension reads as the
+// colleague.
+func (b *Bridge) named(c Call) Call {
+	if c.Remote.Name != "" || c.Remote.Number == "" {
+		return c
+	}
+	if u, ok := b.dir.Lookup(c.Remote.Number); ok && u.Name != "" && slices.Contains(u.Extensions, c.Remote.Number) {
+		c.Remote.Name = u.Name
+	}
+	return c
+}
+
 // compute builds a user's state from the sources and person states.
 func (b *Bridge) compute(u *User) *State {
 	st := &State{User: u, Devices: make([]DeviceStatus, 0, len(u.Devices))}
@@ -395,7 +409,7 @@ func (b *Bridge) compute(u *User) *State {
 						st.IDsPending = true
 					}
 					if !c.Pending() {
-						st.Calls = append(st.Calls, *c)
+						st.Calls = append(st.Calls, b.named(*c))
 					}
 				}
 			}

@@ -384,3 +384,27 @@ func TestSourceDown(t *testing.T) {
 		t.Errorf("bob after the PBX came back: %v", s.Device)
 	}
 }
+
+func TestRemotePartyNamedFromTheDirectory(t *testing.T) {
+	b, _, _ := newTestBridge(t)
+	calls := []Call{
+		{ID: "a", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "101"}},                    // a colleague: named
+		{ID: "b", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "101", Name: "Front desk"}}, // the PBX's name stays
+		{ID: "c", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "debbie"}},                 // an alias is no number
+		{ID: "d", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "0301234567"}},             // nobody
+	}
+	for _, c := range calls {
+		b.Apply(CallUpdated{Source: "ast", Call: c})
+	}
+	st, _ := b.State("debbie")
+	got := map[string]string{}
+	for _, c := range st.Calls {
+		got[c.ID] = c.Remote.Name
+	}
+	want := map[string]string{"a": "Bob", "b": "Front desk", "c": "", "d": ""}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("call %s: remote named %q, want %q", id, got[id], w)
+		}
+	}
+}

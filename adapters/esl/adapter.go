@@ -28,13 +28,17 @@ import (
 // registration that is subscribed anyway. lamplighter::sync is the mark
 // a resync fires to learn where the event stream stands.
 var subscribed = []string{
-	"CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+	"CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER",
+	// Who a leg is really with: the bridge and its updates follow a ring
+	// group's answer, an intercept, a transfer and a parked call's
+	// retrieval, which the caller and callee fields do not.
+	"CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CALL_UPDATE",
 	// A callee's leg learns its SIP Call-ID and tags from the 180 or 183,
 	// which FreeSWITCH reports only as progress: without these, a ringing
 	// phone's dialog has nothing to pick up with (Replaces) until answer.
 	"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
 	"CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_HANGUP_COMPLETE", "HEARTBEAT",
-	"CUSTOM", "sofia::register", "sofia::unregister", "sofia::expire", syncSubclass,
+	"CUSTOM", "sofia::register", "sofia::unregister", "sofia::expire", "valet_parking::info", syncSubclass,
 }
 
 const syncSubclass = "lamplighter::sync"

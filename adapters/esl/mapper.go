@@ -37,10 +37,32 @@ func (e event) micros(name string) time.Time {
 	return time.UnixMicro(n)
 }
 
-// leg is what the mapper knows of one FreeSWITCH channel.
+// leg is what the mapper knows of one FreeSWITCH channel of a
+// configured device.
 type leg struct {
-	seq  uint64 // Event-Sequence of the newest event applied
-	call bridge.Call
+	seq    uint64 // Event-Sequence of the newest event applied
+	call   bridge.Call
+	said   bridge.Party // the remote party as the leg's own headers name it
+	parked string       // the valet parking space it waits in
+	// The party of the channel it was last bridged with, and what its
+	// headers said then: kept after the bridge ends until the headers
+	// say something new (a transfer's new destination), so that the
+	// moment between the other side's hang-up and its own does not name
+	// the number first dialled.
+	was, saidThen bridge.Party
+	bridged       bool // it has been bridged at least once
+}
+
+// party is what the mapper knows of any channel, a configured device's
+// or not: who is on it, and the channel it is bridged with. FreeSWITCH's
+// caller and callee fields do not follow a pickup, an intercept, a ring
+// group's answer or a parked call's retrieval (they keep the number
+// dialled, a feature code, or a phone's contact user), but the bridge
+// does: a leg's remote party is whoever is on the channel it is bridged
+// with.
+type party struct {
+	self bridge.Party
+	peer string // Unique-ID of the bridged channel
 }
 
 // seen is the newest event applied for a key, and when.
@@ -73,11 +95,14 @@ type mapper struct {
 	devices map[string]bool // configured device names on this PBX
 	now     func() time.Time
 
-	legs   map[string]*leg               // by Unique-ID
-	tombs  map[string]time.Time          // Unique-ID → when it hung up
-	regs   map[string]registration       // by registration Call-ID
-	regSeq map[string]seen               // newest registration event per Call-ID (kept a while after it goes)
-	state  map[string]bridge.DeviceState // last reported per device
+	legs    map[string]*leg               // by Unique-ID
+	parties map[string]*party             // by Unique-ID, every live channel
+	valets  map[string]valetSpace         // parked channel's Unique-ID → its space
+	tombs   map[string]time.Time          // Unique-ID → when it hung up
+	regs    map[string]registration       // by registration Call-ID
+	regSeq  map[string]seen               // newest registration event per Call-ID (kept a while after it goes)
+	state   map[string]bridge.DeviceState // last reported per device
+	at      time.Time                     // when the event being applied happened
 }
 
 func newMapper(source string, devices []string) *mapper {
@@ -87,8 +112,16 @@ func newMapper(source string, devices []string) *mapper {
 	return m
 }
 
+// valetSpace is a valet parking space a channel waits in, and the call
+// its lamp shows ("" device when no configured device stands for it).
+type valetSpace struct {
+	space, device, callID string
+}
+
 func (m *mapper) reset() {
 	m.legs = map[string]*leg{}
+	m.parties = map[string]*party{}
+	m.valets = map[string]valetSpace{}
 	m.regs = map[string]registration{}
 	m.state = map[string]bridge.DeviceState{}
 }
@@ -125,13 +158,18 @@ func (m *mapper) channelDevice(presenceID, channelName string) string {
 
 // event maps one event. Events the mapper has no use for give nothing.
 func (m *mapper) event(e event) []bridge.Event {
+	if m.at = e.micros("Event-Date-Timestamp"); m.at.IsZero() {
+		m.at = m.now()
+	}
 	switch e.get("Event-Name") {
-	case "CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_PROGRESS",
-		"CHANNEL_PROGRESS_MEDIA", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
-		"CHANNEL_DESTROY":
+	case "CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE",
+		"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CALL_UPDATE",
+		"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY":
 		return m.channel(e)
 	case "CUSTOM":
 		switch e.get("Event-Subclass") {
+		case "valet_parking::info":
+			return m.valet(e)
 		case "sofia::register":
 			return m.register(e)
 		case "sofia::unregister", "sofia::expire":
@@ -158,11 +196,43 @@ func (m *mapper) channel(e event) []bridge.Event {
 		e.get("Channel-Call-State") == "HANGUP" || e.get("Answer-State") == "hangup"
 	l := m.legs[id]
 	if hangup {
-		m.bury(id)
+		out := m.bury(id)
 		if l == nil {
-			return nil
+			return out
 		}
-		return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: id}}
+		return append(out, bridge.CallEnded{Source: m.source, CallID: id})
+	}
+	var out []bridge.Event
+	p := m.parties[id]
+	if p == nil {
+		p = &party{}
+		m.parties[id] = p
+	}
+	if p.self.IsZero() {
+		p.self = selfParty(e)
+	}
+	newest := seq > l.seqOr0() || l.seqOr0() == 0
+	if newest {
+		// Who the channel is bridged with: a new leg knows the channel
+		// that called it, a bridge and a call update name the other
+		// side, an unbridge ends it; a bridge is told on one side only,
+		// so the other side learns it here too.
+		switch other := e.get("Other-Leg-Unique-ID"); {
+		case name == "CHANNEL_UNBRIDGE":
+			if q := m.parties[p.peer]; q != nil && q.peer == id {
+				q.peer = ""
+				out = append(out, m.refresh(p.peer)...)
+			}
+			p.peer = ""
+		case other != "" && other != id && (name == "CHANNEL_BRIDGE" || name == "CALL_UPDATE" || p.peer == ""):
+			if p.peer != other {
+				p.peer = other
+			}
+			if q := m.parties[other]; q != nil && name == "CHANNEL_BRIDGE" && q.peer != id {
+				q.peer = id
+				out = append(out, m.refresh(other)...)
+			}
+		}
 	}
 	if l == nil {
 		presence := e.get("Channel-Presence-ID")
@@ -171,17 +241,18 @@ func (m *mapper) channel(e event) []bridge.Event {
 		}
 		dev := m.channelDevice(presence, e.get("Channel-Name"))
 		if dev == "" {
-			return nil
+			return out
 		}
 		l = &leg{call: bridge.Call{ID: id, Device: dev}}
 		m.legs[id] = l
 	}
 	before := l.call
 	m.addSIP(&l.call, e)
-	if seq > l.seq || l.seq == 0 {
+	if newest {
 		l.seq = seq
-		m.fill(&l.call, e)
+		m.fill(l, e)
 	}
+	l.call.Remote = m.remoteOf(id, l)
 	// A sofia leg towards its phone learns its Call-ID and tags from the
 	// phone's 180 or 183 (CHANNEL_PROGRESS, _MEDIA), moments after
 	// FreeSWITCH says it rings: until then they are pending; so is the
@@ -189,16 +260,186 @@ func (m *mapper) channel(e event) []bridge.Event {
 	c := &l.call
 	sofia := strings.HasPrefix(e.get("Channel-Name"), "sofia/") && c.State < bridge.CallConfirmed
 	c.IDsPending = sofia && (c.CallID == "" ||
-		c.Direction == bridge.Incoming && (c.LocalTag == "" || c.RemoteTag == ""))
+		c.Direction == bridge.Incoming && (c.LocalTag == "" || c.RemoteTag == "")) ||
+		m.awaitsPeer(id, l)
 	if l.call == before {
-		return nil
+		return out
 	}
-	return []bridge.Event{bridge.CallUpdated{Source: m.source, Call: l.call}}
+	return append(out, bridge.CallUpdated{Source: m.source, Call: l.call})
 }
 
-// bury forgets a channel and keeps its tombstone; old tombstones go.
-func (m *mapper) bury(id string) {
+// seqOr0 is the newest Event-Sequence applied to a leg, 0 for none (a
+// channel of no configured device).
+func (l *leg) seqOr0() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.seq
+}
+
+// selfParty is who is on a channel, from its first event: the user of its
+// presence id (the directory's user), else, for a call into FreeSWITCH,
+// its caller id, and for a call out, whom it dials.
+func selfParty(e event) bridge.Party {
+	user, _, _ := strings.Cut(e.get("Channel-Presence-ID"), "@")
+	if e.get("Call-Direction") == "inbound" {
+		number := e.get("Caller-Caller-ID-Number")
+		if user == "" {
+			user = number
+		}
+		name := ""
+		if number == user {
+			name = cleanName(e.get("Caller-Caller-ID-Name"), number)
+		}
+		return bridge.Party{Number: user, Name: name}
+	}
+	if user == "" {
+		user = e.get("Caller-Destination-Number")
+	}
+	return bridge.Party{Number: user}
+}
+
+// remoteOf is a leg's remote party: the space it is parked in; else
+// whoever is on the channel it is bridged with, unless that is the party
+// its own headers name (they may add a name); else its headers' word.
+func (m *mapper) remoteOf(id string, l *leg) bridge.Party {
+	if l.parked != "" {
+		return bridge.Party{Number: l.parked, Name: "Parked"}
+	}
+	if p := m.parties[id]; p != nil && p.peer != "" {
+		if q := m.parties[p.peer]; q != nil && q.self.Number != "" {
+			r := q.self
+			if r.Number == l.said.Number {
+				r = l.said // the same party, perhaps with a name
+			}
+			l.was, l.saidThen, l.bridged = r, l.said, true
+			return r
+		}
+	}
+	if !l.was.IsZero() && l.said == l.saidThen {
+		return l.was
+	}
+	return l.said
+}
+
+// awaitsPeer reports whether a leg the phone placed was just answered
+// and is not bridged yet: a ring group's member, an intercept or a valet
+// space answered it, and the bridge that says who is about to follow
+// (within milliseconds). Until then its remote party would be only the
+// number dialled, so its ids count as pending (bridge.Call.IDsPending):
+// its watchers' NOTIFY waits for the bridge, briefly. A call FreeSWITCH
+// answers itself (voicemail, an IVR) never bridges: after a second it
+// waits no more.
+func (m *mapper) awaitsPeer(id string, l *leg) bool {
+	c := &l.call
+	if c.Direction != bridge.Outgoing || c.State != bridge.CallConfirmed || l.bridged || l.parked != "" {
+		return false
+	}
+	if p := m.parties[id]; p != nil && p.peer != "" {
+		return false
+	}
+	return !c.Answered.IsZero() && m.at.Sub(c.Answered) < time.Second
+}
+
+// refresh recomputes a leg's remote party after its bridge changed.
+func (m *mapper) refresh(id string) []bridge.Event {
+	l := m.legs[id]
+	if l == nil {
+		return nil
+	}
+	before := l.call
+	l.call.Remote = m.remoteOf(id, l)
+	if l.call.IDsPending && !m.awaitsPeer(id, l) && l.call.State == bridge.CallConfirmed {
+		l.call.IDsPending = false
+	}
+	if l.call != before {
+		return []bridge.Event{bridge.CallUpdated{Source: m.source, Call: l.call}}
+	}
+	return nil
+}
+
+// valet follows mod_valet_parking: a call that waits in a space names the
+// space ("Parked", 6001) instead of the phone that parked it, and a
+// configured device for the space (park+6001@domain, as the presence id
+// FusionPBX's keys watch, or park+6001) shows the parked caller as a call,
+// until the call is taken (bridge) or leaves (exit, hang-up).
+func (m *mapper) valet(e event) []bridge.Event {
+	id, space := e.get("Unique-ID"), e.get("Valet-Extension")
+	if id == "" || space == "" {
+		return nil
+	}
+	if _, dead := m.tombs[id]; dead {
+		return nil
+	}
+	switch e.get("Action") {
+	case "hold":
+		var out []bridge.Event
+		out = append(out, m.unvalet(id)...)
+		_, domain, _ := strings.Cut(e.get("Channel-Presence-ID"), "@")
+		v := valetSpace{space: space, device: m.pick("park+"+space+"@"+domain, "park+"+space), callID: "valet-" + space}
+		m.valets[id] = v
+		if l := m.legs[id]; l != nil {
+			l.parked = space
+			l.call.Remote = m.remoteOf(id, l)
+			out = append(out, bridge.CallUpdated{Source: m.source, Call: l.call})
+		}
+		if v.device != "" {
+			now := e.micros("Event-Date-Timestamp")
+			if now.IsZero() {
+				now = m.now()
+			}
+			c := bridge.Call{ID: v.callID, Device: v.device, Direction: bridge.Incoming, State: bridge.CallConfirmed,
+				Started: now, Answered: now, CallID: e.get("variable_sip_call_id")}
+			if p := m.parties[id]; p != nil {
+				c.Remote = p.self
+			}
+			if l := m.legs[id]; l != nil && c.CallID == "" {
+				c.CallID = l.call.CallID
+			}
+			out = append(out, bridge.CallUpdated{Source: m.source, Call: c})
+		}
+		return out
+	case "bridge", "exit":
+		out := m.unvalet(id)
+		// Taken: the space says by whom before the bridge does.
+		if to := e.get("Bridge-To-UUID"); to != "" && to != id {
+			if p := m.parties[id]; p != nil {
+				p.peer = to
+			}
+			if q := m.parties[to]; q != nil {
+				q.peer = id
+				out = append(out, m.refresh(to)...)
+			}
+		}
+		if l := m.legs[id]; l != nil && l.parked != "" {
+			l.parked = ""
+			l.call.Remote = m.remoteOf(id, l)
+			out = append(out, bridge.CallUpdated{Source: m.source, Call: l.call})
+		}
+		return out
+	}
+	return nil
+}
+
+// unvalet ends the space lamp's call of a channel that leaves its space.
+func (m *mapper) unvalet(id string) []bridge.Event {
+	v, ok := m.valets[id]
+	if !ok {
+		return nil
+	}
+	delete(m.valets, id)
+	if v.device == "" {
+		return nil
+	}
+	return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: v.callID}}
+}
+
+// bury forgets a channel and keeps its tombstone; old tombstones go. A
+// space it was parked in goes out.
+func (m *mapper) bury(id string) []bridge.Event {
+	out := m.unvalet(id)
 	delete(m.legs, id)
+	delete(m.parties, id)
 	now := m.now()
 	m.tombs[id] = now
 	if len(m.tombs)%256 == 0 {
@@ -208,10 +449,12 @@ func (m *mapper) bury(id string) {
 			}
 		}
 	}
+	return out
 }
 
 // fill sets the state part of a call from the newest event.
-func (m *mapper) fill(c *bridge.Call, e event) {
+func (m *mapper) fill(l *leg, e event) {
+	c := &l.call
 	// Call-Direction is FreeSWITCH's: "inbound" is a leg the phone
 	// started, so the phone is calling out.
 	if e.get("Call-Direction") == "inbound" {
@@ -220,7 +463,7 @@ func (m *mapper) fill(c *bridge.Call, e event) {
 		c.Direction = bridge.Incoming
 	}
 	c.State, c.Held = callState(c.Direction, e.get("Channel-Call-State"), e.get("Answer-State"))
-	c.Remote = remoteParty(c.Direction, e.get)
+	l.said = remoteParty(c.Direction, e.get)
 	if t := e.micros("Caller-Channel-Created-Time"); !t.IsZero() {
 		c.Started = t
 	} else if c.Started.IsZero() {
@@ -301,6 +544,11 @@ func cleanName(name, number string) string {
 	}
 	return name
 }
+
+// isSpace reports whether a device is a valet parking space
+// (park+6001@domain), which no phone registers: it is always there, idle
+// while empty.
+func isSpace(dev string) bool { return strings.HasPrefix(dev, "park+") }
 
 // regDevice finds the configured device a registration belongs to.
 func (m *mapper) regDevice(user, realm, profile string) string {
@@ -403,7 +651,7 @@ func (m *mapper) reachable(dev string) bool {
 // report emits the device's reachability if it changed.
 func (m *mapper) report(dev string) []bridge.Event {
 	st := bridge.DeviceUnavailable
-	if m.reachable(dev) {
+	if m.reachable(dev) || isSpace(dev) {
 		st = bridge.DeviceIdle
 	}
 	if old, ok := m.state[dev]; ok && old == st {
@@ -476,7 +724,7 @@ func (m *mapper) snapshot(chans []channelRow, regs []registrationRow, configured
 	}
 	for _, d := range configured {
 		st := bridge.DeviceUnavailable
-		if m.reachable(d) {
+		if m.reachable(d) || isSpace(d) {
 			st = bridge.DeviceIdle
 		}
 		m.state[d] = st
@@ -509,7 +757,7 @@ func (m *mapper) snapshot(chans []channelRow, regs []registrationRow, configured
 		if r.CallState == "HANGUP" {
 			continue
 		}
-		m.legs[r.UUID] = &leg{call: c}
+		m.legs[r.UUID] = &leg{call: c, said: c.Remote}
 		snap.Calls = append(snap.Calls, c)
 	}
 	return snap

@@ -332,3 +332,117 @@ func TestRingingCalleeCarriesPickupData(t *testing.T) {
 		t.Errorf("ringing callee: phone %v, call %+v", st.Phone, c)
 	}
 }
+
+// replayed feeds a recording made with phones 1000, 1010, 1011 and 1012
+// (and valet space 6001) through a mapper into a bridge, and returns
+// every state each user went through.
+func replayed(t *testing.T, name string) (map[string][]*bridge.State, *bridge.Bridge) {
+	t.Helper()
+	var users []bridge.User
+	var devs []string
+	for _, ext := range []string{"1000", "1010", "1011", "1012"} {
+		users = append(users, bridge.User{ID: ext, Name: "User " + ext, Extensions: []string{ext},
+			Devices: []bridge.DeviceRef{{Source: "fs", Device: ext + "@127.0.0.1"}}})
+		devs = append(devs, ext+"@127.0.0.1")
+	}
+	users = append(users, bridge.User{ID: "6001", Extensions: []string{"6001"},
+		Devices: []bridge.DeviceRef{{Source: "fs", Device: "park+6001@127.0.0.1"}}})
+	devs = append(devs, "park+6001@127.0.0.1")
+	dir, err := bridge.NewDirectory(users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bridge.New(dir)
+	states := map[string][]*bridge.State{}
+	b.Listen(func(c bridge.Change) {
+		if c.State != nil {
+			states[c.UserID] = append(states[c.UserID], c.State)
+		}
+	})
+	m := newMapper("fs", devs)
+	b.Apply(m.snapshot(nil, nil, devs))
+	for _, f := range events(t, "testdata/"+name) {
+		for _, e := range m.event(f.ev) {
+			b.Apply(e)
+		}
+	}
+	return states, b
+}
+
+// partiesOf lists, in order, the remote parties a user's lamp named
+// while in a call (answered), each once per stretch.
+func partiesOf(states []*bridge.State) []string {
+	var out []string
+	for _, s := range states {
+		if len(s.Calls) != 1 || s.Calls[0].State != bridge.CallConfirmed || s.IDsPending {
+			continue
+		}
+		r := s.Calls[0].Remote
+		label := r.Number
+		if r.Name != "" {
+			label += " " + r.Name
+		}
+		if len(out) == 0 || out[len(out)-1] != label {
+			out = append(out, label)
+		}
+	}
+	return out
+}
+
+func TestRingGroupCallerSeesWhoAnswered(t *testing.T) {
+	states, _ := replayed(t, "ring-group-2001.txt")
+	if got := partiesOf(states["1000"]); !slices.Equal(got, []string{"1011 User 1011"}) {
+		t.Errorf("the caller into the group was in a call with %v, want who answered", got)
+	}
+	if got := partiesOf(states["1011"]); !slices.Equal(got, []string{"1000 Extension 1000"}) {
+		t.Errorf("who answered: %v", got)
+	}
+	for _, u := range []string{"1010", "1012"} {
+		if s := states[u][len(states[u])-1]; len(s.Calls) != 0 {
+			t.Errorf("%s still shows %+v after another member answered", u, s.Calls)
+		}
+	}
+}
+
+func TestInterceptNamesPickerAndCaller(t *testing.T) {
+	states, _ := replayed(t, "intercept-by-code.txt")
+	// The picker dialled **1010, FreeSWITCH bridged it with 1000's call.
+	if got := partiesOf(states["1011"]); len(got) == 0 || !strings.HasPrefix(got[len(got)-1], "1000 ") || slices.ContainsFunc(got, func(p string) bool { return strings.HasPrefix(p, "**") }) {
+		t.Errorf("the picker was in a call with %v, want 1000 and never the feature code", got)
+	}
+	if got := partiesOf(states["1000"]); !slices.Equal(got, []string{"1011 User 1011"}) {
+		t.Errorf("the caller was in a call with %v, want the picker", got)
+	}
+}
+
+func TestValetParkedCallAndItsSpace(t *testing.T) {
+	states, b := replayed(t, "valet-park-and-retrieve.txt")
+	if got := partiesOf(states["1000"]); !slices.Equal(got, []string{"1010 User 1010", "6001", "6001 Parked", "1011 User 1011"}) {
+		t.Errorf("the parked caller was in a call with %v", got)
+	}
+	var held bool
+	for _, s := range states["6001"] {
+		if len(s.Calls) == 1 && s.Calls[0].Remote.Number == "1000" && s.Calls[0].CallID != "" {
+			held = true
+		}
+	}
+	if !held {
+		t.Errorf("space 6001's lamp never showed the parked caller: %v", states["6001"])
+	}
+	if s, _ := b.State("6001"); s.Phone != bridge.PhoneIdle || len(s.Calls) != 0 {
+		t.Errorf("space 6001 after the retrieval: %v %+v", s.Phone, s.Calls)
+	}
+	if got := partiesOf(states["1011"]); !slices.Equal(got, []string{"1000 User 1000"}) {
+		t.Errorf("the retriever was in a call with %v, want the parked caller alone", got)
+	}
+}
+
+func TestBlindTransferNamesTheNewParty(t *testing.T) {
+	states, _ := replayed(t, "blind-transfer.txt")
+	if got := partiesOf(states["1000"]); !slices.Equal(got, []string{"1010 User 1010", "1011 User 1011"}) {
+		t.Errorf("the transferred caller was in a call with %v", got)
+	}
+	if got := partiesOf(states["1011"]); !slices.Equal(got, []string{"1000 Extension 1000"}) {
+		t.Errorf("the transfer's target: %v", got)
+	}
+}
