@@ -388,10 +388,10 @@ func TestSourceDown(t *testing.T) {
 func TestRemotePartyNamedFromTheDirectory(t *testing.T) {
 	b, _, _ := newTestBridge(t)
 	calls := []Call{
-		{ID: "a", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "101"}},                    // a colleague: named
+		{ID: "a", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "101"}},                     // a colleague: named
 		{ID: "b", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "101", Name: "Front desk"}}, // the PBX's name stays
-		{ID: "c", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "debbie"}},                 // an alias is no number
-		{ID: "d", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "0301234567"}},             // nobody
+		{ID: "c", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "debbie"}},                  // an alias is no number
+		{ID: "d", Device: "PJSIP/100", State: CallConfirmed, Remote: Party{Number: "0301234567"}},              // nobody
 	}
 	for _, c := range calls {
 		b.Apply(CallUpdated{Source: "ast", Call: c})
