@@ -235,6 +235,25 @@ func (b *Bridge) dropCall(src *source, c *Call) {
 	}
 }
 
+// CallBySIPID returns a call leg with the SIP Call-ID callID, from any
+// source, for a proxy that must orient a pickup's Replaces (see
+// Call.LocalTag). ok is false when no leg has it.
+func (b *Bridge) CallBySIPID(callID string) (Call, bool) {
+	if callID == "" {
+		return Call{}, false
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, src := range b.sources {
+		for _, c := range src.calls {
+			if c.CallID == callID {
+				return *c, true
+			}
+		}
+	}
+	return Call{}, false
+}
+
 // SetPerson sets what one origin (a PUBLISH, the API) says about a user's
 // person state, replacing that origin's earlier word.
 func (b *Bridge) SetPerson(userID, origin string, p PersonState) error {

@@ -159,10 +159,17 @@ type Call struct {
 	Held      bool      `json:"held,omitempty"`
 	Remote    Party     `json:"remote"`
 	// SIP dialog identifiers of the device's own leg, where the PBX
-	// exposes them: they let a phone pick the call up with Replaces.
+	// exposes them: they let a phone pick the call up with Replaces
+	// (RFC 3891), so they are oriented for the UA that answers such an
+	// INVITE, which matches its to-tag against its own tag. LocalTag
+	// (dialog-info's local-tag, the Replaces to-tag) is that UA's tag:
+	// behind a back-to-back PBX (Asterisk, FreeSWITCH) the PBX's own tag
+	// of its leg to the device; where the INVITE reaches the device
+	// itself (a plain registrar, kind sip) the device's, as RFC 4235 has
+	// it. RemoteTag is the other one (the from-tag).
 	CallID    string `json:"call_id,omitempty"`
-	LocalTag  string `json:"local_tag,omitempty"`  // the device's tag
-	RemoteTag string `json:"remote_tag,omitempty"` // the PBX's tag
+	LocalTag  string `json:"local_tag,omitempty"`
+	RemoteTag string `json:"remote_tag,omitempty"`
 	// IDsPending says the source is still reading the leg's dialog
 	// identifiers and will report them within moments (Asterisk's tags
 	// are read once the leg rings; a new channel's Call-ID comes with its

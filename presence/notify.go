@@ -76,6 +76,14 @@ func (s *Server) HandleChange(c bridge.Change) {
 			s.paceMu.Unlock()
 			return
 		}
+		if p.held {
+			// The user's NOTIFY waits for a leg's ids (holdForIDs): the
+			// release carries this change, and the state it would
+			// show now is the one being held back.
+			p.pending = false
+			s.paceMu.Unlock()
+			return
+		}
 		p.pending, p.last = false, time.Now()
 		first := p.first
 		s.paceMu.Unlock()
@@ -141,6 +149,17 @@ func (s *Server) holdForIDs(c bridge.Change, now time.Time) bool {
 		s.kickUser(c.UserID, now, true)
 	})
 	return true
+}
+
+// holding reports whether a user's NOTIFYs are held for a leg's ids.
+func (s *Server) holding(userID string) bool {
+	if s.held.Load() == 0 {
+		return false
+	}
+	s.paceMu.Lock()
+	defer s.paceMu.Unlock()
+	p := s.pace[userID]
+	return p != nil && p.held
 }
 
 // sinceEpoch is t as a subscription keeps it: time since the server's
@@ -255,6 +274,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 	// The bridge is read with no subscription lock held (the lock order in
 	// doc.go): its listener takes subscription locks under its own.
 	st, ok := s.states.State(sub.UserID)
+	heldBack := ok && st.IDsPending && s.holding(sub.UserID)
 	sub.mu.Lock()
 	if sub.done || !sub.dirty || sub.inflight || sub.queued {
 		// Another worker took it meanwhile (a change queued it again), or
@@ -272,6 +292,13 @@ func (s *Server) sendNotify(sub *Subscription) {
 	}
 	if final == "" && !sub.force && !sub.shows(st) {
 		sub.dirty = false // nothing new since the last NOTIFY
+		sub.mu.Unlock()
+		return
+	}
+	if final == "" && !sub.force && heldBack {
+		// Queued before the user's NOTIFY began to wait for a leg's
+		// ids (holdForIDs): this state is the one held back; the
+		// release queues it again (it stays dirty).
 		sub.mu.Unlock()
 		return
 	}

@@ -464,7 +464,9 @@ func TestRingingLegGetsItsTagsFromAsterisk(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		st, _ := h.bridge.State("101")
-		if len(st.Calls) == 1 && st.Calls[0].LocalTag == "phone-101-tag" && st.Calls[0].RemoteTag == "asterisk-tag" {
+		// Oriented for Asterisk, which answers the pickup INVITE: its
+		// tag is the dialog's local tag (the Replaces to-tag).
+		if len(st.Calls) == 1 && st.Calls[0].LocalTag == "asterisk-tag" && st.Calls[0].RemoteTag == "phone-101-tag" {
 			if st.Phone != bridge.PhoneRinging || st.Calls[0].CallID == "" {
 				t.Errorf("ringing leg: %v %+v", st.Phone, st.Calls[0])
 			}
@@ -526,9 +528,9 @@ func TestRingingLegSaysItsIDsArePending(t *testing.T) {
 				switch {
 				case !ok:
 					t.Errorf("found=%v: ringing with no call", found)
-				case found && (call.CallID == "" || call.LocalTag != "phone-100-tag" || call.RemoteTag != "asterisk-tag"):
+				case found && (call.CallID == "" || call.LocalTag != "asterisk-tag" || call.RemoteTag != "phone-100-tag"):
 					t.Errorf("found=%v: first ringing state without pending ids: %+v", found, call)
-				case !found && (call.CallID == "" || call.LocalTag != ""):
+				case !found && (call.CallID == "" || call.RemoteTag != ""):
 					t.Errorf("found=%v: %+v", found, call)
 				}
 				break wait

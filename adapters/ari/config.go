@@ -36,7 +36,8 @@ type Config struct {
 	// never does).
 	DownAfter time.Duration `yaml:"down_after"`
 	// LocalTagVar and RemoteTagVar name the channel variables that carry
-	// a PJSIP leg's SIP tags (defaults LL_LOCAL_TAG, LL_REMOTE_TAG); see
+	// a PJSIP leg's SIP tags as the phone sees them (defaults
+	// LL_LOCAL_TAG: the phone's tag; LL_REMOTE_TAG: Asterisk's); see
 	// README.md for the dialplan and ari.conf lines that set them.
 	LocalTagVar  string `yaml:"local_tag_var"`
 	RemoteTagVar string `yaml:"remote_tag_var"`

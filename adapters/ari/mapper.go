@@ -23,6 +23,9 @@ type channel struct {
 	tagsRead  bool   // and the reading is over, whatever it found
 	parked    bool   // in a parking lot's holding bridge
 	space     string // the parking space it waits in, once known
+	// resolved: Asterisk has said who is at the other end (a connected
+	// line, the bridge peer, the bridge itself), not only what was dialled.
+	resolved bool
 }
 
 // settle marks whether the leg's dialog identifiers are still to come
@@ -31,13 +34,21 @@ type channel struct {
 // within the millisecond, does), or a leg towards its phone lacking a tag
 // whose tags have not been read yet (they are read once it rings). A leg
 // created Down, before it rings, is one; so is a call that entered a
-// parking lot until its space is known (its next event).
-func (ch *channel) settle() {
+// parking lot until its space is known (its next event). So is a call a
+// phone placed that was answered while only what it dialled is known of
+// the other end: a pickup with Replaces answers it before the bridge
+// says with whom (Asterisk gives the picker no connected line), so does
+// a parked call's retrieval; the bridge follows within milliseconds. A
+// call the dialplan answers itself never bridges: after a second it
+// waits no more.
+func (ch *channel) settle(now time.Time) {
 	c := &ch.call
 	sip := !ch.internal && strings.HasPrefix(c.Device, "PJSIP/") && c.State < bridge.CallConfirmed
 	c.IDsPending = sip && (c.CallID == "" ||
 		!ch.tagsRead && c.Direction == bridge.Incoming && (c.LocalTag == "" || c.RemoteTag == "")) ||
-		ch.parked && ch.space == ""
+		ch.parked && ch.space == "" ||
+		!ch.internal && !ch.resolved && ch.dialed != "" && c.State == bridge.CallConfirmed &&
+			!c.Answered.IsZero() && now.Sub(c.Answered) < time.Second
 }
 
 // mapper turns ARI events into bridge events. It keeps per-channel state
@@ -46,8 +57,8 @@ func (ch *channel) settle() {
 // twice, become one event). It does no I/O.
 type mapper struct {
 	source       string
-	localTagVar  string
-	remoteTagVar string
+	phoneTagVar  string // the channel variable with the phone's tag of a leg (LL_LOCAL_TAG)
+	pbxTagVar    string // and with Asterisk's own (LL_REMOTE_TAG)
 	channels     map[string]*channel
 	byName       map[string]string // channel name → id, for BRIDGEPEER
 	devices      map[string]bridge.DeviceState
@@ -57,11 +68,12 @@ type mapper struct {
 	// oldest first; and which channel each taken slot holds.
 	parking []string
 	slots   map[string]string // park device → channel id
+	at      time.Time         // when the event being mapped happened
 }
 
 func newMapper(source string, cfg *Config) *mapper {
 	return &mapper{
-		source: source, localTagVar: cfg.LocalTagVar, remoteTagVar: cfg.RemoteTagVar,
+		source: source, phoneTagVar: cfg.LocalTagVar, pbxTagVar: cfg.RemoteTagVar,
 		channels: map[string]*channel{}, byName: map[string]string{}, devices: map[string]bridge.DeviceState{},
 		slots: map[string]string{},
 	}
@@ -185,6 +197,7 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 		ch.connected = p
 		if !p.IsZero() {
 			ch.call.Remote = p
+			ch.resolved = true
 		}
 	}
 	if ch.call.Remote.IsZero() && ch.dialed != "" {
@@ -193,10 +206,13 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 	if r.ProtocolID != "" {
 		ch.call.CallID = r.ProtocolID
 	}
-	if v, ok := c.ChannelVars[m.localTagVar]; ok && v != "" {
+	// A pickup INVITE with Replaces reaches Asterisk, which matches its
+	// to-tag against its own tag of the leg: that is the dialog's local
+	// tag for watchers (bridge.Call.LocalTag), the phone's the remote one.
+	if v, ok := c.ChannelVars[m.pbxTagVar]; ok && v != "" {
 		ch.call.LocalTag = v
 	}
-	if v, ok := c.ChannelVars[m.remoteTagVar]; ok && v != "" {
+	if v, ok := c.ChannelVars[m.phoneTagVar]; ok && v != "" {
 		ch.call.RemoteTag = v
 	}
 	// A PJSIP leg ringing at a phone has the phone's tag from its 180,
@@ -208,7 +224,7 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 		ch.tagsAsked = true
 		m.tagsWanted = append(m.tagsWanted, c.ID)
 	}
-	ch.settle()
+	ch.settle(at)
 	return ch, !ch.internal
 }
 
@@ -222,7 +238,7 @@ func (m *mapper) tagsRead(channelID string) []bridge.Event {
 	}
 	ch.tagsRead = true
 	before := ch.call
-	ch.settle()
+	ch.settle(m.at)
 	if ch.call == before {
 		return nil
 	}
@@ -238,9 +254,9 @@ func (m *mapper) takeTagsWanted() []string {
 
 // tagVars are what the adapter reads for a ringing leg, and the channel
 // variables (as the dialplan would name them) it reports them as: the
-// phone's own tag is Asterisk's remote tag, and the other way round.
+// phone's own tag is Asterisk's remote tag, and Asterisk's its local one.
 func (m *mapper) tagVars() [][2]string {
-	return [][2]string{{"CHANNEL(pjsip,remote_tag)", m.localTagVar}, {"CHANNEL(pjsip,local_tag)", m.remoteTagVar}}
+	return [][2]string{{"CHANNEL(pjsip,remote_tag)", m.phoneTagVar}, {"CHANNEL(pjsip,local_tag)", m.pbxTagVar}}
 }
 
 func (m *mapper) update(ch *channel) bridge.Event {
@@ -301,6 +317,7 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
+	m.at = ts
 	switch e := ev.(type) {
 	case *ari.DeviceStateChanged:
 		st, err := bridge.ParseDeviceState(e.DeviceState.State)
@@ -332,14 +349,14 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 		before := ch.call
 		m.track(&e.Channel, ids.Channel, ts)
 		switch e.Variable {
-		case m.localTagVar:
+		case m.pbxTagVar:
 			ch.call.LocalTag = e.Value
-		case m.remoteTagVar:
+		case m.phoneTagVar:
 			ch.call.RemoteTag = e.Value
 		case "BRIDGEPEER":
 			m.bridgePeer(ch, e.Value)
 		}
-		ch.settle()
+		ch.settle(m.at)
 		if ch.internal || ch.call == before {
 			return nil
 		}
@@ -431,6 +448,7 @@ func (m *mapper) bridgePeer(ch *channel, peerName string) {
 		return
 	}
 	ch.call.Remote = peer.caller
+	ch.resolved = true
 }
 
 // enteredBridge notes what a bridge says of who a channel is with: in a
@@ -443,12 +461,14 @@ func (m *mapper) enteredBridge(c *ari.ChannelData, r rawChannel, b *ari.BridgeDa
 	}
 	switch {
 	case b.Class == "parking":
-		ch.parked, ch.space = true, ""
+		ch.parked, ch.space, ch.resolved = true, "", true
 		ch.call.Remote = bridge.Party{Name: "Parked"}
-		ch.settle()
+		ch.settle(m.at)
 		m.parking = append(m.parking, c.ID)
 	case b.Creator == "ConfBridge" && b.Name != "":
 		ch.call.Remote = bridge.Party{Number: b.Name, Name: "Conference " + b.Name}
+		ch.resolved = true
+		ch.settle(at)
 	default:
 		return nil
 	}
@@ -463,7 +483,7 @@ func (m *mapper) leftBridge(c *ari.ChannelData, r rawChannel, b *ari.BridgeData,
 		return nil
 	}
 	ch.parked, ch.space = false, ""
-	ch.settle()
+	ch.settle(m.at)
 	return append(m.unpark(c.ID), m.update(ch))
 }
 
@@ -506,7 +526,7 @@ func (m *mapper) parkingSlot(name string, st bridge.DeviceState, at time.Time) [
 		m.slots[name] = id
 		ch.space = space
 		ch.call.Remote = bridge.Party{Number: space, Name: "Parked"}
-		ch.settle()
+		ch.settle(m.at)
 		slot := bridge.Call{ID: slotCallID(name), Device: name, Direction: bridge.Incoming, State: bridge.CallConfirmed,
 			Remote: ch.caller, CallID: ch.call.CallID, Started: at, Answered: at}
 		var out []bridge.Event
@@ -605,6 +625,7 @@ func (m *mapper) snapshot(chans []channelInfo, endpoints []ari.EndpointData, sta
 		}
 		if ch.call.State == bridge.CallConfirmed {
 			ch.call.Answered = time.Time{} // unknown: do not pretend
+			ch.settle(now)
 		}
 		snap.Calls = append(snap.Calls, ch.call)
 	}

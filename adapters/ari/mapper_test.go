@@ -343,3 +343,21 @@ func TestPickupByCodeNamesWhoIsOnTheCall(t *testing.T) {
 		t.Errorf("the callee: %v", got)
 	}
 }
+
+func TestPickupByReplacesNamesTheCaller(t *testing.T) {
+	tl, _, _ := replay(t, map[string][]string{"100": {"PJSIP/100"}, "101": {"PJSIP/101"}, "102": {"PJSIP/102"}},
+		"testdata/pickup-by-replaces.jsonl")
+	// The picker's channel is answered before the bridge says with whom:
+	// until then (ids pending) it shows nobody; then the caller.
+	for _, s := range tl.states["102"] {
+		if s.Phone == bridge.PhoneBusy && !s.IDsPending && s.Calls[0].Remote.Number != "100" {
+			t.Errorf("the picker was shown in a call with %+v", s.Calls[0].Remote)
+		}
+	}
+	if s := tl.first("102", bridge.PhoneBusy); s == nil {
+		t.Fatal("the picker never showed the call")
+	}
+	if got := tl.phones("101"); !slices.Equal(got, []bridge.PhoneState{bridge.PhoneIdle, bridge.PhoneRinging, bridge.PhoneIdle}) {
+		t.Errorf("the callee: %v", got)
+	}
+}

@@ -184,8 +184,10 @@ func TestRecordedCallStepByStep(t *testing.T) {
 		t.Errorf("ringing: %+v", c)
 	}
 	dial := lastState(h.seen["1000"], bridge.PhoneDialing)
+	// The caller's own tag is the remote one: FreeSWITCH answers any
+	// INVITE with Replaces.
 	if c := dial.Calls[0]; c.Direction != bridge.Outgoing || c.Remote.Number != "1001" || c.CallID != "a107d32baf48fb56" ||
-		c.LocalTag != "16d7b796b6769b42" {
+		c.RemoteTag != "16d7b796b6769b42" {
 		t.Errorf("dialing: %+v", c)
 	}
 	busy := lastState(h.seen["1001"], bridge.PhoneBusy)

@@ -224,7 +224,14 @@ func (m *mapper) channel(e event) []bridge.Event {
 				out = append(out, m.refresh(p.peer)...)
 			}
 			p.peer = ""
-		case other != "" && other != id && (name == "CHANNEL_BRIDGE" || name == "CALL_UPDATE" || p.peer == ""):
+		case strings.HasPrefix(e.get("Caller-Destination-Number"), interceptPrefix) && p.peer == "":
+			// FreeSWITCH takes an INVITE with Replaces for a ringing
+			// leg as an intercept of the call that leg belongs to.
+			p.peer = strings.TrimPrefix(e.get("Caller-Destination-Number"), interceptPrefix)
+		case other != "" && other != id && (name == "CHANNEL_BRIDGE" || name == "CALL_UPDATE" ||
+			p.peer == "" && e.get("Call-Direction") != "inbound"):
+			// A phone's own new leg names another only when it replaces
+			// it (above); a leg FreeSWITCH places names its originator.
 			if p.peer != other {
 				p.peer = other
 			}
@@ -267,6 +274,11 @@ func (m *mapper) channel(e event) []bridge.Event {
 	}
 	return append(out, bridge.CallUpdated{Source: m.source, Call: l.call})
 }
+
+// interceptPrefix starts the destination FreeSWITCH gives a leg whose
+// INVITE carries Replaces for a ringing leg: "answer,intercept:<uuid>"
+// of the call to take.
+const interceptPrefix = "answer,intercept:"
 
 // seqOr0 is the newest Event-Sequence applied to a leg, 0 for none (a
 // channel of no configured device).
@@ -474,9 +486,12 @@ func (m *mapper) fill(l *leg, e event) {
 	}
 }
 
-// addSIP keeps the SIP Call-ID and tags of a sofia leg, seen from the
-// phone: on a leg the phone started (inbound) its tag is the From tag; on
-// a leg FreeSWITCH sends to the phone (outbound) its tag is the To tag.
+// addSIP keeps the SIP Call-ID and tags of a sofia leg. A pickup INVITE
+// with Replaces reaches FreeSWITCH, the UA that answers it, so the
+// dialog's local tag for watchers (bridge.Call.LocalTag) is FreeSWITCH's
+// own tag of the leg and the remote tag the phone's: on a leg
+// FreeSWITCH sends to the phone (outbound) FreeSWITCH's tag is the From
+// tag; on a leg the phone started (inbound) it is the To tag.
 func (m *mapper) addSIP(c *bridge.Call, e event) {
 	if id := e.get("variable_sip_call_id"); id != "" {
 		c.CallID = id
@@ -485,12 +500,12 @@ func (m *mapper) addSIP(c *bridge.Call, e event) {
 	if e.get("Call-Direction") == "inbound" {
 		from, to = to, from
 	}
-	// Now from is the remote tag and to the local one, as the phone sees it.
-	if to != "" {
-		c.LocalTag = to
-	}
+	// Now from is FreeSWITCH's tag and to the phone's.
 	if from != "" {
-		c.RemoteTag = from
+		c.LocalTag = from
+	}
+	if to != "" {
+		c.RemoteTag = to
 	}
 }
 
@@ -529,7 +544,7 @@ func remoteParty(dir bridge.Direction, get func(string) string) bridge.Party {
 		return bridge.Party{Number: get("Caller-Caller-ID-Number"), Name: cleanName(get("Caller-Caller-ID-Name"), get("Caller-Caller-ID-Number"))}
 	}
 	number := get("Caller-Destination-Number")
-	if number == "" {
+	if number == "" || strings.HasPrefix(number, interceptPrefix) {
 		number = get("Caller-Callee-ID-Number")
 	}
 	return bridge.Party{Number: number, Name: cleanName(get("Caller-Callee-ID-Name"), number)}

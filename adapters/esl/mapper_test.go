@@ -328,7 +328,7 @@ func TestRingingCalleeCarriesPickupData(t *testing.T) {
 	}
 	c := st.Calls[0]
 	if st.Phone != bridge.PhoneRinging || c.CallID != "deee3036-6014-1240-cc8d-f6b91c3a5360" ||
-		c.LocalTag != "97d7dc44d0c2ff3b" || c.RemoteTag != "3Q6vgt45XjjrD" || st.IDsPending {
+		c.LocalTag != "3Q6vgt45XjjrD" || c.RemoteTag != "97d7dc44d0c2ff3b" || st.IDsPending { // FreeSWITCH's tag, the phone's
 		t.Errorf("ringing callee: phone %v, call %+v", st.Phone, c)
 	}
 }

@@ -202,6 +202,10 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 	}
 	opt := proxy.Options{
 		Targets: targets, TargetFor: targetFor, TokenKey: key,
+		Dialogs: func(callID string) (string, string, bool) {
+			c, ok := b.CallBySIPID(callID)
+			return c.LocalTag, c.RemoteTag, ok
+		},
 		RequireDigest:   cfg.Policy.ProxyRequireDigest,
 		MaxTransactions: cfg.Policy.MaxForwarding,
 		Logger:          log, Metrics: m,

@@ -235,6 +235,9 @@ func (p *Proxy) prepareTo(req, fwd *sip.Request, h hop) {
 	if dialogForming(fwd) {
 		p.recordRoute(fwd, src, h)
 	}
+	if h.target >= 0 && tagOfTo(fwd.To()) == "" {
+		p.orientReplaces(fwd)
+	}
 	if fwd.Method == sip.REGISTER && h.target >= 0 {
 		local := p.server.Advertised(h.transport, hostIP(h.host))
 		u := sip.Uri{

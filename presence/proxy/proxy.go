@@ -106,6 +106,10 @@ type Options struct {
 	// Calls learns of the calls and registrations the proxy carries
 	// (calls.go); nil for none.
 	Calls CallObserver
+	// Dialogs finds the call legs Lamplighter shows by SIP Call-ID, so
+	// that a pickup's Replaces is put the way the PBX matches it
+	// (replaces.go); nil: Replaces passes as the phone wrote it.
+	Dialogs DialogFinder
 	// TokenKey (32 bytes) signs the tokens in Path and Record-Route
 	// (flow.go). Keep it across restarts (LoadTokenKey): with a new one,
 	// the PBX's requests for phones that registered before the restart
