@@ -56,13 +56,13 @@ func (ch *channel) settle(now time.Time) {
 // each device (so that repeated device states, which Local channels send
 // twice, become one event). It does no I/O.
 type mapper struct {
-	source       string
-	phoneTagVar  string // the channel variable with the phone's tag of a leg (LL_LOCAL_TAG)
-	pbxTagVar    string // and with Asterisk's own (LL_REMOTE_TAG)
-	channels     map[string]*channel
-	byName       map[string]string // channel name → id, for BRIDGEPEER
-	devices      map[string]bridge.DeviceState
-	tagsWanted   []string // channels whose SIP tags the adapter should read
+	source      string
+	phoneTagVar string // the channel variable with the phone's tag of a leg (LL_LOCAL_TAG)
+	pbxTagVar   string // and with Asterisk's own (LL_REMOTE_TAG)
+	channels    map[string]*channel
+	byName      map[string]string // channel name → id, for BRIDGEPEER
+	devices     map[string]bridge.DeviceState
+	tagsWanted  []string // channels whose SIP tags the adapter should read
 	// Parking: channels that entered a parking lot and wait for the
 	// slot's device state (park:701@parkedcalls INUSE) that says where,
 	// oldest first; and which channel each taken slot holds.

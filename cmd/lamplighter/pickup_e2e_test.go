@@ -19,7 +19,7 @@ import (
 type pickupRig struct {
 	*rig
 	caller, callee, picker string
-	pickerLamp            *lampWatch
+	pickerLamp             *lampWatch
 }
 
 func newPickupRig(t *testing.T, kind string) *pickupRig {

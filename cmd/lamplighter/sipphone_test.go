@@ -22,25 +22,25 @@ import (
 // flow), through an outbound proxy when given one, and answers digest
 // challenges with its password.
 type sipPhone struct {
-	t                    *testing.T
-	user, pass, domain   string
-	outbound             string // host:port of the outbound proxy ("" for none)
-	port                 int
-	ua                   *sipgo.UserAgent
-	client               *sipgo.Client
-	dialogs              *sipgo.DialogClientCache
-	mu                   sync.Mutex
-	notifies             []*sip.Request
-	news                 chan struct{}
-	byes                 chan *sip.Request
-	subCallID, subFrom   string
-	subCSeq              uint32
-	regCallID, regFrom   string
-	regCSeq              uint32
-	subToTag, subTarget  string
-	subRoute             []string
-	answered             chan *sip.Request // INVITEs it was sent (it answers 200)
-	answerSDP, offerSDP  []byte
+	t                   *testing.T
+	user, pass, domain  string
+	outbound            string // host:port of the outbound proxy ("" for none)
+	port                int
+	ua                  *sipgo.UserAgent
+	client              *sipgo.Client
+	dialogs             *sipgo.DialogClientCache
+	mu                  sync.Mutex
+	notifies            []*sip.Request
+	news                chan struct{}
+	byes                chan *sip.Request
+	subCallID, subFrom  string
+	subCSeq             uint32
+	regCallID, regFrom  string
+	regCSeq             uint32
+	subToTag, subTarget string
+	subRoute            []string
+	answered            chan *sip.Request // INVITEs it was sent (it answers 200)
+	answerSDP, offerSDP []byte
 }
 
 func newSIPPhone(t *testing.T, user, pass, domain, outbound string) *sipPhone {
