@@ -134,7 +134,15 @@ type lampWatch struct {
 // ends.
 func watchLamp(t *testing.T, server, ext string) *lampWatch {
 	t.Helper()
+	return watchLampAs(t, server, ext, "", "")
+}
+
+// watchLampAs is watchLamp with digest credentials, for a server that
+// does not trust the test's address.
+func watchLampAs(t *testing.T, server, ext, user, pass string) *lampWatch {
+	t.Helper()
 	l := &lampWatch{t: t, ext: ext, w: newWatcher(t, "UDP"), news: make(chan struct{}, 1)}
+	l.w.username, l.w.password = user, pass
 	go l.read()
 	if res := l.w.subscribe(server, ext, "dialog", 3600); res.StatusCode != 200 {
 		t.Fatalf("SUBSCRIBE to %s: %d %s", ext, res.StatusCode, res.Reason)

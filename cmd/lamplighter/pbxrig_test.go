@@ -28,6 +28,10 @@ type rig struct {
 	config string
 	phones map[string]*baresiptest.Phone
 	lamps  map[string]*lampWatch
+	// proxied: the phones' outbound proxy is Lamplighter.
+	proxied bool
+	// board: lamps are watched as user board (no trusted network).
+	board bool
 }
 
 // rigOptions shape a rig.
@@ -37,6 +41,20 @@ type rigOptions struct {
 	fs   pbxtest.Config      // FreeSWITCH's
 	yaml string              // more YAML for Lamplighter's config (users for extra devices)
 	user func(string) string // a user's line in the YAML for an extension (default: one device)
+	// proxy puts the PBX in proxy mode (its YAML under proxy:, e.g.
+	// "{}" or "{phones: dedicated}"): the phones register through
+	// Lamplighter, as their outbound proxy.
+	proxy string
+	// listen is Lamplighter's SIP address (default 127.0.0.1 and a free
+	// port); 127.0.0.2 sets it apart from the phones for a PBX that
+	// trusts Lamplighter's address.
+	listen string
+	// noPhones: the test makes its own phones.
+	noPhones bool
+	// untrusted: no network is trusted, so that a phone's SUBSCRIBE
+	// stands on its registered flow (proxy mode) or its password; the
+	// lamps are watched by a user "board" (password "board").
+	untrusted bool
 }
 
 // newAsteriskRig starts Asterisk, phones for exts and Lamplighter with an
@@ -53,6 +71,9 @@ func newAsteriskRig(t *testing.T, o rigOptions) *rig {
     username: reader
     password: reader
 `, r.ast.ARI())
+	if o.proxy != "" {
+		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
+	}
 	r.start(o, pbx, func(ext string) string {
 		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: ast, device: PJSIP/%s}]}`, ext, ext, ext, ext)
 	})
@@ -71,6 +92,9 @@ func newFreeSWITCHRig(t *testing.T, o rigOptions) *rig {
     address: %s
     password: %s
 `, r.fs.ESL(), pbxtest.ESLPassword)
+	if o.proxy != "" {
+		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
+	}
 	r.start(o, pbx, func(ext string) string {
 		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: fs, device: "%s@%s"}]}`,
 			ext, ext, ext, ext, pbxtest.Domain)
@@ -84,15 +108,25 @@ func (r *rig) start(o rigOptions, pbx string, user func(string) string) {
 		user = o.user
 	}
 	dir := t.TempDir()
-	r.ll = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	r.ll = o.listen
+	if r.ll == "" {
+		r.ll = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	}
+	r.proxied = o.proxy != ""
 	var users strings.Builder
 	for _, ext := range o.exts {
 		users.WriteString(user(ext) + "\n")
 	}
+	trusted := "[127.0.0.0/8]"
+	if o.untrusted {
+		trusted = "[]"
+		users.WriteString(`  - {id: board, name: Board, extensions: ["999"], sip: {password: board}}` + "\n")
+		r.board = true
+	}
 	config := fmt.Sprintf(`sip:
   domain: %s
   listen: [{transport: udp, address: "%s"}, {transport: tcp, address: "%s"}]
-  trusted_networks: [127.0.0.0/8]
+  trusted_networks: %s
 http: {listen: "127.0.0.1:0"}
 state_dir: %s
 log: {level: debug}
@@ -100,20 +134,35 @@ pbx:
 %s
 users:
 %s%s
-`, r.domain, r.ll, r.ll, filepath.Join(dir, "state"), pbx, users.String(), o.yaml)
+`, r.domain, r.ll, r.ll, trusted, filepath.Join(dir, "state"), pbx, users.String(), o.yaml)
 	r.config = filepath.Join(dir, "lamplighter.yaml")
 	if err := os.WriteFile(r.config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r.out, r.stop = startDaemon(t, r.config)
+	if p := os.Getenv("LAMPLIGHTER_RIG_LOG"); p != "" { // for a failing test's reader
+		t.Cleanup(func() { os.WriteFile(p+"-"+strings.ReplaceAll(t.Name(), "/", "_")+".log", []byte(r.out.String()), 0o644) })
+	}
 	waitFor(t, r.out, "synchronised with ", 20*time.Second)
+	if o.noPhones {
+		return
+	}
 	for _, ext := range o.exts {
 		r.phones[ext] = r.phone(ext)
 	}
 	for _, ext := range o.exts {
-		r.lamps[ext] = watchLamp(t, r.ll, ext)
+		r.lamps[ext] = r.watch(ext)
 		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
+}
+
+// watch subscribes a BLF key to ext's lamp (as user board when no
+// network is trusted).
+func (r *rig) watch(ext string) *lampWatch {
+	if r.board {
+		return watchLampAs(r.t, r.ll, ext, "board", "board")
+	}
+	return watchLamp(r.t, r.ll, ext)
 }
 
 // restartLamplighter stops Lamplighter and starts it again on the same
@@ -130,8 +179,12 @@ func (r *rig) phone(ext string) *baresiptest.Phone {
 	if r.kind == "esl" {
 		pass = "1234"
 	}
+	via := r.sip
+	if r.proxied {
+		via = r.ll
+	}
 	return baresiptest.Start(r.t, baresiptest.Options{
-		Account: fmt.Sprintf(`<sip:%s@%s>;auth_pass=%s;outbound="sip:%s";regint=300;answermode=manual`, ext, r.domain, pass, r.sip)})
+		Account: fmt.Sprintf(`<sip:%s@%s>;auth_pass=%s;outbound="sip:%s";regint=300;answermode=manual`, ext, r.domain, pass, via)})
 }
 
 // uri is what a phone dials for a number.

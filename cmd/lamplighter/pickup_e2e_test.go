@@ -84,9 +84,10 @@ func (r *pickupRig) pickUp(t *testing.T, phone *sipPhone, target sip.Uri, build 
 		}
 	}()
 	rings := strings.Count(r.phones[r.callee].Output(), "Incoming call")
+	seen := phone.count()
 	r.dial(r.caller, r.callee)
 	r.lamps[r.callee].waitCall("early", "recipient", r.caller, d)
-	ringing := phone.ringing(d)
+	ringing := phone.ringing(seen, d)
 	res, s := phone.call(target, sip.NewHeader("Replaces", build(ringing)))
 	if res.StatusCode != 200 {
 		t.Fatalf("pickup answered %d %s (Replaces %s)", res.StatusCode, res.Reason, build(ringing))

@@ -147,7 +147,10 @@ func (p *sipPhone) do(req *sip.Request) (*sip.Response, error) {
 // outbound proxy, when there is one) for expires seconds.
 func (p *sipPhone) register(registrar string, expires int) *sip.Response {
 	p.t.Helper()
-	host, port, _ := net.SplitHostPort(registrar)
+	host, port, err := net.SplitHostPort(registrar)
+	if err != nil {
+		host, port = registrar, "0" // a domain
+	}
 	n, _ := strconv.Atoi(port)
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: host, Port: n})
 	from := &sip.FromHeader{Address: p.aor(), Params: sip.NewParams()}
@@ -202,12 +205,12 @@ func (p *sipPhone) subscribe(server, ext string) *sip.Response {
 	return res
 }
 
-// ringing waits for a dialog-info NOTIFY with an early dialog and
-// returns it.
-func (p *sipPhone) ringing(within time.Duration) lampDialog {
+// ringing waits for a dialog-info NOTIFY after the from'th with an early
+// dialog and returns it.
+func (p *sipPhone) ringing(from int, within time.Duration) lampDialog {
 	p.t.Helper()
 	deadline := time.After(within)
-	seen := 0
+	seen := from
 	for {
 		p.mu.Lock()
 		ns := p.notifies[seen:]
@@ -275,6 +278,35 @@ func (p *sipPhone) hangup(s *sipgo.DialogClientSession) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.Bye(ctx)
+}
+
+// count is how many NOTIFYs the phone has been sent.
+func (p *sipPhone) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.notifies)
+}
+
+// waitNotify waits for a NOTIFY after the from'th of an event package.
+func (p *sipPhone) waitNotify(t *testing.T, from int, event string, within time.Duration) *sip.Request {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		p.mu.Lock()
+		ns := p.notifies[from:]
+		from = len(p.notifies)
+		p.mu.Unlock()
+		for _, n := range ns {
+			if h := n.GetHeader("Event"); h != nil && strings.HasPrefix(strings.TrimSpace(h.Value()), event) {
+				return n
+			}
+		}
+		select {
+		case <-p.news:
+		case <-deadline:
+			t.Fatalf("phone %s: no %s NOTIFY within %v", p.user, event, within)
+		}
+	}
 }
 
 // replacesFrom builds the Replaces value a desk phone builds from a

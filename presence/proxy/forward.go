@@ -246,6 +246,15 @@ func (p *Proxy) prepareTo(req, fwd *sip.Request, h hop) {
 			UriParams: uriParams(h.transport),
 		}
 		fwd.PrependHeader(sip.NewHeader("Path", "<"+u.String()+">"))
+		// Asterisk's registrar (RFC 3327 §5.3) refuses a Path (420 Bad
+		// Extension) unless the UA said it supports Path, and most desk
+		// phones say nothing of it. The Path is Lamplighter's, not the
+		// phone's (the phone never sees a request routed by it), so
+		// Lamplighter speaks for it; the answer's Require: path is taken
+		// off again on its way back (supportsPath).
+		if !supportsPath(req) {
+			addSupported(fwd, "path")
+		}
 	}
 	p.addVia(req, fwd, h)
 	fwd.SetDestination(h.dest)
@@ -588,6 +597,9 @@ func (p *Proxy) cancelDownstream(inv *sip.Request) {
 func (p *Proxy) relayResponse(req *sip.Request, tx sip.ServerTransaction, res *sip.Response) {
 	up := res.Clone()
 	up.RemoveHeader("Via")
+	if req.Method == sip.REGISTER && !supportsPath(req) {
+		dropRequire(up, "path") // Lamplighter said it for the phone
+	}
 	up.SetTransport(req.Transport())
 	up.SetDestination(req.Source())
 	if err := tx.Respond(up); err != nil {
@@ -595,6 +607,54 @@ func (p *Proxy) relayResponse(req *sip.Request, tx sip.ServerTransaction, res *s
 		return
 	}
 	p.opt.Metrics.Answered(string(req.Method), res.StatusCode)
+}
+
+// supportsPath reports whether a request's Supported lists path.
+func supportsPath(req *sip.Request) bool {
+	for _, h := range req.GetHeaders("Supported") {
+		for _, tag := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(tag), "path") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// addSupported adds an option tag to a request's Supported.
+func addSupported(req *sip.Request, tag string) {
+	if h := req.GetHeader("Supported"); h != nil && strings.TrimSpace(h.Value()) != "" {
+		v := h.Value() + ", " + tag
+		req.RemoveHeader("Supported")
+		req.AppendHeader(sip.NewHeader("Supported", v))
+		return
+	}
+	req.RemoveHeader("Supported")
+	req.AppendHeader(sip.NewHeader("Supported", tag))
+}
+
+// dropRequire takes an option tag off a response's Require (the header
+// goes when nothing is left).
+func dropRequire(res *sip.Response, tag string) {
+	var keep []string
+	found := false
+	for _, h := range res.GetHeaders("Require") {
+		for _, t := range strings.Split(h.Value(), ",") {
+			if t = strings.TrimSpace(t); strings.EqualFold(t, tag) {
+				found = true
+			} else if t != "" {
+				keep = append(keep, t)
+			}
+		}
+	}
+	if !found {
+		return
+	}
+	for res.RemoveHeader("Require") {
+	}
+	if len(keep) > 0 {
+		res.AppendHeader(sip.NewHeader("Require", strings.Join(keep, ", ")))
+	}
 }
 
 // refuse answers a request itself with a failure; a 503 says when to
@@ -668,7 +728,7 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 			continue
 		}
 		key := uriKey(ch.Address)
-		if !slices.Contains(mine, key) {
+		if !slices.Contains(mine, key) && !p.rewritten(req, ch.Address) {
 			continue
 		}
 		exp := defaultExp
@@ -694,6 +754,22 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 			"user", b.user, "flow", src.String(), "max", p.opt.MaxBindings)
 	}
 	p.observeRegistrations(h.target, b.user)
+}
+
+// rewritten reports whether a contact in a REGISTER's 2xx is one of the
+// request's own as a registrar that rewrites contacts to the source
+// address saw it (Asterisk's rewrite_contact, on by default for NAT):
+// the phone's contact user at Lamplighter's own address.
+func (p *Proxy) rewritten(req *sip.Request, u sip.Uri) bool {
+	if !p.isUs(u) {
+		return false
+	}
+	for _, c := range req.GetHeaders("Contact") {
+		if ch, ok := c.(*sip.ContactHeader); ok && strings.EqualFold(ch.Address.User, u.User) {
+			return true
+		}
+	}
+	return false
 }
 
 // observeRegistrations tells the observer how many registrations a user

@@ -170,7 +170,7 @@ type Proxy struct {
 	tokens  *tokens
 	binds   *bindings
 	health  []targetHealth
-	pbxIPs  atomic.Pointer[map[netip.Addr]int] // a target's address → its index
+	pbxAddrs atomic.Pointer[pbxAddrs] // the targets' addresses
 	inUse   atomic.Int64                       // forwarded transactions in flight
 	started chan struct{}
 
@@ -216,8 +216,7 @@ func New(opt Options) (*Proxy, error) {
 		health:  make([]targetHealth, len(opt.Targets)),
 		started: make(chan struct{}),
 	}
-	empty := map[netip.Addr]int{}
-	p.pbxIPs.Store(&empty)
+	p.pbxAddrs.Store(&pbxAddrs{sip: map[netip.AddrPort]int{}, ip: map[netip.Addr]int{}})
 	p.served = map[presence.Package]bool{}
 	for _, t := range presence.EventPackages() {
 		p.served[t] = true
@@ -264,13 +263,23 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 	}
 }
 
-// resolveTargets learns the targets' IP addresses, by which requests
-// from a PBX are told from phones'.
+// pbxAddrs are where the targets are: their SIP addresses (IP and port)
+// by which a PBX's requests are told from phones', and their IPs alone.
+type pbxAddrs struct {
+	sip map[netip.AddrPort]int // a target's SIP address → its index
+	ip  map[netip.Addr]int     // a target's IP address → its index
+}
+
+// resolveTargets learns the targets' IP addresses.
 func (p *Proxy) resolveTargets(ctx context.Context) {
-	ips := map[netip.Addr]int{}
+	a := &pbxAddrs{sip: map[netip.AddrPort]int{}, ip: map[netip.Addr]int{}}
+	add := func(ip netip.Addr, i int) {
+		a.ip[ip.Unmap()] = i
+		a.sip[netip.AddrPortFrom(ip.Unmap(), uint16(p.opt.Targets[i].Port))] = i
+	}
 	for i, t := range p.opt.Targets {
 		if ip, err := netip.ParseAddr(t.Host); err == nil {
-			ips[ip.Unmap()] = i
+			add(ip, i)
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -280,22 +289,36 @@ func (p *Proxy) resolveTargets(ctx context.Context) {
 			p.log.Warn("cannot resolve a PBX's SIP address", "pbx", t.Name, "host", t.Host, "err", err)
 			continue
 		}
-		for _, a := range addrs {
-			ips[a.Unmap()] = i
+		for _, ip := range addrs {
+			add(ip, i)
 		}
 	}
-	p.pbxIPs.Store(&ips)
+	p.pbxAddrs.Store(a)
 }
 
-// fromPBX reports whether a source address is one of the targets'.
+// fromPBX reports whether a request came from one of the targets: from
+// its SIP address, IP and port. Asterisk and FreeSWITCH send over UDP
+// from the port they listen on, and over TCP or TLS on the connection
+// Lamplighter opened to that port; a phone on the PBX's own host (a
+// softphone there, a phone behind the same NAT address) has another port
+// and is a phone. A PBX's requests on a connection it opened itself (from
+// another port) follow Lamplighter's tokens in their Route, and need no
+// telling.
 func (p *Proxy) fromPBX(addr netip.AddrPort) bool {
-	_, ok := (*p.pbxIPs.Load())[addr.Addr().Unmap()]
+	_, ok := p.pbxAddrs.Load().sip[netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())]
 	return ok
 }
 
-// targetOf is the index of the PBX a request from src came from (0 when
-// it is not one of them).
-func (p *Proxy) targetOf(src flow) int { return (*p.pbxIPs.Load())[src.addr.Addr().Unmap()] }
+// targetOf is the index of the PBX a request from src came from: by its
+// SIP address, else by its IP address (a connection the PBX opened), 0
+// when it is none of them.
+func (p *Proxy) targetOf(src flow) int {
+	a := p.pbxAddrs.Load()
+	if i, ok := a.sip[netip.AddrPortFrom(src.addr.Addr().Unmap(), src.addr.Port())]; ok {
+		return i
+	}
+	return a.ip[src.addr.Addr().Unmap()]
+}
 
 // Health reports, per target name, whether it answered its last OPTIONS;
 // a target not yet pinged is missing.

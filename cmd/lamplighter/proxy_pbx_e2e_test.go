@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/adapters/pbxtest"
+)
+
+// Proxy mode with the real PBXs: every phone's one line has Lamplighter
+// as its outbound proxy; the PBX stays the registrar and authenticates
+// everything it serves, Lamplighter the busy lamps. No network is
+// trusted: a key's SUBSCRIBE stands on the flow its line registered on.
+func TestProxyModeOnTheRealPBXs(t *testing.T) {
+	for _, kind := range []string{"ari", "esl"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			o := rigOptions{proxy: "{}", untrusted: true}
+			var r *pickupRig
+			if kind == "ari" {
+				o.exts = []string{"100", "101"}
+				o.yaml = `  - {id: u102, name: "User 102", extensions: ["102"], devices: [{pbx: ast, device: PJSIP/102}]}` + "\n"
+				rr := newAsteriskRig(t, o)
+				r = &pickupRig{rig: rr, caller: "100", callee: "101", picker: "102", pickerLamp: rr.watch("102")}
+			} else {
+				o.exts = []string{"1000", "1010"}
+				o.yaml = `  - {id: u1011, name: "User 1011", extensions: ["1011"], devices: [{pbx: fs, device: "1011@127.0.0.1"}]}` + "\n"
+				rr := newFreeSWITCHRig(t, o)
+				r = &pickupRig{rig: rr, caller: "1000", callee: "1010", picker: "1011", pickerLamp: rr.watch("1011")}
+			}
+			const d = 10 * time.Second
+
+			t.Run("calls both ways", func(t *testing.T) {
+				for _, c := range [][2]string{{r.caller, r.callee}, {r.callee, r.caller}} {
+					from, to := c[0], c[1]
+					r.dial(from, to)
+					r.lamps[to].waitCall("early", "recipient", from, d)
+					r.phones[to].WaitOutput("Incoming call", d)
+					r.cmd(to, "/accept")
+					r.lamps[to].waitCall("confirmed", "recipient", from, d)
+					r.lamps[from].waitCall("confirmed", "initiator", to, d)
+					r.cmd(from, "/hangup")
+					r.lamps[from].waitIdle(d)
+					r.lamps[to].waitIdle(d)
+				}
+			})
+
+			// The picker's one line: registered through Lamplighter (the
+			// PBX's password), its key subscribed on that flow (no
+			// password at all), its key press sent the same way.
+			phone := newSIPPhone(t, r.picker, r.password(r.picker), r.domain, r.ll)
+			if res := phone.register(r.domain, 300); res.StatusCode != 200 {
+				t.Fatalf("REGISTER through Lamplighter: %d %s", res.StatusCode, res.Reason)
+			}
+			pass := phone.pass
+			phone.pass = "" // no password for Lamplighter: the flow stands for the user
+			if res := phone.subscribe(r.ll, r.callee); res.StatusCode != 200 {
+				t.Fatalf("the key's SUBSCRIBE on the registered flow: %d %s", res.StatusCode, res.Reason)
+			}
+			phone.pass = pass
+			for name, build := range map[string]func(lampDialog) string{
+				"pickup with the tags as dialog-info gives them": replacesFrom,
+				"pickup with the tags the other way round":       replacesSwapped,
+				"pickup with the Call-ID alone": func(d lampDialog) string { return d.CallID },
+			} {
+				t.Run(name, func(t *testing.T) {
+					r.pickUp(t, phone, sip.Uri{Scheme: "sip", User: r.callee, Host: r.domain}, build)
+				})
+			}
+
+			t.Run("voicemail lamp", func(t *testing.T) {
+				n := phone.count()
+				if kind == "ari" {
+					out := r.ast.CLI("pjsip send notify clear-mwi endpoint " + r.picker)
+					if !strings.Contains(out, "Sending NOTIFY") {
+						t.Fatalf("Asterisk: %s", out)
+					}
+				} else {
+					eslSend(t, r.fs, "sendevent MESSAGE_WAITING\nMWI-Messages-Waiting: yes\nMWI-Message-Account: sip:"+
+						r.picker+"@"+pbxtest.Domain+"\nMWI-Voice-Message: 1/0 (0/0)\n")
+				}
+				phone.waitNotify(t, n, "message-summary", d)
+			})
+		})
+	}
+}
+
+// eslSend sends one command to FreeSWITCH's event socket and reads its
+// reply.
+func eslSend(t *testing.T, fs *pbxtest.FreeSWITCH, cmd string) {
+	t.Helper()
+	c, err := net.Dial("tcp", fs.ESL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	readReply := func() string {
+		var b strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("event socket: %v", err)
+			}
+			if line == "\n" {
+				return b.String()
+			}
+			b.WriteString(line)
+		}
+	}
+	readReply() // auth/request
+	fmt.Fprintf(c, "auth %s\n\n", pbxtest.ESLPassword)
+	if r := readReply(); !strings.Contains(r, "+OK") {
+		t.Fatalf("event socket auth: %s", r)
+	}
+	fmt.Fprintf(c, "%s\n", cmd)
+	if r := readReply(); !strings.Contains(r, "+OK") {
+		t.Fatalf("event socket %q: %s", cmd, r)
+	}
+}
