@@ -141,7 +141,9 @@ users:
 	}
 	r.out, r.stop = startDaemon(t, r.config)
 	if p := os.Getenv("LAMPLIGHTER_RIG_LOG"); p != "" { // for a failing test's reader
-		t.Cleanup(func() { os.WriteFile(p+"-"+strings.ReplaceAll(t.Name(), "/", "_")+".log", []byte(r.out.String()), 0o644) })
+		t.Cleanup(func() {
+			os.WriteFile(p+"-"+strings.ReplaceAll(t.Name(), "/", "_")+".log", []byte(r.out.String()), 0o644)
+		})
 	}
 	waitFor(t, r.out, "synchronised with ", 20*time.Second)
 	if o.noPhones {

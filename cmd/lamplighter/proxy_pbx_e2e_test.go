@@ -67,7 +67,7 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 			for name, build := range map[string]func(lampDialog) string{
 				"pickup with the tags as dialog-info gives them": replacesFrom,
 				"pickup with the tags the other way round":       replacesSwapped,
-				"pickup with the Call-ID alone": func(d lampDialog) string { return d.CallID },
+				"pickup with the Call-ID alone":                  func(d lampDialog) string { return d.CallID },
 			} {
 				t.Run(name, func(t *testing.T) {
 					r.pickUp(t, phone, sip.Uri{Scheme: "sip", User: r.callee, Host: r.domain}, build)

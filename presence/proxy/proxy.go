@@ -165,14 +165,14 @@ func (nopMetrics) Answered(string, int) {}
 // Proxy forwards requests between phones and their PBXs. Made by New,
 // handed to the presence server as its Forwarder.
 type Proxy struct {
-	opt     Options
-	log     *slog.Logger
-	tokens  *tokens
-	binds   *bindings
-	health  []targetHealth
+	opt      Options
+	log      *slog.Logger
+	tokens   *tokens
+	binds    *bindings
+	health   []targetHealth
 	pbxAddrs atomic.Pointer[pbxAddrs] // the targets' addresses
-	inUse   atomic.Int64                       // forwarded transactions in flight
-	started chan struct{}
+	inUse    atomic.Int64             // forwarded transactions in flight
+	started  chan struct{}
 
 	invites sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
 	served  map[presence.Package]bool // the event packages Lamplighter answers
