@@ -41,6 +41,13 @@ type Config struct {
 	// README.md for the dialplan and ari.conf lines that set them.
 	LocalTagVar  string `yaml:"local_tag_var"`
 	RemoteTagVar string `yaml:"remote_tag_var"`
+	// DedicatedEndpoint names the PJSIP endpoint that Asterisk identifies
+	// Lamplighter's forwarded key presses as, where phones have a busy-lamp
+	// line registered to Lamplighter (proxy phones: dedicated): a channel
+	// of that endpoint stands for the device of its caller's number
+	// (PJSIP/<number>, from the P-Asserted-Identity Lamplighter adds), so
+	// that the phone whose key was pressed shows the call. Empty: none.
+	DedicatedEndpoint string `yaml:"dedicated_endpoint"`
 	// DNDDevice, when set, mirrors each user's do-not-disturb into an
 	// ARI-controlled device state (BUSY while dnd, NOT_INUSE otherwise) so
 	// that the PBX's own hints and dialplan can use it, e.g.
@@ -106,6 +113,9 @@ func (c *Config) Validate() []adapters.ConfigError {
 		case !strings.Contains(d, "{user}") && !strings.Contains(d, "{extension}"):
 			errs = append(errs, adapters.ConfigError{Key: "dnd_device", Msg: "must contain {user} or {extension}, one device per user"})
 		}
+	}
+	if strings.ContainsAny(c.DedicatedEndpoint, "/ ") {
+		errs = append(errs, adapters.ConfigError{Key: "dedicated_endpoint", Msg: "is a PJSIP endpoint's name, without PJSIP/"})
 	}
 	if c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
 		errs = append(errs, adapters.ConfigError{Key: "reconnect_min", Msg: "is above reconnect_max"})

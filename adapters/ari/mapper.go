@@ -57,6 +57,7 @@ func (ch *channel) settle(now time.Time) {
 // twice, become one event). It does no I/O.
 type mapper struct {
 	source      string
+	dedicated   string // "PJSIP/<endpoint>" of Lamplighter's forwarded key presses, "" for none
 	phoneTagVar string // the channel variable with the phone's tag of a leg (LL_LOCAL_TAG)
 	pbxTagVar   string // and with Asterisk's own (LL_REMOTE_TAG)
 	channels    map[string]*channel
@@ -73,7 +74,7 @@ type mapper struct {
 
 func newMapper(source string, cfg *Config) *mapper {
 	return &mapper{
-		source: source, phoneTagVar: cfg.LocalTagVar, pbxTagVar: cfg.RemoteTagVar,
+		source: source, phoneTagVar: cfg.LocalTagVar, pbxTagVar: cfg.RemoteTagVar, dedicated: dedicatedDevice(cfg),
 		channels: map[string]*channel{}, byName: map[string]string{}, devices: map[string]bridge.DeviceState{},
 		slots: map[string]string{},
 	}
@@ -110,6 +111,15 @@ func deviceOf(name string) (string, bool) {
 		name = name[:i]
 	}
 	return name, outward
+}
+
+// dedicatedDevice is the device name of the endpoint Lamplighter's
+// forwarded key presses arrive on, "" when none is configured.
+func dedicatedDevice(cfg *Config) string {
+	if cfg.DedicatedEndpoint == "" {
+		return ""
+	}
+	return "PJSIP/" + cfg.DedicatedEndpoint
 }
 
 func isHex(s string) bool {
@@ -159,6 +169,11 @@ func (m *mapper) track(c *ari.ChannelData, r rawChannel, at time.Time) (*channel
 	ch, known := m.channels[c.ID]
 	if !known {
 		device, outward := deviceOf(c.Name)
+		if device == m.dedicated && m.dedicated != "" && c.Caller != nil && c.Caller.Number != "" {
+			// A key press Lamplighter passed on from a busy-lamp line:
+			// the phone's own device, by the identity it asserted.
+			device = "PJSIP/" + c.Caller.Number
+		}
 		ch = &channel{internal: !outward, name: c.Name}
 		if c.Name != "" {
 			m.byName[c.Name] = c.ID

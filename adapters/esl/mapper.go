@@ -147,12 +147,22 @@ func (m *mapper) pick(candidates ...string) string {
 // channelDevice finds the configured device a channel belongs to: its
 // presence id (user@domain), the presence id's user part, or the sofia
 // profile and user it is named after (sofia/internal/1000).
+//
+// A call FreeSWITCH took without digest (its inbound ACL trusts the
+// sender: Lamplighter passing on a busy-lamp line's key press) has no
+// presence id; its channel is named after its From, user@host, which is
+// then taken as the presence id.
 func (m *mapper) channelDevice(presenceID, channelName string) string {
-	user, _, _ := strings.Cut(presenceID, "@")
 	var sofia string
-	if strings.HasPrefix(channelName, "sofia/") {
+	if rest, ok := strings.CutPrefix(channelName, "sofia/"); ok {
 		sofia, _, _ = strings.Cut(channelName, "@")
+		if presenceID == "" {
+			if _, from, ok := strings.Cut(rest, "/"); ok && strings.Contains(from, "@") && !strings.Contains(from, ":") {
+				presenceID = from
+			}
+		}
 	}
+	user, _, _ := strings.Cut(presenceID, "@")
 	return m.pick(presenceID, user, sofia)
 }
 

@@ -80,6 +80,7 @@ type Edit struct {
 type Config struct {
 	Append map[string]string
 	Edits  []Edit
+	merges []merge // README snippets for Asterisk (Apply)
 }
 
 // kit copies a PBX's script folder (start.sh, stop.sh and the config
@@ -112,6 +113,16 @@ func kit(shared, name, confDir, dir string, c Config) error {
 			return fmt.Errorf("%s has no %q to change", e.File, e.Old)
 		}
 		if err := os.WriteFile(p, bytes.Replace(b, []byte(e.Old), []byte(e.New), 1), 0o644); err != nil {
+			return err
+		}
+	}
+	for _, m := range c.merges {
+		p := filepath.Join(dir, confDir, m.file)
+		b, err := os.ReadFile(p)
+		if err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(mergeINI(string(b), m.text)), 0o644); err != nil {
 			return err
 		}
 	}

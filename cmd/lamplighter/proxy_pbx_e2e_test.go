@@ -22,6 +22,15 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			o := rigOptions{proxy: "{}", untrusted: true}
+			// The PBX as the proxy README sets it up: Asterisk's template
+			// without its own support_path, then the README's settings.
+			// With rewrite_contact off, Asterisk reaches a phone through
+			// Lamplighter only by the Path (with it on, by the contact it
+			// rewrote to Lamplighter's address).
+			o.ast.Edits = []pbxtest.Edit{{File: "pjsip.conf", Old: "support_path = yes", New: ""},
+				{File: "pjsip.conf", Old: "rewrite_contact = yes", New: "rewrite_contact = no"}}
+			o.ast.Apply(readmeSnippets(t, "asterisk", "outbound"), "10.0.0.9", "127.0.0.1")
+			o.fs.Apply(readmeSnippets(t, "freeswitch", "outbound"), "10.0.0.9", "127.0.0.1")
 			var r *pickupRig
 			if kind == "ari" {
 				o.exts = []string{"100", "101"}
@@ -39,9 +48,14 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 			t.Run("calls both ways", func(t *testing.T) {
 				for _, c := range [][2]string{{r.caller, r.callee}, {r.callee, r.caller}} {
 					from, to := c[0], c[1]
+					mark := len(r.phones[to].Output())
 					r.dial(from, to)
 					r.lamps[to].waitCall("early", "recipient", from, d)
 					r.phones[to].WaitOutput("Incoming call", d)
+					// The PBX's INVITE reached the phone through Lamplighter.
+					if got := inviteSource(r.phones[to].Output()[mark:]); got != r.ll {
+						t.Errorf("the INVITE for %s came from %q, not through Lamplighter (%s)", to, got, r.ll)
+					}
 					r.cmd(to, "/accept")
 					r.lamps[to].waitCall("confirmed", "recipient", from, d)
 					r.lamps[from].waitCall("confirmed", "initiator", to, d)
@@ -89,6 +103,31 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 			})
 		})
 	}
+}
+
+// inviteSource is where the first INVITE in a baresip SIP trace came
+// from (its trace heads each message with "UDP FROM -> TO").
+func inviteSource(trace string) string {
+	lines := strings.Split(trace, "\n")
+	for i := 1; i < len(lines); i++ {
+		if strings.HasPrefix(lines[i], "INVITE sip:") {
+			f := strings.Fields(lines[i-1])
+			if len(f) == 4 && f[2] == "->" {
+				return f[1]
+			}
+		}
+	}
+	return ""
+}
+
+// readmeSnippets are the PBX settings of the proxy README for one mode.
+func readmeSnippets(t *testing.T, pbx, mode string) []pbxtest.Snippet {
+	t.Helper()
+	s, err := pbxtest.ReadSnippets("../../presence/proxy/README.md", pbx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pbxtest.Only(s, mode)
 }
 
 // eslSend sends one command to FreeSWITCH's event socket and reads its

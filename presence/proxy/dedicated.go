@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -81,7 +82,10 @@ func (p *Proxy) serveDedicated(req *sip.Request, tx sip.ServerTransaction, calle
 		p.refuse(req, tx, code, reason)
 		return
 	}
+	h.dedicated = true
 	fwd := req.Clone()
+	// The phone's Route to us (its outbound proxy) is ours to take off.
+	p.popOurRoutes(fwd)
 	// Our credentials are ours (RFC 3261 §22.3), and only we assert who
 	// called.
 	for fwd.RemoveHeader("Proxy-Authorization") {
@@ -93,6 +97,19 @@ func (p *Proxy) serveDedicated(req *sip.Request, tx sip.ServerTransaction, calle
 	fwd.AppendHeader(sip.NewHeader("P-Asserted-Identity", quoted(caller.Name)+" <"+id.String()+">"))
 	p.prepareTo(req, fwd, h)
 	p.relay(req, tx, fwd, h)
+}
+
+// dedicatedRefused logs, at most once a minute, that a PBX challenged a
+// call Lamplighter vouched for: it does not trust Lamplighter's address.
+func (p *Proxy) dedicatedRefused(req *sip.Request, h hop) {
+	now := time.Now().Unix()
+	if last := p.refusedLog.Load(); now-last < 60 || !p.refusedLog.CompareAndSwap(last, now) {
+		return
+	}
+	t := p.opt.Targets[h.target]
+	p.log.Warn("the PBX challenged a key press from a busy-lamp line: it must trust Lamplighter's address "+
+		"(Asterisk: an identified endpoint; FreeSWITCH: the profile's inbound ACL, see presence/proxy/README.md); the phone got 403",
+		"pbx", t.Name, "from", req.From().Address.User, "to", req.Recipient.User)
 }
 
 // quoted is a SIP quoted-string (RFC 3261 §25.1): UTF-8 as it is, with

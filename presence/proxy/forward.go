@@ -36,6 +36,7 @@ import (
 
 // hop is where a request goes next.
 type hop struct {
+	dedicated bool   // a key press from a busy-lamp line, vouched for by Lamplighter
 	target    int    // the PBX's index, -1 when going to a phone
 	flow      flow   // the phone's flow (toward a phone, or the source's)
 	dest      string // host:port
@@ -265,27 +266,7 @@ func (p *Proxy) prepareTo(req, fwd *sip.Request, h hop) {
 // nextHop pops the Routes that are ours from fwd and decides where it
 // goes (see the top of this file).
 func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
-	var (
-		tok      flow
-		tokTgt   int
-		hasToken bool
-	)
-	for {
-		r := fwd.Route()
-		if r == nil {
-			break
-		}
-		// Ours: a token of ours, or our own address (a phone's preloaded
-		// outbound-proxy Route): RFC 3261 §16.4 takes it off.
-		f, t, ok := p.tokens.read(r.Address.User)
-		if !ok && !p.isUs(r.Address) {
-			break
-		}
-		if ok && !hasToken {
-			tok, tokTgt, hasToken = f, t, true
-		}
-		fwd.RemoveHeader("Route")
-	}
+	tok, tokTgt, hasToken := p.popOurRoutes(fwd)
 	if hasToken && tokTgt >= len(p.opt.Targets) {
 		return hop{}, 404, "Not Found"
 	}
@@ -315,6 +296,27 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 		t = 0
 	}
 	return p.toPBX(t)
+}
+
+// popOurRoutes takes the Routes that are ours off the top of a request
+// (RFC 3261 §16.4): a token of ours, or our own address (a phone's
+// preloaded outbound-proxy Route). It returns the first token's flow and
+// target.
+func (p *Proxy) popOurRoutes(fwd *sip.Request) (tok flow, target int, hasToken bool) {
+	for {
+		r := fwd.Route()
+		if r == nil {
+			return
+		}
+		f, t, ok := p.tokens.read(r.Address.User)
+		if !ok && !p.isUs(r.Address) {
+			return
+		}
+		if ok && !hasToken {
+			tok, target, hasToken = f, t, true
+		}
+		fwd.RemoveHeader("Route")
+	}
 }
 
 // samePhone reports whether src is the phone of a token's flow on a new
@@ -519,6 +521,16 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			}
 			if res.IsSuccess() && req.Method == sip.REGISTER {
 				p.learnBinding(req, res, h)
+			}
+			if h.dedicated && (res.StatusCode == 401 || res.StatusCode == 407) {
+				// A key press from a busy-lamp line is Lamplighter's to
+				// vouch for (P-Asserted-Identity); the line has no PBX
+				// password, so relaying the PBX's challenge would only
+				// loop (the phone answers it with Lamplighter's realm).
+				p.dedicatedRefused(req, h)
+				leg.failed()
+				p.respond(req, tx, 403, "Forbidden")
+				return
 			}
 			leg.response(res)
 			p.relayResponse(req, tx, res)

@@ -174,8 +174,9 @@ type Proxy struct {
 	inUse    atomic.Int64             // forwarded transactions in flight
 	started  chan struct{}
 
-	invites sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
-	served  map[presence.Package]bool // the event packages Lamplighter answers
+	invites    sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
+	refusedLog atomic.Int64              // when a PBX's challenge of a dedicated call was last logged (Unix s)
+	served     map[presence.Package]bool // the event packages Lamplighter answers
 
 	// Set by Run, from the presence server.
 	ctx      context.Context
