@@ -51,6 +51,8 @@ type rigOptions struct {
 	listen string
 	// noPhones: the test makes its own phones.
 	noPhones bool
+	// pbx is more YAML for the PBX's entry (e.g. "    ari: {...}\n").
+	pbx string
 	// untrusted: no network is trusted, so that a phone's SUBSCRIBE
 	// stands on its registered flow (proxy mode) or its password; the
 	// lamps are watched by a user "board" (password "board").
@@ -74,8 +76,10 @@ func newAsteriskRig(t *testing.T, o rigOptions) *rig {
 	if o.proxy != "" {
 		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
 	}
+	pbx += o.pbx
 	r.start(o, pbx, func(ext string) string {
-		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: ast, device: PJSIP/%s}]}`, ext, ext, ext, ext)
+		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: ast, device: PJSIP/%s}], sip: {username: "%s", password: pw%s}}`,
+			ext, ext, ext, ext, ext, ext)
 	})
 	return r
 }
@@ -95,9 +99,10 @@ func newFreeSWITCHRig(t *testing.T, o rigOptions) *rig {
 	if o.proxy != "" {
 		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
 	}
+	pbx += o.pbx
 	r.start(o, pbx, func(ext string) string {
-		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: fs, device: "%s@%s"}]}`,
-			ext, ext, ext, ext, pbxtest.Domain)
+		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: fs, device: "%s@%s"}], sip: {username: "%s", password: pw%s}}`,
+			ext, ext, ext, ext, pbxtest.Domain, ext, ext)
 	})
 	return r
 }
@@ -112,7 +117,7 @@ func (r *rig) start(o rigOptions, pbx string, user func(string) string) {
 	if r.ll == "" {
 		r.ll = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	}
-	r.proxied = o.proxy != ""
+	r.proxied = o.proxy != "" && !strings.Contains(o.proxy, "dedicated")
 	var users strings.Builder
 	for _, ext := range o.exts {
 		users.WriteString(user(ext) + "\n")
