@@ -235,23 +235,35 @@ func (b *Bridge) dropCall(src *source, c *Call) {
 	}
 }
 
-// CallBySIPID returns a call leg with the SIP Call-ID callID, from any
-// source, for a proxy that must orient a pickup's Replaces (see
-// Call.LocalTag). ok is false when no leg has it.
+// CallBySIPID returns the call leg with the SIP Call-ID callID that a
+// pickup with Replaces would take, for a proxy that must orient the
+// Replaces tags (see Call.LocalTag): behind a proxy-only registrar both
+// sides of a call share the Call-ID, and the leg that rings (incoming)
+// is the one; else any leg with it. ok is false when no leg has it.
 func (b *Bridge) CallBySIPID(callID string) (Call, bool) {
 	if callID == "" {
 		return Call{}, false
 	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
+	var found *Call
 	for _, src := range b.sources {
 		for _, c := range src.calls {
-			if c.CallID == callID {
+			if c.CallID != callID {
+				continue
+			}
+			if c.Direction == Incoming {
 				return *c, true
+			}
+			if found == nil {
+				found = c
 			}
 		}
 	}
-	return Call{}, false
+	if found == nil {
+		return Call{}, false
+	}
+	return *found, true
 }
 
 // SetPerson sets what one origin (a PUBLISH, the API) says about a user's

@@ -408,3 +408,22 @@ func TestRemotePartyNamedFromTheDirectory(t *testing.T) {
 		}
 	}
 }
+
+func TestCallBySIPIDFindsTheLegAPickupTakes(t *testing.T) {
+	b, _, _ := newTestBridge(t)
+	// Behind a proxy-only registrar both sides share the Call-ID: the
+	// caller's leg (outgoing) and the ringing callee's (incoming).
+	b.Apply(CallUpdated{Source: "ast", Call: Call{ID: "out", Device: "PJSIP/100", Direction: Outgoing, State: CallEarly,
+		CallID: "shared", LocalTag: "caller", RemoteTag: "callee"}})
+	b.Apply(CallUpdated{Source: "ast", Call: Call{ID: "in", Device: "PJSIP/101", Direction: Incoming, State: CallEarly,
+		CallID: "shared", LocalTag: "callee", RemoteTag: "caller"}})
+	if c, ok := b.CallBySIPID("shared"); !ok || c.ID != "in" {
+		t.Errorf("CallBySIPID gave %+v %v, want the ringing leg", c, ok)
+	}
+	if _, ok := b.CallBySIPID("none"); ok {
+		t.Error("CallBySIPID found a Call-ID nobody has")
+	}
+	if c, ok := b.CallBySIPID(""); ok {
+		t.Errorf("CallBySIPID found %+v for no Call-ID", c)
+	}
+}

@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 
@@ -30,11 +31,17 @@ type Forwarder interface {
 	// returning when the transaction is over.
 	Serve(req *sip.Request, tx sip.ServerTransaction)
 	// Cancel cancels the forwarded INVITE a CANCEL matches (RFC 3261
-	// §16.10), reporting whether one did. The server answers the CANCEL
-	// itself (200, or 481); the INVITE ends with what the next hop
-	// answers, so that a 200 that crosses the CANCEL still reaches the
-	// caller.
-	Cancel(req *sipmsg.Request) bool
+	// §16.10): the server answers such a CANCEL 200 itself, and the
+	// INVITE ends with what the next hop answers, so that a 200 that
+	// crosses the CANCEL still reaches the caller. One that matches no
+	// INVITE (Lamplighter restarted while it rang) is forwarded
+	// statelessly where it can be, and the next hop answers it; else the
+	// server answers 481.
+	Cancel(req *sipmsg.Request) CancelResult
+	// Response takes a response that matched none of sipgo's
+	// transactions, reporting whether it was the forwarder's (its own
+	// transactions', or one it forwarded statelessly).
+	Response(res *sip.Response) bool
 	// Run forwards once the server's listeners are bound, until ctx
 	// ends.
 	Run(ctx context.Context, s *Server) error
@@ -43,6 +50,16 @@ type Forwarder interface {
 	// reaches the phone on it, so an idle connection must stay.
 	HoldsFlow(transport string, peer netip.AddrPort) bool
 }
+
+// CancelResult says what became of a CANCEL the Forwarder was given.
+type CancelResult int
+
+// What a CANCEL came to.
+const (
+	CancelUnknown   CancelResult = iota // it matches nothing: 481
+	CancelMatched                       // it matched a forwarded INVITE: 200 here
+	CancelForwarded                     // forwarded statelessly: the next hop answers
+)
 
 // streamNeeded reports whether an idle stream connection must stay open:
 // it carries subscriptions, or (proxy mode) a phone's registration.
@@ -105,11 +122,37 @@ func (s *Server) forwards(req *sipmsg.Request) bool {
 // INVITE 487 at once, before the next hop has said whether it was
 // answered meanwhile).
 func (s *Server) handleCancel(req *sipmsg.Request, tx serverTx) {
-	if s.opt.Forwarder.Cancel(req) {
+	switch s.opt.Forwarder.Cancel(req) {
+	case CancelMatched:
 		s.reply(req, tx, 200, "OK")
-		return
+	case CancelForwarded:
+		tx.done() // the next hop's 200 comes back through the forwarder
+	default:
+		s.reply(req, tx, 481, "Call/Transaction Does Not Exist")
 	}
-	s.reply(req, tx, 481, "Call/Transaction Does Not Exist")
+}
+
+// SendStateless writes a message to dst with no transaction: over UDP
+// from the listener of dst's address family, over TCP or TLS on a
+// connection to dst that is open (Lamplighter opens none for it).
+func (s *Server) SendStateless(msg sip.Message, transport string, dst netip.AddrPort) error {
+	if strings.EqualFold(transport, "UDP") {
+		c := s.udpListenerFor(dst.Addr())
+		if c == nil {
+			return errors.New("no UDP listener for " + dst.String())
+		}
+		_, err := c.WriteToUDPAddrPort([]byte(msg.String()), dst)
+		return err
+	}
+	c, err := s.ua.TransportLayer().GetConnection(strings.ToLower(transport), dst.String())
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		return errors.New("no connection to " + dst.String())
+	}
+	defer c.TryClose()
+	return c.WriteMsg(msg)
 }
 
 // handleOther answers a request of a method the server does not serve:

@@ -13,6 +13,8 @@ import (
 // answered.
 type recordingTx struct{ codes []int }
 
+func (r *recordingTx) done() {}
+
 func (r *recordingTx) respond(_ []byte, code int) error {
 	r.codes = append(r.codes, code)
 	return nil

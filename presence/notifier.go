@@ -165,14 +165,15 @@ func (n *notifier) fire(tx *notifyTx) {
 }
 
 // response takes a response that no sipgo transaction matched (over a
-// stream transport, or one the datagram filter left to sipgo).
-func (n *notifier) response(res *sip.Response) {
+// stream transport, or one the datagram filter left to sipgo); it reports
+// whether it answered a NOTIFY of ours in flight.
+func (n *notifier) response(res *sip.Response) bool {
 	via := res.Via()
 	if via == nil || res.CSeq() == nil || res.CSeq().MethodName != sip.NOTIFY {
-		return
+		return false
 	}
 	branch, _ := via.Params.Get("branch")
-	n.answer([]byte(branch), res.StatusCode, func(tx *notifyTx) bool { return tx.cameFrom(res) }, func() string { return res.Reason })
+	return n.answer([]byte(branch), res.StatusCode, func(tx *notifyTx) bool { return tx.cameFrom(res) }, func() string { return res.Reason })
 }
 
 // cameFrom reports whether a response reached us the way tx's NOTIFY

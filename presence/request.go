@@ -15,6 +15,10 @@ import (
 type serverTx interface {
 	// respond sends a whole response with status code.
 	respond(b []byte, code int) error
+	// done ends the transaction with no response of the server's (the
+	// request went on statelessly, and the next hop answers): nothing is
+	// kept, so that a retransmission goes on too.
+	done()
 }
 
 // requestHandler answers one request.

@@ -312,7 +312,11 @@ func New(states States, opt Options) (*Server, error) {
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
-			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) { notify.response(res) }),
+			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) {
+				if !notify.response(res) && opt.Forwarder != nil {
+					opt.Forwarder.Response(res) // a forwarded INVITE's, or a stray
+				}
+			}),
 		),
 	)
 	if err != nil {

@@ -320,6 +320,8 @@ func (t streamTx) respond(b []byte, _ int) error {
 	return err
 }
 
+func (t streamTx) done() {}
+
 func (c *guardedConn) consume(n int) {
 	rest := copy(c.in, c.in[n:])
 	c.in = c.in[:rest]

@@ -37,6 +37,12 @@ type udpTx struct {
 	final bool
 }
 
+func (tx *udpTx) done() {
+	if tx.table != nil {
+		tx.table.forget(tx)
+	}
+}
+
 // respond sends b to where the request came from (RFC 3581: responses
 // carry received and rport) and keeps it for retransmissions of the
 // request.

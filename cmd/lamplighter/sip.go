@@ -201,7 +201,7 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 			"file", proxy.TokenKeyFile)
 	}
 	opt := proxy.Options{
-		Targets: targets, TargetFor: targetFor, TokenKey: key,
+		Targets: targets, TargetFor: targetFor, TokenKey: key, StateDir: cfg.StateDir,
 		Dialogs: func(callID string) (string, string, bool) {
 			c, ok := b.CallBySIPID(callID)
 			return c.LocalTag, c.RemoteTag, ok

@@ -149,6 +149,7 @@ type bindings struct {
 	perUser   map[userKey]int // live bindings of a user on a target
 	max       int
 	now       func() time.Time
+	dirty     bool // changed since the last snapshot
 }
 
 func newBindings(max int) *bindings {
@@ -168,6 +169,7 @@ type userKey struct {
 func (bs *bindings) put(b binding) bool {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
+	bs.dirty = true
 	if old := bs.byFlow[b.flow]; old != nil {
 		bs.dropLocked(old)
 	}
@@ -234,7 +236,36 @@ func (bs *bindings) expire(now time.Time) []binding {
 			gone = append(gone, *b)
 		}
 	}
+	if len(gone) > 0 {
+		bs.dirty = true
+	}
 	return gone
+}
+
+// snapshot returns the live bindings and whether they changed since the
+// last snapshot.
+func (bs *bindings) snapshot() ([]binding, bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if !bs.dirty {
+		return nil, false
+	}
+	bs.dirty = false
+	now := bs.now()
+	out := make([]binding, 0, len(bs.byFlow))
+	for _, b := range bs.byFlow {
+		if b.expires.After(now) {
+			out = append(out, *b)
+		}
+	}
+	return out, true
+}
+
+// markDirty says the bindings must be written again.
+func (bs *bindings) markDirty() {
+	bs.mu.Lock()
+	bs.dirty = true
+	bs.mu.Unlock()
 }
 
 // count returns how many live bindings a user holds on a target.
@@ -242,6 +273,19 @@ func (bs *bindings) count(target int, user string) int {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	return bs.perUser[userKey{target, user}]
+}
+
+// users returns the users with live bindings on a target.
+func (bs *bindings) users(target int) []string {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	var out []string
+	for k := range bs.perUser {
+		if k.target == target {
+			out = append(out, k.user)
+		}
+	}
+	return out
 }
 
 // len returns how many bindings are held.

@@ -341,9 +341,12 @@ func (p *Proxy) toPhone(f flow) (hop, int, string) {
 	if f.transport != "UDP" {
 		// A stream flow is the phone's own connection: with it gone the
 		// phone cannot be reached until it connects again (RFC 5626).
-		if c, err := p.server.UserAgent().TransportLayer().GetConnection(strings.ToLower(f.transport), f.addr.String()); err != nil || c == nil {
+		c, err := p.server.UserAgent().TransportLayer().GetConnection(strings.ToLower(f.transport), f.addr.String())
+		if err != nil || c == nil {
 			return hop{}, 430, "Flow Failed"
 		}
+		c.TryClose() // GetConnection took a reference
+
 	}
 	return hop{target: -1, flow: f, dest: f.addr.String(), transport: f.transport, host: f.addr.Addr().String()}, 0, ""
 }
@@ -484,8 +487,15 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 		return
 	}
 	// The context bounds only the connection set-up (a TCP or TLS dial
-	// to the next hop); the transaction ends by its own timers.
-	ctxTx, err := p.client.TransactionRequest(p.ctx, fwd, noBuild)
+	// to the next hop); the transaction ends by its own timers. An
+	// INVITE runs in a transaction of the proxy's own (invite.go).
+	var ctxTx clientTx
+	var err error
+	if invite {
+		ctxTx, err = p.sendInvite(p.ctx, fwd)
+	} else {
+		ctxTx, err = p.client.TransactionRequest(p.ctx, fwd, noBuild)
+	}
 	if err != nil {
 		p.log.Debug("cannot forward", "method", req.Method, "to", h.dest, "err", err)
 		p.refuse(req, tx, 503, "Service Unavailable")
@@ -573,6 +583,15 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			return
 		}
 	}
+}
+
+// clientTx is a forwarded request's client transaction: sipgo's, or an
+// INVITE's of the proxy's own.
+type clientTx interface {
+	Responses() <-chan *sip.Response
+	Done() <-chan struct{}
+	Err() error
+	Terminate()
 }
 
 // cancelDownstream cancels a forwarded INVITE (RFC 3261 §9.1, §16.10):

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ type env struct {
 	udp    string // Lamplighter's UDP address
 	tcp    string // Lamplighter's TCP address
 	pbx    *peer  // the PBX's UDP socket
+	stop   func() // ends the server and the proxy (once)
 }
 
 type envOpt func(*Options, *presenceOptions)
@@ -45,6 +47,23 @@ type envOpt func(*Options, *presenceOptions)
 type presenceOptions = presence.Options
 
 func newEnv(t *testing.T, opts ...envOpt) *env {
+	t.Helper()
+	return newEnvWith(t, nil, opts...)
+}
+
+// newEnvAt stops prev and starts a new server and proxy on its addresses,
+// with its PBX: Lamplighter restarted.
+func newEnvAt(t *testing.T, prev *env, opts ...envOpt) *env {
+	t.Helper()
+	prev.stop()
+	listen := func(_ *Options, s *presenceOptions) {
+		s.Listen = []presence.Listener{{Transport: "udp", Address: prev.udp}, {Transport: "tcp", Address: prev.tcp}}
+	}
+	return newEnvWith(t, prev.pbx, append([]envOpt{listen}, opts...)...)
+}
+
+// newEnvWith is newEnv with a PBX peer of an earlier env (nil: a new one).
+func newEnvWith(t *testing.T, pbx *peer, opts ...envOpt) *env {
 	t.Helper()
 	dir, err := bridge.NewDirectory([]bridge.User{
 		{ID: "debbie", Name: "Debbie", Extensions: []string{"100"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/100"}}},
@@ -56,7 +75,9 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	b := bridge.New(dir)
 	b.Apply(bridge.Snapshot{Source: "pbx", Devices: map[string]bridge.DeviceState{
 		"PJSIP/100": bridge.DeviceIdle, "PJSIP/101": bridge.DeviceIdle}})
-	pbx := listenPeerWith(t, "127.0.0.2:0", true)
+	if pbx == nil {
+		pbx = listenPeerWith(t, "127.0.0.2:0", true)
+	}
 	popt := Options{
 		Targets:        []Target{{Name: "pbx", Host: "127.0.0.2", Port: pbx.port()}},
 		HealthInterval: time.Second, // and so a ping unanswered for 1 s: generous on a busy machine
@@ -90,7 +111,9 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 			t.Error(err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	select {
 	case <-srv.Ready():
 	case <-time.After(5 * time.Second):
@@ -101,7 +124,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	case <-time.After(5 * time.Second):
 		t.Fatal("proxy not started")
 	}
-	e := &env{t: t, bridge: b, srv: srv, px: px, pbx: pbx}
+	e := &env{t: t, bridge: b, srv: srv, px: px, pbx: pbx, stop: stop}
 	e.udp = srv.Addrs()[0].String()
 	e.tcp = srv.Addrs()[1].String()
 	return e

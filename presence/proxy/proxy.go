@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,6 +111,9 @@ type Options struct {
 	// that a pickup's Replaces is put the way the PBX matches it
 	// (replaces.go); nil: Replaces passes as the phone wrote it.
 	Dialogs DialogFinder
+	// StateDir is where the registrations accepted through the proxy are
+	// kept across restarts (BindingsFile, keep.go); "" keeps none.
+	StateDir string
 	// TokenKey (32 bytes) signs the tokens in Path and Record-Route
 	// (flow.go). Keep it across restarts (LoadTokenKey): with a new one,
 	// the PBX's requests for phones that registered before the restart
@@ -175,6 +179,7 @@ type Proxy struct {
 	started  chan struct{}
 
 	invites    sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
+	inviteTxs  sync.Map                  // our Via's branch of a forwarded INVITE → *inviteTx
 	refusedLog atomic.Int64              // when a PBX's challenge of a dedicated call was last logged (Unix s)
 	served     map[presence.Package]bool // the event packages Lamplighter answers
 
@@ -235,6 +240,16 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 	p.ctx, p.server, p.client = ctx, s, client
 	p.localIPs = localIPs()
 	p.resolveTargets(ctx)
+	var keep string
+	if p.opt.StateDir != "" {
+		keep = filepath.Join(p.opt.StateDir, BindingsFile)
+		p.loadBindings(keep)
+		for _, t := range p.opt.Targets {
+			for _, u := range p.binds.users(p.targetIndex(t.Name)) {
+				p.observeRegistrations(p.targetIndex(t.Name), u)
+			}
+		}
+	}
 	close(p.started)
 	var wg sync.WaitGroup
 	for i := range p.opt.Targets {
@@ -251,10 +266,16 @@ func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
+			if keep != "" {
+				p.saveBindings(keep)
+			}
 			return nil
 		case now := <-t.C:
 			for _, b := range p.binds.expire(now) {
 				p.observeRegistrations(b.target, b.user)
+			}
+			if keep != "" {
+				p.saveBindings(keep)
 			}
 			if now.Sub(resolved) >= time.Minute { // a PBX named by DNS may move
 				p.resolveTargets(ctx)
@@ -511,16 +532,67 @@ func localIPs() map[netip.Addr]bool {
 
 // Cancel implements presence.Forwarder: a CANCEL matches the INVITE with
 // the same top Via (branch and sent-by, RFC 3261 §9.2) being forwarded.
-func (p *Proxy) Cancel(req *sipmsg.Request) bool {
+// One that matches none (the INVITE went before Lamplighter restarted) is
+// forwarded statelessly (§16.10) to where its INVITE went: with our Via
+// of the same branch (branch is an HMAC of what the two share, under the
+// key kept across restarts), so that the next hop finds the INVITE.
+func (p *Proxy) Cancel(req *sipmsg.Request) presence.CancelResult {
 	v, err := req.TopVia()
 	if err != nil {
-		return false
+		return presence.CancelUnknown
 	}
-	st, ok := p.invites.Load(inviteKey(v.Branch(), v.Host, v.Port))
-	if ok {
+	if st, ok := p.invites.Load(inviteKey(v.Branch(), v.Host, v.Port)); ok {
 		st.(*inviteState).cancel()
+		return presence.CancelMatched
 	}
-	return ok
+	select {
+	case <-p.started:
+	default:
+		return presence.CancelUnknown
+	}
+	c, err := toSIP(req)
+	if err != nil {
+		return presence.CancelUnknown
+	}
+	if code, _ := p.validate(c); code != 0 {
+		return presence.CancelUnknown
+	}
+	fwd, h, code, _ := p.prepare(c)
+	if code != 0 {
+		return presence.CancelUnknown
+	}
+	if err := p.client.WriteRequest(fwd, noBuild); err != nil {
+		p.log.Debug("cannot forward a CANCEL", "to", h.dest, "err", err)
+		return presence.CancelUnknown
+	}
+	p.opt.Metrics.Forwarded("CANCEL")
+	p.log.Debug("forwarded a CANCEL that matched no INVITE statelessly", "call_id", req.CallID, "to", h.dest)
+	return presence.CancelForwarded
+}
+
+// toSIP makes a sipgo request of one the presence server read.
+func toSIP(req *sipmsg.Request) (*sip.Request, error) {
+	var b strings.Builder
+	b.WriteString(req.Method + " " + req.URI.Raw + " SIP/2.0\r\n")
+	for _, f := range req.Fields {
+		if strings.EqualFold(f.Name, "Content-Length") || strings.EqualFold(f.Name, "l") {
+			continue
+		}
+		b.WriteString(f.Name + ": " + f.Value + "\r\n")
+	}
+	b.WriteString("Content-Length: " + strconv.Itoa(len(req.Body)) + "\r\n\r\n")
+	b.Write(req.Body)
+	msg, err := sip.ParseMessage([]byte(b.String()))
+	if err != nil {
+		return nil, err
+	}
+	r, ok := msg.(*sip.Request)
+	if !ok {
+		return nil, errors.New("not a request")
+	}
+	r.SetSource(req.Source)
+	r.SetTransport(req.Transport)
+	return r, nil
 }
 
 // inviteKey matches a CANCEL to its INVITE.
