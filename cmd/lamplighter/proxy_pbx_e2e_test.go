@@ -164,3 +164,79 @@ func eslSend(t *testing.T, fs *pbxtest.FreeSWITCH, cmd string) {
 		t.Fatalf("event socket %q: %s", cmd, r)
 	}
 }
+
+// Lamplighter restarts while a call it carries rings, with the real
+// PBXs: the callee's answer or the caller's CANCEL match no transaction
+// of the new process and go on statelessly, so the call is answered, or
+// ends for both sides at once, instead of ringing on to the PBX's
+// timeout; and a phone still registered through Lamplighter keeps the
+// trust of its flow.
+func TestProxyModeRestartWhileRinging(t *testing.T) {
+	for _, kind := range []string{"ari", "esl"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			o := rigOptions{proxy: "{}", untrusted: true}
+			var r *rig
+			var caller, callee, keys string
+			if kind == "ari" {
+				o.exts, caller, callee, keys = []string{"100", "101"}, "100", "101", "102"
+				o.yaml = `  - {id: u102, name: "User 102", extensions: ["102"], devices: [{pbx: ast, device: PJSIP/102}]}` + "\n"
+				r = newAsteriskRig(t, o)
+			} else {
+				o.exts, caller, callee, keys = []string{"1000", "1010"}, "1000", "1010", "1011"
+				o.yaml = `  - {id: u1011, name: "User 1011", extensions: ["1011"], devices: [{pbx: fs, device: "1011@127.0.0.1"}]}` + "\n"
+				r = newFreeSWITCHRig(t, o)
+			}
+			const d = 10 * time.Second
+			pass := keys
+			if kind == "esl" {
+				pass = "1234"
+			}
+			// A phone whose keys stand on its registered flow.
+			phone := newSIPPhone(t, keys, pass, r.domain, r.ll)
+			if res := phone.register(r.domain, 300); res.StatusCode != 200 {
+				t.Fatalf("REGISTER through Lamplighter: %d %s", res.StatusCode, res.Reason)
+			}
+
+			ring := func() {
+				r.dial(caller, callee)
+				r.lamps[callee].waitCall("early", "recipient", caller, d)
+				r.phones[callee].WaitOutput("Incoming call", d)
+				r.restartLamplighter()
+			}
+			t.Run("the caller gives up", func(t *testing.T) {
+				mark := len(r.phones[callee].Output())
+				ring()
+				start := time.Now()
+				r.cmd(caller, "/hangup")
+				// The callee's phone stops ringing at once: the PBX got the
+				// CANCEL and cancelled its own INVITE through Lamplighter.
+				r.phones[callee].WaitOutput("CANCEL sip:", 5*time.Second)
+				if !strings.Contains(r.phones[callee].Output()[mark:], "CANCEL sip:") {
+					t.Fatal("the callee never heard the CANCEL")
+				}
+				r.lamps[callee].waitIdle(d)
+				r.lamps[caller].waitIdle(d)
+				if took := time.Since(start); took > 5*time.Second {
+					t.Errorf("the call took %v to end", took)
+				}
+			})
+			t.Run("the callee answers", func(t *testing.T) {
+				ring()
+				r.cmd(callee, "/accept")
+				r.lamps[callee].waitCall("confirmed", "recipient", caller, d)
+				r.lamps[caller].waitCall("confirmed", "initiator", callee, d)
+				r.phones[caller].WaitOutput("Call established", d)
+				r.cmd(caller, "/hangup")
+				r.lamps[caller].waitIdle(d)
+				r.lamps[callee].waitIdle(d)
+			})
+			t.Run("the flow keeps its trust", func(t *testing.T) {
+				phone.pass = "" // none for Lamplighter: the registered flow stands for it
+				if res := phone.subscribe(r.ll, callee); res.StatusCode != 200 {
+					t.Fatalf("a key's SUBSCRIBE on the flow registered before the restart: %d %s", res.StatusCode, res.Reason)
+				}
+			})
+		})
+	}
+}
