@@ -240,3 +240,59 @@ func TestProxyModeRestartWhileRinging(t *testing.T) {
 		})
 	}
 }
+
+// A PBX that stops answering (frozen, not gone: nothing closes) is
+// noticed within seconds; while it is down its phones' REGISTERs get 503
+// with Retry-After at once instead of waiting out a timeout, and the
+// 503s end within about a second of its first answer.
+func TestProxyModePBXOutage(t *testing.T) {
+	for _, kind := range []string{"ari", "esl"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			o := rigOptions{proxy: "{}", untrusted: true}
+			var r *rig
+			var ext, pass string
+			var freeze, thaw func()
+			if kind == "ari" {
+				o.exts, ext, pass = []string{"100"}, "101", "101"
+				r = newAsteriskRig(t, o)
+				freeze, thaw = r.ast.Freeze, r.ast.Thaw
+			} else {
+				o.exts, ext, pass = []string{"1000"}, "1010", "1234"
+				r = newFreeSWITCHRig(t, o)
+				freeze, thaw = r.fs.Freeze, r.fs.Thaw
+			}
+			phone := newSIPPhone(t, ext, pass, r.domain, r.ll)
+			if res := phone.register(r.domain, 300); res.StatusCode != 200 {
+				t.Fatalf("REGISTER through Lamplighter: %d %s", res.StatusCode, res.Reason)
+			}
+			mark := len(r.out.String())
+			freeze()
+			defer thaw()
+			stopped := time.Now()
+			waitLog(t, r.out, mark, "PBX does not answer", 15*time.Second)
+			t.Logf("a PBX that stopped answering was noticed after %v", time.Since(stopped).Round(time.Millisecond))
+			start := time.Now()
+			res := phone.register(r.domain, 300)
+			if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil || time.Since(start) > time.Second {
+				t.Fatalf("REGISTER while the PBX is down: %d %s after %v, want 503 with Retry-After at once",
+					res.StatusCode, res.Reason, time.Since(start))
+			}
+			thaw()
+			back := time.Now()
+			for {
+				res := phone.register(r.domain, 300)
+				if res.StatusCode == 200 {
+					break
+				}
+				if res.StatusCode != 503 || time.Since(back) > 5*time.Second {
+					t.Fatalf("REGISTER %v after the PBX answers again: %d %s", time.Since(back), res.StatusCode, res.Reason)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if took := time.Since(back); took > 2500*time.Millisecond {
+				t.Errorf("REGISTERs got 503 for %v after the PBX came back, want about a second at most", took)
+			}
+		})
+	}
+}

@@ -520,6 +520,9 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			if !ok {
 				return
 			}
+			if h.target >= 0 {
+				p.markUp(h.target) // it answers
+			}
 			if res.StatusCode == 100 {
 				continue
 			}
@@ -573,6 +576,9 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			err := ctxTx.Err()
 			switch {
 			case errors.Is(err, sip.ErrTransactionTimeout):
+				if h.target >= 0 {
+					p.markDown(h.target)
+				}
 				p.respond(req, tx, 408, "Request Timeout")
 			default:
 				p.log.Debug("forwarding failed", "method", req.Method, "to", h.dest, "err", err)

@@ -97,8 +97,9 @@ type Options struct {
 	// response before it is cancelled (RFC 3261 §16.6: more than three
 	// minutes; default 3m10s).
 	TimerC time.Duration
-	// HealthInterval is how often each target is sent OPTIONS (default
-	// 10s); one unanswered makes it down until one is answered again.
+	// HealthInterval is how often each target is sent OPTIONS while it
+	// answers (default 5s; while it does not, every second); one
+	// unanswered (within 2 s) makes it down until one is answered again.
 	HealthInterval time.Duration
 	// Logger for the proxy's messages.
 	Logger *slog.Logger
@@ -127,7 +128,7 @@ const (
 	DefaultMaxTransactions = 10000
 	DefaultMaxBindings     = 100000
 	DefaultTimerC          = 3*time.Minute + 10*time.Second
-	DefaultHealthInterval  = 10 * time.Second
+	DefaultHealthInterval  = 5 * time.Second
 )
 
 func (o *Options) defaults() {
@@ -194,6 +195,7 @@ type Proxy struct {
 type targetHealth struct {
 	checked atomic.Bool // at least one answer or failure yet
 	up      atomic.Bool
+	kick    chan struct{} // wakes the pings (the target went down)
 }
 
 var _ presence.Forwarder = (*Proxy)(nil)
@@ -223,6 +225,9 @@ func New(opt Options) (*Proxy, error) {
 		started: make(chan struct{}),
 	}
 	p.pbxAddrs.Store(&pbxAddrs{sip: map[netip.AddrPort]int{}, ip: map[netip.Addr]int{}})
+	for i := range p.health {
+		p.health[i].kick = make(chan struct{}, 1)
+	}
 	p.served = map[presence.Package]bool{}
 	for _, t := range presence.EventPackages() {
 		p.served[t] = true
@@ -361,39 +366,77 @@ func (p *Proxy) Bindings() int { return p.binds.len() }
 // or kept for retransmissions).
 func (p *Proxy) InFlight() int { return int(p.inUse.Load()) }
 
-// ping sends OPTIONS to a target every HealthInterval: any response at
-// all (even 401 or 404) means it is up.
+// ping sends OPTIONS to a target every HealthInterval while it answers,
+// and every second while it does not, so that its phones' requests get
+// 503 only while it is down: from its first unanswered OPTIONS (or a
+// forwarded request's timeout, markDown) to its first answer. Any
+// response at all (even 401 or 404) means it is up.
 func (p *Proxy) ping(ctx context.Context, i int) {
 	t := p.opt.Targets[i]
+	h := &p.health[i]
 	for {
-		up := p.pingOnce(ctx, t)
+		wait, timeout := p.opt.HealthInterval, min(2*time.Second, p.opt.HealthInterval)
+		if h.checked.Load() && !h.up.Load() {
+			wait, timeout = downPing, downPing
+		}
+		up := p.pingOnce(ctx, t, timeout)
 		if ctx.Err() != nil {
 			return
 		}
-		h := &p.health[i]
-		if was := h.up.Swap(up); was != up || !h.checked.Load() {
-			if up {
-				p.log.Info("PBX answers SIP", "pbx", t.Name, "address", t.HostPort())
-			} else {
-				p.log.Warn("PBX does not answer SIP OPTIONS: its phones' requests get 503", "pbx", t.Name, "address", t.HostPort())
-			}
+		if up {
+			p.markUp(i)
+		} else {
+			p.setHealth(i, false, "PBX does not answer SIP OPTIONS: its phones' requests get 503")
+			wait = downPing
 		}
-		h.checked.Store(true)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(p.opt.HealthInterval):
+		case <-time.After(wait):
+		case <-h.kick:
 		}
 	}
 }
 
-func (p *Proxy) pingOnce(ctx context.Context, t Target) bool {
+// downPing is how often a PBX that does not answer is asked again.
+const downPing = time.Second
+
+// setHealth records whether a target answers, logging a change.
+func (p *Proxy) setHealth(i int, up bool, why string) {
+	t := p.opt.Targets[i]
+	h := &p.health[i]
+	was, checked := h.up.Swap(up), h.checked.Swap(true)
+	if was == up && checked {
+		return
+	}
+	if up {
+		p.log.Info("PBX answers SIP", "pbx", t.Name, "address", t.HostPort())
+	} else {
+		p.log.Warn(why, "pbx", t.Name, "address", t.HostPort())
+	}
+}
+
+// markUp records a target's answer (to a ping or to anything forwarded).
+func (p *Proxy) markUp(i int) { p.setHealth(i, true, "") }
+
+// markDown records that a request forwarded to a target went unanswered
+// (its transaction timed out): its phones' next requests get 503 at once,
+// and it is asked every second from now on.
+func (p *Proxy) markDown(i int) {
+	p.setHealth(i, false, "PBX did not answer a forwarded request: its phones' requests get 503")
+	select {
+	case p.health[i].kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Proxy) pingOnce(ctx context.Context, t Target, timeout time.Duration) bool {
 	uri := sip.Uri{Scheme: "sip", Host: t.Host, Port: t.Port}
 	req := sip.NewRequest(sip.OPTIONS, uri)
 	req.SetTransport(t.Transport)
 	req.SetDestination(t.HostPort())
 	p.setLocal(req, t.Transport, t.Host)
-	ctx, cancel := context.WithTimeout(ctx, min(5*time.Second, p.opt.HealthInterval))
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := p.client.Do(ctx, req)
 	return err == nil && res != nil
