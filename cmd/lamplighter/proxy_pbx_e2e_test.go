@@ -11,6 +11,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/adapters/pbxtest"
+	"github.com/lamplighter/lamplighter/presence/baresiptest"
 )
 
 // Proxy mode with the real PBXs: every phone's one line has Lamplighter
@@ -293,6 +294,58 @@ func TestProxyModePBXOutage(t *testing.T) {
 			if took := time.Since(back); took > 2500*time.Millisecond {
 				t.Errorf("REGISTERs got 503 for %v after the PBX came back, want about a second at most", took)
 			}
+		})
+	}
+}
+
+// A phone that reached Lamplighter over TCP and is gone (its connection
+// closed) must not look reachable to the PBX: Lamplighter leaves
+// Asterisk's qualify OPTIONS for it unanswered (Asterisk takes any
+// answer as reachable, only silence as not), so that Asterisk marks it
+// unreachable and its lamp goes out; FreeSWITCH (which does not ping by
+// default) gets 430 for a call to it, which then fails at once instead
+// of ringing into nothing.
+func TestProxyModeDeadTCPFlow(t *testing.T) {
+	for _, kind := range []string{"ari", "esl"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			o := rigOptions{proxy: "{}"}
+			// Asterisk qualifies every 5 s, for a short test.
+			o.ast.Edits = []pbxtest.Edit{{File: "pjsip.conf", Old: "qualify_frequency = 15", New: "qualify_frequency = 5"}}
+			var r *rig
+			var ext, pass, caller string
+			if kind == "ari" {
+				o.exts, ext, pass, caller = []string{"101"}, "100", "100", "101"
+				o.yaml = `  - {id: u100, name: "User 100", extensions: ["100"], devices: [{pbx: ast, device: PJSIP/100}]}` + "\n"
+				r = newAsteriskRig(t, o)
+			} else {
+				o.exts, ext, pass, caller = []string{"1010"}, "1000", "1234", "1010"
+				o.yaml = `  - {id: u1000, name: "User 1000", extensions: ["1000"], devices: [{pbx: fs, device: "1000@127.0.0.1"}]}` + "\n"
+				r = newFreeSWITCHRig(t, o)
+			}
+			phone := baresiptest.Start(t, baresiptest.Options{Account: fmt.Sprintf(
+				`<sip:%s@%s;transport=tcp>;auth_pass=%s;outbound="sip:%s;transport=tcp";regint=300;answermode=manual`,
+				ext, r.domain, pass, r.ll)})
+			r.lamps[ext] = r.watch(ext)
+			r.lamps[ext].wait("registered over TCP through Lamplighter", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+			// Gone without a word (no un-REGISTER): its connection closes.
+			phone.Kill()
+			if kind == "ari" {
+				r.lamps[ext].wait("unreachable", 20*time.Second, func(d lamp) bool { return d.Phone == "offline" })
+			}
+			// A call for it ends at once.
+			r.lamps[caller].mark()
+			r.dial(caller, ext)
+			r.lamps[caller].wait("dialing", 10*time.Second, func(d lamp) bool { return d.Phone != "idle" })
+			start := time.Now()
+			r.lamps[caller].wait("the call over or answered by voicemail", 10*time.Second, func(d lamp) bool {
+				c, ok := d.only()
+				return d.Phone == "idle" || ok && c.State == "confirmed"
+			})
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("a call for a phone that is gone rang for %v", took)
+			}
+			r.cmd(caller, "/hangup")
 		})
 	}
 }

@@ -170,7 +170,7 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 			})
 		}
 		targets = append(targets, proxy.Target{Name: pb.Name, Host: host, Port: port, Transport: pb.Proxy.Transport,
-			Dedicated: pb.Proxy.Phones == config.PhonesDedicated, Redirect: pb.Proxy.DedicatedCalls == config.CallsRedirect})
+			Dedicated: pb.Proxy.Phones == config.PhonesDedicated, Redirect: pb.Proxy.DedicatedCalls == config.CallsRedirect, Kind: pb.Kind})
 		proxied[pb.Name] = true
 	}
 	if len(targets) == 0 {

@@ -52,6 +52,7 @@ type Options struct {
 type Phone struct {
 	t       testing.TB
 	cons    *net.UDPAddr
+	cmd     *exec.Cmd
 	SIPPort int // where it listens for SIP (UDP and TCP, TLS on the next port)
 	out     *lockedBuffer
 	// Exited is closed when baresip has exited.
@@ -119,6 +120,7 @@ ausrc_channels 2
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.cmd = cmd
 	go func() { cmd.Wait(); close(p.Exited) }()
 	t.Cleanup(func() {
 		cancel()
@@ -128,6 +130,17 @@ ausrc_channels 2
 		}
 	})
 	return p
+}
+
+// Kill ends baresip at once (SIGKILL): it says nothing to anyone, and
+// the kernel closes its connections. It waits until baresip is gone.
+func (p *Phone) Kill() {
+	p.cmd.Process.Kill()
+	select {
+	case <-p.Exited:
+	case <-time.After(10 * time.Second):
+		p.t.Fatal("baresip did not end")
+	}
 }
 
 // Output is what baresip has printed so far (with -s, its SIP trace).

@@ -125,6 +125,10 @@ func (p *Proxy) Serve(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	fwd, h, code, reason := p.prepare(req)
+	if code == codeSilence {
+		tx.Terminate()
+		return
+	}
 	if code != 0 {
 		p.refuse(req, tx, code, reason)
 		return
@@ -272,12 +276,12 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 	}
 	switch {
 	case hasToken && tok != src && !p.samePhone(tok, src):
-		return p.toPhone(tok)
+		return p.toPhone(tok, req.Method, p.targetOf(src))
 	case hasToken:
 		return p.toPBX(tokTgt)
 	case p.fromPBX(src.addr):
 		if b, ok := p.binds.forContact(uriKey(req.Recipient)); ok {
-			return p.toPhone(b.flow)
+			return p.toPhone(b.flow, req.Method, p.targetOf(src))
 		}
 		return p.toURI(fwd)
 	}
@@ -334,7 +338,12 @@ func (p *Proxy) toPBX(i int) (hop, int, string) {
 	return hop{target: i, dest: t.HostPort(), transport: t.Transport, host: t.Host}, 0, ""
 }
 
-func (p *Proxy) toPhone(f flow) (hop, int, string) {
+// codeSilence is the "answer" to a request that must get none: the PBX's
+// qualify OPTIONS for a phone whose connection is gone, which must time
+// out so that the PBX takes the phone for unreachable.
+const codeSilence = -1
+
+func (p *Proxy) toPhone(f flow, method sip.RequestMethod, from int) (hop, int, string) {
 	if !f.valid() {
 		return hop{}, 404, "Not Found"
 	}
@@ -343,6 +352,14 @@ func (p *Proxy) toPhone(f flow) (hop, int, string) {
 		// phone cannot be reached until it connects again (RFC 5626).
 		c, err := p.server.UserAgent().TransportLayer().GetConnection(strings.ToLower(f.transport), f.addr.String())
 		if err != nil || c == nil {
+			if method == sip.OPTIONS && p.opt.Targets[from].Kind != "esl" {
+				// A PBX's qualify: Asterisk counts any answer, 430 too,
+				// as reachable, and only silence (a timeout) as
+				// unreachable. FreeSWITCH counts anything but 200 and
+				// 486 as a failure, and a timeout takes it 32 s: it gets
+				// its 430 at once.
+				return hop{}, codeSilence, ""
+			}
 			return hop{}, 430, "Flow Failed"
 		}
 		c.TryClose() // GetConnection took a reference

@@ -562,7 +562,7 @@ func TestPBXWithoutPathReachesAPhoneBehindNATByItsContact(t *testing.T) {
 	}
 }
 
-func TestCallToAClosedTCPFlowGets430(t *testing.T) {
+func TestACallToAClosedTCPFlowGets430AndItsQualifyNothing(t *testing.T) {
 	e := newEnv(t)
 	e.waitHealth(true)
 	c, err := net.Dial("tcp", e.tcp)
@@ -585,11 +585,28 @@ func TestCallToAClosedTCPFlowGets430(t *testing.T) {
 			callID: "closed-" + strconv.Itoa(n), extra: []string{"Route: " + reg.GetHeader("Path").Value()}}.String())
 		res := e.pbx.response(sip.INVITE, 200)
 		if res.StatusCode == 430 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("a call to a closed flow got %s, want 430 Flow Failed", res.String()[:40])
 		}
+	}
+	// The PBX's qualify OPTIONS for it gets no answer at all: Asterisk
+	// counts any answer, 430 too, as the phone being reachable. (The
+	// INVITEs' answers, sent again until an ACK the test never sends, are
+	// let by.)
+	e.pbx.sendTo(e.udp, phoneRequest{method: "OPTIONS", uri: "sip:100@" + me, from: e.pbx.addr(), user: "200", toUser: "100",
+		callID: "qualify-closed", extra: []string{"Route: " + reg.GetHeader("Path").Value()}}.String())
+	for quiet := time.After(1500 * time.Millisecond); ; {
+		select {
+		case m := <-e.pbx.in:
+			if r, ok := m.(*sip.Response); !ok || r.CSeq().MethodName != sip.INVITE {
+				t.Fatalf("a qualify of a closed flow gets no answer, yet the PBX got %s", startLine(m))
+			}
+			continue
+		case <-quiet:
+		}
+		break
 	}
 }
 

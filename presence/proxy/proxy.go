@@ -55,6 +55,10 @@ type Target struct {
 	// proxy of their one line.
 	Dedicated bool
 	Redirect  bool
+	// Kind is the PBX's kind in the config (ari, esl, sip): how it takes
+	// an answer to its qualify OPTIONS for a phone whose connection is
+	// gone (see toPhone).
+	Kind string
 }
 
 func (t *Target) defaults() {
