@@ -349,3 +349,31 @@ func TestProxyModeDeadTCPFlow(t *testing.T) {
 		})
 	}
 }
+
+// FreeSWITCH's sip-force-contact NDLB-connectile-dysfunction (a common
+// NAT setting, on users or a domain) stores the phone's contact at the
+// address the REGISTER came from (Lamplighter's) and forgets its Path:
+// FreeSWITCH then calls the phone at Lamplighter's own address, which
+// once looped (482). Lamplighter finds the phone by its contact's user
+// part, and says in its log what the PBX does.
+func TestProxyModeFreeSWITCHForgetsThePath(t *testing.T) {
+	o := rigOptions{proxy: "{}", exts: []string{"1000", "1010"}}
+	for _, u := range o.exts {
+		o.fs.Edits = append(o.fs.Edits, pbxtest.Edit{File: "directory/default/" + u + ".xml", Old: "<variables>",
+			New: `<variables><variable name="sip-force-contact" value="NDLB-connectile-dysfunction"/>`})
+	}
+	r := newFreeSWITCHRig(t, o)
+	const d = 10 * time.Second
+	for _, c := range [][2]string{{"1010", "1000"}, {"1000", "1010"}} {
+		from, to := c[0], c[1]
+		r.dial(from, to)
+		r.lamps[to].waitCall("early", "recipient", from, d)
+		r.phones[to].WaitOutput("Incoming call", d)
+		r.cmd(to, "/accept")
+		r.lamps[from].waitCall("confirmed", "initiator", to, d)
+		r.cmd(from, "/hangup")
+		r.lamps[from].waitIdle(d)
+		r.lamps[to].waitIdle(d)
+	}
+	waitFor(t, r.out, "without the Path", d)
+}

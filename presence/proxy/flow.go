@@ -146,15 +146,17 @@ type bindings struct {
 	mu        sync.Mutex
 	byFlow    map[flow]*binding
 	byContact map[string]*binding
-	perUser   map[userKey]int // live bindings of a user on a target
+	byUser    map[userKey]*binding // by a contact's user part, for a PBX that forgot the Path (contactUser)
+	perUser   map[userKey]int      // live bindings of a user on a target
 	max       int
 	now       func() time.Time
 	dirty     bool // changed since the last snapshot
 }
 
 func newBindings(max int) *bindings {
-	return &bindings{byFlow: map[flow]*binding{}, byContact: map[string]*binding{}, perUser: map[userKey]int{},
-		max: max, now: time.Now}
+	return &bindings{byFlow: map[flow]*binding{}, byContact: map[string]*binding{}, byUser: map[userKey]*binding{},
+		perUser: map[userKey]int{},
+		max:     max, now: time.Now}
 }
 
 // userKey names a user on a target.
@@ -184,8 +186,15 @@ func (bs *bindings) put(b binding) bool {
 	bs.perUser[userKey{b.target, b.user}]++
 	for _, c := range b.contacts {
 		bs.byContact[c] = &nb
+		bs.byUser[userKey{b.target, contactUser(c)}] = &nb
 	}
 	return true
+}
+
+// contactUser is the user part of a contact key (uriKey's user@host:port).
+func contactUser(key string) string {
+	user, _, _ := strings.Cut(key, "@")
+	return user
 }
 
 func (bs *bindings) dropLocked(b *binding) {
@@ -200,7 +209,22 @@ func (bs *bindings) dropLocked(b *binding) {
 		if bs.byContact[c] == b {
 			delete(bs.byContact, c)
 		}
+		if k := (userKey{b.target, contactUser(c)}); bs.byUser[k] == b {
+			delete(bs.byUser, k)
+		}
 	}
+}
+
+// forContactUser returns the live binding on a target whose contact has
+// the user part user.
+func (bs *bindings) forContactUser(target int, user string) (binding, bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b := bs.byUser[userKey{target, strings.ToLower(user)}]
+	if b == nil || !b.expires.After(bs.now()) {
+		return binding{}, false
+	}
+	return *b, true
 }
 
 // onFlow returns the live binding of a flow.

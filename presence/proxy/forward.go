@@ -280,8 +280,23 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 	case hasToken:
 		return p.toPBX(tokTgt)
 	case p.fromPBX(src.addr):
+		// A request for one of our phones with no Path of ours in its
+		// Route, at our own address: the PBX put the phone's contact at
+		// the address its REGISTER came from and forgot the Path
+		// (FreeSWITCH's sip-force-contact NDLB-connectile-dysfunction).
+		// The phone is the one whose contact has that user part.
+		forgot := p.isUs(req.Recipient)
 		if b, ok := p.binds.forContact(uriKey(req.Recipient)); ok {
+			if forgot {
+				p.pathForgotten(p.targetOf(src))
+			}
 			return p.toPhone(b.flow, req.Method, p.targetOf(src))
+		}
+		if forgot {
+			if b, ok := p.binds.forContactUser(p.targetOf(src), req.Recipient.User); ok {
+				p.pathForgotten(p.targetOf(src))
+				return p.toPhone(b.flow, req.Method, p.targetOf(src))
+			}
 		}
 		return p.toURI(fwd)
 	}
@@ -321,6 +336,20 @@ func (p *Proxy) popOurRoutes(fwd *sip.Request) (tok flow, target int, hasToken b
 		}
 		fwd.RemoveHeader("Route")
 	}
+}
+
+// pathForgotten logs, once a PBX, that it sends requests for phones to
+// the contact it rewrote to Lamplighter's address instead of through
+// their Path.
+func (p *Proxy) pathForgotten(target int) {
+	if p.forgot[target].Swap(true) {
+		return
+	}
+	t := p.opt.Targets[target]
+	p.log.Warn("the PBX sends requests for phones to their contact rewritten to Lamplighter's address, without the Path "+
+		"(Asterisk: support_path off on the AOR; FreeSWITCH: sip-force-contact NDLB-connectile-dysfunction on the user "+
+		"or domain): Lamplighter finds each phone by its contact's user part, which must then be unique among the PBX's phones",
+		"pbx", t.Name)
 }
 
 // samePhone reports whether src is the phone of a token's flow on a new

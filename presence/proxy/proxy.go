@@ -186,6 +186,7 @@ type Proxy struct {
 	invites    sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
 	inviteTxs  sync.Map                  // our Via's branch of a forwarded INVITE → *inviteTx
 	refusedLog atomic.Int64              // when a PBX's challenge of a dedicated call was last logged (Unix s)
+	forgot     []atomic.Bool             // per target: it was seen to forget a Path (logged once)
 	served     map[presence.Package]bool // the event packages Lamplighter answers
 
 	// Set by Run, from the presence server.
@@ -226,6 +227,7 @@ func New(opt Options) (*Proxy, error) {
 		tokens:  newTokens(opt.TokenKey),
 		binds:   newBindings(opt.MaxBindings),
 		health:  make([]targetHealth, len(opt.Targets)),
+		forgot:  make([]atomic.Bool, len(opt.Targets)),
 		started: make(chan struct{}),
 	}
 	p.pbxAddrs.Store(&pbxAddrs{sip: map[netip.AddrPort]int{}, ip: map[netip.Addr]int{}})
