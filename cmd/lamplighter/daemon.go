@@ -147,7 +147,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if err := d.setLogins(cfg); err != nil {
 		return nil, err
 	}
-	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Store: d.db, Reload: d.reload,
+	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Registrations: d.proxiedRegistrations(), Store: d.db, Reload: d.reload,
 		CheckUser: d.checkLogin, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
@@ -175,7 +175,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		kinds = append(kinds, ops.Adapter{Adapter: a, Kind: cfg.PBX[i].Kind})
 	}
 	src := ops.Sources{SIPReady: d.sip.Ready(), SIPServing: d.sip.Serving, Subscriptions: d.sip.SubscriptionsByKind, Unsaved: d.sip.UnsavedChanges, Adapters: kinds,
-		Alive: func() bool { return d.bridgeAnswers(time.Second) }, Proxied: d.proxiedHealth()}
+		Alive: func() bool { return d.bridgeAnswers(time.Second) }, Proxied: d.proxiedHealth(), ProxyRegistrations: d.proxiedCounts()}
 	if d.node != nil {
 		src.Cluster, src.ClusterStats = d.node.Status, d.node.Stats()
 	}
@@ -600,6 +600,33 @@ func notifySystemd(log *slog.Logger, state string) {
 	if _, err := sddaemon.SdNotify(false, state); err != nil {
 		log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
+}
+
+// proxiedRegistrations are the phones registered through proxy mode, by
+// the user their address-of-record names (nil without proxy mode).
+func (d *daemon) proxiedRegistrations() func() map[string][]proxy.Registration {
+	if d.proxy == nil {
+		return nil
+	}
+	return func() map[string][]proxy.Registration {
+		dir := d.bridge.Directory()
+		out := map[string][]proxy.Registration{}
+		for _, r := range d.proxy.Registrations() {
+			if u, ok := dir.Lookup(r.AOR); ok {
+				out[u.ID] = append(out[u.ID], r)
+			}
+		}
+		return out
+	}
+}
+
+// proxiedCounts counts the registrations through proxy mode per PBX
+// (nil without proxy mode).
+func (d *daemon) proxiedCounts() func() map[string]int {
+	if d.proxy == nil {
+		return nil
+	}
+	return d.proxy.RegistrationCounts
 }
 
 // proxiedHealth is what /readyz reports of the PBXs in proxy mode (nil

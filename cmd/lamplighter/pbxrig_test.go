@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -132,7 +135,7 @@ func (r *rig) start(o rigOptions, pbx string, user func(string) string) {
   domain: %s
   listen: [{transport: udp, address: "%s"}, {transport: tcp, address: "%s"}]
   trusted_networks: %s
-http: {listen: "127.0.0.1:0"}
+http: {listen: "127.0.0.1:0", token: rigtoken}
 state_dir: %s
 log: {level: debug}
 pbx:
@@ -161,6 +164,27 @@ users:
 		r.lamps[ext] = r.watch(ext)
 		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
+}
+
+// get fetches a path of Lamplighter's HTTP listener with the API token.
+func (r *rig) get(path string) string {
+	r.t.Helper()
+	m := regexp.MustCompile(`"http listening" address=(\S+)`).FindAllStringSubmatch(r.out.String(), -1)
+	if m == nil {
+		r.t.Fatal("no http address in the log")
+	}
+	req, _ := http.NewRequest("GET", "http://"+m[len(m)-1][1]+path, nil)
+	req.Header.Set("Authorization", "Bearer rigtoken")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		r.t.Fatalf("GET %s: %d %s", path, res.StatusCode, b)
+	}
+	return string(b)
 }
 
 // watch subscribes a BLF key to ext's lamp (as user board when no

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +91,34 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 				})
 			}
 
+			t.Run("registrations visible", func(t *testing.T) {
+				var u struct {
+					Registrations []struct {
+						PBX, AOR, Transport, Flow string
+						Contacts                  []string
+						Expires                   time.Time
+					}
+				}
+				if err := json.Unmarshal([]byte(r.get("/api/v1/users/u"+r.picker)), &u); err != nil {
+					t.Fatal(err)
+				}
+				if len(u.Registrations) != 1 {
+					t.Fatalf("the API shows %d registrations through Lamplighter for %s, want 1", len(u.Registrations), r.picker)
+				}
+				g := u.Registrations[0]
+				if g.AOR != r.picker || g.Transport != "UDP" || g.Flow != "127.0.0.1:"+strconv.Itoa(phone.port) ||
+					len(g.Contacts) == 0 || time.Until(g.Expires) < time.Minute {
+					t.Errorf("the registration as the API shows it: %+v", g)
+				}
+				pbx := "ast"
+				if kind == "esl" {
+					pbx = "fs"
+				}
+				if m := r.get("/metrics"); !strings.Contains(m, `lamplighter_proxy_registrations{pbx="`+pbx+`"} 3`) {
+					t.Errorf("the metrics do not count the three phones registered through Lamplighter:\n%s", grepLines(m, "proxy_registrations"))
+				}
+			})
+
 			t.Run("voicemail lamp", func(t *testing.T) {
 				n := phone.count()
 				if kind == "ari" {
@@ -104,6 +134,17 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 			})
 		})
 	}
+}
+
+// grepLines is the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // inviteSource is where the first INVITE in a baresip SIP trace came

@@ -285,6 +285,20 @@ func (bs *bindings) snapshot() ([]binding, bool) {
 	return out, true
 }
 
+// live returns the live bindings (and their number).
+func (bs *bindings) live() ([]binding, int) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	now := bs.now()
+	out := make([]binding, 0, len(bs.byFlow))
+	for _, b := range bs.byFlow {
+		if b.expires.After(now) {
+			out = append(out, *b)
+		}
+	}
+	return out, len(out)
+}
+
 // markDirty says the bindings must be written again.
 func (bs *bindings) markDirty() {
 	bs.mu.Lock()

@@ -365,6 +365,46 @@ func (p *Proxy) Health() map[string]bool {
 	return out
 }
 
+// Registration is a phone's registration that the PBX accepted through
+// the proxy, as the API shows it.
+type Registration struct {
+	PBX string `json:"pbx"`
+	// AOR is the address-of-record's user part (an extension).
+	AOR string `json:"aor"`
+	// Contacts are the contact URIs the PBX holds for it (user@host:port).
+	Contacts []string `json:"contacts"`
+	// Transport and Flow are how the phone reached Lamplighter: the
+	// address its packets came from, or its connection's remote end.
+	Transport string    `json:"transport"`
+	Flow      string    `json:"flow"`
+	Expires   time.Time `json:"expires"`
+}
+
+// Registrations returns the registrations held through the proxy.
+func (p *Proxy) Registrations() []Registration {
+	list, _ := p.binds.live()
+	out := make([]Registration, 0, len(list))
+	for _, b := range list {
+		out = append(out, Registration{PBX: p.opt.Targets[b.target].Name, AOR: b.user, Contacts: b.contacts,
+			Transport: b.flow.transport, Flow: b.flow.addr.String(), Expires: b.expires})
+	}
+	return out
+}
+
+// RegistrationCounts returns how many registrations each PBX in proxy
+// mode holds through the proxy (zero included).
+func (p *Proxy) RegistrationCounts() map[string]int {
+	list, _ := p.binds.live()
+	out := make(map[string]int, len(p.opt.Targets))
+	for _, t := range p.opt.Targets {
+		out[t.Name] = 0
+	}
+	for _, b := range list {
+		out[p.opt.Targets[b.target].Name]++
+	}
+	return out
+}
+
 // Bindings returns how many registrations through the proxy are held.
 func (p *Proxy) Bindings() int { return p.binds.len() }
 

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
 // Origin is the bridge origin under which the API's person states are
@@ -60,6 +61,9 @@ type Options struct {
 	Bridge Bridge
 	// Watchers counts the SIP subscriptions to a user.
 	Watchers func(userID string) int
+	// Registrations returns the phone registrations held through proxy
+	// mode, by user id; nil without proxy mode.
+	Registrations func() map[string][]proxy.Registration
 	// Store keeps person states; nil keeps them in memory.
 	Store PersonStore
 	// Reload re-reads the config; an error (config.Errors for a bad
@@ -211,6 +215,9 @@ type User struct {
 	Devices     []Device      `json:"devices"`
 	Calls       []bridge.Call `json:"calls"`
 	Watchers    int           `json:"watchers"` // SIP subscriptions to the user
+	// Registrations are the user's phones registered through Lamplighter
+	// (proxy mode): contact, flow, transport, expiry.
+	Registrations []proxy.Registration `json:"registrations,omitempty"`
 	// SetByAPI is the person state set through this API, if any.
 	SetByAPI *Person `json:"set_by_api,omitempty"`
 }
@@ -231,6 +238,16 @@ type Device struct {
 
 // View renders a user's state for the API (and the switchboard page).
 func (a *API) View(st *bridge.State) User {
+	var regs map[string][]proxy.Registration
+	if a.opt.Registrations != nil {
+		regs = a.opt.Registrations()
+	}
+	return a.view(st, regs)
+}
+
+// view is View with the proxy's registrations by user, read once for a
+// list of users.
+func (a *API) view(st *bridge.State, regs map[string][]proxy.Registration) User {
 	u := User{
 		ID: st.User.ID, Name: st.User.Name, Extensions: st.User.Extensions, Groups: st.User.Groups,
 		State: st.Phone.String(), DeviceState: st.Device.String(), Open: st.Open(),
@@ -243,6 +260,7 @@ func (a *API) View(st *bridge.State) User {
 	for _, d := range st.Devices {
 		u.Devices = append(u.Devices, Device{PBX: d.Source, Device: d.Device, State: d.State.String()})
 	}
+	u.Registrations = regs[st.User.ID]
 	if p, ok := a.opt.Bridge.Person(st.User.ID, Origin); ok {
 		v := personView(p)
 		u.SetByAPI = &v
@@ -255,7 +273,7 @@ func (a *API) View(st *bridge.State) User {
 // pickup with Replaces needs. The switchboard, open to anyone who reaches
 // the listener, shows this.
 func (a *API) PublicView(st *bridge.State) User {
-	u := a.View(st)
+	u := a.view(st, nil) // where phones are is no one else's business
 	calls := make([]bridge.Call, len(u.Calls))
 	for i, c := range u.Calls {
 		c.CallID, c.LocalTag, c.RemoteTag = "", "", ""
@@ -282,8 +300,12 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request) {
 	out := struct {
 		Users []User `json:"users"`
 	}{Users: make([]User, 0, len(states))}
+	var regs map[string][]proxy.Registration
+	if a.opt.Registrations != nil {
+		regs = a.opt.Registrations()
+	}
 	for _, st := range states {
-		out.Users = append(out.Users, a.View(st))
+		out.Users = append(out.Users, a.view(st, regs))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

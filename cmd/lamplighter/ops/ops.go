@@ -49,6 +49,9 @@ type Sources struct {
 	// SIP OPTIONS (a PBX not yet asked is missing); nil without proxy
 	// mode.
 	Proxied func() map[string]bool
+	// ProxyRegistrations counts, per PBX in proxy mode, the phones
+	// registered through Lamplighter; nil without proxy mode.
+	ProxyRegistrations func() map[string]int
 	// Cluster is the node's view of the cluster, and its counts; nil
 	// when it runs alone.
 	Cluster      func() cluster.Status
@@ -332,6 +335,7 @@ var (
 	descEvents    = prometheus.NewDesc("lamplighter_pbx_events_total", "Events received from the PBX.", []string{"pbx", "kind"}, nil)
 	descSkipped   = prometheus.NewDesc("lamplighter_pbx_events_skipped_total", "PBX events that could not be used (undecodable, unknown type).", []string{"pbx", "kind"}, nil)
 	descResyncs   = prometheus.NewDesc("lamplighter_pbx_reconnects_total", "Connections lost and made again (each followed by a resync).", []string{"pbx", "kind"}, nil)
+	descProxyRegs = prometheus.NewDesc("lamplighter_proxy_registrations", "Phone registrations the PBX accepted through Lamplighter (proxy mode), per PBX.", []string{"pbx"}, nil)
 	descUnsaved   = prometheus.NewDesc("lamplighter_state_unsaved_changes", "Subscription, publication and registration changes not yet written to the state file (written every second).", nil, nil)
 	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
 	descListSubs  = prometheus.NewDesc("lamplighter_list_subscriptions", "Active SIP subscriptions to BLF lists (RFC 4662), by event package and transport; also counted in lamplighter_subscriptions.", []string{"package", "transport"}, nil)
@@ -352,7 +356,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
+	for _, d := range []*prometheus.Desc{descProxyRegs, descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
 		descClusterConnected, descClusterLeased, descClusterMembers, descClusterPending, descClusterWrites, descClusterErrors,
 		descClusterApplied, descClusterRenewals, descClusterLeaseFail, descClusterLatency, descClusterOps, descClusterOwned, descClusterClaims} {
 		ch <- d
@@ -390,6 +394,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 		}
 		ch <- prometheus.MustNewConstMetric(descClusterLatency, prometheus.CounterValue, time.Duration(cs.EngineNanos.Load()).Seconds())
+	}
+	if src.ProxyRegistrations != nil {
+		for pbx, n := range src.ProxyRegistrations() {
+			ch <- prometheus.MustNewConstMetric(descProxyRegs, prometheus.GaugeValue, float64(n), pbx)
+		}
 	}
 	if src.Unsaved != nil {
 		ch <- prometheus.MustNewConstMetric(descUnsaved, prometheus.GaugeValue, float64(src.Unsaved()))
