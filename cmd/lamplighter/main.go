@@ -76,10 +76,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var cfg *config.Config
 	var err error
+	var moved []demoPortMove
 	if *demo || *configPath == "" {
 		cfg, err = config.Parse(builtInConfig, demoConfig, os.LookupEnv)
 		if err == nil {
 			cfg.StateDir = demoStateDir()
+			moved, err = moveDemoOffTakenPorts(cfg)
 		}
 	} else {
 		cfg, err = config.Load(*configPath)
@@ -92,6 +94,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr, level)
 	if *demo || *configPath == "" {
 		log.Info("no -config given: running the demo PBX with a built-in directory", "users", len(cfg.Users))
+		for _, m := range moved {
+			log.Warn(m.String())
+		}
+		if len(cfg.SIP.Listen) > 0 {
+			log.Info("demo: SIP on "+cfg.SIP.Listen[0].Address+" (a BLF key for sip:100@"+cfg.SIP.Listen[0].Address+
+				"), switchboard on http://"+cfg.HTTP.Listen+"/ (token demo)")
+		}
 	}
 	d, err := newDaemon(cfg, log, level)
 	if err != nil {
