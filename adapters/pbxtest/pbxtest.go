@@ -80,7 +80,8 @@ type Edit struct {
 type Config struct {
 	Append map[string]string
 	Edits  []Edit
-	merges []merge // README snippets for Asterisk (Apply)
+	merges []merge           // README snippets for Asterisk (Apply)
+	files  map[string]string // whole FreeSWITCH files from READMEs (Apply)
 }
 
 // kit copies a PBX's script folder (start.sh, stop.sh and the config
@@ -102,6 +103,15 @@ func kit(shared, name, confDir, dir string, c Config) error {
 		return os.Chmod(p, mode)
 	}); err != nil {
 		return err
+	}
+	for file, text := range c.files {
+		p := filepath.Join(dir, confDir, file)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			return err
+		}
 	}
 	for _, e := range c.Edits {
 		p := filepath.Join(dir, confDir, e.File)

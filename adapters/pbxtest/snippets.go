@@ -20,8 +20,8 @@ import (
 // An Asterisk snippet is merged into the named file section by section:
 // the keys of a section that exists (same header line) are added at its
 // end, so that they win; a new section is appended. A FreeSWITCH snippet
-// goes before the closing tag of the element named after "in", or makes
-// a new file.
+// goes before the closing tag of the element named after "in", or else is
+// the whole file (replacing the template's).
 
 // Snippet is one PBX setting from a README.
 type Snippet struct {
@@ -114,10 +114,10 @@ func (c *Config) Apply(snippets []Snippet, replace ...string) {
 		case s.Inside != "":
 			c.Edits = append(c.Edits, Edit{File: s.File, Old: "</" + s.Inside + ">", New: text + "</" + s.Inside + ">"})
 		default:
-			if c.Append == nil {
-				c.Append = map[string]string{}
+			if c.files == nil {
+				c.files = map[string]string{}
 			}
-			c.Append[s.File] += text
+			c.files[s.File] = text
 		}
 	}
 }

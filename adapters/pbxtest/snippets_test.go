@@ -36,3 +36,34 @@ func TestSnippetsAreReadAndMerged(t *testing.T) {
 		t.Errorf("merged:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+func TestFreeSWITCHSnippetsGoIntoTheirFiles(t *testing.T) {
+	// A snippet with "in" goes inside that element of the template's
+	// file; one without is the whole file, replacing the template's.
+	shared := t.TempDir()
+	conf := filepath.Join(shared, "freeswitch", "conf", "autoload_configs")
+	os.MkdirAll(conf, 0o755)
+	os.WriteFile(filepath.Join(conf, "event_socket.conf.xml"), []byte("<configuration name=\"event_socket.conf\"><settings><param name=\"password\" value=\"ClueCon\"/></settings></configuration>\n"), 0o644)
+	os.WriteFile(filepath.Join(conf, "acl.conf.xml"), []byte("<configuration><network-lists>\n</network-lists></configuration>\n"), 0o644)
+	md := filepath.Join(t.TempDir(), "README.md")
+	os.WriteFile(md, []byte("<!-- pbx-config: freeswitch autoload_configs/event_socket.conf.xml -->\n```xml\n<configuration name=\"event_socket.conf\"><settings><param name=\"listen-ip\" value=\"10.0.0.6\"/></settings></configuration>\n```\n\n"+
+		"<!-- pbx-config: freeswitch autoload_configs/acl.conf.xml in network-lists -->\n```xml\n<list name=\"ll\"/>\n```\n"), 0o644)
+	snips, err := ReadSnippets(md, "freeswitch")
+	if err != nil || len(snips) != 2 {
+		t.Fatalf("snippets: %+v %v", snips, err)
+	}
+	var c Config
+	c.Apply(snips, "10.0.0.6", "127.0.0.1")
+	dir := t.TempDir()
+	if err := kit(shared, "freeswitch", "conf", dir, c); err != nil {
+		t.Fatal(err)
+	}
+	es, _ := os.ReadFile(filepath.Join(dir, "conf", "autoload_configs", "event_socket.conf.xml"))
+	if string(es) != "<configuration name=\"event_socket.conf\"><settings><param name=\"listen-ip\" value=\"127.0.0.1\"/></settings></configuration>\n" {
+		t.Errorf("event_socket.conf.xml:\n%s", es)
+	}
+	acl, _ := os.ReadFile(filepath.Join(dir, "conf", "autoload_configs", "acl.conf.xml"))
+	if string(acl) != "<configuration><network-lists>\n<list name=\"ll\"/>\n</network-lists></configuration>\n" {
+		t.Errorf("acl.conf.xml:\n%s", acl)
+	}
+}

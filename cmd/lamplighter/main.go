@@ -98,8 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			log.Warn(m.String())
 		}
 		if len(cfg.SIP.Listen) > 0 {
-			log.Info("demo: SIP on "+cfg.SIP.Listen[0].Address+" (a BLF key for sip:100@"+cfg.SIP.Listen[0].Address+
-				"), switchboard on http://"+cfg.HTTP.Listen+"/ (token demo)")
+			log.Info("demo: SIP on " + cfg.SIP.Listen[0].Address + " (a BLF key for sip:100@" + cfg.SIP.Listen[0].Address +
+				"), switchboard on http://" + cfg.HTTP.Listen + "/ (token demo)")
 		}
 	}
 	d, err := newDaemon(cfg, log, level)

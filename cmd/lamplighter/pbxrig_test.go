@@ -60,7 +60,43 @@ type rigOptions struct {
 	// stands on its registered flow (proxy mode) or its password; the
 	// lamps are watched by a user "board" (password "board").
 	untrusted bool
+	// readme names the optional sets (modes) of the adapter README's PBX
+	// settings to load besides its base ones, which every rig loads.
+	readme []string
 }
+
+// adapterSnippets are the PBX settings the adapter's README gives for
+// pbx: the base ones and those of the modes named.
+func adapterSnippets(t *testing.T, pbx string, modes []string) []pbxtest.Snippet {
+	t.Helper()
+	path := map[string]string{"asterisk": "../../adapters/ari/README.md", "freeswitch": "../../adapters/esl/README.md"}[pbx]
+	all, err := pbxtest.ReadSnippets(path, pbx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) == 0 {
+		t.Fatalf("%s gives no PBX settings", path)
+	}
+	out := pbxtest.Only(all, "")
+	for _, m := range modes {
+		var some bool
+		for _, s := range all {
+			if s.Mode == m {
+				out, some = append(out, s), true
+			}
+		}
+		if !some {
+			t.Fatalf("%s has no settings of mode %s", path, m)
+		}
+	}
+	return out
+}
+
+// The adapters' README examples, as the rigs load them.
+const (
+	readmeARIPassword = "a-long-random-secret"
+	readmeESLPassword = "a-long-random-secret"
+)
 
 // newAsteriskRig starts Asterisk, phones for exts and Lamplighter with an
 // ARI PBX (the read-only user, as the adapter's README advises).
@@ -68,14 +104,17 @@ func newAsteriskRig(t *testing.T, o rigOptions) *rig {
 	t.Helper()
 	baresiptest.Need(t)
 	r := &rig{t: t, kind: "ari", phones: map[string]*baresiptest.Phone{}, lamps: map[string]*lampWatch{}}
+	// Asterisk as its adapter's README sets it up: the ARI listener and
+	// the read-only user Lamplighter signs in as.
+	o.ast.Apply(adapterSnippets(t, "asterisk", o.readme), "10.0.0.5", "127.0.0.1", "8088", "@HTTP_PORT@")
 	r.ast = pbxtest.StartAsterisk(t, o.ast)
 	r.sip, r.domain = r.ast.SIP(), "127.0.0.1"
 	pbx := fmt.Sprintf(`  - name: ast
     kind: ari
     address: %s
-    username: reader
-    password: reader
-`, r.ast.ARI())
+    username: lamplighter
+    password: %s
+`, r.ast.ARI(), readmeARIPassword)
 	if o.proxy != "" {
 		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
 	}
@@ -92,6 +131,11 @@ func newFreeSWITCHRig(t *testing.T, o rigOptions) *rig {
 	t.Helper()
 	baresiptest.Need(t)
 	r := &rig{t: t, kind: "esl", phones: map[string]*baresiptest.Phone{}, lamps: map[string]*lampWatch{}}
+	// FreeSWITCH as its adapter's README sets it up: the event socket
+	// and the ACL that admits Lamplighter's host (this one), with the
+	// password the shared config's fs_cli uses.
+	o.fs.Apply(adapterSnippets(t, "freeswitch", o.readme), "10.0.0.6", "127.0.0.1", "10.0.0.9/32", "127.0.0.1/32",
+		`"8021"`, `"@ESL_PORT@"`, readmeESLPassword, pbxtest.ESLPassword)
 	r.fs = pbxtest.StartFreeSWITCH(t, o.fs)
 	r.sip, r.domain = r.fs.SIP(), pbxtest.Domain
 	pbx := fmt.Sprintf(`  - name: fs
@@ -169,11 +213,22 @@ users:
 // get fetches a path of Lamplighter's HTTP listener with the API token.
 func (r *rig) get(path string) string {
 	r.t.Helper()
+	return r.api("GET", path, "")
+}
+
+// put and del change what a path of the API holds.
+func (r *rig) put(path, body string) { r.t.Helper(); r.api("PUT", path, body) }
+func (r *rig) del(path string)       { r.t.Helper(); r.api("DELETE", path, "") }
+
+// api makes one request of Lamplighter's HTTP listener with the API
+// token and returns the answer's body; anything but 2xx fails the test.
+func (r *rig) api(method, path, body string) string {
+	r.t.Helper()
 	m := regexp.MustCompile(`"http listening" address=(\S+)`).FindAllStringSubmatch(r.out.String(), -1)
 	if m == nil {
 		r.t.Fatal("no http address in the log")
 	}
-	req, _ := http.NewRequest("GET", "http://"+m[len(m)-1][1]+path, nil)
+	req, _ := http.NewRequest(method, "http://"+m[len(m)-1][1]+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer rigtoken")
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -181,8 +236,8 @@ func (r *rig) get(path string) string {
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != 200 {
-		r.t.Fatalf("GET %s: %d %s", path, res.StatusCode, b)
+	if res.StatusCode/100 != 2 {
+		r.t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, b)
 	}
 	return string(b)
 }
