@@ -66,10 +66,14 @@ type mapper struct {
 	tagsWanted  []string // channels whose SIP tags the adapter should read
 	// Parking: channels that entered a parking lot and wait for the
 	// slot's device state (park:701@parkedcalls INUSE) that says where,
-	// oldest first; and which channel each taken slot holds.
-	parking []string
-	slots   map[string]string // park device → channel id
-	at      time.Time         // when the event being mapped happened
+	// oldest first; spaces whose device state said taken before any
+	// channel entered a lot (Asterisk publishes the two on different
+	// topics, in either order), oldest first; and which channel each
+	// taken slot holds.
+	parking   []string
+	unclaimed []string          // park devices
+	slots     map[string]string // park device → channel id
+	at        time.Time         // when the event being mapped happened
 }
 
 func newMapper(source string, cfg *Config) *mapper {
@@ -340,6 +344,12 @@ func (m *mapper) event(ev ari.Event, raw []byte) []bridge.Event {
 			return nil
 		}
 		out := m.parkingSlot(e.DeviceState.Name, st, ts)
+		if slices.Contains(m.unclaimed, e.DeviceState.Name) {
+			// The space is taken by a call not yet seen: its state comes
+			// with that call, so that the lamp shows who waits there
+			// rather than a moment of a call without a party.
+			return out
+		}
 		return append(out, m.device(e.DeviceState.Name, st)...)
 	case *ari.ChannelEnteredBridge:
 		return m.enteredBridge(&e.Channel, ids.Channel, &e.Bridge, ts)
@@ -479,6 +489,15 @@ func (m *mapper) enteredBridge(c *ari.ChannelData, r rawChannel, b *ari.BridgeDa
 		ch.parked, ch.space, ch.resolved = true, "", true
 		ch.call.Remote = bridge.Party{Name: "Parked"}
 		ch.settle(m.at)
+		if len(m.unclaimed) > 0 { // the space said taken first
+			slot := m.unclaimed[0]
+			m.unclaimed = m.unclaimed[1:]
+			out := m.occupy(slot, c.ID, at)
+			if ch.internal {
+				out = append(out, m.update(ch))
+			}
+			return append(out, m.device(slot, bridge.DeviceInUse)...)
+		}
 		m.parking = append(m.parking, c.ID)
 	case b.Creator == "ConfBridge" && b.Name != "":
 		ch.call.Remote = bridge.Party{Number: b.Name, Name: "Conference " + b.Name}
@@ -517,45 +536,57 @@ func (m *mapper) unpark(id string) []bridge.Event {
 }
 
 // parkingSlot follows a parking space's device state (park:701@parkedcalls):
-// taken, it holds the channel that entered a parking lot before it (ARI
-// sends no ParkedCall event, and the lot's bridge does not say the
-// space), which then shows "Parked (701)" instead of the phone that
+// taken, it holds the channel that entered a parking lot before it, or
+// the next to enter one (ARI sends no ParkedCall event, and the lot's
+// bridge does not say the space), which then shows "Parked (701)" instead of the phone that
 // parked it, and the space's own lamp shows the parked caller as a call
 // (with its Call-ID), so that a key on the space names who waits there.
 func (m *mapper) parkingSlot(name string, st bridge.DeviceState, at time.Time) []bridge.Event {
 	if !strings.HasPrefix(name, "park:") {
 		return nil
 	}
-	space, _, _ := strings.Cut(strings.TrimPrefix(name, "park:"), "@")
 	switch st {
 	case bridge.DeviceInUse, bridge.DeviceBusy, bridge.DeviceOnHold:
-		if _, taken := m.slots[name]; taken || len(m.parking) == 0 {
+		if _, taken := m.slots[name]; taken || slices.Contains(m.unclaimed, name) {
+			return nil
+		}
+		if len(m.parking) == 0 { // its channel has not entered the lot yet
+			m.unclaimed = append(m.unclaimed, name)
 			return nil
 		}
 		id := m.parking[0]
 		m.parking = m.parking[1:]
-		ch, ok := m.channels[id]
-		if !ok {
-			return nil
-		}
-		m.slots[name] = id
-		ch.space = space
-		ch.call.Remote = bridge.Party{Number: space, Name: "Parked"}
-		ch.settle(m.at)
-		slot := bridge.Call{ID: slotCallID(name), Device: name, Direction: bridge.Incoming, State: bridge.CallConfirmed,
-			Remote: ch.caller, CallID: ch.call.CallID, Started: at, Answered: at}
-		var out []bridge.Event
-		if !ch.internal {
-			out = append(out, m.update(ch))
-		}
-		return append(out, bridge.CallUpdated{Source: m.source, Call: slot})
+		return m.occupy(name, id, at)
 	case bridge.DeviceIdle, bridge.DeviceUnavailable, bridge.DeviceUnknown, bridge.DeviceInvalid:
+		m.unclaimed = slices.DeleteFunc(m.unclaimed, func(u string) bool { return u == name })
 		if _, taken := m.slots[name]; taken {
 			delete(m.slots, name)
 			return []bridge.Event{bridge.CallEnded{Source: m.source, CallID: slotCallID(name)}}
 		}
 	}
 	return nil
+}
+
+// occupy puts the parked channel id in the parking space name (its park:
+// device): the parked caller's lamp names the space, and the space's own
+// lamp shows the caller as a call.
+func (m *mapper) occupy(name, id string, at time.Time) []bridge.Event {
+	ch, ok := m.channels[id]
+	if !ok {
+		return nil
+	}
+	space, _, _ := strings.Cut(strings.TrimPrefix(name, "park:"), "@")
+	m.slots[name] = id
+	ch.space = space
+	ch.call.Remote = bridge.Party{Number: space, Name: "Parked"}
+	ch.settle(m.at)
+	slot := bridge.Call{ID: slotCallID(name), Device: name, Direction: bridge.Incoming, State: bridge.CallConfirmed,
+		Remote: ch.caller, CallID: ch.call.CallID, Started: at, Answered: at}
+	var out []bridge.Event
+	if !ch.internal {
+		out = append(out, m.update(ch))
+	}
+	return append(out, bridge.CallUpdated{Source: m.source, Call: slot})
 }
 
 // slotCallID is the call id of the call a parking space's lamp shows.
@@ -607,7 +638,7 @@ func (m *mapper) dial(e *ari.Dial, ids rawEvent, at time.Time) []bridge.Event {
 func (m *mapper) snapshot(chans []channelInfo, endpoints []ari.EndpointData, states map[string]string) bridge.Snapshot {
 	m.channels = map[string]*channel{}
 	m.byName = map[string]string{}
-	m.parking, m.slots = nil, map[string]string{}
+	m.parking, m.unclaimed, m.slots = nil, nil, map[string]string{}
 	m.devices = map[string]bridge.DeviceState{}
 	snap := bridge.Snapshot{Source: m.source, Devices: map[string]bridge.DeviceState{}}
 	for _, ep := range endpoints {

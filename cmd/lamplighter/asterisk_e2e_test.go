@@ -14,6 +14,7 @@ func TestAsteriskLamps(t *testing.T) {
 		yaml: `  - {id: park701, name: "Park 701", extensions: ["701"], devices: [{pbx: ast, device: "park:701@parkedcalls"}]}
 `})
 	r.lamps["701"] = watchLamp(t, r.ll, "701")
+	native := r.watchNative([]string{"100", "101", "102", "103"}, "103", "103")
 	const d = 10 * time.Second
 	step := func(name string, f func(t *testing.T)) {
 		t.Run(name, func(t *testing.T) {
@@ -23,8 +24,10 @@ func TestAsteriskLamps(t *testing.T) {
 				l.setT(t)
 				from[ext] = l.count()
 			}
+			nativeFrom := native.counts()
 			defer func() {
 				r.hangupAll()
+				native.report(t, r, nativeFrom, from)
 				for _, ext := range []string{"100", "101", "102", "103"} {
 					r.lamps[ext].checkHonest(t, from[ext])
 				}

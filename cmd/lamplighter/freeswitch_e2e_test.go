@@ -15,6 +15,7 @@ func TestFreeSWITCHLamps(t *testing.T) {
 		yaml: `  - {id: park6001, name: "Park 6001", extensions: ["6001"], devices: [{pbx: fs, device: "park+6001@127.0.0.1"}]}
 `})
 	r.lamps["6001"] = watchLamp(t, r.ll, "6001")
+	native := r.watchNative(phones, "1019", "1234")
 	const d = 10 * time.Second
 	step := func(name string, f func(t *testing.T)) {
 		t.Run(name, func(t *testing.T) {
@@ -24,8 +25,10 @@ func TestFreeSWITCHLamps(t *testing.T) {
 				l.setT(t)
 				from[ext] = l.count()
 			}
+			nativeFrom := native.counts()
 			defer func() {
 				r.hangupAll()
+				native.report(t, r, nativeFrom, from)
 				for _, ext := range phones {
 					r.lamps[ext].checkHonest(t, from[ext])
 				}

@@ -142,7 +142,7 @@ func watchLamp(t *testing.T, server, ext string) *lampWatch {
 func watchLampAs(t *testing.T, server, ext, user, pass string) *lampWatch {
 	t.Helper()
 	l := &lampWatch{t: t, ext: ext, w: newWatcher(t, "UDP"), news: make(chan struct{}, 1)}
-	l.w.username, l.w.password = user, pass
+	l.w.username, l.w.password, l.w.fromUser = user, pass, user
 	go l.read()
 	if res := l.w.subscribe(server, ext, "dialog", 3600); res.StatusCode != 200 {
 		t.Fatalf("SUBSCRIBE to %s: %d %s", ext, res.StatusCode, res.Reason)

@@ -30,6 +30,9 @@ type watcher struct {
 	cseq                                        uint32
 	// digest credentials, used when a SUBSCRIBE is challenged
 	username, password string
+	// fromUser is the From's user part ("watcher" when empty): a PBX
+	// takes it for the endpoint subscribing
+	fromUser string
 	// extra headers of every SUBSCRIBE (Supported: eventlist for a list)
 	extra []sip.Header
 }
@@ -134,7 +137,11 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 		contact.UriParams.Add("transport", "tcp")
 	}
 	req := sip.NewRequest(sip.SUBSCRIBE, uri)
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: "watcher", Host: "127.0.0.1"}, Params: sip.NewParams()}
+	fromUser := w.fromUser
+	if fromUser == "" {
+		fromUser = "watcher"
+	}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: fromUser, Host: "127.0.0.1"}, Params: sip.NewParams()}
 	from.Params.Add("tag", w.fromTag)
 	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: w.user, Host: host}, Params: sip.NewParams()}
 	if w.toTag != "" {
