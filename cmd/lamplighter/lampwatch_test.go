@@ -144,7 +144,7 @@ func watchLampAs(t *testing.T, server, ext, user, pass string) *lampWatch {
 	l := &lampWatch{t: t, ext: ext, w: newWatcher(t, "UDP"), news: make(chan struct{}, 1)}
 	l.w.username, l.w.password, l.w.fromUser = user, pass, user
 	go l.read()
-	if res := l.w.subscribe(server, ext, "dialog", 3600); res.StatusCode != 200 {
+	if res := l.w.subscribe(server, ext, "dialog", 3600); !res.IsSuccess() { // FreeSWITCH answers 202
 		t.Fatalf("SUBSCRIBE to %s: %d %s", ext, res.StatusCode, res.Reason)
 	}
 	l.wait("its first document", 5*time.Second, func(lamp) bool { return true })

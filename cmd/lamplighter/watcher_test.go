@@ -167,7 +167,7 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	res, err := w.client.Do(ctx, req)
-	if err == nil && res.StatusCode == 401 && w.username != "" {
+	if err == nil && (res.StatusCode == 401 || res.StatusCode == 407) && w.username != "" {
 		res, err = w.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: w.username, Password: w.password})
 		if err == nil {
 			w.cseq = res.CSeq().SeqNo
