@@ -52,7 +52,9 @@ func (r *pickupRig) pbxURI(ext string) sip.Uri {
 }
 
 // pickUp rings the callee from the caller, lets phone press its key for
-// the callee (an INVITE with the Replaces that build makes, to target),
+// the callee (an INVITE with the Replaces that build makes, to target;
+// with no user in target, to the ringing dialog's remote target, where
+// Snom phones send it),
 // and checks that the call is picked up: 200, the caller talking to the
 // picker, the callee no longer ringing, the picker's lamp naming the
 // caller.
@@ -88,6 +90,13 @@ func (r *pickupRig) pickUp(t *testing.T, phone *sipPhone, target sip.Uri, build 
 	r.dial(r.caller, r.callee)
 	r.lamps[r.callee].waitCall("early", "recipient", r.caller, d)
 	ringing := phone.ringing(seen, d)
+	if target.User == "" {
+		var u sip.Uri
+		if err := sip.ParseUri(ringing.Target, &u); err != nil || u.User != r.caller {
+			t.Fatalf("the ringing dialog's remote target %q: %v", ringing.Target, err)
+		}
+		target = sip.Uri{Scheme: "sip", User: u.User, Host: r.domain}
+	}
 	res, s := phone.call(target, sip.NewHeader("Replaces", build(ringing)))
 	if res.StatusCode != 200 {
 		t.Fatalf("pickup answered %d %s (Replaces %s)", res.StatusCode, res.Reason, build(ringing))

@@ -560,50 +560,57 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 		timerC = tc.C
 	}
 	answered := false // a final response was relayed
+	// onResponse relays one response; done says the forwarding is over.
+	onResponse := func(res *sip.Response) (done bool) {
+		if h.target >= 0 {
+			p.markUp(h.target) // it answers
+		}
+		if res.StatusCode == 100 {
+			return false
+		}
+		if res.IsProvisional() {
+			st.gotProvisional()
+			if tc != nil {
+				tc.Reset(p.opt.TimerC)
+			}
+		}
+		if res.IsSuccess() && req.Method == sip.REGISTER {
+			p.learnBinding(req, res, h)
+		}
+		if h.dedicated && (res.StatusCode == 401 || res.StatusCode == 407) {
+			// A key press from a busy-lamp line is Lamplighter's to
+			// vouch for (P-Asserted-Identity); the line has no PBX
+			// password, so relaying the PBX's challenge would only
+			// loop (the phone answers it with Lamplighter's realm).
+			p.dedicatedRefused(req, h)
+			leg.failed()
+			p.respond(req, tx, 403, "Forbidden")
+			return true
+		}
+		leg.response(res)
+		p.relayResponse(req, tx, res)
+		if res.StatusCode >= 200 {
+			if !answered {
+				p.observeInDialog(req, res)
+			}
+			answered = true
+			if !invite || !res.IsSuccess() {
+				return true
+			}
+			// An INVITE's 2xx may be sent again until the caller's
+			// ACK reaches the callee: keep relaying it.
+			timerC = nil
+		}
+		return false
+	}
 	for {
 		select {
 		case res, ok := <-ctxTx.Responses():
 			if !ok {
 				return
 			}
-			if h.target >= 0 {
-				p.markUp(h.target) // it answers
-			}
-			if res.StatusCode == 100 {
-				continue
-			}
-			if res.IsProvisional() {
-				st.gotProvisional()
-				if tc != nil {
-					tc.Reset(p.opt.TimerC)
-				}
-			}
-			if res.IsSuccess() && req.Method == sip.REGISTER {
-				p.learnBinding(req, res, h)
-			}
-			if h.dedicated && (res.StatusCode == 401 || res.StatusCode == 407) {
-				// A key press from a busy-lamp line is Lamplighter's to
-				// vouch for (P-Asserted-Identity); the line has no PBX
-				// password, so relaying the PBX's challenge would only
-				// loop (the phone answers it with Lamplighter's realm).
-				p.dedicatedRefused(req, h)
-				leg.failed()
-				p.respond(req, tx, 403, "Forbidden")
+			if onResponse(res) {
 				return
-			}
-			leg.response(res)
-			p.relayResponse(req, tx, res)
-			if res.StatusCode >= 200 {
-				if !answered {
-					p.observeInDialog(req, res)
-				}
-				answered = true
-				if !invite || !res.IsSuccess() {
-					return
-				}
-				// An INVITE's 2xx may be sent again until the caller's
-				// ACK reaches the callee: keep relaying it.
-				timerC = nil
 			}
 		case <-timerC:
 			// Timer C (RFC 3261 §16.8): ringing too long.
@@ -612,6 +619,21 @@ func (p *Proxy) relay(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Reque
 			p.respond(req, tx, 408, "Request Timeout")
 			return
 		case <-ctxTx.Done():
+			// A transaction ends right after handing up its last
+			// response (an INVITE's 2xx): that response, still
+			// buffered, is the answer, not the end.
+			for drained := false; !drained; {
+				select {
+				case res, ok := <-ctxTx.Responses():
+					if !ok {
+						drained = true
+					} else if onResponse(res) {
+						return
+					}
+				default:
+					drained = true
+				}
+			}
 			if answered {
 				return
 			}

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -909,4 +910,27 @@ func TestFeatureKeyAndWatcherInfoAreServedHere(t *testing.T) {
 		}
 	}
 	e.pbx.quiet(200*time.Millisecond, "packages Lamplighter serves are not the PBX's")
+}
+
+func TestAnAnswerRightAfterRingingAlwaysReachesTheCaller(t *testing.T) {
+	// The INVITE's transaction ends as it hands up its 2xx; a relay loop
+	// still busy with the 180 then sees both the 2xx and the end. The
+	// 2xx is the answer: never a 503 (seen on the real Asterisk, which
+	// answers a pickup a moment after its 180).
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	for i := range 30 {
+		inv := phoneRequest{method: "INVITE", uri: "sip:101@pbx.test", from: phone.addr(), user: "100", toUser: "101",
+			callID: fmt.Sprintf("fast-%d", i), branch: fmt.Sprintf("z9hG4bKfast%d", i)}
+		phone.sendTo(e.udp, inv.String())
+		got := e.pbx.request(sip.INVITE)
+		tag := fmt.Sprintf("pbx-f%d", i)
+		// the 180 and the 200 back to back
+		e.pbx.sendTo(got.Source(), responseTo(got, 180, "Ringing", tag))
+		e.pbx.sendTo(got.Source(), responseTo(got, 200, "OK", tag, "Contact: <sip:101@"+e.pbx.addr()+">"))
+		if res := phone.response(sip.INVITE, 200); res.StatusCode != 200 {
+			t.Fatalf("call %d: the caller got %s, want the callee's 200", i, res.String()[:40])
+		}
+	}
 }
