@@ -484,6 +484,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.runWinfo(ctx)
 	}()
+	s.awaitSipgo(ctx, readers)
 	if s.opt.Forwarder != nil {
 		wg.Add(1)
 		go func() {
@@ -549,6 +550,29 @@ func (s *Server) Run(ctx context.Context) error {
 		s.journal.flush(s) // what changed since the last tick
 	}
 	return nil
+}
+
+// awaitSipgo waits (at most two seconds) until sipgo's transport layer
+// has taken each UDP listener (its ServeUDP runs in a goroutine of its
+// own): a sipgo client that sends before then (the proxy's first health
+// OPTIONS) tries to bind the listener's address itself, and fails.
+func (s *Server) awaitSipgo(ctx context.Context, udp []*sipgoConn) {
+	deadline := time.Now().Add(2 * time.Second)
+	for _, sc := range udp {
+		addr := sc.LocalAddr().String()
+		for {
+			c, err := s.ua.TransportLayer().GetConnection("udp", addr)
+			if err == nil && c != nil {
+				c.TryClose() // GetConnection took a reference
+				break
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				s.log.Warn("sip: the UDP listener is not serving yet", "address", addr)
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 // sizeBuffers asks for UDPBuffer on a UDP socket and warns when the

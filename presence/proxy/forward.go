@@ -175,11 +175,20 @@ func (p *Proxy) validate(req *sip.Request) (int, string) {
 // RFC 3261 §16.6 item 8 describes for loop detection. It is an HMAC
 // under the tokens' key: nobody who saw the phone's request but not our
 // Via can guess it, and so forge a response to our client transaction.
+// An INVITE's, its CANCEL's and the ACK for its failure are the same
+// (RFC 3261 §16.11): the To tag, which only the ACK carries, is left out
+// for them, so that an ACK that outlived the transaction (a restart of
+// Lamplighter) still reaches the callee as the ACK of its INVITE.
 func (p *Proxy) branch(req *sip.Request, top *sip.ViaHeader) string {
 	h := hmac.New(sha256.New, p.tokens.key()[:])
 	tb, _ := top.Params.Get("branch")
+	toTag := tagOfTo(req.To())
+	switch req.Method {
+	case sip.INVITE, sip.ACK, sip.CANCEL:
+		toTag = ""
+	}
 	for _, s := range []string{tb, top.SentBy(), req.Recipient.String(), req.CallID().Value(),
-		strconv.FormatUint(uint64(req.CSeq().SeqNo), 10), tagOf(req.From()), tagOfTo(req.To())} {
+		strconv.FormatUint(uint64(req.CSeq().SeqNo), 10), tagOf(req.From()), toTag} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}

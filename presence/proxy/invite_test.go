@@ -102,6 +102,17 @@ func TestStrayResponsesAndCancelsAfterARestart(t *testing.T) {
 			t.Fatalf("the caller got the CANCEL's 200: %v, the INVITE's 487: %v", got200, got487)
 		}
 	}
+	// The caller's ACK for the 487 matches no transaction either: it goes
+	// on with the INVITE's branch, so that the PBX's INVITE transaction
+	// ends instead of sending its 487 again and again (on the real
+	// FreeSWITCH those retransmissions then met the next restart's
+	// closed port, and the ICMP error failed a ringing call with 503).
+	ack := invite
+	ack.method, ack.body, ack.toTag = "ACK", "", "pbx"
+	caller.sendTo(second.udp, ack.String())
+	if got := second.pbx.request(sip.ACK); got.Via().Value() != inv.Via().Value() {
+		t.Errorf("the ACK's Via %s, want the INVITE's %s", got.Via().Value(), inv.Via().Value())
+	}
 	// A response whose next hop is nobody the proxy knows is dropped.
 	stranger := listenPeer(t, "127.0.0.1:0")
 	forged := strings.Replace(responseTo(inv, 200, "OK", "x"), caller.addr(), stranger.addr(), -1)

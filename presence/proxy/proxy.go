@@ -485,6 +485,9 @@ func (p *Proxy) pingOnce(ctx context.Context, t Target, timeout time.Duration) b
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := p.client.Do(ctx, req)
+	if err != nil {
+		p.log.Debug("PBX health OPTIONS failed", "pbx", t.Name, "err", err)
+	}
 	return err == nil && res != nil
 }
 
