@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -179,6 +180,36 @@ func (l *link) api(ctx context.Context, cmd, args string) ([]byte, error) {
 	return f.body, nil
 }
 
+// readSIPIDs reads the SIP Call-ID and tags of the sofia legs of
+// configured devices in a snapshot (`uuid_dump`, one command each):
+// `show channels` has none, and without them a call that was ringing
+// when Lamplighter (re)connected could not be picked up, and its lamp
+// would show a call without ids, until the leg's next event. A leg gone
+// meanwhile is skipped; only a broken connection is an error.
+func (a *Adapter) readSIPIDs(ctx context.Context, l *link, m *mapper, chans []channelRow) error {
+	for i := range chans {
+		r := &chans[i]
+		if !strings.HasPrefix(r.Name, "sofia/") || r.UUID == "" || m.channelDevice(r.PresenceID, r.Name) == "" {
+			continue
+		}
+		f, err := l.send(ctx, command.API{Command: "uuid_dump", Arguments: r.UUID + " json"})
+		if err != nil {
+			return err // final for the connection, as any failed command
+		}
+		var vars map[string]any // a variable with several values is an array
+		if json.Unmarshal(f.body, &vars) != nil {
+			continue // -ERR: the leg is gone
+		}
+		r.sip = textproto.MIMEHeader{}
+		for _, k := range []string{"variable_sip_call_id", "variable_sip_from_tag", "variable_sip_to_tag", "Call-Direction"} {
+			if v, ok := vars[k].(string); ok && v != "" {
+				r.sip.Set(k, v)
+			}
+		}
+	}
+	return nil
+}
+
 // readLoop reads frames until the connection fails: events into q,
 // replies to the waiting command. Anything it cannot frame, a content
 // type it does not know, a reply nobody waits for and FreeSWITCH's
@@ -338,7 +369,10 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		}
 	}
 
-	m := newMapper(a.conn.Name, nil)
+	m := newMapper(a.conn.Name, a.devices())
+	if err := a.readSIPIDs(ctx, l, m, chans); err != nil {
+		return err
+	}
 	a.Synchronise(sink, m.snapshot(chans, regs, a.devices()))
 	a.log.Info("synchronised with freeswitch", "channels", len(chans), "registrations", len(regs))
 	lastHeard := time.Now()

@@ -235,6 +235,32 @@ func TestResyncFindsCallsInProgress(t *testing.T) {
 	}
 }
 
+func TestResyncReadsEachLegsSIPIds(t *testing.T) {
+	// `show channels` has no SIP Call-ID or tags: the adapter reads them
+	// per leg (uuid_dump), so that a call found at (re)connect can be
+	// picked up and its lamp names its ids at once (a leg gone by the
+	// time it is asked about is skipped). FreeSWITCH's own tag
+	// of a leg is the local tag: the From tag of the leg it sent to 1001
+	// (outbound), the To tag of the one 1000 started (inbound).
+	fake := newFakeFreeSWITCH(t)
+	fake.SetChannels(apiBody(t, "show-channels.esl-raw.txt"))
+	fake.SetDump("097a2f00-f725-4be3-9e99-448227e0a35b", []byte(`{"Call-Direction":"outbound",`+
+		`"variable_sip_call_id":"leg-1001","variable_sip_from_tag":"fs-tag-b","variable_sip_to_tag":"phone-1001"}`))
+	// A variable of several values is an array in FreeSWITCH's JSON.
+	fake.SetDump("27567d1f-055d-4266-8175-3fa5c93e1a58", []byte(`{"Call-Direction":"inbound","variable_sip_call_id":"leg-1000",`+
+		`"variable_sip_from_tag":"phone-1000","variable_sip_to_tag":"fs-tag-a","variable_codecs":["PCMU","PCMA"]}`))
+	h := newHarness(t, fake, fake.addr(), "ClueCon")
+	h.waitSynchronised(0)
+	s := h.waitPhone("1001", bridge.PhoneBusy)
+	if c := s.Calls[0]; c.CallID != "leg-1001" || c.LocalTag != "fs-tag-b" || c.RemoteTag != "phone-1001" {
+		t.Errorf("1001's call at resync: call-id %q, tags %q/%q", c.CallID, c.LocalTag, c.RemoteTag)
+	}
+	s = h.waitPhone("1000", bridge.PhoneBusy)
+	if c := s.Calls[0]; c.CallID != "leg-1000" || c.LocalTag != "fs-tag-a" || c.RemoteTag != "phone-1000" {
+		t.Errorf("1000's call at resync: call-id %q, tags %q/%q", c.CallID, c.LocalTag, c.RemoteTag)
+	}
+}
+
 func TestDroppedSocketMidCallResyncs(t *testing.T) {
 	fake := newFakeFreeSWITCH(t)
 	h := newHarness(t, fake, fake.addr(), "ClueCon")

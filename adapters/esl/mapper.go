@@ -699,6 +699,9 @@ type channelRow struct {
 	CallState  string `json:"callstate"`
 	CalleeName string `json:"callee_name"`
 	CalleeNum  string `json:"callee_num"`
+	// sip holds what the adapter read of the leg besides (uuid_dump):
+	// its SIP Call-ID and tags, and Call-Direction.
+	sip textproto.MIMEHeader
 }
 
 // registrationRow is a row of `show registrations as json`.
@@ -781,6 +784,9 @@ func (m *mapper) snapshot(chans []channelRow, regs []registrationRow, configured
 		}
 		if r.CallState == "HANGUP" {
 			continue
+		}
+		if r.sip != nil {
+			m.addSIP(&c, event(r.sip))
 		}
 		m.legs[r.UUID] = &leg{call: c, said: c.Remote}
 		snap.Calls = append(snap.Calls, c)

@@ -246,6 +246,16 @@ func TestProxyModeRestartWhileRinging(t *testing.T) {
 				t.Fatalf("REGISTER through Lamplighter: %d %s", res.StatusCode, res.Reason)
 			}
 
+			// Across the restart every lamp stays honest: the call found
+			// at the new process's resync keeps its party and ids.
+			honest := func(t *testing.T) {
+				from := map[string]int{caller: r.lamps[caller].count(), callee: r.lamps[callee].count()}
+				t.Cleanup(func() {
+					for ext, n := range from {
+						r.lamps[ext].checkHonest(t, n)
+					}
+				})
+			}
 			ring := func() {
 				r.dial(caller, callee)
 				r.lamps[callee].waitCall("early", "recipient", caller, d)
@@ -253,6 +263,7 @@ func TestProxyModeRestartWhileRinging(t *testing.T) {
 				r.restartLamplighter()
 			}
 			t.Run("the caller gives up", func(t *testing.T) {
+				honest(t)
 				mark := len(r.phones[callee].Output())
 				ring()
 				start := time.Now()
@@ -270,6 +281,7 @@ func TestProxyModeRestartWhileRinging(t *testing.T) {
 				}
 			})
 			t.Run("the callee answers", func(t *testing.T) {
+				honest(t)
 				ring()
 				r.cmd(callee, "/accept")
 				r.lamps[callee].waitCall("confirmed", "recipient", caller, d)

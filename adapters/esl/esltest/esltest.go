@@ -32,6 +32,7 @@ type Server struct {
 	silent        bool
 	subscribed    []string // the last event command's words
 	closed        bool
+	dumps         map[string][]byte // uuid → body of `uuid_dump <uuid> json`
 
 	loggedIn chan *Conn
 }
@@ -88,6 +89,18 @@ func (s *Server) CloseListener() error { return s.ln.Close() }
 
 // SetChannels sets the answer to `api show channels as json`.
 func (s *Server) SetChannels(body []byte) { s.mu.Lock(); s.channels = body; s.mu.Unlock() }
+
+// SetDump sets the answer to `api uuid_dump <uuid> json` (a leg's
+// variables); a uuid without one is answered as FreeSWITCH answers for a
+// leg that is gone.
+func (s *Server) SetDump(uuid string, body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dumps == nil {
+		s.dumps = map[string][]byte{}
+	}
+	s.dumps[uuid] = body
+}
 
 // SetRegistrations sets the answer to `api show registrations as json`.
 func (s *Server) SetRegistrations(body []byte) { s.mu.Lock(); s.registrations = body; s.mu.Unlock() }
@@ -251,6 +264,15 @@ func (s *Server) handle(fc *Conn) {
 			s.mu.Lock()
 			b := s.registrations
 			s.mu.Unlock()
+			api(b)
+		case strings.HasPrefix(cmd, "api uuid_dump ") && strings.HasSuffix(cmd, " json"):
+			uuid := strings.TrimSuffix(strings.TrimPrefix(cmd, "api uuid_dump "), " json")
+			s.mu.Lock()
+			b, ok := s.dumps[uuid]
+			s.mu.Unlock()
+			if !ok {
+				b = []byte("-ERR No such channel!\n")
+			}
 			api(b)
 		case cmd == "api status":
 			api([]byte("UP 0 years, 0 days, 0 hours, 1 minute, 2 seconds\nFreeSWITCH (Version 1.10.12) is ready\n"))
