@@ -87,22 +87,7 @@ func TestAsteriskWithTheREADMEsOptionalSettings(t *testing.T) {
 		o := rigOptions{exts: []string{"100", "101"}}
 		o.ast.Apply(mainREADMESnippets(t, "asterisk", "own-lamps-off"))
 		r := newAsteriskRig(t, o)
-		// A key left pointing at Asterisk fails loudly...
-		p := newSIPPhone(t, "102", "102", r.domain, "")
-		if res := p.register(r.sip, 300); res.StatusCode != 200 {
-			t.Fatalf("REGISTER 102: %d", res.StatusCode)
-		}
-		if res := p.subscribe(r.sip, "100"); res.StatusCode < 400 {
-			t.Errorf("Asterisk answered a BLF SUBSCRIBE %d with its own lamps switched off", res.StatusCode)
-		} else {
-			t.Logf("Asterisk: %d %s", res.StatusCode, res.Reason)
-		}
-		// ... while Lamplighter's lamps stay right.
-		r.dial("100", "101")
-		r.lamps["101"].waitCall("early", "recipient", "100", d)
-		r.cmd("101", "/accept")
-		r.lamps["100"].waitCall("confirmed", "initiator", "101", d)
-		r.hangupAll()
+		ownLampsOff(t, r, newSIPPhone(t, "102", "102", r.domain, ""), "100", "101")
 	})
 }
 
@@ -131,25 +116,35 @@ func TestFreeSWITCHWithTheREADMEsOptionalSettings(t *testing.T) {
 		o.fs.Apply(mainREADMESnippets(t, "freeswitch", "own-lamps-off"))
 		r := newFreeSWITCHRig(t, o)
 		p := newSIPPhone(t, "1002", "1234", r.domain, "")
-		if res := p.register(r.sip, 300); res.StatusCode != 200 {
-			t.Fatalf("REGISTER 1002: %d", res.StatusCode)
-		}
-		if res := p.subscribe(r.sip, "1000"); res.StatusCode < 400 {
-			t.Errorf("FreeSWITCH answered a BLF SUBSCRIBE %d with its own lamps switched off", res.StatusCode)
-		} else {
-			t.Logf("FreeSWITCH: %d %s", res.StatusCode, res.Reason)
-		}
+		ownLampsOff(t, r, p, "1000", "1001")
 		// Voicemail lamps still reach a registered phone, unasked.
 		n := p.count()
 		eslSend(t, r.fs, "sendevent MESSAGE_WAITING\nMWI-Messages-Waiting: yes\nMWI-Message-Account: sip:1002@"+
 			pbxtest.Domain+"\nMWI-Voice-Message: 1/0 (0/0)\n")
 		p.waitNotify(t, n, "message-summary", d)
-		r.dial("1000", "1001")
-		r.lamps["1001"].waitCall("early", "recipient", "1000", d)
-		r.cmd("1001", "/accept")
-		r.lamps["1000"].waitCall("confirmed", "initiator", "1001", d)
-		r.hangupAll()
 	})
+}
+
+// ownLampsOff checks a PBX whose own busy lamps the main README switched
+// off: a key left pointing at it (phone p, registered to it here) fails
+// loudly, while Lamplighter's lamps stay right on a call from caller to
+// callee.
+func ownLampsOff(t *testing.T, r *rig, p *sipPhone, caller, callee string) {
+	t.Helper()
+	const d = 10 * time.Second
+	if res := p.register(r.sip, 300); res.StatusCode != 200 {
+		t.Fatalf("REGISTER %s: %d", p.user, res.StatusCode)
+	}
+	if res := p.subscribe(r.sip, caller); res.StatusCode < 400 {
+		t.Errorf("the PBX answered a BLF SUBSCRIBE %d with its own lamps switched off", res.StatusCode)
+	} else {
+		t.Logf("the PBX: %d %s", res.StatusCode, res.Reason)
+	}
+	r.dial(caller, callee)
+	r.lamps[callee].waitCall("early", "recipient", caller, d)
+	r.cmd(callee, "/accept")
+	r.lamps[caller].waitCall("confirmed", "initiator", callee, d)
+	r.hangupAll()
 }
 
 // mainREADMESnippets are the PBX settings of the main README in one mode.
