@@ -112,9 +112,11 @@ func TestDedicatedLineOnTheRealPBXs(t *testing.T) {
 				r.lamps[r.callee].waitIdle(d)
 				r.pickerLamp.waitIdle(d)
 			})
-			t.Run("a key picks up", func(t *testing.T) {
-				r.pickUp(t, phone, sip.Uri{Scheme: "sip", User: r.callee, Host: r.domain}, replacesFrom)
-			})
+			for name, key := range r.keyPresses() {
+				t.Run(name, func(t *testing.T) {
+					r.pickUp(t, phone, key.target, key.build)
+				})
+			}
 		})
 	}
 }

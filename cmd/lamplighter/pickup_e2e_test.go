@@ -51,6 +51,28 @@ func (r *pickupRig) pbxURI(ext string) sip.Uri {
 	return sip.Uri{Scheme: "sip", User: ext, Host: host, Port: n}
 }
 
+// keyPress is how a desk phone's key asks for a ringing call: where its
+// INVITE goes (no user: the ringing dialog's remote target) and the
+// Replaces it builds from the ringing dialog.
+type keyPress struct {
+	target sip.Uri
+	build  func(lampDialog) string
+}
+
+// keyPresses are the ways the desk-phone vendors pick up from a key (see
+// the main README), for a key that reaches Lamplighter (proxy mode, the
+// dedicated line), which puts each as the PBX matches it.
+func (r *pickupRig) keyPresses() map[string]keyPress {
+	callee := sip.Uri{Scheme: "sip", User: r.callee, Host: r.domain}
+	callIDAlone := func(d lampDialog) string { return d.CallID }
+	return map[string]keyPress{
+		"pickup with the tags as dialog-info gives them (Yealink)": {callee, replacesFrom},
+		"pickup with the tags the other way round (Polycom)":       {callee, replacesSwapped},
+		"pickup with the Call-ID alone":                            {callee, callIDAlone},
+		"pickup sent to the caller with the Call-ID alone (Snom)":  {sip.Uri{}, callIDAlone},
+	}
+}
+
 // pickUp rings the callee from the caller, lets phone press its key for
 // the callee (an INVITE with the Replaces that build makes, to target;
 // with no user in target, to the ringing dialog's remote target, where

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/adapters/pbxtest"
 	"github.com/lamplighter/lamplighter/presence/baresiptest"
@@ -81,17 +80,7 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 				t.Fatalf("the key's SUBSCRIBE on the registered flow: %d %s", res.StatusCode, res.Reason)
 			}
 			phone.pass = pass
-			callee := sip.Uri{Scheme: "sip", User: r.callee, Host: r.domain}
-			callIDAlone := func(d lampDialog) string { return d.CallID }
-			for name, key := range map[string]struct {
-				target sip.Uri
-				build  func(lampDialog) string
-			}{
-				"pickup with the tags as dialog-info gives them (Yealink)": {callee, replacesFrom},
-				"pickup with the tags the other way round (Polycom)":       {callee, replacesSwapped},
-				"pickup with the Call-ID alone":                            {callee, callIDAlone},
-				"pickup sent to the caller with the Call-ID alone (Snom)":  {sip.Uri{}, callIDAlone},
-			} {
+			for name, key := range r.keyPresses() {
 				t.Run(name, func(t *testing.T) {
 					r.pickUp(t, phone, key.target, key.build)
 				})
