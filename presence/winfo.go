@@ -55,7 +55,7 @@ func (s *Server) watchersChanged(userID string, ended *Subscription, reason stri
 	gone := s.winfo.dirty[userID]
 	if ended != nil && listsWatchers(ended.pkg) {
 		gone = append(gone, endedWatcher{ended.Package,
-			body.Watcher{ID: ended.ID, URI: ended.RemoteURI, Status: "terminated", Event: winfoEvent(reason)}})
+			body.Watcher{ID: ended.ID, URI: s.watcherURI(ended), Status: "terminated", Event: winfoEvent(reason)}})
 	}
 	s.winfo.dirty[userID] = gone
 	s.winfo.mu.Unlock()
@@ -63,6 +63,28 @@ func (s *Server) watchersChanged(userID string, ended *Subscription, reason stri
 	case s.winfo.wake <- struct{}{}:
 	default:
 	}
+}
+
+// watcherURI is who a watcher is, as far as Lamplighter knows it (RFC
+// 3857 §5.3: the identity the server authenticated, not what the
+// SUBSCRIBE's From claims): the digest username that passed, or the user
+// whose registered flow let it in (their first extension), in the realm;
+// only a watcher on a trusted network, which nothing authenticated, is
+// named by its From.
+func (s *Server) watcherURI(sub *Subscription) string {
+	if rest, ok := strings.CutPrefix(sub.Grant, "digest:"); ok {
+		if user, _, ok := strings.Cut(rest, ":"); ok && user != "" {
+			return "sip:" + user + "@" + s.opt.Realm
+		}
+	}
+	if sub.Grant == grantFlow && sub.Watcher != "" {
+		user := sub.Watcher
+		if u, ok := s.states.Directory().User(sub.Watcher); ok && len(u.Extensions) > 0 {
+			user = u.Extensions[0]
+		}
+		return "sip:" + user + "@" + s.opt.Realm
+	}
+	return sub.RemoteURI
 }
 
 // winfoEvent is RFC 3858's event for why a subscription ended.
@@ -122,9 +144,10 @@ func (s *Server) watcherLists(subs []*Subscription, gone []endedWatcher) []body.
 	byPkg := map[Package][]body.Watcher{}
 	for _, sub := range subs {
 		if listsWatchers(sub.pkg) {
-			// ID, RemoteURI and the package never change: read unlocked.
+			// ID, Grant, Watcher and the package never change: read
+			// unlocked.
 			byPkg[sub.Package] = append(byPkg[sub.Package],
-				body.Watcher{ID: sub.ID, URI: sub.RemoteURI, Status: "active", Event: "subscribe"})
+				body.Watcher{ID: sub.ID, URI: s.watcherURI(sub), Status: "active", Event: "subscribe"})
 		}
 	}
 	for _, g := range gone {

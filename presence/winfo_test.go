@@ -2,6 +2,7 @@ package presence
 
 import (
 	"encoding/xml"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,18 @@ func (d winfoDoc) presenceWatchers() map[string]string {
 		}
 	}
 	return out
+}
+
+// presenceWatcherURI is the URI the presence list gives for watcher id.
+func (d winfoDoc) presenceWatcherURI(id string) string {
+	for _, l := range d.Lists {
+		for _, w := range l.Watchers {
+			if l.Package == "presence" && w.ID == id {
+				return strings.TrimSpace(w.URI)
+			}
+		}
+	}
+	return ""
 }
 
 func readWinfo(t *testing.T, b []byte) winfoDoc {
@@ -83,6 +96,11 @@ func TestWatcherInfoTellsAPersonWhoWatches(t *testing.T) {
 		if st != "active/subscribe" {
 			t.Fatalf("bob's watcher: %s", st)
 		}
+	}
+	// Bob is named as he authenticated, not as his From claims
+	// (sip:watcher@127.0.0.1 here: any From can say anything).
+	if uri := d.presenceWatcherURI(bobID); uri != "sip:bob@test.invalid" {
+		t.Errorf("bob's watcher is named %q, want the identity he authenticated as", uri)
 	}
 	// The person's own state is no news here.
 	env.bridge.Apply(ringing("101"))
