@@ -132,14 +132,18 @@ func lockDir(dir string) (*os.File, error) {
 
 // renew replaces the file at path by a fresh one holding what it held:
 // read with faults guarded, written by bbolt into a new file, renamed over
-// the old one. A damaged old file is kept aside instead.
+// the old one. A damaged old file is kept aside instead; so is one whose
+// structure is not what this Lamplighter writes (a bucket renamed or
+// missing, another schema version, records it cannot read), after what
+// can be read of it was taken: nothing is ever lost without a copy and a
+// log line.
 func (d *DB) renew(path string) error {
-	records, skipped, err := readFile(path)
+	records, anomalies, err := readFile(path)
 	var damage *damageError
 	switch {
-	case err == nil && skipped > 0:
-		// Partly damaged: what could be read is kept, the file aside.
-		if err := d.keepAside(path, fmt.Sprintf("%d records could not be read and are dropped", skipped)); err != nil {
+	case err == nil && len(anomalies) > 0:
+		// What could be read is kept, the file aside.
+		if err := d.keepAside(path, strings.Join(anomalies, "; ")); err != nil {
 			return err
 		}
 	case errors.As(err, &damage):
@@ -208,23 +212,27 @@ type damageError struct{ err error }
 func (e *damageError) Error() string { return "damaged state file: " + e.err.Error() }
 
 // readFile reads every record of the store at path, by bucket, in key
-// order, and counts those no store could hold (damaged sizes). A missing
-// file holds nothing. Errors of the file system come back as they are;
-// anything wrong with the contents as a whole is a *damageError.
-func readFile(path string) (records map[string][][2][]byte, skipped int, err error) {
+// order, with what is wrong with its structure (anomalies): records no
+// store of ours could hold (damaged sizes) or that cannot be read as
+// what their bucket holds, a bucket of another name (whose records are
+// kept in the bucket they read as, if any), a bucket or the schema
+// version missing, another schema version. A missing file holds
+// nothing. Errors of the file system come back as they are; anything
+// wrong with the contents as a whole is a *damageError.
+func readFile(path string) (records map[string][][2][]byte, anomalies []string, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, 0, err // permissions and the like: never moved aside
+		return nil, nil, err // permissions and the like: never moved aside
 	}
 	// Read it through once: an I/O error shows here, as itself, and not as
 	// a fault in bbolt's map.
 	_, err = io.Copy(io.Discard, f)
 	f.Close()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
+		return nil, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	size := fileSize(path)
 	err = guard(func() error {
@@ -241,32 +249,126 @@ func readFile(path string) (records map[string][][2][]byte, skipped int, err err
 			if need := tx.Size(); size < need {
 				return &damageError{fmt.Errorf("the file is %d bytes long but its pages reach %d: it was cut short", size, need)}
 			}
+			seen := map[string]bool{}
+			var strays []string // buckets of another name
+			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				recs, tooLarge, err := readBucket(b, name)
+				if err != nil {
+					return err
+				}
+				if tooLarge > 0 {
+					anomalies = append(anomalies, fmt.Sprintf("bucket %s: %d records too large to be ours, dropped", name, tooLarge))
+				}
+				if slices.ContainsFunc(buckets, func(k []byte) bool { return bytes.Equal(k, name) }) {
+					seen[string(name)] = true
+					records[string(name)] = append(records[string(name)], recs...)
+					return nil
+				}
+				strays = append(strays, string(name))
+				if into := recordsOf(recs); into != "" {
+					anomalies = append(anomalies, fmt.Sprintf("bucket %q is none of ours: its %d records read as %s and are kept", name, len(recs), into))
+					records[into] = append(records[into], recs...)
+				} else {
+					anomalies = append(anomalies, fmt.Sprintf("bucket %q is none of ours: its %d records are not ours, dropped", name, len(recs)))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			var schema []byte
+			if m := tx.Bucket(bucketMeta); m != nil {
+				schema = m.Get(keySchema)
+			}
+			switch {
+			case len(seen) == 0 && len(strays) == 0:
+				return nil // an empty file: nothing to say
+			case schema == nil:
+				anomalies = append(anomalies, "no schema version")
+			case !bytes.Equal(schema, schemaVersion):
+				anomalies = append(anomalies, fmt.Sprintf("schema version %q, this Lamplighter writes %s", schema, schemaVersion))
+			}
 			for _, name := range buckets {
-				b := tx.Bucket(name)
-				if b == nil {
-					continue
+				if !seen[string(name)] {
+					anomalies = append(anomalies, fmt.Sprintf("bucket %s missing", name))
 				}
-				var prev []byte
-				c := b.Cursor()
-				for k, v := c.First(); k != nil; k, v = c.Next() {
-					if v == nil {
-						continue // a nested bucket: not ours
-					}
-					if prev != nil && bytes.Compare(k, prev) <= 0 {
-						return &damageError{fmt.Errorf("bucket %s: keys out of order", name)}
-					}
-					if len(k) > bolt.MaxKeySize || len(v) > bolt.MaxValueSize {
-						skipped++
-						continue
-					}
-					prev = bytes.Clone(k)
-					records[string(name)] = append(records[string(name)], [2][]byte{prev, bytes.Clone(v)})
+			}
+			for name, recs := range records {
+				kept := slices.DeleteFunc(recs, func(kv [2][]byte) bool { return !readable(name, kv[0], kv[1]) })
+				if n := len(recs) - len(kept); n > 0 {
+					anomalies = append(anomalies, fmt.Sprintf("bucket %s: %d records cannot be read (another version?), dropped", name, n))
 				}
+				// One order, one record per key: a stray bucket's records
+				// were added after those of the bucket they read as.
+				slices.SortStableFunc(kept, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+				records[name] = slices.CompactFunc(kept, func(a, b [2][]byte) bool { return bytes.Equal(a[0], b[0]) })
 			}
 			return nil
 		})
 	})
-	return records, skipped, err
+	return records, anomalies, err
+}
+
+// readBucket reads one bucket's records in key order, counting those no
+// store could hold (damaged sizes); keys out of order are damage.
+func readBucket(b *bolt.Bucket, name []byte) (recs [][2][]byte, tooLarge int, err error) {
+	var prev []byte
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v == nil {
+			continue // a nested bucket: not ours
+		}
+		if prev != nil && bytes.Compare(k, prev) <= 0 {
+			return nil, 0, &damageError{fmt.Errorf("bucket %s: keys out of order", name)}
+		}
+		if len(k) > bolt.MaxKeySize || len(v) > bolt.MaxValueSize {
+			tooLarge++
+			continue
+		}
+		prev = bytes.Clone(k)
+		recs = append(recs, [2][]byte{prev, bytes.Clone(v)})
+	}
+	return recs, tooLarge, nil
+}
+
+// readable reports whether a record reads as what its bucket holds.
+func readable(bucket string, k, v []byte) bool {
+	switch bucket {
+	case string(bucketSubscriptions):
+		r, err := ParseSubscription(v)
+		return err == nil && r.ID == string(k)
+	case string(bucketPublications):
+		var p publication
+		return json.Unmarshal(v, &p) == nil && p.ETag != "" && p.UserID != ""
+	case string(bucketBindings):
+		var bs []presence.Binding
+		return json.Unmarshal(v, &bs) == nil && len(bs) > 0 && bs[0].UserID != ""
+	case string(bucketPersons):
+		var p person
+		return bytes.IndexByte(k, 0) > 0 && json.Unmarshal(v, &p) == nil
+	}
+	return true // meta
+}
+
+// recordsOf is the bucket a stray bucket's records all read as, "" for
+// none (a bucket whose name was damaged still holds its records).
+func recordsOf(recs [][2][]byte) string {
+	if len(recs) == 0 {
+		return ""
+	}
+	for _, name := range [][]byte{bucketSubscriptions, bucketPublications, bucketBindings, bucketPersons} {
+		all := true
+		for _, kv := range recs {
+			if !readable(string(name), kv[0], kv[1]) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return string(name)
+		}
+	}
+	return ""
 }
 
 func fileSize(path string) int64 {
