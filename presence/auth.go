@@ -5,13 +5,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/binary"
 	"encoding/hex"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,16 +41,21 @@ const (
 	authChallenge             // no or unusable credentials: 401 with a fresh challenge
 	authStale                 // right password, expired nonce: 401 stale=true
 	authFailed                // wrong credentials: 401, counted as a failure
+	authReplay                // a nonce count used before: 401, logged
 )
 
-// authenticator checks digest credentials (RFC 8760: SHA-256 and MD5,
-// qop=auth) against the configured users, and lets trusted networks in.
-// Nonces are stateless: a timestamp and an HMAC of it under a per-process
-// key, valid for nonceTTL.
+// authenticator checks digest credentials (RFC 7616, 8760: SHA-256 and
+// MD5, qop=auth) against the configured users, and lets trusted networks
+// in. Nonces are stateless to issue and bound to the host and dialog
+// they were issued for (nonce.go), valid for nonceTTL; the counts used
+// with each nonce that passed are kept (bounded) so that none serves
+// twice.
 type authenticator struct {
 	realm   string
 	algs    []string // challenges offered, in order
 	key     [32]byte
+	macs    *nonceMACs
+	uses    *nonceUses
 	trusted []netip.Prefix
 	// flowUser, in proxy mode, names the user a request's registered
 	// flow stands for ("" for none).
@@ -64,23 +67,36 @@ type authenticator struct {
 	nonceTTL time.Duration
 	now      func() time.Time
 
-	// The challenges of the current second: a nonce changes only with
-	// the clock's second, so every 401 within one shares its
-	// WWW-Authenticate values, written once (a flood of unauthenticated
-	// requests was spending a third of its CPU writing them).
-	challengeMu sync.Mutex
-	challengeAt int64 // Unix second of the nonce below; 0: none yet
-	fresh       []string
-	stale       []string
+	// The WWW-Authenticate values around the nonce, one per algorithm,
+	// written once: a challenge only puts its nonce between them (a
+	// flood of unauthenticated requests spent a third of its CPU writing
+	// whole challenges).
+	challengePrefix []string // `Digest realm="R", nonce="`
+	freshSuffix     []string // `", algorithm=A, qop="auth"`
+	staleSuffix     []string // `", stale=true, algorithm=A, qop="auth"`
 }
+
+// maxNonceUses bounds the nonces whose counts are kept: about 6 MiB.
+const maxNonceUses = 1 << 16
 
 func newAuthenticator(realm string, algs []string, trusted []netip.Prefix, creds []Credential) *authenticator {
 	if len(algs) == 0 {
 		algs = []string{"MD5"}
 	}
-	a := &authenticator{realm: realm, algs: algs, trusted: trusted, nonceTTL: 5 * time.Minute, now: time.Now}
+	a := &authenticator{realm: realm, algs: algs, trusted: trusted, nonceTTL: 5 * time.Minute, now: time.Now,
+		uses: newNonceUses(maxNonceUses)}
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic("presence: no randomness: " + err.Error())
+	}
+	a.macs = &nonceMACs{key: a.key}
+	for _, alg := range algs {
+		const mark = "NONCE"
+		c := digest.Challenge{Realm: realm, Nonce: mark, Algorithm: alg, QOP: []string{"auth"}}
+		pre, post, _ := strings.Cut(c.String(), `nonce="`+mark)
+		a.challengePrefix, a.freshSuffix = append(a.challengePrefix, pre+`nonce="`), append(a.freshSuffix, post)
+		c.Stale = true
+		_, post, _ = strings.Cut(c.String(), `nonce="`+mark)
+		a.staleSuffix = append(a.staleSuffix, post)
 	}
 	a.setCredentials(creds)
 	return a
@@ -169,8 +185,8 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !uriMatches(cred.URI, req.URI) {
 		return identity{}, authFailed
 	}
-	fresh, valid := a.checkNonce(cred.Nonce)
-	if !valid {
+	nonce := a.macs.check(cred.Nonce, requestIP(req), req.CallID, a.now(), a.nonceTTL)
+	if !nonce.ours {
 		return identity{}, authChallenge
 	}
 	chal := &digest.Challenge{Realm: a.realm, Nonce: cred.Nonce, Algorithm: cred.Algorithm}
@@ -184,8 +200,22 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if err != nil || subtle.ConstantTimeCompare([]byte(strings.ToLower(want.Response)), []byte(strings.ToLower(cred.Response))) != 1 {
 		return identity{}, authFailed
 	}
-	if !fresh {
+	// The right password, under a nonce that is ours: it must also be
+	// young, for this host and dialog, and its count new (RFC 7616
+	// §3.3). A nonce from another dialog is a client's to renew
+	// (stale); a count used before is a replay: challenged afresh.
+	if !nonce.fresh || !nonce.bound {
 		return identity{}, authStale
+	}
+	nc := uint32(0)
+	if cred.QOP != "" {
+		if cred.Nc <= 0 || cred.Nc > 0xffffffff {
+			return identity{}, authChallenge
+		}
+		nc = uint32(cred.Nc)
+	}
+	if !a.uses.use(nonce.raw, nc, nc <= 1) {
+		return identity{}, authReplay
 	}
 	return identity{UserID: user.UserID, Username: cred.Username}, authOK
 }
@@ -285,55 +315,46 @@ func uriMatches(digestURI string, target sipmsg.URI) bool {
 	return strings.EqualFold(u.User, target.User) && strings.EqualFold(u.Host, target.Host)
 }
 
-// nonce makes a fresh nonce: hex(timestamp || HMAC(key, timestamp)[:16]).
-func (a *authenticator) nonce() string { return nonceAt(a.key, a.now().Unix()) }
-
-// nonceAt is the nonce of the Unix second unix under key.
-func nonceAt(key [32]byte, unix int64) string {
-	var buf [8 + 16]byte
-	binary.BigEndian.PutUint64(buf[:8], uint64(unix))
-	m := hmac.New(sha256.New, key[:])
-	m.Write(buf[:8])
-	copy(buf[8:], m.Sum(nil))
-	return hex.EncodeToString(buf[:])
+// nonceFor is a fresh nonce for req, in hex.
+func (a *authenticator) nonceFor(req *sipmsg.Request) string {
+	raw := a.macs.make(a.now().Unix(), requestIP(req), req.CallID)
+	return hex.EncodeToString(raw[:])
 }
 
-// checkNonce reports whether a nonce is ours (valid) and not expired
-// (fresh).
-func (a *authenticator) checkNonce(n string) (fresh, valid bool) {
-	raw, err := hex.DecodeString(n)
-	if err != nil || len(raw) != 24 {
-		return false, false
-	}
-	m := hmac.New(sha256.New, a.key[:])
-	m.Write(raw[:8])
-	if !hmac.Equal(m.Sum(nil)[:16], raw[8:]) {
-		return false, false
-	}
-	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
-	return a.now().Sub(issued) <= a.nonceTTL, true
-}
-
-// challenges are the WWW-Authenticate values of a 401, one per
-// configured algorithm, under one fresh nonce. The slice is shared:
-// callers only read it.
-func (a *authenticator) challenges(stale bool) []string {
-	now := a.now().Unix()
-	a.challengeMu.Lock()
-	defer a.challengeMu.Unlock()
-	if a.challengeAt != now || a.fresh == nil {
-		n := nonceAt(a.key, now)
-		a.fresh, a.stale = make([]string, 0, len(a.algs)), make([]string, 0, len(a.algs))
-		for _, alg := range a.algs {
-			c := digest.Challenge{Realm: a.realm, Nonce: n, Algorithm: alg, QOP: []string{"auth"}}
-			a.fresh = append(a.fresh, c.String())
-			c.Stale = true
-			a.stale = append(a.stale, c.String())
-		}
-		a.challengeAt = now
-	}
+// appendChallenges appends the WWW-Authenticate (or, for a proxy,
+// Proxy-Authenticate) header fields of a 401 for req to b, one per
+// configured algorithm, under one fresh nonce bound to req's host and
+// Call-ID.
+func (a *authenticator) appendChallenges(b []byte, header string, req *sipmsg.Request, stale bool) []byte {
+	var hexNonce [2 * nonceBytes]byte
+	raw := a.macs.make(a.now().Unix(), requestIP(req), req.CallID)
+	hex.Encode(hexNonce[:], raw[:])
+	suffix := a.freshSuffix
 	if stale {
-		return a.stale
+		suffix = a.staleSuffix
 	}
-	return a.fresh
+	for i := range a.challengePrefix {
+		b = append(b, header...)
+		b = append(b, ": "...)
+		b = append(b, a.challengePrefix[i]...)
+		b = append(b, hexNonce[:]...)
+		b = append(b, suffix[i]...)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
+
+// challenges are the challenge values for req (appendChallenges), as
+// strings.
+func (a *authenticator) challenges(req *sipmsg.Request, stale bool) []string {
+	n := a.nonceFor(req)
+	suffix := a.freshSuffix
+	if stale {
+		suffix = a.staleSuffix
+	}
+	out := make([]string, len(a.challengePrefix))
+	for i := range out {
+		out[i] = a.challengePrefix[i] + n + suffix[i]
+	}
+	return out
 }

@@ -126,41 +126,103 @@ func TestDigestMD5(t *testing.T) {
 
 func TestStaleNonce(t *testing.T) {
 	a := newAuthenticator("r", nil, nil, []Credential{{Username: "u", UserID: "u", Password: "p"}})
-	past := time.Now().Add(-time.Hour)
-	a.now = func() time.Time { return past }
-	old := a.nonce()
-	a.now = time.Now
-	if fresh, valid := a.checkNonce(old); fresh || !valid {
-		t.Errorf("hour-old nonce: fresh %v valid %v", fresh, valid)
-	}
-	if _, valid := a.checkNonce(old[:len(old)-2] + "00"); valid {
-		t.Error("tampered nonce accepted")
-	}
-	if _, valid := a.checkNonce("zz"); valid {
-		t.Error("garbage nonce accepted")
-	}
-	// The right password on an expired nonce gives stale, not failure.
-	withAuth := func(authorization string) *sipmsg.Request {
-		req, err := sipmsg.ParseString("SUBSCRIBE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n" +
-			"From: <sip:u@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 SUBSCRIBE\r\n" +
+	// A request from 192.0.2.1 in dialog c, with an Authorization.
+	request := func(authorization, callID, from string) *sipmsg.Request {
+		req, err := sipmsg.ParseString("SUBSCRIBE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP " + from + ";branch=z9hG4bK1\r\n" +
+			"From: <sip:u@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: " + callID + "\r\nCSeq: 1 SUBSCRIBE\r\n" +
 			"Authorization: " + authorization + "\r\n\r\n")
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Peer = netip.MustParseAddrPort("192.0.2.1:5060")
+		req.Peer = netip.MustParseAddrPort(from)
 		req.Source = req.Peer.String()
 		return req
 	}
-	cred, _ := digest.Digest(&digest.Challenge{Realm: "r", Nonce: old, Algorithm: "MD5", QOP: []string{"auth"}},
-		digest.Options{Method: "SUBSCRIBE", URI: "sip:1@h", Username: "u", Password: "p"})
-	if _, out := a.check(withAuth(cred.String())); out != authStale {
+	withAuth := func(authorization string) *sipmsg.Request { return request(authorization, "c", "192.0.2.1:5060") }
+	nonceFor := func() string { return a.nonceFor(withAuth("x")) }
+	past := time.Now().Add(-time.Hour)
+	a.now = func() time.Time { return past }
+	old := nonceFor()
+	a.now = time.Now
+	ip, _ := netip.MustParseAddr("192.0.2.1").MarshalBinary()
+	if c := a.macs.check(old, ip, "c", time.Now(), a.nonceTTL); c.fresh || !c.ours || !c.bound {
+		t.Errorf("hour-old nonce: %+v", c)
+	}
+	if c := a.macs.check(old[:len(old)-2]+"00", ip, "c", time.Now(), a.nonceTTL); c.bound {
+		t.Error("tampered nonce accepted")
+	}
+	if c := a.macs.check(old[:36]+"00"+old[38:], ip, "c", time.Now(), a.nonceTTL); c.ours {
+		t.Error("a nonce with a tampered first MAC taken for ours")
+	}
+	if c := a.macs.check("zz", ip, "c", time.Now(), a.nonceTTL); c.ours {
+		t.Error("garbage nonce accepted")
+	}
+	sign := func(nonce, uri string, nc int) string {
+		cred, _ := digest.Digest(&digest.Challenge{Realm: "r", Nonce: nonce, Algorithm: "MD5", QOP: []string{"auth"}},
+			digest.Options{Method: "SUBSCRIBE", URI: uri, Username: "u", Password: "p", Count: nc, Cnonce: "cn"})
+		return cred.String()
+	}
+	// The right password on an expired nonce gives stale, not failure.
+	if _, out := a.check(withAuth(sign(old, "sip:1@h", 1))); out != authStale {
 		t.Errorf("right password, old nonce: %v, want stale", out)
 	}
 	// The digest-uri must name the request's target.
-	cred, _ = digest.Digest(&digest.Challenge{Realm: "r", Nonce: a.nonce(), Algorithm: "MD5", QOP: []string{"auth"}},
-		digest.Options{Method: "SUBSCRIBE", URI: "sip:2@h", Username: "u", Password: "p"})
-	if _, out := a.check(withAuth(cred.String())); out != authFailed {
+	if _, out := a.check(withAuth(sign(nonceFor(), "sip:2@h", 1))); out != authFailed {
 		t.Errorf("digest for another URI: %v, want failure", out)
+	}
+	// A nonce serves the host and dialog it was issued for, with each
+	// count once.
+	n := nonceFor()
+	first := sign(n, "sip:1@h", 1)
+	if _, out := a.check(request(first, "c", "192.0.2.9:5060")); out != authStale {
+		t.Errorf("the Authorization replayed from another host: %v, want stale", out)
+	}
+	if _, out := a.check(request(first, "d", "192.0.2.1:5060")); out != authStale {
+		t.Errorf("the nonce used for another dialog: %v, want stale", out)
+	}
+	if _, out := a.check(withAuth(first)); out != authOK {
+		t.Errorf("the first use: %v", out)
+	}
+	if _, out := a.check(withAuth(first)); out != authReplay {
+		t.Errorf("the same Authorization again: %v, want replay", out)
+	}
+	if _, out := a.check(withAuth(sign(n, "sip:1@h", 2))); out != authOK {
+		t.Errorf("the next count: %v", out)
+	}
+	if _, out := a.check(withAuth(sign(n, "sip:1@h", 2))); out != authReplay {
+		t.Errorf("the second count again: %v, want replay", out)
+	}
+	// Without qop (RFC 2069) a nonce serves once.
+	n = nonceFor()
+	plain, _ := digest.Digest(&digest.Challenge{Realm: "r", Nonce: n, Algorithm: "MD5"},
+		digest.Options{Method: "SUBSCRIBE", URI: "sip:1@h", Username: "u", Password: "p"})
+	if _, out := a.check(withAuth(plain.String())); out != authOK {
+		t.Errorf("without qop, first use: %v", out)
+	}
+	if _, out := a.check(withAuth(plain.String())); out != authReplay {
+		t.Errorf("without qop, again: %v, want replay", out)
+	}
+}
+
+func TestNonceUsesAreBounded(t *testing.T) {
+	// Past its bound the oldest nonce is forgotten: a later count with it
+	// is refused (its client takes a fresh nonce), never taken on trust.
+	u := newNonceUses(3)
+	var raws [4][nonceBytes]byte
+	for i := range raws {
+		raws[i][0] = byte(i + 1)
+		if !u.use(raws[i], 1, true) {
+			t.Fatalf("first use of nonce %d refused", i)
+		}
+	}
+	if u.len() != 3 {
+		t.Errorf("%d nonces kept, bound 3", u.len())
+	}
+	if u.use(raws[0], 2, false) {
+		t.Error("a forgotten nonce's next count was taken")
+	}
+	if !u.use(raws[3], 2, false) || u.use(raws[3], 2, false) {
+		t.Error("a remembered nonce: the next count must pass once")
 	}
 }
 
@@ -407,10 +469,12 @@ func TestSoftClientOpenAndClosedWin(t *testing.T) {
 	watcher.notifyWhere("<basic>closed</basic>", 2*time.Second)
 }
 
-// TestChallengesFollowTheClock: the WWW-Authenticate values written once
-// a second carry that second's nonce (valid, fresh), the stale flag only
-// where asked, and a new nonce when the second changes.
-func TestChallengesFollowTheClock(t *testing.T) {
+// TestChallengesAreBoundToTheRequest: one challenge per algorithm, in
+// order, under one nonce that is ours, fresh and bound to the request's
+// host and Call-ID (another host or dialog gets another nonce); the
+// stale flag only where asked; the header fields as written on the
+// wire.
+func TestChallengesAreBoundToTheRequest(t *testing.T) {
 	a := newAuthenticator("r", []string{"SHA-256", "MD5"}, nil, nil)
 	now := time.Unix(1_800_000_000, 0)
 	a.now = func() time.Time { return now }
@@ -421,7 +485,18 @@ func TestChallengesFollowTheClock(t *testing.T) {
 		}
 		return ch.Nonce
 	}
-	first := a.challenges(false)
+	req := func(callID, from string) *sipmsg.Request {
+		r, err := sipmsg.ParseString("SUBSCRIBE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP " + from + ";branch=z9hG4bK1\r\n" +
+			"From: <sip:u@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: " + callID + "\r\nCSeq: 1 SUBSCRIBE\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Peer = netip.MustParseAddrPort(from)
+		r.Source = r.Peer.String()
+		return r
+	}
+	r := req("c1", "192.0.2.1:5060")
+	first := a.challenges(r, false)
 	if len(first) != 2 || !strings.Contains(first[0], "SHA-256") || !strings.Contains(first[1], "MD5") {
 		t.Fatalf("challenges %q: one per algorithm, in order", first)
 	}
@@ -430,19 +505,70 @@ func TestChallengesFollowTheClock(t *testing.T) {
 			t.Errorf("fresh challenge says stale: %q", c)
 		}
 	}
-	stale := a.challenges(true)
-	if len(stale) != 2 || !strings.Contains(strings.ToLower(stale[0]), "stale=true") || nonceOf(stale[0]) != nonceOf(first[0]) {
-		t.Errorf("stale challenges %q: stale=true under the second's nonce", stale)
+	if nonceOf(first[0]) != nonceOf(first[1]) {
+		t.Errorf("two nonces in one 401: %q", first)
 	}
-	if fresh, valid := a.checkNonce(nonceOf(first[0])); !fresh || !valid {
-		t.Errorf("the challenge's nonce: fresh %v valid %v", fresh, valid)
+	stale := a.challenges(r, true)
+	if len(stale) != 2 || !strings.Contains(strings.ToLower(stale[0]), "stale=true") || strings.Contains(strings.ToLower(stale[0]), "stale=true, stale") {
+		t.Errorf("stale challenges %q", stale)
 	}
-	now = now.Add(999 * time.Millisecond)
-	if again := a.challenges(false); nonceOf(again[0]) != nonceOf(first[0]) {
-		t.Error("a new nonce within the same second")
+	ip, _ := netip.MustParseAddr("192.0.2.1").MarshalBinary()
+	if c := a.macs.check(nonceOf(first[0]), ip, "c1", now, a.nonceTTL); !c.ours || !c.bound || !c.fresh {
+		t.Errorf("the challenge's nonce: %+v", c)
 	}
-	now = now.Add(time.Millisecond)
-	if next := a.challenges(false); nonceOf(next[0]) == nonceOf(first[0]) || nonceOf(next[1]) != nonceOf(next[0]) {
-		t.Errorf("next second: %q after %q", next, first)
+	for _, other := range []*sipmsg.Request{req("c2", "192.0.2.1:5060"), req("c1", "192.0.2.2:5060")} {
+		if nonceOf(a.challenges(other, false)[0]) == nonceOf(first[0]) {
+			t.Errorf("the same nonce for %s in %s", other.Source, other.CallID)
+		}
+	}
+	if again := a.challenges(r, false); nonceOf(again[0]) == nonceOf(first[0]) {
+		t.Error("the same nonce twice: a client starts its counts again with each challenge")
+	}
+	// On the wire: the same fields, each challenge's own nonce.
+	wire := string(a.appendChallenges(nil, "WWW-Authenticate", r, false))
+	n := nonceOf(strings.TrimPrefix(strings.Split(wire, "\r\n")[0], "WWW-Authenticate: "))
+	want := "WWW-Authenticate: " + first[0] + "\r\nWWW-Authenticate: " + first[1] + "\r\n"
+	if wire != strings.ReplaceAll(want, nonceOf(first[0]), n) {
+		t.Errorf("on the wire:\n%s\nwant:\n%s", wire, want)
+	}
+}
+
+func TestADialogIsRefreshedOnlyByItsOwnWatcher(t *testing.T) {
+	// The identifiers of a subscription dialog, seen on the wire, must
+	// not let anyone else keep it alive (or move its NOTIFYs to
+	// themselves): only the flow it was made on refreshes it with them
+	// alone; from anywhere else the refresh authenticates as its watcher.
+	env := newEnv(t)
+	bob := newPhone(t, "UDP")
+	bob.user, bob.password = "bob", "b-secret"
+	res, d := bob.subscribe(env.udp, subReq{user: "100", event: "dialog", expires: 600})
+	if res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d", res.StatusCode)
+	}
+	bob.nextNotify(3 * time.Second)
+	refresh := func(p *phone) int {
+		res := p.refresh(d, 600)
+		if res.CSeq() != nil && res.CSeq().SeqNo > d.cseq {
+			d.cseq = res.CSeq().SeqNo
+		}
+		return res.StatusCode
+	}
+	bob.user = "" // no credentials: the dialog's identifiers alone
+	if code := refresh(bob); code != 200 {
+		t.Errorf("bob's refresh from his own address: %d", code)
+	}
+	thief := newPhone(t, "UDP")
+	if code := refresh(thief); code != 401 {
+		t.Errorf("a refresh from another host with the identifiers alone: %d, want 401", code)
+	}
+	mallory := newPhone(t, "UDP")
+	mallory.user, mallory.password = "debbie", "d-secret"
+	if code := refresh(mallory); code != 403 {
+		t.Errorf("a refresh from another host as another user: %d, want 403", code)
+	}
+	moved := newPhone(t, "UDP") // bob's phone behind a NAT that moved
+	moved.user, moved.password = "bob", "b-secret"
+	if code := refresh(moved); code != 200 {
+		t.Errorf("bob's refresh from a new address, authenticated: %d, want 200", code)
 	}
 }

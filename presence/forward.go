@@ -213,6 +213,9 @@ func (s *Server) AuthenticateCall(req *sip.Request) (*bridge.User, []string, err
 	case authFailed:
 		s.opt.Metrics.AuthFailure(methodLabel(m.Method))
 		s.log.Info("authentication failed", "method", m.Method, "source", m.Source)
+	case authReplay:
+		s.opt.Metrics.AuthFailure(methodLabel(m.Method))
+		s.log.Info("digest replay refused: a nonce count used before", "method", m.Method, "source", m.Source)
 	}
-	return nil, s.auth.challenges(out == authStale), nil
+	return nil, s.auth.challenges(m, out == authStale), nil
 }

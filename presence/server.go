@@ -691,21 +691,22 @@ func (s *Server) authenticate(req *sipmsg.Request, tx serverTx) (identity, bool)
 	case authFailed:
 		s.opt.Metrics.AuthFailure(methodLabel(req.Method))
 		s.log.Info("authentication failed", "method", req.Method, "source", req.Source)
+	case authReplay:
+		s.opt.Metrics.AuthFailure(methodLabel(req.Method))
+		s.log.Info("digest replay refused: a nonce count used before", "method", req.Method, "source", req.Source)
 	}
 	s.challenge(req, tx, out == authStale, nil)
 	return identity{}, false
 }
 
-// challenge answers req 401 with this second's challenges, written into
-// buf (nil: a buffer of its own).
+// challenge answers req 401 with challenges for it (a nonce bound to its
+// host and Call-ID), written into buf (nil: a buffer of its own).
 func (s *Server) challenge(req *sipmsg.Request, tx serverTx, stale bool, buf []byte) {
 	if buf == nil {
 		buf = make([]byte, 0, 512+len(req.CallID))
 	}
 	b := sipmsg.AppendResponse(buf, req, 401, "Unauthorized", "")
-	for _, c := range s.auth.challenges(stale) {
-		b = sipmsg.AppendHeader(b, "WWW-Authenticate", c)
-	}
+	b = s.auth.appendChallenges(b, "WWW-Authenticate", req, stale)
 	s.send(req, tx, b, 401)
 }
 

@@ -201,11 +201,25 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 			ok = sub != nil
 		}
 	}
-	// The dialog's identifiers are unguessable: matching all of them is
-	// the refresh's credential, so refreshes need no new digest round.
+	// The dialog's identifiers, matched in full, are the refresh's
+	// credential on the flow the watcher subscribed from: refreshes need
+	// no new digest round. From anywhere else (identifiers seen on the
+	// wire, or a phone whose NAT binding moved) the refresh must
+	// authenticate as the subscription's watcher.
 	if !ok || sub.CallID != req.CallID || sub.RemoteTag != fromTag || sub.Package != pkg.Token() {
 		s.reply(req, tx, 481, "Subscription Does Not Exist")
 		return
+	}
+	if req.Source != sub.Source || !strings.EqualFold(req.Transport, sub.Transport) {
+		id, ok := s.authenticate(req, tx)
+		if !ok {
+			return
+		}
+		if !id.Trusted && id.UserID != sub.Watcher || id.Trusted && sub.Watcher != "" && id.UserID != sub.Watcher {
+			s.log.Info("refresh of another watcher's subscription refused", "source", req.Source, "user", id.UserID)
+			s.reply(req, tx, 403, "Forbidden")
+			return
+		}
 	}
 	// The dialog's identifiers stand for the watcher's credentials only
 	// while the config still lets them in.
