@@ -185,7 +185,8 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !uriMatches(cred.URI, req.URI) {
 		return identity{}, authFailed
 	}
-	nonce := a.macs.check(cred.Nonce, requestIP(req), req.CallID, a.now(), a.nonceTTL)
+	var ip [16]byte
+	nonce := a.macs.check(cred.Nonce, requestIP(ip[:0], req), req.CallID, a.now(), a.nonceTTL)
 	if !nonce.ours {
 		return identity{}, authChallenge
 	}
@@ -317,7 +318,8 @@ func uriMatches(digestURI string, target sipmsg.URI) bool {
 
 // nonceFor is a fresh nonce for req, in hex.
 func (a *authenticator) nonceFor(req *sipmsg.Request) string {
-	raw := a.macs.make(a.now().Unix(), requestIP(req), req.CallID)
+	var ip [16]byte
+	raw := a.macs.make(a.now().Unix(), requestIP(ip[:0], req), req.CallID)
 	return hex.EncodeToString(raw[:])
 }
 
@@ -327,7 +329,8 @@ func (a *authenticator) nonceFor(req *sipmsg.Request) string {
 // Call-ID.
 func (a *authenticator) appendChallenges(b []byte, header string, req *sipmsg.Request, stale bool) []byte {
 	var hexNonce [2 * nonceBytes]byte
-	raw := a.macs.make(a.now().Unix(), requestIP(req), req.CallID)
+	var ip [16]byte
+	raw := a.macs.make(a.now().Unix(), requestIP(ip[:0], req), req.CallID)
 	hex.Encode(hexNonce[:], raw[:])
 	suffix := a.freshSuffix
 	if stale {

@@ -33,21 +33,34 @@ import (
 // nonceBytes is a nonce's length before hex.
 const nonceBytes = 8 + 8 + 8 + 16
 
-// nonceMACs are the HMACs nonces are made with, reused (each would be
-// three allocations and a key schedule per challenge otherwise), and the
-// serial of the next nonce.
+// nonceMACs are the HMACs nonces are made with, reused with their
+// buffers (each would be several allocations and a key schedule per
+// challenge otherwise), and the serial of the next nonce.
 type nonceMACs struct {
 	key    [32]byte
-	pool   sync.Pool // hash.Hash
+	pool   sync.Pool // *nonceMAC
 	serial atomic.Uint64
 }
 
-func (n *nonceMACs) get() hash.Hash {
-	if h, ok := n.pool.Get().(hash.Hash); ok {
-		h.Reset()
-		return h
+// nonceMAC is one HMAC and the bytes it reads and writes.
+type nonceMAC struct {
+	h        hash.Hash
+	in, hash []byte
+}
+
+func (n *nonceMACs) get() *nonceMAC {
+	if m, ok := n.pool.Get().(*nonceMAC); ok {
+		return m
 	}
-	return hmac.New(sha256.New, n.key[:])
+	return &nonceMAC{h: hmac.New(sha256.New, n.key[:]), in: make([]byte, 0, 128), hash: make([]byte, 0, sha256.Size)}
+}
+
+// sum is the HMAC of m.in.
+func (m *nonceMAC) sum() []byte {
+	m.h.Reset()
+	m.h.Write(m.in)
+	m.hash = m.h.Sum(m.hash[:0])
+	return m.hash
 }
 
 // make returns a new raw nonce issued at unix for a request from ip with
@@ -62,17 +75,16 @@ func (n *nonceMACs) make(unix int64, ip []byte, callID string) [nonceBytes]byte 
 
 // sign writes the two MACs of raw, whose issue time and serial are set.
 func (n *nonceMACs) sign(raw *[nonceBytes]byte, ip []byte, callID string) {
-	h := n.get()
-	var sum [sha256.Size]byte
-	h.Write(raw[:16])
-	copy(raw[16:24], h.Sum(sum[:0]))
-	h.Reset()
-	h.Write(raw[:16])
-	h.Write([]byte{byte(len(ip))})
-	h.Write(ip)
-	h.Write([]byte(callID))
-	copy(raw[24:], h.Sum(sum[:0]))
-	n.pool.Put(h)
+	m := n.get()
+	m.in = append(m.in[:0], raw[:16]...)
+	copy(raw[16:24], m.sum())
+	m.in = append(m.in, byte(len(ip)))
+	m.in = append(m.in, ip...)
+	m.in = append(m.in, callID...)
+	copy(raw[24:], m.sum())
+	if cap(m.in) <= 4096 { // a huge Call-ID's buffer is not kept
+		n.pool.Put(m)
+	}
 }
 
 // nonceCheck is what a nonce says of a request.
@@ -85,11 +97,16 @@ type nonceCheck struct {
 
 // check reads nonce as one of ours for a request from ip with callID.
 func (n *nonceMACs) check(nonce string, ip []byte, callID string, now time.Time, ttl time.Duration) nonceCheck {
+	return n.checkBytes([]byte(nonce), ip, callID, now, ttl)
+}
+
+// checkBytes is check of a nonce in bytes.
+func (n *nonceMACs) checkBytes(nonce []byte, ip []byte, callID string, now time.Time, ttl time.Duration) nonceCheck {
 	var c nonceCheck
 	if len(nonce) != 2*nonceBytes {
 		return c
 	}
-	if _, err := hex.Decode(c.raw[:], []byte(nonce)); err != nil {
+	if _, err := hex.Decode(c.raw[:], nonce); err != nil {
 		return c
 	}
 	want := c.raw
@@ -100,16 +117,23 @@ func (n *nonceMACs) check(nonce string, ip []byte, callID string, now time.Time,
 	return c
 }
 
-// requestIP is the bytes of a request's source address that a nonce is
-// bound to (16 for IPv6, 4 for IPv4, none when unknown).
-func requestIP(req *sipmsg.Request) []byte {
-	if req.Peer.IsValid() {
-		return req.Peer.Addr().Unmap().AsSlice()
+// requestIP appends the bytes of a request's source address that a
+// nonce is bound to (16 for IPv6, 4 for IPv4, none when unknown) to dst.
+func requestIP(dst []byte, req *sipmsg.Request) []byte {
+	ap := req.Peer
+	if !ap.IsValid() {
+		ap = parseAddrPort(req.Source)
 	}
-	if ap := parseAddrPort(req.Source); ap.IsValid() {
-		return ap.Addr().AsSlice()
+	if !ap.IsValid() {
+		return dst
 	}
-	return nil
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		b := a.As4()
+		return append(dst, b[:]...)
+	}
+	b := a.As16()
+	return append(dst, b[:]...)
 }
 
 // nonceUses keeps, for each nonce a request passed with, the highest
