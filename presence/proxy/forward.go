@@ -285,6 +285,13 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 	}
 	switch {
 	case hasToken && tok != src && !p.samePhone(tok, src):
+		// A token of a phone's (its Path, a dialog's Record-Route) leads
+		// to the phone only from the PBX it was minted for: anyone else
+		// who saw it on the wire would reach the phone past the PBX.
+		if !p.fromTarget(src, tokTgt) {
+			p.forgedRoute(req, src, tokTgt)
+			return hop{}, 403, "Forbidden"
+		}
 		return p.toPhone(tok, req.Method, p.targetOf(src))
 	case hasToken:
 		return p.toPBX(tokTgt)
@@ -364,6 +371,37 @@ func (p *Proxy) pathForgotten(target int) {
 // samePhone reports whether src is the phone of a token's flow on a new
 // connection (a TCP phone reconnects from another port): a request from
 // it goes to the PBX, not back to itself.
+// fromTarget reports whether a request from src comes from PBX i: over
+// UDP from its SIP address itself (IP and port: a forged source address
+// alone does not pass), over TCP or TLS from its IP address (a
+// connection cannot be forged; the PBX opens its own from any port).
+func (p *Proxy) fromTarget(src flow, i int) bool {
+	a := p.pbxAddrs.Load()
+	if t, ok := a.sip[netip.AddrPortFrom(src.addr.Addr().Unmap(), src.addr.Port())]; ok && t == i {
+		return true
+	}
+	if src.transport == "UDP" {
+		return false
+	}
+	t, ok := a.ip[src.addr.Addr().Unmap()]
+	return ok && t == i
+}
+
+// forgedRoute logs (at most once a minute) a request that carried a
+// phone's token but did not come from its PBX.
+func (p *Proxy) forgedRoute(req *sip.Request, src flow, target int) {
+	now := time.Now().Unix()
+	if last := p.forgedLog.Load(); now-last < 60 || !p.forgedLog.CompareAndSwap(last, now) {
+		return
+	}
+	name := "?"
+	if target >= 0 && target < len(p.opt.Targets) {
+		name = p.opt.Targets[target].Name
+	}
+	p.log.Warn("refused a request for a phone that did not come from its PBX (a Route token seen on the wire?): 403",
+		"method", req.Method, "source", src.transport+" "+src.addr.String(), "pbx", name, "from", req.From().Address.User)
+}
+
 func (p *Proxy) samePhone(tok, src flow) bool {
 	return tok.transport != "UDP" && tok.addr.Addr() == src.addr.Addr() && !p.fromPBX(src.addr)
 }

@@ -934,3 +934,41 @@ func TestAnAnswerRightAfterRingingAlwaysReachesTheCaller(t *testing.T) {
 		}
 	}
 }
+
+func TestOnlyThePBXReachesAPhoneByItsToken(t *testing.T) {
+	// A phone's Path (or a dialog's Record-Route) token is seen on the
+	// wire by anyone on the path. A host that is not the PBX, even one
+	// on the PBX's own IP address but another port (or a forged UDP
+	// source address that gets the port wrong), sending a request with
+	// it to the phone gets 403, and the phone hears nothing.
+	e := newEnv(t)
+	e.waitHealth(true)
+	phone := listenPeer(t, "127.0.0.1:0")
+	route := strings.TrimSpace(register(t, e, phone, "100"))
+	pbxIP, _, _ := strings.Cut(e.pbx.addr(), ":")
+	for _, stranger := range []*peer{
+		listenPeer(t, "127.0.0.3:0"), // another host
+		listenPeer(t, pbxIP+":0"),    // the PBX's IP address, another port
+	} {
+		for i, method := range []string{"INVITE", "MESSAGE", "NOTIFY", "BYE"} {
+			r := phoneRequest{method: method, uri: "sip:100@" + phone.addr(), from: stranger.addr(), user: "200",
+				toUser: "100", callID: "forged-" + strconv.Itoa(i) + stranger.addr(), extra: []string{"Route: " + route}}
+			if method == "BYE" || method == "NOTIFY" {
+				r.toTag = "t"
+				r.extra = append(r.extra, "Event: dialog", "Subscription-State: active")
+			}
+			stranger.sendTo(e.udp, r.String())
+			if res := stranger.response(sip.RequestMethod(method), 101); res.StatusCode != 403 {
+				t.Errorf("%s with the phone's token from %s: %s", method, stranger.addr(), startLine(res))
+			}
+		}
+	}
+	phone.quiet(300*time.Millisecond, "nothing reached the phone")
+	// The PBX itself still does.
+	inv := phoneRequest{method: "INVITE", uri: "sip:100@" + phone.addr(), from: e.pbx.addr(), user: "200",
+		toUser: "100", callID: "real-1", extra: []string{"Route: " + route}}
+	e.pbx.sendTo(e.udp, inv.String())
+	if got := phone.request(sip.INVITE); got.CallID().Value() != "real-1" {
+		t.Fatalf("the PBX's INVITE: %s", got.CallID().Value())
+	}
+}

@@ -186,6 +186,7 @@ type Proxy struct {
 	invites    sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
 	inviteTxs  sync.Map                  // our Via's branch of a forwarded INVITE → *inviteTx
 	refusedLog atomic.Int64              // when a PBX's challenge of a dedicated call was last logged (Unix s)
+	forgedLog  atomic.Int64              // when a token from a stranger was last logged (Unix s)
 	forgot     []atomic.Bool             // per target: it was seen to forget a Path (logged once)
 	served     map[presence.Package]bool // the event packages Lamplighter answers
 
