@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/lamplighter/lamplighter/adapters/pbxtest"
 	"github.com/lamplighter/lamplighter/presence/baresiptest"
 )
