@@ -2,11 +2,9 @@ package pbxtest
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -14,19 +12,14 @@ import (
 // FreeSWITCH is a running FreeSWITCH 1.10 from ../shared/pbx: the
 // internal profile (users 1000-1019, password 1234, domain 127.0.0.1),
 // the vanilla dialplan (local extensions 1000-1019, ring groups 2000-2002,
-// intercept **<ext>), the event socket with password ClueCon.
+// intercept **<ext>), the event socket with password ClueCon. Its run
+// directory (Dir) holds the config in conf and the log in
+// log/freeswitch.log; Stop is `fsctl shutdown`.
 type FreeSWITCH struct {
-	t    testing.TB
-	kit  string
-	home string
-	// Dir is the run directory (config in Dir/conf, log in
-	// Dir/log/freeswitch.log).
-	Dir string
+	server
 	// SIPPort (UDP and TCP; TLS would be the next) and ESLPort, on
 	// 127.0.0.1.
 	SIPPort, ESLPort int
-	rtp              string
-	proc             process
 }
 
 // FreeSWITCHVersion is the version of the shared build.
@@ -42,41 +35,17 @@ const Domain = "127.0.0.1"
 // until the test ends.
 func StartFreeSWITCH(t testing.TB, c Config) *FreeSWITCH {
 	t.Helper()
-	shared, err := SharedDir()
-	if err != nil {
-		unavailable(t, "FreeSWITCH: %v", err)
-	}
-	name := "freeswitch-" + FreeSWITCHVersion + "-bookworm-amd64"
-	home, err := unpacked(shared, name+".tar.xz", name)
-	if err != nil {
-		unavailable(t, "FreeSWITCH: %v", err)
-	}
-	f := &FreeSWITCH{t: t, home: home, kit: t.TempDir(), Dir: runDir(t, "fs")}
-	if err := kit(shared, "freeswitch", "conf", f.kit, c); err != nil {
-		t.Fatalf("FreeSWITCH config: %v", err)
-	}
-	t.Cleanup(func() {
-		f.stop(true) // nothing to keep: at once
-		if t.Failed() {
-			t.Logf("FreeSWITCH's log (%s):\n%s", f.Dir, tail(filepath.Join(f.Dir, "log/freeswitch.log"), 12000))
-		}
-	})
-	var last error
-	for range 3 {
+	f := &FreeSWITCH{server: server{t: t, name: "FreeSWITCH", Dir: runDir(t, "fs"), log: "log/freeswitch.log",
+		pidFiles: []string{"run/freeswitch.pid"}, stopWait: 20 * time.Second}}
+	f.run = f.start
+	f.launch(c, "freeswitch-"+FreeSWITCHVersion+"-bookworm-amd64", "freeswitch", "conf", func() error {
 		ports, err := freePorts(2, 2) // SIP and the TLS port after it; ESL
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			f.SIPPort, f.ESLPort = ports[0], ports[1]
 		}
-		f.SIPPort, f.ESLPort = ports[0], ports[1]
-		lo, hi := rtpRange()
-		f.rtp = fmt.Sprintf("%d-%d", lo, hi)
-		if last = f.start(); last == nil {
-			return f
-		}
-		f.stop(true)
-	}
-	unavailable(t, "FreeSWITCH did not start: %v\n%s", last, tail(filepath.Join(f.Dir, "log/freeswitch.log"), 4000))
-	return nil
+		return err
+	})
+	return f
 }
 
 func (f *FreeSWITCH) start() error {
@@ -99,47 +68,6 @@ func (f *FreeSWITCH) start() error {
 	return nil
 }
 
-func (f *FreeSWITCH) stop(kill bool) {
-	if f.proc.get() <= 0 {
-		return
-	}
-	if !kill {
-		script(20*time.Second, nil, filepath.Join(f.kit, "stop.sh"), f.Dir)
-	}
-	f.proc.signal(syscall.SIGCONT)
-	f.proc.signal(syscall.SIGKILL)
-	f.proc.gone(5 * time.Second)
-	os.Remove(filepath.Join(f.Dir, "run/freeswitch.pid"))
-	f.proc.set(0)
-}
-
-// Stop stops FreeSWITCH cleanly (fsctl shutdown).
-func (f *FreeSWITCH) Stop() {
-	f.t.Helper()
-	f.stop(false)
-}
-
-// Kill ends FreeSWITCH at once (SIGKILL).
-func (f *FreeSWITCH) Kill() {
-	f.t.Helper()
-	f.stop(true)
-}
-
-// Restart starts a stopped FreeSWITCH again on the same ports and config.
-func (f *FreeSWITCH) Restart() {
-	f.t.Helper()
-	f.stop(false)
-	if err := f.start(); err != nil {
-		f.t.Fatalf("FreeSWITCH did not start again: %v", err)
-	}
-}
-
-// Freeze stops the process (SIGSTOP): a PBX that stops answering.
-func (f *FreeSWITCH) Freeze() { f.proc.signal(syscall.SIGSTOP) }
-
-// Thaw undoes Freeze.
-func (f *FreeSWITCH) Thaw() { f.proc.signal(syscall.SIGCONT) }
-
 // API runs an API command over the event socket (fs_cli -x) and returns
 // its output ("" when FreeSWITCH does not answer within 10 s).
 func (f *FreeSWITCH) API(cmd string) string {
@@ -152,9 +80,3 @@ func (f *FreeSWITCH) SIP() string { return "127.0.0.1:" + strconv.Itoa(f.SIPPort
 
 // ESL is the event socket's address.
 func (f *FreeSWITCH) ESL() string { return "127.0.0.1:" + strconv.Itoa(f.ESLPort) }
-
-// Log is freeswitch.log so far.
-func (f *FreeSWITCH) Log() string {
-	b, _ := os.ReadFile(filepath.Join(f.Dir, "log/freeswitch.log"))
-	return string(b)
-}
