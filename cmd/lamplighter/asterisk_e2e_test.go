@@ -10,51 +10,15 @@ import (
 // lamp is a BLF key's subscription; after each scenario every document
 // each lamp was sent is checked (no call without its party or ids).
 func TestAsteriskLamps(t *testing.T) {
-	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101", "102", "103"},
+	phones := []string{"100", "101", "102", "103"}
+	r := newAsteriskRig(t, rigOptions{exts: phones,
 		yaml: `  - {id: park701, name: "Park 701", extensions: ["701"], devices: [{pbx: ast, device: "park:701@parkedcalls"}]}
 `})
 	r.lamps["701"] = watchLamp(t, r.ll, "701")
-	native := r.watchNative([]string{"100", "101", "102", "103"}, "103", "103")
 	const d = 10 * time.Second
-	step := func(name string, f func(t *testing.T)) {
-		t.Run(name, func(t *testing.T) {
-			r.t = t
-			from := map[string]int{}
-			for ext, l := range r.lamps {
-				l.setT(t)
-				from[ext] = l.count()
-			}
-			nativeFrom := native.counts()
-			defer func() {
-				r.hangupAll()
-				native.report(t, r, nativeFrom, from)
-				for _, ext := range []string{"100", "101", "102", "103"} {
-					r.lamps[ext].checkHonest(t, from[ext])
-				}
-			}()
-			f(t)
-		})
-	}
+	step := r.scenarios(t, phones, r.watchNative(phones, "103", "103"))
 
-	step("plain call", func(t *testing.T) {
-		l100, l101 := r.lamps["100"], r.lamps["101"]
-		r.dial("100", "101")
-		in := l101.waitCall("early", "recipient", "100", d)
-		if in.RemoteName != "Phone 100" || in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
-			t.Errorf("ringing lamp lacks who calls or the ids to pick up: %+v", in)
-		}
-		l100.waitCall("early", "initiator", "101", d)
-		r.cmd("101", "/accept")
-		l101.waitCall("confirmed", "recipient", "100", d)
-		l100.waitCall("confirmed", "initiator", "101", d)
-		r.cmd("100", "/hold")
-		l100.wait("held", d, func(doc lamp) bool { c, ok := doc.only(); return ok && c.Held && doc.Phone == "held" })
-		r.cmd("100", "/resume")
-		l100.wait("resumed", d, func(doc lamp) bool { c, ok := doc.only(); return ok && !c.Held && doc.Phone == "busy" })
-		r.cmd("100", "/hangup")
-		l100.waitIdle(d)
-		l101.waitIdle(d)
-	})
+	step("plain call", func(t *testing.T) { r.plainCall(t, "100", "101", "Phone 100") })
 
 	step("ring group", func(t *testing.T) {
 		l100, l101, l102 := r.lamps["100"], r.lamps["101"], r.lamps["102"]

@@ -15,47 +15,10 @@ func TestFreeSWITCHLamps(t *testing.T) {
 		yaml: `  - {id: park6001, name: "Park 6001", extensions: ["6001"], devices: [{pbx: fs, device: "park+6001@127.0.0.1"}]}
 `})
 	r.lamps["6001"] = watchLamp(t, r.ll, "6001")
-	native := r.watchNative(phones, "1019", "1234")
 	const d = 10 * time.Second
-	step := func(name string, f func(t *testing.T)) {
-		t.Run(name, func(t *testing.T) {
-			r.t = t
-			from := map[string]int{}
-			for ext, l := range r.lamps {
-				l.setT(t)
-				from[ext] = l.count()
-			}
-			nativeFrom := native.counts()
-			defer func() {
-				r.hangupAll()
-				native.report(t, r, nativeFrom, from)
-				for _, ext := range phones {
-					r.lamps[ext].checkHonest(t, from[ext])
-				}
-			}()
-			f(t)
-		})
-	}
+	step := r.scenarios(t, phones, r.watchNative(phones, "1019", "1234"))
 
-	step("plain call", func(t *testing.T) {
-		caller, callee := r.lamps["1000"], r.lamps["1010"]
-		r.dial("1000", "1010")
-		in := callee.waitCall("early", "recipient", "1000", d)
-		if in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
-			t.Errorf("ringing lamp lacks the ids to pick up: %+v", in)
-		}
-		caller.waitCall("early", "initiator", "1010", d)
-		r.cmd("1010", "/accept")
-		callee.waitCall("confirmed", "recipient", "1000", d)
-		caller.waitCall("confirmed", "initiator", "1010", d)
-		r.cmd("1000", "/hold")
-		caller.wait("held", d, func(doc lamp) bool { c, ok := doc.only(); return ok && c.Held && doc.Phone == "held" })
-		r.cmd("1000", "/resume")
-		caller.wait("resumed", d, func(doc lamp) bool { c, ok := doc.only(); return ok && !c.Held && doc.Phone == "busy" })
-		r.cmd("1000", "/hangup")
-		caller.waitIdle(d)
-		callee.waitIdle(d)
-	})
+	step("plain call", func(t *testing.T) { r.plainCall(t, "1000", "1010", "") })
 
 	step("ring group", func(t *testing.T) {
 		r.dial("1000", "2001") // group support: 1010-1014

@@ -308,3 +308,54 @@ func (r *rig) hangupAll() {
 	r.allIdle()
 	r.markAll()
 }
+
+// scenarios runs the calls of a lamp test, each a subtest: every phone
+// of phones hung up after it, every lamp's documents of it checked for
+// honesty, and, when native watches the PBX's own lamps, both logged side
+// by side.
+func (r *rig) scenarios(t *testing.T, phones []string, native nativeLamps) func(name string, f func(t *testing.T)) {
+	return func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			r.t = t
+			from := map[string]int{}
+			for ext, l := range r.lamps {
+				l.setT(t)
+				from[ext] = l.count()
+			}
+			nativeFrom := native.counts()
+			defer func() {
+				r.hangupAll()
+				native.report(t, r, nativeFrom, from)
+				for _, ext := range phones {
+					r.lamps[ext].checkHonest(t, from[ext])
+				}
+			}()
+			f(t)
+		})
+	}
+}
+
+// plainCall is a call from caller to callee, answered, held and resumed
+// by the caller, and hung up: the callee's lamp rings with the caller
+// (named callerName, when given) and the ids to pick up; both are
+// confirmed with each other; the caller's shows hold; both go idle.
+func (r *rig) plainCall(t *testing.T, caller, callee, callerName string) {
+	const d = 10 * time.Second
+	lc, le := r.lamps[caller], r.lamps[callee]
+	r.dial(caller, callee)
+	in := le.waitCall("early", "recipient", caller, d)
+	if callerName != "" && in.RemoteName != callerName || in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
+		t.Errorf("ringing lamp lacks who calls or the ids to pick up: %+v", in)
+	}
+	lc.waitCall("early", "initiator", callee, d)
+	r.cmd(callee, "/accept")
+	le.waitCall("confirmed", "recipient", caller, d)
+	lc.waitCall("confirmed", "initiator", callee, d)
+	r.cmd(caller, "/hold")
+	lc.wait("held", d, func(doc lamp) bool { c, ok := doc.only(); return ok && c.Held && doc.Phone == "held" })
+	r.cmd(caller, "/resume")
+	lc.wait("resumed", d, func(doc lamp) bool { c, ok := doc.only(); return ok && !c.Held && doc.Phone == "busy" })
+	r.cmd(caller, "/hangup")
+	lc.waitIdle(d)
+	le.waitIdle(d)
+}
