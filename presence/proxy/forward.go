@@ -719,24 +719,7 @@ type clientTx interface {
 // the CANCEL has the INVITE's Request-URI, Call-ID, From, To, CSeq
 // number, Route set and our Via with its branch.
 func (p *Proxy) cancelDownstream(inv *sip.Request) {
-	c := sip.NewRequest(sip.CANCEL, inv.Recipient)
-	c.SipVersion = inv.SipVersion
-	c.AppendHeader(inv.Via().Clone())
-	for _, r := range inv.GetHeaders("Route") {
-		c.AppendHeader(sip.HeaderClone(r))
-	}
-	mf := sip.MaxForwardsHeader(70)
-	c.AppendHeader(&mf)
-	for _, name := range []string{"From", "To", "Call-ID"} {
-		if h := inv.GetHeader(name); h != nil {
-			c.AppendHeader(sip.HeaderClone(h))
-		}
-	}
-	c.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
-	c.SetBody(nil)
-	c.SetTransport(inv.Transport())
-	c.SetDestination(inv.Destination())
-	c.Laddr = inv.Laddr
+	c := sameHop(inv, sip.CANCEL, inv.To())
 	ctx, cancel := context.WithTimeout(p.ctx, 32*time.Second)
 	defer cancel()
 	if _, err := p.client.Do(ctx, c, noBuild); err != nil {

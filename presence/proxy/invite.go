@@ -227,29 +227,37 @@ func (tx *inviteTx) pass(res *sip.Response) {
 // the response's To (with its tag), the CSeq number with ACK, no body
 // and no Contact.
 func ackFor(inv *sip.Request, res *sip.Response) *sip.Request {
-	ack := sip.NewRequest(sip.ACK, inv.Recipient)
-	ack.SipVersion = inv.SipVersion
-	ack.AppendHeader(inv.Via().Clone())
-	for _, r := range inv.GetHeaders("Route") {
-		ack.AppendHeader(sip.HeaderClone(r))
+	return sameHop(inv, sip.ACK, res.To())
+}
+
+// sameHop is a request that goes where the INVITE inv went and belongs
+// to its transaction (an ACK for its failure, a CANCEL): the INVITE's
+// Request-URI, top Via alone (its branch), Route set, From, Call-ID and
+// CSeq number, with to as its To, method in CSeq, no body.
+func sameHop(inv *sip.Request, method sip.RequestMethod, to *sip.ToHeader) *sip.Request {
+	r := sip.NewRequest(method, inv.Recipient)
+	r.SipVersion = inv.SipVersion
+	r.AppendHeader(inv.Via().Clone())
+	for _, h := range inv.GetHeaders("Route") {
+		r.AppendHeader(sip.HeaderClone(h))
 	}
 	mf := sip.MaxForwardsHeader(70)
-	ack.AppendHeader(&mf)
+	r.AppendHeader(&mf)
 	if h := inv.From(); h != nil {
-		ack.AppendHeader(sip.HeaderClone(h))
+		r.AppendHeader(sip.HeaderClone(h))
 	}
-	if h := res.To(); h != nil {
-		ack.AppendHeader(sip.HeaderClone(h))
+	if to != nil {
+		r.AppendHeader(sip.HeaderClone(to))
 	}
 	if h := inv.CallID(); h != nil {
-		ack.AppendHeader(sip.HeaderClone(h))
+		r.AppendHeader(sip.HeaderClone(h))
 	}
-	ack.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.ACK})
-	ack.SetBody(nil)
-	ack.SetTransport(inv.Transport())
-	ack.SetDestination(inv.Destination())
-	ack.Laddr = inv.Laddr
-	return ack
+	r.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: method})
+	r.SetBody(nil)
+	r.SetTransport(inv.Transport())
+	r.SetDestination(inv.Destination())
+	r.Laddr = inv.Laddr
+	return r
 }
 
 // Response takes a response that matched no transaction of sipgo's: one
