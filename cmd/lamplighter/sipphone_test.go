@@ -45,15 +45,7 @@ type sipPhone struct {
 
 func newSIPPhone(t *testing.T, user, pass, domain, outbound string) *sipPhone {
 	t.Helper()
-	quiet := slog.New(slog.DiscardHandler)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("DeskPhoneTest/1.0"),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	srv, _ := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	ua, srv := newTestUA(t, "DeskPhoneTest/1.0")
 	p := &sipPhone{t: t, user: user, pass: pass, domain: domain, outbound: outbound, ua: ua,
 		news: make(chan struct{}, 1), byes: make(chan *sip.Request, 10), answered: make(chan *sip.Request, 10),
 		subCallID: sip.GenerateTagN(16) + "@phone", subFrom: sip.GenerateTagN(10),
@@ -86,21 +78,8 @@ func newSIPPhone(t *testing.T, user, pass, domain, outbound string) *sipPhone {
 		default:
 		}
 	})
-	pc, ln := listenBoth(t)
-	p.port = pc.LocalAddr().(*net.UDPAddr).Port
-	go srv.ServeUDP(pc)
-	go srv.ServeTCP(ln)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if c, err := ua.TransportLayer().GetConnection("udp", pc.LocalAddr().String()); err == nil && c != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("phone socket not registered")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	p.client, _ = sipgo.NewClient(ua, sipgo.WithClientLogger(quiet), sipgo.WithClientAddr("127.0.0.1:"+strconv.Itoa(p.port)))
+	p.port = serveBoth(t, ua, srv)
+	p.client, _ = sipgo.NewClient(ua, sipgo.WithClientLogger(slog.New(slog.DiscardHandler)), sipgo.WithClientAddr("127.0.0.1:"+strconv.Itoa(p.port)))
 	p.dialogs = sipgo.NewDialogClientCache(p.client, sip.ContactHeader{Address: p.contact()})
 	return p
 }

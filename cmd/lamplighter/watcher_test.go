@@ -39,8 +39,24 @@ type watcher struct {
 
 func newWatcher(t *testing.T, transport string) *watcher {
 	t.Helper()
+	ua, srv := newTestUA(t, "WatcherTest/1.0")
+	w := &watcher{t: t, transport: transport, notifies: make(chan *sip.Request, 100),
+		callID: sip.GenerateTagN(16) + "@watcher", fromTag: sip.GenerateTagN(10)}
+	srv.OnNotify(func(req *sip.Request, tx sip.ServerTransaction) {
+		w.notifies <- req
+		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	w.port = serveBoth(t, ua, srv)
+	w.client, _ = sipgo.NewClient(ua, sipgo.WithClientLogger(slog.New(slog.DiscardHandler)))
+	return w
+}
+
+// newTestUA is a sipgo user agent and server for a test's SIP peer, with
+// their logs off, closed when the test ends.
+func newTestUA(t *testing.T, userAgent string) (*sipgo.UserAgent, *sipgo.Server) {
+	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("WatcherTest/1.0"),
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(userAgent),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet)))
 	if err != nil {
@@ -48,14 +64,14 @@ func newWatcher(t *testing.T, transport string) *watcher {
 	}
 	t.Cleanup(func() { ua.Close() })
 	srv, _ := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
-	w := &watcher{t: t, transport: transport, notifies: make(chan *sip.Request, 100),
-		callID: sip.GenerateTagN(16) + "@watcher", fromTag: sip.GenerateTagN(10)}
-	srv.OnNotify(func(req *sip.Request, tx sip.ServerTransaction) {
-		w.notifies <- req
-		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
-	})
+	return ua, srv
+}
+
+// serveBoth serves srv over UDP and TCP on one free loopback port, and
+// returns it once sipgo sends from that UDP socket.
+func serveBoth(t *testing.T, ua *sipgo.UserAgent, srv *sipgo.Server) int {
+	t.Helper()
 	pc, ln := listenBoth(t)
-	w.port = pc.LocalAddr().(*net.UDPAddr).Port
 	go srv.ServeUDP(pc)
 	go srv.ServeTCP(ln)
 	deadline := time.Now().Add(5 * time.Second)
@@ -64,12 +80,11 @@ func newWatcher(t *testing.T, transport string) *watcher {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("watcher socket not registered")
+			t.Fatal("a test peer's socket was never taken by sipgo")
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	w.client, _ = sipgo.NewClient(ua, sipgo.WithClientLogger(quiet))
-	return w
+	return pc.LocalAddr().(*net.UDPAddr).Port
 }
 
 // listenBoth opens UDP and TCP on the same free loopback port.
