@@ -48,6 +48,11 @@ type DB struct {
 	db   *bolt.DB
 	lock *os.File // holds the state directory's lock while open
 	log  *slog.Logger
+	// parsed are the subscriptions Open read (and parsed, to check
+	// them), by ID, for a Load before any Save; nil after either. Read
+	// and cleared in bbolt's write transactions, which run one at a
+	// time.
+	parsed map[string]presence.SavedSubscription
 }
 
 // LockName is the lock file beside the store: one Lamplighter per state
@@ -138,7 +143,8 @@ func lockDir(dir string) (*os.File, error) {
 // can be read of it was taken: nothing is ever lost without a copy and a
 // log line.
 func (d *DB) renew(path string) error {
-	records, anomalies, err := readFile(path)
+	records, subs, anomalies, err := readFile(path)
+	d.parsed = subs
 	var damage *damageError
 	switch {
 	case err == nil && len(anomalies) > 0:
@@ -150,7 +156,7 @@ func (d *DB) renew(path string) error {
 		if err := d.keepAside(path, damage.err.Error()+": starting with no saved subscriptions"); err != nil {
 			return err
 		}
-		records = nil
+		records, d.parsed = nil, nil
 	case err != nil:
 		return err
 	}
@@ -212,27 +218,28 @@ type damageError struct{ err error }
 func (e *damageError) Error() string { return "damaged state file: " + e.err.Error() }
 
 // readFile reads every record of the store at path, by bucket, in key
-// order, with what is wrong with its structure (anomalies): records no
+// order, with the subscriptions parsed, and what is wrong with its
+// structure (anomalies): records no
 // store of ours could hold (damaged sizes) or that cannot be read as
 // what their bucket holds, a bucket of another name (whose records are
 // kept in the bucket they read as, if any), a bucket or the schema
 // version missing, another schema version. A missing file holds
 // nothing. Errors of the file system come back as they are; anything
 // wrong with the contents as a whole is a *damageError.
-func readFile(path string) (records map[string][][2][]byte, anomalies []string, err error) {
+func readFile(path string) (records map[string][][2][]byte, subs map[string]presence.SavedSubscription, anomalies []string, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if err != nil {
-		return nil, nil, err // permissions and the like: never moved aside
+		return nil, nil, nil, err // permissions and the like: never moved aside
 	}
 	// Read it through once: an I/O error shows here, as itself, and not as
 	// a fault in bbolt's map.
 	_, err = io.Copy(io.Discard, f)
 	f.Close()
 	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, nil, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	size := fileSize(path)
 	err = guard(func() error {
@@ -293,20 +300,32 @@ func readFile(path string) (records map[string][][2][]byte, anomalies []string, 
 					anomalies = append(anomalies, fmt.Sprintf("bucket %s missing", name))
 				}
 			}
+			subs = map[string]presence.SavedSubscription{}
 			for name, recs := range records {
-				kept := slices.DeleteFunc(recs, func(kv [2][]byte) bool { return !readable(name, kv[0], kv[1]) })
+				// One order, one record per key: a stray bucket's records
+				// were added after those of the bucket they read as.
+				slices.SortStableFunc(recs, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+				recs = slices.CompactFunc(recs, func(a, b [2][]byte) bool { return bytes.Equal(a[0], b[0]) })
+				kept := slices.DeleteFunc(slices.Clone(recs), func(kv [2][]byte) bool {
+					if name != string(bucketSubscriptions) {
+						return !readable(name, kv[0], kv[1])
+					}
+					r, err := ParseSubscription(kv[1])
+					if err != nil || r.ID != string(kv[0]) {
+						return true
+					}
+					subs[r.ID] = r // for the first Load, which would parse them again
+					return false
+				})
 				if n := len(recs) - len(kept); n > 0 {
 					anomalies = append(anomalies, fmt.Sprintf("bucket %s: %d records cannot be read (another version?), dropped", name, n))
 				}
-				// One order, one record per key: a stray bucket's records
-				// were added after those of the bucket they read as.
-				slices.SortStableFunc(kept, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
-				records[name] = slices.CompactFunc(kept, func(a, b [2][]byte) bool { return bytes.Equal(a[0], b[0]) })
+				records[name] = kept
 			}
 			return nil
 		})
 	})
-	return records, anomalies, err
+	return records, subs, anomalies, err
 }
 
 // readBucket reads one bucket's records in key order, counting those no
@@ -433,6 +452,7 @@ func (p person) state() bridge.PersonState {
 func (d *DB) Save(b presence.Batch) error {
 	return guard(func() error {
 		return d.db.Update(func(tx *bolt.Tx) error {
+			d.parsed = nil // what Open read is no longer what the file holds
 			subs := tx.Bucket(bucketSubscriptions)
 			// Ids grow with time (presence.idSequence), so new records
 			// are appended: pages split full, not half full.
@@ -506,8 +526,14 @@ func (d *DB) Load(now time.Time) (*presence.Saved, error) {
 		return d.db.Update(func(tx *bolt.Tx) error {
 			var stale [][]byte
 			subs := tx.Bucket(bucketSubscriptions)
+			parsed := d.parsed
+			d.parsed = nil
 			err := subs.ForEach(func(k, v []byte) error {
-				r, err := ParseSubscription(v)
+				r, ok := parsed[string(k)]
+				var err error
+				if !ok {
+					r, err = ParseSubscription(v)
+				}
 				if err != nil || r.ID != string(k) {
 					d.log.Warn("unreadable saved subscription dropped", "key", string(k), "err", err)
 					stale = append(stale, bytes.Clone(k))
