@@ -215,7 +215,7 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 		}
 		nc = uint32(cred.Nc)
 	}
-	if !a.uses.use(nonce.raw, nc, nc <= 1) {
+	if !a.uses.use(nonce.raw, nc) {
 		return identity{}, authReplay
 	}
 	return identity{UserID: user.UserID, Username: cred.Username}, authOK

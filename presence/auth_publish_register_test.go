@@ -211,17 +211,17 @@ func TestNonceUsesAreBounded(t *testing.T) {
 	var raws [4][nonceBytes]byte
 	for i := range raws {
 		raws[i][0] = byte(i + 1)
-		if !u.use(raws[i], 1, true) {
+		if !u.use(raws[i], 1) {
 			t.Fatalf("first use of nonce %d refused", i)
 		}
 	}
 	if u.len() != 3 {
 		t.Errorf("%d nonces kept, bound 3", u.len())
 	}
-	if u.use(raws[0], 2, false) {
+	if u.use(raws[0], 2) {
 		t.Error("a forgotten nonce's next count was taken")
 	}
-	if !u.use(raws[3], 2, false) || u.use(raws[3], 2, false) {
+	if !u.use(raws[3], 2) || u.use(raws[3], 2) {
 		t.Error("a remembered nonce: the next count must pass once")
 	}
 }

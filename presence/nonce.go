@@ -97,16 +97,11 @@ type nonceCheck struct {
 
 // check reads nonce as one of ours for a request from ip with callID.
 func (n *nonceMACs) check(nonce string, ip []byte, callID string, now time.Time, ttl time.Duration) nonceCheck {
-	return n.checkBytes([]byte(nonce), ip, callID, now, ttl)
-}
-
-// checkBytes is check of a nonce in bytes.
-func (n *nonceMACs) checkBytes(nonce []byte, ip []byte, callID string, now time.Time, ttl time.Duration) nonceCheck {
 	var c nonceCheck
 	if len(nonce) != 2*nonceBytes {
 		return c
 	}
-	if _, err := hex.Decode(c.raw[:], nonce); err != nil {
+	if _, err := hex.Decode(c.raw[:], []byte(nonce)); err != nil {
 		return c
 	}
 	want := c.raw
@@ -156,10 +151,10 @@ func newNonceUses(max int) *nonceUses {
 // use records count nc for nonce raw and reports whether it is new:
 // greater than every count used with the nonce before (a nonce without
 // counts, nc 0, may serve once). A nonce not remembered is taken only
-// with its first count (first: nc 1, or none); one forgotten since (more
-// than max others were used after it) is refused, and its client takes a
-// fresh one.
-func (u *nonceUses) use(raw [nonceBytes]byte, nc uint32, first bool) (ok bool) {
+// with its first count (1, or none); one forgotten since (more than max
+// others were used after it) is refused, and its client takes a fresh
+// one.
+func (u *nonceUses) use(raw [nonceBytes]byte, nc uint32) (ok bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	last, seen := u.count[raw]
@@ -170,7 +165,7 @@ func (u *nonceUses) use(raw [nonceBytes]byte, nc uint32, first bool) (ok bool) {
 		}
 		u.count[raw] = nc
 		return true
-	case !first:
+	case nc > 1:
 		return false // forgotten: its counts cannot be checked any more
 	}
 	if len(u.order) < u.max {

@@ -215,7 +215,8 @@ func (s *Server) refreshSubscription(req *sipmsg.Request, tx serverTx, toTag, fr
 		if !ok {
 			return
 		}
-		if !id.Trusted && id.UserID != sub.Watcher || id.Trusted && sub.Watcher != "" && id.UserID != sub.Watcher {
+		// A trusted network stands for a watcher who never authenticated.
+		if id.UserID != sub.Watcher && (!id.Trusted || sub.Watcher != "") {
 			s.log.Info("refresh of another watcher's subscription refused", "source", req.Source, "user", id.UserID)
 			s.reply(req, tx, 403, "Forbidden")
 			return
