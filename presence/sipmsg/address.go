@@ -156,7 +156,7 @@ func ParseURI(s string) (URI, error) {
 	}
 	u.Scheme = scheme
 	if !u.IsSIP() {
-		if rest == "" {
+		if rest == "" || !uriChars(rest) {
 			return u, bad("Bad URI")
 		}
 		return u, nil
@@ -217,6 +217,22 @@ func hostChars(s string) bool {
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
 		case ' ', '\t', '<', '>', '"', '@', ';', ',':
+			return false
+		}
+	}
+	return true
+}
+
+// uriChars reports whether s has only characters a URI may hold
+// (RFC 3986 §2: unreserved, reserved and '%'); quotes, angle brackets,
+// spaces and controls end a URI and cannot be in one.
+func uriChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-._~:/?#[]@!$&'()*+,;=%", c) >= 0:
+		default:
 			return false
 		}
 	}

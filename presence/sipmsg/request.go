@@ -283,6 +283,19 @@ func (r *Request) readBody(body string) error {
 }
 
 func (r *Request) readDialogHeaders() error {
+	// From, To, Call-ID and CSeq identify the request and its dialog:
+	// each appears once (RFC 3261 §7.3, §20), and two that differ would
+	// make this request another one to the next stack that reads it.
+	var seen [ContentLength + 1]bool
+	for i := range r.Fields {
+		switch k := r.Fields[i].Key; k {
+		case From, To, CallID, CSeq, ContentLength:
+			if seen[k] {
+				return bad("Duplicate " + singletons[k])
+			}
+			seen[k] = true
+		}
+	}
 	if _, ok := r.Get(Via); !ok {
 		return bad("Missing Via")
 	}
@@ -323,6 +336,9 @@ func (r *Request) readDialogHeaders() error {
 	}
 	return nil
 }
+
+// singletons names the headers a request may carry only once.
+var singletons = map[Key]string{From: "From", To: "To", CallID: "Call-ID", CSeq: "CSeq", ContentLength: "Content-Length"}
 
 // Get returns the value of the first header with key k.
 func (r *Request) Get(k Key) (string, bool) {

@@ -99,6 +99,10 @@ func TestParseRefusesWithAReason(t *testing.T) {
 		"short body":     {strings.Replace(ok, "\r\n\r\n", "\r\nContent-Length: 5\r\n\r\nab", 1), "Content-Length Beyond Message"},
 		"content-length": {strings.Replace(ok, "\r\n\r\n", "\r\nContent-Length: -1\r\n\r\n", 1), "Bad Content-Length"},
 		"version":        {strings.Replace(ok, "SIP/2.0\r\n", "SIP/3.0\r\n", 1), "Version Not Supported"},
+		"two froms":      {strings.Replace(ok, "To:", "f: <sip:z@y>;tag=2\r\nTo:", 1), "Duplicate From"},
+		"two call-ids":   {strings.Replace(ok, "Call-ID: c\r\n", "Call-ID: c\r\ni: d\r\n", 1), "Duplicate Call-ID"},
+		"two cseqs":      {strings.Replace(ok, "\r\n\r\n", "\r\nCSeq: 2 OPTIONS\r\n\r\n", 1), "Duplicate CSeq"},
+		"quote in uri":   {strings.Replace(ok, "<sip:x@y>;tag=1", `a:0"`, 1), "Bad From"},
 	} {
 		_, err := ParseString(tc.msg)
 		var e *Error
@@ -129,7 +133,7 @@ func TestParseURI(t *testing.T) {
 			t.Errorf("ParseURI(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "sip:", "sip:a@", "sip:host:0", "sip:host:99999", "sip:[::1", "1sip:a", "sip:a b"} {
+	for _, in := range []string{"", "sip:", "sip:a@", "sip:host:0", "sip:host:99999", "sip:[::1", "1sip:a", "sip:a b", `tel:1"`, "urn:a<b", "tel:1 2"} {
 		if _, err := ParseURI(in); err == nil {
 			t.Errorf("ParseURI(%q) took it", in)
 		}
