@@ -113,8 +113,15 @@ func newEnvDir(t testing.TB, dir *bridge.Directory, opts ...envOption) *testEnv 
 		})
 	}
 	t.Cleanup(stop)
-	addrs := srv.Addrs()
-	return &testEnv{t: t, bridge: b, srv: srv, udp: addrs[0].String(), tcp: addrs[1].String(), stop: stop}
+	env := &testEnv{t: t, bridge: b, srv: srv, stop: stop}
+	for _, a := range srv.Addrs() {
+		if a.Network() == "udp" && env.udp == "" {
+			env.udp = a.String()
+		} else if a.Network() == "tcp" && env.tcp == "" {
+			env.tcp = a.String()
+		}
+	}
+	return env
 }
 
 // phone is a SIP user agent on loopback that subscribes and answers

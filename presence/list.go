@@ -275,11 +275,25 @@ func (s *Server) sendListNotify(sub *Subscription) {
 	// The RLMI version grows with every NOTIFY.
 	version, remaining, changedAt := s.beginNotify(sub, final, true)
 	tx := s.notifier.newTx(sub)
+	n := &listNotify{states: states, parts: parts, full: full, version: version, final: final,
+		remaining: remaining, branch: tx.branch}
 	network, addr := s.address(sub)
-	render := func(dst []byte, h hop, compact bool) []byte {
-		return s.appendListNotify(dst, sub, h, states, parts, full, version, final, remaining, tx.branch, compact)
+	// What a rendering leaves for the next NOTIFY: the one in tx's
+	// buffer, and the one made to fit a datagram (kept as the fallback
+	// when TCP is tried first).
+	var deferred, fitDeferred []int
+	render := func(dst []byte, h hop, fit bool) []byte {
+		limit := 0
+		if fit {
+			limit = s.opt.MaxUDPNotify
+		}
+		dst, deferred = s.appendListNotify(dst, sub, h, n, limit)
+		if fit {
+			fitDeferred = deferred
+		}
+		return dst
 	}
-	network, h, compact, size := s.renderNotify(sub, tx, network, render)
+	network, h, fallback, size := s.renderNotify(sub, tx, network, render)
 	for _, i := range parts {
 		m := &lv.members[i]
 		if st, ok := states[m.userID]; ok {
@@ -289,66 +303,182 @@ func (s *Server) sendListNotify(sub *Subscription) {
 			m.last = nil
 		}
 	}
+	s.deferMembers(sub, deferred)
+	var onFallback func()
+	if fallback != nil && len(fitDeferred) > 0 {
+		onFallback = func() {
+			sub.mu.Lock()
+			s.deferMembers(sub, fitDeferred)
+			sub.mu.Unlock()
+		}
+	}
 	cseq := sub.cseq
 	sub.mu.Unlock()
-	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq)
+	s.transmit(sub, tx, network, addr, h, fallback, size, changedAt, cseq, onFallback)
+}
+
+// deferMembers marks members whose documents a NOTIFY had no room for
+// (indices into the list's members): each goes in the next NOTIFY, at
+// once after this one's 200. Called with sub.mu held, after the NOTIFY's
+// members were marked sent.
+func (s *Server) deferMembers(sub *Subscription, deferred []int) {
+	if len(deferred) == 0 || sub.done {
+		return
+	}
+	for _, i := range deferred {
+		m := &sub.list.members[i]
+		m.last = nil // not shown: sent again
+		m.version--  // its version was not used
+	}
+	sub.dirty, sub.list.urgent = true, true
+}
+
+// listNotify is what one list NOTIFY carries: the members at parts
+// (indices into the subscription's members) in their states, and the
+// dialog's details for it.
+type listNotify struct {
+	states    map[string]*bridge.State
+	parts     []int
+	full      bool
+	version   uint32
+	final     string
+	remaining int
+	branch    string
 }
 
 // appendListNotify renders a list subscription's NOTIFY: the members at
-// parts (indices into its members), each in its current state. Called
-// with sub.mu held.
-func (s *Server) appendListNotify(dst []byte, sub *Subscription, h hop, states map[string]*bridge.State,
-	parts []int, full bool, version uint32, final string, remaining int, branch string, compact bool) []byte {
-	dst = s.appendNotifyHead(dst, sub, h, final, remaining, branch)
+// n.parts, each in its current state. With limit > 0 the NOTIFY is at
+// most limit bytes (a datagram): documents that do not fit are left out
+// and their members returned (RFC 4662 §4.4 lets an RLMI instance come
+// without its body), to go in the NOTIFYs that follow, so a phone
+// without TCP gets a big list whole over several NOTIFYs rather than
+// never. A full-state NOTIFY still lists every member; a partial one
+// only those whose document it carries (and those that are gone).
+// Called with sub.mu held.
+func (s *Server) appendListNotify(dst []byte, sub *Subscription, h hop, n *listNotify, limit int) ([]byte, []int) {
+	dst = s.appendNotifyHead(dst, sub, h, n.final, n.remaining, n.branch)
 	dst = append(dst, "Require: eventlist\r\nContent-Type: "...)
 	boundary := "LL-" + sub.ID
 	dst = body.MultipartType(dst, boundary)
 
 	lv := sub.list
 	instState, reason := "active", ""
-	switch final {
+	switch n.final {
 	case "":
 	case reasonUnsubscribed:
 		instState = "terminated"
 	default:
-		instState, reason = "terminated", final
+		instState, reason = "terminated", n.final
 	}
 	host := sub.LocalHost
 	if strings.IndexByte(host, ':') >= 0 {
 		host = "[" + host + "]"
 	}
-	cid := func(i int) string {
-		return "m" + strconv.Itoa(i) + "." + strconv.FormatUint(uint64(version), 10) + "." + sub.ID + "@" + host
-	}
-	scratch := s.notifier.bufs.Get().(*[]byte)
-	resources := make([]body.Resource, 0, len(parts))
-	for _, i := range parts {
+	suffix := "." + strconv.FormatUint(uint64(n.version), 10) + "." + sub.ID + "@" + host
+	resources := make([]body.Resource, 0, len(n.parts))
+	for _, i := range n.parts {
 		m := &lv.members[i]
 		r := body.Resource{URI: m.uri, Name: m.name, Instance: m.userID, State: instState, Reason: reason}
-		if _, ok := states[m.userID]; ok {
-			r.CID = cid(i)
-		} else if final == "" {
+		if _, ok := n.states[m.userID]; ok {
+			r.CID = "m" + strconv.Itoa(i) + suffix
+		} else if n.final == "" {
 			r.State, r.Reason = "terminated", "noresource"
 		}
 		resources = append(resources, r)
 	}
-	b := body.AppendPart(nil, boundary, "rlmi."+strconv.FormatUint(uint64(version), 10)+"."+sub.ID+"@"+host, body.TypeRLMI,
-		body.RLMI((*scratch)[:0], sub.Entity, lv.display, version, full, resources))
+	// Every member's document, as a part, one after the other.
+	scratch := s.notifier.bufs.Get().(*[]byte)
+	defer s.notifier.bufs.Put(scratch)
 	lister := sub.pkg.(listable)
-	for k, i := range parts {
-		m := &lv.members[i]
-		st, ok := states[m.userID]
-		if !ok {
-			continue
-		}
+	render := func(dst []byte, k int, compact bool) []byte {
+		m := &lv.members[n.parts[k]]
 		opt := body.Options{Version: m.version, SingleDialog: sub.Single || compact, Plain: sub.Single || compact,
 			Compact: compact, DNDText: sub.DNDText}
-		doc := lister.RenderMember((*scratch)[:0], m.uri, sub.MediaType, st, opt)
-		b = body.AppendPart(b, boundary, resources[k].CID, sub.MediaType, doc)
+		doc := lister.RenderMember((*scratch)[:0], m.uri, sub.MediaType, n.states[m.userID], opt)
 		*scratch = doc[:0]
+		return body.AppendPart(dst, boundary, resources[k].CID, sub.MediaType, doc)
 	}
-	b = body.EndParts(b, boundary)
-	s.notifier.bufs.Put(scratch)
+	rlmiCID := "rlmi" + suffix
+	if limit <= 0 {
+		b := body.AppendPart(nil, boundary, rlmiCID, body.TypeRLMI,
+			body.RLMI((*scratch)[:0], sub.Entity, lv.display, n.version, n.full, resources))
+		for k := range n.parts {
+			if resources[k].CID != "" {
+				b = render(b, k, false)
+			}
+		}
+		return appendBody(dst, body.EndParts(b, boundary)), nil
+	}
+	// Room for the documents: the limit less the head, the Content-Length
+	// line, the RLMI without resources, the closing boundary, and the
+	// resources the RLMI names whatever fits: all of a full state's, the
+	// members that are gone of a partial one. A partial NOTIFY names a
+	// member only with its document, which then costs both.
+	tail := body.EndParts(nil, boundary)
+	empty := len(body.RLMI((*scratch)[:0], sub.Entity, lv.display, n.version, n.full, nil))
+	entry := func(r body.Resource) int {
+		return len(body.RLMI((*scratch)[:0], sub.Entity, lv.display, n.version, n.full, []body.Resource{r})) - empty
+	}
+	room := limit - len(dst) - len("\r\nContent-Length: 1000000\r\n\r\n") - len(tail) -
+		len(body.AppendPart(nil, boundary, rlmiCID, body.TypeRLMI, make([]byte, empty)))
+	for _, r := range resources {
+		if n.full || r.CID == "" {
+			room -= entry(r)
+		}
+	}
+	if room < 0 {
+		// Nothing RFC 4662 allows makes it smaller: a full state names
+		// every member.
+		s.log.Error("a list's member index alone is larger than a UDP NOTIFY may be: the phone needs SIP over TCP",
+			"list", sub.List, "members", len(resources), "max_udp_notify", limit, "source", sub.Source)
+	}
+	var docs []byte
+	var deferred []int
+	used := 0
+	for k := range n.parts {
+		if resources[k].CID == "" {
+			continue
+		}
+		cost := 0
+		if !n.full {
+			cost = entry(resources[k])
+		}
+		start := len(docs)
+		docs = render(docs, k, false)
+		if used+cost+len(docs)-start <= room {
+			used += cost + len(docs) - start
+			continue
+		}
+		if start == 0 && !n.full {
+			// Alone it does not fit (a partial NOTIFY has all the room
+			// there is): its compact form (one dialog, no extras) may,
+			// else the member is sent nothing at all.
+			if docs = render(docs[:0], k, true); cost+len(docs) <= room {
+				used += cost + len(docs)
+				continue
+			}
+			s.log.Error("a list member's document is larger than a UDP NOTIFY may be: left out",
+				"list", sub.List, "member", lv.members[n.parts[k]].userID, "bytes", len(docs), "source", sub.Source)
+		} else {
+			deferred = append(deferred, n.parts[k])
+		}
+		docs = docs[:start]
+		resources[k].CID = ""
+	}
+	if len(deferred) > 0 && !n.full {
+		// A partial NOTIFY names only the members it shows.
+		resources = slices.DeleteFunc(resources, func(r body.Resource) bool {
+			return r.CID == "" && r.State == "active"
+		})
+	}
+	b := body.AppendPart(nil, boundary, rlmiCID, body.TypeRLMI,
+		body.RLMI((*scratch)[:0], sub.Entity, lv.display, n.version, n.full, resources))
+	b = append(b, docs...)
+	return appendBody(dst, append(b, tail...)), deferred
+}
+
+// appendBody appends the Content-Length line, the blank line and b.
+func appendBody(dst, b []byte) []byte {
 	dst = append(dst, "\r\nContent-Length: "...)
 	dst = strconv.AppendInt(dst, int64(len(b)), 10)
 	dst = append(dst, "\r\n\r\n"...)

@@ -3,6 +3,7 @@ package presence
 import (
 	"bytes"
 	"encoding/xml"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -516,5 +517,110 @@ func TestListSubscriberIsAuthenticatedAndShownAsWatcher(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// TestBigListReachesAUDPPhoneWhole: a list whose full state is far larger
+// than a datagram reaches a phone that takes no TCP whole: a full-state
+// RLMI naming every member, then partial NOTIFYs, each under the datagram
+// size, until every member's full document (not a compact one) has
+// arrived. Before, the whole list was rendered compact at well over a
+// datagram, failed with EMSGSIZE at every try, and the phone waited on a
+// state it never got. Both with a TCP listener (tried first, refused by
+// the phone) and with none.
+func TestBigListReachesAUDPPhoneWhole(t *testing.T) {
+	const members = 150
+	var users []bridge.User
+	for i := range members {
+		users = append(users, bridge.User{ID: fmt.Sprintf("u%03d", i), Name: fmt.Sprintf("Member %d", i),
+			Extensions: []string{strconv.Itoa(2000 + i)}, Groups: []string{"big"},
+			Devices: []bridge.DeviceRef{{Source: "pbx", Device: fmt.Sprintf("PJSIP/%d", 2000+i)}}})
+	}
+	dir, err := bridge.NewDirectory(users, bridge.List{Name: "all", Group: "big"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller := strings.Repeat("A caller with a long name ", 8)
+	// The phone's SIP stack (sipgo) reads datagrams of 32 KiB at most, as
+	// an administrator learns of theirs and sets policy.max_udp_notify.
+	const limit = 30000
+	small := func(o *Options) { o.MaxUDPNotify = limit }
+	for name, opts := range map[string][]envOption{
+		"tcp listener": {trusted, small},
+		"udp only": {trusted, small, func(o *Options) {
+			o.Listen = []Listener{{Transport: "udp", Address: "127.0.0.1:0"}}
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := newEnvDir(t, dir, opts...)
+			for i := range members {
+				env.bridge.Apply(bridge.CallUpdated{Source: "pbx", Call: bridge.Call{ID: fmt.Sprintf("c%d", i),
+					Device: fmt.Sprintf("PJSIP/%d", 2000+i), Direction: bridge.Incoming, State: bridge.CallConfirmed,
+					Remote: bridge.Party{Number: strconv.Itoa(5000 + i), Name: caller}, CallID: fmt.Sprintf("call-%d@pbx", i),
+					LocalTag: "lt", RemoteTag: "rt", Started: time.Now()}})
+			}
+			p := newPhone(t, "UDP")
+			res, d := p.subscribe(env.udp, subReq{user: "all", event: "dialog", expires: 600, accept: listAcceptDialog,
+				headers: []sip.Header{eventlist()}})
+			if res.StatusCode != 200 {
+				t.Fatalf("SUBSCRIBE got %d", res.StatusCode)
+			}
+			host := d.uri.Host + ":" + strconv.Itoa(d.uri.Port)
+			got := map[string]string{}
+			notifies, fullBytes := 0, 0
+			for len(got) < members {
+				n := parseRLS(t, p.nextNotify(5*time.Second))
+				if size := len(n.req.Body()); size > limit-500 {
+					t.Fatalf("NOTIFY %d: a body of %d bytes", notifies, size)
+				}
+				if n.list.Version != notifies {
+					t.Fatalf("NOTIFY %d has RLMI version %d", notifies, n.list.Version)
+				}
+				if notifies == 0 && (!n.list.FullState || len(n.list.Resources) != members) {
+					t.Fatalf("the first NOTIFY: fullState %v, %d members named, want every one of %d", n.list.FullState, len(n.list.Resources), members)
+				}
+				if notifies > 0 && n.list.FullState {
+					t.Fatalf("NOTIFY %d is a full state again", notifies)
+				}
+				for uri, doc := range n.docs {
+					if !strings.Contains(doc, "<state>confirmed</state>") || !strings.Contains(doc, strings.TrimSpace(caller)) {
+						t.Fatalf("%s: not its full document:\n%s", uri, doc)
+					}
+					if _, dup := got[uri]; dup {
+						t.Errorf("%s sent twice", uri)
+					}
+					got[uri] = doc
+					fullBytes += len(doc)
+				}
+				notifies++
+			}
+			t.Logf("%d members' documents (%d bytes) in %d NOTIFYs", len(got), fullBytes, notifies)
+			if notifies < 2 || fullBytes < MaxDatagram {
+				t.Fatalf("%d NOTIFYs carrying %d bytes of documents: the list was not larger than a datagram", notifies, fullBytes)
+			}
+			for i := range members {
+				if _, ok := got[fmt.Sprintf("sip:%d@%s", 2000+i, host)]; !ok {
+					t.Errorf("member %d never sent", i)
+				}
+			}
+			if w := env.srv.Watchers("u000"); w != 1 {
+				t.Errorf("u000 has %d watchers", w)
+			}
+			// And the list goes on as any other: a change is one partial.
+			env.bridge.Apply(bridge.CallEnded{Source: "pbx", CallID: "c7"})
+			n := parseRLS(t, p.nextNotify(5*time.Second))
+			if n.list.FullState || len(n.list.Resources) != 1 || n.list.Resources[0].URI != fmt.Sprintf("sip:2007@%s", host) {
+				t.Errorf("after a hang-up: full %v members %v", n.list.FullState, n.uris())
+			}
+			// The final NOTIFY fits too, and names every member ended.
+			if res := p.refresh(d, 0); res.StatusCode != 200 {
+				t.Fatalf("unsubscribe got %d", res.StatusCode)
+			}
+			last := parseRLS(t, p.nextNotify(5*time.Second))
+			if st := header(last.req, "Subscription-State"); st != "terminated" || len(last.list.Resources) != members ||
+				len(last.req.Body()) > limit {
+				t.Errorf("final NOTIFY: %s, %d members, %d bytes", st, len(last.list.Resources), len(last.req.Body()))
+			}
+		})
 	}
 }

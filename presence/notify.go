@@ -315,7 +315,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 		sub.extra.featureReply = "" // answered by this NOTIFY
 	}
 	sub.mu.Unlock()
-	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq)
+	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq, nil)
 }
 
 // beginNotify starts a NOTIFY's transaction in the dialog: the next CSeq
@@ -344,40 +344,57 @@ func (s *Server) beginNotify(sub *Subscription, final string, versioned bool) (v
 }
 
 // renderNotify renders a NOTIFY into tx's buffer for the subscription's
-// own hop; one too large for a UDP datagram goes over TCP where we listen
-// on it, the compact rendering (render's compact) kept as the fallback,
-// else compact at once. Called with sub.mu held.
-func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render func(dst []byte, h hop, compact bool) []byte) (string, hop, []byte, int) {
+// own hop. One too large for a UDP datagram goes over TCP where we listen
+// on it, with render's fitting form (fit: a person's compact document,
+// or a list's members spread over several NOTIFYs) kept as the fallback;
+// else the fitting form at once. Called with sub.mu held.
+func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render func(dst []byte, h hop, fit bool) []byte) (string, hop, []byte, int) {
 	h := sub.hop()
 	*tx.buf = render(*tx.buf, h, false)
-	var compact []byte // the UDP fallback when TCP is tried first
+	var fitting []byte // the UDP fallback when TCP is tried first
 	size := len(*tx.buf)
-	if network == "udp" && size > maxDatagram {
+	if network == "udp" && size > s.opt.MaxUDPNotify {
 		// It would not leave (EMSGSIZE) and the watcher would be blamed.
 		// RFC 3261 §18.1.1: a large request goes over TCP where the peer
 		// takes it (phones listen on TCP at their UDP port); else send
-		// what matters, one dialog and no published extras.
-		compact = render(nil, h, true)
+		// what fits.
+		fitting = render(nil, h, true)
 		if th, ok := s.tcpHop(sub); ok {
 			*tx.buf = render((*tx.buf)[:0], th, false)
 			h, network = th, "tcp"
 		} else {
-			*tx.buf, compact = append((*tx.buf)[:0], compact...), nil
-			s.log.Warn("NOTIFY too large for a UDP datagram: sent compact (one dialog, no published extras)",
-				"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "compact_bytes", len(*tx.buf))
+			*tx.buf, fitting = append((*tx.buf)[:0], fitting...), nil
+			if !sub.warnedSize { // once per subscription: a list sends many
+				sub.warnedSize = true
+				s.log.Warn("NOTIFY too large for a UDP datagram, and no TCP listener to send it over: sent what fits "+
+					"(a person's compact document, a list in several NOTIFYs); listen on TCP too",
+					"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "sent_bytes", len(*tx.buf))
+			}
 		}
 	}
-	return network, h, compact, size
+	return network, h, fitting, size
 }
 
-// transmit sends a rendered NOTIFY (falling back to compact over UDP
-// when TCP cannot be reached) and starts its transaction.
-func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string, h hop, compact []byte, size int, changedAt time.Time, cseq uint32) {
+// transmit sends a rendered NOTIFY (falling back to the fitting form
+// over UDP when TCP cannot be reached, and then calling onFallback) and
+// starts its transaction.
+func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string, h hop, fitting []byte, size int,
+	changedAt time.Time, cseq uint32, onFallback func()) {
 	err := s.connect(s.ctx, tx, network, addr, h)
-	if err != nil && compact != nil {
-		s.log.Warn("NOTIFY too large for a UDP datagram and the subscriber takes no TCP: sent compact (one dialog, no published extras)",
-			"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "compact_bytes", len(compact), "tcp_err", err)
-		*tx.buf = append((*tx.buf)[:0], compact...)
+	if err != nil && fitting != nil {
+		sub.mu.Lock()
+		warn := !sub.warnedSize
+		sub.warnedSize = true
+		sub.mu.Unlock()
+		if warn {
+			s.log.Warn("NOTIFY too large for a UDP datagram and the subscriber takes no TCP: sent what fits "+
+				"(a person's compact document, a list in several NOTIFYs)",
+				"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "sent_bytes", len(fitting), "tcp_err", err)
+		}
+		*tx.buf = append((*tx.buf)[:0], fitting...)
+		if onFallback != nil {
+			onFallback()
+		}
 		err = s.connect(s.ctx, tx, "udp", addr, sub.hop())
 	}
 	if err == nil {
@@ -494,9 +511,9 @@ func (s *Server) tcpHop(sub *Subscription) (hop, bool) {
 	return hop{}, false
 }
 
-// maxDatagram is the largest NOTIFY sent over UDP: an IPv6 UDP payload
-// (65,527) less room for the IP options some paths add.
-const maxDatagram = 65000
+// MaxDatagram is the largest NOTIFY sent over UDP at most: an IPv6 UDP
+// payload (65,527) less room for the IP options some paths add.
+const MaxDatagram = 65000
 
 // appendNotify renders the in-dialog NOTIFY into dst: Request-URI the
 // remote target, From/To our and their tags, our CSeq, the route set,

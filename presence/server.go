@@ -127,6 +127,12 @@ type Options struct {
 	// SUBSCRIBE, gets 503 with a Retry-After of 1 to RetryAfter seconds
 	// (overload.go). Defaults 4096, 8192 and 5.
 	MaxPendingRequests, MaxPendingNotifies, RetryAfter int
+	// MaxUDPNotify is the largest NOTIFY sent over UDP (default and
+	// most MaxDatagram). A larger one goes over TCP where the phone
+	// listens; else a person's document goes compact and a list in
+	// several NOTIFYs (list.go). Lower it for phones whose SIP stack reads
+	// smaller datagrams (sipgo's reads 32 KiB).
+	MaxUDPNotify int
 	// Logger for the server's own messages.
 	Logger *slog.Logger
 	// Metrics receives counts; nil for none.
@@ -230,6 +236,9 @@ func (o *Options) defaults() {
 	}
 	if o.RetryAfter == 0 {
 		o.RetryAfter = DefaultRetryAfter
+	}
+	if o.MaxUDPNotify <= 0 || o.MaxUDPNotify > MaxDatagram {
+		o.MaxUDPNotify = MaxDatagram
 	}
 }
 

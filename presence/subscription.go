@@ -61,6 +61,7 @@ type Subscription struct {
 	// Store: going past either asks for an early save.
 	savedCSeq, savedVersion uint32
 	failures                int32     // consecutive failed NOTIFYs
+	warnedSize              bool      // told the log its NOTIFYs do not fit a datagram
 	expires                 time.Time // when the subscription lapses (see expiryWheel)
 	final                   string    // reason of the terminating NOTIFY still to send
 	// changedAt is the first unsent change, for the latency metric, as

@@ -35,6 +35,7 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		MaxPendingRequests:        cfg.Policy.MaxPendingRequests,
 		MaxPendingNotifies:        cfg.Policy.MaxPendingNotifies,
 		RetryAfter:                cfg.Policy.RetryAfter,
+		MaxUDPNotify:              cfg.Policy.MaxUDPNotify,
 		Streams: presence.StreamLimits{
 			MaxConnections:   cfg.Policy.MaxConnections,
 			MaxPerAddress:    cfg.Policy.MaxConnectionsPerAddress,

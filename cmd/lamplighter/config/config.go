@@ -117,6 +117,10 @@ type Policy struct {
 	// MaxForwarding bounds the requests being forwarded at once in proxy
 	// mode; past it phones get 503.
 	MaxForwarding int `yaml:"max_forwarding"`
+	// MaxUDPNotify is the largest NOTIFY sent over UDP (default 65000,
+	// the most a datagram carries); larger ones go over TCP where the
+	// phone listens, else compact or, for a list, in several NOTIFYs.
+	MaxUDPNotify int `yaml:"max_udp_notify"`
 	// Coalesce is how long bursts of non-urgent changes for one user are
 	// gathered into one NOTIFY. A change to ringing is never delayed.
 	Coalesce time.Duration `yaml:"coalesce"`

@@ -133,6 +133,7 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"bad cidr", [2]string{"  domain: example.com", "  domain: example.com\n  trusted_networks: [10.0.0.0/33]"}, 3, "bad network"},
 		{"expires order", [2]string{"sip:", "policy:\n  min_expires: 600\n  max_expires: 60\nsip:"}, 3, "max_expires (60) is below min_expires (600)"},
 		{"type error", [2]string{"sip:", "policy:\n  min_expires: soon\nsip:"}, 2, "cannot unmarshal"},
+		{"udp notify size", [2]string{"sip:", "policy:\n  max_udp_notify: 70000\nsip:"}, 2, "must be between 1300 and 65000 bytes"},
 		{"sim section checked", [2]string{"kind: sim", "kind: sim\n    sim: {answer_rate: 3}"}, 11, "answer_rate: must be between 0 and 1"},
 		{"bad digest algorithm", [2]string{"  domain: example.com", "  domain: example.com\n  digest_algorithms: [MD5, SHA-1]"}, 3, `digest algorithm "SHA-1"`},
 		{"ari section checked", [2]string{"    password: p\n", "    password: p\n    ari: {app: \"bad app\"}\n"}, 9, "app: use letters"},

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/lamplighter/lamplighter/presence"
 )
 
 // validator checks a decoded config and names the line of each problem by
@@ -209,6 +211,9 @@ func (v *validator) checkPolicy(c *Config) {
 	}
 	if pol.MaxBodyBytes < 512 {
 		v.at(p("policy", "max_body_bytes"), "must be at least 512")
+	}
+	if pol.MaxUDPNotify != 0 && (pol.MaxUDPNotify < 1300 || pol.MaxUDPNotify > presence.MaxDatagram) {
+		v.at(p("policy", "max_udp_notify"), "must be between 1300 and %d bytes", presence.MaxDatagram)
 	}
 	if pol.Coalesce < 0 {
 		v.at(p("policy", "coalesce"), "must not be negative")
