@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icholy/digest"
+
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
@@ -244,15 +246,60 @@ func TestOversizedNotifyGoesOverTCP(t *testing.T) {
 // transaction each (about 4.5 KiB for 32 s) they held some 90 MB.
 func TestUnauthenticatedFloodKeepsNoState(t *testing.T) {
 	env := newEnv(t)
+	floodKeepsNoState(t, env, newRawPeer(t, env.udp), 20000, func(int) []string { return nil })
+}
+
+// TestCredentialFloodKeepsNoState: floods that carry credentials (a real
+// user's name under a nonce of ours with the wrong password, so that
+// each digest is computed; an unknown user) are refused with 401 and
+// keep nothing either. Each refusal once stayed in the transaction queue
+// with its 401 until Timer J: 100,000 of them held some 140 MB for 32 s.
+func TestCredentialFloodKeepsNoState(t *testing.T) {
+	env := newEnv(t)
 	peer := newRawPeer(t, env.udp)
+	first := &rawSub{callID: "get-a-nonce", fromTag: "ft", user: "100", event: "dialog"}
+	peer.send(peer.subscribeMsg(first, 600))
+	res := peer.response(first.callID, 5*time.Second)
+	chal, err := digest.ParseChallenge(res.GetHeader("WWW-Authenticate").Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorization := func(user string) func(int) []string {
+		return func(i int) []string {
+			c, err := digest.Digest(chal, digest.Options{Method: "SUBSCRIBE", URI: "sip:100@" + env.udp,
+				Username: user, Password: "guess", Count: i + 1, Cnonce: "c"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []string{"Authorization: " + c.String()}
+		}
+	}
+	for name, extra := range map[string]func(int) []string{
+		"wrong password": authorization("bob"),
+		"unknown user":   authorization("mallory"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			floodKeepsNoState(t, env, peer, 20000, extra)
+		})
+	}
+}
+
+// floodKeepsNoState sends n SUBSCRIBEs, each with its own Call-ID and
+// the extra headers of its index, from peer's untrusted address; each
+// must get 401 with a challenge and a To tag, the heap must not grow by
+// more than 20 MB per 100,000 (what issue 27 allows), no transaction may
+// be held, and a watcher with credentials still gets in.
+func floodKeepsNoState(t *testing.T, env *testEnv, peer *rawPeer, n int, extra func(i int) []string) {
+	t.Helper()
+	heldBefore := env.srv.udpTxs.held()
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	const n = 20000
+	run := fmt.Sprintf("%p", extra)
 	challenged := 0
 	for i := range n {
-		d := &rawSub{callID: fmt.Sprintf("flood-%d-%s", i, strings.Repeat("x", 20)), fromTag: "ft", user: "100", event: "dialog"}
-		peer.send(peer.subscribeMsg(d, 600))
+		d := &rawSub{callID: fmt.Sprintf("flood-%s-%d-%s", run, i, strings.Repeat("x", 20)), fromTag: "ft", user: "100", event: "dialog"}
+		peer.send(peer.subscribeMsg(d, 600, extra(i)...))
 		if i%200 == 199 { // keep within the socket buffers, and count as we go
 			for challenged < i-100 {
 				select {
@@ -283,8 +330,11 @@ func TestUnauthenticatedFloodKeepsNoState(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 	t.Logf("heap %d → %d bytes after %d challenges", before.HeapAlloc, after.HeapAlloc, n)
-	if grew > 8<<20 {
-		t.Errorf("the heap grew %d MB over %d challenges: they keep state", grew>>20, n)
+	if limit := int64(n) * (20 << 20) / 100000; grew > limit {
+		t.Errorf("the heap grew %d KB over %d challenges (at most %d KB): they keep state", grew>>10, n, limit>>10)
+	}
+	if held := env.srv.udpTxs.held() - heldBefore; held != 0 {
+		t.Errorf("%d transactions held after the flood", held)
 	}
 	// A watcher with credentials still gets in.
 	p := newPhone(t, "UDP")

@@ -31,6 +31,7 @@ type udpTx struct {
 	to      netip.AddrPort
 	created time.Time
 	table   *udpTxTable // nil: kept nowhere (OPTIONS)
+	slot    int         // its index in table.queue; guarded by table.mu
 
 	mu    sync.Mutex
 	last  []byte // the last response sent, sent again on a retransmission
@@ -96,17 +97,22 @@ func (t *udpTxTable) open(key string, mk func() *udpTx) (tx *udpTx, isNew bool) 
 		return tx, false
 	}
 	tx = mk()
+	tx.slot = len(t.queue)
 	t.byKey[key] = tx
 	t.queue = append(t.queue, tx)
 	return tx, true
 }
 
-// forget drops tx at once (its slot in the queue goes at expiry).
+// forget drops tx at once, its slot in the queue too: nothing of a
+// refused request (its response, its key) stays until Timer J.
 func (t *udpTxTable) forget(tx *udpTx) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.byKey[tx.key] == tx {
 		delete(t.byKey, tx.key)
+	}
+	if tx.slot >= t.head && tx.slot < len(t.queue) && t.queue[tx.slot] == tx {
+		t.queue[tx.slot] = nil
 	}
 }
 
@@ -114,12 +120,17 @@ func (t *udpTxTable) forget(tx *udpTx) {
 func (t *udpTxTable) expire(cutoff time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for t.head < len(t.queue) && t.queue[t.head].created.Before(cutoff) {
+	for t.head < len(t.queue) {
 		tx := t.queue[t.head]
-		if t.byKey[tx.key] == tx {
-			delete(t.byKey, tx.key)
+		if tx != nil { // nil: forgotten already
+			if !tx.created.Before(cutoff) {
+				break
+			}
+			if t.byKey[tx.key] == tx {
+				delete(t.byKey, tx.key)
+			}
+			t.queue[t.head] = nil
 		}
-		t.queue[t.head] = nil
 		t.head++
 	}
 	if t.head > 1024 && t.head*2 > len(t.queue) { // compact
@@ -129,10 +140,29 @@ func (t *udpTxTable) expire(cutoff time.Time) {
 		clear(t.queue[live:])
 		t.queue = t.queue[:live]
 		t.head = 0
+		for i, tx := range t.queue {
+			if tx != nil {
+				tx.slot = i
+			}
+		}
 	}
 	if t.head == len(t.queue) && cap(t.queue) > 4096 {
 		t.queue, t.head = nil, 0 // all expired: let a burst's array go
 	}
+}
+
+// held returns how many transactions the queue still holds until
+// Timer J (those that took effect).
+func (t *udpTxTable) held() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, tx := range t.queue[t.head:] {
+		if tx != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // size returns how many transactions are held.
