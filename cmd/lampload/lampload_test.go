@@ -25,7 +25,8 @@ func TestLoadRun(t *testing.T) {
 	o := options{binary: bin, subs: 400, users: 40, perPhone: 25, tcpShare: 0.25, dialogShare: 0.5,
 		rate: 200, duration: 2 * time.Second, fanout: 200, fanoutRounds: 3, burst: true, restart: true,
 		window: 100, expires: 600, logLevel: "info", skipHeld: true, flood: 2000, floodFor: time.Second,
-		settle: 500 * time.Millisecond}
+		floodModes: []floodMode{{"none", "udp"}, {"wrong-password", "udp"}, {"unknown-user", "tcp"}},
+		settle:     500 * time.Millisecond}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
@@ -48,8 +49,13 @@ func TestLoadRun(t *testing.T) {
 	if b := res.FanoutMany; b.Changes != 40 || b.Missing != 0 || b.Received != 400 {
 		t.Errorf("burst: %+v", b)
 	}
-	if f := res.Flood; f.Sent != 2000 || f.Challenged != 2000 || f.Error != "" || f.Latency.Missing != 0 {
-		t.Errorf("flood: %+v", f)
+	if len(res.Floods) != 3 {
+		t.Errorf("%d floods, want 3", len(res.Floods))
+	}
+	for _, f := range res.Floods {
+		if f.Sent != 2000 || f.Challenged != 2000 || f.Error != "" || f.Latency.Missing != 0 {
+			t.Errorf("flood: %+v", f)
+		}
 	}
 	if r := res.Restart; r.Renotified != 600 || r.Error != "" {
 		t.Errorf("restart: %+v", r)

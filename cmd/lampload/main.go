@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -31,7 +32,8 @@ import (
 // options are lampload's flags.
 type options struct {
 	binary       string
-	flood        int           // unauthenticated SUBSCRIBEs in the flood phase (0: none)
+	flood        int           // SUBSCRIBEs per flood in the flood phase (0: none)
+	floodModes   []floodMode   // the floods of the flood phase, one after the other
 	floodFor     time.Duration // how long the flood lasts
 	subs         int
 	users        int
@@ -93,7 +95,12 @@ func main() {
 	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases (with -cluster: of the surviving nodes during the failover) in this `directory`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
-	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs without credentials sent from one untrusted address (127.0.0.2) over -flood-for while the latency is measured again (0 skips it)")
+	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs sent from one untrusted address (127.0.0.2) over -flood-for, per flood mode, while the latency is measured again (0 skips it)")
+	fs.Func("flood-modes", "the floods, one after the other: AUTH/TRANSPORT,... with AUTH none (no credentials), wrong-password (a real user's name, a nonce of the server's, a wrong password) or unknown-user, and TRANSPORT udp or tcp; or all (default none/udp)", func(v string) error {
+		m, err := parseFloodModes(v)
+		o.floodModes = m
+		return err
+	})
 	fs.DurationVar(&o.floodFor, "flood-for", 10*time.Second, "how long the flood lasts")
 	fs.BoolVar(&o.skipHeld, "quick", false, "read the held memory at once, without waiting out the SUBSCRIBE transactions")
 	fs.StringVar(&o.selfProfile, "cpuprofile", "", "write the load tool's own CPU profile (its phones) to this `file`")
@@ -371,10 +378,16 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	// gone, memory settled), so that what it adds to RSS is its own and
 	// not the set-up's heap still finding its level.
 	if o.flood > 0 {
-		say("flood: %d SUBSCRIBEs without credentials from %s over %v, events going on", o.flood, floodSource, o.floodFor)
-		stopProfile = t.profileDuring(o.pprofDir, "flood", o.floodFor, say)
-		res.Flood = measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate)
-		stopProfile()
+		modes := o.floodModes
+		if modes == nil {
+			modes = []floodMode{{"none", "udp"}}
+		}
+		for _, m := range modes {
+			say("flood %s: %d SUBSCRIBEs from %s over %v, events going on", m, o.flood, floodSource, o.floodFor)
+			stopProfile = t.profileDuring(o.pprofDir, "flood-"+strings.ReplaceAll(m.String(), "/", "-"), o.floodFor, say)
+			res.Floods = append(res.Floods, measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate, m))
+			stopProfile()
+		}
 	}
 	if o.pprofDir != "" {
 		if err := t.fetch("/debug/pprof/heap", filepath.Join(o.pprofDir, "heap.pprof")); err != nil {

@@ -26,7 +26,7 @@ type result struct {
 	Server      serverResult  `json:"server"`
 	Phone       phoneResult   `json:"phones_saw"`
 	Restart     restartResult `json:"restart"`
-	Flood       floodResult   `json:"flood,omitzero"`
+	Floods      []floodResult `json:"floods,omitempty"`
 }
 
 type machineInfo struct {
@@ -280,8 +280,8 @@ func (r *result) print(w io.Writer) {
 	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
 	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
 		l.Events, l.EventsPerSecond, l.Skipped, l.Received, l.Notifies, l.Missing))
-	if f := r.Flood; f.Sent > 0 {
-		row("unauthenticated flood", fmt.Sprintf("%d SUBSCRIBEs in %.1f s from one address, %d challenged; RSS %s → %s (%+.1f MiB)",
+	for _, f := range r.Floods {
+		row("flood "+f.Mode, fmt.Sprintf("%d SUBSCRIBEs in %.1f s from one address, %d challenged; RSS %s → %s (%+.1f MiB)",
 			f.Sent, f.Seconds, f.Challenged, mib(f.Before.RSS), mib(f.After.RSS), float64(f.RSSGrowth)/(1<<20)))
 		row("  event→NOTIFY meanwhile", fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d of %d NOTIFYs)",
 			f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs, f.Latency.Received, f.Latency.Notifies))
@@ -301,7 +301,11 @@ func (r *result) print(w io.Writer) {
 		row("restart re-NOTIFY", fmt.Sprintf("%d of %d in %.2f s from start (%.2f s per 10k; stop took %.2f s)",
 			rs.Renotified, rs.Subscriptions, rs.Seconds, rs.SecondsPer10k, rs.StopSeconds))
 	}
-	for _, e := range []string{r.RawUDP.Error, r.Setup.Error, l.Error, r.Flood.Error, r.FanoutSetup.Error, r.FanoutOne.Error, r.FanoutMany.Error, r.Restart.Error} {
+	errs := []string{r.RawUDP.Error, r.Setup.Error, l.Error, r.FanoutSetup.Error, r.FanoutOne.Error, r.FanoutMany.Error, r.Restart.Error}
+	for _, f := range r.Floods {
+		errs = append(errs, f.Error)
+	}
+	for _, e := range errs {
 		if e != "" {
 			row("error", e)
 		}
