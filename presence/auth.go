@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -164,8 +165,8 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !ok {
 		return identity{}, authChallenge
 	}
-	cred, err := digest.ParseCredentials(h)
-	if err != nil || cred.Realm != a.realm || cred.Username == "" {
+	cred, ok := parseCredentials(h)
+	if !ok || cred.Realm != a.realm || cred.Username == "" {
 		return identity{}, authChallenge
 	}
 	user, ok := a.userByName(cred.Username)
@@ -218,7 +219,8 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !a.uses.use(nonce.raw, nc) {
 		return identity{}, authReplay
 	}
-	return identity{UserID: user.UserID, Username: cred.Username}, authOK
+	// The name outlives the request, whose bytes may be reused.
+	return identity{UserID: user.UserID, Username: strings.Clone(cred.Username)}, authOK
 }
 
 // Grants: a subscription records what let its watcher in, so that a
@@ -360,4 +362,69 @@ func (a *authenticator) challenges(req *sipmsg.Request, stale bool) []string {
 		out[i] = a.challengePrefix[i] + n + suffix[i]
 	}
 	return out
+}
+
+// parseCredentials reads a Digest Authorization or Proxy-Authorization
+// value (RFC 7616 §3.4) as digest.ParseCredentials does, straight from
+// the header's bytes: every request of a flood with credentials is read
+// before it can be refused, and the library's reader cost as much as the
+// rest of the refusal (a scanner and a map per header).
+func parseCredentials(h string) (digest.Credentials, bool) {
+	var c digest.Credentials
+	scheme, rest, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if !strings.EqualFold(scheme, "Digest") {
+		return c, false
+	}
+	for p := range sipmsg.SplitList(rest) {
+		name, value, ok := strings.Cut(p, "=")
+		if !ok {
+			return c, false
+		}
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		if len(value) >= 2 && value[0] == '"' {
+			if value[len(value)-1] != '"' {
+				return c, false
+			}
+			value = value[1 : len(value)-1]
+			if strings.IndexByte(value, '\\') >= 0 { // quoted-pair (RFC 7230 §3.2.6)
+				var b strings.Builder
+				for i := 0; i < len(value); i++ {
+					if value[i] == '\\' && i+1 < len(value) {
+						i++
+					}
+					b.WriteByte(value[i])
+				}
+				value = b.String()
+			}
+		}
+		switch strings.ToLower(name) {
+		case "username":
+			c.Username = value
+		case "realm":
+			c.Realm = value
+		case "nonce":
+			c.Nonce = value
+		case "uri":
+			c.URI = value
+		case "response":
+			c.Response = value
+		case "algorithm":
+			c.Algorithm = value
+		case "cnonce":
+			c.Cnonce = value
+		case "opaque":
+			c.Opaque = value
+		case "qop":
+			c.QOP = value
+		case "nc":
+			nc, err := strconv.ParseUint(value, 16, 32)
+			if err != nil {
+				return c, false
+			}
+			c.Nc = int(nc)
+		case "userhash":
+			c.Userhash = strings.EqualFold(value, "true")
+		}
+	}
+	return c, true
 }

@@ -81,8 +81,10 @@ var floodSource = net.IPv4(127, 0, 0, 2)
 // go on at rate for the well-behaved watchers; it reads memory before and
 // after, settled (see settledMemory). With credentials, the nonce is a
 // real one the server issued (taken from a first challenge), so a wrong
-// password is checked as any would be.
-func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*user, n int, d time.Duration, rate float64, mode floodMode) floodResult {
+// password is checked as any would be. started is called as the first
+// request goes.
+func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*user, n int, d time.Duration, rate float64,
+	mode floodMode, started func()) floodResult {
 	r := floodResult{Mode: mode.String()}
 	var err error
 	if r.Before, err = t.settledMemory(ctx); err != nil {
@@ -130,6 +132,7 @@ func measureFlood(ctx context.Context, t *target, c *changes, p *pbx, users []*u
 	} else {
 		go countDatagramChallenges(conn, &challenged)
 	}
+	started()
 	fctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	lat := make(chan latencyResult, 1)

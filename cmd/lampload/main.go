@@ -384,8 +384,12 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		}
 		for _, m := range modes {
 			say("flood %s: %d SUBSCRIBEs from %s over %v, events going on", m, o.flood, floodSource, o.floodFor)
-			stopProfile = t.profileDuring(o.pprofDir, "flood-"+strings.ReplaceAll(m.String(), "/", "-"), o.floodFor, say)
-			res.Floods = append(res.Floods, measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate, m))
+			// Profiled from the first request on (not while memory settles).
+			stopProfile = func() {}
+			started := func() {
+				stopProfile = t.profileDuring(o.pprofDir, "flood-"+strings.ReplaceAll(m.String(), "/", "-"), o.floodFor, say)
+			}
+			res.Floods = append(res.Floods, measureFlood(ctx, t, &tracker, freeswitch, users, o.flood, o.floodFor, o.rate, m, started))
 			stopProfile()
 		}
 	}
