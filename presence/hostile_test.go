@@ -76,6 +76,28 @@ func TestAnswerLeavesBeforeFirstNotify(t *testing.T) {
 	}
 }
 
+// TestBareLineFeedRequestsAreRead: a request whose lines end in a bare
+// LF (some embedded stacks, hand-made tools) is read as one with CRLFs:
+// a SUBSCRIBE gets its 200 and its NOTIFY, one with a CSeq naming
+// another method its 400 from the bytes. They once got no answer at all:
+// the datagram was not taken for a request.
+func TestBareLineFeedRequestsAreRead(t *testing.T) {
+	env := newEnv(t, trusted)
+	peer := newRawPeer(t, env.udp)
+	d := &rawSub{callID: "bare-lf", fromTag: "ft", user: "100", event: "dialog"}
+	peer.send(strings.ReplaceAll(peer.subscribeMsg(d, 600), "\r\n", "\n"))
+	if res := peer.response(d.callID, 5*time.Second); res.StatusCode != 200 {
+		t.Fatalf("bare-LF SUBSCRIBE: %d", res.StatusCode)
+	}
+	waitUntil(t, 5*time.Second, "its NOTIFY", func() bool { return strings.Contains(peer.lastBody(d.callID), "dialog-info") })
+	bad := &rawSub{callID: "bare-lf-bad", fromTag: "ft", user: "100", event: "dialog"}
+	msg := strings.Replace(peer.subscribeMsg(bad, 600), "1 SUBSCRIBE", "1 INVITE", 1)
+	peer.send(strings.ReplaceAll(msg, "\r\n", "\n"))
+	if res := peer.response(bad.callID, 5*time.Second); res.StatusCode != 400 {
+		t.Fatalf("bare-LF SUBSCRIBE with another method in CSeq: %d", res.StatusCode)
+	}
+}
+
 // TestMalformedRequestsGetTheirAnswer: requests sipgo alone would drop or
 // take get the answer RFC 3261 asks for, and the server keeps serving.
 func TestMalformedRequestsGetTheirAnswer(t *testing.T) {

@@ -255,13 +255,13 @@ func (n *notifier) raw(data []byte, from func(*notifyTx) bool) bool {
 	if err != nil || code < 100 || code > 699 {
 		return false
 	}
-	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
-	status, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	head, _, _ := rawHead(data)
+	status, rest := rawLine(head)
 	var branch []byte
 	notify, viaSeen := false, false
 	for len(rest) > 0 {
 		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		line, rest = rawLine(rest)
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			return false // folded or odd: leave it to sipgo's parser

@@ -239,13 +239,20 @@ func KnownMethod(m string) string {
 	return ""
 }
 
-// cutHead splits a message at its blank line (CRLF CRLF, or bare LFs).
+// cutHead splits a message at its first blank line. Lines end in CRLF
+// (RFC 3261 §7) or, from some peers, a bare LF, read alike: a blank line
+// is "\r\n" or "\n" right after a line end.
 func cutHead(msg string) (head, body string, found bool) {
-	if i := strings.Index(msg, "\r\n\r\n"); i >= 0 {
-		return msg[:i], msg[i+4:], true
-	}
-	if i := strings.Index(msg, "\n\n"); i >= 0 {
-		return msg[:i], msg[i+2:], true
+	for i := 0; i < len(msg); {
+		j := strings.IndexByte(msg[i:], '\n')
+		if j < 0 {
+			break
+		}
+		if j == 0 || j == 1 && msg[i] == '\r' {
+			head = strings.TrimSuffix(strings.TrimSuffix(msg[:i], "\n"), "\r")
+			return head, msg[i+j+1:], true
+		}
+		i += j + 1
 	}
 	return "", "", false
 }
