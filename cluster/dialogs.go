@@ -187,6 +187,8 @@ func (n *Node) dialogWriteLoop(ctx context.Context) {
 				}
 			}
 			n.dmu.Unlock()
+		} else if len(batch) > 0 {
+			n.recovered("writing a dialog")
 		}
 		var retry <-chan time.Time
 		if len(failed) > 0 {
@@ -460,9 +462,9 @@ func num(h *maphash.Hash, v uint64) {
 }
 
 // forgetEnded takes dialogs that ended more than age ago out of the
-// index and purges their delete markers from the bucket: the index and
-// the bucket hold the dialogs alive and the recently ended only.
-func (n *Node) forgetEnded(ctx context.Context, age time.Duration) {
+// index, which holds the dialogs alive and the recently ended only (the
+// leading node purges their delete markers from the bucket: purgeMarkers).
+func (n *Node) forgetEnded(age time.Duration) {
 	cut := time.Now().Add(-age)
 	n.dmu.Lock()
 	for id, at := range n.dgone {
@@ -475,9 +477,6 @@ func (n *Node) forgetEnded(ctx context.Context, age time.Duration) {
 		}
 	}
 	n.dmu.Unlock()
-	if err := n.dialogs.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(age)); err != nil {
-		n.failed("purging ended dialogs", err)
-	}
 }
 
 // followDialogs follows the dialogs bucket (owners and revisions), for
@@ -736,7 +735,7 @@ func (n *Node) claimFrom(ctx context.Context, dead string) {
 	if readErr != nil {
 		n.failed("reading a dead node's dialogs", readErr)
 	}
-	n.log.Info("took over a dead node's dialogs", "dead", dead, "dialogs", total, "won", won,
+	n.log.Info("took over a node's dialogs", "from", dead, "dialogs", total, "won", won,
 		"adopted", adopted, "read", read.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 }
 

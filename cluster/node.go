@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -71,11 +70,19 @@ type Node struct {
 	dsynced       bool               // the dialogs bucket too
 	members       []string
 	lastError     string
-	// absent counts, per node owning dialogs, the lease checks in a row
-	// that found its lease gone; leasedSince is when this node last held
-	// a fresh lease after being without one.
-	absent      map[string]int
+	lastErrorOp   string // the operation lastError came from
+	// view holds the leases as the lease watch last showed them, by
+	// node (members.go); viewSynced: it has read the bucket whole.
+	view       map[string]leaseSeen
+	viewSynced bool
+	viewBehind time.Time // since when the view has lacked this node's last renewal
+	lseen      atomic.Uint64
+	lrewatch   chan struct{}
+	// leasedSince is when this node last held a fresh lease after being
+	// without one.
 	leasedSince time.Time
+	leaseLost   bool      // a renewal failed since the lease was last held (logged once)
+	started     time.Time // when Run began
 
 	// provisional are the person states applied at start from this node's
 	// state file, until the engine's first read says what holds (keys).
@@ -154,9 +161,9 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]), me: unique.Make(cfg.Node), seed: maphash.MakeSeed(),
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
-		absent: map[string]int{}, bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
+		bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
-		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1)}
+		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1), view: map[string]leaseSeen{}, lrewatch: make(chan struct{}, 1)}
 }
 
 // Provisional tells the node which person states the daemon applied at
@@ -262,6 +269,9 @@ func (n *Node) owned() int {
 // writes queued person states and applies other nodes' until ctx ends.
 // An engine that is away is waited for; Run returns only with ctx.
 func (n *Node) Run(ctx context.Context) error {
+	n.mu.Lock()
+	n.started = time.Now()
+	n.mu.Unlock()
 	nc, err := n.connect()
 	if err != nil {
 		return err
@@ -275,33 +285,125 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	n.js = js
-	for {
+	began := time.Now()
+	for tries := 1; ; tries++ {
 		if err = n.bind(ctx, js); err == nil {
 			break
 		}
 		n.failed("binding the buckets", err)
+		if tries%5 == 1 {
+			// A fresh engine elects its JetStream leader and places the
+			// buckets' replicas first: say what we wait for.
+			n.log.Info("cluster: waiting for the engine to create the buckets (a JetStream leader, enough servers for the replicas)",
+				"waited", time.Since(began).Round(time.Second), "replicas", n.cfg.Replicas, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(time.Second):
 		}
 	}
+	n.recovered("binding the buckets")
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
-	var wg sync.WaitGroup
-	wg.Add(8)
+	var wg, writers sync.WaitGroup
+	wg.Add(7)
+	writers.Add(2)
+	go func() { defer wg.Done(); n.watchLoop(ctx, n.leases, &n.lseen, "node leases", n.followLeases) }()
 	go func() { defer wg.Done(); n.agreeKeys(ctx) }()
 	go func() { defer wg.Done(); n.nodesLoop(ctx) }()
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
-	go func() { defer wg.Done(); n.writeLoop(ctx) }()
+	go func() { defer writers.Done(); n.writeLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx, n.persons, &n.seen, "person states", n.follow) }()
-	go func() { defer wg.Done(); n.dialogWriteLoop(ctx) }()
+	go func() { defer writers.Done(); n.dialogWriteLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx, n.dialogs, &n.dseen, "dialogs", n.followDialogs) }()
 	go func() { defer wg.Done(); n.renewLoop(ctx) }()
 	<-ctx.Done()
-	n.release()
+	writers.Wait() // their writes under way are answered or queued again
+	n.leave()
 	nc.Close() // whatever still waits on the engine gives up now
 	wg.Wait()
 	return nil
+}
+
+// leave ends a planned stop (Run's context ended after the SIP server's
+// last save): what is still queued for the engine, dialogs and person
+// states, is written first, within a third of the lease's TTL, and only
+// then the lease is given up. So the node that takes the dialogs over
+// knows every refresh answered here, up to the last one: giving the
+// lease up first lost a refresh answered in the second before SIGTERM.
+func (n *Node) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), max(n.cfg.LeaseTTL/3, time.Second))
+	defer cancel()
+	dialogs, persons, left := n.flush(ctx)
+	n.release()
+	if left > 0 {
+		n.log.Warn("cluster: left with writes the engine did not take (it is away or slow): the node that takes the dialogs over has older ones",
+			"dialogs_written", dialogs, "persons_written", persons, "unwritten", left)
+		return
+	}
+	n.log.Info("cluster: left (planned stop): every queued write taken, lease given up", "dialogs_written", dialogs,
+		"persons_written", persons)
+}
+
+// flush writes what is queued for the engine until nothing is or ctx
+// ends; it returns the dialogs and person states written and the writes
+// left over. Called once the write loops have stopped.
+func (n *Node) flush(ctx context.Context) (dialogs, persons, left int) {
+	for ctx.Err() == nil {
+		n.dmu.Lock()
+		batch := n.dqueue
+		n.dqueue = map[string]dialogOp{}
+		n.dmu.Unlock()
+		if len(batch) == 0 {
+			break
+		}
+		failed := n.writeDialogs(ctx, batch)
+		dialogs += len(batch) - len(failed)
+		n.dmu.Lock()
+		for id, op := range failed {
+			if _, newer := n.dqueue[id]; !newer {
+				n.dqueue[id] = op
+			}
+		}
+		n.dmu.Unlock()
+		if len(failed) > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	for ctx.Err() == nil {
+		n.mu.Lock()
+		batch := make(map[string]*personValue, len(n.queue))
+		for k, v := range n.queue {
+			batch[k] = v
+		}
+		n.mu.Unlock()
+		if len(batch) == 0 {
+			break
+		}
+		failed := false
+		for key, v := range batch {
+			if failed = ctx.Err() != nil || !n.write(ctx, key, v); failed {
+				break
+			}
+			persons++
+		}
+		if failed {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	n.dmu.Lock()
+	left = len(n.dqueue)
+	n.dmu.Unlock()
+	n.mu.Lock()
+	left += len(n.queue)
+	n.mu.Unlock()
+	return dialogs, persons, left
 }
 
 // connect opens the NATS connection; it reconnects by itself for ever.
@@ -390,9 +492,19 @@ func (n *Node) bind(ctx context.Context, js jetstream.JetStream) error {
 func (n *Node) failed(what string, err error) {
 	n.stats.WriteErrors.Add(1)
 	n.mu.Lock()
-	n.lastError = what + ": " + err.Error()
+	n.lastError, n.lastErrorOp = what+": "+err.Error(), what
 	n.mu.Unlock()
 	n.log.Debug("cluster engine operation failed", "op", what, "err", err)
+}
+
+// recovered clears the last error when it was what's, which has now
+// succeeded: /readyz's last_error says what is wrong now, not at start.
+func (n *Node) recovered(what string) {
+	n.mu.Lock()
+	if n.lastErrorOp == what {
+		n.lastError, n.lastErrorOp = "", ""
+	}
+	n.mu.Unlock()
 }
 
 // lease is the value of a node's lease key. A tombstone is written on a
@@ -401,6 +513,9 @@ type lease struct {
 	Instance string    `json:"instance,omitempty"`
 	Renewed  time.Time `json:"renewed,omitzero"`
 	DeadBy   string    `json:"dead_by,omitempty"`
+	// Left marks a lease given up at a planned stop: the others take the
+	// node's dialogs over at once, and say it left rather than died.
+	Left bool `json:"left,omitempty"`
 }
 
 // renewLoop renews the lease every third of its TTL, reconciles after
@@ -481,14 +596,31 @@ func (n *Node) renew(parent context.Context) bool {
 		if n.awaySince.IsZero() && time.Since(sent) < 2*n.cfg.LeaseTTL/3 {
 			n.awaySince = sent
 		}
+		held := !prev.IsZero() && !n.leaseLost
+		n.leaseLost = n.leaseLost || held
 		n.mu.Unlock()
+		if held {
+			n.log.Warn("cluster: cannot renew this node's lease; serving from memory meanwhile, and the others take its dialogs if it lapses",
+				"dialogs_owned", n.owned(), "lease_ttl", n.cfg.LeaseTTL, "err", err)
+		}
 		return false
 	}
 	n.stats.LeaseRenewals.Add(1)
+	n.recovered("renewing the lease")
 	n.observe(sent)
 	lapsed := prev.IsZero() || sent.Sub(prev) >= n.cfg.LeaseTTL
 	n.mu.Lock()
-	n.leaseRev, n.leasedAt, n.awaySince = rev, sent, time.Time{}
+	lost := n.leaseLost
+	n.leaseRev, n.leasedAt, n.awaySince, n.leaseLost = rev, sent, time.Time{}, false
+	switch {
+	case prev.IsZero():
+		n.log.Info("cluster: lease taken", "node", n.cfg.Node, "since_start", time.Since(n.started).Round(time.Millisecond))
+	case lapsed:
+		n.log.Warn("cluster: lease taken again after it lapsed: reconciling with the engine before NOTIFYs go",
+			"without_it_for", sent.Sub(prev).Round(time.Millisecond))
+	case lost:
+		n.log.Info("cluster: lease renewed again before it lapsed", "after", sent.Sub(prev).Round(time.Millisecond))
+	}
 	if lapsed {
 		n.reconciled, n.leasedSince = false, sent
 		n.notifyUntil.Store(0)
@@ -636,24 +768,13 @@ func (n *Node) waitDialogsRead(ctx context.Context) bool {
 	}
 }
 
-// watchNodes lists the live nodes and takes over the dialogs of a node
-// whose lease is gone (a whole TTL without renewal), once this node has
-// held its own lease for a whole TTL (after an engine outage every lease
-// is gone for a moment: the others get time to renew).
+// watchNodes sets the member list from the lease watch and takes over
+// the dialogs of a node that is no longer a member: at once when it left
+// (a planned stop), else once its lease went a whole TTL without renewal,
+// and only once this node has held its own lease for a whole TTL (after
+// an engine outage every lease is gone for a moment: the others get time
+// to renew).
 func (n *Node) watchNodes(parent context.Context) {
-	// Bounded: a JetStream without quorum answers nothing, and the lease
-	// loop must go on trying to renew.
-	ctx, cancel := context.WithTimeout(parent, n.cfg.LeaseTTL/3)
-	defer cancel()
-	keys, err := n.leases.Keys(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		n.failed("listing the nodes", err)
-		return
-	}
-	live := map[string]bool{}
-	for _, k := range keys {
-		live[k] = true
-	}
 	owners := map[string]bool{}
 	n.dmu.Lock()
 	for h, c := range n.byOwner {
@@ -662,40 +783,38 @@ func (n *Node) watchNodes(parent context.Context) {
 		}
 	}
 	n.dmu.Unlock()
+	gone, judged := n.judgeMembers(owners)
+	if !judged {
+		return
+	}
 	n.mu.Lock()
 	settled := time.Since(n.leasedSince) >= n.cfg.LeaseTTL && n.reconciled
-	var dead []string
-	for o := range owners {
-		if live[o] {
-			delete(n.absent, o)
-			continue
-		}
-		n.absent[o]++
-		if settled {
-			dead = append(dead, o)
-		}
-	}
-	members := keys
-	slices.Sort(members)
-	n.members = members
 	n.mu.Unlock()
-	for _, o := range dead {
+	if !settled {
+		return
+	}
+	// Bounded: a JetStream without quorum answers nothing, and the lease
+	// loop must go on trying to renew.
+	ctx, cancel := context.WithTimeout(parent, n.cfg.LeaseTTL/3)
+	defer cancel()
+	for _, g := range gone {
 		b, _ := json.Marshal(lease{DeadBy: n.cfg.Node})
-		tomb, err := n.leases.Create(ctx, o, b)
+		tomb, err := n.tombstone(ctx, g, b)
 		if err != nil {
 			continue // it came back, or another node is taking over
 		}
-		n.mu.Lock()
-		delete(n.absent, o)
-		n.mu.Unlock()
-		n.log.Warn("a node's lease is gone: taking its dialogs over", "dead", o)
+		if g.left {
+			n.log.Info("a node left (planned stop): taking its dialogs over", "node", g.name)
+		} else {
+			n.log.Warn("a node's lease lapsed (it died, hung or lost the engine): taking its dialogs over", "node", g.name)
+		}
 		// Beside the lease loop: a large share takes seconds, and the
 		// lease must not lapse meanwhile.
 		go func() {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(parent), 2*time.Minute)
 			defer cancel()
-			go n.keepTombstone(cctx, o, tomb, b)
-			n.claimFrom(cctx, o)
+			go n.keepTombstone(cctx, g.name, tomb, b)
+			n.claimFrom(cctx, g.name)
 		}()
 	}
 }
@@ -718,7 +837,11 @@ func (n *Node) release() {
 	n.mu.Lock()
 	rev := n.leaseRev
 	n.mu.Unlock()
-	if rev != 0 {
+	if rev == 0 {
+		return
+	}
+	b, _ := json.Marshal(lease{Instance: n.instance, Renewed: time.Now(), Left: true})
+	if _, err := n.leases.Update(ctx, n.cfg.Node, b, rev); err != nil {
 		_ = n.leases.Delete(ctx, n.cfg.Node, jetstream.LastRevision(rev))
 	}
 }
@@ -833,6 +956,7 @@ func (n *Node) write(ctx context.Context, key string, v *personValue) bool {
 	}
 	n.observe(sent)
 	n.stats.Writes.Add(1)
+	n.recovered("writing a person state")
 	n.mu.Lock()
 	ks := n.keys[key]
 	ks.applied = max(ks.applied, rev)
@@ -908,6 +1032,7 @@ func (n *Node) watchLoop(ctx context.Context, kv jetstream.KeyValue, seen *atomi
 			}
 			continue
 		}
+		n.recovered("watching " + what)
 		follow(ctx, w)
 		_ = w.Stop()
 	}
@@ -1056,13 +1181,21 @@ func (n *Node) noteSweep(key string, e jetstream.KeyValueEntry, v *personValue) 
 // sweepLoop sweeps due person keys and purges old delete markers, on the
 // node that leads.
 func (n *Node) sweepLoop(ctx context.Context) {
+	purged := time.Now() // markers are old only after markerAge
 	every(ctx, n.sweepEvery, func() bool {
-		if n.Leads() {
+		leads := n.Leads()
+		if leads {
 			n.sweepOnce(ctx)
 		}
-		// Every node drops ended dialogs from its index; the purge of
-		// their markers is idempotent.
-		n.forgetEnded(ctx, n.markerAge)
+		// Every node drops ended dialogs from its index. The leading
+		// node purges old delete markers, a third of their age apart:
+		// each purge reads the bucket with a consumer of its own, which
+		// the engine elects a leader for and logs.
+		n.forgetEnded(n.markerAge)
+		if leads && time.Since(purged) >= n.markerAge/3 {
+			purged = time.Now()
+			n.purgeMarkers(ctx)
+		}
 		return true
 	})
 }
@@ -1085,10 +1218,22 @@ func (n *Node) sweepOnce(ctx context.Context) int {
 			swept++
 		}
 	}
+	return swept
+}
+
+// purgeMarkers purges the delete markers older than markerAge from the
+// persons and dialogs buckets.
+func (n *Node) purgeMarkers(ctx context.Context) {
 	if err := n.persons.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(n.markerAge)); err != nil {
 		n.failed("purging old person states", err)
+	} else {
+		n.recovered("purging old person states")
 	}
-	return swept
+	if err := n.dialogs.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(n.markerAge)); err != nil {
+		n.failed("purging ended dialogs", err)
+	} else {
+		n.recovered("purging ended dialogs")
+	}
 }
 
 func splitKey(key string) (user, origin string, ok bool) {

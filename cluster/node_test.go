@@ -178,6 +178,7 @@ func TestClearedStatesAreSwept(t *testing.T) {
 	if n := a.node.sweepOnce(ctx); n != 1 {
 		t.Fatalf("swept %d keys, want 1", n)
 	}
+	a.node.purgeMarkers(ctx)
 	waitFor(t, 5*time.Second, "the bucket empty", func() bool {
 		st, err := a.node.persons.Status(ctx)
 		return err == nil && st.Values() == 0

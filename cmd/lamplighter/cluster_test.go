@@ -346,3 +346,214 @@ func answeredCall(device string) []string {
 		"variable_sip_from_tag", "pbx-tag",
 	}
 }
+
+// TestClusterRollingRestartKeepsRefreshes: three nodes restarted one
+// after the other with SIGTERM, as `systemctl restart` does, each right
+// after a phone refreshed its subscription there (the refresh made the
+// dialog last an hour instead of two minutes). The node that takes the
+// dialog over must know that refresh: its NOTIFY says the hour, the
+// phone's next refresh at the new node gets 200, and no watcher of any
+// node is terminated or has to subscribe again. A refresh answered less
+// than a second before SIGTERM was lost: the lease went at once, the
+// dialog records are written about once a second, and the next owner
+// ended the dialog at its old expiry.
+func TestClusterRollingRestartKeepsRefreshes(t *testing.T) {
+	nats := natstest.Start(t, 1)
+	bin := buildBinary(t)
+	const ttl = 3 * time.Second
+	names := []string{"a", "b", "c"}
+	cfgs := map[string]string{}
+	procs := map[string]*process{}
+	sipOf := map[string]string{}
+	for _, name := range names {
+		cfgs[name] = clusterConfig(t, t.TempDir(), name, nats.URLs(), ttl.String(), "")
+		procs[name] = start(t, bin, cfgs[name])
+		sipOf[name], _ = addrs(t, procs[name])
+	}
+	nodeAt := func(n *sip.Request) string {
+		for name, a := range sipOf {
+			if sentBy(n, a) {
+				return name
+			}
+		}
+		return "?"
+	}
+	// One watcher held by each node, for two minutes.
+	watchers := map[string]*watcher{}
+	for _, name := range names {
+		w := newWatcher(t, "UDP")
+		if res := w.subscribe(sipOf[name], "100", "presence", 120); res.StatusCode != 200 {
+			t.Fatalf("SUBSCRIBE on node %s: %d", name, res.StatusCode)
+		}
+		w.nextNotify(5 * time.Second)
+		watchers[name] = w
+	}
+	for _, name := range names {
+		_, httpAddr := addrs(t, procs[name])
+		settled(t, httpAddr)
+	}
+	for round, name := range names {
+		w := watchers[name]
+		// The refresh, then at once the planned stop.
+		if res := w.subscribe("", "", "", 3600); res.StatusCode != 200 {
+			t.Fatalf("round %d: refresh at node %s: %d", round, name, res.StatusCode)
+		}
+		p := procs[name]
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.end:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("node %s did not stop within 10 s of SIGTERM", name)
+		}
+		// (The refresh's own NOTIFY, from the node stopped, may come first.)
+		n := w.nextNotify(ttl + 5*time.Second)
+		if nodeAt(n) == name {
+			n = w.nextNotify(ttl + 5*time.Second)
+		}
+		owner := nodeAt(n)
+		state := header(n, "Subscription-State")
+		expires := 0
+		if _, v, ok := strings.Cut(state, "expires="); ok {
+			expires, _ = strconv.Atoi(strings.TrimSpace(strings.Split(v, ";")[0]))
+		}
+		t.Logf("round %d: node %s stopped; node %s took the dialog over: %s", round, name, owner, state)
+		if owner == name || owner == "?" || !strings.HasPrefix(state, "active") || expires < 3000 {
+			t.Fatalf("round %d: the takeover NOTIFY came from node %s with %q: the refresh before the stop was lost", round, owner, state)
+		}
+		w.server = sipOf[owner] // the phone follows the Contact
+		if res := w.subscribe("", "", "", 3600); res.StatusCode != 200 {
+			t.Fatalf("round %d: refresh at the new owner %s: %d, want 200", round, owner, res.StatusCode)
+		}
+		// Said as what it was: a planned stop, not a crash.
+		if out := p.out.String(); !strings.Contains(out, "cluster: left (planned stop)") {
+			t.Errorf("round %d: node %s did not say it left:\n%s", round, name, out)
+		}
+		left := regexp.MustCompile(`"a node left \(planned stop\): taking its dialogs over".* node=` + name + `\b`)
+		if out := procs[owner].out.String(); !left.MatchString(out) || strings.Contains(out, "lease lapsed") {
+			t.Errorf("round %d: node %s's log of the handover:\n%s", round, owner, out)
+		}
+		// The node comes back, as systemctl restart brings it.
+		procs[name] = start(t, bin, cfgs[name])
+		sipOf[name], _ = addrs(t, procs[name])
+		_, httpAddr := addrs(t, procs[name])
+		settled(t, httpAddr)
+	}
+	// No watcher was ended on the way, and each still refreshes where it
+	// was last sent.
+	for name, w := range watchers {
+		for {
+			select {
+			case n := <-w.notifies:
+				if st := header(n, "Subscription-State"); !strings.HasPrefix(st, "active") {
+					t.Errorf("watcher first held by %s got %q", name, st)
+				}
+				w.server = sipOf[nodeAt(n)]
+				continue
+			default:
+			}
+			break
+		}
+		if res := w.subscribe("", "", "", 600); res.StatusCode != 200 {
+			t.Errorf("watcher first held by %s: refresh at %s: %d", name, w.server, res.StatusCode)
+		}
+	}
+}
+
+// header returns a request's header value, or "".
+func header(r *sip.Request, name string) string {
+	if h := r.GetHeader(name); h != nil {
+		return h.Value()
+	}
+	return ""
+}
+
+// members reads the member list of a node's /readyz.
+func members(t *testing.T, httpAddr string) string {
+	t.Helper()
+	m := regexp.MustCompile(`"members":\[([^\]]*)\]`).FindStringSubmatch(readyCluster(t, httpAddr))
+	if m == nil {
+		return "?"
+	}
+	return strings.ReplaceAll(m[1], `"`, "")
+}
+
+// TestClusterSignalsHoldStill: three nodes on three NATS servers, left
+// alone for a minute. Every node lists the three as members at every
+// look (they once dropped themselves for half a second every few
+// seconds), /readyz shows no last_error, and the engine is not made to
+// elect consumer leaders over and over (each node listed the lease keys
+// twice a second, a new consumer each time: about 90 elections a minute
+// in each server's log). Then a node stopped with SIGTERM leaves the
+// others' lists at once, and one killed within a lease of its last
+// renewal; neither comes back.
+func TestClusterSignalsHoldStill(t *testing.T) {
+	nats := natstest.Start(t, 3)
+	bin := buildBinary(t)
+	const ttl = 3 * time.Second
+	names := []string{"a", "b", "c"}
+	procs := map[string]*process{}
+	httpOf := map[string]string{}
+	for _, name := range names {
+		procs[name] = start(t, bin, clusterConfig(t, t.TempDir(), name, nats.URLs(), ttl.String(), ""))
+		_, httpOf[name] = addrs(t, procs[name])
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("NATS:\n%s", nats.Logs())
+		}
+	})
+	for _, name := range names {
+		settled(t, httpOf[name])
+		waitUntil(t, 10*time.Second, name+" listing every node", func() bool { return members(t, httpOf[name]) == "a,b,c" })
+	}
+	elections := func() int { return strings.Count(nats.Logs(), "consumer leader") }
+	before := elections()
+	end := time.Now().Add(time.Minute)
+	looks := 0
+	for time.Now().Before(end) {
+		for _, name := range names {
+			if m := members(t, httpOf[name]); m != "a,b,c" {
+				t.Fatalf("after %d looks, node %s lists %q", looks, name, m)
+			}
+		}
+		looks++
+		time.Sleep(200 * time.Millisecond)
+	}
+	during := elections() - before
+	t.Logf("%d looks at three nodes, all listing a,b,c; %d consumer leader elections in the engine's logs in the minute", looks, during)
+	if during > 2 {
+		t.Errorf("%d consumer leader elections in a minute of nothing happening", during)
+	}
+
+	for _, name := range names {
+		if body := readyCluster(t, httpOf[name]); strings.Contains(body, `"last_error"`) {
+			t.Errorf("node %s, all well, shows an error: %s", name, body)
+		}
+	}
+	// A planned stop: off the lists at once.
+	if err := procs["c"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-procs["c"].end
+	stopped := time.Now()
+	for _, name := range []string{"a", "b"} {
+		waitUntil(t, ttl/2, name+" dropping c, which left", func() bool { return members(t, httpOf[name]) == "a,b" })
+	}
+	t.Logf("c left the lists %v after its SIGTERM ended", time.Since(stopped).Round(time.Millisecond))
+	if !strings.Contains(procs["c"].out.String(), "cluster: left (planned stop)") {
+		t.Errorf("node c did not say it left:\n%s", procs["c"].out.String())
+	}
+	// A crash: off the list once its lease has run out.
+	procs["b"].kill()
+	killed := time.Now()
+	waitUntil(t, ttl+2*time.Second, "a dropping b, killed", func() bool { return members(t, httpOf["a"]) == "a" })
+	t.Logf("b left a's list %v after it was killed (lease TTL %v)", time.Since(killed).Round(time.Millisecond), ttl)
+	for range 10 {
+		if m := members(t, httpOf["a"]); m != "a" {
+			t.Fatalf("a lists %q again", m)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -300,14 +300,20 @@ func (d *daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// The node stops after the SIP server, whose last save it writes to
+	// the engine before giving its lease up (cluster.Node.Run).
+	nodeCtx, stopNode := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNode()
+	nodeDone := make(chan struct{})
 	if d.node != nil {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			if err := d.node.Run(ctx); err != nil {
+			defer close(nodeDone)
+			if err := d.node.Run(nodeCtx); err != nil {
 				d.log.Error("cluster node stopped: running alone", "err", err)
 			}
 		}()
+	} else {
+		close(nodeDone)
 	}
 	for _, a := range d.adapters {
 		wg.Add(1)
@@ -359,10 +365,12 @@ func (d *daemon) Run(ctx context.Context) error {
 		cancel()
 	}
 	notifySystemd(d.log, sddaemon.SdNotifyStopping)
-	wg.Wait()
 	if runErr == nil {
 		runErr = <-sipDone // the SIP server saves what changed last as it stops
 	}
+	stopNode() // and then the node writes it to the engine and leaves
+	<-nodeDone
+	wg.Wait()
 	if runErr != nil {
 		return runErr
 	}
