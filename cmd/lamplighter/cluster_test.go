@@ -97,6 +97,12 @@ func TestClusterSharesPersonState(t *testing.T) {
 	nats.StartAll()
 	w.notifyWhere("Engine away", 40*time.Second)
 	waitReady(t, httpC, `"degraded":false`)
+	// The outage's errors are gone from /readyz once the engine works.
+	for _, addr := range []string{httpB, httpC} {
+		waitUntil(t, 20*time.Second, addr+" without last_error", func() bool {
+			return !strings.Contains(readyCluster(t, addr), `"last_error"`)
+		})
+	}
 }
 
 // waitReady waits until a node's /readyz holds every one of want.
