@@ -35,7 +35,11 @@ type Config struct {
 	// cluster (default 1).
 	Replicas int `yaml:"replicas"`
 	// LeaseTTL is how long a node that stops renewing its lease is still
-	// held alive (default 6s); it renews every third of it.
+	// held alive (default 10s); it renews every third of it. It must
+	// outlast the engine's election of a new leader for the leases
+	// bucket when a NATS server dies, or every node's lease lapses with
+	// it (5-10 s measured on nats-server 2.9.10; cluster/README.md).
+	// Lower, a crashed node's dialogs move sooner.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
 	// Address is the host phones reach every node at (a virtual IP or a
 	// name with DNS SRV records), when there is one: the Contact of 200s
@@ -56,7 +60,7 @@ func (c *Config) Defaults() {
 		c.Replicas = 1
 	}
 	if c.LeaseTTL == 0 {
-		c.LeaseTTL = 6 * time.Second
+		c.LeaseTTL = 10 * time.Second
 	}
 	if c.BucketPrefix == "" {
 		c.BucketPrefix = "lamplighter"

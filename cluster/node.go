@@ -110,6 +110,9 @@ type Node struct {
 	dsyncedCh chan struct{}
 	dseen     atomic.Uint64
 
+	// writeSeq numbers this node's person writes (live.go).
+	writeSeq atomic.Uint64
+
 	// notifyUntil is when the lease last renewed runs out, while the node
 	// is reconciled: before it, MayNotify needs no lock (unix nanos).
 	notifyUntil atomic.Int64
@@ -123,6 +126,7 @@ type Stats struct {
 	WriteErrors   atomic.Int64 // engine operations that failed (retried)
 	Applied       atomic.Int64 // person states from other nodes applied here
 	Claims        atomic.Int64 // dialogs taken over from other nodes
+	Hinted        atomic.Int64 // person states shown from live hints before the bucket brought them
 	LeaseRenewals atomic.Int64
 	LeaseFailures atomic.Int64
 	// EngineNanos and EngineOps give the mean latency of engine writes.
@@ -136,6 +140,16 @@ type keyState struct {
 	writing bool   // a local write is queued or under way
 	gen     uint64 // local writes queued so far
 	skipped jetstream.KeyValueEntry
+	// last is the bucket's entry shown last, and lastNode and lastSeq
+	// the write it holds; hinted: a live hint shows instead (live.go).
+	last     jetstream.KeyValueEntry
+	lastNode string
+	lastSeq  uint64
+	hinted   bool
+	// hintNode and hintSeq are the last hint shown, so that its repeats
+	// are not.
+	hintNode string
+	hintSeq  uint64
 }
 
 // personValue is what a person key holds.
@@ -148,7 +162,9 @@ type personValue struct {
 	Extra   [][]byte            `json:"extra,omitempty"` // Person.Extra, which bridge does not marshal
 	// Bindings are a user's registrations, under bindingsOrigin.
 	Bindings []presence.Binding `json:"bindings,omitempty"`
-	gen      uint64
+	// Seq orders the writes of one node (live.go).
+	Seq uint64 `json:"seq,omitempty"`
+	gen uint64
 }
 
 // New makes a node; Run connects it and keeps it going.
@@ -304,10 +320,14 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.recovered("binding the buckets")
+	if sub, err := nc.Subscribe(n.liveSubject(), n.onHint); err == nil {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	n.log.Info("cluster joined", "node", n.cfg.Node, "server", nc.ConnectedUrlRedacted(), "replicas", n.cfg.Replicas)
 	var wg, writers sync.WaitGroup
-	wg.Add(7)
+	wg.Add(8)
 	writers.Add(2)
+	go func() { defer wg.Done(); n.rehintLoop(ctx) }()
 	go func() { defer wg.Done(); n.watchLoop(ctx, n.leases, &n.lseen, "node leases", n.followLeases) }()
 	go func() { defer wg.Done(); n.agreeKeys(ctx) }()
 	go func() { defer wg.Done(); n.nodesLoop(ctx) }()
@@ -432,6 +452,9 @@ func (n *Node) connect() (*nats.Conn, error) {
 			case n.drewatch <- struct{}{}:
 			default:
 			}
+			n.mu.Lock()
+			n.restartLeaseWatch()
+			n.mu.Unlock()
 		}),
 	}
 	switch {
@@ -867,7 +890,7 @@ func (n *Node) kick() {
 // share queues a person state set (p) or cleared (nil) on this node for
 // every other node.
 func (n *Node) share(userID, origin string, p *bridge.PersonState) {
-	v := &personValue{Node: n.cfg.Node, User: userID, Origin: origin, Cleared: p == nil}
+	v := &personValue{Node: n.cfg.Node, User: userID, Origin: origin, Cleared: p == nil, Seq: n.writeSeq.Add(1)}
 	if p != nil {
 		cp := *p
 		v.Person, v.Extra = &cp, cp.Extra
@@ -876,6 +899,7 @@ func (n *Node) share(userID, origin string, p *bridge.PersonState) {
 	n.queueLocked(personKey(userID, origin), v)
 	n.mu.Unlock()
 	n.kick()
+	n.hint(v)
 }
 
 // queueLocked queues v as the newest write of key; called with n.mu held.
@@ -1106,30 +1130,57 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 		n.mu.Unlock()
 		return
 	case e.Revision() <= ks.applied:
+		// An older entry; but a live hint shown meanwhile gives way to
+		// the newest the bucket has shown.
+		last := ks.last
+		rehint := ks.hinted && last != nil
+		ks.hinted = false
 		n.mu.Unlock()
+		if rehint {
+			n.showEntry(last)
+		}
 		return
 	}
-	ks.applied = e.Revision()
+	ks.applied, ks.last, ks.hinted = e.Revision(), e, false
+	ks.lastNode, ks.lastSeq = v.Node, v.Seq
 	if e.Operation() != jetstream.KeyValuePut {
 		// Deleted (swept): any later write has a higher revision, and
 		// the bookkeeping of every PUBLISH ever made must not pile up.
 		delete(n.keys, key)
 	}
 	n.mu.Unlock()
+	if user, origin, ok := splitKey(key); ok {
+		n.show(user, origin, &v, e.Operation() == jetstream.KeyValuePut)
+	}
+}
 
-	user, origin, ok := splitKey(key)
+// showEntry shows a bucket entry here.
+func (n *Node) showEntry(e jetstream.KeyValueEntry) {
+	var v personValue
+	if e.Operation() == jetstream.KeyValuePut {
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return
+		}
+	}
+	user, origin, ok := splitKey(e.Key())
 	if !ok {
 		return
 	}
+	n.show(user, origin, &v, e.Operation() == jetstream.KeyValuePut)
+}
+
+// show applies a person key's value (put: a value, else deleted) to the
+// local bridge.
+func (n *Node) show(user, origin string, v *personValue, put bool) {
 	if origin == bindingsOrigin {
 		var bs []presence.Binding
-		if e.Operation() == jetstream.KeyValuePut && !v.Cleared {
+		if put && !v.Cleared {
 			bs = v.Bindings
 		}
 		n.applyBindings(user, bs)
 		return
 	}
-	if e.Operation() != jetstream.KeyValuePut || v.Cleared || v.Person == nil {
+	if !put || v.Cleared || v.Person == nil {
 		n.local.ClearPerson(user, origin)
 	} else {
 		p := *v.Person

@@ -102,6 +102,17 @@ func (c *Cluster) start(i int) {
 	}
 }
 
+// Index returns the index of the server named name (as JetStream names
+// a stream's leader: "n1", "n2", ...).
+func (c *Cluster) Index(name string) (int, error) {
+	for i, s := range c.servers {
+		if s.name == name {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("no nats-server named %q", name)
+}
+
 // Stop kills server i (as a power cut would).
 func (c *Cluster) Stop(i int) {
 	s := c.servers[i]
