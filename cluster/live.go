@@ -53,17 +53,18 @@ func (n *Node) onHint(m *nats.Msg) {
 		ks = &keyState{}
 		n.keys[key] = ks
 	}
-	if ks.writing || (ks.lastNode == v.Node && v.Seq <= ks.lastSeq) || (ks.hintNode == v.Node && v.Seq <= ks.hintSeq) {
+	if ks.writing || ks.stale(v.Node, v.Seq) || (ks.hintNode == v.Node && v.Seq <= ks.hintSeq) {
 		// Ours is on its way (the bucket orders the two), or the bucket
-		// already showed this write or a newer one of that node, or a
-		// hint did.
+		// already delivered this write or a newer one of that node, or a
+		// hint showed it.
 		n.mu.Unlock()
 		return
 	}
-	ks.hinted, ks.hintNode, ks.hintSeq = true, v.Node, v.Seq
+	ks.hinted, ks.hint, ks.hintNode, ks.hintSeq = true, &v, v.Node, v.Seq
+	ks.ver++
 	n.mu.Unlock()
 	n.stats.Hinted.Add(1)
-	n.show(v.User, v.Origin, &v, true)
+	n.settle(key)
 }
 
 // rehintLoop publishes again, twice a second, the hints of writes the

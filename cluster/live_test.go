@@ -87,3 +87,63 @@ func TestHintsNeverOutrankTheBucket(t *testing.T) {
 		t.Errorf("%d hints shown, want 2", got)
 	}
 }
+
+// TestHintsYieldToOurOwnNewerWrite: two nodes write one key at once and
+// ours lands last in the bucket. The other node's write, hinted after
+// ours was answered, shows only until its entry (older than ours)
+// arrives, and then ours shows again; a repeat of that hint after its
+// entry is dropped. (Before, with our own write not counted as the
+// bucket's newest, the other node's value stayed here for good.)
+func TestHintsYieldToOurOwnNewerWrite(t *testing.T) {
+	dir, err := bridge.NewDirectory([]bridge.User{{ID: "bob", Extensions: []string{"101"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bridge.New(dir)
+	n := New(Config{Node: "b"}, b, nil)
+	shows := func() string {
+		st, _ := b.State("bob")
+		return st.Person.Note
+	}
+	hint := func(v personValue) {
+		data, _ := json.Marshal(v)
+		n.onHint(&nats.Msg{Data: data})
+	}
+	key := personKey("bob", "api")
+	theirs := personValue{Node: "a", User: "bob", Origin: "api", Seq: 9, Person: &bridge.PersonState{Note: "a9"}}
+
+	write := func(note string) *personValue {
+		p := bridge.PersonState{Note: note}
+		if err := b.SetPerson("bob", "api", p); err != nil {
+			t.Fatal(err)
+		}
+		n.share("bob", "api", &p)
+		n.mu.Lock()
+		v := n.queue[key]
+		n.mu.Unlock()
+		return v
+	}
+
+	// Their hint comes after our write was answered, their entry after.
+	ours := write("b9")
+	n.wrote(key, ours, 12)
+	hint(theirs)
+	if shows() != "a9" {
+		t.Fatalf("a newer-looking hint did not show: %q", shows())
+	}
+	n.apply(entry{key, 11, theirs})
+	if shows() != "b9" {
+		t.Errorf("after their entry (revision 11 < our 12): %q, want b9", shows())
+	}
+
+	// Their entry comes while ours is under way, their hint repeated
+	// after ours was answered.
+	theirs.Seq, theirs.Person = 10, &bridge.PersonState{Note: "a10"}
+	ours = write("b10")
+	n.apply(entry{key, 13, theirs})
+	n.wrote(key, ours, 14)
+	hint(theirs)
+	if shows() != "b10" {
+		t.Errorf("a hint of a write the bucket already delivered showed: %q, want b10", shows())
+	}
+}

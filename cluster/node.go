@@ -140,16 +140,53 @@ type keyState struct {
 	writing bool   // a local write is queued or under way
 	gen     uint64 // local writes queued so far
 	skipped jetstream.KeyValueEntry
-	// last is the bucket's entry shown last, and lastNode and lastSeq
-	// the write it holds; hinted: a live hint shows instead (live.go).
-	last     jetstream.KeyValueEntry
-	lastNode string
-	lastSeq  uint64
-	hinted   bool
-	// hintNode and hintSeq are the last hint shown, so that its repeats
-	// are not.
+	// last is the value at revision applied (the newest this node knows,
+	// whether the watch brought it or our own write put it); hinted: a
+	// live hint shows instead (live.go).
+	last   *personValue
+	hinted bool
+	hint   *personValue
+	// mine is our newest write while one is queued or under way (the
+	// local bridge shows it already).
+	mine *personValue
+	// ver counts changes of what this node should show for the key
+	// (settle).
+	ver uint64
+	// seen is, per node, the newest write of that node the bucket has
+	// delivered here (shown or not): a hint of it or of an older one
+	// is stale. hintNode and hintSeq are the last hint shown, so that its
+	// repeats are not.
+	seen     []nodeSeq
 	hintNode string
 	hintSeq  uint64
+}
+
+// nodeSeq is one node's write sequence number.
+type nodeSeq struct {
+	node string
+	seq  uint64
+}
+
+// saw notes that the bucket holds node's write seq.
+func (ks *keyState) saw(node string, seq uint64) {
+	for i := range ks.seen {
+		if ks.seen[i].node == node {
+			ks.seen[i].seq = max(ks.seen[i].seq, seq)
+			return
+		}
+	}
+	ks.seen = append(ks.seen, nodeSeq{node, seq})
+}
+
+// stale reports whether the bucket has delivered node's write seq or a
+// newer one.
+func (ks *keyState) stale(node string, seq uint64) bool {
+	for _, s := range ks.seen {
+		if s.node == node {
+			return seq <= s.seq
+		}
+	}
+	return false
 }
 
 // personValue is what a person key holds.
@@ -912,7 +949,52 @@ func (n *Node) queueLocked(key string, v *personValue) {
 	ks.writing = true
 	ks.gen++
 	v.gen = ks.gen
+	// Our write supersedes a hint shown: the bucket orders the two.
+	ks.mine, ks.hinted, ks.hint = v, false, nil
+	ks.ver++
 	n.queue[key] = v
+}
+
+// desired is what this node should show for a key: our own write while
+// one is on its way, else a live hint shown, else the bucket's newest.
+func (ks *keyState) desired() *personValue {
+	switch {
+	case ks.writing && ks.mine != nil:
+		return ks.mine
+	case ks.hinted && ks.hint != nil:
+		return ks.hint
+	}
+	return ks.last
+}
+
+// settle shows here what this node should show for key, and again until
+// nothing changed what that is while it was being shown: the watch, the
+// hints, a write's answer and the SIP server or API setting a state run
+// on goroutines of their own, and one deciding before another but
+// showing after it would otherwise leave the older word on show.
+func (n *Node) settle(key string) {
+	user, origin, ok := splitKey(key)
+	if !ok {
+		return
+	}
+	n.mu.Lock()
+	for {
+		ks := n.keys[key]
+		if ks == nil {
+			n.mu.Unlock()
+			return
+		}
+		v, ver := ks.desired(), ks.ver
+		n.mu.Unlock()
+		if v != nil {
+			n.show(user, origin, v, true)
+		}
+		n.mu.Lock()
+		if n.keys[key] != ks || ks.ver == ver {
+			n.mu.Unlock()
+			return
+		}
+	}
 }
 
 // writeLoop writes queued person states, the newest of each key, and
@@ -981,15 +1063,25 @@ func (n *Node) write(ctx context.Context, key string, v *personValue) bool {
 	n.observe(sent)
 	n.stats.Writes.Add(1)
 	n.recovered("writing a person state")
+	n.wrote(key, v, rev)
+	return true
+}
+
+// wrote notes that the bucket took our write v of key at revision rev.
+func (n *Node) wrote(key string, v *personValue, rev uint64) {
 	n.mu.Lock()
 	ks := n.keys[key]
-	ks.applied = max(ks.applied, rev)
+	if rev > ks.applied {
+		ks.applied, ks.last = rev, v
+	}
+	ks.saw(v.Node, v.Seq)
 	if q := n.queue[key]; q == v {
 		delete(n.queue, key)
 	}
 	var late jetstream.KeyValueEntry
 	if ks.gen == v.gen {
-		ks.writing = false
+		ks.writing, ks.mine = false, nil
+		ks.ver++
 		// Another node wrote the key after us while we waited for the
 		// engine's answer: theirs is the newer truth.
 		if ks.skipped != nil && ks.skipped.Revision() > ks.applied {
@@ -1001,7 +1093,6 @@ func (n *Node) write(ctx context.Context, key string, v *personValue) bool {
 	if late != nil {
 		n.apply(late)
 	}
-	return true
 }
 
 // restartWatch asks the watch to start again from where it was.
@@ -1122,6 +1213,9 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 		ks = &keyState{}
 		n.keys[key] = ks
 	}
+	if v.Node != "" {
+		ks.saw(v.Node, v.Seq)
+	}
 	switch {
 	case ks.writing:
 		if ks.skipped == nil || e.Revision() > ks.skipped.Revision() {
@@ -1131,42 +1225,35 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 		return
 	case e.Revision() <= ks.applied:
 		// An older entry; but a live hint shown meanwhile gives way to
-		// the newest the bucket has shown.
-		last := ks.last
-		rehint := ks.hinted && last != nil
-		ks.hinted = false
+		// the newest value the bucket holds.
+		rehint := ks.hinted
+		ks.hinted, ks.hint = false, nil
+		if rehint {
+			ks.ver++
+		}
 		n.mu.Unlock()
 		if rehint {
-			n.showEntry(last)
+			n.settle(key)
 		}
 		return
 	}
-	ks.applied, ks.last, ks.hinted = e.Revision(), e, false
-	ks.lastNode, ks.lastSeq = v.Node, v.Seq
+	ks.applied, ks.hinted, ks.hint = e.Revision(), false, nil
+	ks.ver++
 	if e.Operation() != jetstream.KeyValuePut {
 		// Deleted (swept): any later write has a higher revision, and
 		// the bookkeeping of every PUBLISH ever made must not pile up.
+		// (What a sweep deletes was cleared long ago: showing the clear
+		// again cannot undo a newer word.)
 		delete(n.keys, key)
-	}
-	n.mu.Unlock()
-	if user, origin, ok := splitKey(key); ok {
-		n.show(user, origin, &v, e.Operation() == jetstream.KeyValuePut)
-	}
-}
-
-// showEntry shows a bucket entry here.
-func (n *Node) showEntry(e jetstream.KeyValueEntry) {
-	var v personValue
-	if e.Operation() == jetstream.KeyValuePut {
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			return
+		n.mu.Unlock()
+		if user, origin, ok := splitKey(key); ok {
+			n.show(user, origin, &v, false)
 		}
-	}
-	user, origin, ok := splitKey(e.Key())
-	if !ok {
 		return
 	}
-	n.show(user, origin, &v, e.Operation() == jetstream.KeyValuePut)
+	ks.last = &v
+	n.mu.Unlock()
+	n.settle(key)
 }
 
 // show applies a person key's value (put: a value, else deleted) to the

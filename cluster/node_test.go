@@ -343,7 +343,7 @@ func TestPersonStatesCrossWhileAServerIsDown(t *testing.T) {
 		b.node.mu.Lock()
 		defer b.node.mu.Unlock()
 		ks := b.node.keys[personKey("debbie", "api")]
-		return ks != nil && !ks.hinted && ks.lastSeq > 0
+		return ks != nil && !ks.hinted && ks.stale("a", a.node.writeSeq.Load())
 	})
 	t.Logf("b on the bucket's word %v after the leader went", time.Since(down).Round(time.Millisecond))
 	if got := note(b, "debbie"); got != "while down 2" {
