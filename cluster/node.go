@@ -90,6 +90,10 @@ type Node struct {
 
 	sharedKeys []sharedKey // set before Run (ShareKey)
 
+	// followers apply other nodes' records, by origin (records.go); set
+	// before Run.
+	followers map[string]func(id string, data []byte)
+
 	// bindSums holds, per user, the sum of the bindings this node last
 	// applied from the engine or wrote to it (registrations.go).
 	bindSums map[string]uint64
@@ -199,6 +203,10 @@ type personValue struct {
 	Extra   [][]byte            `json:"extra,omitempty"` // Person.Extra, which bridge does not marshal
 	// Bindings are a user's registrations, under bindingsOrigin.
 	Bindings []presence.Binding `json:"bindings,omitempty"`
+	// Record and Until are a record's data and when it lapses, under a
+	// record kind's origin (records.go).
+	Record []byte    `json:"record,omitempty"`
+	Until  time.Time `json:"until,omitzero"`
 	// Seq orders the writes of one node (live.go).
 	Seq uint64 `json:"seq,omitempty"`
 	gen uint64
@@ -213,7 +221,7 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &Node{cfg: cfg, log: log, local: local, instance: hex.EncodeToString(id[:]), me: unique.Make(cfg.Node), seed: maphash.MakeSeed(),
-		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, queue: map[string]*personValue{},
+		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, followers: map[string]func(string, []byte){}, queue: map[string]*personValue{},
 		bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
 		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1), view: map[string]leaseSeen{}, lrewatch: make(chan struct{}, 1)}
@@ -1259,6 +1267,9 @@ func (n *Node) apply(e jetstream.KeyValueEntry) {
 // show applies a person key's value (put: a value, else deleted) to the
 // local bridge.
 func (n *Node) show(user, origin string, v *personValue, put bool) {
+	if n.showRecord(user, origin, v, put) {
+		return
+	}
 	if origin == bindingsOrigin {
 		var bs []presence.Binding
 		if put && !v.Cleared {
@@ -1307,6 +1318,10 @@ func (n *Node) noteSweep(key string, e jetstream.KeyValueEntry, v *personValue) 
 		delete(n.sweep, key)
 	case len(v.Bindings) > 0:
 		n.sweep[key] = sweepItem{e.Revision(), latestExpiry(v.Bindings).Add(lapsedAge)}
+	case v.Record != nil && !v.Cleared && !v.Until.IsZero():
+		n.sweep[key] = sweepItem{e.Revision(), v.Until.Add(lapsedAge)}
+	case v.Record != nil && !v.Cleared:
+		delete(n.sweep, key)
 	case v.Cleared || v.Person == nil:
 		n.sweep[key] = sweepItem{e.Revision(), e.Created().Add(n.tombstoneAge)}
 	case !v.Person.Expires.IsZero():

@@ -32,6 +32,13 @@ func newMember(t *testing.T, name string, urls []string) *member {
 // other settings.
 func newMemberOf(t *testing.T, name string, urls []string, replicas int, opts ...func(*Config)) *member {
 	t.Helper()
+	return newMemberThen(t, name, urls, replicas, nil, opts...)
+}
+
+// newMemberThen is newMemberOf with before called on the node before it
+// runs.
+func newMemberThen(t *testing.T, name string, urls []string, replicas int, before func(*Node), opts ...func(*Config)) *member {
+	t.Helper()
 	dir, err := bridge.NewDirectory([]bridge.User{{ID: "debbie", Extensions: []string{"100"}}, {ID: "bob", Extensions: []string{"101"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +53,9 @@ func newMemberOf(t *testing.T, name string, urls []string, replicas int, opts ..
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
 	n := New(cfg, b, log)
+	if before != nil {
+		before(n)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = n.Run(ctx); close(done) }()

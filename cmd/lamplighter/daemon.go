@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -136,6 +137,20 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 					plog.Warn("cannot keep the cluster's token key in the state directory", "err", err)
 				}
 			})
+			// Every node knows every phone's flow, so that the node
+			// taking over trusts it as the one the phone registered
+			// through did.
+			node := d.node
+			px.ShareFlows(func(r proxy.FlowRecord) {
+				if r.Expires.IsZero() {
+					node.ShareRecord(proxy.FlowKind, r.ID(), nil, time.Time{})
+					return
+				}
+				if data, err := json.Marshal(r); err == nil {
+					node.ShareRecord(proxy.FlowKind, r.ID(), data, r.Expires)
+				}
+			})
+			node.FollowRecords(proxy.FlowKind, px.ApplyFlow)
 		}
 	}
 	if d.sip, err = presence.New(states, opt); err != nil {

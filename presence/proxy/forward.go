@@ -887,6 +887,8 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 	if !p.binds.put(b) {
 		p.log.Warn("too many registrations through the proxy: this one is not remembered",
 			"user", b.user, "flow", src.String(), "max", p.opt.MaxBindings)
+	} else {
+		p.shareBinding(b)
 	}
 	p.observeRegistrations(h.target, b.user)
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -24,15 +25,36 @@ import (
 // BindingsFile is the file in the state directory with the bindings.
 const BindingsFile = "proxy-bindings.json"
 
-// keptBinding is a binding as the file holds it: the PBX by name (its
-// index may change with the config).
-type keptBinding struct {
+// FlowRecord is a binding as the file and the other nodes of a cluster
+// hold it: the PBX by name (its index may change with the config).
+type FlowRecord struct {
 	User      string    `json:"user"`
 	Transport string    `json:"transport"`
 	Addr      string    `json:"addr"`
 	PBX       string    `json:"pbx"`
 	Contacts  []string  `json:"contacts,omitempty"`
 	Expires   time.Time `json:"expires"`
+}
+
+// ID names the flow a record is of: its transport and address.
+func (r FlowRecord) ID() string { return strings.ToLower(r.Transport) + ":" + r.Addr }
+
+// record is b as a FlowRecord.
+func (p *Proxy) record(b binding) FlowRecord {
+	return FlowRecord{User: b.user, Transport: b.flow.transport, Addr: b.flow.addr.String(),
+		PBX: p.opt.Targets[b.target].Name, Contacts: b.contacts, Expires: b.expires}
+}
+
+// fromRecord is r as a binding; ok is false for a damaged record or one
+// of a PBX not proxied here.
+func (p *Proxy) fromRecord(r FlowRecord) (binding, bool) {
+	ap, err := netip.ParseAddrPort(r.Addr)
+	target := p.targetIndex(r.PBX)
+	if err != nil || target < 0 || transportCode[r.Transport] == 0 {
+		return binding{}, false
+	}
+	return binding{user: r.User, flow: flow{transport: r.Transport, addr: ap}, target: target,
+		contacts: r.Contacts, expires: r.Expires}, true
 }
 
 // loadBindings reads the file into the bindings, skipping the expired
@@ -42,7 +64,7 @@ func (p *Proxy) loadBindings(path string) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return
 	}
-	var kept []keptBinding
+	var kept []FlowRecord
 	if err == nil {
 		err = json.Unmarshal(b, &kept)
 	}
@@ -56,13 +78,11 @@ func (p *Proxy) loadBindings(path string) {
 	now := time.Now()
 	n := 0
 	for _, k := range kept {
-		ap, err := netip.ParseAddrPort(k.Addr)
-		target := p.targetIndex(k.PBX)
-		if err != nil || target < 0 || !k.Expires.After(now) || transportCode[k.Transport] == 0 {
+		b, ok := p.fromRecord(k)
+		if !ok || !k.Expires.After(now) {
 			continue
 		}
-		if p.binds.put(binding{user: k.User, flow: flow{transport: k.Transport, addr: ap}, target: target,
-			contacts: k.Contacts, expires: k.Expires}) {
+		if p.binds.put(b) {
 			n++
 		}
 	}
@@ -89,10 +109,9 @@ func (p *Proxy) saveBindings(path string) {
 	if !changed {
 		return
 	}
-	kept := make([]keptBinding, 0, len(list))
+	kept := make([]FlowRecord, 0, len(list))
 	for _, b := range list {
-		kept = append(kept, keptBinding{User: b.user, Transport: b.flow.transport, Addr: b.flow.addr.String(),
-			PBX: p.opt.Targets[b.target].Name, Contacts: b.contacts, Expires: b.expires})
+		kept = append(kept, p.record(b))
 	}
 	data, err := json.Marshal(kept)
 	if err == nil {

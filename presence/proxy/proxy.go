@@ -189,6 +189,7 @@ type Proxy struct {
 	forgedLog  atomic.Int64              // when a token from a stranger was last logged (Unix s)
 	forgot     []atomic.Bool             // per target: it was seen to forget a Path (logged once)
 	served     map[presence.Package]bool // the event packages Lamplighter answers
+	share      func(FlowRecord)          // set before Run (ShareFlows)
 
 	// Set by Run, from the presence server.
 	ctx      context.Context
