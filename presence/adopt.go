@@ -149,11 +149,15 @@ func (s *Server) Forget(ids []string) int {
 			continue
 		}
 		sub.mu.Lock()
-		if !sub.removed {
-			s.drop(sub) // as a NOTIFY refused (notifyDone) does
+		dropped := !sub.removed
+		if dropped {
+			markDropped(sub) // as a NOTIFY refused (notifyDone) does
 			n++
 		}
 		sub.mu.Unlock()
+		if dropped {
+			s.unlist(sub, "timeout")
+		}
 	}
 	if n > 0 {
 		s.log.Info("dialogs taken over by another node: forgotten here", "count", n)

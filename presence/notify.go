@@ -228,20 +228,26 @@ func (s *Server) terminate(sub *Subscription, reason string) {
 	}
 	sub.removed, sub.final = true, reason
 	sub.mu.Unlock()
-	s.subs.remove(sub)
-	s.journal.unsubscribed(sub)
-	s.noteWatched(sub, true, reason)
+	s.unlist(sub, reason)
 	s.log.Debug("subscription terminated", "user", sub.UserID, "list", sub.List, "event", sub.Package, "reason", reason, "source", sub.Source)
 	s.enqueue(sub, time.Time{}, true)
 }
 
-// drop removes a subscription without a final NOTIFY (the subscriber is
-// gone or refused our NOTIFY).
-func (s *Server) drop(sub *Subscription) {
+// markDropped ends a subscription without a final NOTIFY (the
+// subscriber is gone or refused our NOTIFY); called with sub.mu held.
+// The caller then unlists it, with the lock released (the store's lock
+// and the journal's come before a subscription's: doc.go).
+func markDropped(sub *Subscription) {
 	sub.removed, sub.done = true, true
+}
+
+// unlist takes an ended subscription (marked removed under its lock) out
+// of the store and the journal and tells its user's watcher-info
+// watchers; called with no subscription lock held.
+func (s *Server) unlist(sub *Subscription, reason string) {
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
-	s.noteWatched(sub, true, "timeout")
+	s.noteWatched(sub, true, reason)
 }
 
 // sendLoop is one NOTIFY worker.
@@ -286,9 +292,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 	if !ok && final == "" {
 		final = "noresource"
 		sub.removed = true
-		defer s.watchersChanged(sub.UserID, sub, final)
-		defer s.subs.remove(sub)
-		defer s.journal.unsubscribed(sub)
+		defer s.unlist(sub, final) // after the lock is released
 	}
 	if final == "" && !sub.force && !sub.shows(st) {
 		sub.dirty = false // nothing new since the last NOTIFY
@@ -425,7 +429,8 @@ func (s *Server) notifyTxDone(tx *notifyTx, res notifyResponse, failure string, 
 func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure string, err error) {
 	sub.mu.Lock()
 	sub.inflight = false
-	retry := false
+	retry, dropped := false, false
+	drop := func() { markDropped(sub); dropped = true }
 	switch {
 	case res.code >= 200 && res.code < 300:
 		sub.failures = 0
@@ -437,14 +442,14 @@ func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure strin
 		s.opt.Metrics.NotifyFailed("481")
 		if !sub.done {
 			s.log.Debug("subscriber forgot the subscription (481)", "user", sub.UserID, "source", sub.Source)
-			s.drop(sub)
+			drop()
 		}
 	case res.code != 0 && res.code != 408 && res.code < 500:
 		s.opt.Metrics.NotifyFailed("rejected")
 		if !sub.done {
 			s.log.Info("subscriber refused a NOTIFY: ending the subscription", "user", sub.UserID,
 				"source", sub.Source, "status", res.code)
-			s.drop(sub)
+			drop()
 		}
 	default:
 		if failure == "" {
@@ -458,7 +463,7 @@ func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure strin
 		if int(sub.failures) >= s.opt.NotifyRetries {
 			s.log.Warn("subscriber does not answer NOTIFYs: ending the subscription", "user", sub.UserID,
 				"source", sub.Source, "failures", sub.failures, "err", errString(err, res))
-			s.drop(sub)
+			drop()
 			break
 		}
 		s.log.Debug("NOTIFY failed, will retry", "user", sub.UserID, "source", sub.Source,
@@ -471,6 +476,9 @@ func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure strin
 	}
 	backoff := time.Duration(1<<min(sub.failures, 6)) * time.Second
 	sub.mu.Unlock()
+	if dropped {
+		s.unlist(sub, "timeout")
+	}
 	if again {
 		s.queue.push(sub)
 	}

@@ -380,7 +380,10 @@ func (s *Server) restore(saved *Saved) {
 			byUser[p.UserID] = append(byUser[p.UserID], p)
 		}
 	}
-	s.pubs.mu.Lock()
+	// The bridge is called with no lock of ours held (doc.go): each
+	// publication's state is set first, and the publications kept are
+	// added under the lock after.
+	var kept []*Publication
 	for userID, ps := range byUser {
 		slices.SortFunc(ps, func(a, b *Publication) int { return b.Expires.Compare(a.Expires) })
 		for i, p := range ps {
@@ -394,11 +397,15 @@ func (s *Server) restore(saved *Saved) {
 				dropped++
 				continue
 			}
-			s.pubs.add(p)
-			pubs++
+			kept = append(kept, p)
 		}
 	}
+	s.pubs.mu.Lock()
+	for _, p := range kept {
+		s.pubs.add(p)
+	}
 	s.pubs.mu.Unlock()
+	pubs = len(kept)
 	binds := 0
 	s.regs.mu.Lock()
 	for _, b := range saved.Bindings {

@@ -136,11 +136,17 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 		}
 	}
 
+	// The bridge is read before the publications' lock is taken (doc.go).
+	var matched bridge.PersonState
+	var shown bool
+	if match != "" {
+		matched, shown = s.states.Person(user.ID, (&Publication{ETag: match}).origin())
+	}
 	ps := s.pubs
 	ps.mu.Lock()
 	var pub *Publication
 	if match != "" {
-		pub = s.publicationOf(user.ID, match)
+		pub = s.publicationOf(user.ID, match, matched, shown)
 		if pub == nil {
 			ps.mu.Unlock()
 			s.reply(req, tx, 412, "Conditional Request Failed")
@@ -197,16 +203,15 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 	s.reply(req, tx, 200, "OK", field{"SIP-ETag", next.ETag}, field{"Expires", strconv.Itoa(expires)})
 }
 
-// publicationOf finds the publication a SIP-If-Match names; called with
-// s.pubs.mu held. The person state kept under the entity tag's origin is
+// publicationOf finds the publication a SIP-If-Match names, given the
+// person state the bridge shows under the entity tag's origin (state,
+// shown: read before the lock); called with s.pubs.mu held. That state is
 // the truth: a publication this server holds whose state is gone (another
 // node of a cluster refreshed or removed it) is stale, and one this
 // server never saw whose state is there (published through another node,
 // which the cluster shares) is taken up here, so that a soft client's
 // refresh works on whichever node it reaches.
-func (s *Server) publicationOf(userID, etag string) *Publication {
-	origin := (&Publication{ETag: etag}).origin()
-	state, shown := s.states.Person(userID, origin)
+func (s *Server) publicationOf(userID, etag string, state bridge.PersonState, shown bool) *Publication {
 	if pub := s.pubs.byTag[etag]; pub != nil {
 		if pub.UserID != userID || !shown {
 			return nil
