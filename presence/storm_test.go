@@ -2,6 +2,7 @@ package presence
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"runtime/pprof"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
 // TestStormDoesNotWedge runs at once, for a few seconds, everything that
@@ -215,4 +217,40 @@ func answer(p *rawPeer, callID string) *sip.Response {
 			return nil
 		}
 	}
+}
+
+// flowAs is a Forwarder that forwards nothing and says every request's
+// flow was registered as user (proxy mode's trust).
+type flowAs struct{ runCheck }
+
+func (flowAs) FlowUser(*sipmsg.Request) (string, bool)  { return "101", true } // bob
+func (flowAs) Run(ctx context.Context, s *Server) error { <-ctx.Done(); return nil }
+
+// TestRemovingAUserWatchedThroughAFlowDoesNotWedge: a user removed by a
+// reload ends their watchers' subscriptions from inside the bridge's
+// change (its lock held). One watcher let in by a registered flow
+// (watcher info names it by the user its flow stands for, which reads
+// the directory), while anyone holds a watcher-info subscription: the
+// directory was read under the bridge's own lock, and the reload never
+// returned.
+func TestRemovingAUserWatchedThroughAFlowDoesNotWedge(t *testing.T) {
+	env := newEnv(t, func(o *Options) { o.Forwarder = flowAs{} })
+	peer := newRawPeer(t, env.udp)
+	peer.subscribeMany("101", "presence.winfo", 1) // bob's own watchers
+	peer.subscribeMany("100", "dialog", 1)         // bob watches debbie
+	dir, err := bridge.NewDirectory([]bridge.User{{ID: "bob", Name: "Bob", Extensions: []string{"101"},
+		Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/101"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { env.bridge.SetDirectory(dir); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		var buf bytes.Buffer
+		pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		t.Fatalf("the reload that removed debbie did not return within 5s: a wedge\n%s", buf.String())
+	}
+	waitUntil(t, 5*time.Second, "debbie's watcher ended", func() bool { return env.srv.Watchers("debbie") == 0 })
 }

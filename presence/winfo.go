@@ -30,10 +30,14 @@ type winfoState struct {
 	wake  chan struct{}
 }
 
-// endedWatcher is a watcher to show as terminated once.
+// endedWatcher is a watcher to show as terminated once: the ended
+// subscription and why. It is rendered later, by runWinfo: who a watcher
+// is may take the directory, which the bridge's lock guards, and a
+// subscription often ends inside the bridge's change (a user removed),
+// with that lock held.
 type endedWatcher struct {
-	pkg Package
-	w   body.Watcher
+	sub    *Subscription
+	reason string
 }
 
 // watchersChanged notes that the watchers of a user changed; ended is a
@@ -54,8 +58,7 @@ func (s *Server) watchersChanged(userID string, ended *Subscription, reason stri
 	}
 	gone := s.winfo.dirty[userID]
 	if ended != nil && listsWatchers(ended.pkg) {
-		gone = append(gone, endedWatcher{ended.Package,
-			body.Watcher{ID: ended.ID, URI: s.watcherURI(ended), Status: "terminated", Event: winfoEvent(reason)}})
+		gone = append(gone, endedWatcher{ended, reason})
 	}
 	s.winfo.dirty[userID] = gone
 	s.winfo.mu.Unlock()
@@ -151,7 +154,8 @@ func (s *Server) watcherLists(subs []*Subscription, gone []endedWatcher) []body.
 		}
 	}
 	for _, g := range gone {
-		byPkg[g.pkg] = append(byPkg[g.pkg], g.w)
+		byPkg[g.sub.Package] = append(byPkg[g.sub.Package],
+			body.Watcher{ID: g.sub.ID, URI: s.watcherURI(g.sub), Status: "terminated", Event: winfoEvent(g.reason)})
 	}
 	var out []body.WatcherList
 	for _, p := range s.packages.list {
