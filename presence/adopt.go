@@ -15,7 +15,7 @@ import (
 // fenceState holds the subscriptions whose NOTIFY waits for the fence to
 // lift.
 type fenceState struct {
-	mu   sync.Mutex
+	mu   sync.Mutex // guards held; a leaf
 	held []*Subscription
 }
 

@@ -17,16 +17,43 @@
 // NOTIFYs are rendered and sent by our own client transactions
 // (notify.go, notifier.go). sipgo keeps other methods, answered 405.
 //
-// # Lock order
+// # Locks
 //
-// The bridge calls Server.HandleChange with its own lock held, and
-// HandleChange takes the pacing lock, the subscription store's lock and
-// each watcher's Subscription.mu under it. So the order is:
+// Each mutex's declaration says what it guards and what may be taken
+// under it. Outermost first, the orders the code takes them in:
 //
-//	bridge lock → paceMu → store.mu → Subscription.mu → sendQueue.mu / journal / notifier.mu
+//	restoreMu → the bridge lock (a restored publication's state) → …
+//	the bridge lock → paceMu | store.mu | Subscription.mu | sendQueue.mu | winfoState.mu | journal.mu
+//	Subscription.mu → journal.mu | interner.mu | notifier.randMu
+//	publications.mu → journal.mu
+//	registrar.mu → journal.mu
+//	notifyTx.sending → notifier.mu (start: the transaction is not yet in the table, so fire cannot hold notifier.mu for it)
+//	notifier.mu → notifyTx.sending (fire: a UDP retransmission, whose write does not block)
 //
-// and nothing here may call into the bridge (States) while holding any of
-// them: the NOTIFY worker reads a user's state first and takes the
-// subscription's lock after. TestFanOutUnderFlappingCallDoesNotDeadlock
-// keeps that honest under the race detector.
+// Every other mutex is a leaf: nothing of ours is taken under store.mu,
+// paceMu, sendQueue.mu, expiryWheel.mu, fenceState.mu, winfoState.mu,
+// journal.mu, interner.mu, nonceUses.mu, rateLimiter.mu, udpTxTable.mu,
+// udpTx.mu, addrsMu, notifier.randMu or guardedConn.wmu.
+//
+// The bridge calls Server.HandleChange with its own lock held (the write
+// lock), so two rules follow:
+//
+//   - nothing here calls into the bridge (States: State, Person,
+//     Directory, SetPerson …) while holding a lock of ours: the NOTIFY
+//     worker reads a user's state first and takes the subscription's lock
+//     after, a PUBLISH refresh reads the bridge before the publications'
+//     lock, a restore sets publications' states before taking it;
+//   - nothing HandleChange reaches calls into the bridge at all (a read
+//     would wait for the writer, itself, forever): work that needs the
+//     directory is handed to a goroutine of its own (relist for lists,
+//     runWinfo naming the watchers that ended).
+//
+// No lock is held across a network write except the two that exist to
+// order writes (notifyTx.sending, guardedConn.wmu: each one message,
+// under a write deadline), nor across a TCP dial: a NOTIFY's connection
+// is made in transmit, after the subscription's lock is released.
+// TestStormDoesNotWedge (fan-out, PUBLISH, restore, failover, reload,
+// bindings and readers at once), TestFanOutUnderFlappingCallDoesNotDeadlock
+// and TestRemovingAUserWatchedThroughAFlowDoesNotWedge keep this honest
+// under the race detector.
 package presence

@@ -14,7 +14,7 @@ import (
 // has moved on goes to the slot of the new one. So a subscription ends
 // within a second after it lapses, and is in one slot at a time.
 type expiryWheel struct {
-	mu    sync.Mutex
+	mu    sync.Mutex                // guards slots and next; a leaf
 	slots map[int64][]*Subscription // by Unix second
 	next  int64                     // the first second not yet swept
 }

@@ -16,7 +16,7 @@ import (
 // collection (the strings do not keep a handle), so that every cycle
 // made and registered them again.
 type interner struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // guards m and bytes; a leaf (taken under Subscription.mu)
 	m        map[string]string
 	bytes    int
 	maxBytes int

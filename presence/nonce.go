@@ -137,7 +137,7 @@ func requestIP(dst []byte, req *sipmsg.Request) []byte {
 // forgotten, and a later request with it is asked to take a fresh one
 // (stale): a bound an authenticated flood cannot push memory past.
 type nonceUses struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // guards the rest; a leaf
 	count map[[nonceBytes]byte]uint32
 	order [][nonceBytes]byte // a ring, oldest at next
 	next  int

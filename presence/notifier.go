@@ -32,8 +32,11 @@ import (
 // Branches are random (a CSPRNG seeded from the kernel), so that nobody who
 // saw one NOTIFY can guess the next and answer it with a forged 481.
 type notifier struct {
-	randMu sync.Mutex
+	randMu sync.Mutex // guards rand; a leaf (taken under Subscription.mu)
 	rand   *mrand.ChaCha8
+	// mu guards txs and closed. Under it only a UDP transaction's
+	// sending (fire); start takes it under sending. The outcome (done)
+	// is reported with it released.
 	mu     sync.Mutex
 	txs    map[string]*notifyTx
 	closed bool
@@ -63,7 +66,8 @@ type notifyTx struct {
 	deadline time.Time // Timer F
 
 	// sending is held while the message bytes are in use, so that the
-	// buffer goes back to the pool only after the last write.
+	// buffer goes back to the pool only after the last write: across one
+	// write. Under it only the notifier's mu (start).
 	sending sync.Mutex
 }
 

@@ -642,7 +642,7 @@ func appendHost(dst []byte, host string) []byte {
 // sendQueue is an unbounded FIFO of subscriptions waiting for a NOTIFY
 // worker. Pushing never blocks.
 type sendQueue struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // guards items and closed; a leaf
 	items  []*Subscription
 	wake   chan struct{}
 	closed bool

@@ -109,6 +109,9 @@ type journal struct {
 	every time.Duration
 	log   *slog.Logger
 
+	// mu guards what is pending; a leaf, taken under Subscription.mu,
+	// the publications' and the registrar's locks. flush takes each
+	// subscription's lock after releasing it.
 	mu   sync.Mutex
 	subs map[*Subscription]struct{}
 	// records are subscriptions saved as they were when marked, not as

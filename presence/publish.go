@@ -25,7 +25,9 @@ func (p *Publication) origin() string { return "publish:" + p.ETag }
 
 // publications holds the event state compositor's entries.
 type publications struct {
-	s       *Server
+	s *Server
+	// mu guards byTag and perUser. Under it only the journal's lock:
+	// never the bridge (its state is read before, set after).
 	mu      sync.Mutex
 	byTag   map[string]*Publication
 	perUser map[string]int

@@ -15,7 +15,7 @@ import (
 // uncounted rather than growing the table without end.
 type rateLimiter struct {
 	rate, burst float64
-	mu          sync.Mutex
+	mu          sync.Mutex // guards buckets and lastSweep; a leaf
 	buckets     map[netip.Addr]*bucket
 	lastSweep   time.Time
 }

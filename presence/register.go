@@ -31,7 +31,7 @@ type Binding struct {
 
 // registrar keeps the bindings of every user.
 type registrar struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // guards byUser; under it only the journal's lock, never a reply
 	byUser map[string][]Binding
 }
 

@@ -255,7 +255,7 @@ type Server struct {
 	subs    *store
 	queue   *sendQueue
 	fence   fenceState
-	paceMu  sync.Mutex
+	paceMu  sync.Mutex           // guards pace; a leaf (taken under the bridge lock)
 	pace    map[string]*userPace // user id → coalescing state
 	held    atomic.Int64         // users whose ringing NOTIFY waits for ids (holdForIDs)
 	pubs    *publications
@@ -263,14 +263,14 @@ type Server struct {
 	strs    *interner // strings subscriptions share
 	journal *journal  // nil without a Store
 
-	restoreMu sync.Mutex
+	restoreMu sync.Mutex      // guards restored; outermost: the restore under it sets publications' states in the bridge
 	restored  []*Subscription // waiting for NotifyRestored
 
 	ctx context.Context // the Run context, for NOTIFY transactions
 	// epoch is what subscriptions keep times against (sinceEpoch).
 	epoch     time.Time
 	ready     chan struct{}
-	addrsMu   sync.Mutex
+	addrsMu   sync.Mutex // guards addrs; a leaf
 	addrs     []net.Addr
 	localIPs  sync.Map // remote IP string → local IP string
 	closed    atomic.Bool

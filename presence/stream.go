@@ -127,8 +127,8 @@ type guardedConn struct {
 	out      []byte // whole messages for sipgo
 	msgStart time.Time
 	shaken   bool
-	fatal    error // set once the stream cannot be framed any more
-	wmu      sync.Mutex
+	fatal    error      // set once the stream cannot be framed any more
+	wmu      sync.Mutex // one message at a time: held across one write, under the write deadline; a leaf
 }
 
 func newGuardedConn(c net.Conn, l *streamListener) *guardedConn {

@@ -44,6 +44,11 @@ type Subscription struct {
 
 	pkg eventPackage // Package's
 
+	// mu guards the dialog's changing state (below). Taken under the
+	// bridge lock (HandleChange); under it only the journal's, the
+	// interner's and the notifier's randMu. Never under it: the store's,
+	// the publications', the registrar's, the pacing and watcher-info
+	// locks, the bridge, a network write or a TCP dial.
 	mu sync.Mutex
 	// list is what a list subscription shows (list.go), set when it is
 	// made and never after; nil for any other.
@@ -146,7 +151,7 @@ func hostOnly(hostport string) string {
 // store holds every subscription with indices by id, watched user and
 // source address.
 type store struct {
-	mu       sync.RWMutex
+	mu       sync.RWMutex // guards the indices; a leaf (reads only what never changes of a subscription)
 	byID     map[string]*Subscription
 	byUser   map[string]map[*Subscription]struct{}
 	bySource map[string]int // by source IP

@@ -33,8 +33,8 @@ type udpTx struct {
 	table   *udpTxTable // nil: kept nowhere (OPTIONS)
 	slot    int         // its index in table.queue; guarded by table.mu
 
-	mu    sync.Mutex
-	last  []byte // the last response sent, sent again on a retransmission
+	mu    sync.Mutex // guards last and final; a leaf, released before the write
+	last  []byte     // the last response sent, sent again on a retransmission
 	final bool
 }
 
@@ -80,7 +80,7 @@ func (tx *udpTx) retransmitted() {
 // udpTxTable holds the UDP server transactions until Timer J, by key;
 // they expire in the order they were made.
 type udpTxTable struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // guards the rest; a leaf
 	byKey map[string]*udpTx
 	queue []*udpTx // by creation; queue[head:] are live
 	head  int

@@ -24,8 +24,8 @@ type watchesWatchers interface{ WatchesWatchers() }
 
 // winfoState is the Server's part of the above.
 type winfoState struct {
-	live  atomic.Int64 // watcher-info subscriptions
-	mu    sync.Mutex
+	live  atomic.Int64              // watcher-info subscriptions
+	mu    sync.Mutex                // guards dirty; a leaf (taken under the bridge lock)
 	dirty map[string][]endedWatcher // user → watchers ended since the last NOTIFY
 	wake  chan struct{}
 }
