@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
 )
 
 // Dialogs that change hands at run time, for a cluster of nodes: one node
@@ -81,49 +83,13 @@ func (s *Server) Adopt(recs []SavedSubscription, reserved bool) int {
 	return len(taken)
 }
 
-// adoptOne makes a subscription of a record and stores it (no NOTIFY).
+// adoptOne makes a subscription of a record and holds it (no NOTIFY);
+// nil for one held here already or not installed (install).
 func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
-	if _, here := s.subs.get(r.ID); here {
+	sub, outcome := s.install(r, time.Now(), true)
+	if outcome != installed {
 		return nil
 	}
-	// One this node will never hold (lapsed, unreadable, of a user or
-	// list gone) is deleted from the store: nobody else would.
-	if !r.Expires.After(time.Now()) {
-		s.journal.forget(r.ID)
-		return nil
-	}
-	sub, err := restoredSubscription(r, s.packages, s.strs)
-	if err != nil {
-		s.log.Warn("a dialog to adopt cannot be read: deleted", "id", r.ID, "err", err)
-		s.journal.forget(r.ID)
-		return nil
-	}
-	dir := s.states.Directory()
-	if r.List != "" {
-		rl, ok := dir.List(r.List)
-		if !ok || !sub.restoreList(s.strs, rl) {
-			s.journal.forget(r.ID)
-			return nil
-		}
-	} else if _, ok := dir.User(r.UserID); !ok {
-		s.journal.forget(r.ID)
-		return nil
-	}
-	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
-	sub.LocalHost = s.strs.get(sub.LocalHost)
-	if !s.subs.add(sub, 0) {
-		return nil
-	}
-	if _, ww := sub.pkg.(watchesWatchers); ww {
-		s.winfo.live.Add(1)
-		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
-		sub.mu.Lock()
-		sub.extras().watchers = lists
-		sub.mu.Unlock()
-	} else {
-		s.noteWatched(sub, false, "")
-	}
-	s.expiry.add(sub, sub.expires)
 	if reserved {
 		// The store holds Reserved(r): the reservations run from there,
 		// and the record saved here (to this node's own file) is that
@@ -137,6 +103,82 @@ func (s *Server) adoptOne(r *SavedSubscription, reserved bool) *Subscription {
 	}
 	s.journal.subscription(sub, true)
 	return sub
+}
+
+// installOutcome is what became of a stored dialog offered to install.
+type installOutcome int
+
+const (
+	installed      installOutcome = iota
+	installHeld                   // a dialog of that id is held here already
+	installRefused                // lapsed, unreadable, of a user or list gone: forgotten in the store
+	installRevoked                // its watcher may no longer watch: ended (a final NOTIFY)
+)
+
+// install is the one way a stored dialog becomes a live one, at a start
+// (restore), when a failover hands it over (Adopt) and when a refresh
+// brings another node's dialog here (a claim): made from its record, put
+// in the store and the expiry wheel, counted for watcher info, and
+// ended at once when the config no longer lets its watcher watch. now
+// says what has lapsed. announce tells the user's watcher-info
+// subscriptions of it at once, and gives a watcher-info one its list;
+// a start does both once every dialog is back. No NOTIFY is sent.
+func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*Subscription, installOutcome) {
+	if _, here := s.subs.get(r.ID); here {
+		return nil, installHeld
+	}
+	sub, err := restoredSubscription(r, s.packages, s.strs)
+	if err != nil {
+		s.log.Warn("a stored dialog cannot be read: deleted", "id", r.ID, "err", err)
+	}
+	known := false
+	if err == nil {
+		dir := s.states.Directory()
+		if r.List != "" {
+			var rl *bridge.ResolvedList
+			if rl, known = dir.List(r.List); known {
+				known = sub.restoreList(s.strs, rl)
+			}
+		} else {
+			_, known = dir.User(r.UserID)
+		}
+	}
+	// One this node will never hold is deleted from the store: nobody
+	// else would.
+	if err != nil || !known || !r.Expires.After(now) {
+		s.journal.forget(r.ID)
+		return nil, installRefused
+	}
+	sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
+	sub.LocalHost = s.strs.get(sub.LocalHost)
+	if !s.subs.add(sub, 0) {
+		return nil, installHeld
+	}
+	_, ww := sub.pkg.(watchesWatchers)
+	if ww {
+		s.winfo.live.Add(1)
+	}
+	s.expiry.add(sub, sub.expires)
+	if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
+		// The config changed since the dialog was made (while we were
+		// down, or on the node that held it): the watcher is told at
+		// once.
+		s.log.Info("stored subscription no longer allowed: ending it", "user", sub.UserID,
+			"watcher", sub.Watcher, "source", sub.Source, "reason", reason)
+		s.terminate(sub, reason)
+		return nil, installRevoked
+	}
+	if announce {
+		if ww {
+			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
+			sub.mu.Lock()
+			sub.extras().watchers = lists
+			sub.mu.Unlock()
+		} else {
+			s.noteWatched(sub, false, "")
+		}
+	}
+	return sub, installed
 }
 
 // Forget drops dialogs this node no longer owns (another node took them

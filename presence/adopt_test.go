@@ -64,3 +64,26 @@ func TestAdoptDeletesWhatNobodyWillHold(t *testing.T) {
 		t.Errorf("saved\n%+v\nwant Reserved(record)\n%+v", got, want)
 	}
 }
+
+// TestAdoptEndsARevokedDialog: a dialog handed over by a failover (or a
+// claim) is checked against this node's config as a restored one is: one
+// let in by a trusted network this node does not trust is ended at once,
+// with a final NOTIFY in its dialog, and not taken.
+func TestAdoptEndsARevokedDialog(t *testing.T) {
+	env := newEnv(t) // no trusted network
+	p := newPhone(t, "UDP")
+	rec := SavedSubscription{ID: "adopt9", CallID: "c9@test", RemoteTag: "rt9", UserID: "debbie", Entity: "sip:100@127.0.0.1",
+		Package: PackageDialog, LocalURI: "sip:100@127.0.0.1", RemoteURI: "sip:watcher@127.0.0.1",
+		Target: "sip:watcher@" + p.addr.String(), Transport: "UDP", Source: p.addr.String(), Grant: grantTrusted,
+		Expires: time.Now().Add(time.Hour), CSeq: 100, Version: 100}
+	if n := env.srv.Adopt([]SavedSubscription{rec}, true); n != 0 {
+		t.Errorf("adopted %d, want 0", n)
+	}
+	n := p.nextNotify(2 * time.Second)
+	if n.CallID().Value() != "c9@test" || !strings.HasPrefix(header(n, "Subscription-State"), "terminated") {
+		t.Errorf("NOTIFY Call-ID %s, Subscription-State %q; want the dialog's, terminated", n.CallID().Value(), header(n, "Subscription-State"))
+	}
+	if w := env.srv.Watchers("debbie"); w != 0 {
+		t.Errorf("%d watchers of debbie held, want 0", w)
+	}
+}

@@ -325,43 +325,18 @@ func (s *Server) UnsavedChanges() int {
 // serve, so that no refresh can miss its dialog.
 func (s *Server) restore(saved *Saved) {
 	now := time.Now()
-	dir := s.states.Directory()
 	var subs, skipped, revoked int
 	for i := range saved.Subscriptions {
-		r := &saved.Subscriptions[i]
-		sub, err := restoredSubscription(r, s.packages, s.strs)
-		_, known := dir.User(r.UserID) // a user gone from the directory
-		if err == nil && r.List != "" {
-			var rl *bridge.ResolvedList
-			if rl, known = dir.List(r.List); known {
-				known = sub.restoreList(s.strs, rl)
-			}
-		}
-		if err != nil || !known || !r.Expires.After(now) {
+		sub, outcome := s.install(&saved.Subscriptions[i], now, false)
+		switch outcome {
+		case installRefused:
 			skipped++
-			s.journal.forget(r.ID)
-			continue
-		}
-		sub.LocalHost, sub.LocalPort = s.localAddr(sub.Transport, sub.Source)
-		sub.LocalHost = s.strs.get(sub.LocalHost)
-		if !s.subs.add(sub, 0) {
-			continue
-		}
-		if _, ww := sub.pkg.(watchesWatchers); ww {
-			s.winfo.live.Add(1)
-		}
-		s.expiry.add(sub, sub.expires)
-		if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
-			// The config changed while we were down: the watcher is told
-			// at once, not after the PBXs have synchronised.
-			s.log.Info("restored subscription no longer allowed: ending it", "user", sub.UserID,
-				"watcher", sub.Watcher, "source", sub.Source, "reason", reason)
-			s.terminate(sub, reason)
+		case installRevoked:
 			revoked++
-			continue
+		case installed:
+			s.restored = append(s.restored, sub)
+			subs++
 		}
-		s.restored = append(s.restored, sub)
-		subs++
 	}
 	// Watcher-info subscriptions list the watchers now all back.
 	for _, sub := range s.restored {
