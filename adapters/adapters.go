@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/configerr"
 )
 
 // Adapter connects to one PBX and feeds its events to a bridge.Sink.
@@ -56,17 +57,6 @@ type Connection struct {
 	Password string
 }
 
-// ConfigError is a problem in a component's own config section (an
-// adapter's, the cluster's). Key is the key within that section, so that
-// the config loader can name its line.
-type ConfigError struct {
-	Key string
-	Msg string
-}
-
-func (e ConfigError) Error() string {
-	if e.Key == "" {
-		return e.Msg
-	}
-	return e.Key + ": " + e.Msg
-}
+// ConfigError is a problem in an adapter's own config section (see
+// configerr, where it lives so that other components share it).
+type ConfigError = configerr.Error

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/configerr"
 )
 
 // Config is the `cluster:` section. Without it Lamplighter runs alone on
@@ -68,10 +68,10 @@ func (c *Config) Defaults() {
 }
 
 // Validate checks the section (after Defaults).
-func (c *Config) Validate() []adapters.ConfigError {
-	var errs []adapters.ConfigError
+func (c *Config) Validate() []configerr.Error {
+	var errs []configerr.Error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, adapters.ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, configerr.Error{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	if c.Node == "" || strings.ContainsAny(c.Node, " .*>/\\\"") {
 		bad("node", "node name %q must be set and may not contain spaces or any of .*>/\\\"", c.Node)
