@@ -15,11 +15,11 @@ import (
 
 	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/bridge"
-	"github.com/lamplighter/lamplighter/presence/proxy"
+	"github.com/lamplighter/lamplighter/callobs"
 )
 
 // Adapter turns the proxy's observations of one PBX into bridge events.
-// It is a proxy.CallObserver for that PBX and an adapters.Adapter.
+// It is a callobs.Observer for that PBX and an adapters.Adapter.
 type Adapter struct {
 	name    string
 	answers func() (up, known bool) // does the PBX answer OPTIONS?
@@ -33,8 +33,8 @@ type Adapter struct {
 }
 
 var (
-	_ adapters.Adapter   = (*Adapter)(nil)
-	_ proxy.CallObserver = (*Adapter)(nil)
+	_ adapters.Adapter = (*Adapter)(nil)
+	_ callobs.Observer = (*Adapter)(nil)
 )
 
 // New makes the adapter of the PBX name; answers reports whether the
@@ -77,7 +77,7 @@ func (a *Adapter) Status() adapters.Status {
 	return adapters.Status{Connected: up, Synchronised: up && a.sink != nil, Since: a.since, Events: a.events}
 }
 
-// ObserveRegistrations implements proxy.CallObserver: a device with a
+// ObserveRegistrations implements callobs.Observer: a device with a
 // registration is idle (its calls take precedence), one with none is
 // unavailable.
 func (a *Adapter) ObserveRegistrations(target, user string, bindings int) {
@@ -98,8 +98,8 @@ func (a *Adapter) ObserveRegistrations(target, user string, bindings int) {
 	a.apply(bridge.DeviceStateChanged{Source: a.name, Device: user, State: st})
 }
 
-// ObserveCall implements proxy.CallObserver.
-func (a *Adapter) ObserveCall(e proxy.CallEvent) {
+// ObserveCall implements callobs.Observer.
+func (a *Adapter) ObserveCall(e callobs.Event) {
 	if e.Target != a.name && e.User != "" {
 		return
 	}
@@ -112,11 +112,11 @@ func (a *Adapter) ObserveCall(e proxy.CallEvent) {
 				continue
 			}
 			switch e.Step {
-			case proxy.CallEnded:
+			case callobs.Ended:
 				delete(a.legs, id)
 				a.apply(bridge.CallEnded{Source: a.name, CallID: id})
-			case proxy.CallHeld, proxy.CallResumed:
-				c.Held = e.Step == proxy.CallHeld
+			case callobs.Held, callobs.Resumed:
+				c.Held = e.Step == callobs.Held
 				a.legs[id] = c
 				a.apply(bridge.CallUpdated{Source: a.name, Call: c})
 			}
@@ -124,7 +124,7 @@ func (a *Adapter) ObserveCall(e proxy.CallEvent) {
 		return
 	}
 	id := e.CallID + "|" + e.User
-	if e.Step == proxy.CallEnded {
+	if e.Step == callobs.Ended {
 		if _, ok := a.legs[id]; ok {
 			delete(a.legs, id)
 			a.apply(bridge.CallEnded{Source: a.name, CallID: id})
@@ -140,11 +140,11 @@ func (a *Adapter) ObserveCall(e proxy.CallEvent) {
 		}
 	}
 	switch e.Step {
-	case proxy.CallTrying:
+	case callobs.Trying:
 		c.State = bridge.CallTrying
-	case proxy.CallEarly:
+	case callobs.Early:
 		c.State = bridge.CallEarly
-	case proxy.CallConfirmed:
+	case callobs.Confirmed:
 		if c.State != bridge.CallConfirmed {
 			c.Answered = time.Now()
 		}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
-	"github.com/lamplighter/lamplighter/presence/proxy"
+	"github.com/lamplighter/lamplighter/callobs"
 )
 
 // recorder keeps what the adapter delivers.
@@ -57,14 +57,14 @@ func TestCallsAndRegistrationsBecomeBridgeEvents(t *testing.T) {
 		t.Fatalf("status %+v with the PBX answering and the snapshot delivered", st)
 	}
 
-	ev := proxy.CallEvent{Target: "kam", User: "100", CallID: "c1", Outgoing: true, Step: proxy.CallTrying,
+	ev := callobs.Event{Target: "kam", User: "100", CallID: "c1", Outgoing: true, Step: callobs.Trying,
 		LocalTag: "a", RemoteUser: "101", RemoteName: "Bob"}
 	a.ObserveCall(ev)
 	c := rec.next(t).(bridge.CallUpdated).Call
 	if c.Device != "100" || c.Direction != bridge.Outgoing || c.State != bridge.CallTrying || c.Remote.Number != "101" {
 		t.Fatalf("trying: %+v", c)
 	}
-	ev.Step, ev.RemoteTag = proxy.CallConfirmed, "b"
+	ev.Step, ev.RemoteTag = callobs.Confirmed, "b"
 	a.ObserveCall(ev)
 	c = rec.next(t).(bridge.CallUpdated).Call
 	if c.State != bridge.CallConfirmed || c.Answered.IsZero() || c.LocalTag != "a" || c.RemoteTag != "b" || c.CallID != "c1" {
@@ -72,9 +72,9 @@ func TestCallsAndRegistrationsBecomeBridgeEvents(t *testing.T) {
 	}
 	// The callee's leg of the same call (a registrar, not a B2BUA, in
 	// the middle): one Call-ID, two users.
-	a.ObserveCall(proxy.CallEvent{Target: "kam", User: "101", CallID: "c1", Step: proxy.CallConfirmed})
+	a.ObserveCall(callobs.Event{Target: "kam", User: "101", CallID: "c1", Step: callobs.Confirmed})
 	rec.next(t)
-	a.ObserveCall(proxy.CallEvent{CallID: "c1", Step: proxy.CallHeld})
+	a.ObserveCall(callobs.Event{CallID: "c1", Step: callobs.Held})
 	held := map[string]bool{}
 	for range 2 {
 		u := rec.next(t).(bridge.CallUpdated)
@@ -83,7 +83,7 @@ func TestCallsAndRegistrationsBecomeBridgeEvents(t *testing.T) {
 	if !held["100"] || !held["101"] {
 		t.Fatalf("hold reached %v, want both legs", held)
 	}
-	a.ObserveCall(proxy.CallEvent{CallID: "c1", Step: proxy.CallEnded})
+	a.ObserveCall(callobs.Event{CallID: "c1", Step: callobs.Ended})
 	ended := map[string]bool{}
 	for range 2 {
 		ended[rec.next(t).(bridge.CallEnded).CallID] = true

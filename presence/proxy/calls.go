@@ -4,6 +4,8 @@ import (
 	"bytes"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/callobs"
 )
 
 // The proxy carries its phones' calls, so it can tell what each phone is
@@ -14,42 +16,26 @@ import (
 // hold; a BYE ends it. A PBX with no event interface of its own (kind sip,
 // adapters/sipcalls) gets its lamps from this alone.
 
-// CallStep is how far a call leg has come.
-type CallStep int
+// The observation types live in callobs, which adapters/sipcalls
+// imports too; these names are theirs.
+type (
+	// CallStep is how far a call leg has come.
+	CallStep = callobs.Step
+	// CallEvent is one thing the proxy saw of a phone's call.
+	CallEvent = callobs.Event
+	// CallObserver learns what the proxy sees of its phones.
+	CallObserver = callobs.Observer
+)
 
 // The steps of a call leg.
 const (
-	CallTrying    CallStep = iota // sent on, no answer yet
-	CallEarly                     // ringing (180/183)
-	CallConfirmed                 // answered (2xx)
-	CallHeld                      // put on hold by a re-INVITE (every leg of the Call-ID)
-	CallResumed                   // taken off hold (every leg of the Call-ID)
-	CallEnded                     // failed, cancelled, timed out, or a BYE (User "": every leg of the Call-ID)
+	CallTrying    = callobs.Trying
+	CallEarly     = callobs.Early
+	CallConfirmed = callobs.Confirmed
+	CallHeld      = callobs.Held
+	CallResumed   = callobs.Resumed
+	CallEnded     = callobs.Ended
 )
-
-// CallEvent is one thing the proxy saw of a phone's call.
-type CallEvent struct {
-	Target string // the PBX's name
-	User   string // the phone's address-of-record user ("" with a Call-ID-wide step)
-	CallID string
-	// Outgoing is set when the phone placed the call.
-	Outgoing bool
-	Step     CallStep
-	// The phone's dialog identifiers (for pickup with Replaces): its
-	// own tag and the other side's, once known.
-	LocalTag, RemoteTag string
-	// RemoteUser and RemoteName are the other party as the request
-	// names it.
-	RemoteUser, RemoteName string
-}
-
-// CallObserver learns what the proxy sees of its phones: their call legs
-// and how many registrations each user holds through it. Its methods
-// must not block.
-type CallObserver interface {
-	ObserveCall(e CallEvent)
-	ObserveRegistrations(target, user string, bindings int)
-}
 
 // callLeg follows one forwarded INVITE for the observer; nil when there
 // is no observer or the INVITE is not a phone's new call.
