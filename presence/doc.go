@@ -8,7 +8,9 @@
 // # Request path
 //
 // Requests the server answers (SUBSCRIBE, PUBLISH, REGISTER, OPTIONS) never
-// reach sipgo. Over UDP, two readers per socket (udpread.go) match
+// reach sipgo, and pass one admission for every transport (admit.go: the
+// per-address rate, reading, forwarding, the stateless challenge,
+// overload). Over UDP, two readers per socket (udpread.go) match
 // responses to NOTIFYs, answer what cannot be read, and queue requests raw
 // for a pool of workers (overload.go), shedding with 503 when the queue or
 // the NOTIFY backlog is too deep; a worker reads the request with sipmsg

@@ -68,8 +68,8 @@ type Options struct {
 	MaxSubscriptionsPerSource int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int
-	// RequestsPerAddress and RequestBurst limit the requests over UDP
-	// from one untrusted address, like Kamailio's pike: a token bucket
+	// RequestsPerAddress and RequestBurst limit the requests from one
+	// untrusted address, over any transport, like Kamailio's pike: a token bucket
 	// refilled at RequestsPerAddress a second up to RequestBurst; past it
 	// requests are dropped unanswered. 0 (the default): no limit.
 	RequestsPerAddress float64
@@ -627,7 +627,7 @@ func (s *Server) onDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte)
 		// Larger than any request served here needs (and than sipgo
 		// reads): said so rather than dropped.
 		s.answerDatagram(conn, from, data, 413, "Request Entity Too Large")
-	case !s.admitDatagram(from.Addr()):
+	case !s.admitSource(from.Addr()):
 		// dropped unanswered
 	case s.serves(rawMethod(data)):
 		// Ours: everything else happens in a worker, so that the

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"time"
 
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
@@ -182,21 +181,4 @@ func rawContentLength(head []byte) (value []byte, found bool) {
 		}
 	}
 	return nil, false
-}
-
-// admitDatagram applies the per-address request limit to a request from
-// ip; it reports whether the request may go on.
-func (s *Server) admitDatagram(ip netip.Addr) bool {
-	if s.limiter == nil || s.auth.isTrustedIP(ip) {
-		return true
-	}
-	ok, warn := s.limiter.allow(ip, time.Now())
-	if !ok {
-		s.opt.Metrics.RequestDropped("rate_limit")
-		if warn {
-			s.log.Warn("requests from one address over the limit: dropping them", "source", ip.String(),
-				"limit_per_second", s.opt.RequestsPerAddress)
-		}
-	}
-	return ok
 }

@@ -277,20 +277,25 @@ func (c *guardedConn) serve(msg []byte) bool {
 	if !ok {
 		return false
 	}
+	peer := parseAddrPort(c.remote)
+	if !c.l.s.admitSource(peer.Addr()) {
+		return true // dropped unanswered (admit.go)
+	}
 	req, err := sipmsg.Parse(msg)
 	if err != nil {
-		code, reason := 400, "Bad Request"
-		if e, ok := err.(*sipmsg.Error); ok {
-			code, reason = e.Code, e.Reason
-		}
+		code, reason := readFailure(err)
 		if res := rawResponse(msg, code, reason, c.l.s.opt.UserAgent); res != nil {
 			c.answer(msg, res, code)
 		}
 		return true
 	}
-	req.Transport, req.Source, req.Peer = c.transport(), c.remote, parseAddrPort(c.remote)
-	if c.l.s.forwards(req) {
+	req.Transport, req.Source, req.Peer = c.transport(), c.remote, peer
+	switch c.l.s.admit(req) {
+	case admitForward:
 		return false // sipgo reads it, for the Forwarder
+	case admitChallenge:
+		c.l.s.challenge(req, streamTx{c}, false, nil)
+		return true
 	}
 	if why := c.l.s.overloaded(req); why != "" {
 		c.l.s.noteShed(why)

@@ -202,10 +202,7 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 	if err := sipmsg.ParseInto(req, unsafe.String(&data[0], len(data))); err != nil {
 		// What cannot be read is answered from the bytes when it can be,
 		// and kept nowhere.
-		code, reason := 400, "Bad Request"
-		if e, ok := err.(*sipmsg.Error); ok {
-			code, reason = e.Code, e.Reason
-		}
+		code, reason := readFailure(err)
 		s.answerDatagram(local, from, data, code, reason)
 		s.recycle(req, data)
 		return
@@ -215,20 +212,20 @@ func (s *Server) serveDatagram(local *net.UDPConn, from netip.AddrPort, data []b
 		return // onDatagram let only served methods in: cannot happen
 	}
 	req.Transport, req.Peer, req.Source = "UDP", from, from.String()
-	if s.forwards(req) {
+	switch s.admit(req) {
+	case admitForward:
 		if sc := s.toSipgo[local]; sc != nil {
 			sc.pass(data, from)
 		}
 		return
-	}
-	switch {
-	case s.mustChallenge(req):
-		// Challenged at once, before the handler's other checks, and
-		// kept nowhere: a retransmission is challenged again, and a
+	case admitChallenge:
+		// Kept nowhere: a retransmission is challenged again, and a
 		// flood of them costs no memory and next to no garbage.
 		s.challengeDatagram(local, from, req)
 		s.recycle(req, data)
 		return
+	}
+	switch {
 	case req.Method == "OPTIONS":
 		// Anyone may ask; the answer changes nothing: kept nowhere.
 		handler(req, &udpTx{conn: local, to: from})
@@ -284,21 +281,6 @@ func (s *Server) recycle(req *sipmsg.Request, data []byte) {
 		data = data[:0]
 		s.datagrams.Put(&data)
 	}
-}
-
-// mustChallenge reports whether req is sure to get 401: a SUBSCRIBE,
-// PUBLISH or REGISTER from an untrusted address that opens no dialog and
-// carries no credentials (a refresh's dialog identifiers are its
-// credential).
-func (s *Server) mustChallenge(req *sipmsg.Request) bool {
-	switch req.Method {
-	case "SUBSCRIBE", "PUBLISH", "REGISTER":
-	default:
-		return false
-	}
-	return !s.auth.isTrustedIP(req.Peer.Addr()) && req.To.Tag() == "" &&
-		!req.Has(sipmsg.Authorization) && !req.Has(sipmsg.ProxyAuthorization) &&
-		(s.opt.Forwarder == nil || s.flowUser(req) == "")
 }
 
 // udpTxKey matches a request to its transaction (RFC 3261 §17.2.3): the
