@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 
@@ -44,12 +45,26 @@ type Forwarder interface {
 	Response(res *sip.Response) bool
 	// Run forwards once the server's listeners are bound, until ctx
 	// ends.
-	Run(ctx context.Context, s *Server) error
+	Run(ctx context.Context, h ForwarderHost) error
 	// HoldsFlow reports whether a flow (transport and the peer's
 	// address) carries a registration through the forwarder: the PBX
 	// reaches the phone on it, so an idle connection must stay.
 	HoldsFlow(transport string, peer netip.AddrPort) bool
 }
+
+// ForwarderHost is what a Forwarder may use of the server it runs
+// beside: its SIP stack and addresses, stateless sends, and the
+// authentication of calls on dedicated busy-lamp lines. *Server is one.
+type ForwarderHost interface {
+	UserAgent() *sipgo.UserAgent
+	Addrs() []net.Addr
+	Advertised(transport string, peer netip.Addr) netip.AddrPort
+	BoundAddr(transport string, peer netip.Addr) (netip.AddrPort, bool)
+	SendStateless(msg sip.Message, transport string, dst netip.AddrPort) error
+	AuthenticateCall(req *sip.Request) (*bridge.User, []string, error)
+}
+
+var _ ForwarderHost = (*Server)(nil)
 
 // CancelResult says what became of a CANCEL the Forwarder was given.
 type CancelResult int

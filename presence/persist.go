@@ -216,7 +216,7 @@ func (j *journal) bindings(userID string) {
 
 // run saves a batch every interval (sooner when asked) until ctx ends;
 // the caller flushes once more after the listeners have closed.
-func (j *journal) run(ctx context.Context, s *Server) {
+func (j *journal) run(ctx context.Context, regs *registrar) {
 	t := time.NewTicker(j.every)
 	defer t.Stop()
 	for {
@@ -226,13 +226,13 @@ func (j *journal) run(ctx context.Context, s *Server) {
 		case <-t.C:
 		case <-j.soon:
 		}
-		j.flush(s)
+		j.flush(regs)
 	}
 }
 
 // flush hands everything pending to the Store; on failure it stays
 // pending for the next try.
-func (j *journal) flush(s *Server) {
+func (j *journal) flush(regs *registrar) {
 	j.mu.Lock()
 	subs, records, unsub, pubs, users := j.subs, j.records, j.unsub, j.pubs, j.users
 	j.saving = len(subs) + len(records) + len(unsub) + len(pubs) + len(users)
@@ -272,12 +272,12 @@ func (j *journal) flush(s *Server) {
 	}
 	if len(users) > 0 {
 		b.Bindings = map[string][]Binding{}
-		s.regs.mu.Lock()
+		regs.mu.Lock()
 		now := time.Now()
 		for id := range users {
-			b.Bindings[id] = append([]Binding(nil), s.regs.current(id, now)...)
+			b.Bindings[id] = append([]Binding(nil), regs.current(id, now)...)
 		}
-		s.regs.mu.Unlock()
+		regs.mu.Unlock()
 	}
 	if b.Empty() {
 		return

@@ -474,7 +474,7 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.journal.run(ctx, s)
+			s.journal.run(ctx, s.regs)
 		}()
 	}
 	for _, f := range serves {
@@ -556,7 +556,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ua.Close()
 	wg.Wait()
 	if s.journal != nil {
-		s.journal.flush(s) // what changed since the last tick
+		s.journal.flush(s.regs) // what changed since the last tick
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ func (runCheck) Serve(*sip.Request, sip.ServerTransaction) {}
 func (runCheck) Cancel(*sipmsg.Request) CancelResult       { return CancelUnknown }
 func (runCheck) Response(*sip.Response) bool               { return false }
 func (runCheck) HoldsFlow(string, netip.AddrPort) bool     { return false }
-func (r runCheck) Run(ctx context.Context, s *Server) error {
+func (r runCheck) Run(ctx context.Context, s ForwarderHost) error {
 	addr := s.Addrs()[0].String()
 	c, err := s.UserAgent().TransportLayer().GetConnection("udp", addr)
 	if err == nil && c != nil {

@@ -223,8 +223,8 @@ func answer(p *rawPeer, callID string) *sip.Response {
 // flow was registered as user (proxy mode's trust).
 type flowAs struct{ runCheck }
 
-func (flowAs) FlowUser(*sipmsg.Request) (string, bool)  { return "101", true } // bob
-func (flowAs) Run(ctx context.Context, s *Server) error { <-ctx.Done(); return nil }
+func (flowAs) FlowUser(*sipmsg.Request) (string, bool)        { return "101", true } // bob
+func (flowAs) Run(ctx context.Context, _ ForwarderHost) error { <-ctx.Done(); return nil }
 
 // TestRemovingAUserWatchedThroughAFlowDoesNotWedge: a user removed by a
 // reload ends their watchers' subscriptions from inside the bridge's

@@ -193,7 +193,7 @@ type Proxy struct {
 
 	// Set by Run, from the presence server.
 	ctx      context.Context
-	server   *presence.Server
+	server   presence.ForwarderHost
 	client   *sipgo.Client
 	localIPs map[netip.Addr]bool // this machine's addresses, for wildcard listeners
 }
@@ -245,7 +245,7 @@ func New(opt Options) (*Proxy, error) {
 
 // Run starts forwarding through the presence server s (whose listeners
 // are bound) and pings the targets until ctx ends.
-func (p *Proxy) Run(ctx context.Context, s *presence.Server) error {
+func (p *Proxy) Run(ctx context.Context, s presence.ForwarderHost) error {
 	client, err := sipgo.NewClient(s.UserAgent(), sipgo.WithClientLogger(p.log))
 	if err != nil {
 		return err
