@@ -172,7 +172,7 @@ func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*S
 		if ww {
 			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 			sub.mu.Lock()
-			sub.extras().watchers = lists
+			showWatchers(sub, lists)
 			sub.mu.Unlock()
 		} else {
 			s.noteWatched(sub, false, "")

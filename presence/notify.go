@@ -315,8 +315,8 @@ func (s *Server) sendNotify(sub *Subscription) {
 	}
 	network, h, compact, size := s.renderNotify(sub, tx, network, render)
 	cseq := sub.cseq
-	if sub.extra != nil {
-		sub.extra.featureReply = "" // answered by this NOTIFY
+	if nb, ok := sub.pkg.(notifyBuilder); ok {
+		nb.Built(sub)
 	}
 	sub.mu.Unlock()
 	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq, nil)

@@ -32,11 +32,24 @@ func (asFeaturePackage) Negotiate(accept string) (string, bool) {
 
 func (asFeaturePackage) Versioned() bool { return false }
 
+// featureKeys is what an as-feature-event subscription keeps of its own:
+// the forwarding type its phone asked for, answered in the next NOTIFY.
+type featureKeys struct{ reply string }
+
+// featureReply is the forwarding type to answer in sub's next NOTIFY
+// ("": none). Called with sub.mu held.
+func featureReply(sub *Subscription) string {
+	if f, ok := sub.packageState().(*featureKeys); ok {
+		return f.reply
+	}
+	return ""
+}
+
 // Render tells the key's state: the forwarding the phone just asked for
 // (off), else dnd.
 func (asFeaturePackage) Render(dst []byte, sub *Subscription, st *bridge.State, _ body.Options) []byte {
 	device := entityUser(sub.Entity)
-	if t := sub.featureReply(); t != "" {
+	if t := featureReply(sub); t != "" {
 		return body.ForwardingEvent(dst, device, t, false, "")
 	}
 	return body.DoNotDisturbEvent(dst, device, st.Person.DND())
@@ -48,12 +61,19 @@ func (asFeaturePackage) OwnOnly() {}
 // Differs: only dnd shows on the key, so calls coming and going send the
 // phone nothing.
 func (asFeaturePackage) Differs(sub *Subscription, old, cur *bridge.State) bool {
-	return old == nil || cur == nil || old.Person.DND() != cur.Person.DND() || sub.featureReply() != ""
+	return old == nil || cur == nil || old.Person.DND() != cur.Person.DND() || featureReply(sub) != ""
+}
+
+// Built: the NOTIFY just built answered the forwarding asked for.
+func (asFeaturePackage) Built(sub *Subscription) {
+	if f, ok := sub.packageState().(*featureKeys); ok {
+		f.reply = ""
+	}
 }
 
 // TakeBody carries out SetDoNotDisturb and notes SetForwarding, to be
 // answered in the NOTIFY that follows.
-func (asFeaturePackage) TakeBody(s *Server, sub *Subscription, contentType string, b []byte) (int, string) {
+func (asFeaturePackage) TakeBody(h *packageHost, sub *Subscription, contentType string, b []byte) (int, string) {
 	if mt, _, _ := strings.Cut(contentType, ";"); !strings.EqualFold(strings.TrimSpace(mt), body.TypeAsFeature) {
 		return 415, "Unsupported Media Type"
 	}
@@ -63,25 +83,26 @@ func (asFeaturePackage) TakeBody(s *Server, sub *Subscription, contentType strin
 	}
 	switch {
 	case r.DND:
-		if err := s.setDND(sub.UserID, r.DNDOn); err != nil {
+		if err := setDND(h, sub.UserID, r.DNDOn); err != nil {
 			return 500, "Server Internal Error"
 		}
-		s.log.Info("dnd set from a phone's key", "user", sub.UserID, "dnd", r.DNDOn, "source", sub.Source)
+		h.log.Info("dnd set from a phone's key", "user", sub.UserID, "dnd", r.DNDOn, "source", sub.Source)
 	case r.Forwarding:
 		sub.mu.Lock()
-		sub.extras().featureReply = r.ForwardingType
+		sub.setPackageState(&featureKeys{reply: r.ForwardingType})
 		sub.mu.Unlock()
-		s.log.Info("a phone asked for call forwarding, which the PBX does, not Lamplighter: told it is off",
+		h.log.Info("a phone asked for call forwarding, which the PBX does, not Lamplighter: told it is off",
 			"user", sub.UserID, "type", r.ForwardingType, "to", r.ForwardTo)
 	}
 	return 200, "OK"
 }
 
-// setDND sets or clears dnd in the person state of Options.PersonOrigin,
-// keeping what else it says (a note, other activities), and saves it.
-func (s *Server) setDND(userID string, on bool) error {
-	origin := s.opt.PersonOrigin
-	p, _ := s.states.Person(userID, origin)
+// setDND sets or clears dnd in the person state of the host's origin
+// (Options.PersonOrigin), keeping what else it says (a note, other
+// activities), and saves it.
+func setDND(h *packageHost, userID string, on bool) error {
+	origin := h.origin
+	p, _ := h.states.Person(userID, origin)
 	if on && p.DND() {
 		return nil // already so
 	}
@@ -91,17 +112,17 @@ func (s *Server) setDND(userID string, on bool) error {
 	}
 	p.Updated = time.Now()
 	if p.IsZero() {
-		s.states.ClearPerson(userID, origin)
-		if s.opt.PersonStates != nil {
-			return s.opt.PersonStates.DeletePerson(userID, origin)
+		h.states.ClearPerson(userID, origin)
+		if h.saved != nil {
+			return h.saved.DeletePerson(userID, origin)
 		}
 		return nil
 	}
-	if err := s.states.SetPerson(userID, origin, p); err != nil {
+	if err := h.states.SetPerson(userID, origin, p); err != nil {
 		return err
 	}
-	if s.opt.PersonStates != nil {
-		return s.opt.PersonStates.SavePerson(userID, origin, p)
+	if h.saved != nil {
+		return h.saved.SavePerson(userID, origin, p)
 	}
 	return nil
 }

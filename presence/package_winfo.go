@@ -28,7 +28,7 @@ func (winfoPackage) Negotiate(accept string) (string, bool) {
 func (winfoPackage) Versioned() bool { return true }
 
 func (winfoPackage) Render(dst []byte, sub *Subscription, _ *bridge.State, opt body.Options) []byte {
-	return body.WatcherInfo(dst, opt.Version, sub.Entity, sub.shownWatchers())
+	return body.WatcherInfo(dst, opt.Version, sub.Entity, shownWatchers(sub))
 }
 
 // OwnOnly: who watches a person is the person's own business.
@@ -39,5 +39,24 @@ func (winfoPackage) OwnOnly() {}
 func (winfoPackage) Differs(*Subscription, *bridge.State, *bridge.State) bool { return false }
 
 // WatchesWatchers marks a package whose documents list the subscribers
-// of its user (the server keeps it in the subscription's extra fields).
+// of its user (winfo.go keeps the lists on each of its subscriptions).
 func (winfoPackage) WatchesWatchers() {}
+
+// winfoLists is what a watcher-info subscription keeps of its own: the
+// lists of watchers its next NOTIFY shows.
+type winfoLists struct{ lists []body.WatcherList }
+
+// shownWatchers is what a watcher-info subscription shows. Called with
+// sub.mu held.
+func shownWatchers(sub *Subscription) []body.WatcherList {
+	if w, ok := sub.packageState().(*winfoLists); ok {
+		return w.lists
+	}
+	return nil
+}
+
+// showWatchers sets what a watcher-info subscription shows. Called with
+// sub.mu held.
+func showWatchers(sub *Subscription, lists []body.WatcherList) {
+	sub.setPackageState(&winfoLists{lists: lists})
+}

@@ -3,6 +3,7 @@ package presence
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/lamplighter/lamplighter/bridge"
@@ -89,7 +90,24 @@ type ownOnly interface{ OwnOnly() }
 // bodyTaker is a package that takes a request in a SUBSCRIBE's body; it
 // answers with a status code (200 when it did what was asked).
 type bodyTaker interface {
-	TakeBody(s *Server, sub *Subscription, contentType string, b []byte) (code int, reason string)
+	TakeBody(h *packageHost, sub *Subscription, contentType string, b []byte) (code int, reason string)
+}
+
+// notifyBuilder is a package told that a NOTIFY of a subscription was
+// just built (called with the subscription's lock held), so that what it
+// kept for that NOTIFY can go.
+type notifyBuilder interface {
+	Built(sub *Subscription)
+}
+
+// packageHost is what an event package may use of the server when it
+// takes a request: the person states (in the bridge, and saved when they
+// are a person's own word), and the log; not the server itself.
+type packageHost struct {
+	states States
+	origin string      // Options.PersonOrigin: where a phone's own keys set a person's state
+	saved  PersonStore // nil: not kept across restarts
+	log    *slog.Logger
 }
 
 // changeFilter is a package that shows only part of a user's state: a

@@ -343,7 +343,7 @@ func (s *Server) restore(saved *Saved) {
 		if _, ww := sub.pkg.(watchesWatchers); ww {
 			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 			sub.mu.Lock()
-			sub.extras().watchers = lists
+			showWatchers(sub, lists)
 			sub.mu.Unlock()
 		}
 	}

@@ -263,6 +263,8 @@ type Server struct {
 	strs    *interner // strings subscriptions share
 	journal *journal  // nil without a Store
 
+	pkgHost packageHost // what packages may use of the server
+
 	restoreMu sync.Mutex      // guards restored; outermost: the restore under it sets publications' states in the bridge
 	restored  []*Subscription // waiting for NotifyRestored
 
@@ -349,6 +351,8 @@ func New(states States, opt Options) (*Server, error) {
 		pace:  map[string]*userPace{},
 		queue: newSendQueue(),
 		ready: make(chan struct{}),
+		pkgHost: packageHost{states: states, origin: opt.PersonOrigin, saved: opt.PersonStates,
+			log: log},
 	}
 	s.notifier = newNotifier(s.notifyTxDone)
 	if opt.Forwarder != nil {

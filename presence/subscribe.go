@@ -395,7 +395,7 @@ func (s *Server) takeBody(req *sipmsg.Request, tx serverTx, sub *Subscription) b
 	if !ok || len(req.Body) == 0 {
 		return true
 	}
-	code, reason := bt.TakeBody(s, sub, headerValue(req, sipmsg.ContentType), req.Body)
+	code, reason := bt.TakeBody(&s.pkgHost, sub, headerValue(req, sipmsg.ContentType), req.Body)
 	if code >= 300 {
 		s.reply(req, tx, code, reason)
 		return false

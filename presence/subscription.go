@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
-	"github.com/lamplighter/lamplighter/presence/body"
 )
 
 // Subscription is one subscription dialog (RFC 6665): SIP's dialog helpers
@@ -53,8 +52,10 @@ type Subscription struct {
 	// list is what a list subscription shows (list.go), set when it is
 	// made and never after; nil for any other.
 	list *listView
-	// extra is what only some packages need (made when first set).
-	extra      *subExtra
+	// pkg holds what the subscription's package keeps of its own (as-
+	// feature-event's answer to come, watcher info's list), made by the
+	// package; nil for most (presence, dialog).
+	pkgState   *packageState
 	target     string   // remote target (Contact URI), refreshed by re-SUBSCRIBE
 	targetAddr string   // host:port of target
 	routes     []string // route set from Record-Route, as URIs
@@ -91,42 +92,27 @@ type Subscription struct {
 	force      bool // send even if the state is unchanged
 }
 
-// subExtra is what a subscription of the as-feature-event or
-// watcher-info package holds besides the rest: most subscriptions
-// (presence, dialog) never make one.
-type subExtra struct {
-	// featureReply is the forwarding type an as-feature-event
-	// subscriber asked for, to be answered in its next NOTIFY.
-	featureReply string
-	// watchers is what a watcher-info subscription shows (winfo.go).
-	watchers []body.WatcherList
-}
+// packageState boxes what a package keeps on a subscription of its
+// own: one word on each subscription, and the box only where a package
+// keeps something.
+type packageState struct{ v any }
 
-// extras returns s's extra fields, made on first use. Called with s.mu
-// held.
-func (s *Subscription) extras() *subExtra {
-	if s.extra == nil {
-		s.extra = &subExtra{}
-	}
-	return s.extra
-}
-
-// featureReply is the forwarding type to answer in the next NOTIFY ("":
-// none). Called with s.mu held.
-func (s *Subscription) featureReply() string {
-	if s.extra == nil {
-		return ""
-	}
-	return s.extra.featureReply
-}
-
-// shownWatchers is what a watcher-info subscription shows. Called with
-// s.mu held.
-func (s *Subscription) shownWatchers() []body.WatcherList {
-	if s.extra == nil {
+// packageState returns what sub's package keeps on it (nil: nothing).
+// Called with s.mu held.
+func (s *Subscription) packageState() any {
+	if s.pkgState == nil {
 		return nil
 	}
-	return s.extra.watchers
+	return s.pkgState.v
+}
+
+// setPackageState sets what sub's package keeps on it. Called with s.mu
+// held.
+func (s *Subscription) setPackageState(v any) {
+	if s.pkgState == nil {
+		s.pkgState = &packageState{}
+	}
+	s.pkgState.v = v
 }
 
 // listUsers are the users the store holds a list subscription under

@@ -135,7 +135,7 @@ func (s *Server) sendWinfo(userID string, gone []endedWatcher) {
 			continue
 		}
 		sub.mu.Lock()
-		sub.extras().watchers = lists
+		showWatchers(sub, lists)
 		sub.mu.Unlock()
 		s.enqueue(sub, time.Time{}, true)
 	}
@@ -179,7 +179,7 @@ func (s *Server) startWatching(sub *Subscription, stored bool) {
 		}
 		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
 		sub.mu.Lock()
-		sub.extras().watchers = lists
+		showWatchers(sub, lists)
 		sub.mu.Unlock()
 		return
 	}
