@@ -120,9 +120,9 @@ const (
 // brings another node's dialog here (a claim): made from its record, put
 // in the store and the expiry wheel, counted for watcher info, and
 // ended at once when the config no longer lets its watcher watch. now
-// says what has lapsed. announce tells the user's watcher-info
-// subscriptions of it at once, and gives a watcher-info one its list;
-// a start does both once every dialog is back. No NOTIFY is sent.
+// says what has lapsed. announce tells the lifecycle's observers at
+// once (watcher info); a start tells them once every dialog is back
+// (settled). No NOTIFY is sent.
 func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*Subscription, installOutcome) {
 	if _, here := s.subs.get(r.ID); here {
 		return nil, installHeld
@@ -154,10 +154,7 @@ func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*S
 	if !s.subs.add(sub, 0) {
 		return nil, installHeld
 	}
-	_, ww := sub.pkg.(watchesWatchers)
-	if ww {
-		s.winfo.live.Add(1)
-	}
+	s.began(sub, true, !announce)
 	s.expiry.add(sub, sub.expires)
 	if reason := s.auth.revoked(sub.Grant, sub.Source, sub.Watcher); reason != "" {
 		// The config changed since the dialog was made (while we were
@@ -167,16 +164,6 @@ func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*S
 			"watcher", sub.Watcher, "source", sub.Source, "reason", reason)
 		s.terminate(sub, reason)
 		return nil, installRevoked
-	}
-	if announce {
-		if ww {
-			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
-			sub.mu.Lock()
-			showWatchers(sub, lists)
-			sub.mu.Unlock()
-		} else {
-			s.noteWatched(sub, false, "")
-		}
 	}
 	return sub, installed
 }

@@ -185,30 +185,9 @@ func (s *Server) relist(sub *Subscription) {
 		return
 	}
 	added, gone := s.subs.reindex(sub, ids)
-	for _, id := range added {
-		s.watchersChanged(id, nil, "")
-	}
-	for _, id := range gone {
-		s.watchersChanged(id, sub, "deactivated")
-	}
+	s.membersChanged(sub, added, gone)
 	s.log.Info("list changed: sending its full state", "list", sub.List, "members", len(ids), "source", sub.Source)
 	s.enqueue(sub, time.Time{}, true)
-}
-
-// noteWatched tells watcher info that sub began (ended false) or ended:
-// news to its user, or to every member of its list.
-func (s *Server) noteWatched(sub *Subscription, ended bool, reason string) {
-	var e *Subscription
-	if ended {
-		e = sub
-	}
-	if sub.List == "" {
-		s.watchersChanged(sub.UserID, e, reason)
-		return
-	}
-	for _, id := range s.subs.usersOf(sub) {
-		s.watchersChanged(id, e, reason)
-	}
 }
 
 // sendListNotify builds the NOTIFY of a list subscription and sends it:

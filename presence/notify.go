@@ -247,7 +247,7 @@ func markDropped(sub *Subscription) {
 func (s *Server) unlist(sub *Subscription, reason string) {
 	s.subs.remove(sub)
 	s.journal.unsubscribed(sub)
-	s.noteWatched(sub, true, reason)
+	s.ended(sub, reason)
 }
 
 // sendLoop is one NOTIFY worker.

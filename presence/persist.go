@@ -338,15 +338,8 @@ func (s *Server) restore(saved *Saved) {
 			subs++
 		}
 	}
-	// Watcher-info subscriptions list the watchers now all back.
-	for _, sub := range s.restored {
-		if _, ww := sub.pkg.(watchesWatchers); ww {
-			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
-			sub.mu.Lock()
-			showWatchers(sub, lists)
-			sub.mu.Unlock()
-		}
-	}
+	// Watcher information lists the watchers now all back.
+	s.settled(s.restored)
 	// Publications and bindings come back within the caps, the newest
 	// first; what is over a cap (saved before it was lowered) or gone is
 	// forgotten in the store too.

@@ -294,7 +294,9 @@ type Server struct {
 	handlers  map[string]requestHandler
 	packages  *packages
 	winfo     winfoState
-	expiry    *expiryWheel
+	// lifecycles are told as subscriptions begin and end (lifecycle.go).
+	lifecycles []lifecycle
+	expiry     *expiryWheel
 	overloadState
 }
 
@@ -368,6 +370,8 @@ func New(states States, opt Options) (*Server, error) {
 	s.handlers = s.makeHandlers()
 	s.packages = makePackages()
 	s.winfo.wake = make(chan struct{}, 1)
+	s.winfo.s = s
+	s.lifecycles = []lifecycle{&s.winfo}
 	s.expiry = newExpiryWheel()
 	notify = s.notifier
 	s.pubs = newPublications(s)

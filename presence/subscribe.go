@@ -170,7 +170,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	if expires > 0 {
 		s.journal.subscription(sub, false)
 	}
-	s.startWatching(sub, expires > 0)
+	s.began(sub, expires > 0, false)
 	s.answer(req, tx, sub, expires)
 	sub.mu.Lock()
 	sub.unanswered = false

@@ -22,8 +22,10 @@ import (
 // watchesWatchers is a package whose documents list its user's watchers.
 type watchesWatchers interface{ WatchesWatchers() }
 
-// winfoState is the Server's part of the above.
+// winfoState is the Server's part of the above, and an observer of the
+// subscriptions' lifecycle (lifecycle.go).
 type winfoState struct {
+	s     *Server
 	live  atomic.Int64              // watcher-info subscriptions
 	mu    sync.Mutex                // guards dirty; a leaf (taken under the bridge lock)
 	dirty map[string][]endedWatcher // user → watchers ended since the last NOTIFY
@@ -169,21 +171,67 @@ func (s *Server) watcherLists(subs []*Subscription, gone []endedWatcher) []body.
 	return out
 }
 
-// startWatching is told of a subscription just made (stored when it is
-// not a fetch): a watcher-info one gets its list now, for its first
-// NOTIFY; any other is news to the user's watcher-info subscriptions.
-func (s *Server) startWatching(sub *Subscription, stored bool) {
+// began implements lifecycle: a watcher-info subscription is counted
+// (while held) and given its lists (unless quiet); any other is news to
+// its user's, or its list members', watcher-info subscriptions.
+func (w *winfoState) began(sub *Subscription, held, quiet bool) {
+	s := w.s
 	if _, ww := sub.pkg.(watchesWatchers); ww {
-		if stored {
-			s.winfo.live.Add(1)
+		if held {
+			w.live.Add(1)
 		}
-		lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
-		sub.mu.Lock()
-		showWatchers(sub, lists)
-		sub.mu.Unlock()
+		if !quiet {
+			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
+			sub.mu.Lock()
+			showWatchers(sub, lists)
+			sub.mu.Unlock()
+		}
 		return
 	}
-	if stored {
+	if held && !quiet {
 		s.noteWatched(sub, false, "")
+	}
+}
+
+// settled implements lifecycle: after a start, each watcher-info
+// subscription lists the watchers now all back.
+func (w *winfoState) settled(subs []*Subscription) {
+	for _, sub := range subs {
+		if _, ww := sub.pkg.(watchesWatchers); ww {
+			lists := w.s.watcherLists(w.s.subs.watchers(sub.UserID, nil), nil)
+			sub.mu.Lock()
+			showWatchers(sub, lists)
+			sub.mu.Unlock()
+		}
+	}
+}
+
+// membersChanged implements lifecycle: the members a list watches now
+// have one watcher more, those it no longer watches one less.
+func (w *winfoState) membersChanged(sub *Subscription, added, gone []string) {
+	for _, id := range added {
+		w.s.watchersChanged(id, nil, "")
+	}
+	for _, id := range gone {
+		w.s.watchersChanged(id, sub, "deactivated")
+	}
+}
+
+// ended implements lifecycle.
+func (w *winfoState) ended(sub *Subscription, reason string) { w.s.noteWatched(sub, true, reason) }
+
+// noteWatched tells watcher info that sub began (ended false) or ended:
+// news to its user, or to every member of its list.
+func (s *Server) noteWatched(sub *Subscription, ended bool, reason string) {
+	var e *Subscription
+	if ended {
+		e = sub
+	}
+	if sub.List == "" {
+		s.watchersChanged(sub.UserID, e, reason)
+		return
+	}
+	for _, id := range s.subs.usersOf(sub) {
+		s.watchersChanged(id, e, reason)
 	}
 }
