@@ -193,9 +193,10 @@ func (s *Server) relist(sub *Subscription) {
 // sendListNotify builds the NOTIFY of a list subscription and sends it:
 // the whole list, or the members that changed.
 func (s *Server) sendListNotify(sub *Subscription) {
-	sub.mu.Lock()
-	sub.queued = false
-	if sub.done || !sub.dirty || sub.inflight || sub.list == nil {
+	if !s.notifyDue(sub) {
+		return
+	}
+	if sub.list == nil {
 		sub.mu.Unlock()
 		return
 	}
@@ -208,13 +209,11 @@ func (s *Server) sendListNotify(sub *Subscription) {
 			states[id] = st
 		}
 	}
-	now := time.Now()
-	sub.mu.Lock()
-	lv := sub.list
-	if sub.done || !sub.dirty || sub.inflight || sub.queued {
-		sub.mu.Unlock()
+	if !s.stillDue(sub) {
 		return
 	}
+	now := time.Now()
+	lv := sub.list
 	final := sub.final
 	full := sub.force || final != "" || lv.full
 	if !full && !lv.urgent && s.opt.Coalesce > 0 && now.Sub(lv.sentAt) < s.opt.Coalesce {
@@ -251,17 +250,15 @@ func (s *Server) sendListNotify(sub *Subscription) {
 		return
 	}
 	lv.full, lv.urgent, lv.sentAt = false, false, now
-	// The RLMI version grows with every NOTIFY.
-	version, remaining, changedAt := s.beginNotify(sub, final, true)
-	tx := s.notifier.newTx(sub)
-	n := &listNotify{states: states, parts: parts, full: full, version: version, final: final,
-		remaining: remaining, branch: tx.branch}
-	network, addr := s.address(sub)
 	// What a rendering leaves for the next NOTIFY: the one in tx's
 	// buffer, and the one made to fit a datagram (kept as the fallback
 	// when TCP is tried first).
 	var deferred, fitDeferred []int
-	render := func(dst []byte, h hop, fit bool) []byte {
+	// The RLMI version grows with every NOTIFY.
+	d := s.draftNotify(sub, final, true)
+	n := &listNotify{states: states, parts: parts, full: full, version: d.version, final: final,
+		remaining: d.remaining, branch: d.tx.branch}
+	s.sendDraft(sub, d, func(dst []byte, h hop, fit bool) []byte {
 		limit := 0
 		if fit {
 			limit = s.opt.MaxUDPNotify
@@ -271,29 +268,26 @@ func (s *Server) sendListNotify(sub *Subscription) {
 			fitDeferred = deferred
 		}
 		return dst
-	}
-	network, h, fallback, size := s.renderNotify(sub, tx, network, render)
-	for _, i := range parts {
-		m := &lv.members[i]
-		if st, ok := states[m.userID]; ok {
-			m.last = st
-			m.version++
-		} else {
-			m.last = nil
+	}, func(fallback bool) func() {
+		for _, i := range parts {
+			m := &lv.members[i]
+			if st, ok := states[m.userID]; ok {
+				m.last = st
+				m.version++
+			} else {
+				m.last = nil
+			}
 		}
-	}
-	s.deferMembers(sub, deferred)
-	var onFallback func()
-	if fallback != nil && len(fitDeferred) > 0 {
-		onFallback = func() {
+		s.deferMembers(sub, deferred)
+		if !fallback || len(fitDeferred) == 0 {
+			return nil
+		}
+		return func() {
 			sub.mu.Lock()
 			s.deferMembers(sub, fitDeferred)
 			sub.mu.Unlock()
 		}
-	}
-	cseq := sub.cseq
-	sub.mu.Unlock()
-	s.transmit(sub, tx, network, addr, h, fallback, size, changedAt, cseq, onFallback)
+	})
 }
 
 // deferMembers marks members whose documents a NOTIFY had no room for

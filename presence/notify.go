@@ -270,22 +270,14 @@ func (s *Server) sendNotify(sub *Subscription) {
 		s.sendListNotify(sub)
 		return
 	}
-	sub.mu.Lock()
-	sub.queued = false
-	if sub.done || !sub.dirty || sub.inflight {
-		sub.mu.Unlock()
+	if !s.notifyDue(sub) {
 		return
 	}
 	sub.mu.Unlock()
-	// The bridge is read with no subscription lock held (the lock order in
-	// doc.go): its listener takes subscription locks under its own.
+	// The bridge is read with no subscription lock held (doc.go).
 	st, ok := s.states.State(sub.UserID)
 	heldBack := ok && st.IDsPending && s.holding(sub.UserID)
-	sub.mu.Lock()
-	if sub.done || !sub.dirty || sub.inflight || sub.queued {
-		// Another worker took it meanwhile (a change queued it again), or
-		// it ended: that pass renders the newer state.
-		sub.mu.Unlock()
+	if !s.stillDue(sub) {
 		return
 	}
 	final := sub.final
@@ -306,20 +298,88 @@ func (s *Server) sendNotify(sub *Subscription) {
 		sub.mu.Unlock()
 		return
 	}
-	version, remaining, changedAt := s.beginNotify(sub, final, sub.pkg.Versioned())
 	sub.lastState = st
-	tx := s.notifier.newTx(sub)
-	network, addr := s.address(sub)
-	render := func(dst []byte, h hop, compact bool) []byte {
-		return s.appendNotify(dst, sub, h, st, version, final, remaining, tx.branch, compact)
+	d := s.draftNotify(sub, final, sub.pkg.Versioned())
+	s.sendDraft(sub, d, func(dst []byte, h hop, compact bool) []byte {
+		return s.appendNotify(dst, sub, h, st, d.version, final, d.remaining, d.tx.branch, compact)
+	}, nil)
+}
+
+// Every NOTIFY, a user's or a list's, is made the same way:
+//
+//	notifyDue → (snapshot under the lock) → read the bridge, unlocked →
+//	stillDue → draftNotify → render → sendDraft
+//
+// notifyDue takes sub off the queue and reports whether a NOTIFY is due
+// (its state changed, it has not ended, none is in flight); then it
+// returns with sub.mu held, for the caller to take what it needs before
+// it releases the lock and reads the bridge (under no lock of ours:
+// doc.go).
+func (s *Server) notifyDue(sub *Subscription) bool {
+	sub.mu.Lock()
+	sub.queued = false
+	if sub.done || !sub.dirty || sub.inflight {
+		sub.mu.Unlock()
+		return false
 	}
-	network, h, compact, size := s.renderNotify(sub, tx, network, render)
+	return true
+}
+
+// stillDue takes sub's lock again after the bridge was read and reports
+// whether the NOTIFY is still due; then it returns with the lock held.
+// Another worker may have taken it meanwhile (a change queued it again),
+// or it ended: that pass renders the newer state.
+func (s *Server) stillDue(sub *Subscription) bool {
+	sub.mu.Lock()
+	if sub.done || !sub.dirty || sub.inflight || sub.queued {
+		sub.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// renderer renders a NOTIFY for a hop; fit asks for the form that fits a
+// datagram (a person's compact document, or a list's members spread over
+// several NOTIFYs).
+type renderer func(dst []byte, h hop, fit bool) []byte
+
+// notifyDraft is a NOTIFY begun in its dialog: what its rendering needs.
+type notifyDraft struct {
+	tx            *notifyTx
+	network, addr string
+	version       uint32
+	remaining     int
+	changedAt     time.Time
+}
+
+// draftNotify begins a NOTIFY in sub's dialog: the next CSeq and version
+// (beginNotify), a transaction, and where it goes. Called with sub.mu
+// held.
+func (s *Server) draftNotify(sub *Subscription, final string, versioned bool) notifyDraft {
+	var d notifyDraft
+	d.version, d.remaining, d.changedAt = s.beginNotify(sub, final, versioned)
+	d.tx = s.notifier.newTx(sub)
+	d.network, d.addr = s.address(sub)
+	return d
+}
+
+// sendDraft renders a drafted NOTIFY for the subscription's hop and,
+// once the lock is released, sends it. rendered (nil: none) is called
+// under the lock after rendering, told whether a fitting fallback was
+// kept, and returns what to call if the fallback is sent (nil: nothing).
+// Called with sub.mu held; returns with it released.
+func (s *Server) sendDraft(sub *Subscription, d notifyDraft, render renderer, rendered func(fallback bool) func()) {
+	network, h, fallback, size := s.renderNotify(sub, d.tx, d.network, render)
+	var onFallback func()
+	if rendered != nil {
+		onFallback = rendered(fallback != nil)
+	}
 	cseq := sub.cseq
 	if nb, ok := sub.pkg.(notifyBuilder); ok {
 		nb.Built(sub)
 	}
 	sub.mu.Unlock()
-	s.transmit(sub, tx, network, addr, h, compact, size, changedAt, cseq, nil)
+	s.transmit(sub, d.tx, network, d.addr, h, fallback, size, d.changedAt, cseq, onFallback)
 }
 
 // beginNotify starts a NOTIFY's transaction in the dialog: the next CSeq
@@ -352,7 +412,7 @@ func (s *Server) beginNotify(sub *Subscription, final string, versioned bool) (v
 // on it, with render's fitting form (fit: a person's compact document,
 // or a list's members spread over several NOTIFYs) kept as the fallback;
 // else the fitting form at once. Called with sub.mu held.
-func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render func(dst []byte, h hop, fit bool) []byte) (string, hop, []byte, int) {
+func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render renderer) (string, hop, []byte, int) {
 	h := sub.hop()
 	*tx.buf = render(*tx.buf, h, false)
 	var fitting []byte // the UDP fallback when TCP is tried first
