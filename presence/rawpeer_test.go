@@ -180,6 +180,16 @@ func (p *rawPeer) subscribeMsg(d *rawSub, expires int, extra ...string) string {
 // response waits for the response to a request with that Call-ID.
 func (p *rawPeer) response(callID string, within time.Duration) *sip.Response {
 	p.t.Helper()
+	r := p.awaitResponse(callID, within)
+	if r == nil {
+		p.t.Fatalf("no final response for %s within %v", callID, within)
+	}
+	return r
+}
+
+// awaitResponse is response, nil when none came in time (for goroutines
+// other than the test's, which may not fail it).
+func (p *rawPeer) awaitResponse(callID string, within time.Duration) *sip.Response {
 	deadline := time.After(within)
 	for {
 		select {
@@ -188,7 +198,6 @@ func (p *rawPeer) response(callID string, within time.Duration) *sip.Response {
 				return r
 			}
 		case <-deadline:
-			p.t.Fatalf("no final response for %s within %v", callID, within)
 			return nil
 		}
 	}

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
-
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
@@ -97,7 +95,7 @@ func TestStormDoesNotWedge(t *testing.T) {
 			msg, callID := publisher.request("PUBLISH", "100", headers, body)
 			publisher.send(msg)
 			etag = ""
-			if res := answer(publisher, callID); res != nil && res.StatusCode == 200 && body != "" {
+			if res := publisher.awaitResponse(callID, 2*time.Second); res != nil && res.StatusCode == 200 && body != "" {
 				if h := res.GetHeader("SIP-ETag"); h != nil {
 					etag = h.Value()
 				}
@@ -164,9 +162,7 @@ func TestStormDoesNotWedge(t *testing.T) {
 		}()
 	}
 	wedged := func(p *part) {
-		var buf bytes.Buffer
-		pprof.Lookup("goroutine").WriteTo(&buf, 1)
-		t.Fatalf("%s made no progress for %v: a wedge\n%s", p.name, wedge, buf.String())
+		t.Fatalf("%s made no progress for %v: a wedge\n%s", p.name, wedge, stacks())
 	}
 	last := make([]int64, len(parts))
 	since := make([]time.Time, len(parts))
@@ -188,9 +184,7 @@ func TestStormDoesNotWedge(t *testing.T) {
 	select {
 	case <-finished:
 	case <-time.After(10 * time.Second):
-		var buf bytes.Buffer
-		pprof.Lookup("goroutine").WriteTo(&buf, 1)
-		t.Fatalf("the storm's parts did not all return within 10s: a wedge\n%s", buf.String())
+		t.Fatalf("the storm's parts did not all return within 10s: a wedge\n%s", stacks())
 	}
 	for _, p := range parts {
 		if p.rounds.Load() < 5 {
@@ -202,21 +196,11 @@ func TestStormDoesNotWedge(t *testing.T) {
 	peer.subscribeMany("100", "dialog", 1)
 }
 
-// answer waits a while for the final response to a request of p's with
-// that Call-ID; nil if none came (the storm goes on: a wedge shows as a
-// part that stops counting rounds).
-func answer(p *rawPeer, callID string) *sip.Response {
-	deadline := time.After(2 * time.Second)
-	for {
-		select {
-		case r := <-p.responses:
-			if r.CallID() != nil && r.CallID().Value() == callID && r.StatusCode >= 200 {
-				return r
-			}
-		case <-deadline:
-			return nil
-		}
-	}
+// stacks is every goroutine's stack, for a wedge's report.
+func stacks() string {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	return buf.String()
 }
 
 // flowAs is a Forwarder that forwards nothing and says every request's
@@ -248,9 +232,7 @@ func TestRemovingAUserWatchedThroughAFlowDoesNotWedge(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		var buf bytes.Buffer
-		pprof.Lookup("goroutine").WriteTo(&buf, 1)
-		t.Fatalf("the reload that removed debbie did not return within 5s: a wedge\n%s", buf.String())
+		t.Fatalf("the reload that removed debbie did not return within 5s: a wedge\n%s", stacks())
 	}
 	waitUntil(t, 5*time.Second, "debbie's watcher ended", func() bool { return env.srv.Watchers("debbie") == 0 })
 }
