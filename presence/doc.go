@@ -17,7 +17,8 @@
 // and runs it with a server transaction of ours (udptx.go). Over TCP and
 // TLS the stream guard (stream.go) runs each request as it frames it.
 // NOTIFYs are rendered and sent by our own client transactions
-// (notify.go, notifier.go). sipgo keeps other methods, answered 405.
+// (notify.go, notifysend.go; the transactions themselves in
+// internal/notifytx). sipgo keeps other methods, answered 405.
 //
 // # Locks
 //
@@ -26,16 +27,15 @@
 //
 //	restoreMu → the bridge lock (a restored publication's state) → …
 //	the bridge lock → paceMu | store.mu | Subscription.mu | sendQueue.mu | winfoState.mu | journal.mu
-//	Subscription.mu → journal.mu | interner.mu | notifier.randMu
+//	Subscription.mu → journal.mu | interner.mu | notifytx's randMu
 //	publications.mu → journal.mu
 //	registrar.mu → journal.mu
-//	notifyTx.sending → notifier.mu (start: the transaction is not yet in the table, so fire cannot hold notifier.mu for it)
-//	notifier.mu → notifyTx.sending (fire: a UDP retransmission, whose write does not block)
+//	notifytx: Tx.sending → Table.mu (Start), Table.mu → Tx.sending (fire, UDP only): see its package doc
 //
 // Every other mutex is a leaf: nothing of ours is taken under store.mu,
 // paceMu, sendQueue.mu, expiryWheel.mu, fenceState.mu, winfoState.mu,
 // journal.mu, interner.mu, nonceUses.mu, rateLimiter.mu, udpTxTable.mu,
-// udpTx.mu, addrsMu, notifier.randMu or guardedConn.wmu.
+// udpTx.mu, addrsMu, notifytx's randMu or guardedConn.wmu.
 //
 // The bridge calls Server.HandleChange with its own lock held (the write
 // lock), so two rules follow:
@@ -51,7 +51,7 @@
 //     runWinfo naming the watchers that ended).
 //
 // No lock is held across a network write except the two that exist to
-// order writes (notifyTx.sending, guardedConn.wmu: each one message,
+// order writes (notifytx's Tx.sending, guardedConn.wmu: each one message,
 // under a write deadline), nor across a TCP dial: a NOTIFY's connection
 // is made in transmit, after the subscription's lock is released.
 // TestStormDoesNotWedge (fan-out, PUBLISH, restore, failover, reload,

@@ -257,7 +257,7 @@ func (s *Server) sendListNotify(sub *Subscription) {
 	// The RLMI version grows with every NOTIFY.
 	d := s.draftNotify(sub, final, true)
 	n := &listNotify{states: states, parts: parts, full: full, version: d.version, final: final,
-		remaining: d.remaining, branch: d.tx.branch}
+		remaining: d.remaining, branch: d.tx.Branch}
 	s.sendDraft(sub, d, func(dst []byte, h hop, fit bool) []byte {
 		limit := 0
 		if fit {
@@ -360,8 +360,8 @@ func (s *Server) appendListNotify(dst []byte, sub *Subscription, h hop, n *listN
 		resources = append(resources, r)
 	}
 	// Every member's document, as a part, one after the other.
-	scratch := s.notifier.bufs.Get().(*[]byte)
-	defer s.notifier.bufs.Put(scratch)
+	scratch := s.notifier.Scratch()
+	defer s.notifier.PutScratch(scratch)
 	lister := sub.pkg.(listable)
 	render := func(dst []byte, k int, compact bool) []byte {
 		m := &lv.members[n.parts[k]]

@@ -10,6 +10,7 @@ import (
 
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/body"
+	"github.com/lamplighter/lamplighter/presence/internal/notifytx"
 )
 
 // HandleChange takes a user's state change from the bridge and schedules
@@ -301,7 +302,7 @@ func (s *Server) sendNotify(sub *Subscription) {
 	sub.lastState = st
 	d := s.draftNotify(sub, final, sub.pkg.Versioned())
 	s.sendDraft(sub, d, func(dst []byte, h hop, compact bool) []byte {
-		return s.appendNotify(dst, sub, h, st, d.version, final, d.remaining, d.tx.branch, compact)
+		return s.appendNotify(dst, sub, h, st, d.version, final, d.remaining, d.tx.Branch, compact)
 	}, nil)
 }
 
@@ -358,7 +359,7 @@ type notifyDraft struct {
 func (s *Server) draftNotify(sub *Subscription, final string, versioned bool) notifyDraft {
 	var d notifyDraft
 	d.version, d.remaining, d.changedAt = s.beginNotify(sub, final, versioned)
-	d.tx = s.notifier.newTx(sub)
+	d.tx = s.notifier.NewTx(sub)
 	d.network, d.addr = s.address(sub)
 	return d
 }
@@ -414,9 +415,9 @@ func (s *Server) beginNotify(sub *Subscription, final string, versioned bool) (v
 // else the fitting form at once. Called with sub.mu held.
 func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, render renderer) (string, hop, []byte, int) {
 	h := sub.hop()
-	*tx.buf = render(*tx.buf, h, false)
+	*tx.Buf = render(*tx.Buf, h, false)
 	var fitting []byte // the UDP fallback when TCP is tried first
-	size := len(*tx.buf)
+	size := len(*tx.Buf)
 	if network == "udp" && size > s.opt.MaxUDPNotify {
 		// It would not leave (EMSGSIZE) and the watcher would be blamed.
 		// RFC 3261 §18.1.1: a large request goes over TCP where the peer
@@ -424,15 +425,15 @@ func (s *Server) renderNotify(sub *Subscription, tx *notifyTx, network string, r
 		// what fits.
 		fitting = render(nil, h, true)
 		if th, ok := s.tcpHop(sub); ok {
-			*tx.buf = render((*tx.buf)[:0], th, false)
+			*tx.Buf = render((*tx.Buf)[:0], th, false)
 			h, network = th, "tcp"
 		} else {
-			*tx.buf, fitting = append((*tx.buf)[:0], fitting...), nil
+			*tx.Buf, fitting = append((*tx.Buf)[:0], fitting...), nil
 			if !sub.warnedSize { // once per subscription: a list sends many
 				sub.warnedSize = true
 				s.log.Warn("NOTIFY too large for a UDP datagram, and no TCP listener to send it over: sent what fits "+
 					"(a person's compact document, a list in several NOTIFYs); listen on TCP too",
-					"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "sent_bytes", len(*tx.buf))
+					"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "sent_bytes", len(*tx.Buf))
 			}
 		}
 	}
@@ -455,19 +456,19 @@ func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string,
 				"(a person's compact document, a list in several NOTIFYs)",
 				"user", sub.UserID, "list", sub.List, "source", sub.Source, "bytes", size, "sent_bytes", len(fitting), "tcp_err", err)
 		}
-		*tx.buf = append((*tx.buf)[:0], fitting...)
+		*tx.Buf = append((*tx.Buf)[:0], fitting...)
 		if onFallback != nil {
 			onFallback()
 		}
 		err = s.connect(s.ctx, tx, "udp", addr, sub.hop())
 	}
 	if err == nil {
-		err = s.notifier.start(tx)
+		err = s.notifier.Start(tx)
 	} else {
-		s.notifier.release(tx)
+		s.notifier.Release(tx)
 	}
 	if err != nil {
-		s.notifyDone(sub, notifyResponse{}, "transport", err)
+		s.notifyDone(sub, notifytx.Outcome{}, "transport", err)
 		return
 	}
 	if !changedAt.IsZero() {
@@ -479,36 +480,36 @@ func (s *Server) transmit(sub *Subscription, tx *notifyTx, network, addr string,
 }
 
 // notifyTxDone is the outcome of a NOTIFY transaction.
-func (s *Server) notifyTxDone(tx *notifyTx, res notifyResponse, failure string, err error) {
-	s.notifyDone(tx.sub, res, failure, err)
+func (s *Server) notifyTxDone(tx *notifyTx, res notifytx.Outcome, failure string, err error) {
+	s.notifyDone(tx.Owner, res, failure, err)
 }
 
 // notifyDone handles the outcome of a NOTIFY: success; 481 or another
 // refusal ends the subscription; a timeout or server error is retried
 // with backoff, and only repeated failures end it.
-func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure string, err error) {
+func (s *Server) notifyDone(sub *Subscription, res notifytx.Outcome, failure string, err error) {
 	sub.mu.Lock()
 	sub.inflight = false
 	retry, dropped := false, false
 	drop := func() { markDropped(sub); dropped = true }
 	switch {
-	case res.code >= 200 && res.code < 300:
+	case res.Code >= 200 && res.Code < 300:
 		sub.failures = 0
 		s.opt.Metrics.NotifySent(sub.Package, sub.Transport)
-	case res.code == 481 && sub.done && sub.final == reasonUnsubscribed:
+	case res.Code == 481 && sub.done && sub.final == reasonUnsubscribed:
 		// The subscriber forgot the dialog as it unsubscribed (Linphone
 		// does): the final NOTIFY had nothing left to tell it.
-	case res.code == 481:
+	case res.Code == 481:
 		s.opt.Metrics.NotifyFailed("481")
 		if !sub.done {
 			s.log.Debug("subscriber forgot the subscription (481)", "user", sub.UserID, "source", sub.Source)
 			drop()
 		}
-	case res.code != 0 && res.code != 408 && res.code < 500:
+	case res.Code != 0 && res.Code != 408 && res.Code < 500:
 		s.opt.Metrics.NotifyFailed("rejected")
 		if !sub.done {
 			s.log.Info("subscriber refused a NOTIFY: ending the subscription", "user", sub.UserID,
-				"source", sub.Source, "status", res.code)
+				"source", sub.Source, "status", res.Code)
 			drop()
 		}
 	default:
@@ -547,12 +548,12 @@ func (s *Server) notifyDone(sub *Subscription, res notifyResponse, failure strin
 	}
 }
 
-func errString(err error, res notifyResponse) string {
+func errString(err error, res notifytx.Outcome) string {
 	switch {
 	case err != nil:
 		return err.Error()
-	case res.code != 0:
-		return strconv.Itoa(res.code) + " " + res.reason
+	case res.Code != 0:
+		return strconv.Itoa(res.Code) + " " + res.Reason
 	}
 	return ""
 }
@@ -595,14 +596,14 @@ func (s *Server) appendNotify(dst []byte, sub *Subscription, h hop, st *bridge.S
 		DNDText: sub.DNDText}
 	dst = append(dst, "Content-Type: "...)
 	dst = append(dst, sub.MediaType...)
-	scratch := s.notifier.bufs.Get().(*[]byte)
+	scratch := s.notifier.Scratch()
 	b := sub.pkg.Render((*scratch)[:0], sub, st, opt)
 	dst = append(dst, "\r\nContent-Length: "...)
 	dst = strconv.AppendInt(dst, int64(len(b)), 10)
 	dst = append(dst, "\r\n\r\n"...)
 	dst = append(dst, b...)
 	*scratch = b[:0]
-	s.notifier.bufs.Put(scratch)
+	s.notifier.PutScratch(scratch)
 	return dst
 }
 

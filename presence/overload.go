@@ -81,7 +81,7 @@ func (s *Server) overloaded(req *sipmsg.Request) string {
 }
 
 // notifyBacklog is the number of NOTIFYs waiting to be sent or answered.
-func (s *Server) notifyBacklog() int { return s.queue.len() + s.notifier.pending() }
+func (s *Server) notifyBacklog() int { return s.queue.len() + s.notifier.Pending() }
 
 // shed answers a request with 503 and a random Retry-After, keeping
 // nothing, and counts it.

@@ -20,6 +20,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/presence/internal/notifytx"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -288,7 +289,7 @@ type Server struct {
 	requests  sync.Pool    // *sipmsg.Request
 	datagrams sync.Pool    // *[]byte, datagramBytes of capacity
 	stopped   atomic.Int32 // serve loops that ended while running
-	notifier  *notifier
+	notifier  *notifytx.Table[*Subscription]
 	ids       *idSequence // subscription ids
 	workers   int         // request workers (requestWorkers)
 	handlers  map[string]requestHandler
@@ -308,7 +309,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	log := opt.Logger
 	quiet := slog.New(demoteHandler{log.Handler()})
-	var notify *notifier // NOTIFY responses match no sipgo transaction
+	var notify *notifytx.Table[*Subscription] // NOTIFY responses match no sipgo transaction
 	// sipgo reads what the guard frames (stream.go): a head up to
 	// maxHeadBytes and a body up to MaxBodyBytes, which proxy mode may
 	// set past sipgo's own 64 KiB.
@@ -326,7 +327,7 @@ func New(states States, opt Options) (*Server, error) {
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(quiet),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) {
-				if !notify.response(res) && opt.Forwarder != nil {
+				if !notify.Response(res) && opt.Forwarder != nil {
 					opt.Forwarder.Response(res) // a forwarded INVITE's, or a stray
 				}
 			}),
@@ -356,7 +357,7 @@ func New(states States, opt Options) (*Server, error) {
 		pkgHost: packageHost{states: states, origin: opt.PersonOrigin, saved: opt.PersonStates,
 			log: log},
 	}
-	s.notifier = newNotifier(s.notifyTxDone)
+	s.notifier = notifytx.New(s.notifyTxDone, DefaultWriteTimeout)
 	if opt.Forwarder != nil {
 		s.auth.flowUser = s.flowUser
 		s.auth.isUser = func(id string) bool { _, ok := s.states.Directory().User(id); return ok }
@@ -560,7 +561,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.closed.Store(true)
 	s.closeListeners()
 	s.queue.close()
-	s.notifier.close()
+	s.notifier.Close()
 	s.ua.Close()
 	wg.Wait()
 	if s.journal != nil {
@@ -628,7 +629,7 @@ func (s *Server) closeListeners() {
 // of the socket, so it does as little as it can.
 func (s *Server) onDatagram(conn *net.UDPConn, from netip.AddrPort, data []byte) (forSipgo bool) {
 	if !isRawRequest(data) {
-		return s.notifier.datagram(data, from) != nil
+		return s.notifier.Datagram(data, from) != nil
 	}
 	switch {
 	case len(data) >= maxRequestDatagram:

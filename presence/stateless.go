@@ -23,7 +23,7 @@ var rawHeaders = [][]byte{[]byte("via"), []byte("v"), []byte("from"), []byte("f"
 // isRawRequest reports whether data starts with a request line (not a
 // response, not noise).
 func isRawRequest(data []byte) bool {
-	line, _ := rawLine(data)
+	line, _ := sipmsg.CutLine(data)
 	return !bytes.HasPrefix(line, []byte("SIP/")) && bytes.HasSuffix(line, []byte(" SIP/2.0")) && bytes.IndexByte(line, ' ') > 0
 }
 
@@ -37,14 +37,14 @@ func rawResponse(data []byte, code int, reason, server string, extra ...string) 
 	if !isRawRequest(data) || bytes.HasPrefix(data, []byte("ACK ")) {
 		return nil
 	}
-	head, _, _ := rawHead(data)
-	_, rest := rawLine(head)
+	head, _, _ := sipmsg.CutHead(data)
+	_, rest := sipmsg.CutLine(head)
 	var lines [][]byte
 	var to, callID []byte
 	var via, cseq bool
 	for len(rest) > 0 {
 		var line []byte
-		line, rest = rawLine(rest)
+		line, rest = sipmsg.CutLine(rest)
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok || len(line) > 4096 {
 			continue
@@ -110,28 +110,6 @@ func (s *Server) answerDatagram(conn *net.UDPConn, to netip.AddrPort, data []byt
 	return true
 }
 
-// rawLine returns the first line of data, without its CRLF or bare LF
-// (read as sipmsg reads them), and the rest.
-func rawLine(data []byte) (line, rest []byte) {
-	line, rest, _ = bytes.Cut(data, []byte("\n"))
-	return bytes.TrimSuffix(line, []byte("\r")), rest
-}
-
-// rawHead splits a message at its first blank line, as sipmsg does.
-func rawHead(data []byte) (head, body []byte, found bool) {
-	for i := 0; i < len(data); {
-		j := bytes.IndexByte(data[i:], '\n')
-		if j < 0 {
-			break
-		}
-		if j == 0 || j == 1 && data[i] == '\r' {
-			return bytes.TrimSuffix(bytes.TrimSuffix(data[:i], []byte("\n")), []byte("\r")), data[i+j+1:], true
-		}
-		i += j + 1
-	}
-	return nil, nil, false
-}
-
 // rawMethod is the method of the request line in data.
 func rawMethod(data []byte) string {
 	m, _, _ := bytes.Cut(data, []byte(" "))
@@ -146,7 +124,7 @@ func rawMethod(data []byte) string {
 // more than the bytes that came (RFC 3261 §18.3). It returns the reason
 // phrase of the 400 to send, or "".
 func badContentLength(data []byte) string {
-	head, body, framed := rawHead(data)
+	head, body, framed := sipmsg.CutHead(data)
 	if !framed {
 		return ""
 	}
@@ -167,10 +145,10 @@ func badContentLength(data []byte) string {
 // rawContentLength finds the Content-Length (or l) header's value in a
 // message head.
 func rawContentLength(head []byte) (value []byte, found bool) {
-	_, rest := rawLine(head)
+	_, rest := sipmsg.CutLine(head)
 	for len(rest) > 0 {
 		var line []byte
-		line, rest = rawLine(rest)
+		line, rest = sipmsg.CutLine(rest)
 		name, v, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue

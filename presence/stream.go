@@ -271,7 +271,7 @@ func (c *guardedConn) serve(msg []byte) bool {
 	if !isRawRequest(msg) {
 		// A response to one of our NOTIFYs ends its transaction here, as
 		// over UDP; any other goes to sipgo.
-		return c.l.s.notifier.streamed(msg, c.remote)
+		return c.l.s.notifier.Streamed(msg, c.remote)
 	}
 	handler, ok := c.l.s.handlerFor(rawMethod(msg))
 	if !ok {

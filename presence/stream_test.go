@@ -285,7 +285,7 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 	}
 	// Measured once the first NOTIFY's answer is in: a NOTIFY in flight
 	// holds a reference of its own.
-	waitUntil(t, 5*time.Second, "the first NOTIFY answered", func() bool { return env.srv.notifier.pending() == 0 })
+	waitUntil(t, 5*time.Second, "the first NOTIFY answered", func() bool { return env.srv.notifier.Pending() == 0 })
 	before := refs()
 	for i := range 20 {
 		if i%2 == 0 {
@@ -299,7 +299,7 @@ func TestNotifyKeepsStreamReferencesBalanced(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for last := refs(); last != before; last = refs() {
 		if time.Now().After(deadline) {
-			t.Fatalf("references %d, not back to %d within 5s (NOTIFYs in flight: %d)", last, before, env.srv.notifier.pending())
+			t.Fatalf("references %d, not back to %d within 5s (NOTIFYs in flight: %d)", last, before, env.srv.notifier.Pending())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -45,7 +45,7 @@ type Subscription struct {
 
 	// mu guards the dialog's changing state (below). Taken under the
 	// bridge lock (HandleChange); under it only the journal's, the
-	// interner's and the notifier's randMu. Never under it: the store's,
+	// interner's and notifytx's randMu. Never under it: the store's,
 	// the publications', the registrar's, the pacing and watcher-info
 	// locks, the bridge, a network write or a TCP dial.
 	mu sync.Mutex
