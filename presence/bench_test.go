@@ -173,7 +173,7 @@ func BenchmarkChallengeRequest(b *testing.B) {
 			"CSeq: 1 SUBSCRIBE\r\nContact: <sip:intruder@%s>\r\nEvent: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
 			from, i, i, i, from)
 	})
-	if n := env.srv.udpTxs.size(); n != 0 {
+	if n := env.srv.udpTxs.Size(); n != 0 {
 		b.Fatalf("%d transactions kept for challenges", n)
 	}
 }

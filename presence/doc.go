@@ -34,8 +34,8 @@
 //
 // Every other mutex is a leaf: nothing of ours is taken under store.mu,
 // paceMu, sendQueue.mu, expiryWheel.mu, fenceState.mu, winfoState.mu,
-// journal.mu, interner.mu, nonceUses.mu, rateLimiter.mu, udpTxTable.mu,
-// udpTx.mu, addrsMu, notifytx's randMu or guardedConn.wmu.
+// journal.mu, interner.mu, nonceUses.mu, rateLimiter.mu, udptx's Table.mu and
+// Tx.mu, addrsMu, notifytx's randMu or guardedConn.wmu.
 //
 // The bridge calls Server.HandleChange with its own lock held (the write
 // lock), so two rules follow:

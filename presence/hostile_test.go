@@ -373,7 +373,7 @@ func tcpFlood(t *testing.T, env *testEnv, extra func(int) []string) flood {
 func floodKeepsNoState(t *testing.T, env *testEnv, f flood) {
 	t.Helper()
 	const n = 20000
-	heldBefore := env.srv.udpTxs.held()
+	heldBefore := env.srv.udpTxs.Held()
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -413,7 +413,7 @@ func floodKeepsNoState(t *testing.T, env *testEnv, f flood) {
 	if limit := int64(n) * (20 << 20) / 100000; grew > limit {
 		t.Errorf("the heap grew %d KB over %d challenges (at most %d KB): they keep state", grew>>10, n, limit>>10)
 	}
-	if held := env.srv.udpTxs.held() - heldBefore; held > 0 {
+	if held := env.srv.udpTxs.Held() - heldBefore; held > 0 {
 		t.Errorf("%d transactions held after the flood", held)
 	}
 	// A watcher with credentials still gets in.

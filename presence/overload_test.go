@@ -49,13 +49,13 @@ func TestFullRequestQueueSheds(t *testing.T) {
 			taken, queued = i, 1 // every worker is busy: this one waits
 		}
 		waitUntil(t, 5*time.Second, fmt.Sprintf("request %d taken", i), func() bool {
-			return env.srv.udpTxs.size() == taken && len(env.srv.work) == queued
+			return env.srv.udpTxs.Size() == taken && len(env.srv.work) == queued
 		})
 	}
 	shed := &rawSub{callID: "shed", fromTag: "ft", user: "100", event: "dialog"}
 	p.send(p.subscribeMsg(shed, 600))
 	retryAfterOf(t, env, p, "shed")
-	if n := env.srv.udpTxs.size(); n != env.srv.workers {
+	if n := env.srv.udpTxs.Size(); n != env.srv.workers {
 		t.Errorf("%d transactions kept; the shed request must keep none", n)
 	}
 	if env.srv.Shed() != 1 {
@@ -129,7 +129,7 @@ func TestQueuedBytesAreBounded(t *testing.T) {
 		d := &rawSub{callID: fmt.Sprintf("block-%d", i), fromTag: "ft", user: "100", event: "dialog"}
 		p.send(p.subscribeMsg(d, 600))
 	}
-	waitUntil(t, 5*time.Second, "every worker busy", func() bool { return env.srv.udpTxs.size() == env.srv.workers })
+	waitUntil(t, 5*time.Second, "every worker busy", func() bool { return env.srv.udpTxs.Size() == env.srv.workers })
 	pad := "X-Pad: " + strings.Repeat("p", 30<<10)
 	n := 2 * maxQueuedBytes / (30 << 10)
 	for range n {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/internal/notifytx"
+	"github.com/lamplighter/lamplighter/presence/internal/udptx"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -282,7 +283,7 @@ type Server struct {
 	toSipgo   map[*net.UDPConn]*sipgoConn
 	streams   []*streamListener
 	limiter   *rateLimiter // nil without a per-address limit
-	udpTxs    *udpTxTable  // server transactions of requests over UDP
+	udpTxs    *udptx.Table // server transactions of requests over UDP
 	// requests and datagrams are reused by requests answered and
 	// forgotten at once (serveDatagram's recycle): a flood of
 	// unauthenticated requests leaves no garbage of them.
@@ -364,7 +365,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 
 	s.limiter = newRateLimiter(opt.RequestsPerAddress, opt.RequestBurst)
-	s.udpTxs = newUDPTxTable()
+	s.udpTxs = udptx.NewTable()
 	s.work = make(chan udpJob, opt.MaxPendingRequests)
 	s.workers = requestWorkers()
 	s.ids = newIDSequence()
@@ -544,7 +545,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		everySecond(ctx, func(now time.Time) { s.udpTxs.expire(now.Add(-sip.Timer_J)) })
+		everySecond(ctx, func(now time.Time) { s.udpTxs.Expire(now.Add(-sip.Timer_J)) })
 	}()
 	wg.Add(1)
 	go func() {
