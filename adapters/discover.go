@@ -1,0 +1,24 @@
+package adapters
+
+import "context"
+
+// A PBX knows its extensions, their names and devices: an adapter that
+// can read its PBX's own directory is a Discoverer, so that the directory
+// can be built from it instead of a YAML entry per person (the YAML then
+// adds and overrides).
+
+// DiscoveredUser is one user a PBX's own directory names.
+type DiscoveredUser struct {
+	PBX       string   // the adapter's name (the config's)
+	Domain    string   // the PBX's domain the user belongs to (a tenant on FreeSWITCH)
+	Extension string   // what phones dial for the user
+	Name      string   // the caller id name
+	Device    string   // the user's device as the adapter names it
+	Groups    []string // the PBX's own groups the user is in
+}
+
+// Discoverer is an adapter that can read its PBX's directory.
+type Discoverer interface {
+	// Discover reads every user the PBX's directory holds, once.
+	Discover(ctx context.Context) ([]DiscoveredUser, error)
+}
