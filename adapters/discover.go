@@ -14,6 +14,7 @@ type DiscoveredUser struct {
 	Extension string   // what phones dial for the user
 	Name      string   // the caller id name
 	Device    string   // the user's device as the adapter names it
+	Context   string   // the dialplan context its calls start in
 	Groups    []string // the PBX's own groups the user is in
 }
 

@@ -92,7 +92,7 @@ func parseUserList(pbx string, body []byte) ([]adapters.DiscoveredUser, error) {
 			ext = id
 		}
 		u := adapters.DiscoveredUser{PBX: pbx, Domain: domain, Extension: ext,
-			Name: f[col["effective_caller_id_name"]], Device: key}
+			Name: f[col["effective_caller_id_name"]], Device: key, Context: f[col["context"]]}
 		if group != "" {
 			u.Groups = []string{group}
 		}
