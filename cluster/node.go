@@ -940,8 +940,14 @@ func (n *Node) share(userID, origin string, p *bridge.PersonState) {
 		cp := *p
 		v.Person, v.Extra = &cp, cp.Extra
 	}
+	n.publish(v)
+}
+
+// publish queues v, a write of ours, for the engine and hints it to the
+// other nodes at once.
+func (n *Node) publish(v *personValue) {
 	n.mu.Lock()
-	n.queueLocked(personKey(userID, origin), v)
+	n.queueLocked(personKey(v.User, v.Origin), v)
 	n.mu.Unlock()
 	n.kick()
 	n.hint(v)

@@ -24,14 +24,8 @@ func recordOrigin(kind string) string { return recordPrefix + kind }
 // ShareRecord queues a record of kind for the other nodes: data (nil:
 // removed), which lapses at until (zero: never).
 func (n *Node) ShareRecord(kind, id string, data []byte, until time.Time) {
-	origin := recordOrigin(kind)
-	v := &personValue{Node: n.cfg.Node, User: id, Origin: origin, Cleared: data == nil,
-		Record: bytes.Clone(data), Until: until, Seq: n.writeSeq.Add(1)}
-	n.mu.Lock()
-	n.queueLocked(personKey(id, origin), v)
-	n.mu.Unlock()
-	n.kick()
-	n.hint(v)
+	n.publish(&personValue{Node: n.cfg.Node, User: id, Origin: recordOrigin(kind), Cleared: data == nil,
+		Record: bytes.Clone(data), Until: until, Seq: n.writeSeq.Add(1)})
 }
 
 // FollowRecords has apply called with every record of kind that another
