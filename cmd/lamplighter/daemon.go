@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -141,14 +140,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 			// taking over trusts it as the one the phone registered
 			// through did.
 			node := d.node
-			px.ShareFlows(func(r proxy.FlowRecord) {
-				if r.Expires.IsZero() {
-					node.ShareRecord(proxy.FlowKind, r.ID(), nil, time.Time{})
-					return
-				}
-				if data, err := json.Marshal(r); err == nil {
-					node.ShareRecord(proxy.FlowKind, r.ID(), data, r.Expires)
-				}
+			px.ShareFlows(func(id string, data []byte, until time.Time) {
+				node.ShareRecord(proxy.FlowKind, id, data, until)
 			})
 			node.FollowRecords(proxy.FlowKind, px.ApplyFlow)
 		}

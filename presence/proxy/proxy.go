@@ -183,13 +183,13 @@ type Proxy struct {
 	inUse    atomic.Int64             // forwarded transactions in flight
 	started  chan struct{}
 
-	invites    sync.Map                  // inviteKey of an INVITE being forwarded → *inviteState
-	inviteTxs  sync.Map                  // our Via's branch of a forwarded INVITE → *inviteTx
-	refusedLog atomic.Int64              // when a PBX's challenge of a dedicated call was last logged (Unix s)
-	forgedLog  atomic.Int64              // when a token from a stranger was last logged (Unix s)
-	forgot     []atomic.Bool             // per target: it was seen to forget a Path (logged once)
-	served     map[presence.Package]bool // the event packages Lamplighter answers
-	share      func(FlowRecord)          // set before Run (ShareFlows)
+	invites    sync.Map                                      // inviteKey of an INVITE being forwarded → *inviteState
+	inviteTxs  sync.Map                                      // our Via's branch of a forwarded INVITE → *inviteTx
+	refusedLog atomic.Int64                                  // when a PBX's challenge of a dedicated call was last logged (Unix s)
+	forgedLog  atomic.Int64                                  // when a token from a stranger was last logged (Unix s)
+	forgot     []atomic.Bool                                 // per target: it was seen to forget a Path (logged once)
+	served     map[presence.Package]bool                     // the event packages Lamplighter answers
+	share      func(id string, data []byte, until time.Time) // set before Run (ShareFlows)
 
 	// Set by Run, from the presence server.
 	ctx      context.Context

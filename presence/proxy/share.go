@@ -20,14 +20,23 @@ import (
 const FlowKind = "proxy-flow"
 
 // ShareFlows has share called with each registration this node accepts
-// through the proxy, and with its removal (a zero Expires). Call it
-// before Run.
-func (p *Proxy) ShareFlows(share func(FlowRecord)) { p.share = share }
+// through the proxy: the flow's id, the record in JSON (nil: the
+// registration was removed) and when it lapses; ApplyFlow takes the same
+// on another node. Call it before Run.
+func (p *Proxy) ShareFlows(share func(id string, data []byte, until time.Time)) { p.share = share }
 
 // shareBinding hands b (removed: its expiry zero) to ShareFlows.
 func (p *Proxy) shareBinding(b binding) {
-	if p.share != nil {
-		p.share(p.record(b))
+	if p.share == nil {
+		return
+	}
+	r := p.record(b)
+	if r.Expires.IsZero() {
+		p.share(r.ID(), nil, time.Time{})
+		return
+	}
+	if data, err := json.Marshal(r); err == nil {
+		p.share(r.ID(), data, r.Expires)
 	}
 }
 
