@@ -490,8 +490,7 @@ func (s *Server) notifyTxDone(tx *notifyTx, res notifytx.Outcome, failure string
 func (s *Server) notifyDone(sub *Subscription, res notifytx.Outcome, failure string, err error) {
 	sub.mu.Lock()
 	sub.inflight = false
-	retry, dropped := false, false
-	drop := func() { markDropped(sub); dropped = true }
+	retry, wasRemoved := false, sub.removed
 	switch {
 	case res.Code >= 200 && res.Code < 300:
 		sub.failures = 0
@@ -503,14 +502,14 @@ func (s *Server) notifyDone(sub *Subscription, res notifytx.Outcome, failure str
 		s.opt.Metrics.NotifyFailed("481")
 		if !sub.done {
 			s.log.Debug("subscriber forgot the subscription (481)", "user", sub.UserID, "source", sub.Source)
-			drop()
+			markDropped(sub)
 		}
 	case res.Code != 0 && res.Code != 408 && res.Code < 500:
 		s.opt.Metrics.NotifyFailed("rejected")
 		if !sub.done {
 			s.log.Info("subscriber refused a NOTIFY: ending the subscription", "user", sub.UserID,
 				"source", sub.Source, "status", res.Code)
-			drop()
+			markDropped(sub)
 		}
 	default:
 		if failure == "" {
@@ -524,7 +523,7 @@ func (s *Server) notifyDone(sub *Subscription, res notifytx.Outcome, failure str
 		if int(sub.failures) >= s.opt.NotifyRetries {
 			s.log.Warn("subscriber does not answer NOTIFYs: ending the subscription", "user", sub.UserID,
 				"source", sub.Source, "failures", sub.failures, "err", errString(err, res))
-			drop()
+			markDropped(sub)
 			break
 		}
 		s.log.Debug("NOTIFY failed, will retry", "user", sub.UserID, "source", sub.Source,
@@ -536,6 +535,7 @@ func (s *Server) notifyDone(sub *Subscription, res notifytx.Outcome, failure str
 		sub.queued = true
 	}
 	backoff := time.Duration(1<<min(sub.failures, 6)) * time.Second
+	dropped := !wasRemoved && sub.removed // here
 	sub.mu.Unlock()
 	if dropped {
 		s.unlist(sub, "timeout")
