@@ -17,7 +17,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -219,22 +218,7 @@ func (l *vipLab) run(t *testing.T, name string, args ...string) {
 // started) when the test ends.
 func (l *vipLab) startIn(t *testing.T, ns, what, name string, args ...string) *process {
 	t.Helper()
-	p := &process{t: t, out: &syncBuffer{}, end: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.end) }()
-	t.Cleanup(func() {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.end
-		if t.Failed() {
-			t.Logf("%s:\n%s", what, p.out.String())
-		}
-	})
-	return p
+	return launch(t, what, exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...))
 }
 
 // inNetns runs f on a thread in namespace ns: sockets f makes stay in ns.

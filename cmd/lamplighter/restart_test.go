@@ -38,21 +38,30 @@ func buildBinary(t *testing.T) string {
 
 func start(t *testing.T, bin, config string) *process {
 	t.Helper()
-	p := &process{t: t, out: &syncBuffer{}, end: make(chan struct{})}
-	p.cmd = exec.Command(bin, "-config", config)
+	p := launch(t, "lamplighter output", exec.Command(bin, "-config", config))
+	waitFor(t, p.out, "lamplighter running", 20*time.Second)
+	return p
+}
+
+// launch starts cmd in a process group of its own, killed (with all it
+// started) when the test ends; its output is logged, as what, if the
+// test failed.
+func launch(t *testing.T, what string, cmd *exec.Cmd) *process {
+	t.Helper()
+	p := &process{t: t, cmd: cmd, out: &syncBuffer{}, end: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.end) }()
 	t.Cleanup(func() {
-		p.cmd.Process.Kill()
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.end
 		if t.Failed() {
-			t.Logf("lamplighter output:\n%s", p.out.String())
+			t.Logf("%s:\n%s", what, p.out.String())
 		}
 	})
-	waitFor(t, p.out, "lamplighter running", 20*time.Second)
 	return p
 }
 
