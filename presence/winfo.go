@@ -181,10 +181,7 @@ func (w *winfoState) began(sub *Subscription, held, quiet bool) {
 			w.live.Add(1)
 		}
 		if !quiet {
-			lists := s.watcherLists(s.subs.watchers(sub.UserID, nil), nil)
-			sub.mu.Lock()
-			showWatchers(sub, lists)
-			sub.mu.Unlock()
+			w.relist(sub)
 		}
 		return
 	}
@@ -198,12 +195,18 @@ func (w *winfoState) began(sub *Subscription, held, quiet bool) {
 func (w *winfoState) settled(subs []*Subscription) {
 	for _, sub := range subs {
 		if _, ww := sub.pkg.(watchesWatchers); ww {
-			lists := w.s.watcherLists(w.s.subs.watchers(sub.UserID, nil), nil)
-			sub.mu.Lock()
-			showWatchers(sub, lists)
-			sub.mu.Unlock()
+			w.relist(sub)
 		}
 	}
+}
+
+// relist gives a watcher-info subscription the lists of its user's
+// watchers as they are now.
+func (w *winfoState) relist(sub *Subscription) {
+	lists := w.s.watcherLists(w.s.subs.watchers(sub.UserID, nil), nil)
+	sub.mu.Lock()
+	showWatchers(sub, lists)
+	sub.mu.Unlock()
 }
 
 // membersChanged implements lifecycle: the members a list watches now
