@@ -127,6 +127,10 @@ func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*S
 	if _, here := s.subs.get(r.ID); here {
 		return nil, installHeld
 	}
+	if !r.Expires.After(now) {
+		s.journal.forget(r.ID) // lapsed: not even read
+		return nil, installRefused
+	}
 	sub, err := restoredSubscription(r, s.packages, s.strs)
 	if err != nil {
 		s.log.Warn("a stored dialog cannot be read: deleted", "id", r.ID, "err", err)
@@ -145,7 +149,7 @@ func (s *Server) install(r *SavedSubscription, now time.Time, announce bool) (*S
 	}
 	// One this node will never hold is deleted from the store: nobody
 	// else would.
-	if err != nil || !known || !r.Expires.After(now) {
+	if err != nil || !known {
 		s.journal.forget(r.ID)
 		return nil, installRefused
 	}
