@@ -9,13 +9,13 @@ import "context"
 
 // DiscoveredUser is one user a PBX's own directory names.
 type DiscoveredUser struct {
-	PBX       string   // the adapter's name (the config's)
-	Domain    string   // the PBX's domain the user belongs to (a tenant on FreeSWITCH)
-	Extension string   // what phones dial for the user
-	Name      string   // the caller id name
-	Device    string   // the user's device as the adapter names it
-	Context   string   // the dialplan context its calls start in
-	Groups    []string // the PBX's own groups the user is in
+	PBX       string   `json:"pbx"`               // the adapter's name (the config's)
+	Domain    string   `json:"domain,omitempty"`  // the PBX's domain the user belongs to (a tenant on FreeSWITCH)
+	Extension string   `json:"extension"`         // what phones dial for the user
+	Name      string   `json:"name,omitempty"`    // the caller id name
+	Device    string   `json:"device"`            // the user's device as the adapter names it
+	Context   string   `json:"context,omitempty"` // the dialplan context its calls start in
+	Groups    []string `json:"groups,omitempty"`  // the PBX's own groups the user is in
 }
 
 // Discoverer is an adapter that can read its PBX's directory.

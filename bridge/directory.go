@@ -23,6 +23,14 @@ type User struct {
 	Aliases    []string    `json:"aliases,omitempty"`
 	Devices    []DeviceRef `json:"devices,omitempty"`
 	Groups     []string    `json:"groups,omitempty"`
+	// Domain is the PBX domain the user was found in (FreeSWITCH's
+	// directory domain), empty for users only the YAML names.
+	Domain string `json:"domain,omitempty"`
+	// Configured says the YAML names the user; Discovered lists the PBXs
+	// whose own directory does (a user may be both: the YAML then adds
+	// to or overrides what the PBX says).
+	Configured bool     `json:"configured"`
+	Discovered []string `json:"discovered,omitempty"`
 }
 
 // Presentity returns the user part under which the user is normally
@@ -47,7 +55,8 @@ func (u *User) Equal(o *User) bool {
 	}
 	return u.ID == o.ID && u.Name == o.Name && slices.Equal(u.Extensions, o.Extensions) &&
 		slices.Equal(u.Aliases, o.Aliases) && slices.Equal(u.Devices, o.Devices) &&
-		slices.Equal(u.Groups, o.Groups)
+		slices.Equal(u.Groups, o.Groups) && u.Domain == o.Domain && u.Configured == o.Configured &&
+		slices.Equal(u.Discovered, o.Discovered)
 }
 
 // Directory maps users to their extensions, aliases and devices. It is
@@ -101,6 +110,7 @@ func NewDirectory(users []User, lists ...List) (*Directory, error) {
 		u.Aliases = slices.Clone(u.Aliases)
 		u.Devices = slices.Clone(u.Devices)
 		u.Groups = slices.Clone(u.Groups)
+		u.Discovered = slices.Clone(u.Discovered)
 		if u.ID == "" {
 			errs = append(errs, fmt.Sprintf("user %d has no id", i+1))
 			continue

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +42,21 @@ type Config struct {
 	OutageRate float64 `yaml:"outages_per_hour"`
 	// Seed makes the run repeatable; 0 picks one at random.
 	Seed uint64 `yaml:"seed"`
+	// Directory is the simulated PBX's own list of extensions, as a real
+	// PBX's endpoints or directory users: a phone (device SIM/<extension>)
+	// each, which the PBX's `discover` reads.
+	Directory []Extension `yaml:"directory"`
 }
+
+// Extension is one entry of the simulated PBX's directory.
+type Extension struct {
+	Extension string   `yaml:"extension"`
+	Name      string   `yaml:"name"`
+	Groups    []string `yaml:"groups"`
+}
+
+// Device is the device of a directory entry.
+func (e Extension) Device() string { return "SIM/" + e.Extension }
 
 // Defaults fills unset fields with lively demo values.
 func (c *Config) Defaults() {
@@ -83,6 +99,16 @@ func (c *Config) Validate() []adapters.ConfigError {
 	}
 	if c.OutageRate < 0 {
 		errs = append(errs, adapters.ConfigError{Key: "outages_per_hour", Msg: "must not be negative"})
+	}
+	seen := map[string]bool{}
+	for _, e := range c.Directory {
+		switch {
+		case e.Extension == "" || strings.ContainsAny(e.Extension, " @:;<>\"?"):
+			errs = append(errs, adapters.ConfigError{Key: "directory", Msg: fmt.Sprintf("bad extension %q", e.Extension)})
+		case seen[e.Extension]:
+			errs = append(errs, adapters.ConfigError{Key: "directory", Msg: fmt.Sprintf("extension %q listed twice", e.Extension)})
+		}
+		seen[e.Extension] = true
 	}
 	return errs
 }
@@ -321,12 +347,31 @@ type Adapter struct {
 	events atomic.Uint64
 }
 
-// New returns the demo PBX adapter for the given phones.
+// New returns the demo PBX adapter for the given phones and those of its
+// own directory (cfg.Directory).
 func New(conn adapters.Connection, cfg Config, phones []Phone, log *slog.Logger) *Adapter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	phones = slices.Clone(phones)
+	for _, e := range cfg.Directory {
+		if !slices.ContainsFunc(phones, func(p Phone) bool { return p.Device == e.Device() }) {
+			phones = append(phones, Phone{Device: e.Device(), Extension: e.Extension, Name: e.Name})
+		}
+	}
 	return &Adapter{name: conn.Name, cfg: cfg, phones: phones, log: log.With("pbx", conn.Name, "kind", "sim")}
+}
+
+var _ adapters.Discoverer = (*Adapter)(nil)
+
+// Discover implements adapters.Discoverer: the simulated PBX's directory.
+func (a *Adapter) Discover(context.Context) ([]adapters.DiscoveredUser, error) {
+	out := make([]adapters.DiscoveredUser, 0, len(a.cfg.Directory))
+	for _, e := range a.cfg.Directory {
+		out = append(out, adapters.DiscoveredUser{PBX: a.name, Extension: e.Extension, Name: e.Name,
+			Device: e.Device(), Groups: slices.Clone(e.Groups)})
+	}
+	return out, nil
 }
 
 // Name implements adapters.Adapter.

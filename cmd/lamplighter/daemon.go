@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/memtrim"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/switchboard"
@@ -45,14 +47,16 @@ type daemon struct {
 	api      *api.API
 	board    *switchboard.Switchboard
 	db       *durable.DB
-	node     *cluster.Node // nil when running alone
-	demo     bool          // only simulated PBXs: lamp changes are logged at info level
+	node     *cluster.Node     // nil when running alone
+	demo     bool              // only simulated PBXs: lamp changes are logged at info level
+	found    *discovery.Keeper // what the PBXs' own directories hold
 
-	cfgMu  sync.Mutex // held through a reload
-	cfg    *config.Config
-	liveMu sync.RWMutex                         // guards single and logins, which reloads replace
-	single func(userAgent, watcher string) bool // follows reloads
-	logins map[string]presence.Credential       // by SIP username and user id; follows reloads
+	cfgMu     sync.Mutex // held through a reload
+	cfg       *config.Config
+	liveMu    sync.RWMutex                         // guards single, logins and conflicts, which reloads replace
+	single    func(userAgent, watcher string) bool // follows reloads
+	logins    map[string]presence.Credential       // by SIP username and user id; follows reloads
+	conflicts []discovery.LeftOut                  // discovered users left out of the directory
 }
 
 // restoreWait bounds how long restored subscriptions wait for the PBXs to
@@ -60,12 +64,16 @@ type daemon struct {
 const restoreWait = 3 * time.Second
 
 func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *daemon, err error) {
-	dir, err := cfg.Directory()
+	// The directory starts as the PBXs' directories were last read, so
+	// that restored subscriptions find their users before the PBXs answer.
+	found := discovery.Open(cfg.StateDir, log.With("component", "discovery"))
+	dir, conflicts, err := cfg.Directory(found.Found())
 	if err != nil {
 		return nil, err
 	}
 	d = &daemon{cfg: cfg, log: log, level: level, bridge: bridge.New(dir), demo: onlySim(cfg),
-		single: singleDialogPolicy(cfg)}
+		single: singleDialogPolicy(cfg), found: found}
+	d.noteConflicts(conflicts)
 	opt, err := presenceOptions(cfg)
 	if err != nil {
 		return nil, err
@@ -156,7 +164,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		return nil, err
 	}
 	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Registrations: d.proxiedRegistrations(), Store: d.db, Reload: d.reload,
-		CheckUser: d.checkLogin, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
+		CheckUser: d.checkLogin, Discovery: d.discovery, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return nil, fmt.Errorf("http token: %w", err)
@@ -226,6 +234,32 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 		return d.sipPBXs[p.Name], nil
 	}
 	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
+}
+
+// discovery is what the PBXs' directories gave, for the API.
+func (d *daemon) discovery() api.Discovery {
+	d.liveMu.RLock()
+	left := slices.Clone(d.conflicts)
+	d.liveMu.RUnlock()
+	return api.Discovery{PBXs: d.found.Status(), LeftOut: left}
+}
+
+// discoverySources are the PBXs whose own directories are read.
+func (d *daemon) discoverySources() []discovery.Source {
+	var out []discovery.Source
+	for i, a := range d.adapters {
+		pb := &d.cfg.PBX[i]
+		disc, ok := a.(adapters.Discoverer)
+		if pb.Discovering() == nil || !ok {
+			continue
+		}
+		every := pb.Discovering().Interval
+		if every == 0 {
+			every = config.DefaultDiscoverInterval
+		}
+		out = append(out, discovery.Source{Name: a.Name(), Discoverer: disc, Status: a.Status, Interval: every})
+	}
+	return out
 }
 
 // nodeApp is the ARI application name a node of a cluster registers:
@@ -332,6 +366,11 @@ func (d *daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.found.Run(ctx, d.discoverySources(), d.rediscovered)
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

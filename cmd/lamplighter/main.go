@@ -5,6 +5,7 @@
 //
 //	lamplighter -config /etc/lamplighter/config.yaml   run
 //	lamplighter -check-config FILE                     check a file, print ok or FILE:LINE: problems
+//	lamplighter -check-config FILE -discover           ... and print the directory the PBXs and the YAML make
 //	lamplighter -demo                                  run on the demo PBX (also with no -config)
 package main
 
@@ -52,8 +53,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "configuration `file` (without it, or with -demo, Lamplighter runs on its demo PBX)")
 	check := fs.String("check-config", "", "check the configuration `file`, print ok or every problem as FILE:LINE: what, and exit")
 	demo := fs.Bool("demo", false, "run on the built-in demo PBX with a built-in directory")
+	discover := fs.Bool("discover", false, "with -check-config: also read the directory of each PBX with discover on, and print the users it and the YAML make, from where, and what is left out")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: lamplighter [-config FILE | -demo | -check-config FILE]\n\n")
+		fmt.Fprintf(stderr, "Usage: lamplighter [-config FILE | -demo | -check-config FILE [-discover]]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -66,12 +68,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lamplighter: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	if *discover && *check == "" {
+		fmt.Fprintln(stderr, "lamplighter: -discover goes with -check-config FILE")
+		return 2
+	}
 	if *check != "" {
-		if _, err := config.Load(*check); err != nil {
+		cfg, err := config.Load(*check)
+		if err != nil {
 			fmt.Fprintln(stdout, err)
 			return 1
 		}
 		fmt.Fprintln(stdout, "ok")
+		if *discover {
+			return checkDiscovery(ctx, cfg, stdout)
+		}
 		return 0
 	}
 	var cfg *config.Config

@@ -12,6 +12,7 @@ import (
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
 )
 
 // hangups returns a channel of SIGHUPs and a function to stop them.
@@ -69,7 +70,7 @@ func (d *daemon) reload() (api.ReloadResult, error) {
 // applyConfig puts a checked config in force; on error nothing has
 // changed.
 func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
-	dir, err := cfg.Directory()
+	dir, conflicts, err := cfg.Directory(d.found.Found())
 	if err != nil {
 		return err
 	}
@@ -82,26 +83,9 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 		return err
 	}
 	// Everything that can fail has been done: from here on, apply.
-	oldDir := d.bridge.Directory()
 	res.Users = dir.Len()
-	for _, u := range dir.Users() {
-		prev, ok := oldDir.User(u.ID)
-		switch {
-		case !ok:
-			res.Added = append(res.Added, u.ID)
-		case !prev.Equal(u):
-			res.Changed = append(res.Changed, u.ID)
-		}
-	}
-	for _, u := range oldDir.Users() {
-		if _, ok := dir.User(u.ID); !ok {
-			res.Removed = append(res.Removed, u.ID)
-		}
-	}
+	res.Added, res.Removed, res.Changed = d.installDirectory(dir, conflicts)
 	res.NeedRestart = needRestart(d.cfg, cfg)
-	resync := pbxsWithNewDevices(oldDir, dir)
-	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
-	d.sip.DirectoryChanged()   // list subscriptions follow their lists
 	// After the directory: a watcher let in by its registered flow (proxy
 	// mode) holds while it is a user.
 	d.sip.SetCredentials(creds)
@@ -112,12 +96,70 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.api.SetToken(token)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
+	d.found.Refresh() // and the PBXs' directories are read again
+	return nil
+}
+
+// installDirectory puts a directory in force and says which users it
+// added, removed and changed: removed users' subscriptions end, list
+// subscriptions follow their lists, and PBXs on which a user has a new
+// device read their state again. The caller holds cfgMu.
+func (d *daemon) installDirectory(dir *bridge.Directory, conflicts []discovery.LeftOut) (added, removed, changed []string) {
+	oldDir := d.bridge.Directory()
+	for _, u := range dir.Users() {
+		prev, ok := oldDir.User(u.ID)
+		switch {
+		case !ok:
+			added = append(added, u.ID)
+		case !prev.Equal(u):
+			changed = append(changed, u.ID)
+		}
+	}
+	for _, u := range oldDir.Users() {
+		if _, ok := dir.User(u.ID); !ok {
+			removed = append(removed, u.ID)
+		}
+	}
+	d.noteConflicts(conflicts)
+	resync := pbxsWithNewDevices(oldDir, dir)
+	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
+	d.sip.DirectoryChanged()   // list subscriptions follow their lists
 	for _, a := range d.adapters {
 		if r, ok := a.(interface{ Resync() }); ok && resync[a.Name()] {
 			r.Resync()
 		}
 	}
-	return nil
+	return added, removed, changed
+}
+
+// noteConflicts keeps the discovered users left out of the directory for
+// the API, and logs those that are new.
+func (d *daemon) noteConflicts(conflicts []discovery.LeftOut) {
+	d.liveMu.Lock()
+	old := d.conflicts
+	d.conflicts = conflicts
+	d.liveMu.Unlock()
+	for _, c := range conflicts {
+		if !slices.Contains(old, c) {
+			d.log.Warn("a discovered user is left out", "pbx", c.PBX, "extension", c.Extension, "device", c.Device, "why", c.Reason)
+		}
+	}
+}
+
+// rediscovered builds the directory again from the config in force and
+// what the PBXs' directories now hold.
+func (d *daemon) rediscovered() {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	dir, conflicts, err := d.cfg.Directory(d.found.Found())
+	if err != nil {
+		d.log.Error("the PBXs' directories do not fit the config: the directory is unchanged", "err", err)
+		return
+	}
+	added, removed, changed := d.installDirectory(dir, conflicts)
+	if added != nil || removed != nil || changed != nil {
+		d.log.Info("directory changed by the PBX", "users", dir.Len(), "added", added, "removed", removed, "changed", changed)
+	}
 }
 
 // pbxsWithNewDevices names the PBXs on which some user has a device the

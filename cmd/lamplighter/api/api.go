@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
@@ -73,6 +74,9 @@ type Options struct {
 	// password from the config) and returns the user id; nil: only the
 	// token is accepted.
 	CheckUser func(username, password string) (userID string, ok bool)
+	// Discovery tells what the PBXs' own directories gave (nil: the
+	// endpoint says no PBX is discovered).
+	Discovery func() Discovery
 	// AuthFailed counts a request with wrong credentials (nil: not
 	// counted); each is also logged with its source, for fail2ban.
 	AuthFailed func()
@@ -120,6 +124,28 @@ func (a *API) Handle(mux interface {
 	mux.Handle("PUT /api/v1/users/{id}/presence", a.authorised(a.putPresence, forUsers))
 	mux.Handle("DELETE /api/v1/users/{id}/presence", a.authorised(a.deletePresence, forUsers))
 	mux.Handle("POST /api/v1/reload", a.authorised(a.reload, adminOnly))
+	mux.Handle("GET /api/v1/discovery", a.authorised(a.discovery, adminOnly))
+}
+
+// Discovery is what the PBXs' own directories gave: each PBX's reads, and
+// what was found but left out of the directory, and why.
+type Discovery struct {
+	PBXs    []discovery.Status  `json:"pbxs"`
+	LeftOut []discovery.LeftOut `json:"left_out"`
+}
+
+func (a *API) discovery(w http.ResponseWriter, r *http.Request) {
+	out := Discovery{}
+	if a.opt.Discovery != nil {
+		out = a.opt.Discovery()
+	}
+	if out.PBXs == nil {
+		out.PBXs = []discovery.Status{}
+	}
+	if out.LeftOut == nil {
+		out.LeftOut = []discovery.LeftOut{}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // Caller is who made a request: the holder of the token (Admin) or one
@@ -207,6 +233,11 @@ type User struct {
 	Name       string   `json:"name"`
 	Extensions []string `json:"extensions,omitempty"`
 	Groups     []string `json:"groups,omitempty"`
+	// Domain is the PBX domain the user was found in; Configured says the
+	// YAML names the user, Discovered which PBXs' directories do.
+	Domain     string   `json:"domain,omitempty"`
+	Configured bool     `json:"configured"`
+	Discovered []string `json:"discovered,omitempty"`
 	// State is the lamp: idle, dialing, ringing, busy, held, dnd, offline.
 	State       string        `json:"state"`
 	DeviceState string        `json:"device_state"`
@@ -250,6 +281,7 @@ func (a *API) View(st *bridge.State) User {
 func (a *API) view(st *bridge.State, regs map[string][]proxy.Registration) User {
 	u := User{
 		ID: st.User.ID, Name: st.User.Name, Extensions: st.User.Extensions, Groups: st.User.Groups,
+		Domain: st.User.Domain, Configured: st.User.Configured, Discovered: st.User.Discovered,
 		State: st.Phone.String(), DeviceState: st.Device.String(), Open: st.Open(),
 		Person: personView(st.Person), Calls: st.Calls, Devices: []Device{},
 		Watchers: a.opt.Watchers(st.User.ID),

@@ -23,7 +23,6 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/ari"
 	"github.com/lamplighter/lamplighter/adapters/esl"
 	"github.com/lamplighter/lamplighter/adapters/sim"
-	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/proxy"
@@ -179,6 +178,9 @@ type PBX struct {
 	ESL *esl.Config `yaml:"esl"`
 	// Sim is the section of a PBX of kind sim.
 	Sim *sim.Config `yaml:"sim"`
+	// Discover, when present and not false, reads the PBX's own directory
+	// for users (discover.go).
+	Discover *Discover `yaml:"discover"`
 	// Proxy, when present, puts the PBX in proxy mode: its users' phones
 	// use Lamplighter as outbound proxy, and every request but presence
 	// goes on to the PBX (presence/proxy/README.md).
@@ -510,26 +512,6 @@ func (c *Config) defaults() {
 			c.PBX[i].ESL = &esl.Config{}
 		}
 	}
-}
-
-// Directory builds the bridge directory from the users.
-func (c *Config) Directory() (*bridge.Directory, error) {
-	users := make([]bridge.User, 0, len(c.Users))
-	for _, u := range c.Users {
-		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups}
-		if bu.Name == "" {
-			bu.Name = u.ID
-		}
-		for _, d := range u.Devices {
-			bu.Devices = append(bu.Devices, bridge.DeviceRef{Source: d.PBX, Device: d.Device})
-		}
-		users = append(users, bu)
-	}
-	lists := make([]bridge.List, 0, len(c.Lists))
-	for _, l := range c.Lists {
-		lists = append(lists, bridge.List{Name: l.Name, Display: l.Display, Members: l.Members, Group: l.Group})
-	}
-	return bridge.NewDirectory(users, lists...)
 }
 
 // PBXPassword returns a PBX connection's password from wherever the

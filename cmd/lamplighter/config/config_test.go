@@ -40,7 +40,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if len(cfg.PBX) != 2 || cfg.PBX[0].Kind != KindARI || cfg.PBX[1].Kind != KindESL {
 		t.Errorf("pbx: %+v", cfg.PBX)
 	}
-	dir, err := cfg.Directory()
+	dir, _, err := cfg.Directory(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,6 +108,7 @@ func (v *validator) checkLists(c *Config) {
 			groups[g] = true
 		}
 	}
+	discovering := c.discovering()
 	seen := map[string]int{}
 	for i, l := range c.Lists {
 		path := p("lists", i)
@@ -126,7 +127,7 @@ func (v *validator) checkLists(c *Config) {
 		if len(l.Members) == 0 && l.Group == "" {
 			v.at(path, "list %q needs members or a group", l.Name)
 		}
-		if l.Group != "" && !groups[l.Group] {
+		if l.Group != "" && !groups[l.Group] && !discovering {
 			v.at(append(path, "group"), "no user is in group %q", l.Group)
 		}
 		members := map[string]int{}
@@ -134,6 +135,9 @@ func (v *validator) checkLists(c *Config) {
 			id := m
 			if !ids[m] {
 				id = names[strings.ToLower(m)]
+			}
+			if id == "" && discovering {
+				continue // maybe the PBX's: checked as the directory is built
 			}
 			if id == "" {
 				v.at(append(path, "members", j), "no user has id, extension or alias %q", m)
@@ -321,6 +325,7 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 			}
 		}
 		v.checkSecret(path, "password", pb.PasswordFile, pb.PasswordEnv)
+		v.checkDiscover(path, pb)
 		if pb.Proxy != nil {
 			v.checkProxy(append(path, "proxy"), pb.Proxy)
 			if pb.Kind == KindSIP && pb.Proxy.Phones == PhonesDedicated {

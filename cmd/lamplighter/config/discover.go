@@ -1,0 +1,282 @@
+package config
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
+)
+
+// Discover is a PBX's `discover:` section: read the PBX's own directory
+// (its extensions, names and devices) so that the YAML needs an entry only
+// for what it adds. `discover: true` takes every default.
+type Discover struct {
+	// Interval is how often the directory is read again, besides at every
+	// (re)connect and reload (default 5m).
+	Interval time.Duration `yaml:"interval"`
+	// Contexts, when set, keeps only users whose calls start in one of
+	// these dialplan contexts (FreePBX's phones: from-internal), which
+	// leaves trunks out.
+	Contexts []string `yaml:"contexts"`
+	// Exclude are extensions (or patterns: "9*") never made users.
+	Exclude []string `yaml:"exclude"`
+}
+
+// Discovery defaults and bounds.
+const (
+	DefaultDiscoverInterval = 5 * time.Minute
+	MinDiscoverInterval     = 10 * time.Second
+)
+
+// discoverKeys are the section's keys, checked by hand: a section that
+// may also be a bare boolean decodes itself.
+var discoverKeys = []string{"interval", "contexts", "exclude"}
+
+// UnmarshalYAML takes `true`, `false` (the section is left out) or the
+// section itself, whose unknown keys are errors as everywhere else.
+func (d *Discover) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!bool" {
+		var on bool
+		if err := n.Decode(&on); err != nil {
+			return err
+		}
+		if !on {
+			d.Interval = -1 // decoded as "off": see PBX.discovering
+		}
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: discover is true, false or a section (interval, contexts, exclude)", n.Line)}}
+	}
+	var errs []string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(discoverKeys, k.Value) {
+			errs = append(errs, fmt.Sprintf("line %d: unknown key %q in the discover section", k.Line, k.Value))
+		}
+	}
+	type plain Discover
+	if err := n.Decode((*plain)(d)); err != nil {
+		if te, ok := err.(*yaml.TypeError); ok {
+			errs = append(errs, te.Errors...)
+		} else {
+			return err
+		}
+	}
+	if len(errs) > 0 {
+		return &yaml.TypeError{Errors: errs}
+	}
+	return nil
+}
+
+// Discovering returns the PBX's discover section, or nil when it does not
+// read its PBX's directory.
+func (pb *PBX) Discovering() *Discover {
+	if pb.Discover == nil || pb.Discover.Interval < 0 {
+		return nil
+	}
+	return pb.Discover
+}
+
+// checkDiscover checks a PBX's discover section.
+func (v *validator) checkDiscover(entry []any, pb *PBX) {
+	d := pb.Discovering()
+	if d == nil {
+		return
+	}
+	at := append(entry, "discover")
+	switch pb.Kind {
+	case KindARI, KindESL, KindSim:
+	default:
+		v.at(at, "a pbx of kind %q has no directory to discover: only ari, esl and sim do", pb.Kind)
+	}
+	if d.Interval != 0 && d.Interval < MinDiscoverInterval {
+		v.at(append(at, "interval"), "interval %s is shorter than %s", d.Interval, MinDiscoverInterval)
+	}
+	for i, pat := range d.Exclude {
+		if _, err := path.Match(pat, ""); err != nil || pat == "" {
+			v.at(append(at, "exclude", i), "bad extension pattern %q", pat)
+		}
+	}
+}
+
+// excluded reports whether a discovered user is left out by its PBX's
+// section.
+func (d *Discover) excluded(u adapters.DiscoveredUser) bool {
+	if len(d.Contexts) > 0 && !slices.Contains(d.Contexts, u.Context) {
+		return true
+	}
+	for _, pat := range d.Exclude {
+		if ok, _ := path.Match(pat, u.Extension); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Directory builds the bridge directory: the YAML's users, merged with the
+// users the PBXs' directories hold (found, which may be nil). The YAML
+// wins: a discovered user whose device or extension a YAML user has is
+// that user (the device is added to it, and its name used when the YAML
+// gives none); the rest become users of their own, with the extension as
+// id. Two discovered users of one PBX with one number are one person with
+// two devices (FreePBX's user and device mode); the same number found on
+// two PBXs is one person only where the YAML says so, else the second is
+// left out and reported. List members no one has any more are left out
+// of their list (and reported) when some PBX is discovered: the PBX may
+// have removed them.
+func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discovery.LeftOut, error) {
+	users := make([]bridge.User, 0, len(c.Users))
+	byDevice := map[bridge.DeviceRef]int{}
+	byName := map[string]int{} // extension, alias (lower case) → index in users
+	ids := map[string]bool{}
+	for _, u := range c.Users {
+		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups, Configured: true}
+		for _, d := range u.Devices {
+			ref := bridge.DeviceRef{Source: d.PBX, Device: d.Device}
+			bu.Devices = append(bu.Devices, ref)
+			byDevice[ref] = len(users)
+		}
+		for _, n := range append(slices.Clone(u.Extensions), u.Aliases...) {
+			byName[strings.ToLower(n)] = len(users)
+		}
+		ids[u.ID] = true
+		users = append(users, bu)
+	}
+	var conflicts []discovery.LeftOut
+	// A discovered-only user's index → where it was found: the PBX and
+	// its domain.
+	firstFrom := map[int]string{}
+	for i := range c.PBX {
+		pb := &c.PBX[i]
+		d := pb.Discovering()
+		if d == nil {
+			continue
+		}
+		for _, du := range found[pb.Name] {
+			if du.Extension == "" || d.excluded(du) {
+				continue
+			}
+			ref := bridge.DeviceRef{Source: pb.Name, Device: du.Device}
+			key := strings.ToLower(du.Extension)
+			where := foundWhere(pb.Name, du.Domain)
+			at, ok := byDevice[ref]
+			if !ok {
+				at, ok = byName[key]
+				if ok && !users[at].Configured && firstFrom[at] != where {
+					conflicts = append(conflicts, discovery.LeftOut{PBX: pb.Name, Extension: du.Extension, Device: du.Device,
+						Reason: fmt.Sprintf("%s already has extension %s (user %q): two people with one number; a YAML user with both devices makes them one, discover.exclude leaves one out",
+							firstFrom[at], du.Extension, users[at].ID)})
+					continue
+				}
+			}
+			if ok {
+				u := &users[at]
+				if _, has := byDevice[ref]; !has {
+					u.Devices = append(slices.Clip(u.Devices), ref)
+					byDevice[ref] = at
+				}
+				if u.Name == "" {
+					u.Name = du.Name
+				}
+				if len(u.Extensions) == 0 && len(u.Aliases) == 0 {
+					u.Extensions = []string{du.Extension}
+					byName[key] = at
+				}
+				if u.Domain == "" {
+					u.Domain = du.Domain
+				}
+				if !slices.Contains(u.Discovered, pb.Name) {
+					u.Discovered = append(slices.Clip(u.Discovered), pb.Name)
+				}
+				continue
+			}
+			id := du.Extension
+			if ids[id] {
+				id = pb.Name + "-" + du.Extension
+			}
+			if ids[id] {
+				conflicts = append(conflicts, discovery.LeftOut{PBX: pb.Name, Extension: du.Extension, Device: du.Device,
+					Reason: fmt.Sprintf("user ids %q and %q are both taken", du.Extension, id)})
+				continue
+			}
+			ids[id] = true
+			byDevice[ref] = len(users)
+			byName[key] = len(users)
+			firstFrom[len(users)] = where
+			users = append(users, bridge.User{ID: id, Name: du.Name, Extensions: []string{du.Extension},
+				Devices: []bridge.DeviceRef{ref}, Groups: slices.Clone(du.Groups), Domain: du.Domain, Discovered: []string{pb.Name}})
+		}
+	}
+	for i := range users {
+		if users[i].Name == "" {
+			users[i].Name = users[i].ID
+		}
+	}
+	lists := make([]bridge.List, 0, len(c.Lists))
+	discovering := c.discovering()
+	for _, l := range c.Lists {
+		bl := bridge.List{Name: l.Name, Display: l.Display, Members: l.Members, Group: l.Group}
+		if discovering {
+			// A member the PBX no longer has leaves the list, not the
+			// whole directory.
+			bl.Members = nil
+			for _, m := range l.Members {
+				if ids[m] || hasName(byName, m) {
+					bl.Members = append(bl.Members, m)
+				} else {
+					conflicts = append(conflicts, discovery.LeftOut{Extension: m, Reason: fmt.Sprintf("list %q: no user has id, extension or alias %q now", l.Name, m)})
+				}
+			}
+			if l.Group != "" && !hasGroup(users, l.Group) {
+				conflicts = append(conflicts, discovery.LeftOut{Reason: fmt.Sprintf("list %q: no user is in group %q now", l.Name, l.Group)})
+				bl.Group = ""
+			}
+			if len(bl.Members) == 0 && bl.Group == "" {
+				conflicts = append(conflicts, discovery.LeftOut{Reason: fmt.Sprintf("list %q has no members now: left out", l.Name)})
+				continue
+			}
+		}
+		lists = append(lists, bl)
+	}
+	dir, err := bridge.NewDirectory(users, lists...)
+	return dir, conflicts, err
+}
+
+// foundWhere names where a discovered user was found, in conflicts.
+func foundWhere(pbx, domain string) string {
+	if domain == "" {
+		return pbx
+	}
+	return pbx + " (domain " + domain + ")"
+}
+
+func hasName(byName map[string]int, n string) bool {
+	_, ok := byName[strings.ToLower(n)]
+	return ok
+}
+
+func hasGroup(users []bridge.User, g string) bool {
+	for i := range users {
+		if slices.Contains(users[i].Groups, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// discovering reports whether any PBX reads its directory.
+func (c *Config) discovering() bool {
+	for i := range c.PBX {
+		if c.PBX[i].Discovering() != nil {
+			return true
+		}
+	}
+	return false
+}

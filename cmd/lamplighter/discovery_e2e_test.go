@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lamplighter/lamplighter/adapters/pbxtest"
+)
+
+// apiUsers is GET /api/v1/users as a test reads it.
+type apiUsers struct {
+	Users []struct {
+		ID         string   `json:"id"`
+		Name       string   `json:"name"`
+		Extensions []string `json:"extensions"`
+		Groups     []string `json:"groups"`
+		Domain     string   `json:"domain"`
+		Configured bool     `json:"configured"`
+		Discovered []string `json:"discovered"`
+		Devices    []struct {
+			PBX, Device string
+		} `json:"devices"`
+	} `json:"users"`
+}
+
+func (r *rig) users() apiUsers {
+	r.t.Helper()
+	var out apiUsers
+	if err := json.Unmarshal([]byte(r.get("/api/v1/users")), &out); err != nil {
+		r.t.Fatal(err)
+	}
+	return out
+}
+
+// userIDs lists the users' ids, sorted.
+func (u apiUsers) ids() []string {
+	var out []string
+	for _, x := range u.Users {
+		out = append(out, x.ID)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestDiscoveryOnTheRealAsterisk: with `discover` on, Lamplighter reads
+// the real Asterisk's PJSIP endpoints as its read-only ARI user (the one
+// the adapter README sets up): every endpoint is a user named by its
+// caller id, a YAML entry for one of them only adds to it, and its lamp
+// shows calls. An endpoint added to pjsip.conf while both run is a user
+// after a reload; removed, its watcher's subscription ends (noresource)
+// at the next periodic read. A restart starts from the directory last
+// read: the subscriptions to discovered users come back.
+func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
+	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101"}, noPhones: true,
+		pbx: "    discover: {interval: 10s}\n",
+		user: func(ext string) string {
+			if ext == "100" {
+				return `  - {id: reception, extensions: ["100"], aliases: [desk], groups: [front]}`
+			}
+			return ""
+		}})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	users := r.users()
+	want := []string{"101", "102", "103", "104", "105", "106", "107", "108", "109", "reception"}
+	if got := users.ids(); !slices.Equal(got, want) {
+		t.Fatalf("users %v, want %v", got, want)
+	}
+	for _, u := range users.Users {
+		switch u.ID {
+		case "reception":
+			if u.Name != "Phone 100" || !u.Configured || !slices.Equal(u.Discovered, []string{"ast"}) ||
+				!slices.Equal(u.Groups, []string{"front"}) || len(u.Devices) != 1 || u.Devices[0].Device != "PJSIP/100" {
+				t.Errorf("the YAML's user is not merged with the PBX's endpoint 100: %+v", u)
+			}
+		case "105":
+			if u.Name != "Phone 105" || u.Configured || !slices.Equal(u.Discovered, []string{"ast"}) {
+				t.Errorf("endpoint 105: %+v", u)
+			}
+		}
+	}
+
+	for _, ext := range []string{"100", "101"} {
+		r.phones[ext] = r.phone(ext)
+		r.lamps[ext] = r.watch(ext)
+		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	r.plainCall(t, "100", "101", "Phone 100")
+
+	// An endpoint added while both run: a user after a reload.
+	conf := r.ast.ConfigFile("pjsip.conf")
+	before, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := string(before) + "\n[110](phone-endpoint)\ncallerid = \"Front Desk\" <110>\n"
+	if err := os.WriteFile(conf, []byte(added), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.ast.CLI("module reload res_pjsip.so")
+	r.api("POST", "/api/v1/reload", "")
+	if !pbxtest.Wait(10*time.Second, func() bool { return slices.Contains(r.users().ids(), "110") }) {
+		t.Fatalf("endpoint 110 is no user after a reload: %v", r.users().ids())
+	}
+	w := newWatcher(t, "UDP")
+	if res := w.subscribe(r.ll, "110", "dialog", 600); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE to the endpoint added: %d", res.StatusCode)
+	}
+	w.notifyWhere("active", 5*time.Second)
+
+	// Removed again: at the next periodic read (every 10 s) its watcher's
+	// subscription ends.
+	if err := os.WriteFile(conf, before, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.ast.CLI("module reload res_pjsip.so")
+	w.notifyWhere("terminated;reason=noresource", 30*time.Second)
+	if ids := r.users().ids(); slices.Contains(ids, "110") {
+		t.Errorf("110 is still a user: %v", ids)
+	}
+	var disc struct {
+		PBXs []struct {
+			PBX   string `json:"pbx"`
+			Users int    `json:"users"`
+			Error string `json:"error"`
+		} `json:"pbxs"`
+	}
+	if err := json.Unmarshal([]byte(r.get("/api/v1/discovery")), &disc); err != nil || len(disc.PBXs) != 1 ||
+		disc.PBXs[0].PBX != "ast" || disc.PBXs[0].Users != 10 || disc.PBXs[0].Error != "" {
+		t.Errorf("GET /api/v1/discovery: %+v %v", disc, err)
+	}
+
+	// A restart: the lamps' subscriptions, one to a user only the PBX
+	// names, come back at once (the directory read last is kept).
+	r.restartLamplighter()
+	m := regexp.MustCompile(`"restored saved state".* subscriptions=(\d+) skipped=(\d+)`).FindStringSubmatch(r.out.String())
+	if m == nil || m[1] != "2" || m[2] != "0" {
+		t.Errorf("after a restart: %v\n%s", m, r.out.String())
+	}
+	r.markAll()
+	r.plainCall(t, "101", "100", "Phone 101")
+}
+
+// TestCheckConfigDiscovers: `lamplighter -check-config FILE -discover`
+// reads the real Asterisk's directory and prints the users it and the
+// YAML make, and from where.
+func TestCheckConfigDiscovers(t *testing.T) {
+	r := newAsteriskRig(t, rigOptions{exts: []string{"100"}, noPhones: true, pbx: "    discover: true\n",
+		user: func(string) string { return `  - {id: reception, extensions: ["100"], aliases: [desk]}` }})
+	check := func() (int, string) {
+		var out syncBuffer
+		code := run(context.Background(), []string{"-check-config", r.config, "-discover"}, &out, &out)
+		return code, out.String()
+	}
+	code, out := check()
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	for _, want := range []string{"ok\n", "pbx ast: 10 users in its directory", "directory: 10 users",
+		"reception  Phone 100", "ast:PJSIP/100", "yaml + ast", "109        Phone 109"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+	r.ast.Stop()
+	if code, out = check(); code != 1 || !strings.Contains(out, "pbx ast: cannot read its directory") {
+		t.Errorf("with Asterisk stopped: exit %d\n%s", code, out)
+	}
+}
+
+// TestDiscoveryOnTheRealFreeSWITCH: with `discover` on, Lamplighter reads
+// the real FreeSWITCH's directory over the event socket (list_users):
+// every user of its domain is a user of Lamplighter with its caller id
+// name and device user@domain, and the lamps show calls between them.
+func TestDiscoveryOnTheRealFreeSWITCH(t *testing.T) {
+	r := newFreeSWITCHRig(t, rigOptions{exts: []string{"1000", "1001"}, noPhones: true,
+		pbx:  "    discover: true\n",
+		user: func(string) string { return "" }})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	users := r.users()
+	if len(users.Users) != 20 {
+		t.Fatalf("%d users, want 1000-1019: %v", len(users.Users), users.ids())
+	}
+	for _, u := range users.Users {
+		if u.ID == "1005" && (u.Name != "Extension 1005" || u.Domain != pbxtest.Domain || len(u.Devices) != 1 ||
+			u.Devices[0].Device != "1005@"+pbxtest.Domain || u.Configured || !slices.Equal(u.Discovered, []string{"fs"})) {
+			t.Errorf("1005: %+v", u)
+		}
+	}
+	for _, ext := range []string{"1000", "1001"} {
+		r.phones[ext] = r.phone(ext)
+		r.lamps[ext] = r.watch(ext)
+		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	r.plainCall(t, "1000", "1001", "Extension 1000")
+}
