@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 )
@@ -26,6 +27,10 @@ type User struct {
 	// Domain is the PBX domain the user was found in (FreeSWITCH's
 	// directory domain), empty for users only the YAML names.
 	Domain string `json:"domain,omitempty"`
+	// Tenant is the SIP domain the user is addressed in when the
+	// directory has tenants (sip:ext@Tenant); "" is the default domain.
+	// Extensions and aliases are unique within a tenant only.
+	Tenant string `json:"tenant,omitempty"`
 	// Configured says the YAML names the user; Discovered lists the PBXs
 	// whose own directory does (a user may be both: the YAML then adds
 	// to or overrides what the PBX says).
@@ -55,7 +60,7 @@ func (u *User) Equal(o *User) bool {
 	}
 	return u.ID == o.ID && u.Name == o.Name && slices.Equal(u.Extensions, o.Extensions) &&
 		slices.Equal(u.Aliases, o.Aliases) && slices.Equal(u.Devices, o.Devices) &&
-		slices.Equal(u.Groups, o.Groups) && u.Domain == o.Domain && u.Configured == o.Configured &&
+		slices.Equal(u.Groups, o.Groups) && u.Domain == o.Domain && u.Tenant == o.Tenant && u.Configured == o.Configured &&
 		slices.Equal(u.Discovered, o.Discovered)
 }
 
@@ -63,12 +68,16 @@ func (u *User) Equal(o *User) bool {
 // immutable once built; a reload builds a new one and hands it to
 // Bridge.SetDirectory.
 type Directory struct {
-	users    []*User
-	byID     map[string]*User
-	byName   map[string]*User // extension or lower-cased alias
-	byDevice map[DeviceRef]*User
-	lists    []*ResolvedList
-	byList   map[string]*ResolvedList // lower-cased list name
+	// tenants are the domains that are tenants (lower case); none: every
+	// domain reaches the one default tenant.
+	tenants       map[string]bool
+	defaultDomain string
+	users         []*User
+	byID          map[string]*User
+	byName        map[string]*User // extension or lower-cased alias
+	byDevice      map[DeviceRef]*User
+	lists         []*ResolvedList
+	byList        map[string]*ResolvedList // lower-cased list name
 }
 
 // List is a resource list (RFC 4662) as configured: one URI that a phone
@@ -85,25 +94,43 @@ type List struct {
 	// Group adds every user of that group, in directory order, after
 	// Members (a user in both is listed once).
 	Group string `json:"group,omitempty"`
+	// Tenant is the domain the list lives in ("" the default); its
+	// members are that tenant's users.
+	Tenant string `json:"tenant,omitempty"`
 }
 
 // ResolvedList is a List with its members found in the directory.
 type ResolvedList struct {
 	List
+	// Key names the list in its directory: Name, or Name@Tenant.
+	Key   string
 	Users []*User
 }
 
-// NewDirectory builds a directory and checks it: ids, extensions and
-// aliases must be unique, and no device may belong to two users; each
-// list's name must be free and its members known.
+// NewDirectory builds a directory of one domain and checks it: ids,
+// extensions and aliases must be unique, and no device may belong to two
+// users; each list's name must be free and its members known.
 func NewDirectory(users []User, lists ...List) (*Directory, error) {
+	return NewTenantDirectory("", nil, users, lists...)
+}
+
+// NewTenantDirectory is NewDirectory for several tenants: each user and
+// list belongs to one of tenants (its Tenant) or to the default domain
+// ("" in Tenant), and extensions, aliases and list names are unique
+// within a tenant. With no tenants every domain reaches the default one.
+func NewTenantDirectory(defaultDomain string, tenants []string, users []User, lists ...List) (*Directory, error) {
 	d := &Directory{
-		byID:     make(map[string]*User, len(users)),
-		byName:   make(map[string]*User, 2*len(users)),
-		byDevice: make(map[DeviceRef]*User, 2*len(users)),
-		byList:   make(map[string]*ResolvedList, len(lists)),
+		tenants:       make(map[string]bool, len(tenants)),
+		defaultDomain: strings.ToLower(defaultDomain),
+		byID:          make(map[string]*User, len(users)),
+		byName:        make(map[string]*User, 2*len(users)),
+		byDevice:      make(map[DeviceRef]*User, 2*len(users)),
+		byList:        make(map[string]*ResolvedList, len(lists)),
 	}
 	var errs []string
+	for _, t := range tenants {
+		d.tenants[strings.ToLower(t)] = true
+	}
 	for i := range users {
 		u := users[i] // copy: the directory owns its users
 		u.Extensions = slices.Clone(u.Extensions)
@@ -119,10 +146,15 @@ func NewDirectory(users []User, lists ...List) (*Directory, error) {
 			errs = append(errs, fmt.Sprintf("user id %q used twice", u.ID))
 			continue
 		}
+		if u.Tenant != "" && !d.tenants[strings.ToLower(u.Tenant)] {
+			errs = append(errs, fmt.Sprintf("user %q is in %q, which is no tenant", u.ID, u.Tenant))
+			continue
+		}
+		u.Tenant = strings.ToLower(u.Tenant)
 		d.byID[u.ID] = &u
 		d.users = append(d.users, &u)
 		for _, n := range append(slices.Clone(u.Extensions), u.Aliases...) {
-			key := nameKey(n)
+			key := Qualify(n, u.Tenant)
 			if other, dup := d.byName[key]; dup {
 				errs = append(errs, fmt.Sprintf("%q belongs to both %q and %q", n, other.ID, u.ID))
 				continue
@@ -150,8 +182,12 @@ func NewDirectory(users []User, lists ...List) (*Directory, error) {
 func (d *Directory) addLists(lists []List) []string {
 	var errs []string
 	for _, l := range lists {
-		key := nameKey(l.Name)
+		l.Tenant = strings.ToLower(l.Tenant)
+		key := Qualify(l.Name, l.Tenant)
 		switch {
+		case l.Tenant != "" && !d.tenants[l.Tenant]:
+			errs = append(errs, fmt.Sprintf("list %q is in %q, which is no tenant", l.Name, l.Tenant))
+			continue
 		case l.Name == "":
 			errs = append(errs, "a list has no name")
 			continue
@@ -162,12 +198,14 @@ func (d *Directory) addLists(lists []List) []string {
 			errs = append(errs, fmt.Sprintf("list %q is defined twice", l.Name))
 			continue
 		}
-		rl := &ResolvedList{List: l}
+		rl := &ResolvedList{List: l, Key: key}
 		rl.Members = slices.Clone(l.Members)
 		seen := map[*User]bool{}
 		for _, m := range l.Members {
-			u := d.member(m)
+			u := d.member(m, l.Tenant)
 			switch {
+			case u != nil && u.Tenant != l.Tenant:
+				errs = append(errs, fmt.Sprintf("list %q: user %q is another tenant's", l.Name, u.ID))
 			case u == nil:
 				errs = append(errs, fmt.Sprintf("list %q: no user has id, extension or alias %q", l.Name, m))
 			case seen[u]:
@@ -180,7 +218,7 @@ func (d *Directory) addLists(lists []List) []string {
 		if l.Group != "" {
 			n := 0
 			for _, u := range d.users {
-				if slices.Contains(u.Groups, l.Group) {
+				if u.Tenant == l.Tenant && slices.Contains(u.Groups, l.Group) {
 					n++
 					if !seen[u] {
 						seen[u] = true
@@ -201,18 +239,88 @@ func (d *Directory) addLists(lists []List) []string {
 	return errs
 }
 
-// member finds a list member by user id, extension or alias.
-func (d *Directory) member(name string) *User {
+// member finds a list member by user id, or by extension or alias in the
+// list's tenant.
+func (d *Directory) member(name string, tenant string) *User {
 	if u, ok := d.byID[name]; ok {
 		return u
 	}
-	return d.byName[nameKey(name)]
+	return d.byName[Qualify(name, tenant)]
 }
 
-// List returns the list a URI's user part names (regardless of case).
-func (d *Directory) List(name string) (*ResolvedList, bool) {
-	l, ok := d.byList[nameKey(name)]
+// List returns the list a key names (regardless of case): a URI's user
+// part in the default domain, or Name@Tenant (ResolvedList.Key).
+func (d *Directory) List(key string) (*ResolvedList, bool) {
+	l, ok := d.byList[nameKey(key)]
 	return l, ok
+}
+
+// Qualify is the key of an extension, alias or list name in a tenant:
+// the name itself in the default domain, name@tenant in another.
+func Qualify(name, tenant string) string {
+	if tenant == "" {
+		return nameKey(name)
+	}
+	return nameKey(name) + "@" + tenant
+}
+
+// HasTenants reports whether the directory has tenants (domains of their
+// own); without, every domain reaches the default one.
+func (d *Directory) HasTenants() bool { return len(d.tenants) > 0 }
+
+// Tenants returns the tenants' domains, sorted.
+func (d *Directory) Tenants() []string {
+	out := make([]string, 0, len(d.tenants))
+	for t := range d.tenants {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Tenant returns the tenant a request's domain (a Request-URI's host)
+// names: without tenants always the default (""); with them a tenant's
+// own domain, else the default for the default domain or an IP address
+// (a phone that addresses Lamplighter by its address); ok is false for
+// any other domain, which is no one's here.
+func (d *Directory) Tenant(host string) (tenant string, ok bool) {
+	if len(d.tenants) == 0 {
+		return "", true
+	}
+	h := strings.ToLower(strings.Trim(host, "[]"))
+	switch {
+	case d.tenants[h]:
+		return h, true
+	case h == d.defaultDomain || h == "" || isIPLiteral(h):
+		return "", true
+	}
+	return "", false
+}
+
+// Resolve finds the user a request addresses: name in the tenant host
+// names (Tenant). An unknown domain finds no one.
+func (d *Directory) Resolve(host, name string) (*User, bool) {
+	t, ok := d.Tenant(host)
+	if !ok {
+		return nil, false
+	}
+	u, ok := d.byName[Qualify(name, t)]
+	return u, ok
+}
+
+// ResolveList is Resolve for a list.
+func (d *Directory) ResolveList(host, name string) (*ResolvedList, bool) {
+	t, ok := d.Tenant(host)
+	if !ok {
+		return nil, false
+	}
+	l, ok := d.byList[Qualify(name, t)]
+	return l, ok
+}
+
+func isIPLiteral(h string) bool {
+	_, err := netip.ParseAddr(h)
+	return err == nil
 }
 
 // Lists returns every list in configuration order.
@@ -230,7 +338,8 @@ func (d *Directory) User(id string) (*User, bool) {
 }
 
 // Lookup finds the user addressed by an extension or alias (the user part
-// of a presentity URI). Aliases match regardless of case.
+// of a presentity URI) in the default domain, or by name@tenant (Qualify).
+// Aliases match regardless of case.
 func (d *Directory) Lookup(name string) (*User, bool) {
 	u, ok := d.byName[nameKey(name)]
 	return u, ok

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,18 @@ type Credential struct {
 	Username string // the digest username
 	UserID   string // the directory user it authenticates as
 	Password string
+	// Tenant is the user's tenant ("" the default domain): the username
+	// is checked only for requests to that tenant, under its realm.
+	Tenant string
+}
+
+// credKey is a credential's key: its username, with @tenant for a
+// tenant's (usernames are unique per tenant only).
+func credKey(tenant, username string) string {
+	if tenant == "" {
+		return username
+	}
+	return username + "@" + tenant
 }
 
 // identity is who sent a request, once authenticated.
@@ -52,8 +65,14 @@ const (
 // with each nonce that passed are kept (bounded) so that none serves
 // twice.
 type authenticator struct {
-	realm   string
-	algs    []string // challenges offered, in order
+	realm string   // the default domain's realm
+	algs  []string // challenges offered, in order
+	// tenantOf names the tenant of a request's domain (nil: none) and
+	// realms their realms where they are not the domain itself.
+	tenantOf func(host string) (string, bool)
+	realms   map[string]string
+	// byRealm holds each realm's challenge texts, made when first used.
+	byRealm sync.Map // realm → *challengeText
 	key     [32]byte
 	macs    *nonceMACs
 	uses    *nonceUses
@@ -67,14 +86,52 @@ type authenticator struct {
 	creds    atomic.Pointer[map[string]Credential] // by username
 	nonceTTL time.Duration
 	now      func() time.Time
+}
 
-	// The WWW-Authenticate values around the nonce, one per algorithm,
-	// written once: a challenge only puts its nonce between them (a
-	// flood of unauthenticated requests spent a third of its CPU writing
-	// whole challenges).
-	challengePrefix []string // `Digest realm="R", nonce="`
-	freshSuffix     []string // `", algorithm=A, qop="auth"`
-	staleSuffix     []string // `", stale=true, algorithm=A, qop="auth"`
+// challengeText is a realm's WWW-Authenticate values around the nonce,
+// one per algorithm, written once: a challenge only puts its nonce
+// between them (a flood of unauthenticated requests spent a third of its
+// CPU writing whole challenges).
+type challengeText struct {
+	prefix      []string // `Digest realm="R", nonce="`
+	freshSuffix []string // `", algorithm=A, qop="auth"`
+	staleSuffix []string // `", stale=true, algorithm=A, qop="auth"`
+}
+
+// texts returns the challenge texts of a realm.
+func (a *authenticator) texts(realm string) *challengeText {
+	if t, ok := a.byRealm.Load(realm); ok {
+		return t.(*challengeText)
+	}
+	t := &challengeText{}
+	for _, alg := range a.algs {
+		const mark = "NONCE"
+		c := digest.Challenge{Realm: realm, Nonce: mark, Algorithm: alg, QOP: []string{"auth"}}
+		pre, post, _ := strings.Cut(c.String(), `nonce="`+mark)
+		t.prefix, t.freshSuffix = append(t.prefix, pre+`nonce="`), append(t.freshSuffix, post)
+		c.Stale = true
+		_, post, _ = strings.Cut(c.String(), `nonce="`+mark)
+		t.staleSuffix = append(t.staleSuffix, post)
+	}
+	got, _ := a.byRealm.LoadOrStore(realm, t)
+	return got.(*challengeText)
+}
+
+// tenantRealm returns the tenant a request is for and its realm: the
+// default realm for the default domain (and for a domain that is no
+// one's: the request is refused after authentication).
+func (a *authenticator) tenantRealm(req *sipmsg.Request) (string, string) {
+	if a.tenantOf == nil {
+		return "", a.realm
+	}
+	t, ok := a.tenantOf(req.URI.Host)
+	if !ok || t == "" {
+		return "", a.realm
+	}
+	if r, ok := a.realms[t]; ok {
+		return t, r
+	}
+	return t, t
 }
 
 // maxNonceUses bounds the nonces whose counts are kept: about 6 MiB.
@@ -90,15 +147,7 @@ func newAuthenticator(realm string, algs []string, trusted []netip.Prefix, creds
 		panic("presence: no randomness: " + err.Error())
 	}
 	a.macs = &nonceMACs{key: a.key}
-	for _, alg := range algs {
-		const mark = "NONCE"
-		c := digest.Challenge{Realm: realm, Nonce: mark, Algorithm: alg, QOP: []string{"auth"}}
-		pre, post, _ := strings.Cut(c.String(), `nonce="`+mark)
-		a.challengePrefix, a.freshSuffix = append(a.challengePrefix, pre+`nonce="`), append(a.freshSuffix, post)
-		c.Stale = true
-		_, post, _ = strings.Cut(c.String(), `nonce="`+mark)
-		a.staleSuffix = append(a.staleSuffix, post)
-	}
+	a.texts(realm)
 	a.setCredentials(creds)
 	return a
 }
@@ -106,7 +155,7 @@ func newAuthenticator(realm string, algs []string, trusted []netip.Prefix, creds
 func (a *authenticator) setCredentials(creds []Credential) {
 	m := make(map[string]Credential, len(creds))
 	for _, c := range creds {
-		m[c.Username] = c
+		m[credKey(c.Tenant, c.Username)] = c
 	}
 	a.creds.Store(&m)
 }
@@ -136,7 +185,8 @@ func (a *authenticator) isTrustedIP(ip netip.Addr) bool {
 	return false
 }
 
-// userByName returns the credential for a digest username.
+// userByName returns the credential for a digest username in the
+// default domain, or for credKey(tenant, username).
 func (a *authenticator) userByName(name string) (Credential, bool) {
 	c, ok := (*a.creds.Load())[name]
 	return c, ok
@@ -146,9 +196,10 @@ func (a *authenticator) userByName(name string) (Credential, bool) {
 // From names (if any); any other needs a valid Authorization (or
 // Proxy-Authorization) header.
 func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
+	tenant, realm := a.tenantRealm(req)
 	if trusted := req.Peer.IsValid() && a.isTrustedIP(req.Peer.Addr()) || !req.Peer.IsValid() && a.isTrusted(req.Source); trusted {
 		id := identity{Trusted: true}
-		if c, ok := a.userByName(req.From.URI.User); ok {
+		if c, ok := a.userByName(credKey(tenant, req.From.URI.User)); ok {
 			id.UserID = c.UserID
 		}
 		return id, authOK
@@ -166,10 +217,11 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 		return identity{}, authChallenge
 	}
 	cred, ok := parseCredentials(h)
-	if !ok || cred.Realm != a.realm || cred.Username == "" {
+	if !ok || cred.Realm != realm || cred.Username == "" {
 		return identity{}, authChallenge
 	}
-	user, ok := a.userByName(cred.Username)
+	key := credKey(tenant, cred.Username)
+	user, ok := a.userByName(key)
 	if !ok || user.Password == "" {
 		return identity{}, authFailed
 	}
@@ -191,7 +243,7 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !nonce.ours {
 		return identity{}, authChallenge
 	}
-	chal := &digest.Challenge{Realm: a.realm, Nonce: cred.Nonce, Algorithm: cred.Algorithm}
+	chal := &digest.Challenge{Realm: realm, Nonce: cred.Nonce, Algorithm: cred.Algorithm}
 	if cred.QOP != "" {
 		chal.QOP = []string{cred.QOP}
 	}
@@ -220,7 +272,7 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 		return identity{}, authReplay
 	}
 	// The name outlives the request, whose bytes may be reused.
-	return identity{UserID: user.UserID, Username: strings.Clone(cred.Username)}, authOK
+	return identity{UserID: user.UserID, Username: strings.Clone(key)}, authOK
 }
 
 // Grants: a subscription records what let its watcher in, so that a
@@ -334,14 +386,16 @@ func (a *authenticator) appendChallenges(b []byte, header string, req *sipmsg.Re
 	var ip [16]byte
 	raw := a.macs.make(a.now().Unix(), requestIP(ip[:0], req), req.CallID)
 	hex.Encode(hexNonce[:], raw[:])
-	suffix := a.freshSuffix
+	_, realm := a.tenantRealm(req)
+	t := a.texts(realm)
+	suffix := t.freshSuffix
 	if stale {
-		suffix = a.staleSuffix
+		suffix = t.staleSuffix
 	}
-	for i := range a.challengePrefix {
+	for i := range t.prefix {
 		b = append(b, header...)
 		b = append(b, ": "...)
-		b = append(b, a.challengePrefix[i]...)
+		b = append(b, t.prefix[i]...)
 		b = append(b, hexNonce[:]...)
 		b = append(b, suffix[i]...)
 		b = append(b, "\r\n"...)
@@ -353,13 +407,15 @@ func (a *authenticator) appendChallenges(b []byte, header string, req *sipmsg.Re
 // strings.
 func (a *authenticator) challenges(req *sipmsg.Request, stale bool) []string {
 	n := a.nonceFor(req)
-	suffix := a.freshSuffix
+	_, realm := a.tenantRealm(req)
+	t := a.texts(realm)
+	suffix := t.freshSuffix
 	if stale {
-		suffix = a.staleSuffix
+		suffix = t.staleSuffix
 	}
-	out := make([]string, len(a.challengePrefix))
+	out := make([]string, len(t.prefix))
 	for i := range out {
-		out[i] = a.challengePrefix[i] + n + suffix[i]
+		out[i] = t.prefix[i] + n + suffix[i]
 	}
 	return out
 }

@@ -190,7 +190,9 @@ func (s *Server) flowUser(req *sipmsg.Request) string {
 	if !ok {
 		return ""
 	}
-	if u, ok := s.states.Directory().Lookup(name); ok {
+	// The flow's user in the request's tenant: a flow does not carry a
+	// watcher into another tenant.
+	if u, ok := s.states.Directory().Resolve(req.URI.Host, name); ok {
 		return u.ID
 	}
 	return ""
@@ -221,7 +223,7 @@ func (s *Server) AuthenticateCall(req *sip.Request) (*bridge.User, []string, err
 		if u, ok := dir.User(id.UserID); ok && id.UserID != "" {
 			return u, nil, nil
 		}
-		if u, ok := dir.Lookup(m.From.URI.User); ok && id.Trusted {
+		if u, ok := dir.Resolve(m.From.URI.Host, m.From.URI.User); ok && id.Trusted {
 			return u, nil, nil
 		}
 		return nil, nil, nil

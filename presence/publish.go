@@ -99,7 +99,11 @@ func (s *Server) handlePublish(req *sipmsg.Request, tx serverTx) {
 	if !ok {
 		return
 	}
-	user, found := s.states.Directory().Lookup(req.URI.User)
+	tenant, ok := s.requestTenant(req, tx, id)
+	if !ok {
+		return
+	}
+	user, found := s.states.Directory().Lookup(bridge.Qualify(req.URI.User, tenant))
 	if !found {
 		s.reply(req, tx, 404, "Not Found")
 		return

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence/sipmsg"
 )
 
@@ -77,10 +78,14 @@ func (s *Server) handleRegister(req *sipmsg.Request, tx serverTx) {
 	// The address of record is the To URI's user: a SIP username, an
 	// extension or an alias of the user.
 	aor := req.To.URI.User
+	tenant, ok := s.requestTenant(req, tx, id)
+	if !ok {
+		return
+	}
 	userID := ""
-	if c, ok := s.auth.userByName(aor); ok {
+	if c, ok := s.auth.userByName(credKey(tenant, aor)); ok {
 		userID = c.UserID
-	} else if u, ok := s.states.Directory().Lookup(aor); ok {
+	} else if u, ok := s.states.Directory().Lookup(bridge.Qualify(aor, tenant)); ok {
 		userID = u.ID
 	}
 	if userID == "" {

@@ -51,7 +51,10 @@ type Listener struct {
 
 // Options configure a Server. Zero values get the defaults noted.
 type Options struct {
-	Realm string // digest realm
+	Realm string // digest realm (of the default domain)
+	// TenantRealms are tenants' digest realms, by tenant domain, where
+	// they are not the domain itself.
+	TenantRealms map[string]string
 	// DigestAlgorithms are the digest challenges offered, in order:
 	// "MD5" and/or "SHA-256" (RFC 8760). Default MD5 alone: RFC 8760 asks
 	// clients to skip challenges they do not know, but real ones (baresip
@@ -358,6 +361,8 @@ func New(states States, opt Options) (*Server, error) {
 		pkgHost: packageHost{states: states, origin: opt.PersonOrigin, saved: opt.PersonStates,
 			log: log},
 	}
+	s.auth.realms = opt.TenantRealms
+	s.auth.tenantOf = func(host string) (string, bool) { return s.states.Directory().Tenant(host) }
 	s.notifier = notifytx.New(s.notifyTxDone, DefaultWriteTimeout)
 	if opt.Forwarder != nil {
 		s.auth.flowUser = s.flowUser

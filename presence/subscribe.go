@@ -70,11 +70,15 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 	if userPart == "" {
 		userPart = req.To.URI.User
 	}
+	tenant, ok := s.requestTenant(req, tx, id)
+	if !ok {
+		return
+	}
 	dir := s.states.Directory()
-	user, found := dir.Lookup(userPart)
+	user, found := dir.Lookup(bridge.Qualify(userPart, tenant))
 	var list *bridge.ResolvedList
 	if !found {
-		list, found = dir.List(userPart)
+		list, found = dir.List(bridge.Qualify(userPart, tenant))
 	}
 	if !found {
 		s.reply(req, tx, 404, "Not Found")
@@ -145,7 +149,7 @@ func (s *Server) newSubscription(req *sipmsg.Request, tx serverTx, fromTag strin
 		unanswered: true,
 	}
 	if list != nil {
-		sub.List, sub.list = list.Name, &listView{}
+		sub.List, sub.list = list.Key, &listView{}
 		sub.list.resolve(s.strs, list, sub.Entity, 0)
 		sub.list.indexed = sub.list.ids()
 	} else {

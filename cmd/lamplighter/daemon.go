@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -172,7 +173,15 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	d.api.SetToken(token)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	d.api.Handle(d.ops)
-	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Title: cfg.HTTP.Title,
+	tenantTokens, err := tenantTokens(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.api.SetTenantTokens(tenantTokens)
+	// The page is open to whoever reaches it: the default domain's people
+	// only, never a tenant's.
+	defaultDomainOnly := func(u *bridge.User) bool { return u.Tenant == "" }
+	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Shows: defaultDomainOnly, Title: cfg.HTTP.Title,
 		PBXs: d.pbxStates, MaxStreams: cfg.HTTP.MaxStreams, MaxStreamsPerAddress: cfg.HTTP.MaxStreamsPerAddress, Log: log})
 	d.board.Handle(d.ops)
 	if cfg.HTTP.Pprof {
@@ -234,6 +243,22 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 		return d.sipPBXs[p.Name], nil
 	}
 	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
+}
+
+// tenantTokens are the tenants' API tokens: token → tenant domain.
+func tenantTokens(cfg *config.Config) (map[string]string, error) {
+	out := map[string]string{}
+	for i := range cfg.Tenants {
+		t := &cfg.Tenants[i]
+		tok, err := cfg.TenantToken(t, nil)
+		if err != nil {
+			return nil, fmt.Errorf("tenant %s: token: %w", t.Domain, err)
+		}
+		if tok != "" {
+			out[tok] = strings.ToLower(t.Domain)
+		}
+	}
+	return out, nil
 }
 
 // discovery is what the PBXs' directories gave, for the API.
@@ -434,7 +459,11 @@ func (d *daemon) setLogins(cfg *config.Config) error {
 	}
 	logins := map[string]presence.Credential{}
 	for _, c := range creds {
-		logins[c.Username] = c
+		name := c.Username
+		if c.Tenant != "" {
+			name += "@" + c.Tenant // a tenant's username may be another's too
+		}
+		logins[name] = c
 		if _, taken := logins[c.UserID]; !taken {
 			logins[c.UserID] = c
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"os/signal"
 	"reflect"
@@ -82,6 +83,10 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	if err != nil {
 		return err
 	}
+	tenantToks, err := tenantTokens(cfg)
+	if err != nil {
+		return err
+	}
 	// Everything that can fail has been done: from here on, apply.
 	res.Users = dir.Len()
 	res.Added, res.Removed, res.Changed = d.installDirectory(dir, conflicts)
@@ -94,6 +99,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.single = singleDialogPolicy(cfg)
 	d.liveMu.Unlock()
 	d.api.SetToken(token)
+	d.api.SetTenantTokens(tenantToks)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
 	d.found.Refresh() // and the PBXs' directories are read again
@@ -204,6 +210,9 @@ func needRestart(old, next *config.Config) []string {
 	}
 	if !reflect.DeepEqual(old.Cluster, next.Cluster) {
 		out = append(out, "cluster")
+	}
+	if !maps.Equal(tenantRealms(old), tenantRealms(next)) {
+		out = append(out, "tenants (realms)")
 	}
 	if old.StateDir != next.StateDir {
 		out = append(out, "state_dir")

@@ -17,9 +17,21 @@ import (
 
 // presenceOptions turns the config's sip and policy sections and the
 // users' credentials into the SIP server's options.
+// tenantRealms are the tenants' realms where the YAML sets one.
+func tenantRealms(cfg *config.Config) map[string]string {
+	out := map[string]string{}
+	for _, t := range cfg.Tenants {
+		if t.Realm != "" {
+			out[strings.ToLower(t.Domain)] = t.Realm
+		}
+	}
+	return out
+}
+
 func presenceOptions(cfg *config.Config) (presence.Options, error) {
 	opt := presence.Options{
 		Realm:                     cfg.SIP.Realm,
+		TenantRealms:              tenantRealms(cfg),
 		DigestAlgorithms:          cfg.SIP.DigestAlgorithms,
 		UserAgent:                 cfg.SIP.UserAgent,
 		MinExpires:                cfg.Policy.MinExpires,
@@ -110,7 +122,7 @@ func credentials(cfg *config.Config) ([]presence.Credential, error) {
 			return nil, fmt.Errorf("user %q: %w", u.ID, err)
 		}
 		if pw != "" {
-			out = append(out, presence.Credential{Username: u.SIP.Username, UserID: u.ID, Password: pw})
+			out = append(out, presence.Credential{Username: u.SIP.Username, UserID: u.ID, Password: pw, Tenant: strings.ToLower(u.Tenant)})
 		}
 	}
 	return out, nil

@@ -35,6 +35,10 @@ type watcher struct {
 	fromUser string
 	// extra headers of every SUBSCRIBE (Supported: eventlist for a list)
 	extra []sip.Header
+	// domain, when set, is the Request-URI's and To's host (the request
+	// still goes to the server's address); fromDomain and toDomain set
+	// the From's and To's hosts apart.
+	domain, fromDomain, toDomain string
 }
 
 func newWatcher(t *testing.T, transport string) *watcher {
@@ -145,6 +149,16 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 	host, port, _ := net.SplitHostPort(w.server)
 	n, _ := strconv.Atoi(port)
 	uri := sip.Uri{Scheme: "sip", User: w.user, Host: host, Port: n}
+	toHost, fromHost := host, "127.0.0.1"
+	if w.domain != "" {
+		uri.Host, uri.Port, toHost = w.domain, 0, w.domain
+	}
+	if w.toDomain != "" {
+		toHost = w.toDomain
+	}
+	if w.fromDomain != "" {
+		fromHost = w.fromDomain
+	}
 	contact := sip.Uri{Scheme: "sip", User: "watcher", Host: "127.0.0.1", Port: w.port}
 	if w.transport == "TCP" {
 		uri.UriParams, contact.UriParams = sip.NewParams(), sip.NewParams()
@@ -156,9 +170,9 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 	if fromUser == "" {
 		fromUser = "watcher"
 	}
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: fromUser, Host: "127.0.0.1"}, Params: sip.NewParams()}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: fromUser, Host: fromHost}, Params: sip.NewParams()}
 	from.Params.Add("tag", w.fromTag)
-	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: w.user, Host: host}, Params: sip.NewParams()}
+	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: w.user, Host: toHost}, Params: sip.NewParams()}
 	if w.toTag != "" {
 		to.Params.Add("tag", w.toTag)
 	}
@@ -178,6 +192,9 @@ func (w *watcher) subscribe(server, user, event string, expires int) *sip.Respon
 		req.SetTransport("TCP")
 	} else {
 		req.Laddr = sip.Addr{IP: net.IPv4(127, 0, 0, 1), Port: w.port}
+	}
+	if w.domain != "" {
+		req.SetDestination(w.server)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

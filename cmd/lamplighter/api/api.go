@@ -87,9 +87,10 @@ type Options struct {
 
 // API serves /api/v1.
 type API struct {
-	opt   Options
-	mu    sync.RWMutex
-	token string
+	opt     Options
+	mu      sync.RWMutex
+	token   string
+	tenants map[string]string // a tenant's token → its domain
 }
 
 // New builds the API; SetToken enables it.
@@ -111,6 +112,14 @@ func New(opt Options) *API {
 func (a *API) SetToken(token string) {
 	a.mu.Lock()
 	a.token = token
+	a.mu.Unlock()
+}
+
+// SetTenantTokens sets the tenants' tokens (token → tenant domain): each
+// reads and sets only its tenant's people, as the tenant's switchboard.
+func (a *API) SetTenantTokens(tokens map[string]string) {
+	a.mu.Lock()
+	a.tenants = tokens
 	a.mu.Unlock()
 }
 
@@ -153,25 +162,47 @@ func (a *API) discovery(w http.ResponseWriter, r *http.Request) {
 type Caller struct {
 	Admin  bool   `json:"admin"`
 	UserID string `json:"user,omitempty"`
+	// Tenant is the domain of the tenant whose token the caller holds
+	// (it may set that tenant's people), or of the user who signed in.
+	Tenant string `json:"tenant,omitempty"`
 }
 
-// may reports whether the caller may change userID's person state.
-func (c Caller) may(userID string) bool { return c.Admin || c.UserID == userID }
+// may reports whether the caller may change u's person state.
+func (c Caller) may(u *bridge.User) bool {
+	return c.Admin || c.UserID == u.ID || c.UserID == "" && c.Tenant != "" && c.Tenant == u.Tenant
+}
+
+// sees reports whether the caller may see u: the token sees everyone; a
+// tenant's token and a signed-in user see their own tenant's people only
+// (without tenants, everyone is in one).
+func (c Caller) sees(u *bridge.User) bool { return c.Admin || c.Tenant == u.Tenant }
 
 // Caller returns who r comes from; ok is false without valid credentials.
 func (a *API) Caller(r *http.Request) (Caller, bool) {
 	a.mu.RLock()
-	token := a.token
+	token, tenants := a.token, a.tenants
 	a.mu.RUnlock()
 	h := r.Header.Get("Authorization")
 	// The scheme is case-insensitive (RFC 9110 §11.1).
 	if scheme, got, found := strings.Cut(strings.TrimSpace(h), " "); found && strings.EqualFold(scheme, "Bearer") {
-		ok := token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
-		return Caller{Admin: ok}, ok
+		got = strings.TrimSpace(got)
+		if token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
+			return Caller{Admin: true}, true
+		}
+		for t, tenant := range tenants {
+			if t != "" && subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+				return Caller{Tenant: tenant}, true
+			}
+		}
+		return Caller{}, false
 	}
 	if user, pw, ok := r.BasicAuth(); ok && a.opt.CheckUser != nil {
 		if id, ok := a.opt.CheckUser(user, pw); ok {
-			return Caller{UserID: id}, true
+			c := Caller{UserID: id}
+			if u, ok := a.opt.Bridge.Directory().User(id); ok {
+				c.Tenant = u.Tenant
+			}
+			return c, true
 		}
 	}
 	return Caller{}, false
@@ -187,7 +218,7 @@ const (
 func (a *API) authorised(h http.HandlerFunc, admin bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.RLock()
-		configured := a.token != "" || a.opt.CheckUser != nil
+		configured := a.token != "" || len(a.tenants) > 0 || a.opt.CheckUser != nil
 		a.mu.RUnlock()
 		c, ok := a.Caller(r)
 		switch {
@@ -221,6 +252,9 @@ func callerOf(r *http.Request) Caller {
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {
 	c := callerOf(r)
 	out := map[string]any{"admin": c.Admin}
+	if c.Tenant != "" {
+		out["tenant"] = c.Tenant
+	}
 	if u, ok := a.opt.Bridge.Directory().User(c.UserID); ok {
 		out["user"], out["name"] = u.ID, u.Name
 	}
@@ -336,18 +370,27 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request) {
 	if a.opt.Registrations != nil {
 		regs = a.opt.Registrations()
 	}
+	c := callerOf(r)
 	for _, st := range states {
-		out.Users = append(out.Users, a.view(st, regs))
+		if c.sees(st.User) {
+			out.Users = append(out.Users, a.view(st, regs))
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
-// user finds the user named in the path: an id, extension or alias.
+// user finds the user named in the path: an id, or an extension or
+// alias in the caller's tenant. Another tenant's user is not found.
 func (a *API) user(w http.ResponseWriter, r *http.Request) (*bridge.User, bool) {
 	name := r.PathValue("id")
-	u, ok := a.opt.Bridge.Directory().User(name)
+	c := callerOf(r)
+	dir := a.opt.Bridge.Directory()
+	u, ok := dir.User(name)
 	if !ok {
-		u, ok = a.opt.Bridge.Directory().Lookup(name)
+		u, ok = dir.Lookup(bridge.Qualify(name, c.Tenant))
+	}
+	if ok && !c.sees(u) {
+		ok = false
 	}
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no user %q", name))
@@ -388,7 +431,7 @@ const maxNote = 512
 // set, answering 404 or 403 itself.
 func (a *API) editable(w http.ResponseWriter, r *http.Request) (*bridge.User, bool) {
 	u, ok := a.user(w, r)
-	if ok && !callerOf(r).may(u.ID) {
+	if ok && !callerOf(r).may(u) {
 		writeError(w, http.StatusForbidden, "you may only set your own state")
 		return nil, false
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	// Lists are BLF lists (RFC 4662): one URI a phone subscribes to for
 	// many people's lamps.
 	Lists []List `yaml:"lists"`
+	// Tenants are domains with people of their own (several companies on
+	// one PBX): see Tenant.
+	Tenants []Tenant `yaml:"tenants"`
 	// Cluster, when present, makes this node one of several sharing
 	// state through NATS JetStream (cluster/README.md).
 	Cluster *cluster.Config `yaml:"cluster"`
@@ -241,9 +244,38 @@ const (
 	CallsRedirect   = "redirect"
 )
 
+// Tenant is one domain with people of its own: its presentities are
+// sip:ext@Domain, its extensions and SIP usernames may be another's too,
+// and no one of another tenant sees them. FreeSWITCH's domains are
+// tenants of their own when its directory is discovered; on Asterisk a
+// discovered endpoint is the tenant's by its context or name.
+type Tenant struct {
+	Domain string `yaml:"domain"`
+	// Realm is the tenant's digest realm (default Domain).
+	Realm string `yaml:"realm"`
+	// Contexts and EndpointPrefix make a discovered Asterisk endpoint the
+	// tenant's: its dialplan context is one of Contexts, or its name
+	// starts with EndpointPrefix (stripped from the extension).
+	Contexts       []string `yaml:"contexts"`
+	EndpointPrefix string   `yaml:"endpoint_prefix"`
+	// Token is the tenant's API token: it reads and sets only the
+	// tenant's people.
+	Token     string `yaml:"token"`
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+}
+
+// TenantToken returns a tenant's API token ("" when none is set).
+func (c *Config) TenantToken(t *Tenant, env Env) (string, error) {
+	return resolveSecret(t.Token, t.TokenFile, t.TokenEnv, env)
+}
+
 // User is one person.
 type User struct {
-	ID         string   `yaml:"id"`
+	ID string `yaml:"id"`
+	// Tenant is the tenant's domain the user belongs to (default: the
+	// sip domain, no tenant).
+	Tenant     string   `yaml:"tenant"`
 	Name       string   `yaml:"name"`
 	Extensions []string `yaml:"extensions"`
 	Aliases    []string `yaml:"aliases"`
@@ -260,6 +292,7 @@ type User struct {
 // subscription.
 type List struct {
 	Name    string   `yaml:"name"`
+	Tenant  string   `yaml:"tenant"` // the tenant's domain whose people it lists (default none)
 	Display string   `yaml:"display"`
 	Members []string `yaml:"members"` // user ids, extensions or aliases
 	Group   string   `yaml:"group"`   // every user of the group, after Members

@@ -171,6 +171,11 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"cluster unknown key", [2]string{"sip:", "cluster:\n  nodes: a\nsip:"}, 2, `unknown key "nodes" in cluster section`},
 		{"cluster address", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  address: \"10.0.0.9:5060\"\nsip:"}, 3, `must be a host name or an IP address (no port)`},
 		{"cluster creds file", [2]string{"sip:", "cluster:\n  urls: [nats://127.0.0.1:4222]\n  creds_file: /nonexistent/x.creds\nsip:"}, 3, `cannot read /nonexistent/x.creds`},
+		{"user in no tenant", [2]string{"  - id: b\n", "  - id: b\n    tenant: acme.example\n"}, 17, `user "b" is in "acme.example", which is not under tenants`},
+		{"tenant is the sip domain", [2]string{"sip:", "tenants:\n  - {domain: Example.com}\nsip:"}, 2, `"Example.com" is the sip domain`},
+		{"tenant twice", [2]string{"sip:", "tenants:\n  - {domain: a.example}\n  - {domain: A.example}\nsip:"}, 3, `tenant "A.example" is already defined at line 2`},
+		{"tenant without domain", [2]string{"sip:", "tenants:\n  - {realm: x}\nsip:"}, 2, `a tenant needs a domain`},
+		{"tenant token file", [2]string{"sip:", "tenants:\n  - {domain: a.example, token_file: /nonexistent/t}\nsip:"}, 2, `cannot read token file`},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {
@@ -191,6 +196,39 @@ func TestCheckConfigErrors(t *testing.T) {
 			}
 			t.Errorf("want c.yaml:%d: …%s…, got:\n%v", c.line, c.want, err)
 		})
+	}
+}
+
+// TestTenantsShareExtensions: two tenants (and the sip domain) may each
+// have an extension 100 and a SIP username 100.
+func TestTenantsShareExtensions(t *testing.T) {
+	src := base + `  - {id: c, tenant: a.example, extensions: ["100"], sip: {username: "100", password: x}}
+  - {id: d, tenant: b.example, extensions: ["100"], sip: {username: "100", password: y}}
+  - {id: e, extensions: ["102"], sip: {username: "100", password: z}}
+tenants:
+  - {domain: a.example}
+  - {domain: b.example}
+lists:
+  - {name: desk, tenant: a.example, members: ["100"]}
+`
+	cfg, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _, err := cfg.Directory(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := dir.ResolveList("a.example", "desk"); !ok || len(l.Users) != 1 || l.Users[0].ID != "c" {
+		t.Errorf("list desk in a.example: %+v", l)
+	}
+	if _, ok := dir.ResolveList("b.example", "desk"); ok {
+		t.Error("a.example's list is found in b.example")
+	}
+	src = strings.Replace(src, `{id: d, tenant: b.example`, `{id: d, tenant: a.example`, 1)
+	if _, err := Parse("c.yaml", []byte(src), fakeEnv(t)); err == nil || !strings.Contains(err.Error(), `"100" is already used by user "c"`) ||
+		!strings.Contains(err.Error(), `sip username "100" is already used by user "c"`) {
+		t.Errorf("two users of one tenant with one extension: %v", err)
 	}
 }
 

@@ -137,19 +137,21 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 	byName := map[string]int{} // extension, alias (lower case) → index in users
 	ids := map[string]bool{}
 	for _, u := range c.Users {
-		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups, Configured: true}
+		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups, Configured: true,
+			Tenant: strings.ToLower(u.Tenant)}
 		for _, d := range u.Devices {
 			ref := bridge.DeviceRef{Source: d.PBX, Device: d.Device}
 			bu.Devices = append(bu.Devices, ref)
 			byDevice[ref] = len(users)
 		}
 		for _, n := range append(slices.Clone(u.Extensions), u.Aliases...) {
-			byName[strings.ToLower(n)] = len(users)
+			byName[bridge.Qualify(n, bu.Tenant)] = len(users)
 		}
 		ids[u.ID] = true
 		users = append(users, bu)
 	}
 	var conflicts []discovery.LeftOut
+	tenants := c.tenantsOf(found)
 	// A discovered-only user's index → where it was found: the PBX and
 	// its domain.
 	firstFrom := map[int]string{}
@@ -164,7 +166,11 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 				continue
 			}
 			ref := bridge.DeviceRef{Source: pb.Name, Device: du.Device}
-			key := strings.ToLower(du.Extension)
+			tenant := c.tenantOfUser(pb, du, tenants)
+			if tenant != "" && c.Tenant(tenant) != nil {
+				du.Extension = strings.TrimPrefix(du.Extension, c.Tenant(tenant).EndpointPrefix)
+			}
+			key := bridge.Qualify(du.Extension, tenant)
 			where := foundWhere(pb.Name, du.Domain)
 			at, ok := byDevice[ref]
 			if !ok {
@@ -198,6 +204,9 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 				continue
 			}
 			id := du.Extension
+			if tenant != "" {
+				id += "@" + tenant
+			}
 			if ids[id] {
 				id = pb.Name + "-" + du.Extension
 			}
@@ -211,7 +220,8 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 			byName[key] = len(users)
 			firstFrom[len(users)] = where
 			users = append(users, bridge.User{ID: id, Name: du.Name, Extensions: []string{du.Extension},
-				Devices: []bridge.DeviceRef{ref}, Groups: slices.Clone(du.Groups), Domain: du.Domain, Discovered: []string{pb.Name}})
+				Devices: []bridge.DeviceRef{ref}, Groups: slices.Clone(du.Groups), Domain: du.Domain, Tenant: tenant,
+				Discovered: []string{pb.Name}})
 		}
 	}
 	for i := range users {
@@ -222,13 +232,13 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 	lists := make([]bridge.List, 0, len(c.Lists))
 	discovering := c.discovering()
 	for _, l := range c.Lists {
-		bl := bridge.List{Name: l.Name, Display: l.Display, Members: l.Members, Group: l.Group}
+		bl := bridge.List{Name: l.Name, Display: l.Display, Members: l.Members, Group: l.Group, Tenant: strings.ToLower(l.Tenant)}
 		if discovering {
 			// A member the PBX no longer has leaves the list, not the
 			// whole directory.
 			bl.Members = nil
 			for _, m := range l.Members {
-				if ids[m] || hasName(byName, m) {
+				if ids[m] || hasName(byName, bridge.Qualify(m, bl.Tenant)) {
 					bl.Members = append(bl.Members, m)
 				} else {
 					conflicts = append(conflicts, discovery.LeftOut{Extension: m, Reason: fmt.Sprintf("list %q: no user has id, extension or alias %q now", l.Name, m)})
@@ -245,8 +255,69 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 		}
 		lists = append(lists, bl)
 	}
-	dir, err := bridge.NewDirectory(users, lists...)
+	dir, err := bridge.NewTenantDirectory(c.SIP.Domain, tenants, users, lists...)
 	return dir, conflicts, err
+}
+
+// tenantsOf returns the tenants' domains (lower case): those the YAML
+// declares, and the domains of a FreeSWITCH whose directory holds more
+// than one (each is a tenant; a switch of one domain is the default's).
+func (c *Config) tenantsOf(found discovery.Found) []string {
+	var out []string
+	for _, t := range c.Tenants {
+		out = append(out, strings.ToLower(t.Domain))
+	}
+	for i := range c.PBX {
+		if c.PBX[i].Discovering() == nil {
+			continue
+		}
+		domains := map[string]bool{}
+		for _, du := range found[c.PBX[i].Name] {
+			if du.Domain != "" {
+				domains[strings.ToLower(du.Domain)] = true
+			}
+		}
+		if len(domains) < 2 {
+			continue
+		}
+		for d := range domains {
+			if !slices.Contains(out, d) && d != strings.ToLower(c.SIP.Domain) {
+				out = append(out, d)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// tenantOfUser returns the tenant a discovered user belongs to: the one
+// its domain is (FreeSWITCH), else one whose contexts hold its context
+// or whose endpoint prefix starts its device's name (Asterisk), else the
+// default ("").
+func (c *Config) tenantOfUser(pb *PBX, du adapters.DiscoveredUser, tenants []string) string {
+	if d := strings.ToLower(du.Domain); d != "" && slices.Contains(tenants, d) {
+		return d
+	}
+	name := du.Device
+	if _, after, ok := strings.Cut(name, "/"); ok {
+		name = after
+	}
+	for _, t := range c.Tenants {
+		if slices.Contains(t.Contexts, du.Context) || t.EndpointPrefix != "" && strings.HasPrefix(name, t.EndpointPrefix) {
+			return strings.ToLower(t.Domain)
+		}
+	}
+	return ""
+}
+
+// Tenant returns the YAML's tenant of a domain, nil for none.
+func (c *Config) Tenant(domain string) *Tenant {
+	for i := range c.Tenants {
+		if strings.EqualFold(c.Tenants[i].Domain, domain) {
+			return &c.Tenants[i]
+		}
+	}
+	return nil
 }
 
 // foundWhere names where a discovered user was found, in conflicts.

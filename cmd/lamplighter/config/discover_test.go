@@ -211,25 +211,68 @@ func TestDirectoryMergesDiscovered(t *testing.T) {
 	}
 }
 
-func TestDirectoryKeepsDomainsApart(t *testing.T) {
+func TestDirectoryMakesEachDomainATenant(t *testing.T) {
 	src := strings.Replace(discovering, "    discover: {exclude: [\"9*\"], contexts: [phones]}\n", "    discover: true\n", 1)
 	cfg, err := Parse("c.yaml", []byte(src), fakeEnv(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, left, err := cfg.Directory(discovery.Found{"ast": found("ast",
-		adapters.DiscoveredUser{Extension: "1000", Domain: "a.example", Device: "1000@a.example"},
-		adapters.DiscoveredUser{Extension: "1000", Domain: "b.example", Device: "1000@b.example"},
+	dir, _, err := cfg.Directory(discovery.Found{"ast": found("ast",
+		adapters.DiscoveredUser{Extension: "1000", Name: "A", Domain: "a.example", Device: "1000@a.example"},
+		adapters.DiscoveredUser{Extension: "1000", Name: "B", Domain: "B.example", Device: "1000@b.example"},
 	)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, ok := dir.Lookup("1000")
-	if !ok || len(u.Devices) != 1 || u.Domain != "a.example" {
-		t.Errorf("1000 = %+v", u)
+	if got := dir.Tenants(); !slices.Equal(got, []string{"a.example", "b.example"}) {
+		t.Errorf("tenants %v", got)
 	}
-	if len(left) < 1 || left[0].Device != "1000@b.example" || !strings.Contains(left[0].Reason, "ast (domain a.example) already has extension 1000") {
-		t.Errorf("left out: %+v", left)
+	for host, want := range map[string]string{"a.example": "A", "B.EXAMPLE": "B", "example.com": "", "127.0.0.1": "", "c.example": ""} {
+		u, ok := dir.Resolve(host, "1000")
+		if want == "" && ok || want != "" && (!ok || u.Name != want) {
+			t.Errorf("1000 at %s: %+v %v, want %q", host, u, ok, want)
+		}
+	}
+	if u, ok := dir.User("1000@b.example"); !ok || u.Tenant != "b.example" || u.Domain != "B.example" {
+		t.Errorf("1000@b.example: %+v", u)
+	}
+	// The default domain's users are found at its domain and addresses.
+	if u, ok := dir.Resolve("example.com", "100"); !ok || u.ID != "a" {
+		t.Errorf("100 at the default domain: %+v", u)
+	}
+	if _, ok := dir.Resolve("a.example", "100"); ok {
+		t.Error("the default domain's 100 is found in a tenant")
+	}
+}
+
+func TestDirectoryOfYAMLTenants(t *testing.T) {
+	src := discovering + `tenants:
+  - {domain: acme.example, contexts: [acme-phones], token: acme}
+  - {domain: globex.example, endpoint_prefix: "globex-", realm: Globex}
+`
+	src = strings.Replace(src, "    discover: {exclude: [\"9*\"], contexts: [phones]}\n", "    discover: true\n", 1)
+	src = strings.Replace(src, "  - id: \"104\"\n", "  - id: \"104\"\n    tenant: acme.example\n", 1)
+	cfg, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, left, err := cfg.Directory(discovery.Found{"ast": found("ast",
+		adapters.DiscoveredUser{Extension: "100", Name: "Acme 100", Device: "PJSIP/acme100", Context: "acme-phones"},
+		adapters.DiscoveredUser{Extension: "globex-100", Name: "Globex 100", Device: "PJSIP/globex-100", Context: "globex"},
+		adapters.DiscoveredUser{Extension: "100", Name: "Alice", Device: "PJSIP/100"},
+	)})
+	if err != nil {
+		t.Fatal(err, left)
+	}
+	for _, c := range []struct{ host, name, id string }{
+		{"acme.example", "100", "100@acme.example"},
+		{"acme.example", "boss", "104"},
+		{"globex.example", "100", "100@globex.example"},
+		{"example.com", "100", "a"},
+	} {
+		if u, ok := dir.Resolve(c.host, c.name); !ok || u.ID != c.id {
+			t.Errorf("%s at %s: %+v, want %s", c.name, c.host, u, c.id)
+		}
 	}
 }
 

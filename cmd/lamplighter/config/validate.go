@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/presence"
 )
 
@@ -84,6 +85,7 @@ func (v *validator) check(c *Config) {
 		v.at(p("log", "format"), "log format %q is not text or json", c.Log.Format)
 	}
 	pbxs := v.checkPBXs(c)
+	v.checkTenants(c)
 	v.checkUsers(c, pbxs)
 	v.checkLists(c)
 	if c.Cluster != nil {
@@ -102,7 +104,7 @@ func (v *validator) checkLists(c *Config) {
 	for _, u := range c.Users {
 		ids[u.ID] = true
 		for _, n := range append(append([]string{}, u.Extensions...), u.Aliases...) {
-			names[strings.ToLower(n)] = u.ID
+			names[bridge.Qualify(n, strings.ToLower(u.Tenant))] = u.ID
 		}
 		for _, g := range u.Groups {
 			groups[g] = true
@@ -112,8 +114,10 @@ func (v *validator) checkLists(c *Config) {
 	seen := map[string]int{}
 	for i, l := range c.Lists {
 		path := p("lists", i)
-		key := strings.ToLower(l.Name)
+		key := bridge.Qualify(l.Name, strings.ToLower(l.Tenant))
 		switch {
+		case l.Tenant != "" && c.Tenant(l.Tenant) == nil:
+			v.at(append(path, "tenant"), "list %q is in %q, which is not under tenants", l.Name, l.Tenant)
 		case l.Name == "":
 			v.at(path, "list has no name")
 		case strings.ContainsAny(l.Name, " @:;<>\"?"):
@@ -134,7 +138,7 @@ func (v *validator) checkLists(c *Config) {
 		for j, m := range l.Members {
 			id := m
 			if !ids[m] {
-				id = names[strings.ToLower(m)]
+				id = names[bridge.Qualify(m, strings.ToLower(l.Tenant))]
 			}
 			if id == "" && discovering {
 				continue // maybe the PBX's: checked as the directory is built
@@ -149,6 +153,37 @@ func (v *validator) checkLists(c *Config) {
 			}
 			members[id] = lineOf(v.root, append(path, "members", j))
 		}
+	}
+}
+
+// checkTenants checks the tenants: a domain of their own each, other than
+// the sip domain, and readable token secrets.
+func (v *validator) checkTenants(c *Config) {
+	seen := map[string]int{}
+	for i, t := range c.Tenants {
+		path := p("tenants", i)
+		d := strings.ToLower(t.Domain)
+		switch {
+		case t.Domain == "":
+			v.at(path, "a tenant needs a domain")
+		case strings.ContainsAny(t.Domain, " @:;<>/\"?"):
+			v.at(append(path, "domain"), "bad domain %q", t.Domain)
+		case d == strings.ToLower(c.SIP.Domain):
+			v.at(append(path, "domain"), "%q is the sip domain, whose people are no tenant's", t.Domain)
+		case seen[d] != 0:
+			v.at(append(path, "domain"), "tenant %q is already defined at line %d", t.Domain, seen[d])
+		}
+		seen[d] = lineOf(v.root, append(path, "domain"))
+		n := 0
+		for _, s := range []string{t.Token, t.TokenFile, t.TokenEnv} {
+			if s != "" {
+				n++
+			}
+		}
+		if n > 1 {
+			v.at(path, "give only one of token, token_file and token_env")
+		}
+		v.checkSecret(path, "token", t.TokenFile, t.TokenEnv)
 	}
 }
 
@@ -398,7 +433,7 @@ func (v *validator) checkUsers(c *Config, pbxs map[string]bool) {
 				list = u.Aliases
 			}
 			for j, n := range list {
-				key := strings.ToLower(n)
+				key := bridge.Qualify(n, strings.ToLower(u.Tenant))
 				switch {
 				case n == "":
 					v.at(append(path, field, j), "empty %s entry", strings.TrimSuffix(field, "s"))
@@ -426,10 +461,14 @@ func (v *validator) checkUsers(c *Config, pbxs map[string]bool) {
 				devices[d] = u.ID
 			}
 		}
-		if owner, dup := sipNames[u.SIP.Username]; dup && u.SIP.Username != "" {
+		if u.Tenant != "" && c.Tenant(u.Tenant) == nil {
+			v.at(append(path, "tenant"), "user %q is in %q, which is not under tenants", u.ID, u.Tenant)
+		}
+		sipName := strings.ToLower(u.Tenant) + "\x00" + u.SIP.Username
+		if owner, dup := sipNames[sipName]; dup && u.SIP.Username != "" {
 			v.at(append(path, "sip", "username"), "sip username %q is already used by user %q", u.SIP.Username, owner)
 		} else {
-			sipNames[u.SIP.Username] = u.ID
+			sipNames[sipName] = u.ID
 		}
 		n := 0
 		for _, s := range []string{u.SIP.Password, u.SIP.PasswordFile, u.SIP.PasswordEnv} {

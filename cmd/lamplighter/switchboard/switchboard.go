@@ -37,6 +37,10 @@ type Options struct {
 	Bridge Bridge
 	// View renders a user as the API does (api.API.View).
 	View func(*bridge.State) api.User
+	// Shows says whether the page shows a user (nil: everyone): the
+	// page is open to whoever reaches it, so a tenant's people are not
+	// on it.
+	Shows func(*bridge.User) bool
 	// Title is shown in the page's header (default "Switchboard").
 	Title string
 	Log   *slog.Logger
@@ -88,6 +92,9 @@ func New(opt Options) *Switchboard {
 	}
 	if opt.Title == "" {
 		opt.Title = "Switchboard"
+	}
+	if opt.Shows == nil {
+		opt.Shows = func(*bridge.User) bool { return true }
 	}
 	if opt.Heartbeat == 0 {
 		opt.Heartbeat = 15 * time.Second
@@ -156,7 +163,7 @@ func (s *Switchboard) Run(ctx context.Context) {
 		s.mu.Unlock()
 		var up message
 		for id := range dirty {
-			if st, ok := s.opt.Bridge.State(id); ok {
+			if st, ok := s.opt.Bridge.State(id); ok && s.opt.Shows(st.User) {
 				up.Users = append(up.Users, s.opt.View(st))
 			} else {
 				up.Removed = append(up.Removed, id)
@@ -265,7 +272,9 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		snap.PBXs = s.opt.PBXs()
 	}
 	for _, st := range s.opt.Bridge.States() {
-		snap.Users = append(snap.Users, s.opt.View(st))
+		if s.opt.Shows(st.User) {
+			snap.Users = append(snap.Users, s.opt.View(st))
+		}
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
