@@ -416,11 +416,11 @@ func ringsNewly(prev, next *State) bool {
 // when the PBX gave none (FreeSWITCH names no callee, Asterisk only what
 // the endpoint's caller id says): a colleague's extension reads as the
 // colleague.
-func (b *Bridge) named(c Call) Call {
+func (b *Bridge) named(tenant string, c Call) Call {
 	if c.Remote.Name != "" || c.Remote.Number == "" {
 		return c
 	}
-	if u, ok := b.dir.Lookup(c.Remote.Number); ok && u.Name != "" && slices.Contains(u.Extensions, c.Remote.Number) {
+	if u, ok := b.dir.Lookup(Qualify(c.Remote.Number, tenant)); ok && u.Name != "" && slices.Contains(u.Extensions, c.Remote.Number) {
 		c.Remote.Name = u.Name
 	}
 	return c
@@ -440,7 +440,7 @@ func (b *Bridge) compute(u *User) *State {
 						st.IDsPending = true
 					}
 					if !c.Pending() {
-						st.Calls = append(st.Calls, b.named(*c))
+						st.Calls = append(st.Calls, b.named(u.Tenant, *c))
 					}
 				}
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/adapters/pbxtest"
+	"github.com/lamplighter/lamplighter/presence/baresiptest"
 )
 
 // apiUsers is GET /api/v1/users as a test reads it.
@@ -198,4 +200,137 @@ func TestDiscoveryOnTheRealFreeSWITCH(t *testing.T) {
 		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
 	r.plainCall(t, "1000", "1001", "Extension 1000")
+}
+
+// tenantDomain is the second domain the FreeSWITCH tenant test gives the
+// switch, with users 1000-1002 of its own.
+const tenantDomain = "b.example"
+
+// tenantDialplan is the tenant's own dialplan context, as FusionPBX
+// gives each domain: its users call each other in their domain.
+const tenantDialplan = `<include>
+<context name="` + tenantDomain + `">
+<extension name="local"><condition field="destination_number" expression="^(100[0-2])$">
+<action application="set" data="domain_name=` + tenantDomain + `"/>
+<action application="bridge" data="user/$1@` + tenantDomain + `"/>
+</condition></extension>
+</context>
+</include>
+`
+
+// tenantDirectory is FreeSWITCH's directory file for tenantDomain.
+func tenantDirectory() string {
+	var users strings.Builder
+	for _, ext := range []string{"1000", "1001", "1002"} {
+		fmt.Fprintf(&users, `<user id="%s"><params><param name="password" value="1234"/></params>
+<variables><variable name="user_context" value="`+tenantDomain+`"/><variable name="effective_caller_id_name" value="Bee %s"/>
+<variable name="effective_caller_id_number" value="%s"/></variables></user>
+`, ext, ext, ext)
+	}
+	// FreeSWITCH's preprocessor takes <include> only on a line of its own.
+	return `<include>
+<domain name="` + tenantDomain + `">
+<params><param name="dial-string" value="{^^:sip_invite_domain=${dialed_domain}:presence_id=${dialed_user}@${dialed_domain}}${sofia_contact(*/${dialed_user}@${dialed_domain})}"/></params>
+<groups><group name="default"><users>
+` + users.String() + `</users></group></groups></domain>
+</include>
+`
+}
+
+// TestTenantsOnTheRealFreeSWITCH: a FreeSWITCH with two domains that both
+// have 1000-1002 is two tenants once its directory is discovered: phones
+// of each register to the switch and watch their colleagues' lamps at
+// Lamplighter in their own domain; a call in one tenant shows on its
+// lamps and on none of the other's; a watcher of one tenant cannot reach
+// the other's by Request-URI or From.
+func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
+	r := newFreeSWITCHRig(t, rigOptions{exts: []string{"1000", "1001"}, noPhones: true, pbx: "    discover: true\n",
+		user: func(string) string { return "" },
+		fs: pbxtest.Config{Append: map[string]string{"directory/" + tenantDomain + ".xml": tenantDirectory(),
+			"dialplan/" + tenantDomain + ".xml": tenantDialplan},
+			// A switch of several domains (FusionPBX) looks users up in
+			// the domain they name, not in the one the vanilla profile
+			// forces...
+			Edits: []pbxtest.Edit{
+				{File: "sip_profiles/internal.xml", Old: `<param name="force-register-domain" value="$${domain}"/>`},
+				{File: "sip_profiles/internal.xml", Old: `<param name="force-subscription-domain" value="$${domain}"/>`},
+				{File: "sip_profiles/internal.xml", Old: `<param name="force-register-db-domain" value="$${domain}"/>`},
+				// ... and finds a domain's registrations only in it.
+				{File: "sip_profiles/internal.xml", Old: `<param name="presence-hosts" value="$${domain},$${local_ip_v4}"/>`},
+			}}})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	users := r.users()
+	if len(users.Users) != 23 {
+		t.Fatalf("%d users, want 1000-1019 and three of %s: %v", len(users.Users), tenantDomain, users.ids())
+	}
+	for _, u := range users.Users {
+		if u.ID == "1001@"+tenantDomain && (u.Name != "Bee 1001" || len(u.Devices) != 1 || u.Devices[0].Device != "1001@"+tenantDomain) {
+			t.Errorf("%s: %+v", u.ID, u)
+		}
+	}
+	// The default domain's phones and lamps (the rig's), and the tenant's.
+	for _, ext := range []string{"1000", "1001"} {
+		r.phones[ext] = r.phone(ext)
+		r.lamps[ext] = r.watch(ext)
+		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	bPhones, bLamps := map[string]*baresiptest.Phone{}, map[string]*lampWatch{}
+	for _, ext := range []string{"1000", "1001"} {
+		bPhones[ext] = baresiptest.Start(t, baresiptest.Options{
+			Account: fmt.Sprintf(`<sip:%s@%s>;auth_pass=1234;outbound="sip:%s";regint=300;answermode=manual`, ext, tenantDomain, r.sip)})
+		bLamps[ext] = watchLampIn(t, r.ll, ext, tenantDomain, "", "")
+		bLamps[ext].wait(ext+"@"+tenantDomain+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	// quiet checks that lamps showed no call after the documents counted
+	// in from.
+	counted := func(lamps map[string]*lampWatch) map[string]int {
+		n := map[string]int{}
+		for ext, l := range lamps {
+			n[ext] = len(l.documents())
+		}
+		return n
+	}
+	quiet := func(what string, lamps map[string]*lampWatch, from map[string]int) {
+		t.Helper()
+		for ext, l := range lamps {
+			for _, d := range l.documents()[from[ext]:] {
+				if !d.idle() {
+					t.Errorf("%s: lamp %s showed another tenant's call: %s", what, ext, d)
+				}
+			}
+		}
+	}
+
+	// A call in the tenant: its lamps show it, the default domain's none.
+	before := counted(r.lamps)
+	bPhones["1000"].Command("/dial sip:1001@" + tenantDomain)
+	in := bLamps["1001"].waitCall("early", "recipient", "1000", 15*time.Second)
+	if in.RemoteName != "Bee 1000" {
+		t.Errorf("the tenant's ringing lamp names %q", in.RemoteName)
+	}
+	bLamps["1000"].waitCall("early", "initiator", "1001", 10*time.Second)
+	bPhones["1001"].Command("/accept")
+	bLamps["1001"].waitCall("confirmed", "recipient", "1000", 10*time.Second)
+	bPhones["1000"].Command("/hangup")
+	bLamps["1000"].waitIdle(10 * time.Second)
+	bLamps["1001"].waitIdle(10 * time.Second)
+	quiet("a call in "+tenantDomain, r.lamps, before)
+
+	// A call in the default domain: the tenant's lamps show nothing.
+	before = counted(bLamps)
+	r.plainCall(t, "1000", "1001", "Extension 1000")
+	quiet("a call in the default domain", bLamps, before)
+
+	// Across tenants: the tenant's From at the default domain's 1001, the
+	// default's From at the tenant's, and a domain that is no one's.
+	for _, c := range []struct {
+		domain, from string
+		want         int
+	}{{"", tenantDomain, 403}, {tenantDomain, pbxtest.Domain, 403}, {"c.example", "c.example", 404}} {
+		w := newWatcher(t, "UDP")
+		w.domain, w.fromDomain = c.domain, c.from
+		if res := w.subscribe(r.ll, "1001", "dialog", 600); res.StatusCode != c.want {
+			t.Errorf("Request-URI domain %q, From %s: %d, want %d", c.domain, c.from, res.StatusCode, c.want)
+		}
+	}
 }

@@ -141,8 +141,19 @@ func watchLamp(t *testing.T, server, ext string) *lampWatch {
 // does not trust the test's address.
 func watchLampAs(t *testing.T, server, ext, user, pass string) *lampWatch {
 	t.Helper()
+	return watchLampIn(t, server, ext, "", user, pass)
+}
+
+// watchLampIn is watchLampAs for ext@domain (a tenant's), with the From
+// in that domain too; "" is the server's address.
+func watchLampIn(t *testing.T, server, ext, domain, user, pass string) *lampWatch {
+	t.Helper()
 	l := &lampWatch{t: t, ext: ext, w: newWatcher(t, "UDP"), news: make(chan struct{}, 1)}
+	if domain != "" {
+		l.ext = ext + "@" + domain
+	}
 	l.w.username, l.w.password, l.w.fromUser = user, pass, user
+	l.w.domain, l.w.fromDomain = domain, domain
 	go l.read()
 	if res := l.w.subscribe(server, ext, "dialog", 3600); !res.IsSuccess() { // FreeSWITCH answers 202
 		t.Fatalf("SUBSCRIBE to %s: %d %s", ext, res.StatusCode, res.Reason)
