@@ -16,6 +16,14 @@ type DiscoveredUser struct {
 	Device    string   `json:"device"`            // the user's device as the adapter names it
 	Context   string   `json:"context,omitempty"` // the dialplan context its calls start in
 	Groups    []string `json:"groups,omitempty"`  // the PBX's own groups the user is in
+	// More are further numbers the PBX dials the user by (Asterisk: a
+	// hint that maps another extension to the user's endpoint).
+	More []string `json:"more,omitempty"`
+	// Resource marks a lamp that is no person: a feature key's state (a
+	// hint on Custom: or Queue: devices, a parking space, a FusionPBX
+	// feature); OtherDevices are the devices it watches besides Device.
+	Resource     bool     `json:"resource,omitempty"`
+	OtherDevices []string `json:"other_devices,omitempty"`
 }
 
 // Discoverer is an adapter that can read its PBX's directory.

@@ -36,6 +36,10 @@ type User struct {
 	// to or overrides what the PBX says).
 	Configured bool     `json:"configured"`
 	Discovered []string `json:"discovered,omitempty"`
+	// Resource marks a lamp that is no person (a feature key: a hint on
+	// Custom: devices, a parking space): it has no person state and is
+	// not on the switchboard.
+	Resource bool `json:"resource,omitempty"`
 }
 
 // Presentity returns the user part under which the user is normally
@@ -60,7 +64,7 @@ func (u *User) Equal(o *User) bool {
 	}
 	return u.ID == o.ID && u.Name == o.Name && slices.Equal(u.Extensions, o.Extensions) &&
 		slices.Equal(u.Aliases, o.Aliases) && slices.Equal(u.Devices, o.Devices) &&
-		slices.Equal(u.Groups, o.Groups) && u.Domain == o.Domain && u.Tenant == o.Tenant && u.Configured == o.Configured &&
+		slices.Equal(u.Groups, o.Groups) && u.Domain == o.Domain && u.Tenant == o.Tenant && u.Resource == o.Resource && u.Configured == o.Configured &&
 		slices.Equal(u.Discovered, o.Discovered)
 }
 

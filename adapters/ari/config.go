@@ -6,6 +6,8 @@
 package ari
 
 import (
+	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -54,6 +56,22 @@ type Config struct {
 	// "Stasis:DND_{extension}". {user} is the user's id, {extension} the
 	// first extension. Off when empty.
 	DNDDevice string `yaml:"dnd_device"`
+	// AMI, when set, is where the dialplan's hints are read from for the
+	// PBX's discover (ARI cannot list them): the Asterisk Manager
+	// Interface, as a user that may only run reporting actions.
+	AMI *AMI `yaml:"ami"`
+}
+
+// AMI is the `ami:` part of the section: an AMI listener and a user of it.
+type AMI struct {
+	Address      string `yaml:"address"` // host:port (Asterisk's default port is 5038)
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+	// Secret is the password as read from wherever the section says
+	// (the config fills it in).
+	Secret string `yaml:"-"`
 }
 
 // dndDevice is the mirror device name for user u, "" when mirroring is
@@ -116,6 +134,23 @@ func (c *Config) Validate() []adapters.ConfigError {
 	}
 	if strings.ContainsAny(c.DedicatedEndpoint, "/ ") {
 		errs = append(errs, adapters.ConfigError{Key: "dedicated_endpoint", Msg: "is a PJSIP endpoint's name, without PJSIP/"})
+	}
+	if a := c.AMI; a != nil {
+		if host, port, err := net.SplitHostPort(a.Address); err != nil || host == "" || port == "" {
+			errs = append(errs, adapters.ConfigError{Key: "ami", Msg: fmt.Sprintf("address %q: want host:port", a.Address)})
+		}
+		if a.Username == "" {
+			errs = append(errs, adapters.ConfigError{Key: "ami", Msg: "needs a username"})
+		}
+		n := 0
+		for _, s := range []string{a.Password, a.PasswordFile, a.PasswordEnv} {
+			if s != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			errs = append(errs, adapters.ConfigError{Key: "ami", Msg: "give one of password, password_file and password_env"})
+		}
 	}
 	if c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
 		errs = append(errs, adapters.ConfigError{Key: "reconnect_min", Msg: "is above reconnect_max"})

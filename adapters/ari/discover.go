@@ -3,6 +3,7 @@ package ari
 import (
 	"context"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -27,6 +28,7 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 		return nil, err
 	}
 	out := make([]adapters.DiscoveredUser, len(endpoints))
+	numbered := make([]bool, len(endpoints)) // the caller id gave a number
 	errs := make([]error, len(endpoints))
 	// A few requests at a time: one per endpoint, thousands on a big PBX.
 	var wg sync.WaitGroup
@@ -36,11 +38,12 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			out[i], errs[i] = a.endpointUser(ctx, e.Resource)
+			out[i], numbered[i], errs[i] = a.endpointUser(ctx, e.Resource)
 		}()
 	}
 	wg.Wait()
 	var users []adapters.DiscoveredUser
+	unnumbered := map[string]bool{} // devices whose extension is only the endpoint's name
 	for i, err := range errs {
 		switch {
 		case err == errNotFound:
@@ -49,34 +52,96 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 			return nil, err
 		default:
 			users = append(users, out[i])
+			if !numbered[i] {
+				unnumbered[out[i].Device] = true
+			}
 		}
 	}
-	return users, nil
+	if a.cfg.AMI == nil {
+		return users, nil
+	}
+	hints, err := readHints(ctx, a.cfg.AMI, a.cfg.RequestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return a.withHints(users, unnumbered, hints), nil
 }
 
-// endpointUser reads one PJSIP endpoint's caller id and context.
-func (a *Adapter) endpointUser(ctx context.Context, id string) (adapters.DiscoveredUser, error) {
+// withHints adds what the dialplan's hints say to the endpoints found: a
+// hint on one endpoint alone is another number of its user (or its only
+// one, where the endpoint's caller id has none); any other hint (on
+// Custom:, Queue: or parking devices, or on several devices) is a
+// resource of its own, a feature key's lamp, whose state is its devices'.
+func (a *Adapter) withHints(users []adapters.DiscoveredUser, unnumbered map[string]bool, hints []hint) []adapters.DiscoveredUser {
+	byDevice := map[string]int{}
+	for i, u := range users {
+		byDevice[u.Device] = i
+	}
+	for _, h := range hints {
+		if len(h.Devices) == 1 {
+			if i, ok := byDevice[h.Devices[0]]; ok {
+				u := &users[i]
+				switch {
+				case u.Extension == h.Exten || slices.Contains(u.More, h.Exten):
+				case unnumbered[u.Device]:
+					// The endpoint's name stood in for a number it did
+					// not have: the hint's is the number.
+					u.More = append(u.More, u.Extension)
+					u.Extension = h.Exten
+					unnumbered[u.Device] = false
+				default:
+					u.More = append(u.More, h.Exten)
+				}
+				continue
+			}
+		}
+		r := adapters.DiscoveredUser{PBX: a.conn.Name, Extension: h.Exten, Name: resourceName(h), Device: h.Devices[0],
+			Context: h.Context, Resource: true}
+		if len(h.Devices) > 1 {
+			r.OtherDevices = slices.Clone(h.Devices[1:])
+		}
+		users = append(users, r)
+	}
+	return users
+}
+
+// resourceName names a feature key's lamp after what it watches:
+// "Custom:DND100" reads "DND100", several devices are joined by " & ".
+func resourceName(h hint) string {
+	names := make([]string, len(h.Devices))
+	for i, d := range h.Devices {
+		if _, after, ok := strings.Cut(d, ":"); ok && !strings.HasPrefix(d, "PJSIP/") {
+			d = after
+		}
+		names[i] = d
+	}
+	return strings.Join(names, " & ")
+}
+
+// endpointUser reads one PJSIP endpoint's caller id and context; numbered
+// says the caller id gave the extension (else it is the endpoint's name).
+func (a *Adapter) endpointUser(ctx context.Context, id string) (u adapters.DiscoveredUser, numbered bool, err error) {
 	var fields []struct {
 		Attribute string `json:"attribute"`
 		Value     string `json:"value"`
 	}
 	if err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/endpoint/"+url.PathEscape(id), &fields); err != nil {
-		return adapters.DiscoveredUser{}, err
+		return u, false, err
 	}
-	u := adapters.DiscoveredUser{PBX: a.conn.Name, Extension: id, Device: "PJSIP/" + id}
+	u = adapters.DiscoveredUser{PBX: a.conn.Name, Extension: id, Device: "PJSIP/" + id}
 	for _, f := range fields {
 		switch f.Attribute {
 		case "callerid":
 			name, number := splitCallerID(f.Value)
 			u.Name = name
 			if number != "" {
-				u.Extension = number
+				u.Extension, numbered = number, true
 			}
 		case "context":
 			u.Context = f.Value
 		}
 	}
-	return u, nil
+	return u, numbered, nil
 }
 
 // splitCallerID reads a caller id as Asterisk writes it: `"Name" <number>`,

@@ -3,6 +3,9 @@ package ari
 import (
 	"context"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,5 +80,62 @@ func TestDiscoverAsksTheRealAsterisk(t *testing.T) {
 	ast.CLI("module reload res_pjsip.so")
 	if u, ok := find()["200"]; ok {
 		t.Errorf("the endpoint removed is still found: %+v", u)
+	}
+}
+
+func TestHintsMakeNumbersAndResources(t *testing.T) {
+	a := &Adapter{conn: adapters.Connection{Name: "ast"}}
+	users := []adapters.DiscoveredUser{
+		{PBX: "ast", Extension: "100", Device: "PJSIP/100"},
+		{PBX: "ast", Extension: "alice", Device: "PJSIP/alice"}, // no number in its caller id
+	}
+	got := a.withHints(users, map[string]bool{"PJSIP/alice": true}, []hint{
+		{Exten: "100", Context: "ext-local", Devices: []string{"PJSIP/100"}},
+		{Exten: "2100", Context: "ext-local", Devices: []string{"PJSIP/100"}},
+		{Exten: "201", Context: "ext-local", Devices: []string{"PJSIP/alice"}},
+		{Exten: "*76100", Context: "ext-dnd-hints", Devices: []string{"Custom:DND100"}},
+		{Exten: "100", Context: "ext-local", Devices: []string{"PJSIP/100", "Custom:DND100"}},
+	})
+	if len(got) != 4 {
+		t.Fatalf("%d entries: %+v", len(got), got)
+	}
+	if u := got[0]; u.Extension != "100" || !slices.Equal(u.More, []string{"2100"}) {
+		t.Errorf("100: %+v", u)
+	}
+	if u := got[1]; u.Extension != "201" || !slices.Equal(u.More, []string{"alice"}) {
+		t.Errorf("alice: %+v", u)
+	}
+	if u := got[2]; !u.Resource || u.Extension != "*76100" || u.Device != "Custom:DND100" || u.Name != "DND100" || u.Context != "ext-dnd-hints" {
+		t.Errorf("*76100: %+v", u)
+	}
+	if u := got[3]; !u.Resource || u.Extension != "100" || u.Device != "PJSIP/100" || !slices.Equal(u.OtherDevices, []string{"Custom:DND100"}) {
+		t.Errorf("FreePBX's hint for 100: %+v", u)
+	}
+	if h, ok := parseHint("100", "ext-local", "PJSIP/100&Custom:DND100,CustomPresence:100"); !ok || !slices.Equal(h.Devices, []string{"PJSIP/100", "Custom:DND100"}) {
+		t.Errorf("parseHint: %+v", h)
+	}
+}
+
+// TestHintsThroughTheRealAMI: the real Asterisk's hints are read over AMI
+// (100-109 on their endpoints), and a wrong password is a clear error.
+func TestHintsThroughTheRealAMI(t *testing.T) {
+	ast := pbxtest.StartAsterisk(t, pbxtest.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ami := &AMI{Address: "127.0.0.1:" + strconv.Itoa(ast.AMIPort), Username: "sidecar", Secret: "sidecar"}
+	hints, err := readHints(ctx, ami, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]string{}
+	for _, h := range hints {
+		found[h.Exten] = strings.Join(h.Devices, "&")
+	}
+	if len(found) != 10 || found["105"] != "PJSIP/105" {
+		t.Errorf("hints: %v", found)
+	}
+	ami.Secret = "wrong"
+	if _, err := readHints(ctx, ami, 5*time.Second); err == nil || !strings.Contains(err.Error(), "login as sidecar refused") {
+		t.Errorf("a wrong password: %v", err)
 	}
 }

@@ -28,7 +28,11 @@ func directoryReader(cfg *config.Config, pb *config.PBX, log *slog.Logger) (adap
 	none := func() []string { return nil }
 	switch pb.Kind {
 	case config.KindARI:
-		return ari.New(conn, *pb.ARI, none, log)
+		section, err := cfg.ARISection(pb, nil)
+		if err != nil {
+			return nil, err
+		}
+		return ari.New(conn, section, none, log)
 	case config.KindESL:
 		return esl.New(conn, *pb.ESL, none, log)
 	case config.KindSim:

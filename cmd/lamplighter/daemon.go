@@ -179,8 +179,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	}
 	d.api.SetTenantTokens(tenantTokens)
 	// The page is open to whoever reaches it: the default domain's people
-	// only, never a tenant's.
-	defaultDomainOnly := func(u *bridge.User) bool { return u.Tenant == "" }
+	// only, never a tenant's; and people, not feature keys' lamps.
+	defaultDomainOnly := func(u *bridge.User) bool { return u.Tenant == "" && !u.Resource }
 	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Shows: defaultDomainOnly, Title: cfg.HTTP.Title,
 		PBXs: d.pbxStates, MaxStreams: cfg.HTTP.MaxStreams, MaxStreamsPerAddress: cfg.HTTP.MaxStreamsPerAddress, Log: log})
 	d.board.Handle(d.ops)
@@ -229,7 +229,10 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 	case config.KindSim:
 		return sim.New(conn, *p.Sim, simPhones(p.Name, dir), d.log), nil
 	case config.KindARI:
-		cfg := *p.ARI
+		cfg, err := d.cfg.ARISection(p, nil)
+		if err != nil {
+			return nil, err
+		}
 		if d.node != nil {
 			// Asterisk gives an ARI application's events to one websocket
 			// only (the last connected): nodes sharing one YAML would

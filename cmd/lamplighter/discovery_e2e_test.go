@@ -334,3 +334,57 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 		}
 	}
 }
+
+// TestFeatureKeysOnTheRealAsterisk: with the ARI README's AMI user, the
+// real Asterisk's hints are discovered: a feature code's hint on a
+// Custom: device (FreePBX's *76100 do-not-disturb) is a lamp of its own
+// that lights and goes out with the device state, as Asterisk's own lamp
+// for the same key does, and a hint that gives an endpoint another number
+// (2100) is that user's too.
+func TestFeatureKeysOnTheRealAsterisk(t *testing.T) {
+	hints := "\n[phones]\nexten => *76100,hint,Custom:DND100\nexten => 2100,hint,PJSIP/100\n"
+	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101"}, noPhones: true, readme: []string{"ami"},
+		ast: pbxtest.Config{Append: map[string]string{"extensions.conf": hints}},
+		pbx: "    discover: true\n    ari: {ami: {address: \"@AMI_ADDRESS@\", username: lamplighter, password: " + readmeARIPassword + "}}\n",
+		user: func(string) string { return "" }})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	var dnd, hundred bool
+	for _, u := range r.users().Users {
+		switch u.ID {
+		case "*76100":
+			dnd = len(u.Devices) == 1 && u.Devices[0].Device == "Custom:DND100" && u.Name == "DND100"
+		case "100":
+			hundred = slices.Equal(u.Extensions, []string{"100", "2100"})
+		}
+	}
+	if !dnd || !hundred {
+		t.Fatalf("hints not discovered (*76100 as DND100 on Custom:DND100: %v; 100 also 2100: %v):\n%s", dnd, hundred, r.get("/api/v1/users"))
+	}
+	if !strings.Contains(r.get("/api/v1/users/*76100"), `"resource": true`) {
+		t.Errorf("*76100 is not shown as a resource")
+	}
+
+	ours := watchLamp(t, r.ll, "*76100")
+	native := watchLampAs(t, r.sip, "*76100", "100", "100")
+	lit := func(d lamp) bool { c, ok := d.only(); return ok && c.State == "confirmed" }
+	for _, state := range []string{"BUSY", "NOT_INUSE", "INUSE", "NOT_INUSE"} {
+		r.ast.CLI("devstate change Custom:DND100 " + state)
+		want := func(d lamp) bool { return d.idle() }
+		if state != "NOT_INUSE" {
+			want = lit
+		}
+		ours.wait("*76100 at "+state, 10*time.Second, want)
+		native.wait("Asterisk's own *76100 at "+state, 10*time.Second, want)
+	}
+
+	// 2100 is 100's lamp.
+	for _, ext := range []string{"100", "101"} {
+		r.phones[ext] = r.phone(ext)
+	}
+	other := watchLamp(t, r.ll, "2100")
+	other.wait("100 registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	r.dial("101", "100")
+	other.waitCall("early", "recipient", "101", 10*time.Second)
+	r.cmd("101", "/hangup")
+	other.waitIdle(10 * time.Second)
+}

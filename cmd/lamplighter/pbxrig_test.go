@@ -54,7 +54,8 @@ type rigOptions struct {
 	listen string
 	// noPhones: the test makes its own phones.
 	noPhones bool
-	// pbx is more YAML for the PBX's entry (e.g. "    ari: {...}\n").
+	// pbx is more YAML for the PBX's entry (e.g. "    ari: {...}\n");
+	// on Asterisk @AMI_ADDRESS@ in it is its AMI's host:port.
 	pbx string
 	// untrusted: no network is trusted, so that a phone's SUBSCRIBE
 	// stands on its registered flow (proxy mode) or its password; the
@@ -106,7 +107,8 @@ func newAsteriskRig(t *testing.T, o rigOptions) *rig {
 	r := &rig{t: t, kind: "ari", phones: map[string]*baresiptest.Phone{}, lamps: map[string]*lampWatch{}}
 	// Asterisk as its adapter's README sets it up: the ARI listener and
 	// the read-only user Lamplighter signs in as.
-	o.ast.Apply(adapterSnippets(t, "asterisk", o.readme), "10.0.0.5", "127.0.0.1", "8088", "@HTTP_PORT@")
+	o.ast.Apply(adapterSnippets(t, "asterisk", o.readme), "10.0.0.5", "127.0.0.1", "10.0.0.9", "127.0.0.1",
+		"8088", "@HTTP_PORT@", "5038", "@AMI_PORT@")
 	r.ast = pbxtest.StartAsterisk(t, o.ast)
 	r.sip, r.domain = r.ast.SIP(), "127.0.0.1"
 	pbx := fmt.Sprintf(`  - name: ast
@@ -118,7 +120,7 @@ func newAsteriskRig(t *testing.T, o rigOptions) *rig {
 	if o.proxy != "" {
 		pbx += fmt.Sprintf("    proxy: %s\n", strings.Replace(o.proxy, "{", fmt.Sprintf("{address: %q, ", r.sip), 1))
 	}
-	pbx += o.pbx
+	pbx += strings.ReplaceAll(o.pbx, "@AMI_ADDRESS@", fmt.Sprintf("127.0.0.1:%d", r.ast.AMIPort))
 	r.start(o, pbx, func(ext string) string {
 		return fmt.Sprintf(`  - {id: u%s, name: "User %s", extensions: ["%s"], devices: [{pbx: ast, device: PJSIP/%s}], sip: {username: "%s", password: pw%s}}`,
 			ext, ext, ext, ext, ext, ext)

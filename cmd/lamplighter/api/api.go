@@ -272,6 +272,8 @@ type User struct {
 	Domain     string   `json:"domain,omitempty"`
 	Configured bool     `json:"configured"`
 	Discovered []string `json:"discovered,omitempty"`
+	// Resource marks a feature key's lamp (no person).
+	Resource bool `json:"resource,omitempty"`
 	// State is the lamp: idle, dialing, ringing, busy, held, dnd, offline.
 	State       string        `json:"state"`
 	DeviceState string        `json:"device_state"`
@@ -316,7 +318,8 @@ func (a *API) view(st *bridge.State, regs map[string][]proxy.Registration) User 
 	u := User{
 		ID: st.User.ID, Name: st.User.Name, Extensions: st.User.Extensions, Groups: st.User.Groups,
 		Domain: st.User.Domain, Configured: st.User.Configured, Discovered: st.User.Discovered,
-		State: st.Phone.String(), DeviceState: st.Device.String(), Open: st.Open(),
+		Resource: st.User.Resource,
+		State:    st.Phone.String(), DeviceState: st.Device.String(), Open: st.Open(),
 		Person: personView(st.Person), Calls: st.Calls, Devices: []Device{},
 		Watchers: a.opt.Watchers(st.User.ID),
 	}

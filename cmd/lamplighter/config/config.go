@@ -553,6 +553,22 @@ func (c *Config) PBXPassword(p *PBX, env Env) (string, error) {
 	return resolveSecret(p.Password, p.PasswordFile, p.PasswordEnv, env)
 }
 
+// ARISection returns a PBX's ari section with the AMI password (when it
+// has an ami part) read from wherever the config says it is.
+func (c *Config) ARISection(p *PBX, env Env) (ari.Config, error) {
+	out := *p.ARI
+	if out.AMI != nil {
+		ami := *out.AMI
+		secret, err := resolveSecret(ami.Password, ami.PasswordFile, ami.PasswordEnv, env)
+		if err != nil {
+			return out, fmt.Errorf("ari.ami: %w", err)
+		}
+		ami.Secret = secret
+		out.AMI = &ami
+	}
+	return out, nil
+}
+
 // UserPassword returns a user's SIP password ("" when none is set).
 func (c *Config) UserPassword(u *User, env Env) (string, error) {
 	return resolveSecret(u.SIP.Password, u.SIP.PasswordFile, u.SIP.PasswordEnv, env)

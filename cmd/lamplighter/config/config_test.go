@@ -176,6 +176,9 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"tenant twice", [2]string{"sip:", "tenants:\n  - {domain: a.example}\n  - {domain: A.example}\nsip:"}, 3, `tenant "A.example" is already defined at line 2`},
 		{"tenant without domain", [2]string{"sip:", "tenants:\n  - {realm: x}\nsip:"}, 2, `a tenant needs a domain`},
 		{"tenant token file", [2]string{"sip:", "tenants:\n  - {domain: a.example, token_file: /nonexistent/t}\nsip:"}, 2, `cannot read token file`},
+		{"ami without secret", [2]string{"    password: p\n", "    password: p\n    ari: {ami: {address: \"10.0.0.5:5038\", username: ll}}\n"}, 9, "ami: give one of password"},
+		{"ami address", [2]string{"    password: p\n", "    password: p\n    ari: {ami: {address: \"10.0.0.5\", username: ll, password: x}}\n"}, 9, `ami: address "10.0.0.5": want host:port`},
+		{"ami secret file", [2]string{"    password: p\n", "    password: p\n    ari:\n      ami: {address: \"10.0.0.5:5038\", username: ll, password_file: /nonexistent/ami}\n"}, 10, "cannot read password file"},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {

@@ -109,7 +109,9 @@ func (v *validator) checkDiscover(entry []any, pb *PBX) {
 // excluded reports whether a discovered user is left out by its PBX's
 // section.
 func (d *Discover) excluded(u adapters.DiscoveredUser) bool {
-	if len(d.Contexts) > 0 && !slices.Contains(d.Contexts, u.Context) {
+	// Contexts choose endpoints (phones, not trunks); a hint lives in a
+	// dialplan context of its own.
+	if len(d.Contexts) > 0 && !u.Resource && !slices.Contains(d.Contexts, u.Context) {
 		return true
 	}
 	for _, pat := range d.Exclude {
@@ -182,11 +184,17 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 					continue
 				}
 			}
+			refs := []bridge.DeviceRef{ref}
+			for _, dev := range du.OtherDevices {
+				refs = append(refs, bridge.DeviceRef{Source: pb.Name, Device: dev})
+			}
 			if ok {
 				u := &users[at]
-				if _, has := byDevice[ref]; !has {
-					u.Devices = append(slices.Clip(u.Devices), ref)
-					byDevice[ref] = at
+				for _, r := range refs {
+					if _, has := byDevice[r]; !has {
+						u.Devices = append(slices.Clip(u.Devices), r)
+						byDevice[r] = at
+					}
 				}
 				if u.Name == "" {
 					u.Name = du.Name
@@ -200,6 +208,12 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 				}
 				if !slices.Contains(u.Discovered, pb.Name) {
 					u.Discovered = append(slices.Clip(u.Discovered), pb.Name)
+				}
+				for _, n := range du.More {
+					if k := bridge.Qualify(n, u.Tenant); !hasName(byName, k) {
+						u.Extensions = append(slices.Clip(u.Extensions), n)
+						byName[k] = at
+					}
 				}
 				continue
 			}
@@ -216,12 +230,24 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 				continue
 			}
 			ids[id] = true
-			byDevice[ref] = len(users)
-			byName[key] = len(users)
-			firstFrom[len(users)] = where
-			users = append(users, bridge.User{ID: id, Name: du.Name, Extensions: []string{du.Extension},
-				Devices: []bridge.DeviceRef{ref}, Groups: slices.Clone(du.Groups), Domain: du.Domain, Tenant: tenant,
-				Discovered: []string{pb.Name}})
+			at = len(users)
+			byName[key] = at
+			firstFrom[at] = where
+			nu := bridge.User{ID: id, Name: du.Name, Extensions: []string{du.Extension}, Groups: slices.Clone(du.Groups),
+				Domain: du.Domain, Tenant: tenant, Discovered: []string{pb.Name}, Resource: du.Resource}
+			for _, r := range refs {
+				if _, has := byDevice[r]; !has {
+					nu.Devices = append(nu.Devices, r)
+					byDevice[r] = at
+				}
+			}
+			for _, n := range du.More {
+				if k := bridge.Qualify(n, tenant); !hasName(byName, k) {
+					nu.Extensions = append(nu.Extensions, n)
+					byName[k] = at
+				}
+			}
+			users = append(users, nu)
 		}
 	}
 	for i := range users {

@@ -305,6 +305,9 @@ func (v *validator) checkPBXs(c *Config) map[string]bool {
 				for _, e := range pb.ARI.Validate() {
 					v.at(append(path, "ari", e.Key), "%s", e.Error())
 				}
+				if a := pb.ARI.AMI; a != nil {
+					v.checkSecret(append(path, "ari", "ami"), "password", a.PasswordFile, a.PasswordEnv)
+				}
 			}
 		case KindESL:
 			if err := checkHostPort(pb.Address); err != nil {
