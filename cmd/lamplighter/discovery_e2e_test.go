@@ -344,8 +344,8 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 func TestFeatureKeysOnTheRealAsterisk(t *testing.T) {
 	hints := "\n[phones]\nexten => *76100,hint,Custom:DND100\nexten => 2100,hint,PJSIP/100\n"
 	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101"}, noPhones: true, readme: []string{"ami"},
-		ast: pbxtest.Config{Append: map[string]string{"extensions.conf": hints}},
-		pbx: "    discover: true\n    ari: {ami: {address: \"@AMI_ADDRESS@\", username: lamplighter, password: " + readmeARIPassword + "}}\n",
+		ast:  pbxtest.Config{Append: map[string]string{"extensions.conf": hints}},
+		pbx:  "    discover: true\n    ari: {ami: {address: \"@AMI_ADDRESS@\", username: lamplighter, password: " + readmeARIPassword + "}}\n",
 		user: func(string) string { return "" }})
 	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
 	var dnd, hundred bool

@@ -117,7 +117,7 @@ func TestTenantsFromTrustedNetworks(t *testing.T) {
 		{"b.example", "a.example", 403},
 		{"a.example", "b.example", 403},
 		{"example.com", "a.example", 403}, // the default domain's is no tenant's either
-		{"phone.lan", "a.example", 200},    // a From that is no one's domain says nothing
+		{"phone.lan", "a.example", 200},   // a From that is no one's domain says nothing
 	} {
 		w := newWatcher(t, "UDP")
 		w.domain, w.fromDomain = c.to, c.from
