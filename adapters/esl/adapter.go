@@ -24,10 +24,8 @@ import (
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
-// subscribed are the events Lamplighter asks for. PRESENCE_IN is left
-// out: in the recordings each one repeats a channel event or a
-// registration that is subscribed anyway. lamplighter::sync is the mark
-// a resync fires to learn where the event stream stands.
+// subscribed are the events Lamplighter asks for. lamplighter::sync is
+// the mark a resync fires to learn where the event stream stands.
 var subscribed = []string{
 	"CHANNEL_CREATE", "CHANNEL_CALLSTATE", "CHANNEL_ANSWER",
 	// Who a leg is really with: the bridge and its updates follow a ring
@@ -39,6 +37,11 @@ var subscribed = []string{
 	// phone's dialog has nothing to pick up with (Replaces) until answer.
 	"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
 	"CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_HANGUP_COMPLETE", "HEARTBEAT",
+	// Feature keys' states (FusionPBX's dnd+, flow+, agent+ and
+	// voicemail+): the rest of PRESENCE_IN repeats channel and
+	// registration events, and is dropped at once.
+	"PRESENCE_IN",
+	// Last: every name after CUSTOM is a subclass.
 	"CUSTOM", "sofia::register", "sofia::unregister", "sofia::expire", "valet_parking::info", syncSubclass,
 }
 
@@ -87,6 +90,29 @@ func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
 	adapters.Backoff{Min: a.cfg.ReconnectMin, Max: a.cfg.ReconnectMax, DownAfter: a.cfg.DownAfter,
 		Sink: sink, Source: a.conn.Name}.Reconnect(ctx, &a.Tracker, a.log,
 		func(ctx context.Context) error { return a.session(ctx, sink) })
+	return nil
+}
+
+// probe asks for each feature key's state as FreeSWITCH does when a
+// phone subscribes to one: a PRESENCE_PROBE to proto+user@domain, which
+// FusionPBX's scripts answer with a PRESENCE_IN.
+func (a *Adapter) probe(ctx context.Context, l *link, features []string) error {
+	for _, dev := range features {
+		proto, _, _ := strings.Cut(dev, "+")
+		_, domain, _ := strings.Cut(dev, "@")
+		ev := &command.SendEvent{Name: "PRESENCE_PROBE", Headers: textproto.MIMEHeader{
+			"proto": {proto}, "login": {"lamplighter"}, "from": {"lamplighter@" + domain}, "to": {dev},
+			"event_type": {"presence"}, "alt_event_type": {"dialog"}, "proto-specific-event-name": {"dialog"},
+			"expires": {"3600"},
+		}}
+		res, err := l.send(ctx, ev)
+		if err != nil {
+			return err
+		}
+		if !res.ok() {
+			return fmt.Errorf("sendevent PRESENCE_PROBE refused: %s", res.reply())
+		}
+	}
 	return nil
 }
 
@@ -375,6 +401,9 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	}
 	a.Synchronise(sink, m.snapshot(chans, regs, a.devices()))
 	a.log.Info("synchronised with freeswitch", "channels", len(chans), "registrations", len(regs))
+	if err := a.probe(ctx, l, m.features()); err != nil {
+		return err
+	}
 	lastHeard := time.Now()
 	for _, e := range early {
 		a.apply(m, e, sink, markSeq)

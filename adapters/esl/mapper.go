@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -176,6 +177,8 @@ func (m *mapper) event(e event) []bridge.Event {
 		"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CALL_UPDATE",
 		"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY":
 		return m.channel(e)
+	case "PRESENCE_IN":
+		return m.feature(e)
 	case "CUSTOM":
 		switch e.get("Event-Subclass") {
 		case "valet_parking::info":
@@ -575,6 +578,75 @@ func cleanName(name, number string) string {
 // while empty.
 func isSpace(dev string) bool { return strings.HasPrefix(dev, "park+") }
 
+// featurePrefixes are the presence ids with a protocol prefix that
+// FusionPBX's feature keys watch and its scripts announce as PRESENCE_IN
+// (park+ spaces follow mod_valet_parking's own events instead).
+var featurePrefixes = []string{"flow+", "dnd+", "agent+", "voicemail+"}
+
+// isFeature reports whether a device is a feature key's presence id
+// (dnd+1000@domain or dnd+1000).
+func isFeature(dev string) bool {
+	for _, p := range featurePrefixes {
+		if strings.HasPrefix(dev, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// feature applies a PRESENCE_IN for a feature key (FusionPBX's
+// do-not-disturb, call flow, call-center agent and voicemail keys): the
+// state FreeSWITCH would show the key, by answer-state, becomes the
+// device's state. Every other PRESENCE_IN repeats a channel or
+// registration event, and gives nothing.
+func (m *mapper) feature(e event) []bridge.Event {
+	// FusionPBX's lamp helper (resources/functions/blf.lua) names the key
+	// by its protocol and the plain presence id (proto dnd, from
+	// 1000@domain); other scripts put the prefix in the id itself.
+	from := e.get("from")
+	if !isFeature(from) {
+		if p := e.get("proto") + "+"; from != "" && slices.Contains(featurePrefixes, p) {
+			from = p + from
+		} else {
+			return nil
+		}
+	}
+	user, _, _ := strings.Cut(from, "@")
+	dev := m.pick(from, user)
+	if dev == "" {
+		return nil
+	}
+	var st bridge.DeviceState
+	switch strings.ToLower(e.get("answer-state")) {
+	case "confirmed":
+		st = bridge.DeviceInUse
+	case "early":
+		st = bridge.DeviceRinging
+	case "terminated", "":
+		st = bridge.DeviceIdle
+	default:
+		return nil
+	}
+	if old, ok := m.state[dev]; ok && old == st {
+		return nil
+	}
+	m.state[dev] = st
+	return []bridge.Event{bridge.DeviceStateChanged{Source: m.source, Device: dev, State: st}}
+}
+
+// features returns the configured feature devices, whose state a probe
+// asks FusionPBX's scripts for after a connect.
+func (m *mapper) features() []string {
+	var out []string
+	for d := range m.devices {
+		if isFeature(d) {
+			out = append(out, d)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // regDevice finds the configured device a registration belongs to.
 func (m *mapper) regDevice(user, realm, profile string) string {
 	var sofia string
@@ -675,6 +747,9 @@ func (m *mapper) reachable(dev string) bool {
 
 // report emits the device's reachability if it changed.
 func (m *mapper) report(dev string) []bridge.Event {
+	if isFeature(dev) {
+		return nil // no registration: its state is its PRESENCE_IN's
+	}
 	st := bridge.DeviceUnavailable
 	if m.reachable(dev) || isSpace(dev) {
 		st = bridge.DeviceIdle
@@ -752,7 +827,8 @@ func (m *mapper) snapshot(chans []channelRow, regs []registrationRow, configured
 	}
 	for _, d := range configured {
 		st := bridge.DeviceUnavailable
-		if m.reachable(d) || isSpace(d) {
+		if m.reachable(d) || isSpace(d) || isFeature(d) {
+			// A feature key is off until a probe's answer says otherwise.
 			st = bridge.DeviceIdle
 		}
 		m.state[d] = st

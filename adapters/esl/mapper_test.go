@@ -3,6 +3,7 @@ package esl
 import (
 	"encoding/xml"
 	"math/rand/v2"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
@@ -444,5 +445,48 @@ func TestBlindTransferNamesTheNewParty(t *testing.T) {
 	}
 	if got := partiesOf(states["1011"]); !slices.Equal(got, []string{"1000 Extension 1000"}) {
 		t.Errorf("the transfer's target: %v", got)
+	}
+}
+
+// TestFeatureKeysFollowPresenceIn: a PRESENCE_IN for a configured
+// feature key (both ways FusionPBX's scripts name one) sets its state by
+// answer-state; one for a phone's own presence id, or for a feature no
+// one configured, gives nothing.
+func TestFeatureKeysFollowPresenceIn(t *testing.T) {
+	m := newMapper("fs", []string{"dnd+1000@pbx.example", "flow+*30@pbx.example", "1000@pbx.example"})
+	presence := func(proto, from, state string) []bridge.Event {
+		e := event{}
+		textproto.MIMEHeader(e).Set("Event-Name", "PRESENCE_IN")
+		textproto.MIMEHeader(e).Set("proto", proto)
+		textproto.MIMEHeader(e).Set("from", from)
+		textproto.MIMEHeader(e).Set("answer-state", state)
+		return m.event(e)
+	}
+	want := func(got []bridge.Event, dev string, st bridge.DeviceState) {
+		t.Helper()
+		if len(got) != 1 {
+			t.Fatalf("events %+v, want %s %v", got, dev, st)
+		}
+		if d, ok := got[0].(bridge.DeviceStateChanged); !ok || d.Device != dev || d.State != st {
+			t.Errorf("event %+v, want %s %v", got[0], dev, st)
+		}
+	}
+	want(presence("dnd", "1000@pbx.example", "confirmed"), "dnd+1000@pbx.example", bridge.DeviceInUse)
+	if got := presence("dnd", "1000@pbx.example", "confirmed"); len(got) != 0 {
+		t.Errorf("the same state again: %+v", got)
+	}
+	want(presence("sip", "flow+*30@pbx.example", "early"), "flow+*30@pbx.example", bridge.DeviceRinging)
+	want(presence("sip", "dnd+1000@pbx.example", "terminated"), "dnd+1000@pbx.example", bridge.DeviceIdle)
+	for _, c := range [][3]string{
+		{"sip", "1000@pbx.example", "confirmed"},   // a phone's presence: its channel events say it
+		{"dnd", "1001@pbx.example", "confirmed"},   // no such key configured
+		{"agent", "1000@pbx.example", "confirmed"}, // nor this one
+	} {
+		if got := presence(c[0], c[1], c[2]); len(got) != 0 {
+			t.Errorf("%v: %+v", c, got)
+		}
+	}
+	if got := m.features(); len(got) != 2 || got[0] != "dnd+1000@pbx.example" {
+		t.Errorf("features to probe: %v", got)
 	}
 }

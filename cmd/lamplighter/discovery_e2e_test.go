@@ -388,3 +388,66 @@ func TestFeatureKeysOnTheRealAsterisk(t *testing.T) {
 	r.cmd("101", "/hangup")
 	other.waitIdle(10 * time.Second)
 }
+
+// TestFeatureKeysOnTheRealFreeSWITCH: with discover's features, each user
+// of the real FreeSWITCH has FusionPBX's do-not-disturb key, dnd+1000: a
+// PRESENCE_IN such as FusionPBX's script fires lights it and puts it out
+// at Lamplighter as at FreeSWITCH's own lamp for the same key; after a
+// reconnect Lamplighter asks for its state with a PRESENCE_PROBE, as
+// FreeSWITCH does for a subscribing phone, and the answer lights it again.
+func TestFeatureKeysOnTheRealFreeSWITCH(t *testing.T) {
+	r := newFreeSWITCHRig(t, rigOptions{noPhones: true, pbx: "    discover: {features: [dnd]}\n",
+		user: func(string) string { return "" }})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	if got := r.get("/api/v1/users/dnd+1000"); !strings.Contains(got, `"resource": true`) || !strings.Contains(got, `"device": "dnd+1000@`+pbxtest.Domain+`"`) {
+		t.Fatalf("dnd+1000: %s", got)
+	}
+	esl, err := r.fs.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer esl.Close()
+	if err := esl.Subscribe("PRESENCE_PROBE"); err != nil {
+		t.Fatal(err)
+	}
+	// As FusionPBX's do_not_disturb.lua announces it (its lamp helper,
+	// resources/functions/blf.lua: the key's protocol apart from its id).
+	announce := func(state string) {
+		t.Helper()
+		if err := esl.SendEvent("PRESENCE_IN", map[string]string{
+			"proto": "dnd", "event_type": "presence", "alt_event_type": "dialog", "Presence-Call-Direction": "outbound",
+			"from": "1000@" + pbxtest.Domain, "login": "1000@" + pbxtest.Domain, "unique-id": "dnd-1000",
+			"status": "Active (1 waiting)", "answer-state": state,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ours := watchLamp(t, r.ll, "dnd+1000")
+	ours.wait("idle", 5*time.Second, func(d lamp) bool { return d.idle() })
+	native := subscribeLamp(t, r.sip, "dnd+1000", "", "1001", "1234")
+	lit := func(d lamp) bool { c, ok := d.only(); return ok && c.State == "confirmed" }
+	off := func(d lamp) bool { return d.idle() }
+	announce("confirmed")
+	ours.wait("dnd on", 10*time.Second, lit)
+	native.wait("FreeSWITCH's own lamp: dnd on", 10*time.Second, lit)
+	announce("terminated")
+	ours.wait("dnd off", 10*time.Second, off)
+	native.wait("FreeSWITCH's own lamp: dnd off", 10*time.Second, off)
+
+	// A reconnect (Lamplighter restarts): the state is asked for.
+	for len(esl.Events()) > 0 {
+		<-esl.Events()
+	}
+	r.restartLamplighter()
+	deadline := time.After(10 * time.Second)
+	for probed := false; !probed; {
+		select {
+		case ev := <-esl.Events():
+			probed = ev["to"] == "dnd+1000@"+pbxtest.Domain && ev["proto"] == "dnd"
+		case <-deadline:
+			t.Fatal("no PRESENCE_PROBE for dnd+1000 after the reconnect")
+		}
+	}
+	announce("confirmed")
+	ours.wait("dnd on after the restart", 10*time.Second, lit)
+}

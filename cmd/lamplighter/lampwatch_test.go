@@ -148,6 +148,19 @@ func watchLampAs(t *testing.T, server, ext, user, pass string) *lampWatch {
 // in that domain too; "" is the server's address.
 func watchLampIn(t *testing.T, server, ext, domain, user, pass string) *lampWatch {
 	t.Helper()
+	l := subscribeLamp(t, server, ext, domain, user, pass)
+	l.wait("its first document", 5*time.Second, func(lamp) bool { return true })
+	l.mu.Lock()
+	l.next = 0 // the first document is for the test to wait on too
+	l.mu.Unlock()
+	return l
+}
+
+// subscribeLamp is watchLampIn without waiting for a first document
+// (FreeSWITCH sends a feature key's first one only once its state is
+// announced).
+func subscribeLamp(t *testing.T, server, ext, domain, user, pass string) *lampWatch {
+	t.Helper()
 	l := &lampWatch{t: t, ext: ext, w: newWatcher(t, "UDP"), news: make(chan struct{}, 1)}
 	if domain != "" {
 		l.ext = ext + "@" + domain
@@ -158,10 +171,6 @@ func watchLampIn(t *testing.T, server, ext, domain, user, pass string) *lampWatc
 	if res := l.w.subscribe(server, ext, "dialog", 3600); !res.IsSuccess() { // FreeSWITCH answers 202
 		t.Fatalf("SUBSCRIBE to %s: %d %s", ext, res.StatusCode, res.Reason)
 	}
-	l.wait("its first document", 5*time.Second, func(lamp) bool { return true })
-	l.mu.Lock()
-	l.next = 0 // the first document is for the test to wait on too
-	l.mu.Unlock()
 	return l
 }
 

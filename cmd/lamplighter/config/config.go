@@ -285,6 +285,9 @@ type User struct {
 	// SingleDialog, when set, overrides the policy for this user's own
 	// phones when they watch others.
 	SingleDialog *bool `yaml:"single_dialog"`
+	// Resource marks a lamp that is no person (a feature key, a parking
+	// space): it is not on the switchboard.
+	Resource bool `yaml:"resource"`
 }
 
 // List is one BLF list (RFC 4662): phones subscribe to sip:Name@domain

@@ -27,6 +27,11 @@ type Discover struct {
 	Contexts []string `yaml:"contexts"`
 	// Exclude are extensions (or patterns: "9*") never made users.
 	Exclude []string `yaml:"exclude"`
+	// Features (FreeSWITCH) are the feature keys each discovered user
+	// has, as FusionPBX's keys watch them: dnd gives 1000 the lamp
+	// dnd+1000 (presence id dnd+1000@domain), voicemail voicemail+1000,
+	// agent agent+1000.
+	Features []string `yaml:"features"`
 }
 
 // Discovery defaults and bounds.
@@ -37,7 +42,7 @@ const (
 
 // discoverKeys are the section's keys, checked by hand: a section that
 // may also be a bare boolean decodes itself.
-var discoverKeys = []string{"interval", "contexts", "exclude"}
+var discoverKeys = []string{"interval", "contexts", "exclude", "features"}
 
 // UnmarshalYAML takes `true`, `false` (the section is left out) or the
 // section itself, whose unknown keys are errors as everywhere else.
@@ -53,7 +58,7 @@ func (d *Discover) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	if n.Kind != yaml.MappingNode {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: discover is true, false or a section (interval, contexts, exclude)", n.Line)}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: discover is true, false or a section (interval, contexts, exclude, features)", n.Line)}}
 	}
 	var errs []string
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -99,6 +104,14 @@ func (v *validator) checkDiscover(entry []any, pb *PBX) {
 	if d.Interval != 0 && d.Interval < MinDiscoverInterval {
 		v.at(append(at, "interval"), "interval %s is shorter than %s", d.Interval, MinDiscoverInterval)
 	}
+	for i, f := range d.Features {
+		switch {
+		case pb.Kind != KindESL:
+			v.at(append(at, "features"), "features are FreeSWITCH's (FusionPBX's keys): only for a pbx of kind esl")
+		case !slices.Contains([]string{"dnd", "voicemail", "agent", "flow"}, f):
+			v.at(append(at, "features", i), "feature %q is not dnd, voicemail, agent or flow", f)
+		}
+	}
 	for i, pat := range d.Exclude {
 		if _, err := path.Match(pat, ""); err != nil || pat == "" {
 			v.at(append(at, "exclude", i), "bad extension pattern %q", pat)
@@ -140,7 +153,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 	ids := map[string]bool{}
 	for _, u := range c.Users {
 		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups, Configured: true,
-			Tenant: strings.ToLower(u.Tenant)}
+			Tenant: strings.ToLower(u.Tenant), Resource: u.Resource}
 		for _, d := range u.Devices {
 			ref := bridge.DeviceRef{Source: d.PBX, Device: d.Device}
 			bu.Devices = append(bu.Devices, ref)
@@ -163,7 +176,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 		if d == nil {
 			continue
 		}
-		for _, du := range found[pb.Name] {
+		for _, du := range withFeatures(found[pb.Name], d.Features) {
 			if du.Extension == "" || d.excluded(du) {
 				continue
 			}
@@ -344,6 +357,29 @@ func (c *Config) Tenant(domain string) *Tenant {
 		}
 	}
 	return nil
+}
+
+// withFeatures adds to a FreeSWITCH's users the feature keys each has
+// (dnd+1000 on presence id dnd+1000@domain).
+func withFeatures(users []adapters.DiscoveredUser, features []string) []adapters.DiscoveredUser {
+	if len(features) == 0 {
+		return users
+	}
+	out := slices.Clip(users)
+	for _, u := range users {
+		if u.Resource {
+			continue
+		}
+		for _, f := range features {
+			dev := f + "+" + u.Extension
+			if u.Domain != "" {
+				dev += "@" + u.Domain
+			}
+			out = append(out, adapters.DiscoveredUser{PBX: u.PBX, Domain: u.Domain, Extension: f + "+" + u.Extension,
+				Name: u.Name + " (" + f + ")", Device: dev, Context: u.Context, Resource: true})
+		}
+	}
+	return out
 }
 
 // foundWhere names where a discovered user was found, in conflicts.
