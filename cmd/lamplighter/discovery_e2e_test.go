@@ -344,21 +344,26 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 func TestFeatureKeysOnTheRealAsterisk(t *testing.T) {
 	hints := "\n[phones]\nexten => *76100,hint,Custom:DND100\nexten => 2100,hint,PJSIP/100\n"
 	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101"}, noPhones: true, readme: []string{"ami"},
-		ast:  pbxtest.Config{Append: map[string]string{"extensions.conf": hints}},
+		ast: pbxtest.Config{Append: map[string]string{"extensions.conf": hints},
+			// The lot's spaces get hints of their own (park:701@parkedcalls).
+			Edits: []pbxtest.Edit{{File: "res_parking.conf", Old: "parkpos => 701-720", New: "parkpos => 701-720\nparkinghints = yes"}}},
 		pbx:  "    discover: true\n    ari: {ami: {address: \"@AMI_ADDRESS@\", username: lamplighter, password: " + readmeARIPassword + "}}\n",
 		user: func(string) string { return "" }})
 	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
-	var dnd, hundred bool
+	var dnd, hundred, space bool
 	for _, u := range r.users().Users {
 		switch u.ID {
 		case "*76100":
 			dnd = len(u.Devices) == 1 && u.Devices[0].Device == "Custom:DND100" && u.Name == "DND100"
 		case "100":
 			hundred = slices.Equal(u.Extensions, []string{"100", "2100"})
+		case "705":
+			space = len(u.Devices) == 1 && u.Devices[0].Device == "park:705@parkedcalls"
 		}
 	}
-	if !dnd || !hundred {
-		t.Fatalf("hints not discovered (*76100 as DND100 on Custom:DND100: %v; 100 also 2100: %v):\n%s", dnd, hundred, r.get("/api/v1/users"))
+	if !dnd || !hundred || !space {
+		t.Fatalf("hints not discovered (*76100 as DND100 on Custom:DND100: %v; 100 also 2100: %v; parking space 705: %v):\n%s",
+			dnd, hundred, space, r.get("/api/v1/users"))
 	}
 	if !strings.Contains(r.get("/api/v1/users/*76100"), `"resource": true`) {
 		t.Errorf("*76100 is not shown as a resource")
