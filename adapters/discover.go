@@ -26,6 +26,22 @@ type DiscoveredUser struct {
 	OtherDevices []string `json:"other_devices,omitempty"`
 }
 
+// SIPSecret is the SIP login a PBX has for one of its phones: what the
+// phone's line authenticates with.
+type SIPSecret struct {
+	Username, Password string
+}
+
+// PasswordReader is a Discoverer that can also read its phones' SIP
+// passwords, for a PBX whose discover asks for them (a dedicated
+// busy-lamp line then logs in to Lamplighter as it does to the PBX). What
+// it returns is kept in memory only.
+type PasswordReader interface {
+	// SIPPasswords returns the SIP login of each of users (by Device)
+	// that has one.
+	SIPPasswords(ctx context.Context, users []DiscoveredUser) (map[string]SIPSecret, error)
+}
+
 // Discoverer is an adapter that can read its PBX's directory.
 type Discoverer interface {
 	// Discover reads every user the PBX's directory holds, once.

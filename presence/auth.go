@@ -28,6 +28,10 @@ type Credential struct {
 	// Tenant is the user's tenant ("" the default domain): the username
 	// is checked only for requests to that tenant, under its realm.
 	Tenant string
+	// Pending: the login is known but its password not yet (a PBX's,
+	// not read since the start). It lets no one in, and ends no
+	// subscription it let in before.
+	Pending bool
 }
 
 // credKey is a credential's key: its username, with @tenant for a
@@ -222,6 +226,9 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	}
 	key := credKey(tenant, cred.Username)
 	user, ok := a.userByName(key)
+	if ok && user.Pending {
+		return identity{}, authChallenge // not known yet: ask again, do not count a failure
+	}
 	if !ok || user.Password == "" {
 		return identity{}, authFailed
 	}
@@ -351,6 +358,9 @@ func (a *authenticator) revoked(grant, source, watcher string) string {
 		return reasonRejected
 	}
 	c, ok := a.userByName(parts[0])
+	if ok && c.Pending && (watcher == "" || c.UserID == watcher) {
+		return "" // checked when the password is read
+	}
 	if !ok || c.Password == "" || (watcher != "" && c.UserID != watcher) {
 		return reasonRejected
 	}

@@ -158,3 +158,90 @@ func splitCallerID(v string) (name, number string) {
 	}
 	return name, strings.TrimSpace(v[open+1 : close])
 }
+
+var _ adapters.PasswordReader = (*Adapter)(nil)
+
+// SIPPasswords implements adapters.PasswordReader: each endpoint's auth
+// object (the endpoint's `auth`, then
+// /asterisk/config/dynamic/res_pjsip/auth/<name>), when it is a
+// username and password (auth_type userpass; an md5_cred gives no
+// password to check a digest of another realm with).
+func (a *Adapter) SIPPasswords(ctx context.Context, users []adapters.DiscoveredUser) (map[string]adapters.SIPSecret, error) {
+	var mu sync.Mutex
+	out := map[string]adapters.SIPSecret{}
+	var wg sync.WaitGroup
+	var firstErr error
+	sem := make(chan struct{}, 8)
+	for _, u := range users {
+		id, ok := strings.CutPrefix(u.Device, "PJSIP/")
+		if u.Resource || !ok {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			secret, ok, err := a.endpointSecret(ctx, id)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil && firstErr == nil:
+				firstErr = err
+			case ok:
+				out[u.Device] = secret
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return out, nil
+}
+
+// endpointSecret reads the login of one endpoint's auth object.
+func (a *Adapter) endpointSecret(ctx context.Context, id string) (adapters.SIPSecret, bool, error) {
+	type field struct {
+		Attribute string `json:"attribute"`
+		Value     string `json:"value"`
+	}
+	var fields []field
+	switch err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/endpoint/"+url.PathEscape(id), &fields); {
+	case err == errNotFound:
+		return adapters.SIPSecret{}, false, nil
+	case err != nil:
+		return adapters.SIPSecret{}, false, err
+	}
+	auth := ""
+	for _, f := range fields {
+		if f.Attribute == "auth" {
+			auth, _, _ = strings.Cut(f.Value, ",") // the first of several
+		}
+	}
+	if auth == "" {
+		return adapters.SIPSecret{}, false, nil
+	}
+	fields = nil
+	switch err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/auth/"+url.PathEscape(auth), &fields); {
+	case err == errNotFound:
+		return adapters.SIPSecret{}, false, nil
+	case err != nil:
+		return adapters.SIPSecret{}, false, err
+	}
+	var s adapters.SIPSecret
+	kind := "userpass"
+	for _, f := range fields {
+		switch f.Attribute {
+		case "username":
+			s.Username = f.Value
+		case "password":
+			s.Password = f.Value
+		case "auth_type":
+			kind = f.Value
+		}
+	}
+	if kind != "userpass" || s.Username == "" || s.Password == "" {
+		return adapters.SIPSecret{}, false, nil
+	}
+	return s, true, nil
+}

@@ -3,6 +3,7 @@ package esl
 import (
 	"bytes"
 	"context"
+	"encoding/xml"
 	"fmt"
 	"io"
 	"slices"
@@ -20,6 +21,16 @@ var _ adapters.Discoverer = (*Adapter)(nil)
 // with its caller id (`list_users`), on a connection of its own: one
 // command, whatever the event session is doing.
 func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, error) {
+	body, err := a.oneCommand(ctx, "list_users", "")
+	if err != nil {
+		return nil, err
+	}
+	return parseUserList(a.conn.Name, body)
+}
+
+// oneCommand runs one API command on an event-socket connection of its
+// own and returns its answer.
+func (a *Adapter) oneCommand(ctx context.Context, cmd, args string) ([]byte, error) {
 	conn, r, err := a.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -28,21 +39,21 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	conn.SetDeadline(time.Now().Add(a.cfg.CommandTimeout))
-	if _, err := io.WriteString(conn, command.API{Command: "list_users"}.BuildMessage()+"\n\n"); err != nil {
-		return nil, fmt.Errorf("list_users: %w", err)
+	if _, err := io.WriteString(conn, command.API{Command: cmd, Arguments: args}.BuildMessage()+"\n\n"); err != nil {
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	for {
 		f, err := readFrame(r)
 		if err != nil {
-			return nil, fmt.Errorf("list_users: %w", err)
+			return nil, fmt.Errorf("%s: %w", cmd, err)
 		}
 		if f.header.Get("Content-Type") != "api/response" {
 			continue // an event or notice before the answer
 		}
 		if bytes.HasPrefix(f.body, []byte("-ERR")) {
-			return nil, fmt.Errorf("list_users: %s", strings.TrimSpace(string(f.body)))
+			return nil, fmt.Errorf("%s: %s", cmd, strings.TrimSpace(string(f.body)))
 		}
-		return parseUserList(a.conn.Name, f.body)
+		return f.body, nil
 	}
 }
 
@@ -98,6 +109,74 @@ func parseUserList(pbx string, body []byte) ([]adapters.DiscoveredUser, error) {
 		}
 		at[key] = len(out)
 		out = append(out, u)
+	}
+	return out, nil
+}
+
+var _ adapters.PasswordReader = (*Adapter)(nil)
+
+// SIPPasswords implements adapters.PasswordReader: each domain's part of
+// the directory as FreeSWITCH has it loaded (`xml_locate directory domain
+// name DOMAIN`, with $${} variables filled in), and each user's password
+// param. A user with only an a1-hash has no password to give.
+func (a *Adapter) SIPPasswords(ctx context.Context, users []adapters.DiscoveredUser) (map[string]adapters.SIPSecret, error) {
+	domains := map[string]bool{}
+	for _, u := range users {
+		if !u.Resource && u.Domain != "" {
+			domains[u.Domain] = true
+		}
+	}
+	out := map[string]adapters.SIPSecret{}
+	for domain := range domains {
+		body, err := a.oneCommand(ctx, "xml_locate", "directory domain name "+domain)
+		if err != nil {
+			return nil, err
+		}
+		secrets, err := parseDomainSecrets(body)
+		if err != nil {
+			return nil, fmt.Errorf("xml_locate %s: %w", domain, err)
+		}
+		for id, pw := range secrets {
+			out[id+"@"+domain] = adapters.SIPSecret{Username: id, Password: pw}
+		}
+	}
+	return out, nil
+}
+
+// parseDomainSecrets reads the users' passwords from a domain's XML.
+func parseDomainSecrets(body []byte) (map[string]string, error) {
+	type user struct {
+		ID     string `xml:"id,attr"`
+		Type   string `xml:"type,attr"`
+		Params []struct {
+			Name  string `xml:"name,attr"`
+			Value string `xml:"value,attr"`
+		} `xml:"params>param"`
+	}
+	var d struct {
+		XMLName xml.Name `xml:"domain"`
+		Users   []user   `xml:"users>user"`
+		Groups  []struct {
+			Users []user `xml:"users>user"`
+		} `xml:"groups>group"`
+	}
+	if err := xml.Unmarshal(body, &d); err != nil {
+		return nil, err
+	}
+	all := d.Users
+	for _, g := range d.Groups {
+		all = append(all, g.Users...)
+	}
+	out := map[string]string{}
+	for _, u := range all {
+		if u.Type == "pointer" || u.ID == "" {
+			continue // a group's reference to a user defined elsewhere
+		}
+		for _, p := range u.Params {
+			if p.Name == "password" && p.Value != "" {
+				out[u.ID] = p.Value
+			}
+		}
 	}
 	return out, nil
 }

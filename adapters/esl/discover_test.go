@@ -87,9 +87,31 @@ func TestDiscoverAsksTheRealSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkVanillaDirectory(t, users)
+	// The phones' logins, as the loaded directory has them ($${default_password}).
+	secrets, err := a.SIPPasswords(ctx, users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := secrets["1005@"+pbxtest.Domain]; len(secrets) != 20 || s.Username != "1005" || s.Password != "1234" {
+		t.Errorf("%d logins; 1005's: %+v", len(secrets), s)
+	}
 	// A wrong password says so.
 	b, _ := New(adapters.Connection{Name: "fs", Address: fs.ESL(), Password: "wrong"}, Config{}, nil, nil)
 	if _, err := b.Discover(ctx); err == nil || !strings.Contains(err.Error(), "password") {
 		t.Errorf("with a wrong password: %v", err)
+	}
+}
+
+func TestDomainSecretsSkipPointersAndHashes(t *testing.T) {
+	got, err := parseDomainSecrets([]byte(`<domain name="d"><users><user id="9"><params><param name="password" value="nine"/></params></user></users>
+<groups><group name="default"><users>
+<user id="1"><params><param name="password" value="one"/><param name="vm-password" value="11"/></params></user>
+<user id="2"><params><param name="a1-hash" value="c6440e5de50b403206989679159de89a"/></params></user>
+</users></group><group name="sales"><users><user id="1" type="pointer"/></users></group></groups></domain>`))
+	if err != nil || len(got) != 2 || got["1"] != "one" || got["9"] != "nine" {
+		t.Errorf("%v %v", got, err)
+	}
+	if _, err := parseDomainSecrets([]byte("-ERR nothing found")); err == nil {
+		t.Error("an error answer is read as a domain")
 	}
 }

@@ -79,6 +79,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if err != nil {
 		return nil, err
 	}
+	// Discovered phones' logins, where their PBX gives them.
+	opt.Credentials = append(opt.Credentials, cfg.DiscoveredCredentials(dir, found.Secrets(), found.PendingLogins())...)
 	opt.Logger = log.With("component", "sip")
 	opt.SingleDialog = d.singleDialog
 	d.ops = ops.New()
@@ -161,9 +163,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if d.node != nil {
 		d.node.Attach(d.sip)
 	}
-	if err := d.setLogins(cfg); err != nil {
-		return nil, err
-	}
+	d.setLogins(opt.Credentials)
 	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Registrations: d.proxiedRegistrations(), Store: d.db, Reload: d.reload,
 		CheckUser: d.checkLogin, Discovery: d.discovery, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
@@ -285,7 +285,8 @@ func (d *daemon) discoverySources() []discovery.Source {
 		if every == 0 {
 			every = config.DefaultDiscoverInterval
 		}
-		out = append(out, discovery.Source{Name: a.Name(), Discoverer: disc, Status: a.Status, Interval: every})
+		out = append(out, discovery.Source{Name: a.Name(), Discoverer: disc, Status: a.Status, Interval: every,
+			Passwords: pb.Discovering().Passwords})
 	}
 	return out
 }
@@ -455,13 +456,12 @@ func (d *daemon) Run(ctx context.Context) error {
 
 // setLogins keeps the users' SIP credentials for signing in to the API
 // and the switchboard page, by SIP username and by user id.
-func (d *daemon) setLogins(cfg *config.Config) error {
-	creds, err := credentials(cfg)
-	if err != nil {
-		return err
-	}
+func (d *daemon) setLogins(creds []presence.Credential) {
 	logins := map[string]presence.Credential{}
 	for _, c := range creds {
+		if c.Pending || c.Password == "" {
+			continue // a login whose password is not known lets no one in
+		}
 		name := c.Username
 		if c.Tenant != "" {
 			name += "@" + c.Tenant // a tenant's username may be another's too
@@ -474,7 +474,6 @@ func (d *daemon) setLogins(cfg *config.Config) error {
 	d.liveMu.Lock()
 	d.logins = logins
 	d.liveMu.Unlock()
-	return nil
 }
 
 // checkLogin checks a user's own credentials: the SIP username (or user

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -455,4 +456,44 @@ func TestFeatureKeysOnTheRealFreeSWITCH(t *testing.T) {
 	}
 	announce("confirmed")
 	ours.wait("dnd on after the restart", 10*time.Second, lit)
+}
+
+// TestDiscoveredLoginsOnTheRealAsterisk: with discover's passwords, a
+// phone logs in to Lamplighter with the login it has at the real
+// Asterisk (read by the read-only ARI user, kept in memory only); a wrong
+// password does not; and a restart while Asterisk does not answer keeps
+// the subscriptions those logins made, which hold once Asterisk answers.
+func TestDiscoveredLoginsOnTheRealAsterisk(t *testing.T) {
+	r := newAsteriskRig(t, rigOptions{noPhones: true, untrusted: true, pbx: "    discover: {passwords: true}\n",
+		user: func(string) string { return "" }})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	lamp := watchLampAs(t, r.ll, "100", "101", "101") // endpoint 101's auth: 101/101
+	bad := newWatcher(t, "UDP")
+	bad.username, bad.password, bad.fromUser = "101", "not-101", "101"
+	if res := bad.subscribe(r.ll, "100", "dialog", 600); res.IsSuccess() {
+		t.Errorf("a wrong password: %d", res.StatusCode)
+	}
+	state, err := os.ReadFile(filepath.Join(filepath.Dir(r.config), "state", "discovered.json"))
+	if err != nil || strings.Contains(string(state), `"101"}`) && strings.Contains(string(state), "password") {
+		t.Errorf("the state file holds a password, or cannot be read (%v):\n%s", err, state)
+	}
+
+	r.ast.Freeze()
+	r.stop()
+	r.out, r.stop = startDaemon(t, r.config)
+	waitFor(t, r.out, "restored saved state", 10*time.Second)
+	if m := regexp.MustCompile(`"restored saved state".* subscriptions=(\d+) skipped=(\d+) revoked=(\d+)`).FindStringSubmatch(r.out.String()); m == nil || m[1] != "1" || m[3] != "0" {
+		t.Errorf("restored with Asterisk away: %v", m)
+	}
+	r.ast.Thaw()
+	waitFor(t, r.out, "synchronised with ", 30*time.Second)
+	if !pbxtest.Wait(20*time.Second, func() bool { return strings.Contains(r.get("/api/v1/discovery"), `"users": 10`) }) {
+		t.Fatalf("the directory is not read again: %s", r.get("/api/v1/discovery"))
+	}
+	if strings.Contains(r.out.String(), "subscriptions ended") {
+		t.Errorf("subscriptions ended once the logins were read:\n%s", r.out.String())
+	}
+	if res := lamp.w.subscribe("", "", "", 600); res.StatusCode != 200 {
+		t.Errorf("a refresh with the PBX's login after the restart: %d", res.StatusCode)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
+	"github.com/lamplighter/lamplighter/presence"
 )
 
 // Discover is a PBX's `discover:` section: read the PBX's own directory
@@ -27,6 +28,11 @@ type Discover struct {
 	Contexts []string `yaml:"contexts"`
 	// Exclude are extensions (or patterns: "9*") never made users.
 	Exclude []string `yaml:"exclude"`
+	// Passwords reads each discovered phone's SIP login from the PBX
+	// (its password kept in memory only), so that a dedicated busy-lamp
+	// line logs in to Lamplighter as its phone does to the PBX. Off by
+	// default: in proxy mode the PBX authenticates and none is needed.
+	Passwords bool `yaml:"passwords"`
 	// Features (FreeSWITCH) are the feature keys each discovered user
 	// has, as FusionPBX's keys watch them: dnd gives 1000 the lamp
 	// dnd+1000 (presence id dnd+1000@domain), voicemail voicemail+1000,
@@ -42,7 +48,7 @@ const (
 
 // discoverKeys are the section's keys, checked by hand: a section that
 // may also be a bare boolean decodes itself.
-var discoverKeys = []string{"interval", "contexts", "exclude", "features"}
+var discoverKeys = []string{"interval", "contexts", "exclude", "features", "passwords"}
 
 // UnmarshalYAML takes `true`, `false` (the section is left out) or the
 // section itself, whose unknown keys are errors as everywhere else.
@@ -58,7 +64,7 @@ func (d *Discover) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	if n.Kind != yaml.MappingNode {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: discover is true, false or a section (interval, contexts, exclude, features)", n.Line)}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: discover is true, false or a section (interval, contexts, exclude, features, passwords)", n.Line)}}
 	}
 	var errs []string
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -103,6 +109,9 @@ func (v *validator) checkDiscover(entry []any, pb *PBX) {
 	}
 	if d.Interval != 0 && d.Interval < MinDiscoverInterval {
 		v.at(append(at, "interval"), "interval %s is shorter than %s", d.Interval, MinDiscoverInterval)
+	}
+	if d.Passwords && pb.Kind != KindARI && pb.Kind != KindESL {
+		v.at(append(at, "passwords"), "only Asterisk (ari) and FreeSWITCH (esl) give their phones' passwords")
 	}
 	for i, f := range d.Features {
 		switch {
@@ -412,4 +421,49 @@ func (c *Config) discovering() bool {
 		}
 	}
 	return false
+}
+
+// DiscoveredCredentials are the SIP logins of discovered users on PBXs
+// whose discover reads passwords, where the YAML gives the user none:
+// as read (secrets, by PBX and device), or, for a PBX not read since the
+// start, pending under the username the state file kept (pending, by
+// PBX and device): a subscription it let in waits for the read instead
+// of ending.
+func (c *Config) DiscoveredCredentials(dir *bridge.Directory, secrets map[string]map[string]adapters.SIPSecret,
+	pending map[string]map[string]string) []presence.Credential {
+	reads := map[string]bool{}
+	for i := range c.PBX {
+		if d := c.PBX[i].Discovering(); d != nil && d.Passwords {
+			reads[c.PBX[i].Name] = true
+		}
+	}
+	if len(reads) == 0 {
+		return nil
+	}
+	own := map[string]bool{} // users the YAML gives a password
+	for _, u := range c.Users {
+		if u.SIP.Password != "" || u.SIP.PasswordFile != "" || u.SIP.PasswordEnv != "" {
+			own[u.ID] = true
+		}
+	}
+	var out []presence.Credential
+	for _, u := range dir.Users() {
+		if u.Resource || own[u.ID] {
+			continue
+		}
+		for _, ref := range u.Devices {
+			if !reads[ref.Source] {
+				continue
+			}
+			if sec, ok := secrets[ref.Source][ref.Device]; ok {
+				out = append(out, presence.Credential{Username: sec.Username, UserID: u.ID, Password: sec.Password, Tenant: u.Tenant})
+				break
+			}
+			if name, ok := pending[ref.Source][ref.Device]; ok {
+				out = append(out, presence.Credential{Username: name, UserID: u.ID, Tenant: u.Tenant, Pending: true})
+				break
+			}
+		}
+	}
+	return out
 }

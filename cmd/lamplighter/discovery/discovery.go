@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -43,6 +44,9 @@ type Source struct {
 	Status func() adapters.Status
 	// Interval is how often the directory is read besides.
 	Interval time.Duration
+	// Passwords: the phones' SIP logins are read too (the Discoverer
+	// must be an adapters.PasswordReader), and kept in memory only.
+	Passwords bool
 }
 
 // Status is what the last reads of one PBX's directory gave.
@@ -72,10 +76,12 @@ type Keeper struct {
 	file string
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	found  Found
-	status map[string]*Status
-	kicks  []chan struct{}
+	mu      sync.Mutex
+	found   Found
+	secrets map[string]map[string]adapters.SIPSecret // by PBX, then device; never written down
+	logins  map[string]map[string]string             // the usernames of those, kept in the file
+	status  map[string]*Status
+	kicks   []chan struct{}
 }
 
 // file is the state file's content.
@@ -87,13 +93,18 @@ type file struct {
 type fileFind struct {
 	Read  time.Time                 `json:"read"`
 	Users []adapters.DiscoveredUser `json:"users"`
+	// Logins are the SIP usernames (no password) of the phones whose
+	// logins were read, by device: after a restart, until they are read
+	// again, the subscriptions they made are kept waiting, not ended.
+	Logins map[string]string `json:"logins,omitempty"`
 }
 
 // Open returns a Keeper whose file lives in stateDir, with what that file
 // holds. A file that cannot be read is kept aside (FILE.broken-TIME) and
 // logged, and the keeper starts empty: the PBXs are read again.
 func Open(stateDir string, log *slog.Logger) *Keeper {
-	k := &Keeper{file: filepath.Join(stateDir, FileName), log: log, found: Found{}, status: map[string]*Status{}}
+	k := &Keeper{file: filepath.Join(stateDir, FileName), log: log, found: Found{}, status: map[string]*Status{},
+		secrets: map[string]map[string]adapters.SIPSecret{}, logins: map[string]map[string]string{}}
 	data, err := os.ReadFile(k.file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return k
@@ -113,6 +124,9 @@ func Open(stateDir string, log *slog.Logger) *Keeper {
 	}
 	for name, ff := range f.PBXs {
 		k.found[name] = ff.Users
+		if ff.Logins != nil {
+			k.logins[name] = ff.Logins
+		}
 		k.status[name] = &Status{PBX: name, Users: len(ff.Users), Read: ff.Read}
 	}
 	return k
@@ -125,6 +139,33 @@ func (k *Keeper) Found() Found {
 	out := make(Found, len(k.found))
 	for name, users := range k.found {
 		out[name] = users // never changed in place: replaced whole
+	}
+	return out
+}
+
+// Secrets returns the SIP logins read, by PBX and device, and whether
+// each PBX's were read since the start (until then its phones' logins
+// are not known).
+func (k *Keeper) Secrets() map[string]map[string]adapters.SIPSecret {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make(map[string]map[string]adapters.SIPSecret, len(k.secrets))
+	for pbx, m := range k.secrets {
+		out[pbx] = m // replaced whole, never changed in place
+	}
+	return out
+}
+
+// PendingLogins returns, for each PBX whose logins are not read yet since
+// the start, the usernames the state file kept, by device.
+func (k *Keeper) PendingLogins() map[string]map[string]string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[string]map[string]string{}
+	for pbx, m := range k.logins {
+		if _, read := k.secrets[pbx]; !read {
+			out[pbx] = m
+		}
 	}
 	return out
 }
@@ -247,8 +288,17 @@ func jitter(d time.Duration) time.Duration {
 // read reads one directory once, keeps it and reports a change.
 func (k *Keeper) read(ctx context.Context, src Source, changed func()) error {
 	rctx, cancel := context.WithTimeout(ctx, ReadTimeout)
+	defer cancel()
 	users, err := src.Discoverer.Discover(rctx)
-	cancel()
+	var secrets map[string]adapters.SIPSecret
+	if err == nil && src.Passwords {
+		pr, ok := src.Discoverer.(adapters.PasswordReader)
+		if !ok {
+			err = errors.New("this kind of PBX cannot give its phones' passwords")
+		} else if secrets, err = pr.SIPPasswords(rctx, users); err != nil {
+			err = fmt.Errorf("passwords: %w", err)
+		}
+	}
 	now := time.Now()
 	k.mu.Lock()
 	st := k.status[src.Name]
@@ -276,6 +326,18 @@ func (k *Keeper) read(ctx context.Context, src Source, changed func()) error {
 	if !same {
 		k.found[src.Name] = users
 	}
+	if src.Passwords {
+		old, had := k.secrets[src.Name]
+		if !had || !maps.Equal(old, secrets) {
+			k.secrets[src.Name] = secrets
+			logins := make(map[string]string, len(secrets))
+			for dev, sec := range secrets {
+				logins[dev] = sec.Username
+			}
+			k.logins[src.Name] = logins
+			same = false
+		}
+	}
 	saveErr := k.saveLocked()
 	k.mu.Unlock()
 	if saveErr != nil {
@@ -291,7 +353,7 @@ func (k *Keeper) read(ctx context.Context, src Source, changed func()) error {
 func (k *Keeper) saveLocked() error {
 	f := file{Version: fileVersion, PBXs: map[string]fileFind{}}
 	for name, users := range k.found {
-		f.PBXs[name] = fileFind{Read: k.status[name].Read, Users: users}
+		f.PBXs[name] = fileFind{Read: k.status[name].Read, Users: users, Logins: k.logins[name]}
 	}
 	data, err := json.Marshal(f)
 	if err != nil {
