@@ -27,6 +27,17 @@ type Adapter interface {
 	Status() Status
 }
 
+// DeviceLearner is an Adapter that can take devices the directory gave
+// its users since its last resync without reading the whole PBX again:
+// it reads only their state, on the connection it has, so that a PBX's
+// new extension costs no reconnection (and no event lost in one). An
+// adapter that is not one is resynchronised instead.
+type DeviceLearner interface {
+	// DevicesAdded tells the adapter that its device list grew; it must
+	// not block.
+	DevicesAdded()
+}
+
 // PersonMirror is an Adapter that writes a user's person state back into
 // its PBX (for example dnd as a device state the PBX's own hints and
 // routing can read). MirrorPerson is called from a bridge listener: it

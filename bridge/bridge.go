@@ -349,19 +349,96 @@ func (b *Bridge) NextExpiry() time.Time {
 // changed or gone get a Change; device and call state is kept, so a user
 // who gains a device immediately shows that device's state.
 func (b *Bridge) SetDirectory(dir *Directory) {
+	// What the new directory names differently, and its users that are
+	// the old one's (worked out before the lock: both directories are
+	// immutable).
+	old := b.Directory()
+	renamed := renamedBetween(old, dir)
+	dir = dir.sharing(old)
+	var gone []string
+	for _, u := range old.Users() {
+		if _, ok := dir.User(u.ID); !ok {
+			gone = append(gone, u.ID)
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.dir != old {
+		// Another SetDirectory came between: look at every state.
+		gone = gone[:0]
+		for id := range b.states {
+			if _, ok := dir.User(id); !ok {
+				gone = append(gone, id)
+			}
+		}
+	}
 	b.dir = dir
-	for id, old := range b.states {
-		if _, ok := dir.User(id); !ok {
+	for _, id := range gone {
+		if prev, ok := b.states[id]; ok {
 			delete(b.states, id)
 			delete(b.persons, id)
-			b.emit(Change{UserID: id, Previous: old})
+			b.emit(Change{UserID: id, Previous: prev})
 		}
 	}
 	for _, u := range dir.Users() {
+		// A user the directory left as it was is as it was, unless a
+		// call of theirs is with someone the directory now names
+		// differently (a call names its other party from the
+		// directory): only the directory's entry is the new one. A
+		// PBX's directory read again changes one user of ten thousand,
+		// and the lock is held for that one.
+		if prev, had := b.states[u.ID]; had && (prev.User == u || prev.User.Equal(u)) && !callsWithAny(prev, renamed) {
+			if prev.User != u {
+				st := *prev
+				st.User = u
+				b.states[u.ID] = &st
+			}
+			continue
+		}
 		b.update(u)
 	}
+}
+
+// numbers are extensions by tenant (lower case).
+type numbers map[string]map[string]bool
+
+// renamedBetween returns the extensions of the users one directory has
+// and the other has not, or has otherwise.
+func renamedBetween(old, next *Directory) numbers {
+	out := numbers{}
+	add := func(u *User) {
+		for _, e := range u.Extensions {
+			if out[u.Tenant] == nil {
+				out[u.Tenant] = map[string]bool{}
+			}
+			out[u.Tenant][nameKey(e)] = true
+		}
+	}
+	for _, u := range next.Users() {
+		if prev, ok := old.User(u.ID); !ok || !prev.Equal(u) {
+			add(u)
+			if ok {
+				add(prev)
+			}
+		}
+	}
+	for _, u := range old.Users() {
+		if _, ok := next.User(u.ID); !ok {
+			add(u)
+		}
+	}
+	return out
+}
+
+// callsWithAny reports whether a call of st is with one of the numbers.
+func callsWithAny(st *State, ns numbers) bool {
+	in := ns[st.User.Tenant]
+	for _, c := range st.Calls {
+		if in[nameKey(c.Remote.Number)] {
+			return true
+		}
+	}
+	return false
 }
 
 // update recomputes one user's state and emits a Change if it differs.

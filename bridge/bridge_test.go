@@ -427,3 +427,43 @@ func TestCallBySIPIDFindsTheLegAPickupTakes(t *testing.T) {
 		t.Errorf("CallBySIPID found %+v for no Call-ID", c)
 	}
 }
+
+// TestSetDirectoryRecomputesOnlyWhatChanged: a new directory leaves an
+// unchanged user's state as it was (only its directory entry is the new
+// one), but a call with someone the directory now names differently
+// shows the new name.
+func TestSetDirectoryRecomputesOnlyWhatChanged(t *testing.T) {
+	users := []User{
+		{ID: "ann", Name: "Ann", Extensions: []string{"100"}, Devices: []DeviceRef{{"ast", "PJSIP/100"}}},
+		{ID: "bob", Name: "Bob", Extensions: []string{"101"}, Devices: []DeviceRef{{"ast", "PJSIP/101"}}},
+		{ID: "cy", Name: "Cy", Extensions: []string{"102"}, Devices: []DeviceRef{{"ast", "PJSIP/102"}}},
+	}
+	d, err := NewDirectory(users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := New(d)
+	b.Apply(DeviceStateChanged{"ast", "PJSIP/102", DeviceIdle})
+	b.Apply(CallUpdated{"ast", Call{ID: "c1", Device: "PJSIP/100", Direction: Outgoing, State: CallConfirmed,
+		Remote: Party{Number: "101"}}})
+	if s := mustState(t, b, "ann"); s.Calls[0].Remote.Name != "Bob" {
+		t.Fatalf("ann's call: %+v", s.Calls)
+	}
+	cyBefore := mustState(t, b, "cy")
+	users[1].Name = "Robert"
+	d2, err := NewDirectory(users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetDirectory(d2)
+	if s := mustState(t, b, "ann"); s.Calls[0].Remote.Name != "Robert" {
+		t.Errorf("ann's call after bob's rename: %+v", s.Calls)
+	}
+	if u, _ := b.Directory().User("bob"); u.Name != "Robert" {
+		t.Errorf("the bridge's directory has bob as %+v", u)
+	}
+	cy := mustState(t, b, "cy")
+	if u, _ := b.Directory().User("cy"); cy.User != u || !cy.Equal(cyBefore) || cy.Device != DeviceIdle {
+		t.Errorf("cy, unchanged: %+v (directory entry %p, want %p)", cy, cy.User, u)
+	}
+}

@@ -357,3 +357,57 @@ func (d *Directory) Owner(ref DeviceRef) (*User, bool) {
 
 // Len is the number of users.
 func (d *Directory) Len() int { return len(d.users) }
+
+// sharing returns d with the users that prev holds alike taken from prev
+// (the same *User): a state computed for such a user needs no change
+// when d replaces prev, and telling so is one comparison. d itself is
+// not changed.
+func (d *Directory) sharing(prev *Directory) *Directory {
+	if prev == nil {
+		return d
+	}
+	same := make(map[*User]*User, len(d.users))
+	for _, u := range d.users {
+		if p, ok := prev.byID[u.ID]; ok && p != u && p.Equal(u) {
+			same[u] = p
+		}
+	}
+	if len(same) == 0 {
+		return d
+	}
+	pick := func(u *User) *User {
+		if p, ok := same[u]; ok {
+			return p
+		}
+		return u
+	}
+	out := *d
+	out.users = make([]*User, len(d.users))
+	for i, u := range d.users {
+		out.users[i] = pick(u)
+	}
+	out.byID = make(map[string]*User, len(d.byID))
+	for k, u := range d.byID {
+		out.byID[k] = pick(u)
+	}
+	out.byName = make(map[string]*User, len(d.byName))
+	for k, u := range d.byName {
+		out.byName[k] = pick(u)
+	}
+	out.byDevice = make(map[DeviceRef]*User, len(d.byDevice))
+	for k, u := range d.byDevice {
+		out.byDevice[k] = pick(u)
+	}
+	out.lists = make([]*ResolvedList, len(d.lists))
+	out.byList = make(map[string]*ResolvedList, len(d.byList))
+	for i, l := range d.lists {
+		nl := *l
+		nl.Users = make([]*User, len(l.Users))
+		for j, u := range l.Users {
+			nl.Users[j] = pick(u)
+		}
+		out.lists[i] = &nl
+		out.byList[nl.Key] = &nl
+	}
+	return &out
+}

@@ -51,6 +51,12 @@ type Adapter struct {
 	mirror      map[string]string
 	mirrorDirty map[string]bool
 	mirrorWake  chan struct{}
+
+	// The devices whose state the session has read (at its resync or
+	// since), and the signal that the directory gave more.
+	knownMu sync.Mutex
+	known   map[string]bool
+	added   chan struct{}
 }
 
 // New returns an adapter for the Asterisk at conn.Address
@@ -83,6 +89,7 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 		log:       log.With("pbx", conn.Name, "kind", "ari"),
 		pingEvery: 15 * time.Second,
 		mirror:    map[string]string{}, mirrorDirty: map[string]bool{}, mirrorWake: make(chan struct{}, 1),
+		added: make(chan struct{}, 1),
 		client: &http.Client{
 			Timeout:   cfg.RequestTimeout,
 			Transport: &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 4},
@@ -165,6 +172,8 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 			}
 			return err
 		case <-q.Wake():
+		case <-a.added:
+			go a.learnDevices(ctx, q)
 		case err := <-dead:
 			if ctx.Err() == nil {
 				return fmt.Errorf("asterisk stopped answering: %w", err)
@@ -223,6 +232,51 @@ func (a *Adapter) readTags(ctx context.Context, vars [][2]string, channelID stri
 		}
 	}
 	q.Push(append(slices.Clip(tagsDone), channelID...))
+}
+
+var _ adapters.DeviceLearner = (*Adapter)(nil)
+
+// DevicesAdded implements adapters.DeviceLearner.
+func (a *Adapter) DevicesAdded() {
+	select {
+	case a.added <- struct{}{}:
+	default:
+	}
+}
+
+// learnDevices reads the state of the devices the directory gave since
+// the session read them, and queues it as Asterisk's own
+// DeviceStateChanged events: in order with the events around them.
+// (Endpoint states and channels are read for every endpoint at the
+// resync already; only device states are read per device.)
+func (a *Adapter) learnDevices(ctx context.Context, q *adapters.Queue[[]byte]) {
+	a.knownMu.Lock()
+	var fresh []string
+	for _, d := range a.devices() {
+		if !a.known[d] {
+			a.known[d] = true
+			fresh = append(fresh, d)
+		}
+	}
+	a.knownMu.Unlock()
+	for _, name := range fresh {
+		var ds ari.DeviceStateData
+		if err := a.get(ctx, "/deviceStates/"+url.PathEscape(name), &ds); err != nil {
+			if !errors.Is(err, errNotFound) && ctx.Err() == nil {
+				a.log.Debug("cannot read a new device's state", "device", name, "err", err)
+			}
+			continue
+		}
+		frame, err := json.Marshal(map[string]any{"type": "DeviceStateChanged",
+			"device_state": map[string]string{"name": name, "state": ds.State},
+			"timestamp":    time.Now().Format("2006-01-02T15:04:05.000-0700")})
+		if err == nil {
+			q.Push(frame)
+		}
+	}
+	if len(fresh) > 0 {
+		a.log.Info("devices added to the directory followed", "devices", len(fresh))
+	}
 }
 
 // readLoop reads websocket frames into q until the connection ends. It
@@ -323,7 +377,14 @@ func (a *Adapter) resync(ctx context.Context, m *mapper) (bridge.Snapshot, error
 		return bridge.Snapshot{}, err
 	}
 	states := map[string]string{}
-	for _, name := range a.devices() {
+	devices := a.devices()
+	a.knownMu.Lock()
+	a.known = make(map[string]bool, len(devices))
+	for _, d := range devices {
+		a.known[d] = true
+	}
+	a.knownMu.Unlock()
+	for _, name := range devices {
 		var ds ari.DeviceStateData
 		switch err := a.get(ctx, "/deviceStates/"+url.PathEscape(name), &ds); {
 		case errors.Is(err, errNotFound):

@@ -64,6 +64,7 @@ type Adapter struct {
 	cfg     Config
 	devices func() []string
 	log     *slog.Logger
+	added   chan struct{} // the directory gave the users more devices here
 
 	adapters.Tracker
 }
@@ -79,7 +80,8 @@ func New(conn adapters.Connection, cfg Config, devices func() []string, log *slo
 	if conn.Address == "" || strings.Contains(conn.Address, "://") || !strings.Contains(conn.Address, ":") {
 		return nil, fmt.Errorf("esl address %q: want host:port", conn.Address)
 	}
-	return &Adapter{conn: conn, cfg: cfg, devices: devices, log: log.With("pbx", conn.Name, "kind", "esl")}, nil
+	return &Adapter{conn: conn, cfg: cfg, devices: devices, log: log.With("pbx", conn.Name, "kind", "esl"),
+		added: make(chan struct{}, 1)}, nil
 }
 
 // Name implements adapters.Adapter.
@@ -411,6 +413,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 
 	dead := make(chan error, 1)
 	go func() { dead <- a.ping(ctx, l) }()
+	learned := make(chan learning, 1)
 	check := time.NewTicker(min(a.cfg.HeartbeatTimeout/4, time.Second))
 	defer check.Stop()
 	for {
@@ -437,6 +440,19 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 		case err := <-dead:
 			return err
 		case <-q.Wake():
+		case <-a.added:
+			// The new devices' registrations are read beside the loop
+			// (ten thousand rows take a while), the events go on.
+			if fresh := m.beginLearn(a.devices()); len(fresh) > 0 {
+				go a.readRegistrations(ctx, l, fresh, learned)
+			}
+		case r := <-learned:
+			if r.err != nil {
+				return r.err
+			}
+			if err := a.learnt(ctx, l, m, sink, r); err != nil {
+				return err
+			}
 		case <-check.C:
 			if silent := time.Since(lastHeard); silent > a.cfg.HeartbeatTimeout {
 				return fmt.Errorf("no event or heartbeat for %s", silent.Round(time.Millisecond))
@@ -446,6 +462,54 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 			}
 		}
 	}
+}
+
+var _ adapters.DeviceLearner = (*Adapter)(nil)
+
+// DevicesAdded implements adapters.DeviceLearner.
+func (a *Adapter) DevicesAdded() {
+	select {
+	case a.added <- struct{}{}:
+	default:
+	}
+}
+
+// learning is what readRegistrations read for devices being learnt.
+type learning struct {
+	fresh []string
+	regs  []registrationRow
+	err   error
+}
+
+// readRegistrations reads `show registrations` for the devices being
+// learnt and hands the rows to the session's loop.
+func (a *Adapter) readRegistrations(ctx context.Context, l *link, fresh []string, out chan<- learning) {
+	r := learning{fresh: fresh}
+	body, err := l.api(ctx, "show", "registrations as json")
+	if err == nil {
+		r.regs, err = showRows[registrationRow](body)
+	}
+	r.err = err
+	select {
+	case out <- r:
+	case <-ctx.Done():
+	}
+}
+
+// learnt applies what was read for new devices, and probes the new
+// feature keys. Called from the session's loop, between two events.
+func (a *Adapter) learnt(ctx context.Context, l *link, m *mapper, sink bridge.Sink, r learning) error {
+	for _, e := range m.finishLearn(r.fresh, r.regs) {
+		sink.Apply(e)
+	}
+	var features []string
+	for _, d := range r.fresh {
+		if isFeature(d) {
+			features = append(features, d)
+		}
+	}
+	a.log.Info("devices added to the directory followed", "devices", len(r.fresh))
+	return a.probe(ctx, l, features)
 }
 
 // apply maps one event into the sink, counting it. Events from before

@@ -103,7 +103,10 @@ type mapper struct {
 	regs    map[string]registration       // by registration Call-ID
 	regSeq  map[string]seen               // newest registration event per Call-ID (kept a while after it goes)
 	state   map[string]bridge.DeviceState // last reported per device
-	at      time.Time                     // when the event being applied happened
+	// learnFrom is when the devices being learnt became configured
+	// (beginLearn).
+	learnFrom time.Time
+	at        time.Time // when the event being applied happened
 }
 
 func newMapper(source string, devices []string) *mapper {
@@ -779,6 +782,78 @@ type channelRow struct {
 	sip textproto.MIMEHeader
 }
 
+// listed takes a registration `show registrations` lists, for a
+// configured device (one of only, when only is not nil), and returns the
+// device ("" for none).
+func (m *mapper) listed(r registrationRow, now time.Time, only map[string]bool) string {
+	profile := ""
+	if rest, ok := strings.CutPrefix(r.URL, "sofia/"); ok {
+		profile, _, _ = strings.Cut(rest, "/")
+	}
+	dev := m.regDevice(r.User, r.Realm, profile)
+	if dev == "" || r.Token == "" || only != nil && !only[dev] {
+		return ""
+	}
+	// FreeSWITCH lists it, so it is live now, whatever the two clocks
+	// say; its expiry counts from now at the earliest.
+	exp := now.Add(time.Hour)
+	if n, err := strconv.ParseInt(r.Expires, 10, 64); err == nil && n > 0 {
+		exp = now.Add(max(time.Until(time.Unix(n, 0)), 0) + regGrace)
+	}
+	m.regs[r.Token] = registration{device: dev, expires: exp}
+	return dev
+}
+
+// beginLearn configures the devices the directory gave since the
+// snapshot (all is the whole list now) and returns them; their
+// registrations, read apart, come to finishLearn. Events for them count
+// from now on.
+func (m *mapper) beginLearn(all []string) []string {
+	var fresh []string
+	for _, d := range all {
+		if !m.devices[d] {
+			fresh = append(fresh, d)
+		}
+	}
+	if len(fresh) > 0 {
+		m.setDevices(all)
+		m.learnFrom = m.now()
+	}
+	return fresh
+}
+
+// finishLearn takes what `show registrations` listed for the fresh
+// devices (but no registration an event has spoken of since beginLearn:
+// the event is newer) and gives their states. A call already up on one
+// shows from its next event.
+func (m *mapper) finishLearn(fresh []string, regs []registrationRow) []bridge.Event {
+	isFresh := make(map[string]bool, len(fresh))
+	for _, d := range fresh {
+		isFresh[d] = true
+	}
+	now := m.now()
+	for _, r := range regs {
+		if s, ok := m.regSeq[r.Token]; ok && !s.at.Before(m.learnFrom) {
+			continue
+		}
+		if dev := m.listed(r, now, isFresh); dev == "" {
+			continue
+		}
+	}
+	var out []bridge.Event
+	for _, d := range fresh {
+		if isFeature(d) {
+			if _, ok := m.state[d]; !ok {
+				m.state[d] = bridge.DeviceIdle // until a probe's answer
+				out = append(out, bridge.DeviceStateChanged{Source: m.source, Device: d, State: bridge.DeviceIdle})
+			}
+			continue
+		}
+		out = append(out, m.report(d)...)
+	}
+	return out
+}
+
 // registrationRow is a row of `show registrations as json`.
 type registrationRow struct {
 	User    string `json:"reg_user"`
@@ -809,21 +884,7 @@ func (m *mapper) snapshot(chans []channelRow, regs []registrationRow, configured
 	now := m.now()
 	snap := bridge.Snapshot{Source: m.source, Devices: map[string]bridge.DeviceState{}}
 	for _, r := range regs {
-		profile := ""
-		if rest, ok := strings.CutPrefix(r.URL, "sofia/"); ok {
-			profile, _, _ = strings.Cut(rest, "/")
-		}
-		dev := m.regDevice(r.User, r.Realm, profile)
-		if dev == "" || r.Token == "" {
-			continue
-		}
-		// FreeSWITCH lists it, so it is live now, whatever the two
-		// clocks say; its expiry counts from now at the earliest.
-		exp := now.Add(time.Hour)
-		if n, err := strconv.ParseInt(r.Expires, 10, 64); err == nil && n > 0 {
-			exp = now.Add(max(time.Until(time.Unix(n, 0)), 0) + regGrace)
-		}
-		m.regs[r.Token] = registration{device: dev, expires: exp}
+		m.listed(r, now, nil)
 	}
 	for _, d := range configured {
 		st := bridge.DeviceUnavailable

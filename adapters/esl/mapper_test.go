@@ -2,6 +2,7 @@ package esl
 
 import (
 	"encoding/xml"
+	"maps"
 	"math/rand/v2"
 	"net/textproto"
 	"os"
@@ -488,5 +489,44 @@ func TestFeatureKeysFollowPresenceIn(t *testing.T) {
 	}
 	if got := m.features(); len(got) != 2 || got[0] != "dnd+1000@pbx.example" {
 		t.Errorf("features to probe: %v", got)
+	}
+}
+
+// TestLearningDevices: devices the directory gives after the snapshot
+// take their registrations from a later `show registrations`, unless an
+// event for the registration came since they were configured (newer).
+func TestLearningDevices(t *testing.T) {
+	m := newMapper("fs", []string{"1000@d"})
+	m.snapshot(nil, nil, []string{"1000@d"})
+	fresh := m.beginLearn([]string{"1000@d", "1001@d", "1002@d", "dnd+1001@d"})
+	if len(fresh) != 3 {
+		t.Fatalf("fresh %v", fresh)
+	}
+	// 1002 unregisters (an event) while the rows are being read.
+	e := event{}
+	for k, v := range map[string]string{"Event-Name": "CUSTOM", "Event-Subclass": "sofia::unregister", "username": "1002",
+		"realm": "d", "call-id": "tok1002", "profile-name": "internal", "Event-Sequence": "9"} {
+		textproto.MIMEHeader(e).Set(k, v)
+	}
+	m.event(e)
+	rows := []registrationRow{
+		{User: "1001", Realm: "d", Token: "tok1001", URL: "sofia/internal/sip:1001@127.0.0.1", Expires: "0"},
+		{User: "1002", Realm: "d", Token: "tok1002", URL: "sofia/internal/sip:1002@127.0.0.1", Expires: "0"},
+		{User: "1000", Realm: "d", Token: "tok1000", URL: "sofia/internal/sip:1000@127.0.0.1", Expires: "0"}, // not fresh: its own events tell
+	}
+	got := map[string]bridge.DeviceState{}
+	for _, ev := range m.finishLearn(fresh, rows) {
+		d := ev.(bridge.DeviceStateChanged)
+		got[d.Device] = d.State
+	}
+	want := map[string]bridge.DeviceState{"1001@d": bridge.DeviceIdle, "1002@d": bridge.DeviceUnavailable, "dnd+1001@d": bridge.DeviceIdle}
+	if !maps.Equal(got, want) {
+		t.Errorf("states %v, want %v", got, want)
+	}
+	if m.reachable("1000@d") {
+		t.Error("a device known before took a listed row")
+	}
+	if again := m.beginLearn([]string{"1000@d", "1001@d", "1002@d", "dnd+1001@d"}); len(again) != 0 {
+		t.Errorf("learnt twice: %v", again)
 	}
 }

@@ -165,7 +165,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	}
 	d.setLogins(opt.Credentials)
 	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Registrations: d.proxiedRegistrations(), Store: d.db, Reload: d.reload,
-		CheckUser: d.checkLogin, Discovery: d.discovery, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
+		CheckUser: d.checkLogin, Discovery: d.discovery, RefreshDiscovery: d.found.Refresh, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return nil, fmt.Errorf("http token: %w", err)

@@ -101,7 +101,8 @@ func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	added := string(before) + "\n[110](phone-endpoint)\ncallerid = \"Front Desk\" <110>\n"
+	added := string(before) + "\n[110](phone-endpoint)\ncallerid = \"Front Desk\" <110>\nauth = 110\naors = 110\n" +
+		"[110](phone-auth)\nusername = 110\npassword = 110\n[110](phone-aor)\n"
 	if err := os.WriteFile(conf, []byte(added), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,15 @@ func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
 	if !pbxtest.Wait(10*time.Second, func() bool { return slices.Contains(r.users().ids(), "110") }) {
 		t.Fatalf("endpoint 110 is no user after a reload: %v", r.users().ids())
 	}
-	w := newWatcher(t, "UDP")
+	// Its lamp follows its phone: the device's state is read alone, on
+	// the connection Lamplighter has (no resynchronisation).
+	lamp110 := watchLamp(t, r.ll, "110")
+	r.phones["110"] = r.phone("110")
+	lamp110.wait("110 registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	if strings.Contains(r.out.String(), "reconnecting to read the PBX's state again") {
+		t.Errorf("an endpoint added made Lamplighter read all of Asterisk again")
+	}
+	w := newWatcher(t, "UDP") // to see its subscription end
 	if res := w.subscribe(r.ll, "110", "dialog", 600); res.StatusCode != 200 {
 		t.Fatalf("SUBSCRIBE to the endpoint added: %d", res.StatusCode)
 	}
@@ -145,8 +154,15 @@ func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
 	if m == nil || m[1] != "2" || m[2] != "0" {
 		t.Errorf("after a restart: %v\n%s", m, r.out.String())
 	}
+	// ... and their lamps show calls (the pickup data a ringing lamp
+	// carries is TestAsteriskLamps' to check).
 	r.markAll()
-	r.plainCall(t, "101", "100", "Phone 101")
+	r.dial("101", "100")
+	if in := r.lamps["100"].waitCall("early", "recipient", "101", 10*time.Second); in.RemoteName != "Phone 101" {
+		t.Errorf("after the restart the ringing lamp names %q", in.RemoteName)
+	}
+	r.cmd("101", "/hangup")
+	r.lamps["100"].waitIdle(10 * time.Second)
 }
 
 // TestCheckConfigDiscovers: `lamplighter -check-config FILE -discover`
@@ -201,6 +217,37 @@ func TestDiscoveryOnTheRealFreeSWITCH(t *testing.T) {
 		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
 	r.plainCall(t, "1000", "1001", "Extension 1000")
+
+	// A user added to the switch's directory while both run, whose phone
+	// registers before Lamplighter reads the directory again: its lamp
+	// shows the registration at once, read on the connection Lamplighter
+	// has (no resynchronisation).
+	user := strings.ReplaceAll(mustRead(t, filepath.Join(r.fs.Dir, "conf/directory/default/1000.xml")), "1000", "1020")
+	if err := os.WriteFile(filepath.Join(r.fs.Dir, "conf/directory/default/1020.xml"), []byte(user), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.fs.API("reloadxml")
+	r.phones["1020"] = r.phone("1020")
+	if !pbxtest.Wait(10*time.Second, func() bool { return strings.Contains(r.fs.API("show registrations"), "1020") }) {
+		t.Fatal("1020 did not register")
+	}
+	r.api("POST", "/api/v1/reload", "")
+	if !pbxtest.Wait(10*time.Second, func() bool { return slices.Contains(r.users().ids(), "1020") }) {
+		t.Fatalf("1020 is no user after a reload: %v", r.users().ids())
+	}
+	watchLamp(t, r.ll, "1020").wait("1020 registered", 10*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	if strings.Contains(r.out.String(), "reconnecting to read the PBX's state again") {
+		t.Errorf("a user added made Lamplighter read all of FreeSWITCH again")
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // tenantDomain is the second domain the FreeSWITCH tenant test gives the

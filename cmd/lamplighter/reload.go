@@ -10,6 +10,7 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -132,7 +133,14 @@ func (d *daemon) installDirectory(dir *bridge.Directory, conflicts []discovery.L
 	d.bridge.SetDirectory(dir) // removed users' subscriptions end with noresource
 	d.sip.DirectoryChanged()   // list subscriptions follow their lists
 	for _, a := range d.adapters {
-		if r, ok := a.(interface{ Resync() }); ok && resync[a.Name()] {
+		if !resync[a.Name()] {
+			continue
+		}
+		// The new devices' state: read alone where the adapter can, else
+		// the whole PBX again.
+		if l, ok := a.(adapters.DeviceLearner); ok {
+			l.DevicesAdded()
+		} else if r, ok := a.(interface{ Resync() }); ok {
 			r.Resync()
 		}
 	}

@@ -89,7 +89,7 @@ func runCeiling(ctx context.Context, o options, stderr io.Writer) (*ceilingResul
 		return nil, errors.New("answer-only server not ready within 10 s")
 	}
 
-	users, _ := makeUsers(o.users)
+	users, _ := makeUsers(o.users, 0)
 	ps := newPhones(addr)
 	defer func() {
 		for _, p := range ps.list {

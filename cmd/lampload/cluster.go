@@ -205,7 +205,7 @@ func runCluster(ctx context.Context, o options, stderr io.Writer) (*clusterResul
 		return nil, err
 	}
 	defer esl.Close()
-	users, _ := makeUsers(o.users)
+	users, _ := makeUsers(o.users, 0)
 	esl.SetRegistrations(registrations(users))
 	var nodes []*target
 	defer func() {

@@ -401,7 +401,7 @@ func runCompare(ctx context.Context, o options, stderr io.Writer) (*compareResul
 		return nil, err
 	}
 	defer cleanup()
-	users, hot := makeUsers(o.users)
+	users, hot := makeUsers(o.users, 0)
 
 	port, err := freePort()
 	if err != nil {

@@ -66,6 +66,13 @@ type options struct {
 	keep             bool
 	logLevel         string
 	skipHeld         bool // no wait for Timer J before the held-memory reading
+
+	// tenants > 0: the users are discovered from the FreeSWITCH double's
+	// directory (list_users) across this many domains, each a tenant, and
+	// watched at their domain; refresh > 0: the latency is measured again
+	// while the directory changes and is read again this often.
+	tenants int
+	refresh time.Duration
 }
 
 func main() {
@@ -95,6 +102,8 @@ func main() {
 	fs.StringVar(&o.pprofDir, "pprof", "", "save Lamplighter's CPU profiles of the latency and fan-out phases (with -cluster: of the surviving nodes during the failover) in this `directory`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (config, state, Lamplighter's log)")
 	fs.StringVar(&o.logLevel, "log", "warn", "Lamplighter's log `level` (its log is in the working directory)")
+	fs.IntVar(&o.tenants, "tenants", 0, "discover the users from the PBX's directory, spread over this many domains (tenants), and watch each at its domain (0: users in the YAML, one domain)")
+	fs.DurationVar(&o.refresh, "refresh", 0, "with -tenants: measure the latency again while the directory changes (one user added or removed) and is read again this often")
 	fs.IntVar(&o.flood, "flood", 0, "SUBSCRIBEs sent from one untrusted address (127.0.0.2) over -flood-for, per flood mode, while the latency is measured again (0 skips it)")
 	fs.Func("flood-modes", "the floods, one after the other: AUTH/TRANSPORT,... with AUTH none (no credentials), wrong-password (a real user's name, a nonce of the server's, a wrong password) or unknown-user, and TRANSPORT udp or tcp; or all (default none/udp)", func(v string) error {
 		m, err := parseFloodModes(v)
@@ -200,6 +209,8 @@ func (o *options) check() error {
 		return errors.New("-compare needs -fanout, -compare-interval and -kamailio-children above 0")
 	case o.storm < 0:
 		return errors.New("-storm must not be negative")
+	case o.tenants < 0 || o.tenants > o.users || o.refresh < 0 || (o.refresh > 0 && o.tenants == 0):
+		return errors.New("-tenants must be between 0 and -users; -refresh needs -tenants")
 	case o.fanout < 0 || o.fanoutRounds < 1 || o.window < 1:
 		return errors.New("-fanout must not be negative; -fanout-rounds and -window at least 1")
 	}
@@ -240,13 +251,24 @@ func workDir(prefix string, keep bool, say func(string, ...any)) (dir string, cl
 }
 
 // makeUsers makes n users with extensions from 100000, and the one the
-// fan-out watches.
-func makeUsers(n int) (users []*user, hot *user) {
+// fan-out watches; with tenants, the users are spread over that many
+// domains (t0.lampload, ...), each numbered from 1000 as a company's
+// extensions are.
+func makeUsers(n, tenants int) (users []*user, hot *user) {
 	users = make([]*user, n)
-	for i := range users {
-		users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i)}
+	if tenants == 0 {
+		for i := range users {
+			users[i] = &user{id: fmt.Sprintf("u%d", i), ext: fmt.Sprint(100000 + i), domain: "lampload"}
+		}
+		return users, &user{id: "hot", ext: "99999", domain: "lampload"}
 	}
-	return users, &user{id: "hot", ext: "99999"}
+	per := (n + tenants - 1) / tenants
+	for i := range users {
+		d := fmt.Sprintf("t%d.lampload", i/per)
+		ext := fmt.Sprint(1000 + i%per)
+		users[i] = &user{id: ext + "@" + d, ext: ext, domain: d, tenant: true}
+	}
+	return users, &user{id: "99999@t0.lampload", ext: "99999", domain: "t0.lampload", tenant: true}
 }
 
 // run does the whole measurement.
@@ -266,8 +288,9 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 		return nil, err
 	}
 	defer esl.Close()
-	users, hot := makeUsers(o.users)
+	users, hot := makeUsers(o.users, o.tenants)
 	esl.SetRegistrations(registrations(append(users, hot)))
+	esl.SetUsers(directory(append(users, hot), nil))
 	sipPort, httpPort := o.sipPort, o.httpPort
 	if sipPort == 0 {
 		if sipPort, err = freePort(); err != nil {
@@ -279,7 +302,7 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 			return nil, err
 		}
 	}
-	t := &target{binary: o.binary, dir: dir, logLevel: o.logLevel, settle: o.settle}
+	t := &target{binary: o.binary, dir: dir, logLevel: o.logLevel, settle: o.settle, discover: o.tenants > 0}
 	if err := t.writeConfig(sipPort, httpPort, esl.Addr(), append(users, hot), o.subs+o.fanout+100); err != nil {
 		return nil, err
 	}
@@ -290,6 +313,13 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	defer t.stop()
 	if err := t.ready(ctx, 30*time.Second); err != nil {
 		return res, err
+	}
+	if o.tenants > 0 {
+		say("discovery: waiting for the %d users of %d tenants", len(users)+1, o.tenants)
+		if res.Discovery.LoadSeconds, err = t.discovered(ctx, len(users)+1, time.Minute); err != nil {
+			return res, err
+		}
+		res.Discovery.Tenants, res.Discovery.Users = o.tenants, len(users)+1
 	}
 	if res.Memory.Before, err = t.settledMemory(ctx); err != nil {
 		return res, fmt.Errorf("reading memory: %w", err)
@@ -340,6 +370,12 @@ func run(ctx context.Context, o options, stderr io.Writer) (*result, error) {
 	stopProfile = t.profileDuring(o.pprofDir, "latency", o.duration, say)
 	res.Latency = measureLatency(ctx, &tracker, freeswitch, users, o.rate, o.duration)
 	stopProfile()
+	if o.refresh > 0 {
+		say("latency while the directory is read again every %v: %.0f events/s for %v", o.refresh, o.rate, o.duration)
+		stopProfile = t.profileDuring(o.pprofDir, "refresh", o.duration, say)
+		res.Discovery.Refreshing = measureRefreshing(ctx, t, esl, &tracker, freeswitch, users, append(users, hot), o.rate, o.duration, o.refresh)
+		stopProfile()
+	}
 
 	if o.fanout > 0 {
 		say("fan-out: setting up %d watchers of one user", len(fan))

@@ -14,12 +14,22 @@ import (
 // device named by the extension.
 type user struct {
 	id, ext  string
-	watchers int // subscriptions to this user
+	domain   string // the presence id's and the SUBSCRIBE's domain
+	tenant   bool   // the domain is a tenant's: SUBSCRIBEs name it, not the server's address
+	watchers int    // subscriptions to this user
 
 	mu   sync.Mutex
 	step int    // where the user's call cycle stands: 0 idle, 1 ringing, 2 in a call
 	call string // Unique-ID of the current call
 	out  *change
+}
+
+// host is the user's domain ("lampload" unless a tenant's).
+func (u *user) host() string {
+	if u.domain == "" {
+		return "lampload"
+	}
+	return u.domain
 }
 
 // change is a state change sent to Lamplighter that watchers have yet to
@@ -46,11 +56,24 @@ func registrations(users []*user) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = fmt.Appendf(b, `{"reg_user":"%s","realm":"lampload","token":"tok%s","url":"sofia/internal/sip:%s@127.0.0.1:5090",`+
+		b = fmt.Appendf(b, `{"reg_user":"%s","realm":"%s","token":"tok%s","url":"sofia/internal/sip:%s@127.0.0.1:5090",`+
 			`"expires":"%d","network_ip":"127.0.0.1","network_port":"5090","network_proto":"udp","hostname":"lampload","metadata":""}`,
-			u.ext, u.ext, u.ext, exp)
+			u.ext, u.host(), u.id, u.ext, exp)
 	}
 	return append(b, "]}"...)
+}
+
+// directory is `list_users` for the users (and extra, added as a change
+// of the directory).
+func directory(users []*user, extra *user) []byte {
+	b := []byte("userid|context|domain|group|contact|callgroup|effective_caller_id_name|effective_caller_id_number\n")
+	if extra != nil {
+		users = append(users[:len(users):len(users)], extra)
+	}
+	for _, u := range users {
+		b = fmt.Appendf(b, "%s|default|%s|default|error/user_not_registered|load|Load %s|%s\n", u.ext, u.host(), u.ext, u.ext)
+	}
+	return append(b, "\n+OK\n"...)
 }
 
 // advance sends the next event of u's call cycle (an incoming call rings,
@@ -109,7 +132,7 @@ func (p *pbx) channel(name string, u *user, callState, answerState string, now t
 		"Call-Direction", "outbound",
 		"Presence-Call-Direction", "outbound",
 		"Channel-HIT-Dialplan", "false",
-		"Channel-Presence-ID", u.ext + "@lampload",
+		"Channel-Presence-ID", u.ext + "@" + u.host(),
 		"Channel-Call-UUID", u.call,
 		"Answer-State", answerState,
 		"Caller-Direction", "outbound",
@@ -148,7 +171,7 @@ func (p *pbx) channel(name string, u *user, callState, answerState string, now t
 		"variable_uuid", u.call,
 		"variable_session_id", strconv.FormatUint(p.calls.Load(), 10),
 		"variable_sip_profile_name", "internal",
-		"variable_presence_id", u.ext + "@lampload",
+		"variable_presence_id", u.ext + "@" + u.host(),
 		"variable_sip_call_id", u.call + "@lampload",
 		"variable_sip_to_tag", "ft" + u.call[:8],
 		"variable_sip_from_tag", "tt" + u.call[:8],

@@ -204,7 +204,11 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 	b = append(b, "SUBSCRIBE sip:"...)
 	b = append(b, s.user.ext...)
 	b = append(b, '@')
-	b = append(b, p.ps.server...)
+	if s.user.tenant {
+		b = append(b, s.user.domain...) // sent to the server's address all the same
+	} else {
+		b = append(b, p.ps.server...)
+	}
 	b = append(b, " SIP/2.0\r\nVia: SIP/2.0/"...)
 	b = append(b, p.transport...)
 	b = append(b, ' ')
@@ -217,11 +221,15 @@ func (p *phone) subscribeRequest(s *sub, expires int) []byte {
 	b = strconv.AppendInt(b, int64(s.attempt), 10)
 	b = append(b, ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:phone"...)
 	b = strconv.AppendInt(b, int64(p.id), 10)
-	b = append(b, "@lampload>;tag="...)
+	b = append(b, '@')
+	b = append(b, s.user.host()...)
+	b = append(b, ">;tag="...)
 	b = append(b, s.tag...)
 	b = append(b, "\r\nTo: <sip:"...)
 	b = append(b, s.user.ext...)
-	b = append(b, "@lampload>"...)
+	b = append(b, '@')
+	b = append(b, s.user.host()...)
+	b = append(b, '>')
 	b = append(b, toTagParam(s.toTag)...)
 	b = append(b, "\r\nCall-ID: "...)
 	b = append(b, s.callID...)

@@ -27,6 +27,26 @@ type result struct {
 	Phone       phoneResult   `json:"phones_saw"`
 	Restart     restartResult `json:"restart"`
 	Floods      []floodResult `json:"floods,omitempty"`
+	// Discovery is the directory read from the PBX (-tenants).
+	Discovery discoveryResult `json:"discovery,omitzero"`
+}
+
+// discoveryResult is what reading the PBX's directory cost: the time to
+// the first directory in force, and the latency while it is read again.
+type discoveryResult struct {
+	Tenants     int           `json:"tenants"`
+	Users       int           `json:"users"`
+	LoadSeconds float64       `json:"load_seconds"` // from the start to every user in force
+	Refreshing  refreshResult `json:"refreshing,omitzero"`
+}
+
+// refreshResult is the latency phase again with the directory changing.
+type refreshResult struct {
+	Refreshes    int           `json:"refreshes"`
+	VisibleP50Ms float64       `json:"visible_p50_ms"` // from the reload to the change in the API
+	VisibleMaxMs float64       `json:"visible_max_ms"`
+	Latency      latencyResult `json:"latency"`
+	Error        string        `json:"error,omitempty"`
 }
 
 type machineInfo struct {
@@ -133,6 +153,7 @@ type latencyResult struct {
 	Events          int     `json:"events"`
 	EventsPerSecond float64 `json:"events_per_second"`
 	Skipped         int     `json:"skipped"`
+	Reconnecting    int     `json:"not_sent_reconnecting,omitempty"` // events due while Lamplighter was reconnecting
 	Notifies        int     `json:"notifies_expected"`
 	Received        int     `json:"notifies_received"`
 	Missing         int     `json:"notifies_missing"`
@@ -280,6 +301,15 @@ func (r *result) print(w io.Writer) {
 	row("event→NOTIFY latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs))
 	row("  events", fmt.Sprintf("%d at %.0f/s (%d skipped), NOTIFYs %d of %d (%d missing)",
 		l.Events, l.EventsPerSecond, l.Skipped, l.Received, l.Notifies, l.Missing))
+	if dr := r.Discovery; dr.Users > 0 {
+		row("directory from the PBX", fmt.Sprintf("%d users in %d tenants in force %.2f s after the start", dr.Users, dr.Tenants, dr.LoadSeconds))
+		if rr := dr.Refreshing; rr.Refreshes > 0 || rr.Error != "" {
+			l := rr.Latency
+			row("  latency while read again", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms (%d events, %d due while reconnecting, %d NOTIFYs missing)",
+				l.P50Ms, l.P90Ms, l.P99Ms, l.MaxMs, l.Events, l.Reconnecting, l.Missing))
+			row("  a change in force", fmt.Sprintf("%d reads; p50 %.0f ms, max %.0f ms after the reload %s", rr.Refreshes, rr.VisibleP50Ms, rr.VisibleMaxMs, rr.Error))
+		}
+	}
 	for _, f := range r.Floods {
 		row("flood "+f.Mode, fmt.Sprintf("%d SUBSCRIBEs in %.1f s from one address, %d challenged; RSS %s → %s (%+.1f MiB)",
 			f.Sent, f.Seconds, f.Challenged, mib(f.Before.RSS), mib(f.After.RSS), float64(f.RSSGrowth)/(1<<20)))

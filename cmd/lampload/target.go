@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +34,13 @@ type target struct {
 	// settle is how long RSS must stop falling for a settled reading
 	// (settledMemory; 0: eight seconds).
 	settle time.Duration
+	// discover: the users come from the PBX's directory, not the YAML
+	// (lampload -tenants); the API takes the token apiToken.
+	discover bool
 }
+
+// apiToken is the API token of the configuration lampload writes.
+const apiToken = "lampload"
 
 // writeConfig writes the configuration: the SIP server on sipPort (UDP
 // and TCP), the phones' 127.0.0.1 trusted, the profiler on, one FreeSWITCH (the
@@ -56,6 +63,7 @@ policy:
 http:
   listen: "127.0.0.1:%[3]d"
   pprof: true
+  token: `+apiToken+`
 state_dir: %[4]q
 log:
   level: %[6]s
@@ -64,8 +72,14 @@ pbx:
     kind: esl
     address: %[5]q
     password: ClueCon
-users:
 `, sipPort, maxPerSource, httpPort, filepath.Join(t.dir, "state"), eslAddr, t.logLevel)
+	if t.discover {
+		// Read at connect and at every reload; the clock's reads are out
+		// of the measurement.
+		b.WriteString("    discover: {interval: 1h}\n")
+		users = nil
+	}
+	b.WriteString("users:\n")
 	for i, u := range users {
 		// The first has a SIP password: a flood guessing it (-flood-modes
 		// wrong-password/...) costs the server a digest per request.
@@ -129,6 +143,53 @@ func (t *target) stop() error {
 		t.cmd = nil
 		return fmt.Errorf("lamplighter did not stop within 20s of SIGTERM")
 	}
+}
+
+// api makes one API request with the token; it returns the status code.
+func (t *target) api(method, path string) (int, error) {
+	req, err := http.NewRequest(method, t.http+"/api/v1"+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res.StatusCode, nil
+}
+
+// discovered waits until the PBX's directory, read, holds n users, and
+// returns how long that took from the start.
+func (t *target) discovered(ctx context.Context, n int, within time.Duration) (float64, error) {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", t.http+"/api/v1/discovery", nil)
+		req.Header.Set("Authorization", "Bearer "+apiToken)
+		if res, err := http.DefaultClient.Do(req); err == nil {
+			var d struct {
+				PBXs []struct {
+					Users int `json:"users"`
+				} `json:"pbxs"`
+			}
+			err = json.NewDecoder(res.Body).Decode(&d)
+			res.Body.Close()
+			if err == nil && len(d.PBXs) == 1 && d.PBXs[0].Users == n {
+				// The directory is put in force right after the read.
+				if code, err := t.api("GET", "/users/1000@t0.lampload"); err == nil && code == 200 {
+					return time.Since(t.started).Seconds(), nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("the directory did not hold %d users within %v", n, within)
 }
 
 // ready waits until /readyz says every PBX is synchronised.

@@ -33,6 +33,7 @@ type Server struct {
 	subscribed    []string // the last event command's words
 	closed        bool
 	dumps         map[string][]byte // uuid → body of `uuid_dump <uuid> json`
+	users         []byte            // body of `list_users`
 
 	loggedIn chan *Conn
 }
@@ -101,6 +102,9 @@ func (s *Server) SetDump(uuid string, body []byte) {
 	}
 	s.dumps[uuid] = body
 }
+
+// SetUsers sets the answer to `api list_users` (the directory).
+func (s *Server) SetUsers(body []byte) { s.mu.Lock(); s.users = body; s.mu.Unlock() }
 
 // SetRegistrations sets the answer to `api show registrations as json`.
 func (s *Server) SetRegistrations(body []byte) { s.mu.Lock(); s.registrations = body; s.mu.Unlock() }
@@ -231,7 +235,9 @@ func (s *Server) handle(fc *Conn) {
 			authed = true
 			reply("+OK accepted")
 			s.mu.Lock()
-			s.current = fc
+			if s.current == nil {
+				s.current = fc
+			}
 			s.mu.Unlock()
 			select {
 			case s.loggedIn <- fc:
@@ -242,6 +248,7 @@ func (s *Server) handle(fc *Conn) {
 		case verb == "event":
 			s.mu.Lock()
 			s.subscribed = strings.Fields(args)
+			s.current = fc // events go to the connection that asked for them, not to a one-command one
 			s.mu.Unlock()
 			reply("+OK event listener enabled plain")
 		case verb == "sendevent":
@@ -272,6 +279,14 @@ func (s *Server) handle(fc *Conn) {
 			s.mu.Unlock()
 			if !ok {
 				b = []byte("-ERR No such channel!\n")
+			}
+			api(b)
+		case cmd == "api list_users" || cmd == "api list_users ":
+			s.mu.Lock()
+			b := s.users
+			s.mu.Unlock()
+			if b == nil {
+				b = []byte("userid|context|domain|group|contact|callgroup|effective_caller_id_name|effective_caller_id_number\n\n+OK\n")
 			}
 			api(b)
 		case cmd == "api status":

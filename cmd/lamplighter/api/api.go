@@ -77,6 +77,9 @@ type Options struct {
 	// Discovery tells what the PBXs' own directories gave (nil: the
 	// endpoint says no PBX is discovered).
 	Discovery func() Discovery
+	// RefreshDiscovery reads the PBXs' directories again (nil: none is
+	// discovered).
+	RefreshDiscovery func()
 	// AuthFailed counts a request with wrong credentials (nil: not
 	// counted); each is also logged with its source, for fail2ban.
 	AuthFailed func()
@@ -134,6 +137,19 @@ func (a *API) Handle(mux interface {
 	mux.Handle("DELETE /api/v1/users/{id}/presence", a.authorised(a.deletePresence, forUsers))
 	mux.Handle("POST /api/v1/reload", a.authorised(a.reload, adminOnly))
 	mux.Handle("GET /api/v1/discovery", a.authorised(a.discovery, adminOnly))
+	mux.Handle("POST /api/v1/discovery/refresh", a.authorised(a.refreshDiscovery, adminOnly))
+}
+
+// refreshDiscovery reads every PBX's directory again now (an extension
+// was just added at the PBX), without reading the config again; it
+// answers 202 at once: GET /api/v1/discovery says when it was read.
+func (a *API) refreshDiscovery(w http.ResponseWriter, r *http.Request) {
+	if a.opt.RefreshDiscovery == nil {
+		writeError(w, http.StatusNotFound, "no pbx has discover on")
+		return
+	}
+	a.opt.RefreshDiscovery()
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "reading"})
 }
 
 // Discovery is what the PBXs' own directories gave: each PBX's reads, and

@@ -338,7 +338,10 @@ func (k *Keeper) read(ctx context.Context, src Source, changed func()) error {
 			same = false
 		}
 	}
-	saveErr := k.saveLocked()
+	var saveErr error
+	if !same {
+		saveErr = k.saveLocked() // a read that changed nothing leaves the file as it is
+	}
 	k.mu.Unlock()
 	if saveErr != nil {
 		k.log.Warn("cannot keep the discovered directory in the state directory", "file", k.file, "err", saveErr)
