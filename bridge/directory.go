@@ -78,7 +78,7 @@ type Directory struct {
 	defaultDomain string
 	users         []*User
 	byID          map[string]*User
-	byName        map[string]*User // extension or lower-cased alias
+	byName        map[tenantName]*User // extension or lower-cased alias, in its tenant
 	byDevice      map[DeviceRef]*User
 	lists         []*ResolvedList
 	byList        map[string]*ResolvedList // lower-cased list name
@@ -127,7 +127,7 @@ func NewTenantDirectory(defaultDomain string, tenants []string, users []User, li
 		tenants:       make(map[string]bool, len(tenants)),
 		defaultDomain: strings.ToLower(defaultDomain),
 		byID:          make(map[string]*User, len(users)),
-		byName:        make(map[string]*User, 2*len(users)),
+		byName:        make(map[tenantName]*User, 2*len(users)),
 		byDevice:      make(map[DeviceRef]*User, 2*len(users)),
 		byList:        make(map[string]*ResolvedList, len(lists)),
 	}
@@ -137,11 +137,7 @@ func NewTenantDirectory(defaultDomain string, tenants []string, users []User, li
 	}
 	for i := range users {
 		u := users[i] // copy: the directory owns its users
-		u.Extensions = slices.Clone(u.Extensions)
-		u.Aliases = slices.Clone(u.Aliases)
-		u.Devices = slices.Clone(u.Devices)
-		u.Groups = slices.Clone(u.Groups)
-		u.Discovered = slices.Clone(u.Discovered)
+		own(&u)
 		if u.ID == "" {
 			errs = append(errs, fmt.Sprintf("user %d has no id", i+1))
 			continue
@@ -157,8 +153,8 @@ func NewTenantDirectory(defaultDomain string, tenants []string, users []User, li
 		u.Tenant = strings.ToLower(u.Tenant)
 		d.byID[u.ID] = &u
 		d.users = append(d.users, &u)
-		for _, n := range append(slices.Clone(u.Extensions), u.Aliases...) {
-			key := Qualify(n, u.Tenant)
+		for _, n := range allNames(&u) {
+			key := tenantName{u.Tenant, nameKey(n)}
 			if other, dup := d.byName[key]; dup {
 				errs = append(errs, fmt.Sprintf("%q belongs to both %q and %q", n, other.ID, u.ID))
 				continue
@@ -188,6 +184,7 @@ func (d *Directory) addLists(lists []List) []string {
 	for _, l := range lists {
 		l.Tenant = strings.ToLower(l.Tenant)
 		key := Qualify(l.Name, l.Tenant)
+		nk := tenantName{l.Tenant, nameKey(l.Name)}
 		switch {
 		case l.Tenant != "" && !d.tenants[l.Tenant]:
 			errs = append(errs, fmt.Sprintf("list %q is in %q, which is no tenant", l.Name, l.Tenant))
@@ -195,8 +192,8 @@ func (d *Directory) addLists(lists []List) []string {
 		case l.Name == "":
 			errs = append(errs, "a list has no name")
 			continue
-		case d.byName[key] != nil:
-			errs = append(errs, fmt.Sprintf("list %q has the name of user %q", l.Name, d.byName[key].ID))
+		case d.byName[nk] != nil:
+			errs = append(errs, fmt.Sprintf("list %q has the name of user %q", l.Name, d.byName[nk].ID))
 			continue
 		case d.byList[key] != nil:
 			errs = append(errs, fmt.Sprintf("list %q is defined twice", l.Name))
@@ -249,7 +246,7 @@ func (d *Directory) member(name string, tenant string) *User {
 	if u, ok := d.byID[name]; ok {
 		return u
 	}
-	return d.byName[Qualify(name, tenant)]
+	return d.byName[tenantName{tenant, nameKey(name)}]
 }
 
 // List returns the list a key names (regardless of case): a URI's user
@@ -308,7 +305,7 @@ func (d *Directory) Resolve(host, name string) (*User, bool) {
 	if !ok {
 		return nil, false
 	}
-	u, ok := d.byName[Qualify(name, t)]
+	u, ok := d.byName[tenantName{t, nameKey(name)}]
 	return u, ok
 }
 
@@ -332,6 +329,43 @@ func (d *Directory) Lists() []*ResolvedList { return d.lists }
 
 func nameKey(s string) string { return strings.ToLower(s) }
 
+// tenantName keys an extension or alias (lower case) in its tenant.
+type tenantName struct{ tenant, name string }
+
+// splitName reads a Qualify'd name: name, or name@tenant (names and
+// aliases hold no '@').
+func splitName(key string) tenantName {
+	name, tenant, _ := strings.Cut(key, "@")
+	return tenantName{strings.ToLower(tenant), nameKey(name)}
+}
+
+// allNames are a user's extensions and aliases.
+func allNames(u *User) []string {
+	if len(u.Aliases) == 0 {
+		return u.Extensions
+	}
+	return append(u.Extensions[:len(u.Extensions):len(u.Extensions)], u.Aliases...)
+}
+
+// own gives u slices of its own, in one allocation for its strings: a
+// directory's users never share memory with what they were built from.
+func own(u *User) {
+	n := len(u.Extensions) + len(u.Aliases) + len(u.Groups) + len(u.Discovered)
+	if n > 0 {
+		buf := make([]string, 0, n)
+		take := func(s []string) []string {
+			if len(s) == 0 {
+				return nil
+			}
+			start := len(buf)
+			buf = append(buf, s...)
+			return buf[start:len(buf):len(buf)]
+		}
+		u.Extensions, u.Aliases, u.Groups, u.Discovered = take(u.Extensions), take(u.Aliases), take(u.Groups), take(u.Discovered)
+	}
+	u.Devices = slices.Clone(u.Devices)
+}
+
 // Users returns every user in configuration order.
 func (d *Directory) Users() []*User { return d.users }
 
@@ -345,7 +379,7 @@ func (d *Directory) User(id string) (*User, bool) {
 // of a presentity URI) in the default domain, or by name@tenant (Qualify).
 // Aliases match regardless of case.
 func (d *Directory) Lookup(name string) (*User, bool) {
-	u, ok := d.byName[nameKey(name)]
+	u, ok := d.byName[splitName(name)]
 	return u, ok
 }
 
@@ -390,7 +424,7 @@ func (d *Directory) sharing(prev *Directory) *Directory {
 	for k, u := range d.byID {
 		out.byID[k] = pick(u)
 	}
-	out.byName = make(map[string]*User, len(d.byName))
+	out.byName = make(map[tenantName]*User, len(d.byName))
 	for k, u := range d.byName {
 		out.byName[k] = pick(u)
 	}

@@ -156,10 +156,14 @@ func (d *Discover) excluded(u adapters.DiscoveredUser) bool {
 // of their list (and reported) when some PBX is discovered: the PBX may
 // have removed them.
 func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discovery.LeftOut, error) {
-	users := make([]bridge.User, 0, len(c.Users))
-	byDevice := map[bridge.DeviceRef]int{}
-	byName := map[string]int{} // extension, alias (lower case) → index in users
-	ids := map[string]bool{}
+	n := len(c.Users)
+	for _, f := range found {
+		n += len(f)
+	}
+	users := make([]bridge.User, 0, n)
+	byDevice := make(map[bridge.DeviceRef]int, n)
+	byName := make(map[nameIn]int, n) // extension, alias (lower case) in its tenant → index in users
+	ids := make(map[string]bool, n)
 	for _, u := range c.Users {
 		bu := bridge.User{ID: u.ID, Name: u.Name, Extensions: u.Extensions, Aliases: u.Aliases, Groups: u.Groups, Configured: true,
 			Tenant: strings.ToLower(u.Tenant), Resource: u.Resource}
@@ -169,7 +173,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 			byDevice[ref] = len(users)
 		}
 		for _, n := range append(slices.Clone(u.Extensions), u.Aliases...) {
-			byName[bridge.Qualify(n, bu.Tenant)] = len(users)
+			byName[nameIn{bu.Tenant, strings.ToLower(n)}] = len(users)
 		}
 		ids[u.ID] = true
 		users = append(users, bu)
@@ -178,7 +182,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 	tenants := c.tenantsOf(found)
 	// A discovered-only user's index → where it was found: the PBX and
 	// its domain.
-	firstFrom := map[int]string{}
+	firstFrom := map[int]foundAt{}
 	for i := range c.PBX {
 		pb := &c.PBX[i]
 		d := pb.Discovering()
@@ -194,8 +198,8 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 			if tenant != "" && c.Tenant(tenant) != nil {
 				du.Extension = strings.TrimPrefix(du.Extension, c.Tenant(tenant).EndpointPrefix)
 			}
-			key := bridge.Qualify(du.Extension, tenant)
-			where := foundWhere(pb.Name, du.Domain)
+			key := nameIn{tenant, strings.ToLower(du.Extension)}
+			where := foundAt{pb.Name, du.Domain}
 			at, ok := byDevice[ref]
 			if !ok {
 				at, ok = byName[key]
@@ -232,7 +236,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 					u.Discovered = append(slices.Clip(u.Discovered), pb.Name)
 				}
 				for _, n := range du.More {
-					if k := bridge.Qualify(n, u.Tenant); !hasName(byName, k) {
+					if k := (nameIn{u.Tenant, strings.ToLower(n)}); !hasName(byName, k) {
 						u.Extensions = append(slices.Clip(u.Extensions), n)
 						byName[k] = at
 					}
@@ -264,7 +268,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 				}
 			}
 			for _, n := range du.More {
-				if k := bridge.Qualify(n, tenant); !hasName(byName, k) {
+				if k := (nameIn{tenant, strings.ToLower(n)}); !hasName(byName, k) {
 					nu.Extensions = append(nu.Extensions, n)
 					byName[k] = at
 				}
@@ -286,7 +290,7 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 			// whole directory.
 			bl.Members = nil
 			for _, m := range l.Members {
-				if ids[m] || hasName(byName, bridge.Qualify(m, bl.Tenant)) {
+				if ids[m] || hasName(byName, nameIn{bl.Tenant, strings.ToLower(m)}) {
 					bl.Members = append(bl.Members, m)
 				} else {
 					conflicts = append(conflicts, discovery.LeftOut{Extension: m, Reason: fmt.Sprintf("list %q: no user has id, extension or alias %q now", l.Name, m)})
@@ -391,16 +395,21 @@ func withFeatures(users []adapters.DiscoveredUser, features []string) []adapters
 	return out
 }
 
-// foundWhere names where a discovered user was found, in conflicts.
-func foundWhere(pbx, domain string) string {
-	if domain == "" {
-		return pbx
+// nameIn is an extension or alias (lower case) in its tenant.
+type nameIn struct{ tenant, name string }
+
+// foundAt is where a discovered user was found: the PBX, and its domain.
+type foundAt struct{ pbx, domain string }
+
+func (f foundAt) String() string {
+	if f.domain == "" {
+		return f.pbx
 	}
-	return pbx + " (domain " + domain + ")"
+	return f.pbx + " (domain " + f.domain + ")"
 }
 
-func hasName(byName map[string]int, n string) bool {
-	_, ok := byName[strings.ToLower(n)]
+func hasName(byName map[nameIn]int, n nameIn) bool {
+	_, ok := byName[n]
 	return ok
 }
 
