@@ -76,6 +76,7 @@ type Directory struct {
 	// domain reaches the one default tenant.
 	tenants       map[string]bool
 	defaultDomain string
+	sees          map[string]map[string]bool // a watcher's tenant → the tenants it may watch besides its own
 	users         []*User
 	byID          map[string]*User
 	byName        map[tenantName]*User // extension or lower-cased alias, in its tenant
@@ -115,17 +116,30 @@ type ResolvedList struct {
 // extensions and aliases must be unique, and no device may belong to two
 // users; each list's name must be free and its members known.
 func NewDirectory(users []User, lists ...List) (*Directory, error) {
-	return NewTenantDirectory("", nil, users, lists...)
+	return NewTenantDirectory(Tenancy{}, users, lists...)
+}
+
+// Tenancy says which domains are tenants of their own.
+type Tenancy struct {
+	// Default is the default domain (whose people are no tenant's).
+	Default string
+	// Domains are the tenants.
+	Domains []string
+	// Sees lets the watchers of a tenant (a key; "" the default domain)
+	// watch the people of others besides their own ("*": every one).
+	Sees map[string][]string
 }
 
 // NewTenantDirectory is NewDirectory for several tenants: each user and
 // list belongs to one of tenants (its Tenant) or to the default domain
 // ("" in Tenant), and extensions, aliases and list names are unique
 // within a tenant. With no tenants every domain reaches the default one.
-func NewTenantDirectory(defaultDomain string, tenants []string, users []User, lists ...List) (*Directory, error) {
+func NewTenantDirectory(t Tenancy, users []User, lists ...List) (*Directory, error) {
+	tenants := t.Domains
 	d := &Directory{
 		tenants:       make(map[string]bool, len(tenants)),
-		defaultDomain: strings.ToLower(defaultDomain),
+		defaultDomain: strings.ToLower(t.Default),
+		sees:          map[string]map[string]bool{},
 		byID:          make(map[string]*User, len(users)),
 		byName:        make(map[tenantName]*User, 2*len(users)),
 		byDevice:      make(map[DeviceRef]*User, 2*len(users)),
@@ -134,6 +148,13 @@ func NewTenantDirectory(defaultDomain string, tenants []string, users []User, li
 	var errs []string
 	for _, t := range tenants {
 		d.tenants[strings.ToLower(t)] = true
+	}
+	for from, to := range t.Sees {
+		m := map[string]bool{}
+		for _, x := range to {
+			m[strings.ToLower(x)] = true
+		}
+		d.sees[strings.ToLower(from)] = m
 	}
 	for i := range users {
 		u := users[i] // copy: the directory owns its users
@@ -296,6 +317,17 @@ func (d *Directory) Tenant(host string) (tenant string, ok bool) {
 		return "", true
 	}
 	return "", false
+}
+
+// Sees reports whether a watcher of one tenant may watch the people of
+// another ("" is the default domain): its own always, others where the
+// tenancy allows.
+func (d *Directory) Sees(watcher, target string) bool {
+	if watcher == target {
+		return true
+	}
+	m := d.sees[watcher]
+	return m["*"] || m[target]
 }
 
 // Resolve finds the user a request addresses: name in the tenant host

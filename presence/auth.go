@@ -72,8 +72,10 @@ type authenticator struct {
 	realm string   // the default domain's realm
 	algs  []string // challenges offered, in order
 	// tenantOf names the tenant of a request's domain (nil: none) and
-	// realms their realms where they are not the domain itself.
+	// realms their realms where they are not the domain itself; sees
+	// says whose people a tenant's watchers may watch.
 	tenantOf func(host string) (string, bool)
+	sees     func(watcher, target string) bool
 	realms   map[string]string
 	// byRealm holds each realm's challenge texts, made when first used.
 	byRealm sync.Map // realm → *challengeText
@@ -119,6 +121,18 @@ func (a *authenticator) texts(realm string) *challengeText {
 	}
 	got, _ := a.byRealm.LoadOrStore(realm, t)
 	return got.(*challengeText)
+}
+
+// loginKey is the credential key a digest username names for a request
+// to tenant: the tenant's own username, or username@domain of a tenant
+// whose watchers may watch this one's people.
+func (a *authenticator) loginKey(tenant, username string) string {
+	if name, domain, ok := strings.Cut(username, "@"); ok && a.tenantOf != nil && a.sees != nil {
+		if from, known := a.tenantOf(domain); known && a.sees(from, tenant) {
+			return credKey(from, name)
+		}
+	}
+	return credKey(tenant, username)
 }
 
 // tenantRealm returns the tenant a request is for and its realm: the
@@ -203,7 +217,13 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	tenant, realm := a.tenantRealm(req)
 	if trusted := req.Peer.IsValid() && a.isTrustedIP(req.Peer.Addr()) || !req.Peer.IsValid() && a.isTrusted(req.Source); trusted {
 		id := identity{Trusted: true}
-		if c, ok := a.userByName(credKey(tenant, req.From.URI.User)); ok {
+		from := tenant
+		if a.tenantOf != nil {
+			if ft, ok := a.tenantOf(req.From.URI.Host); ok {
+				from = ft // the From's own tenant: checked against the target's (tenant.go)
+			}
+		}
+		if c, ok := a.userByName(credKey(from, req.From.URI.User)); ok {
 			id.UserID = c.UserID
 		}
 		return id, authOK
@@ -224,7 +244,7 @@ func (a *authenticator) check(req *sipmsg.Request) (identity, authOutcome) {
 	if !ok || cred.Realm != realm || cred.Username == "" {
 		return identity{}, authChallenge
 	}
-	key := credKey(tenant, cred.Username)
+	key := a.loginKey(tenant, cred.Username)
 	user, ok := a.userByName(key)
 	if ok && user.Pending {
 		return identity{}, authChallenge // not known yet: ask again, do not count a failure

@@ -363,6 +363,7 @@ func New(states States, opt Options) (*Server, error) {
 	}
 	s.auth.realms = opt.TenantRealms
 	s.auth.tenantOf = func(host string) (string, bool) { return s.states.Directory().Tenant(host) }
+	s.auth.sees = func(watcher, target string) bool { return s.states.Directory().Sees(watcher, target) }
 	s.notifier = notifytx.New(s.notifyTxDone, DefaultWriteTimeout)
 	if opt.Forwarder != nil {
 		s.auth.flowUser = s.flowUser

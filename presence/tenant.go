@@ -5,9 +5,11 @@ import "github.com/lamplighter/lamplighter/presence/sipmsg"
 // Tenants: when the directory has tenants (bridge.Directory.HasTenants), a
 // request is for the tenant its Request-URI's domain names, and stays in
 // it: an unknown domain is no one's (404); a To, a From or an
-// authenticated watcher of another tenant is refused (403); digest
-// credentials are those of the tenant, under its realm (auth.go). With
-// no tenants every domain reaches the one directory, as always.
+// authenticated watcher of another tenant is refused (403) unless the
+// tenancy lets that tenant's watchers see this one's people (they log in
+// as username@their-domain, auth.go); digest credentials are those of the
+// tenant, under its realm. With no tenants every domain reaches the one
+// directory, as always.
 
 // requestTenant returns the tenant req is for, or answers it (404 for a
 // domain that is no tenant's, 403 for a request that crosses tenants)
@@ -28,13 +30,13 @@ func (s *Server) requestTenant(req *sipmsg.Request, tx serverTx, id identity) (s
 	}
 	switch {
 	case id.UserID != "":
-		if u, ok := dir.User(id.UserID); !ok || u.Tenant != t {
+		if u, ok := dir.User(id.UserID); !ok || !dir.Sees(u.Tenant, t) {
 			cross = true
 		}
 	case id.Trusted:
 		// A trusted sender speaks for its From: not for another
 		// tenant's (an address or the default domain is the default's).
-		if from, ok := dir.Tenant(req.From.URI.Host); ok && from != t {
+		if from, ok := dir.Tenant(req.From.URI.Host); ok && !dir.Sees(from, t) {
 			cross = true
 		}
 	}

@@ -36,11 +36,12 @@ lists:
   - {name: team, tenant: a.example, members: ["100", "101"]}
 `
 
-func startTenants(t *testing.T, trusted string) (sipAddr, api string) {
+func startTenants(t *testing.T, trusted string, edits ...string) (sipAddr, api string) {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "lamplighter.yaml")
-	if err := os.WriteFile(path, []byte(fmt.Sprintf(tenantConfig, trusted, filepath.Join(dir, "state"))), 0o644); err != nil {
+	cfg := strings.NewReplacer(edits...).Replace(fmt.Sprintf(tenantConfig, trusted, filepath.Join(dir, "state")))
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, httpAddr := runInProcess(t, path)
@@ -188,5 +189,41 @@ func TestTenantTokens(t *testing.T) {
 	}
 	if code, body := apiDo(t, "GET", api+"/users/100", "token-a", ""); code != 200 || !strings.Contains(body, `"id": "a100"`) {
 		t.Errorf("100 for a.example's token: %s", body)
+	}
+}
+
+// TestTenantThatSeesAnother: a tenant the YAML lets see another's people
+// (a head office and its branch) watches them, logging in as
+// username@its-domain (or, from a trusted network, by its From); the
+// other way round stays refused.
+func TestTenantThatSeesAnother(t *testing.T) {
+	see := []string{`{domain: b.example, realm: "B Corp", token: token-b}`, `{domain: b.example, realm: "B Corp", token: token-b, sees: [a.example]}`}
+	sipAddr, _ := startTenants(t, "[]", see...)
+	sub := func(user, pass, from, domain string) int {
+		t.Helper()
+		w := newWatcher(t, "UDP")
+		w.username, w.password, w.fromUser, w.domain, w.fromDomain = user, pass, "100", domain, from
+		return w.subscribe(sipAddr, "101", "presence", 600).StatusCode
+	}
+	if code := sub("100@b.example", "pb", "b.example", "a.example"); code != 200 {
+		t.Errorf("b's 100 at a's 101 (b sees a): %d", code)
+	}
+	if code := sub("100@a.example", "pa", "a.example", "b.example"); code == 200 {
+		t.Error("a's 100 at b's 101: a does not see b")
+	}
+	if code := sub("100", "pb", "b.example", "a.example"); code == 200 {
+		t.Error("b's password as a's 100 at a's domain")
+	}
+
+	trustedAddr, _ := startTenants(t, "[127.0.0.0/8]", see...)
+	for _, c := range []struct {
+		from, to string
+		want     int
+	}{{"b.example", "a.example", 200}, {"a.example", "b.example", 403}} {
+		w := newWatcher(t, "UDP")
+		w.domain, w.fromDomain = c.to, c.from
+		if res := w.subscribe(trustedAddr, "101", "dialog", 600); res.StatusCode != c.want {
+			t.Errorf("trusted, From %s, Request-URI %s: %d, want %d", c.from, c.to, res.StatusCode, c.want)
+		}
 	}
 }

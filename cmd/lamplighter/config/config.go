@@ -258,6 +258,11 @@ type Tenant struct {
 	// starts with EndpointPrefix (stripped from the extension).
 	Contexts       []string `yaml:"contexts"`
 	EndpointPrefix string   `yaml:"endpoint_prefix"`
+	// Sees lets this tenant's watchers watch the people of the tenants
+	// named besides their own (the sip domain names the default
+	// domain's people; "*" every tenant): a head office watching its
+	// branches. They authenticate as username@their-domain.
+	Sees []string `yaml:"sees"`
 	// Token is the tenant's API token: it reads and sets only the
 	// tenant's people.
 	Token     string `yaml:"token"`

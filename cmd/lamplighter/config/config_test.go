@@ -179,6 +179,7 @@ func TestCheckConfigErrors(t *testing.T) {
 		{"ami without secret", [2]string{"    password: p\n", "    password: p\n    ari: {ami: {address: \"10.0.0.5:5038\", username: ll}}\n"}, 9, "ami: give one of password"},
 		{"ami address", [2]string{"    password: p\n", "    password: p\n    ari: {ami: {address: \"10.0.0.5\", username: ll, password: x}}\n"}, 9, `ami: address "10.0.0.5": want host:port`},
 		{"ami secret file", [2]string{"    password: p\n", "    password: p\n    ari:\n      ami: {address: \"10.0.0.5:5038\", username: ll, password_file: /nonexistent/ami}\n"}, 10, "cannot read password file"},
+		{"tenant sees an unknown domain", [2]string{"sip:", "tenants:\n  - {domain: a.example, sees: [b.example]}\nsip:"}, 2, `"b.example" is neither a tenant, the sip domain nor *`},
 		{"syntax error", [2]string{"  - id: b", "  - id: b\n\tx: 1"}, 16, "tab character"}, // yaml.v3 names the enclosing entry's line
 	}
 	for _, c := range cases {

@@ -307,8 +307,24 @@ func (c *Config) Directory(found discovery.Found) (*bridge.Directory, []discover
 		}
 		lists = append(lists, bl)
 	}
-	dir, err := bridge.NewTenantDirectory(c.SIP.Domain, tenants, users, lists...)
+	dir, err := bridge.NewTenantDirectory(c.tenancy(tenants), users, lists...)
 	return dir, conflicts, err
+}
+
+// tenancy is the directory's tenancy: the tenants, and whose watchers
+// may watch whom besides their own (the sip domain stands for the default
+// domain's people).
+func (c *Config) tenancy(tenants []string) bridge.Tenancy {
+	t := bridge.Tenancy{Default: c.SIP.Domain, Domains: tenants, Sees: map[string][]string{}}
+	for _, ten := range c.Tenants {
+		for _, other := range ten.Sees {
+			if strings.EqualFold(other, c.SIP.Domain) {
+				other = ""
+			}
+			t.Sees[strings.ToLower(ten.Domain)] = append(t.Sees[strings.ToLower(ten.Domain)], strings.ToLower(other))
+		}
+	}
+	return t
 }
 
 // tenantsOf returns the tenants' domains (lower case): those the YAML

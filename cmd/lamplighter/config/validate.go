@@ -184,6 +184,11 @@ func (v *validator) checkTenants(c *Config) {
 			v.at(path, "give only one of token, token_file and token_env")
 		}
 		v.checkSecret(path, "token", t.TokenFile, t.TokenEnv)
+		for j, other := range t.Sees {
+			if other != "*" && !strings.EqualFold(other, c.SIP.Domain) && c.Tenant(other) == nil {
+				v.at(append(path, "sees", j), "%q is neither a tenant, the sip domain nor *", other)
+			}
+		}
 	}
 }
 
