@@ -181,7 +181,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	// The page is open to whoever reaches it: the default domain's people
 	// only, never a tenant's; and people, not feature keys' lamps.
 	defaultDomainOnly := func(u *bridge.User) bool { return u.Tenant == "" && !u.Resource }
-	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Shows: defaultDomainOnly, Title: cfg.HTTP.Title,
+	d.board = switchboard.New(switchboard.Options{Bridge: d.bridge, View: d.api.PublicView, Shows: defaultDomainOnly,
+		Audience: d.boardAudience, Title: cfg.HTTP.Title,
 		PBXs: d.pbxStates, MaxStreams: cfg.HTTP.MaxStreams, MaxStreamsPerAddress: cfg.HTTP.MaxStreamsPerAddress, Log: log})
 	d.board.Handle(d.ops)
 	if cfg.HTTP.Pprof {
@@ -246,6 +247,26 @@ func (d *daemon) newAdapter(p *config.PBX, dir *bridge.Directory) (adapters.Adap
 		return d.sipPBXs[p.Name], nil
 	}
 	return nil, fmt.Errorf("unknown pbx kind %q", p.Kind)
+}
+
+// boardAudience is whom a switchboard stream shows people to: with a
+// ticket of the API token everyone (people, not feature keys), of a
+// tenant's token or one of its users that tenant's people; without, the
+// default domain's.
+func (d *daemon) boardAudience(r *http.Request) (switchboard.Audience, error) {
+	t := r.URL.Query().Get("ticket")
+	if t == "" {
+		return switchboard.Audience{}, nil
+	}
+	c, err := d.api.TicketCaller(t)
+	if err != nil {
+		return switchboard.Audience{}, err
+	}
+	if c.Admin {
+		return switchboard.Audience{Key: "admin", Shows: func(u *bridge.User) bool { return !u.Resource }}, nil
+	}
+	tenant := c.Tenant
+	return switchboard.Audience{Key: "tenant:" + tenant, Shows: func(u *bridge.User) bool { return u.Tenant == tenant && !u.Resource }}, nil
 }
 
 // tenantTokens are the tenants' API tokens: token → tenant domain.

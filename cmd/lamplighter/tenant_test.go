@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -225,5 +228,82 @@ func TestTenantThatSeesAnother(t *testing.T) {
 		if res := w.subscribe(trustedAddr, "101", "dialog", 600); res.StatusCode != c.want {
 			t.Errorf("trusted, From %s, Request-URI %s: %d, want %d", c.from, c.to, res.StatusCode, c.want)
 		}
+	}
+}
+
+// readSnapshot opens the switchboard's event stream at url and returns
+// the ids of the users its first snapshot shows (or the status code).
+func readSnapshot(t *testing.T, url string) ([]string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		return nil, res.StatusCode
+	}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var m struct {
+			Users []struct {
+				ID string `json:"id"`
+			} `json:"users"`
+		}
+		if err := json.Unmarshal([]byte(data), &m); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, u := range m.Users {
+			ids = append(ids, u.ID)
+		}
+		slices.Sort(ids)
+		return ids, 200
+	}
+	t.Fatal("no snapshot on the stream")
+	return nil, 0
+}
+
+// TestTenantSwitchboards: the open switchboard shows the default domain's
+// people only; signed in with a tenant's token (a stream ticket, since a
+// browser's stream sends no Authorization) it shows that tenant's, and
+// with the API token everyone; a forged ticket is refused.
+func TestTenantSwitchboards(t *testing.T) {
+	_, api := startTenants(t, "[]")
+	events := strings.TrimSuffix(api, "/api/v1") + "/events"
+	ticket := func(token string) string {
+		t.Helper()
+		code, body := apiDo(t, "POST", api+"/stream-ticket", token, "")
+		var out struct{ Ticket string }
+		if err := json.Unmarshal([]byte(body), &out); code != 200 || err != nil {
+			t.Fatalf("stream ticket: %d %s", code, body)
+		}
+		return out.Ticket
+	}
+	for _, c := range []struct {
+		name, url string
+		want      []string
+	}{
+		{"open", events, []string{"root100"}},
+		{"a.example's token", events + "?ticket=" + ticket("token-a"), []string{"a100", "a101"}},
+		{"b.example's token", events + "?ticket=" + ticket("token-b"), []string{"b100", "b101"}},
+		{"the API token", events + "?ticket=" + ticket("admin"), []string{"a100", "a101", "b100", "b101", "root100"}},
+	} {
+		if got, code := readSnapshot(t, c.url); code != 200 || !slices.Equal(got, c.want) {
+			t.Errorf("%s: %d %v, want %v", c.name, code, got, c.want)
+		}
+	}
+	forged := ticket("token-a")
+	forged = strings.Replace(forged, forged[:4], "AAAA", 1)
+	if _, code := readSnapshot(t, events+"?ticket="+forged); code != 401 {
+		t.Errorf("a forged ticket: %d, want 401", code)
 	}
 }

@@ -94,6 +94,8 @@ type API struct {
 	mu      sync.RWMutex
 	token   string
 	tenants map[string]string // a tenant's token → its domain
+	keyOnce sync.Once         // the stream tickets' key (ticket.go)
+	key     []byte
 }
 
 // New builds the API; SetToken enables it.
@@ -138,6 +140,7 @@ func (a *API) Handle(mux interface {
 	mux.Handle("POST /api/v1/reload", a.authorised(a.reload, adminOnly))
 	mux.Handle("GET /api/v1/discovery", a.authorised(a.discovery, adminOnly))
 	mux.Handle("POST /api/v1/discovery/refresh", a.authorised(a.refreshDiscovery, adminOnly))
+	mux.Handle("POST /api/v1/stream-ticket", a.authorised(a.streamTicket, forUsers))
 }
 
 // refreshDiscovery reads every PBX's directory again now (an extension

@@ -41,6 +41,11 @@ type Options struct {
 	// page is open to whoever reaches it, so a tenant's people are not
 	// on it.
 	Shows func(*bridge.User) bool
+	// Audience says who an event stream's request comes from, when it
+	// shows it an audience of its own (a tenant's page, signed in with
+	// its token): nil, or an audience with no Shows, is everyone's page
+	// (Shows); an error refuses the stream (401).
+	Audience func(r *http.Request) (Audience, error)
 	// Title is shown in the page's header (default "Switchboard").
 	Title string
 	Log   *slog.Logger
@@ -56,6 +61,13 @@ type Options struct {
 	// WriteTimeout bounds each write to a stream: a viewer that stops
 	// reading is dropped (default 10s).
 	WriteTimeout time.Duration
+}
+
+// Audience is who a stream shows its users to: every stream with one Key
+// gets the same frames.
+type Audience struct {
+	Key   string
+	Shows func(*bridge.User) bool
 }
 
 // PBX is one PBX connection as the page shows it.
@@ -83,6 +95,7 @@ type Switchboard struct {
 type client struct {
 	send chan []byte
 	gone chan struct{} // closed when the client is dropped for lagging
+	aud  Audience
 }
 
 // New builds the switchboard; Run follows the bridge.
@@ -161,16 +174,37 @@ func (s *Switchboard) Run(ctx context.Context) {
 		dirty := s.dirty
 		s.dirty = map[string]bool{}
 		s.mu.Unlock()
-		var up message
+		states := make(map[string]*bridge.State, len(dirty))
 		for id := range dirty {
-			if st, ok := s.opt.Bridge.State(id); ok && s.opt.Shows(st.User) {
-				up.Users = append(up.Users, s.opt.View(st))
-			} else {
-				up.Removed = append(up.Removed, id)
-			}
+			states[id], _ = s.opt.Bridge.State(id)
 		}
-		s.broadcast(frame("update", up))
+		for _, aud := range s.audiences() {
+			var up message
+			for id, st := range states {
+				if st != nil && aud.Shows(st.User) {
+					up.Users = append(up.Users, s.opt.View(st))
+				} else {
+					up.Removed = append(up.Removed, id)
+				}
+			}
+			s.send(aud.Key, frame("update", up))
+		}
 	}
+}
+
+// audiences are the audiences of the open streams, one of each.
+func (s *Switchboard) audiences() []Audience {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	var out []Audience
+	for c := range s.clients {
+		if !seen[c.aud.Key] {
+			seen[c.aud.Key] = true
+			out = append(out, c.aud)
+		}
+	}
+	return out
 }
 
 // message is the data of an event: users to show (all of them in a
@@ -196,10 +230,20 @@ func frame(event string, m message) []byte {
 // is dropped; its browser reconnects and gets a fresh snapshot.
 const clientBuffer = 64
 
-func (s *Switchboard) broadcast(b []byte) {
+func (s *Switchboard) broadcast(b []byte) { s.sendTo(func(*client) bool { return true }, b) }
+
+// send sends b to the streams of one audience.
+func (s *Switchboard) send(key string, b []byte) {
+	s.sendTo(func(c *client) bool { return c.aud.Key == key }, b)
+}
+
+func (s *Switchboard) sendTo(to func(*client) bool, b []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.clients {
+		if !to(c) {
+			continue
+		}
 		select {
 		case c.send <- b:
 		default:
@@ -236,7 +280,18 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	addr, _, _ := net.SplitHostPort(r.RemoteAddr)
-	c := &client{send: make(chan []byte, clientBuffer), gone: make(chan struct{})}
+	aud := Audience{Shows: s.opt.Shows}
+	if s.opt.Audience != nil {
+		a, err := s.opt.Audience(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		if a.Shows != nil {
+			aud = a
+		}
+	}
+	c := &client{send: make(chan []byte, clientBuffer), gone: make(chan struct{}), aud: aud}
 	// Register before taking the snapshot: an update racing with it is
 	// then sent after it, never lost.
 	s.mu.Lock()
@@ -272,7 +327,7 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		snap.PBXs = s.opt.PBXs()
 	}
 	for _, st := range s.opt.Bridge.States() {
-		if s.opt.Shows(st.User) {
+		if aud.Shows(st.User) {
 			snap.Users = append(snap.Users, s.opt.View(st))
 		}
 	}

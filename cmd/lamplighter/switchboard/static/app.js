@@ -27,11 +27,15 @@ function load() {
 }
 
 function save(a) {
+  const audience = (x) => x ? (x.admin ? "admin" : x.tenant || "") : "";
+  const reconnect = audience(auth) !== audience(a);
   auth = a;
   if (a) sessionStorage.setItem("lamplighter.auth", JSON.stringify(a));
   else sessionStorage.removeItem("lamplighter.auth");
   showSignIn();
   for (const u of users.values()) fill(tiles.get(u.id), u);
+  // A tenant's page shows its people only once signed in with its token.
+  if (reconnect) connect();
 }
 
 function groupOf(u) { return (u.groups && u.groups[0]) || ""; }
@@ -233,7 +237,7 @@ $("#loginform").addEventListener("submit", async (ev) => {
   const me = await res.json();
   f.reset();
   $("#login").close();
-  save({ ...cand, admin: me.admin, user: me.user, name: me.name || (me.admin ? "admin" : me.user) });
+  save({ ...cand, admin: me.admin, user: me.user, tenant: me.tenant, name: me.name || (me.admin ? "admin" : me.tenant || me.user) });
 });
 
 filter.addEventListener("input", applyFilter);
@@ -251,9 +255,21 @@ function showPBXs(pbxs) {
   banner.textContent = text;
 }
 
-function connect() {
+// stream is the open event stream; a signed-in admin's or tenant's page
+// opens it with a stream ticket (EventSource sends no Authorization), and
+// asks for a new one when the server ends it.
+let stream = null;
+
+async function connect() {
   const link = $("#link");
-  const es = new EventSource("/events");
+  if (stream) stream.close();
+  let url = "/events";
+  if (auth && (auth.admin || auth.tenant)) {
+    const res = await fetch("/api/v1/stream-ticket", { method: "POST", headers: headers() }).catch(() => null);
+    if (res && res.ok) url += "?ticket=" + encodeURIComponent((await res.json()).ticket);
+  }
+  const es = new EventSource(url);
+  stream = es;
   const receive = (full) => (ev) => {
     const m = JSON.parse(ev.data);
     if (m.now) clockSkew = Date.parse(m.now) - Date.now();
@@ -271,7 +287,11 @@ function connect() {
   };
   es.addEventListener("snapshot", receive(true));
   es.addEventListener("update", receive(false));
-  es.onerror = () => { link.dataset.state = "connecting"; link.textContent = "Reconnecting…"; };
+  es.onerror = () => {
+    link.dataset.state = "connecting"; link.textContent = "Reconnecting…";
+    // Refused (a ticket run out, a restart): open a new one.
+    if (es.readyState === EventSource.CLOSED && stream === es) setTimeout(connect, 1000);
+  };
 }
 
 setInterval(() => { for (const u of users.values()) if (u.calls && u.calls.length) tick(tiles.get(u.id), u); }, 1000);
