@@ -196,3 +196,68 @@ func TestSwitchboardInChromium(t *testing.T) {
 	}
 	shot("switchboard-phone.png")
 }
+
+// TestTenantSwitchboardInChromium: in headless Chromium the open page
+// shows the default domain's people; signed in with a tenant's token it
+// shows that tenant's people and no one else's, and sets their states.
+func TestTenantSwitchboardInChromium(t *testing.T) {
+	browser := chromium(t)
+	if testing.Short() {
+		t.Skip("runs a browser")
+	}
+	_, api := startTenants(t, "[]")
+	url := strings.TrimSuffix(api, "/api/v1") + "/"
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
+		chromedp.WindowSize(1280, 900), chromedp.Flag("disable-dev-shm-usage", true))
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+	bctx, tcancel := context.WithTimeout(bctx, 2*time.Minute)
+	defer tcancel()
+	tiles := func() string {
+		s, _ := chromedp.Run(bctx, chromedp.Evaluate[string](
+			`[...document.querySelectorAll('.tile')].map((t) => t.dataset.user).sort().join(",")`))
+		return s
+	}
+	waitTiles := func(what, want string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for tiles() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: tiles %q, want %q", what, tiles(), want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
+		t.Fatal(err)
+	}
+	waitTiles("the open page", "root100")
+	for _, a := range []chromedp.Action[chromedp.Void]{chromedp.Click(`#signin`), chromedp.SendKeys(`#login input[name=token]`, "token-a"),
+		chromedp.Click(`#loginsubmit`), chromedp.WaitNotVisible(`#login`)} {
+		if err := chromedp.Do(bctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitTiles("signed in as a.example", "a100,a101")
+	if err := chromedp.Do(bctx, chromedp.Click(`.tile[data-user="a101"] .dnd`)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('.tile[data-user="a101"]').dataset.state`))
+		if s == "dnd" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a101 did not go dnd from the tenant's page: %q", s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Signed out: the open page again.
+	if err := chromedp.Do(bctx, chromedp.Click(`#signin`)); err != nil {
+		t.Fatal(err)
+	}
+	waitTiles("signed out", "root100")
+}

@@ -114,7 +114,9 @@ function personText(u) {
   return parts.join(" · ");
 }
 
-function mayEdit(u) { return !!auth && (auth.admin || auth.user === u.id); }
+// mayEdit: the API token sets anyone's state, a tenant's token its
+// people's (the only ones its page shows), a user their own.
+function mayEdit(u) { return !!auth && (auth.admin || auth.user === u.id || (!auth.user && !!auth.tenant)); }
 
 function apiDND(u) { return !!(u.set_by_api && u.set_by_api.activities.includes("dnd")); }
 
