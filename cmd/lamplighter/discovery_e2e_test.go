@@ -544,3 +544,59 @@ func TestDiscoveredLoginsOnTheRealAsterisk(t *testing.T) {
 		t.Errorf("a refresh with the PBX's login after the restart: %d", res.StatusCode)
 	}
 }
+
+// TestTenantsOnTheRealAsterisk: on the real Asterisk a tenant is declared
+// in the YAML by its endpoints' context: endpoints acme100 and acme101 in
+// context acme-phones, whose caller ids say 100 and 101 as the default
+// domain's endpoints 100 and 101 do, are Acme's 100 and 101
+// (sip:100@acme.example); a call between them lights Acme's lamps and
+// none of the default domain's.
+func TestTenantsOnTheRealAsterisk(t *testing.T) {
+	endpoints := ""
+	for _, ext := range []string{"100", "101"} {
+		endpoints += fmt.Sprintf("\n[acme%[1]s](phone-endpoint)\ncontext = acme-phones\ncallerid = \"Acme %[1]s\" <%[1]s>\nauth = acme%[1]s\naors = acme%[1]s\n"+
+			"[acme%[1]s](phone-auth)\nusername = acme%[1]s\npassword = acme%[1]s\n[acme%[1]s](phone-aor)\n", ext)
+	}
+	r := newAsteriskRig(t, rigOptions{exts: []string{"100", "101"}, noPhones: true, pbx: "    discover: true\n",
+		user: func(string) string { return "" },
+		yaml: "tenants:\n  - {domain: acme.example, contexts: [acme-phones]}\n",
+		ast: pbxtest.Config{Append: map[string]string{"pjsip.conf": endpoints,
+			"extensions.conf": "\n[acme-phones]\nexten => _10X,1,Dial(PJSIP/acme${EXTEN},30)\n"}}})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	users := r.users()
+	for _, want := range []string{"100", "101", "100@acme.example", "101@acme.example"} {
+		if !slices.Contains(users.ids(), want) {
+			t.Fatalf("no user %s: %v", want, users.ids())
+		}
+	}
+	for _, ext := range []string{"100", "101"} {
+		r.phones[ext] = r.phone(ext)
+		r.lamps[ext] = r.watch(ext)
+		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	acme := map[string]*lampWatch{}
+	phones := map[string]*baresiptest.Phone{}
+	for _, ext := range []string{"100", "101"} {
+		phones[ext] = r.phone("acme" + ext)
+		acme[ext] = watchLampIn(t, r.ll, ext, "acme.example", "", "")
+		acme[ext].wait("acme's "+ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
+	}
+	before := map[string]int{}
+	for ext, l := range r.lamps {
+		before[ext] = len(l.documents())
+	}
+	phones["100"].Command("/dial sip:101@" + r.domain)
+	if in := acme["101"].waitCall("early", "recipient", "", 15*time.Second); in.RemoteName != "Acme 100" {
+		t.Errorf("Acme's ringing lamp names %q", in.RemoteName)
+	}
+	phones["100"].Command("/hangup")
+	acme["101"].waitIdle(10 * time.Second)
+	acme["100"].waitIdle(10 * time.Second)
+	for ext, l := range r.lamps {
+		for _, d := range l.documents()[before[ext]:] {
+			if !d.idle() {
+				t.Errorf("the default domain's %s showed Acme's call: %s", ext, d)
+			}
+		}
+	}
+}

@@ -193,6 +193,13 @@ func TestTenantTokens(t *testing.T) {
 	if code, body := apiDo(t, "GET", api+"/users/100", "token-a", ""); code != 200 || !strings.Contains(body, `"id": "a100"`) {
 		t.Errorf("100 for a.example's token: %s", body)
 	}
+	// The metrics name no one, of any tenant.
+	code, metrics := apiDo(t, "GET", strings.TrimSuffix(api, "/api/v1")+"/metrics", "", "")
+	for _, name := range []string{"a100", "b101", "Anna", "Bea", "a.example", "b.example"} {
+		if code != 200 || strings.Contains(metrics, name) {
+			t.Errorf("/metrics (%d) names %q", code, name)
+		}
+	}
 }
 
 // TestTenantThatSeesAnother: a tenant the YAML lets see another's people
