@@ -7,7 +7,7 @@ GO ?= go
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
-	LAMPLIGHTER_E2E=require $(GO) test -race -count=1 ./...
+	LAMPLIGHTER_E2E=require $(GO) test -race -count=1 -timeout 40m ./...
 	$(MAKE) fuzz FUZZTIME=10s
 
 # Runs each fuzz target for a while (longer by hand: make fuzz FUZZTIME=5m).
