@@ -61,7 +61,15 @@ func TestDamagedStateFileStartsEmpty(t *testing.T) {
 				t.Errorf("the log does not name %s", aside[0])
 			}
 			p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.end
+			select {
+			case <-p.end:
+			case <-time.After(30 * time.Second):
+				// Stuck: its goroutines say where (Go prints them on
+				// SIGQUIT), instead of the test run's own timeout.
+				p.cmd.Process.Signal(syscall.SIGQUIT)
+				<-p.end
+				t.Fatalf("no exit within 30 s of SIGTERM; its goroutines:\n%s", p.out.String())
+			}
 			if p.err != nil {
 				t.Errorf("exit: %v", p.err)
 			}

@@ -114,7 +114,12 @@ func (t *target) start(ctx context.Context) error {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-t.exited:
-			return fmt.Errorf("lamplighter exited at start (%v); see %s", err, filepath.Join(t.dir, "lamplighter.log"))
+			log := filepath.Join(t.dir, "lamplighter.log")
+			tail, _ := os.ReadFile(log)
+			if len(tail) > 2000 {
+				tail = tail[len(tail)-2000:]
+			}
+			return fmt.Errorf("lamplighter exited at start (%v); see %s, which ends:\n%s", err, log, tail)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
