@@ -88,11 +88,7 @@ func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
 		}
 	}
 
-	for _, ext := range []string{"100", "101"} {
-		r.phones[ext] = r.phone(ext)
-		r.lamps[ext] = r.watch(ext)
-		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
-	}
+	r.addPhones("100", "101")
 	r.plainCall(t, "100", "101", "Phone 100")
 
 	// An endpoint added while both run: a user after a reload.
@@ -211,11 +207,7 @@ func TestDiscoveryOnTheRealFreeSWITCH(t *testing.T) {
 			t.Errorf("1005: %+v", u)
 		}
 	}
-	for _, ext := range []string{"1000", "1001"} {
-		r.phones[ext] = r.phone(ext)
-		r.lamps[ext] = r.watch(ext)
-		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
-	}
+	r.addPhones("1000", "1001")
 	r.plainCall(t, "1000", "1001", "Extension 1000")
 
 	// A user added to the switch's directory while both run, whose phone
@@ -317,11 +309,7 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 		}
 	}
 	// The default domain's phones and lamps (the rig's), and the tenant's.
-	for _, ext := range []string{"1000", "1001"} {
-		r.phones[ext] = r.phone(ext)
-		r.lamps[ext] = r.watch(ext)
-		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
-	}
+	r.addPhones("1000", "1001")
 	bPhones, bLamps := map[string]*baresiptest.Phone{}, map[string]*lampWatch{}
 	for _, ext := range []string{"1000", "1001"} {
 		bPhones[ext] = baresiptest.Start(t, baresiptest.Options{
@@ -569,11 +557,7 @@ func TestTenantsOnTheRealAsterisk(t *testing.T) {
 			t.Fatalf("no user %s: %v", want, users.ids())
 		}
 	}
-	for _, ext := range []string{"100", "101"} {
-		r.phones[ext] = r.phone(ext)
-		r.lamps[ext] = r.watch(ext)
-		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
-	}
+	r.addPhones("100", "101")
 	acme := map[string]*lampWatch{}
 	phones := map[string]*baresiptest.Phone{}
 	for _, ext := range []string{"100", "101"} {

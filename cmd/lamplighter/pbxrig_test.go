@@ -203,10 +203,16 @@ users:
 	if o.noPhones {
 		return
 	}
-	for _, ext := range o.exts {
+	r.addPhones(o.exts...)
+}
+
+// addPhones registers a phone for each extension and watches its lamp
+// until it shows the phone registered.
+func (r *rig) addPhones(exts ...string) {
+	for _, ext := range exts {
 		r.phones[ext] = r.phone(ext)
 	}
-	for _, ext := range o.exts {
+	for _, ext := range exts {
 		r.lamps[ext] = r.watch(ext)
 		r.lamps[ext].wait(ext+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
