@@ -24,10 +24,10 @@ type Forwarder interface {
 	// SUBSCRIBE for a package served elsewhere); it runs before any
 	// authentication, on every such request.
 	Forwards(req *sipmsg.Request) bool
-	// FlowUser returns the user a request's flow was registered as
-	// through the forwarder, when the request is from that user: it then
-	// needs no digest.
-	FlowUser(req *sipmsg.Request) (user string, ok bool)
+	// FlowUser returns the address-of-record (user part and domain) a
+	// request's flow was registered as through the forwarder, when the
+	// request is from that user: it then needs no digest.
+	FlowUser(req *sipmsg.Request) (user, domain string, ok bool)
 	// Serve forwards a request sipgo read, in its server transaction,
 	// returning when the transaction is over.
 	Serve(req *sip.Request, tx sip.ServerTransaction)
@@ -186,13 +186,14 @@ func (s *Server) flowUser(req *sipmsg.Request) string {
 	if s.opt.Forwarder == nil {
 		return ""
 	}
-	name, ok := s.opt.Forwarder.FlowUser(req)
+	name, domain, ok := s.opt.Forwarder.FlowUser(req)
 	if !ok {
 		return ""
 	}
-	// The flow's user in the request's tenant: a flow does not carry a
-	// watcher into another tenant.
-	if u, ok := s.states.Directory().Resolve(req.URI.Host, name); ok {
+	// The user the flow registered as, in the domain it registered in
+	// (its tenant, where there are tenants): whom it may watch is then
+	// its tenant's to say (tenant.go).
+	if u, ok := s.states.Directory().Resolve(domain, name); ok {
 		return u.ID
 	}
 	return ""

@@ -14,12 +14,12 @@ import (
 // sipgo's transport layer already has the server's UDP listener.
 type runCheck struct{ got chan error }
 
-func (runCheck) Forwards(*sipmsg.Request) bool             { return false }
-func (runCheck) FlowUser(*sipmsg.Request) (string, bool)   { return "", false }
-func (runCheck) Serve(*sip.Request, sip.ServerTransaction) {}
-func (runCheck) Cancel(*sipmsg.Request) CancelResult       { return CancelUnknown }
-func (runCheck) Response(*sip.Response) bool               { return false }
-func (runCheck) HoldsFlow(string, netip.AddrPort) bool     { return false }
+func (runCheck) Forwards(*sipmsg.Request) bool                   { return false }
+func (runCheck) FlowUser(*sipmsg.Request) (string, string, bool) { return "", "", false }
+func (runCheck) Serve(*sip.Request, sip.ServerTransaction)       {}
+func (runCheck) Cancel(*sipmsg.Request) CancelResult             { return CancelUnknown }
+func (runCheck) Response(*sip.Response) bool                     { return false }
+func (runCheck) HoldsFlow(string, netip.AddrPort) bool           { return false }
 func (r runCheck) Run(ctx context.Context, s ForwarderHost) error {
 	addr := s.Addrs()[0].String()
 	c, err := s.UserAgent().TransportLayer().GetConnection("udp", addr)

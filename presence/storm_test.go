@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -207,8 +208,8 @@ func stacks() string {
 // flow was registered as user (proxy mode's trust).
 type flowAs struct{ runCheck }
 
-func (flowAs) FlowUser(*sipmsg.Request) (string, bool)        { return "101", true } // bob
-func (flowAs) Run(ctx context.Context, _ ForwarderHost) error { <-ctx.Done(); return nil }
+func (flowAs) FlowUser(*sipmsg.Request) (string, string, bool) { return "101", "", true } // bob
+func (flowAs) Run(ctx context.Context, _ ForwarderHost) error  { <-ctx.Done(); return nil }
 
 // TestRemovingAUserWatchedThroughAFlowDoesNotWedge: a user removed by a
 // reload ends their watchers' subscriptions from inside the bridge's
@@ -235,4 +236,46 @@ func TestRemovingAUserWatchedThroughAFlowDoesNotWedge(t *testing.T) {
 		t.Fatalf("the reload that removed debbie did not return within 5s: a wedge\n%s", stacks())
 	}
 	waitUntil(t, 5*time.Second, "debbie's watcher ended", func() bool { return env.srv.Watchers("debbie") == 0 })
+}
+
+// flowIn is a Forwarder whose every request's flow was registered as
+// user@domain.
+type flowIn struct {
+	runCheck
+	user, domain string
+}
+
+func (f flowIn) FlowUser(*sipmsg.Request) (string, string, bool) { return f.user, f.domain, true }
+func (flowIn) Run(ctx context.Context, _ ForwarderHost) error    { <-ctx.Done(); return nil }
+
+// TestAFlowStaysInItsTenant: a phone registered through the proxy as 100
+// of tenant a.example is a.example's 100 wherever it subscribes: at the
+// default domain (where 100 is another person) it is refused, not taken
+// for the default domain's 100; at its own tenant it is let in.
+func TestAFlowStaysInItsTenant(t *testing.T) {
+	dir, err := bridge.NewTenantDirectory(bridge.Tenancy{Default: "test.invalid", Domains: []string{"a.example"}}, []bridge.User{
+		{ID: "debbie", Name: "Debbie", Extensions: []string{"100"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/100"}}},
+		{ID: "bob", Name: "Bob", Extensions: []string{"101"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/101"}}},
+		{ID: "ann", Name: "Ann", Tenant: "a.example", Extensions: []string{"100"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/a100"}}},
+		{ID: "abe", Name: "Abe", Tenant: "a.example", Extensions: []string{"101"}, Devices: []bridge.DeviceRef{{Source: "pbx", Device: "PJSIP/a101"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newEnvDir(t, dir, func(o *Options) { o.Forwarder = flowIn{user: "100", domain: "a.example"} })
+	peer := newRawPeer(t, env.udp)
+	for _, c := range []struct {
+		host string
+		want int
+	}{{"", 403}, {"a.example", 200}} {
+		msg, callID := peer.request("SUBSCRIBE", "101", []string{"Event: dialog", "Expires: 600"}, "")
+		if c.host != "" {
+			msg = strings.Replace(msg, "sip:101@"+env.udp, "sip:101@"+c.host, 1)
+			msg = strings.Replace(msg, "To: <sip:101@127.0.0.1>", "To: <sip:101@"+c.host+">", 1)
+		}
+		peer.send(msg)
+		if res := peer.awaitResponse(callID, 5*time.Second); res == nil || res.StatusCode != c.want {
+			t.Errorf("a.example's 100 at 101 of %q: %v, want %d", c.host, res, c.want)
+		}
+	}
 }

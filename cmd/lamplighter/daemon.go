@@ -719,7 +719,7 @@ func (d *daemon) proxiedRegistrations() func() map[string][]proxy.Registration {
 		dir := d.bridge.Directory()
 		out := map[string][]proxy.Registration{}
 		for _, r := range d.proxy.Registrations() {
-			if u, ok := dir.Lookup(r.AOR); ok {
+			if u, ok := dir.Resolve(r.Domain, r.AOR); ok {
 				out[u.ID] = append(out[u.ID], r)
 			}
 		}

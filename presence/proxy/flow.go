@@ -134,6 +134,7 @@ func mac(key *[32]byte, b []byte) []byte {
 // contacts it registered and the PBX, until it expires.
 type binding struct {
 	user     string // the user part of the address-of-record
+	domain   string // and its domain (lower case): a tenant's, where there are tenants
 	flow     flow
 	target   int
 	contacts []string // the Contact URIs registered on this flow

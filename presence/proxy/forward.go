@@ -878,7 +878,7 @@ func (p *Proxy) learnBinding(req *sip.Request, res *sip.Response, h hop) {
 		}
 	}
 	b := binding{
-		user: req.To().Address.User, flow: src, target: h.target, contacts: kept,
+		user: req.To().Address.User, domain: strings.ToLower(req.To().Address.Host), flow: src, target: h.target, contacts: kept,
 		expires: time.Now().Add(time.Duration(longest) * time.Second),
 	}
 	if len(kept) == 0 {

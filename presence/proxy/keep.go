@@ -29,6 +29,7 @@ const BindingsFile = "proxy-bindings.json"
 // hold it: the PBX by name (its index may change with the config).
 type FlowRecord struct {
 	User      string    `json:"user"`
+	Domain    string    `json:"domain,omitempty"` // the address-of-record's domain
 	Transport string    `json:"transport"`
 	Addr      string    `json:"addr"`
 	PBX       string    `json:"pbx"`
@@ -41,7 +42,7 @@ func (r FlowRecord) ID() string { return strings.ToLower(r.Transport) + ":" + r.
 
 // record is b as a FlowRecord.
 func (p *Proxy) record(b binding) FlowRecord {
-	return FlowRecord{User: b.user, Transport: b.flow.transport, Addr: b.flow.addr.String(),
+	return FlowRecord{User: b.user, Domain: b.domain, Transport: b.flow.transport, Addr: b.flow.addr.String(),
 		PBX: p.opt.Targets[b.target].Name, Contacts: b.contacts, Expires: b.expires}
 }
 
@@ -53,7 +54,7 @@ func (p *Proxy) fromRecord(r FlowRecord) (binding, bool) {
 	if err != nil || target < 0 || transportCode[r.Transport] == 0 {
 		return binding{}, false
 	}
-	return binding{user: r.User, flow: flow{transport: r.Transport, addr: ap}, target: target,
+	return binding{user: r.User, domain: r.Domain, flow: flow{transport: r.Transport, addr: ap}, target: target,
 		contacts: r.Contacts, expires: r.Expires}, true
 }
 

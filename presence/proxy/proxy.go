@@ -371,8 +371,10 @@ func (p *Proxy) Health() map[string]bool {
 // the proxy, as the API shows it.
 type Registration struct {
 	PBX string `json:"pbx"`
-	// AOR is the address-of-record's user part (an extension).
-	AOR string `json:"aor"`
+	// AOR is the address-of-record's user part (an extension), Domain
+	// its domain (a tenant's, where there are tenants).
+	AOR    string `json:"aor"`
+	Domain string `json:"domain,omitempty"`
 	// Contacts are the contact URIs the PBX holds for it (user@host:port).
 	Contacts []string `json:"contacts"`
 	// Transport and Flow are how the phone reached Lamplighter: the
@@ -387,7 +389,7 @@ func (p *Proxy) Registrations() []Registration {
 	list, _ := p.binds.live()
 	out := make([]Registration, 0, len(list))
 	for _, b := range list {
-		out = append(out, Registration{PBX: p.opt.Targets[b.target].Name, AOR: b.user, Contacts: b.contacts,
+		out = append(out, Registration{PBX: p.opt.Targets[b.target].Name, AOR: b.user, Domain: b.domain, Contacts: b.contacts,
 			Transport: b.flow.transport, Flow: b.flow.addr.String(), Expires: b.expires})
 	}
 	return out
@@ -580,18 +582,19 @@ func (p *Proxy) routedByUs(req *sipmsg.Request) bool {
 	return false
 }
 
-// FlowUser returns the address-of-record user a request's flow was
-// registered as through the proxy, when the request's From names that
-// user; ok is false otherwise, and always with RequireDigest.
-func (p *Proxy) FlowUser(req *sipmsg.Request) (string, bool) {
+// FlowUser returns the address-of-record (user part and domain) a
+// request's flow was registered as through the proxy, when the request's
+// From names that user; ok is false otherwise, and always with
+// RequireDigest.
+func (p *Proxy) FlowUser(req *sipmsg.Request) (user, domain string, ok bool) {
 	if p.opt.RequireDigest {
-		return "", false
+		return "", "", false
 	}
 	b, ok := p.binds.onFlow(flow{transport: req.Transport, addr: req.Peer})
 	if !ok || !strings.EqualFold(b.user, req.From.URI.User) {
-		return "", false
+		return "", "", false
 	}
-	return b.user, true
+	return b.user, b.domain, true
 }
 
 // targetFor returns the index of the proxied PBX of a user part, -1 for
