@@ -193,8 +193,8 @@ func newProxy(cfg *config.Config, b *bridge.Bridge, m proxy.Metrics, log *slog.L
 	if len(targets) == 1 {
 		only = targets[0].Name
 	}
-	targetFor := func(user string) string {
-		u, ok := b.Directory().Lookup(user)
+	targetFor := func(user, domain string) string {
+		u, ok := b.Directory().Resolve(domain, user)
 		if !ok {
 			return only
 		}

@@ -37,7 +37,7 @@ func (p *Proxy) dedicatedLineCall(req *sip.Request) (int, bool) {
 			return 0, false
 		}
 	}
-	t := p.targetFor(req.From().Address.User)
+	t := p.targetFor(req.From().Address.User, req.From().Address.Host)
 	if t < 0 || !p.opt.Targets[t].Dedicated {
 		return 0, false
 	}
@@ -63,7 +63,7 @@ func (p *Proxy) serveDedicated(req *sip.Request, tx sip.ServerTransaction, calle
 		p.respond(req, tx, 403, "Forbidden")
 		return
 	}
-	t := p.targetFor(req.Recipient.User) // the colleague's PBX
+	t := p.targetFor(req.Recipient.User, req.Recipient.Host) // the colleague's PBX
 	if t < 0 {
 		t = callerPBX // a pickup code, an outside number: the caller's
 	}

@@ -319,11 +319,11 @@ func (p *Proxy) nextHop(req, fwd *sip.Request, src flow) (hop, int, string) {
 	if b, ok := p.binds.onFlow(src); ok {
 		return p.toPBX(b.target)
 	}
-	user := req.From().Address.User
+	user, domain := req.From().Address.User, req.From().Address.Host
 	if req.Method == sip.REGISTER {
-		user = req.To().Address.User
+		user, domain = req.To().Address.User, req.To().Address.Host
 	}
-	t := p.targetFor(user)
+	t := p.targetFor(user, domain)
 	if t < 0 {
 		if len(p.opt.Targets) != 1 {
 			return hop{}, 403, "Forbidden"

@@ -13,8 +13,10 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -970,5 +972,37 @@ func TestOnlyThePBXReachesAPhoneByItsToken(t *testing.T) {
 	e.pbx.sendTo(e.udp, inv.String())
 	if got := phone.request(sip.INVITE); got.CallID().Value() != "real-1" {
 		t.Fatalf("the PBX's INVITE: %s", got.CallID().Value())
+	}
+}
+
+// TestTargetByUserAndDomain: the proxied PBX of a REGISTER is chosen by
+// its address-of-record's user and domain (two tenants may have one
+// extension on two PBXs), and the binding keeps the domain: the API
+// shows it, and the flow stands for that domain's user.
+func TestTargetByUserAndDomain(t *testing.T) {
+	var mu sync.Mutex
+	var asked [][2]string
+	e := newEnv(t, func(o *Options, _ *presenceOptions) {
+		o.TargetFor = func(user, domain string) string {
+			mu.Lock()
+			asked = append(asked, [2]string{user, domain})
+			mu.Unlock()
+			if user == "100" && domain == "pbx.test" {
+				return "pbx"
+			}
+			return ""
+		}
+	})
+	phone := listenPeer(t, "127.0.0.1:0")
+	register(t, e, phone, "100")
+	mu.Lock()
+	got := slices.Clone(asked)
+	mu.Unlock()
+	if !slices.Contains(got, [2]string{"100", "pbx.test"}) {
+		t.Errorf("TargetFor was asked %v, want 100 at pbx.test", got)
+	}
+	regs := e.px.Registrations()
+	if len(regs) != 1 || regs[0].AOR != "100" || regs[0].Domain != "pbx.test" {
+		t.Errorf("registrations %+v", regs)
 	}
 }

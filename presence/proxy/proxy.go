@@ -82,10 +82,11 @@ type Options struct {
 	// Targets are the PBXs in proxy mode; at least one.
 	Targets []Target
 	// TargetFor names the proxied PBX of a user part (an extension or
-	// alias, as phones register and call from), "" when the user's PBX is
-	// not in proxy mode or the user is unknown. Nil: every phone belongs
-	// to the first target.
-	TargetFor func(user string) string
+	// alias, as phones register and call from) in a domain (a tenant's,
+	// where there are tenants), "" when the user's PBX is not in proxy
+	// mode or the user is unknown. Nil: every phone belongs to the first
+	// target.
+	TargetFor func(user, domain string) string
 	// RequireDigest makes registered flows stand for nothing: SUBSCRIBE
 	// and PUBLISH need a password (or a trusted network) as without the
 	// proxy. UDP source addresses can be forged on a LAN.
@@ -521,7 +522,7 @@ func (p *Proxy) Forwards(req *sipmsg.Request) bool {
 	}
 	switch req.Method {
 	case "REGISTER":
-		t := p.targetFor(req.To.URI.User)
+		t := p.targetFor(req.To.URI.User, req.To.URI.Host)
 		return t >= 0 && !p.opt.Targets[t].Dedicated
 	case "SUBSCRIBE":
 		return !p.served[eventToken(req)]
@@ -597,13 +598,13 @@ func (p *Proxy) FlowUser(req *sipmsg.Request) (user, domain string, ok bool) {
 	return b.user, b.domain, true
 }
 
-// targetFor returns the index of the proxied PBX of a user part, -1 for
-// none.
-func (p *Proxy) targetFor(user string) int {
+// targetFor returns the index of the proxied PBX of a user part in a
+// domain, -1 for none.
+func (p *Proxy) targetFor(user, domain string) int {
 	if p.opt.TargetFor == nil {
 		return 0
 	}
-	name := p.opt.TargetFor(user)
+	name := p.opt.TargetFor(user, domain)
 	if name == "" {
 		return -1
 	}
