@@ -97,8 +97,11 @@ func (a *Adapter) Run(ctx context.Context, sink bridge.Sink) error {
 
 // probe asks for each feature key's state as FreeSWITCH does when a
 // phone subscribes to one: a PRESENCE_PROBE to proto+user@domain, which
-// FusionPBX's scripts answer with a PRESENCE_IN.
-func (a *Adapter) probe(ctx context.Context, l *link, features []string) error {
+// FusionPBX's scripts answer with a PRESENCE_IN. It runs beside the
+// session's loop (one command per key: thousands after a connect), and
+// stops at the first failure: a connection that refuses commands is
+// ended by the loop's own checks.
+func (a *Adapter) probe(ctx context.Context, l *link, features []string) {
 	for _, dev := range features {
 		proto, _, _ := strings.Cut(dev, "+")
 		_, domain, _ := strings.Cut(dev, "@")
@@ -108,14 +111,16 @@ func (a *Adapter) probe(ctx context.Context, l *link, features []string) error {
 			"expires": {"3600"},
 		}}
 		res, err := l.send(ctx, ev)
-		if err != nil {
-			return err
+		if err == nil && !res.ok() {
+			err = fmt.Errorf("refused: %s", res.reply())
 		}
-		if !res.ok() {
-			return fmt.Errorf("sendevent PRESENCE_PROBE refused: %s", res.reply())
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("cannot ask for the feature keys' states", "err", err, "keys", len(features))
+			}
+			return
 		}
 	}
-	return nil
 }
 
 // link is one live event-socket connection. Commands are serialised:
@@ -403,9 +408,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 	}
 	a.Synchronise(sink, m.snapshot(chans, regs, a.devices()))
 	a.log.Info("synchronised with freeswitch", "channels", len(chans), "registrations", len(regs))
-	if err := a.probe(ctx, l, m.features()); err != nil {
-		return err
-	}
+	go a.probe(ctx, l, m.features())
 	lastHeard := time.Now()
 	for _, e := range early {
 		a.apply(m, e, sink, markSeq)
@@ -450,9 +453,7 @@ func (a *Adapter) session(ctx context.Context, sink bridge.Sink) error {
 			if r.err != nil {
 				return r.err
 			}
-			if err := a.learnt(ctx, l, m, sink, r); err != nil {
-				return err
-			}
+			a.learnt(ctx, l, m, sink, r)
 		case <-check.C:
 			if silent := time.Since(lastHeard); silent > a.cfg.HeartbeatTimeout {
 				return fmt.Errorf("no event or heartbeat for %s", silent.Round(time.Millisecond))
@@ -498,7 +499,7 @@ func (a *Adapter) readRegistrations(ctx context.Context, l *link, fresh []string
 
 // learnt applies what was read for new devices, and probes the new
 // feature keys. Called from the session's loop, between two events.
-func (a *Adapter) learnt(ctx context.Context, l *link, m *mapper, sink bridge.Sink, r learning) error {
+func (a *Adapter) learnt(ctx context.Context, l *link, m *mapper, sink bridge.Sink, r learning) {
 	for _, e := range m.finishLearn(r.fresh, r.regs) {
 		sink.Apply(e)
 	}
@@ -509,7 +510,7 @@ func (a *Adapter) learnt(ctx context.Context, l *link, m *mapper, sink bridge.Si
 		}
 	}
 	a.log.Info("devices added to the directory followed", "devices", len(r.fresh))
-	return a.probe(ctx, l, features)
+	go a.probe(ctx, l, features)
 }
 
 // apply maps one event into the sink, counting it. Events from before

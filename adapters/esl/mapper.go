@@ -783,16 +783,15 @@ type channelRow struct {
 }
 
 // listed takes a registration `show registrations` lists, for a
-// configured device (one of only, when only is not nil), and returns the
-// device ("" for none).
-func (m *mapper) listed(r registrationRow, now time.Time, only map[string]bool) string {
+// configured device (one of only, when only is not nil).
+func (m *mapper) listed(r registrationRow, now time.Time, only map[string]bool) {
 	profile := ""
 	if rest, ok := strings.CutPrefix(r.URL, "sofia/"); ok {
 		profile, _, _ = strings.Cut(rest, "/")
 	}
 	dev := m.regDevice(r.User, r.Realm, profile)
 	if dev == "" || r.Token == "" || only != nil && !only[dev] {
-		return ""
+		return
 	}
 	// FreeSWITCH lists it, so it is live now, whatever the two clocks
 	// say; its expiry counts from now at the earliest.
@@ -801,7 +800,6 @@ func (m *mapper) listed(r registrationRow, now time.Time, only map[string]bool) 
 		exp = now.Add(max(time.Until(time.Unix(n, 0)), 0) + regGrace)
 	}
 	m.regs[r.Token] = registration{device: dev, expires: exp}
-	return dev
 }
 
 // beginLearn configures the devices the directory gave since the
@@ -836,9 +834,7 @@ func (m *mapper) finishLearn(fresh []string, regs []registrationRow) []bridge.Ev
 		if s, ok := m.regSeq[r.Token]; ok && !s.at.Before(m.learnFrom) {
 			continue
 		}
-		if dev := m.listed(r, now, isFresh); dev == "" {
-			continue
-		}
+		m.listed(r, now, isFresh)
 	}
 	var out []bridge.Event
 	for _, d := range fresh {
