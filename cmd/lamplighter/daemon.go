@@ -52,8 +52,9 @@ type daemon struct {
 	demo     bool              // only simulated PBXs: lamp changes are logged at info level
 	found    *discovery.Keeper // what the PBXs' own directories hold
 
-	cfgMu     sync.Mutex // held through a reload
+	cfgMu     sync.Mutex // held through a reload and a discovered change
 	cfg       *config.Config
+	yamlCreds []presence.Credential                // the YAML's SIP logins, secrets read at the last (re)load
 	liveMu    sync.RWMutex                         // guards single, logins and conflicts, which reloads replace
 	single    func(userAgent, watcher string) bool // follows reloads
 	logins    map[string]presence.Credential       // by SIP username and user id; follows reloads
@@ -80,7 +81,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		return nil, err
 	}
 	// Discovered phones' logins, where their PBX gives them.
-	opt.Credentials = append(opt.Credentials, cfg.DiscoveredCredentials(dir, found.Secrets(), found.PendingLogins())...)
+	d.yamlCreds = opt.Credentials
+	opt.Credentials = d.withDiscoveredCreds(cfg, dir, d.yamlCreds)
 	opt.Logger = log.With("component", "sip")
 	opt.SingleDialog = d.singleDialog
 	d.ops = ops.New()
@@ -267,6 +269,12 @@ func (d *daemon) boardAudience(r *http.Request) (switchboard.Audience, error) {
 	}
 	tenant := c.Tenant
 	return switchboard.Audience{Key: "tenant:" + tenant, Shows: func(u *bridge.User) bool { return u.Tenant == tenant && !u.Resource }}, nil
+}
+
+// withDiscoveredCreds is yaml (the YAML's logins) and the discovered
+// users' where their PBX gives them, for the directory dir.
+func (d *daemon) withDiscoveredCreds(cfg *config.Config, dir *bridge.Directory, yaml []presence.Credential) []presence.Credential {
+	return append(slices.Clip(yaml), cfg.DiscoveredCredentials(dir, d.found.Secrets(), d.found.PendingLogins())...)
 }
 
 // tenantTokens are the tenants' API tokens: token → tenant domain.

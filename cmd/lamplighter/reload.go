@@ -76,11 +76,11 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	if err != nil {
 		return err
 	}
-	creds, err := credentials(cfg)
+	yamlCreds, err := credentials(cfg)
 	if err != nil {
 		return err
 	}
-	creds = append(creds, cfg.DiscoveredCredentials(dir, d.found.Secrets(), d.found.PendingLogins())...)
+	creds := d.withDiscoveredCreds(cfg, dir, yamlCreds)
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return err
@@ -96,6 +96,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	// After the directory: a watcher let in by its registered flow (proxy
 	// mode) holds while it is a user.
 	d.sip.SetCredentials(creds)
+	d.yamlCreds = yamlCreds
 	d.setLogins(creds)
 	d.liveMu.Lock()
 	d.single = singleDialogPolicy(cfg)
@@ -174,13 +175,11 @@ func (d *daemon) rediscovered() {
 	added, removed, changed := d.installDirectory(dir, conflicts)
 	// The logins follow: a discovered user's read from its PBX, a
 	// removed one's gone. The YAML's were read at the last (re)load.
-	if creds, err := credentials(d.cfg); err == nil {
-		creds = append(creds, d.cfg.DiscoveredCredentials(dir, d.found.Secrets(), d.found.PendingLogins())...)
-		if ended := d.sip.SetCredentials(creds); ended > 0 {
-			d.log.Info("subscriptions ended: their watchers' logins are gone or changed", "subscriptions", ended)
-		}
-		d.setLogins(creds)
+	creds := d.withDiscoveredCreds(d.cfg, dir, d.yamlCreds)
+	if ended := d.sip.SetCredentials(creds); ended > 0 {
+		d.log.Info("subscriptions ended: their watchers' logins are gone or changed", "subscriptions", ended)
 	}
+	d.setLogins(creds)
 	if added != nil || removed != nil || changed != nil {
 		d.log.Info("directory changed by the PBX", "users", dir.Len(), "added", added, "removed", removed, "changed", changed)
 	}
