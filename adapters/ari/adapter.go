@@ -57,6 +57,11 @@ type Adapter struct {
 	knownMu sync.Mutex
 	known   map[string]bool
 	added   chan struct{}
+
+	// auths are the endpoints' auth object names as the last Discover
+	// read them (by device), for SIPPasswords.
+	authsMu sync.Mutex
+	auths   map[string]string
 }
 
 // New returns an adapter for the Asterisk at conn.Address

@@ -29,6 +29,7 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 	}
 	out := make([]adapters.DiscoveredUser, len(endpoints))
 	numbered := make([]bool, len(endpoints)) // the caller id gave a number
+	auths := make([]string, len(endpoints))  // its auth object's name
 	errs := make([]error, len(endpoints))
 	// A few requests at a time: one per endpoint, thousands on a big PBX.
 	var wg sync.WaitGroup
@@ -38,12 +39,13 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			out[i], numbered[i], errs[i] = a.endpointUser(ctx, e.Resource)
+			out[i], numbered[i], auths[i], errs[i] = a.endpointUser(ctx, e.Resource)
 		}()
 	}
 	wg.Wait()
 	var users []adapters.DiscoveredUser
 	unnumbered := map[string]bool{} // devices whose extension is only the endpoint's name
+	authOf := map[string]string{}
 	for i, err := range errs {
 		switch {
 		case err == errNotFound:
@@ -52,11 +54,17 @@ func (a *Adapter) Discover(ctx context.Context) ([]adapters.DiscoveredUser, erro
 			return nil, err
 		default:
 			users = append(users, out[i])
+			if auths[i] != "" {
+				authOf[out[i].Device] = auths[i]
+			}
 			if !numbered[i] {
 				unnumbered[out[i].Device] = true
 			}
 		}
 	}
+	a.authsMu.Lock()
+	a.auths = authOf
+	a.authsMu.Unlock()
 	if a.cfg.AMI == nil {
 		return users, nil
 	}
@@ -118,15 +126,16 @@ func resourceName(h hint) string {
 	return strings.Join(names, " & ")
 }
 
-// endpointUser reads one PJSIP endpoint's caller id and context; numbered
-// says the caller id gave the extension (else it is the endpoint's name).
-func (a *Adapter) endpointUser(ctx context.Context, id string) (u adapters.DiscoveredUser, numbered bool, err error) {
+// endpointUser reads one PJSIP endpoint's caller id, context and auth
+// object; numbered says the caller id gave the extension (else it is the
+// endpoint's name).
+func (a *Adapter) endpointUser(ctx context.Context, id string) (u adapters.DiscoveredUser, numbered bool, auth string, err error) {
 	var fields []struct {
 		Attribute string `json:"attribute"`
 		Value     string `json:"value"`
 	}
 	if err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/endpoint/"+url.PathEscape(id), &fields); err != nil {
-		return u, false, err
+		return u, false, "", err
 	}
 	u = adapters.DiscoveredUser{PBX: a.conn.Name, Extension: id, Device: "PJSIP/" + id}
 	for _, f := range fields {
@@ -139,9 +148,11 @@ func (a *Adapter) endpointUser(ctx context.Context, id string) (u adapters.Disco
 			}
 		case "context":
 			u.Context = f.Value
+		case "auth":
+			auth, _, _ = strings.Cut(f.Value, ",") // the first of several
 		}
 	}
-	return u, numbered, nil
+	return u, numbered, auth, nil
 }
 
 // splitCallerID reads a caller id as Asterisk writes it: `"Name" <number>`,
@@ -162,26 +173,29 @@ func splitCallerID(v string) (name, number string) {
 var _ adapters.PasswordReader = (*Adapter)(nil)
 
 // SIPPasswords implements adapters.PasswordReader: each endpoint's auth
-// object (the endpoint's `auth`, then
-// /asterisk/config/dynamic/res_pjsip/auth/<name>), when it is a
+// object, as the last Discover named it
+// (/asterisk/config/dynamic/res_pjsip/auth/<name>), when it is a
 // username and password (auth_type userpass; an md5_cred gives no
 // password to check a digest of another realm with).
 func (a *Adapter) SIPPasswords(ctx context.Context, users []adapters.DiscoveredUser) (map[string]adapters.SIPSecret, error) {
+	a.authsMu.Lock()
+	auths := a.auths
+	a.authsMu.Unlock()
 	var mu sync.Mutex
 	out := map[string]adapters.SIPSecret{}
 	var wg sync.WaitGroup
 	var firstErr error
 	sem := make(chan struct{}, 8)
 	for _, u := range users {
-		id, ok := strings.CutPrefix(u.Device, "PJSIP/")
-		if u.Resource || !ok {
+		auth := auths[u.Device]
+		if u.Resource || auth == "" {
 			continue
 		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			secret, ok, err := a.endpointSecret(ctx, id)
+			secret, ok, err := a.authSecret(ctx, auth)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -199,29 +213,12 @@ func (a *Adapter) SIPPasswords(ctx context.Context, users []adapters.DiscoveredU
 	return out, nil
 }
 
-// endpointSecret reads the login of one endpoint's auth object.
-func (a *Adapter) endpointSecret(ctx context.Context, id string) (adapters.SIPSecret, bool, error) {
-	type field struct {
+// authSecret reads the login of one auth object.
+func (a *Adapter) authSecret(ctx context.Context, auth string) (adapters.SIPSecret, bool, error) {
+	var fields []struct {
 		Attribute string `json:"attribute"`
 		Value     string `json:"value"`
 	}
-	var fields []field
-	switch err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/endpoint/"+url.PathEscape(id), &fields); {
-	case err == errNotFound:
-		return adapters.SIPSecret{}, false, nil
-	case err != nil:
-		return adapters.SIPSecret{}, false, err
-	}
-	auth := ""
-	for _, f := range fields {
-		if f.Attribute == "auth" {
-			auth, _, _ = strings.Cut(f.Value, ",") // the first of several
-		}
-	}
-	if auth == "" {
-		return adapters.SIPSecret{}, false, nil
-	}
-	fields = nil
 	switch err := a.get(ctx, "/asterisk/config/dynamic/res_pjsip/auth/"+url.PathEscape(auth), &fields); {
 	case err == errNotFound:
 		return adapters.SIPSecret{}, false, nil
