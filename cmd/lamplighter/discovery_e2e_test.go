@@ -419,9 +419,8 @@ func TestFeatureKeysOnTheRealAsterisk(t *testing.T) {
 	}
 
 	// 2100 is 100's lamp.
-	for _, ext := range []string{"100", "101"} {
-		r.phones[ext] = r.phone(ext)
-	}
+	// Both phones registered (the caller's too) before the call.
+	r.addPhones("100", "101")
 	other := watchLamp(t, r.ll, "2100")
 	other.wait("100 registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	r.dial("101", "100")
