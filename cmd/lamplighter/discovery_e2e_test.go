@@ -277,6 +277,22 @@ func tenantDirectory() string {
 `
 }
 
+// tenantSwitch is the FreeSWITCH of the tenant tests: its own domain and
+// tenantDomain, each with users 1000-1002 and a dialplan context.
+func tenantSwitch() pbxtest.Config {
+	return pbxtest.Config{Append: map[string]string{"directory/" + tenantDomain + ".xml": tenantDirectory(),
+		"dialplan/" + tenantDomain + ".xml": tenantDialplan},
+		// A switch of several domains (FusionPBX) looks users up in the
+		// domain they name, not in the one the vanilla profile forces...
+		Edits: []pbxtest.Edit{
+			{File: "sip_profiles/internal.xml", Old: `<param name="force-register-domain" value="$${domain}"/>`},
+			{File: "sip_profiles/internal.xml", Old: `<param name="force-subscription-domain" value="$${domain}"/>`},
+			{File: "sip_profiles/internal.xml", Old: `<param name="force-register-db-domain" value="$${domain}"/>`},
+			// ... and finds a domain's registrations only in it.
+			{File: "sip_profiles/internal.xml", Old: `<param name="presence-hosts" value="$${domain},$${local_ip_v4}"/>`},
+		}}
+}
+
 // TestTenantsOnTheRealFreeSWITCH: a FreeSWITCH with two domains that both
 // have 1000-1002 is two tenants once its directory is discovered: phones
 // of each register to the switch and watch their colleagues' lamps at
@@ -285,19 +301,7 @@ func tenantDirectory() string {
 // the other's by Request-URI or From.
 func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 	r := newFreeSWITCHRig(t, rigOptions{exts: []string{"1000", "1001"}, noPhones: true, pbx: "    discover: true\n",
-		user: func(string) string { return "" },
-		fs: pbxtest.Config{Append: map[string]string{"directory/" + tenantDomain + ".xml": tenantDirectory(),
-			"dialplan/" + tenantDomain + ".xml": tenantDialplan},
-			// A switch of several domains (FusionPBX) looks users up in
-			// the domain they name, not in the one the vanilla profile
-			// forces...
-			Edits: []pbxtest.Edit{
-				{File: "sip_profiles/internal.xml", Old: `<param name="force-register-domain" value="$${domain}"/>`},
-				{File: "sip_profiles/internal.xml", Old: `<param name="force-subscription-domain" value="$${domain}"/>`},
-				{File: "sip_profiles/internal.xml", Old: `<param name="force-register-db-domain" value="$${domain}"/>`},
-				// ... and finds a domain's registrations only in it.
-				{File: "sip_profiles/internal.xml", Old: `<param name="presence-hosts" value="$${domain},$${local_ip_v4}"/>`},
-			}}})
+		user: func(string) string { return "" }, fs: tenantSwitch()})
 	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
 	users := r.users()
 	if len(users.Users) != 23 {
@@ -317,28 +321,8 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 		bLamps[ext] = watchLampIn(t, r.ll, ext, tenantDomain, "", "")
 		bLamps[ext].wait(ext+"@"+tenantDomain+" registered", 20*time.Second, func(d lamp) bool { return d.Phone == "idle" })
 	}
-	// quiet checks that lamps showed no call after the documents counted
-	// in from.
-	counted := func(lamps map[string]*lampWatch) map[string]int {
-		n := map[string]int{}
-		for ext, l := range lamps {
-			n[ext] = len(l.documents())
-		}
-		return n
-	}
-	quiet := func(what string, lamps map[string]*lampWatch, from map[string]int) {
-		t.Helper()
-		for ext, l := range lamps {
-			for _, d := range l.documents()[from[ext]:] {
-				if !d.idle() {
-					t.Errorf("%s: lamp %s showed another tenant's call: %s", what, ext, d)
-				}
-			}
-		}
-	}
-
 	// A call in the tenant: its lamps show it, the default domain's none.
-	before := counted(r.lamps)
+	before := lampCounts(r.lamps)
 	bPhones["1000"].Command("/dial sip:1001@" + tenantDomain)
 	in := bLamps["1001"].waitCall("early", "recipient", "1000", 15*time.Second)
 	if in.RemoteName != "Bee 1000" {
@@ -350,12 +334,12 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 	bPhones["1000"].Command("/hangup")
 	bLamps["1000"].waitIdle(10 * time.Second)
 	bLamps["1001"].waitIdle(10 * time.Second)
-	quiet("a call in "+tenantDomain, r.lamps, before)
+	quietSince(t, "a call in "+tenantDomain, r.lamps, before)
 
 	// A call in the default domain: the tenant's lamps show nothing.
-	before = counted(bLamps)
+	before = lampCounts(bLamps)
 	r.plainCall(t, "1000", "1001", "Extension 1000")
-	quiet("a call in the default domain", bLamps, before)
+	quietSince(t, "a call in the default domain", bLamps, before)
 
 	// Across tenants: the tenant's From at the default domain's 1001, the
 	// default's From at the tenant's, and a domain that is no one's.
@@ -368,6 +352,97 @@ func TestTenantsOnTheRealFreeSWITCH(t *testing.T) {
 		if res := w.subscribe(r.ll, "1001", "dialog", 600); res.StatusCode != c.want {
 			t.Errorf("Request-URI domain %q, From %s: %d, want %d", c.domain, c.from, res.StatusCode, c.want)
 		}
+	}
+}
+
+// lampCounts is how many documents each lamp has shown so far.
+func lampCounts(lamps map[string]*lampWatch) map[string]int {
+	n := map[string]int{}
+	for ext, l := range lamps {
+		n[ext] = len(l.documents())
+	}
+	return n
+}
+
+// quietSince checks that lamps showed no call after the documents
+// counted in from.
+func quietSince(t *testing.T, what string, lamps map[string]*lampWatch, from map[string]int) {
+	t.Helper()
+	for ext, l := range lamps {
+		for _, d := range l.documents()[from[ext]:] {
+			if !d.idle() {
+				t.Errorf("%s: lamp %s showed another tenant's call: %s", what, ext, d)
+			}
+		}
+	}
+}
+
+// TestProxyModeTenantsOnTheRealFreeSWITCH: the two-domain FreeSWITCH with
+// every phone's line through Lamplighter as its outbound proxy and no
+// network trusted: a tenant's phones register through Lamplighter in
+// their domain (FreeSWITCH authenticates them there), their calls light
+// their own tenant's lamps only, and a key's SUBSCRIBE on a registered
+// flow is let in at its own tenant and refused at the other, whichever
+// domain it names.
+func TestProxyModeTenantsOnTheRealFreeSWITCH(t *testing.T) {
+	r := newFreeSWITCHRig(t, rigOptions{exts: []string{"1000", "1001"}, noPhones: true, proxy: "{}", untrusted: true,
+		pbx: "    discover: true\n", user: func(string) string { return "" }, fs: tenantSwitch()})
+	waitFor(t, r.out, "directory changed by the PBX", 20*time.Second)
+	r.addPhones("1000", "1001") // the default domain's, through Lamplighter
+	bPhones := map[string]*baresiptest.Phone{}
+	for _, ext := range []string{"1000", "1001"} {
+		bPhones[ext] = baresiptest.Start(t, baresiptest.Options{
+			Account: fmt.Sprintf(`<sip:%s@%s>;auth_pass=1234;outbound="sip:%s";regint=300;answermode=manual`, ext, tenantDomain, r.ll)})
+	}
+	// The tenant's 1002: its line registers through Lamplighter, its key
+	// watches 1001 on that flow with no password of Lamplighter's.
+	key := newSIPPhone(t, "1002", "1234", tenantDomain, r.ll)
+	if res := key.register(tenantDomain, 300); res.StatusCode != 200 {
+		t.Fatalf("1002@%s REGISTER through Lamplighter: %d %s", tenantDomain, res.StatusCode, res.Reason)
+	}
+	key.pass = ""
+	n := key.count()
+	if res := key.subscribe(r.ll, "1001"); res.StatusCode != 200 {
+		t.Fatalf("1002@%s's key on 1001 on its flow: %d %s", tenantDomain, res.StatusCode, res.Reason)
+	}
+	key.waitNotify(t, n, "dialog", 10*time.Second)
+	for _, p := range bPhones {
+		p.WaitOutput("200 OK", 20*time.Second) // registered with FreeSWITCH through Lamplighter
+	}
+
+	// A call in the tenant, through Lamplighter: 1002's key rings with
+	// it, the default domain's lamps show nothing.
+	before := lampCounts(r.lamps)
+	n = key.count()
+	bPhones["1000"].Command("/dial sip:1001@" + tenantDomain)
+	if d := key.ringing(n, 15*time.Second); !strings.Contains(d.Remote, "1000") {
+		t.Errorf("1002@%s's key rang for 1001 without its caller: %+v", tenantDomain, d)
+	}
+	bPhones["1001"].WaitOutput("Incoming call", 10*time.Second)
+	bPhones["1000"].Command("/hangup")
+	bPhones["1001"].WaitOutput("terminated", 10*time.Second)
+	quietSince(t, "a call in "+tenantDomain, r.lamps, before)
+	// A call in the default domain shows on its own lamps.
+	r.plainCall(t, "1000", "1001", "Extension 1000")
+
+	// Across tenants on a registered flow: the tenant's 1002 at the
+	// default domain's 1001, and the default domain's 1002 at the
+	// tenant's.
+	key.domain, key.subCallID = pbxtest.Domain, "cross-"+key.subCallID
+	if res := key.subscribe(r.ll, "1001"); res.StatusCode != 403 {
+		t.Errorf("1002@%s's flow at the default domain's 1001: %d, want 403", tenantDomain, res.StatusCode)
+	}
+	home := newSIPPhone(t, "1002", "1234", pbxtest.Domain, r.ll)
+	if res := home.register(pbxtest.Domain, 300); res.StatusCode != 200 {
+		t.Fatalf("1002 REGISTER through Lamplighter: %d %s", res.StatusCode, res.Reason)
+	}
+	home.pass, home.domain = "", tenantDomain
+	if res := home.subscribe(r.ll, "1001"); res.StatusCode != 403 {
+		t.Errorf("the default domain's 1002 on its flow at 1001@%s: %d, want 403", tenantDomain, res.StatusCode)
+	}
+	// The API shows the tenant's registration as its user's.
+	if u := r.get("/api/v1/users/1002@" + tenantDomain); !strings.Contains(u, `"aor": "1002"`) {
+		t.Errorf("the API does not show 1002@%s's registration through Lamplighter:\n%s", tenantDomain, u)
 	}
 }
 
