@@ -531,11 +531,7 @@ func (b *Bridge) compute(u *User) *State {
 	}
 	sortCalls(st.Calls)
 	if m := b.persons[u.ID]; len(m) > 0 {
-		ps := make([]PersonState, 0, len(m))
-		for _, p := range m {
-			ps = append(ps, p)
-		}
-		st.Person = mergePersons(ps)
+		st.Person = personOf(m)
 	}
 	st.Phone = phoneState(st.Device, st.Calls, &st.Person)
 	return st

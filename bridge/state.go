@@ -171,7 +171,7 @@ func personEqual(a, b *PersonState) bool {
 // personLooksEqual compares what watchers see of a person: not when it
 // lapses, which a soft client's PUBLISH refresh moves on every time.
 func personLooksEqual(a, b *PersonState) bool {
-	return slices.Equal(a.Activities, b.Activities) && a.Note == b.Note &&
+	return slices.Equal(a.Activities, b.Activities) && a.Note == b.Note && a.Until.Equal(b.Until) &&
 		a.Closed == b.Closed && a.Open == b.Open && slices.EqualFunc(a.Extra, b.Extra, bytes.Equal)
 }
 
@@ -181,6 +181,30 @@ func (s *State) LooksEqual(o *State) bool {
 	t := *o
 	t.Person.Expires = s.Person.Expires
 	return s.Equal(&t)
+}
+
+// personOf is the person state a user's origins make together: what
+// the person and their clients say, and the calendar's word where they
+// say nothing of what the person is doing.
+func personOf(m map[string]PersonState) PersonState {
+	ps := make([]PersonState, 0, len(m))
+	cal, hasCal := m[OriginCalendar]
+	for origin, p := range m {
+		if origin != OriginCalendar {
+			ps = append(ps, p)
+		}
+	}
+	out := mergePersons(ps)
+	if hasCal && len(out.Activities) == 0 && out.Note == "" {
+		out.Activities, out.Note, out.Until = cal.Activities, cal.Note, cal.Until
+		if !cal.Expires.IsZero() && (out.Expires.IsZero() || cal.Expires.Before(out.Expires)) {
+			out.Expires = cal.Expires
+		}
+		if cal.Updated.After(out.Updated) {
+			out.Updated = cal.Updated
+		}
+	}
+	return out
 }
 
 // mergePersons combines the person states a user has from several origins
@@ -206,6 +230,9 @@ func mergePersons(ps []PersonState) PersonState {
 		}
 		if out.Note == "" {
 			out.Note = p.Note
+		}
+		if out.Until.IsZero() {
+			out.Until = p.Until
 		}
 		if out.Extra == nil {
 			out.Extra = p.Extra

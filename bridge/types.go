@@ -288,6 +288,9 @@ type PersonState struct {
 	// tuple's basic "open": a soft client is online), whatever the PBX's
 	// devices say.
 	Open bool `json:"open,omitempty"`
+	// Until is when the activities end as their source knows it (a
+	// calendar's meeting; RPID's until), zero when unknown.
+	Until time.Time `json:"until,omitzero"`
 	// Expires is when the state lapses by itself; zero means never.
 	Expires time.Time `json:"expires,omitzero"`
 	// Updated is when it was set; the newest of several publications wins
@@ -297,6 +300,12 @@ type PersonState struct {
 	// element, kept verbatim so that they survive the merge.
 	Extra [][]byte `json:"-"`
 }
+
+// OriginCalendar is the origin of what a person's calendar says. It is
+// the weakest word: it shows only while no other origin says what the
+// person is doing (an activity or a note), and it never decides whether
+// the person is reachable.
+const OriginCalendar = "calendar"
 
 // IsZero reports whether the person state says nothing.
 func (p *PersonState) IsZero() bool {

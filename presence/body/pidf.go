@@ -1,6 +1,9 @@
 package body
 
 import (
+	"slices"
+	"time"
+
 	"github.com/lamplighter/lamplighter/bridge"
 )
 
@@ -42,7 +45,15 @@ func PIDF(dst []byte, entity string, st *bridge.State, opt Options) []byte {
 	dst = esc(dst, xmlID("p-", user))
 	dst = append(dst, "\">\n"...)
 	if acts := activities(st); len(acts) > 0 {
-		dst = append(dst, "  <rpid:activities>"...)
+		dst = append(dst, "  <rpid:activities"...)
+		if u := st.Person.Until; !u.IsZero() && !slices.Contains(acts, string(bridge.ActivityOnThePhone)) {
+			// When the person's own activities end (a calendar's
+			// meeting); not said while a call adds on-the-phone.
+			dst = append(dst, ` until="`...)
+			dst = u.UTC().AppendFormat(dst, time.RFC3339)
+			dst = append(dst, '"')
+		}
+		dst = append(dst, ">"...)
 		for _, a := range acts {
 			if a == "busy" && opt.DNDText && st.Person.DND() {
 				dst = append(dst, "<rpid:busy>"+DNDText+"</rpid:busy>"...)
