@@ -279,6 +279,53 @@ func TestPersonState(t *testing.T) {
 	}
 }
 
+// The calendar's word is the weakest: it shows while no one says what
+// the person is doing, gives way to an activity or a note from anyone
+// else (and comes back when they stop), leaves a call shown, and never
+// makes the person reachable or not.
+func TestCalendarGivesWay(t *testing.T) {
+	b, _, now := newTestBridge(t)
+	b.Apply(DeviceStateChanged{"ast", "PJSIP/100", DeviceIdle})
+	meeting := PersonState{Activities: []Activity{ActivityMeeting}, Note: "In a meeting until 13:00",
+		Until: now.Add(time.Hour), Expires: now.Add(time.Hour), Updated: *now}
+	if err := b.SetPerson("debbie", OriginCalendar, meeting); err != nil {
+		t.Fatal(err)
+	}
+	s := mustState(t, b, "debbie")
+	if !s.Person.Has(ActivityMeeting) || s.Person.Note != meeting.Note || !s.Person.Until.Equal(meeting.Until) || s.Phone != PhoneIdle {
+		t.Fatalf("the calendar alone: %+v %v", s.Person, s.Phone)
+	}
+	// A soft client that is merely online leaves the meeting shown.
+	b.SetPerson("debbie", "publish:e1", PersonState{Open: true, Updated: now.Add(-time.Minute)})
+	if s := mustState(t, b, "debbie"); !s.Person.Has(ActivityMeeting) || !s.Person.Open {
+		t.Errorf("an online client hid the meeting: %+v", s.Person)
+	}
+	// The person says dnd, older than the meeting's start: theirs wins.
+	b.SetPerson("debbie", "api", PersonState{Activities: []Activity{ActivityDND}, Updated: now.Add(-time.Hour)})
+	if s := mustState(t, b, "debbie"); s.Person.Has(ActivityMeeting) || !s.Person.DND() || s.Person.Note != "" || !s.Person.Until.IsZero() {
+		t.Errorf("the person's dnd beside the calendar: %+v", s.Person)
+	}
+	b.ClearPerson("debbie", "api")
+	if s := mustState(t, b, "debbie"); !s.Person.Has(ActivityMeeting) {
+		t.Errorf("the meeting did not come back: %+v", s.Person)
+	}
+	// A call is shown during the meeting.
+	b.Apply(CallUpdated{"ast", Call{ID: "c", Device: "PJSIP/100", State: CallConfirmed}})
+	if s := mustState(t, b, "debbie"); s.Phone != PhoneBusy || !s.Person.Has(ActivityMeeting) {
+		t.Errorf("a call in a meeting: %v %+v", s.Phone, s.Person)
+	}
+	// A client that says closed is closed whatever the calendar says; a
+	// calendar alone never closes anyone.
+	b.SetPerson("debbie", "publish:e1", PersonState{Closed: true})
+	if s := mustState(t, b, "debbie"); !s.Person.Closed || !s.Person.Has(ActivityMeeting) {
+		t.Errorf("closed client with a calendar: %+v", s.Person)
+	}
+	b.ClearPerson("debbie", "publish:e1")
+	if s := mustState(t, b, "debbie"); s.Person.Closed || s.Person.Open {
+		t.Errorf("the calendar alone made debbie reachable or not: %+v", s.Person)
+	}
+}
+
 func TestSetDirectory(t *testing.T) {
 	b, r, _ := newTestBridge(t)
 	b.Apply(DeviceStateChanged{"ast", "PJSIP/102", DeviceInUse}) // nobody's yet
