@@ -96,6 +96,17 @@ type Keeper struct {
 	dirty   atomic.Bool
 	leading atomic.Bool
 	saved   map[string]savedCalendar // read from the file, until each user's follower takes its own
+	reads   [3]atomic.Uint64         // changed, unchanged, failed
+}
+
+// Reads counts the calendar reads since the start.
+type Reads struct {
+	Changed, Unchanged, Failed uint64
+}
+
+// Reads returns the reads counted so far.
+func (k *Keeper) Reads() Reads {
+	return Reads{Changed: k.reads[0].Load(), Unchanged: k.reads[1].Load(), Failed: k.reads[2].Load()}
 }
 
 // follower reads one person's calendar.
@@ -379,6 +390,7 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 		if ctx.Err() != nil {
 			return err
 		}
+		k.reads[2].Add(1)
 		if msg := err.Error(); msg != f.err {
 			log.Warn("calendar not read; keeping what was read before", "error", err, "last_read", f.fetched)
 			f.err = msg
@@ -390,7 +402,10 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 	}
 	f.err = ""
 	f.fetched = now
-	if !got.notModified {
+	if got.notModified {
+		k.reads[1].Add(1)
+	} else {
+		k.reads[0].Add(1)
 		if !f.cal.Titles {
 			for i := range got.events {
 				got.events[i].Title = "" // never kept where it is never shown
@@ -447,6 +462,26 @@ type UserStatus struct {
 	Skipped    int       `json:"skipped,omitempty"`
 }
 
+// StatusOf returns one person's calendar status.
+func (k *Keeper) StatusOf(user string) (UserStatus, bool) {
+	k.mu.Lock()
+	f, ok := k.running[user]
+	k.mu.Unlock()
+	if !ok {
+		return UserStatus{}, false
+	}
+	return f.status(k.opt.Clock.Now()), true
+}
+
+// status is f's UserStatus at now.
+func (f *follower) status(now time.Time) UserStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return UserStatus{User: f.cal.User, Source: f.cal.Source.String(),
+		Now: StatusAt(f.events, now, f.cal.Tentative), LastFetch: f.fetched, LastTry: f.tried,
+		NextChange: f.next, Error: f.err, Events: len(f.events), Skipped: f.skipped}
+}
+
 // Status returns every followed calendar's status, by user id.
 func (k *Keeper) Status() []UserStatus {
 	k.mu.Lock()
@@ -458,11 +493,7 @@ func (k *Keeper) Status() []UserStatus {
 	now := k.opt.Clock.Now()
 	out := make([]UserStatus, 0, len(fs))
 	for _, f := range fs {
-		f.mu.Lock()
-		out = append(out, UserStatus{User: f.cal.User, Source: f.cal.Source.String(),
-			Now: StatusAt(f.events, now, f.cal.Tentative), LastFetch: f.fetched, LastTry: f.tried,
-			NextChange: f.next, Error: f.err, Events: len(f.events), Skipped: f.skipped})
-		f.mu.Unlock()
+		out = append(out, f.status(now))
 	}
 	slices.SortFunc(out, func(a, b UserStatus) int {
 		if a.User < b.User {

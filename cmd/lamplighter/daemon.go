@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sim"
 	"github.com/lamplighter/lamplighter/adapters/sipcalls"
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/calendar"
 	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
@@ -51,6 +53,7 @@ type daemon struct {
 	node     *cluster.Node     // nil when running alone
 	demo     bool              // only simulated PBXs: lamp changes are logged at info level
 	found    *discovery.Keeper // what the PBXs' own directories hold
+	cals     *calendar.Keeper  // people's calendars, read into their person state
 
 	cfgMu     sync.Mutex // held through a reload and a discovered change
 	cfg       *config.Config
@@ -162,12 +165,25 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if d.sip, err = presence.New(states, opt); err != nil {
 		return nil, err
 	}
+	// People's calendars: their word goes where the API's does (shared
+	// with the cluster, where one node, the leader, reads them).
+	copt := cfg.CalendarOptions()
+	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, cmp.Or(cfg.SIP.UserAgent, "Lamplighter")
+	if d.node != nil {
+		copt.Leads = d.node.Leads
+	}
+	d.cals = calendar.New(copt)
+	cals, err := cfg.Calendars(dir.Users(), nil)
+	if err != nil {
+		return nil, err
+	}
+	d.cals.Set(cals)
 	if d.node != nil {
 		d.node.Attach(d.sip)
 	}
 	d.setLogins(opt.Credentials)
 	d.api = api.New(api.Options{Bridge: states, Watchers: d.sip.Watchers, Registrations: d.proxiedRegistrations(), Store: d.db, Reload: d.reload,
-		CheckUser: d.checkLogin, Discovery: d.discovery, RefreshDiscovery: d.found.Refresh, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
+		CheckUser: d.checkLogin, Discovery: d.discovery, RefreshDiscovery: d.found.Refresh, Calendars: d.cals, AuthFailed: func() { d.ops.Metrics.AuthFailure("HTTP") }, Log: log})
 	token, err := cfg.HTTPToken(nil)
 	if err != nil {
 		return nil, fmt.Errorf("http token: %w", err)
@@ -207,6 +223,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	if d.node != nil {
 		src.Cluster, src.ClusterStats = d.node.Status, d.node.Stats()
 	}
+	src.Calendars, src.CalendarReads = d.cals.Status, d.cals.Reads
 	d.ops.Attach(src)
 	return d, nil
 }
@@ -428,6 +445,11 @@ func (d *daemon) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		d.found.Run(ctx, d.discoverySources(), d.rediscovered)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.cals.Run(ctx)
 	}()
 	wg.Add(1)
 	go func() {

@@ -89,6 +89,10 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	if err != nil {
 		return err
 	}
+	cals, err := cfg.Calendars(dir.Users(), nil)
+	if err != nil {
+		return err
+	}
 	// Everything that can fail has been done: from here on, apply.
 	res.Users = dir.Len()
 	res.Added, res.Removed, res.Changed = d.installDirectory(dir, conflicts)
@@ -105,6 +109,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.api.SetTenantTokens(tenantToks)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
+	d.cals.Set(cals) // new and changed calendars are read, removed ones cleared
 	d.found.Refresh() // and the PBXs' directories are read again
 	return nil
 }
@@ -173,6 +178,13 @@ func (d *daemon) rediscovered() {
 		return
 	}
 	added, removed, changed := d.installDirectory(dir, conflicts)
+	// Discovered people get the default calendar, removed ones lose
+	// theirs.
+	if cals, err := d.cfg.Calendars(dir.Users(), nil); err == nil {
+		d.cals.Set(cals)
+	} else {
+		d.log.Error("calendars unchanged", "err", err)
+	}
 	// The logins follow: a discovered user's read from its PBX, a
 	// removed one's gone. The YAML's were read at the last (re)load.
 	creds := d.withDiscoveredCreds(d.cfg, dir, d.yamlCreds)
@@ -233,6 +245,10 @@ func needRestart(old, next *config.Config) []string {
 	}
 	if old.StateDir != next.StateDir {
 		out = append(out, "state_dir")
+	}
+	if oc, nc := old.CalendarOptions(), next.CalendarOptions(); oc.Interval != nc.Interval || oc.Horizon != nc.Horizon ||
+		oc.Timeout != nc.Timeout || oc.MaxBody != nc.MaxBody || oc.Parallel != nc.Parallel {
+		out = append(out, "calendar (interval and limits)")
 	}
 	if old.Log.Format != next.Log.Format {
 		out = append(out, "log.format")

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/calendar"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
@@ -80,6 +81,8 @@ type Options struct {
 	// RefreshDiscovery reads the PBXs' directories again (nil: none is
 	// discovered).
 	RefreshDiscovery func()
+	// Calendars are the people's calendars (nil: none).
+	Calendars Calendars
 	// AuthFailed counts a request with wrong credentials (nil: not
 	// counted); each is also logged with its source, for fail2ban.
 	AuthFailed func()
@@ -141,6 +144,8 @@ func (a *API) Handle(mux interface {
 	mux.Handle("GET /api/v1/discovery", a.authorised(a.discovery, adminOnly))
 	mux.Handle("POST /api/v1/discovery/refresh", a.authorised(a.refreshDiscovery, adminOnly))
 	mux.Handle("POST /api/v1/stream-ticket", a.authorised(a.streamTicket, forUsers))
+	mux.Handle("GET /api/v1/calendars", a.authorised(a.listCalendars, forUsers))
+	mux.Handle("POST /api/v1/users/{id}/calendar/refresh", a.authorised(a.refreshCalendar, forUsers))
 }
 
 // refreshDiscovery reads every PBX's directory again now (an extension
@@ -152,6 +157,45 @@ func (a *API) refreshDiscovery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.opt.RefreshDiscovery()
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "reading"})
+}
+
+// Calendars is what the API asks of the calendars' keeper.
+type Calendars interface {
+	StatusOf(userID string) (calendar.UserStatus, bool)
+	Status() []calendar.UserStatus
+	Refresh(userID string) bool
+}
+
+// listCalendars shows every calendar the caller may see.
+func (a *API) listCalendars(w http.ResponseWriter, r *http.Request) {
+	out := []calendar.UserStatus{}
+	if a.opt.Calendars != nil {
+		c, dir := callerOf(r), a.opt.Bridge.Directory()
+		for _, s := range a.opt.Calendars.Status() {
+			if u, ok := dir.User(s.User); ok && c.sees(u) {
+				out = append(out, s)
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"calendars": out})
+}
+
+// refreshCalendar reads a user's calendar now (after an event was
+// booked, or to see whether a fixed server answers).
+func (a *API) refreshCalendar(w http.ResponseWriter, r *http.Request) {
+	u, ok := a.user(w, r)
+	if !ok {
+		return
+	}
+	if !callerOf(r).may(u) {
+		writeError(w, http.StatusForbidden, "not yours")
+		return
+	}
+	if a.opt.Calendars == nil || !a.opt.Calendars.Refresh(u.ID) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("%s has no calendar", u.ID))
+		return
+	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "reading"})
 }
 
@@ -306,13 +350,20 @@ type User struct {
 	Registrations []proxy.Registration `json:"registrations,omitempty"`
 	// SetByAPI is the person state set through this API, if any.
 	SetByAPI *Person `json:"set_by_api,omitempty"`
+	// Calendar is the user's calendar as last read: what it says now,
+	// when it was read, when it next changes, its error (not on the open
+	// switchboard).
+	Calendar *calendar.UserStatus `json:"calendar,omitempty"`
 }
 
 // Person is a person state as the API shows and takes it.
 type Person struct {
 	Activities []bridge.Activity `json:"activities"`
 	Note       string            `json:"note,omitempty"`
-	Expires    *time.Time        `json:"expires,omitempty"`
+	// Until is when the activities end, where their source knows (a
+	// calendar's meeting).
+	Until   *time.Time `json:"until,omitempty"`
+	Expires *time.Time `json:"expires,omitempty"`
 }
 
 // Device is one device of a user with its state.
@@ -353,6 +404,11 @@ func (a *API) view(st *bridge.State, regs map[string][]proxy.Registration) User 
 		v := personView(p)
 		u.SetByAPI = &v
 	}
+	if a.opt.Calendars != nil {
+		if c, ok := a.opt.Calendars.StatusOf(st.User.ID); ok {
+			u.Calendar = &c
+		}
+	}
 	return u
 }
 
@@ -362,6 +418,7 @@ func (a *API) view(st *bridge.State, regs map[string][]proxy.Registration) User 
 // the listener, shows this.
 func (a *API) PublicView(st *bridge.State) User {
 	u := a.view(st, nil) // where phones are is no one else's business
+	u.Calendar = nil     // nor where calendars are read
 	calls := make([]bridge.Call, len(u.Calls))
 	for i, c := range u.Calls {
 		c.CallID, c.LocalTag, c.RemoteTag = "", "", ""
@@ -379,6 +436,10 @@ func personView(p bridge.PersonState) Person {
 	if !p.Expires.IsZero() {
 		e := p.Expires
 		v.Expires = &e
+	}
+	if !p.Until.IsZero() {
+		u := p.Until
+		v.Until = &u
 	}
 	return v
 }

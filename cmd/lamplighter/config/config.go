@@ -46,6 +46,9 @@ type Config struct {
 	// Cluster, when present, makes this node one of several sharing
 	// state through NATS JetStream (cluster/README.md).
 	Cluster *cluster.Config `yaml:"cluster"`
+	// Calendar reads people's calendars into their person state
+	// (calendar/README.md).
+	Calendar *Calendars `yaml:"calendar"`
 
 	// File is the path the config was read from.
 	File string `yaml:"-"`
@@ -293,6 +296,8 @@ type User struct {
 	// Resource marks a lamp that is no person (a feature key, a parking
 	// space): it is not on the switchboard.
 	Resource bool `yaml:"resource"`
+	// Calendar is the user's own calendar (or, with off, none).
+	Calendar *UserCalendar `yaml:"calendar"`
 }
 
 // List is one BLF list (RFC 4662): phones subscribe to sip:Name@domain

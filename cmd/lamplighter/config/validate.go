@@ -88,6 +88,7 @@ func (v *validator) check(c *Config) {
 	v.checkTenants(c)
 	v.checkUsers(c, pbxs)
 	v.checkLists(c)
+	v.checkCalendars(c)
 	if c.Cluster != nil {
 		for _, e := range c.Cluster.Validate() {
 			v.at(p("cluster", e.Key), "%s", e.Error())

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lamplighter/lamplighter/adapters"
+	"github.com/lamplighter/lamplighter/calendar"
 	"github.com/lamplighter/lamplighter/cluster"
 	"github.com/lamplighter/lamplighter/netlimit"
 	"github.com/lamplighter/lamplighter/presence"
@@ -56,6 +57,10 @@ type Sources struct {
 	// when it runs alone.
 	Cluster      func() cluster.Status
 	ClusterStats *cluster.Stats
+	// Calendars are the people's calendars and the reads counted; nil
+	// when none is configured.
+	Calendars     func() []calendar.UserStatus
+	CalendarReads func() calendar.Reads
 }
 
 // Adapter is one PBX adapter and its kind (ari, esl, sim).
@@ -340,6 +345,10 @@ var (
 	descSubs      = prometheus.NewDesc("lamplighter_subscriptions", "Active SIP subscriptions, by event package and transport.", []string{"package", "transport"}, nil)
 	descListSubs  = prometheus.NewDesc("lamplighter_list_subscriptions", "Active SIP subscriptions to BLF lists (RFC 4662), by event package and transport; also counted in lamplighter_subscriptions.", []string{"package", "transport"}, nil)
 
+	descCalendars        = prometheus.NewDesc("lamplighter_calendars", "People's calendars by the state of their last read: ok, failing (the last good read is kept), unread.", []string{"state"}, nil)
+	descCalendarShowing  = prometheus.NewDesc("lamplighter_calendar_showing", "People whose calendar says now that they are busy (a meeting) or out of office.", []string{"show"}, nil)
+	descCalendarReads    = prometheus.NewDesc("lamplighter_calendar_reads_total", "Calendar reads: changed (read whole), unchanged (304 Not Modified), failed.", []string{"result"}, nil)
+	descCalendarOldest   = prometheus.NewDesc("lamplighter_calendar_oldest_read_age_seconds", "Age of the oldest last good read among the calendars that were read (a server that fails for long shows here).", nil, nil)
 	descClusterConnected = prometheus.NewDesc("lamplighter_cluster_connected", "1 while the node is connected to the cluster engine (NATS).", nil, nil)
 	descClusterLeased    = prometheus.NewDesc("lamplighter_cluster_leased", "1 while the node's lease is fresh (the other nodes count it alive).", nil, nil)
 	descClusterMembers   = prometheus.NewDesc("lamplighter_cluster_members", "Nodes whose lease is fresh, as this node last read them.", nil, nil)
@@ -356,11 +365,49 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descProxyRegs, descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
+	for _, d := range []*prometheus.Desc{descCalendars, descCalendarShowing, descCalendarReads, descCalendarOldest, descProxyRegs, descConnected, descSynced, descEvents, descSkipped, descResyncs, descSubs, descListSubs, descUnsaved,
 		descClusterConnected, descClusterLeased, descClusterMembers, descClusterPending, descClusterWrites, descClusterErrors,
 		descClusterApplied, descClusterRenewals, descClusterLeaseFail, descClusterLatency, descClusterOps, descClusterOwned, descClusterClaims} {
 		ch <- d
 	}
+}
+
+// collectCalendars counts the calendars without naming anyone (the
+// metrics are the same for every tenant).
+func collectCalendars(ch chan<- prometheus.Metric, cals []calendar.UserStatus, reads calendar.Reads) {
+	states := map[string]int{"ok": 0, "failing": 0, "unread": 0}
+	showing := map[calendar.Show]int{calendar.ShowBusy: 0, calendar.ShowOutOfOffice: 0}
+	var oldest time.Time
+	for _, c := range cals {
+		switch {
+		case c.Error != "":
+			states["failing"]++
+		case c.LastFetch.IsZero():
+			states["unread"]++
+		default:
+			states["ok"]++
+		}
+		if _, ok := showing[c.Now.Show]; ok {
+			showing[c.Now.Show]++
+		}
+		if !c.LastFetch.IsZero() && (oldest.IsZero() || c.LastFetch.Before(oldest)) {
+			oldest = c.LastFetch
+		}
+	}
+	for st, n := range states {
+		ch <- prometheus.MustNewConstMetric(descCalendars, prometheus.GaugeValue, float64(n), st)
+	}
+	for sh, n := range showing {
+		ch <- prometheus.MustNewConstMetric(descCalendarShowing, prometheus.GaugeValue, float64(n), sh.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descCalendarReads, prometheus.CounterValue, float64(reads.Changed), "changed")
+	ch <- prometheus.MustNewConstMetric(descCalendarReads, prometheus.CounterValue, float64(reads.Unchanged), "unchanged")
+	ch <- prometheus.MustNewConstMetric(descCalendarReads, prometheus.CounterValue, float64(reads.Failed), "failed")
+	age := 0.0
+	if !oldest.IsZero() {
+		age = time.Since(oldest).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descCalendarOldest, prometheus.GaugeValue, age)
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -371,6 +418,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	src := c.s.src
+	if src.Calendars != nil {
+		collectCalendars(ch, src.Calendars(), src.CalendarReads())
+	}
 	for _, a := range src.Adapters {
 		st := a.Status()
 		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b(st.Connected), a.Name(), a.Kind)

@@ -1,0 +1,273 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/lamplighter/lamplighter/bridge"
+	"github.com/lamplighter/lamplighter/calendar"
+)
+
+// Calendars is the `calendar:` section: people's calendars as a source of
+// their person state ("In a meeting until 13:00"), see calendar/README.md.
+type Calendars struct {
+	// Interval is how often each calendar is read (default 5m, ±10 %).
+	Interval time.Duration `yaml:"interval"`
+	// Horizon is how far ahead events are read (default 336h, two weeks).
+	Horizon time.Duration `yaml:"horizon"`
+	// Timeout bounds one read (default 20s); MaxBytes one answer
+	// (default 4 MiB); Parallel the reads at once (default 8).
+	Timeout  time.Duration `yaml:"timeout"`
+	MaxBytes int64         `yaml:"max_bytes"`
+	Parallel int           `yaml:"parallel"`
+	// TimeZone is the people's zone unless theirs says otherwise
+	// (default the host's).
+	TimeZone string `yaml:"timezone"`
+	// Tentative counts tentative events as busy (default: they show
+	// nothing).
+	Tentative bool `yaml:"tentative"`
+	// OutOfOffice are event categories that mean out of office, besides
+	// Outlook's own out-of-office events.
+	OutOfOffice []string `yaml:"out_of_office_categories"`
+	// Notes are the notes' templates ({until}, {title}).
+	Notes CalendarNotes `yaml:"notes"`
+	// Default is everyone's calendar who has none of their own; Groups a
+	// group's. Their URL (and username) may hold {user} (the user id),
+	// {extension} (the first extension) and {domain} (the tenant's).
+	Default *CalendarSource            `yaml:"default"`
+	Groups  map[string]*CalendarSource `yaml:"groups"`
+}
+
+// CalendarNotes are the templates of calendar notes.
+type CalendarNotes struct {
+	Meeting           string `yaml:"meeting"`
+	MeetingTitled     string `yaml:"meeting_titled"`
+	OutOfOffice       string `yaml:"out_of_office"`
+	OutOfOfficeTitled string `yaml:"out_of_office_titled"`
+	TimeLayout        string `yaml:"time_layout"`
+}
+
+// CalendarSource is where a calendar is read, and how.
+type CalendarSource struct {
+	// Kind is ical (a feed read whole; the default) or caldav.
+	Kind string `yaml:"kind"`
+	// URL is the feed or the CalDAV collection (or calendar home). A
+	// secret iCal address is a secret: url_file or url_env keep it out
+	// of the config.
+	URL          string `yaml:"url"`
+	URLFile      string `yaml:"url_file"`
+	URLEnv       string `yaml:"url_env"`
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+}
+
+// UserCalendar is a user's `calendar:`: their own source and how it is
+// shown.
+type UserCalendar struct {
+	CalendarSource `yaml:",inline"`
+	// TimeZone is the person's own zone.
+	TimeZone string `yaml:"timezone"`
+	// Titles shows event titles in the person's note (off by default:
+	// titles are private).
+	Titles bool `yaml:"titles"`
+	// Tentative, when set, overrides the section's.
+	Tentative *bool `yaml:"tentative"`
+	// Off: no calendar for this user, whatever the defaults give.
+	Off bool `yaml:"off"`
+}
+
+// Calendar defaults.
+const (
+	DefaultCalendarInterval = 5 * time.Minute
+	MinCalendarInterval     = 30 * time.Second
+)
+
+// checkCalendars checks the calendar section and users' calendars.
+func (v *validator) checkCalendars(c *Config) {
+	cs := c.Calendar
+	if cs != nil {
+		path := p("calendar")
+		if cs.Interval != 0 && cs.Interval < MinCalendarInterval {
+			v.at(append(path, "interval"), "calendar interval %v is below %v (calendar servers limit clients that poll so often)", cs.Interval, MinCalendarInterval)
+		}
+		if cs.Horizon < 0 || cs.Timeout < 0 || cs.MaxBytes < 0 || cs.Parallel < 0 {
+			v.at(path, "calendar horizon, timeout, max_bytes and parallel cannot be negative")
+		}
+		if cs.TimeZone != "" {
+			if _, err := time.LoadLocation(cs.TimeZone); err != nil {
+				v.at(append(path, "timezone"), "unknown time zone %q (an IANA name such as Europe/Berlin)", cs.TimeZone)
+			}
+		}
+		if cs.Notes.TimeLayout != "" && !strings.ContainsAny(cs.Notes.TimeLayout, "0123456789") {
+			v.at(append(path, "notes", "time_layout"), "time layout %q is no Go time layout (\"15:04\", \"3:04 PM\")", cs.Notes.TimeLayout)
+		}
+		if cs.Default != nil {
+			v.checkCalendarSource(append(path, "default"), cs.Default, true)
+		}
+		for g, s := range cs.Groups {
+			if s != nil {
+				v.checkCalendarSource(append(path, "groups", g), s, true)
+			}
+		}
+	}
+	for i, u := range c.Users {
+		uc := u.Calendar
+		if uc == nil {
+			continue
+		}
+		path := p("users", i, "calendar")
+		if uc.TimeZone != "" {
+			if _, err := time.LoadLocation(uc.TimeZone); err != nil {
+				v.at(append(path, "timezone"), "unknown time zone %q (an IANA name such as Europe/Berlin)", uc.TimeZone)
+			}
+		}
+		if uc.URL != "" || uc.URLFile != "" || uc.URLEnv != "" {
+			v.checkCalendarSource(path, &uc.CalendarSource, false)
+		} else if !uc.Off && cs == nil {
+			v.at(path, "user %q has a calendar without a url (and there is no calendar section whose default could give one)", u.ID)
+		}
+	}
+}
+
+// checkCalendarSource checks one source; a template may hold
+// placeholders.
+func (v *validator) checkCalendarSource(path []any, s *CalendarSource, template bool) {
+	switch s.Kind {
+	case "", string(calendar.KindICal), string(calendar.KindCalDAV):
+	default:
+		v.at(append(path, "kind"), "calendar kind %q is not ical or caldav", s.Kind)
+	}
+	n := 0
+	for _, x := range []string{s.URL, s.URLFile, s.URLEnv} {
+		if x != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		v.at(path, "a calendar needs exactly one of url, url_file, url_env")
+	}
+	if s.URL != "" {
+		raw := s.URL
+		if template {
+			raw = fillTemplate(raw, "user", "100", "example.com")
+		}
+		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "webcal") || u.Host == "" {
+			v.at(append(path, "url"), "calendar url %q is not an http(s) or webcal URL", s.URL)
+		}
+	}
+	v.checkSecret(path, "url", s.URLFile, s.URLEnv)
+	v.checkSecret(path, "password", s.PasswordFile, s.PasswordEnv)
+}
+
+// fillTemplate puts a user's names into a template.
+func fillTemplate(s, user, ext, domain string) string {
+	return strings.NewReplacer("{user}", url.PathEscape(user), "{extension}", url.PathEscape(ext), "{domain}", url.PathEscape(domain)).Replace(s)
+}
+
+// CalendarOptions are the calendar section's settings for the keeper.
+func (c *Config) CalendarOptions() calendar.Options {
+	cs := c.Calendar
+	if cs == nil {
+		cs = &Calendars{}
+	}
+	return calendar.Options{Interval: cs.Interval, Horizon: cs.Horizon, Timeout: cs.Timeout, MaxBody: cs.MaxBytes, Parallel: cs.Parallel}
+}
+
+// Calendars is every person's calendar: their own, else their group's,
+// else the default; users of the directory (YAML or discovered).
+// Secrets are read here (files, environment).
+func (c *Config) Calendars(users []*bridge.User, env Env) ([]calendar.Calendar, error) {
+	cs := c.Calendar
+	own := map[string]*UserCalendar{}
+	for i := range c.Users {
+		if c.Users[i].Calendar != nil {
+			own[c.Users[i].ID] = c.Users[i].Calendar
+		}
+	}
+	if cs == nil && len(own) == 0 {
+		return nil, nil
+	}
+	if cs == nil {
+		cs = &Calendars{}
+	}
+	zone := time.Local
+	if cs.TimeZone != "" {
+		z, err := time.LoadLocation(cs.TimeZone)
+		if err != nil {
+			return nil, err
+		}
+		zone = z
+	}
+	notes := calendar.Notes{Meeting: cs.Notes.Meeting, MeetingTitled: cs.Notes.MeetingTitled,
+		OutOfOffice: cs.Notes.OutOfOffice, OutOfOfficeTitled: cs.Notes.OutOfOfficeTitled, TimeLayout: cs.Notes.TimeLayout}
+	var out []calendar.Calendar
+	for _, u := range users {
+		if u.Resource {
+			continue
+		}
+		uc := own[u.ID]
+		if uc != nil && uc.Off {
+			continue
+		}
+		src, template := (*CalendarSource)(nil), false
+		if uc != nil && (uc.URL != "" || uc.URLFile != "" || uc.URLEnv != "") {
+			src = &uc.CalendarSource
+		}
+		for _, g := range u.Groups {
+			if src == nil && cs.Groups[g] != nil {
+				src, template = cs.Groups[g], true
+			}
+		}
+		if src == nil && cs.Default != nil {
+			src, template = cs.Default, true
+		}
+		if src == nil {
+			continue
+		}
+		cal := calendar.Calendar{User: u.ID, Location: zone, Tentative: cs.Tentative, OutOfOffice: cs.OutOfOffice, Notes: notes}
+		var err error
+		if cal.Source, err = src.resolve(u, template, env); err != nil {
+			return nil, fmt.Errorf("calendar of %s: %w", u.ID, err)
+		}
+		if uc != nil {
+			cal.Titles = uc.Titles
+			if uc.Tentative != nil {
+				cal.Tentative = *uc.Tentative
+			}
+			if uc.TimeZone != "" {
+				if cal.Location, err = time.LoadLocation(uc.TimeZone); err != nil {
+					return nil, fmt.Errorf("calendar of %s: %w", u.ID, err)
+				}
+			}
+		}
+		out = append(out, cal)
+	}
+	return out, nil
+}
+
+// resolve is the source for one user, its secrets read.
+func (s *CalendarSource) resolve(u *bridge.User, template bool, env Env) (calendar.Source, error) {
+	raw, err := resolveSecret(s.URL, s.URLFile, s.URLEnv, env)
+	if err != nil {
+		return calendar.Source{}, err
+	}
+	pass, err := resolveSecret(s.Password, s.PasswordFile, s.PasswordEnv, env)
+	if err != nil {
+		return calendar.Source{}, err
+	}
+	user := s.Username
+	if template {
+		ext := u.Presentity()
+		raw = fillTemplate(raw, u.ID, ext, u.Tenant)
+		user = strings.NewReplacer("{user}", u.ID, "{extension}", ext, "{domain}", u.Tenant).Replace(user)
+	}
+	kind := calendar.KindICal
+	if s.Kind == string(calendar.KindCalDAV) {
+		kind = calendar.KindCalDAV
+	}
+	return calendar.Source{Kind: kind, URL: strings.TrimSpace(raw), Username: user, Password: pass}, nil
+}
