@@ -37,6 +37,17 @@ func (s Show) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (s Show) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Show) UnmarshalText(b []byte) error {
+	for i, n := range showNames {
+		if n == string(b) {
+			*s = Show(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown show %q", b)
+}
+
 // An Event is one span of a calendar's time that is not free: a single
 // event, or one instance of a recurring one.
 type Event struct {

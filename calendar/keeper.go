@@ -127,6 +127,7 @@ type follower struct {
 	applied Status    // what was last set as the person's state
 	once    bool      // whether anything was set yet
 	next    time.Time // next change of what the calendar says
+	nextRd  time.Time // next read
 }
 
 // savedCalendar is one calendar's last good read in the state file.
@@ -335,6 +336,9 @@ func (k *Keeper) follow(ctx context.Context, f *follower) {
 			}
 			now = clock.Now()
 		}
+		f.mu.Lock()
+		f.nextRd = nextRead
+		f.mu.Unlock()
 		next := k.apply(f, now)
 		wait := nextRead.Sub(now)
 		if !k.leading.Load() {
@@ -457,6 +461,7 @@ type UserStatus struct {
 	LastFetch  time.Time `json:"last_fetch,omitzero"`
 	LastTry    time.Time `json:"last_try,omitzero"`
 	NextChange time.Time `json:"next_change,omitzero"`
+	NextRead   time.Time `json:"next_read,omitzero"`
 	Error      string    `json:"error,omitempty"`
 	Events     int       `json:"events"`
 	Skipped    int       `json:"skipped,omitempty"`
@@ -479,7 +484,7 @@ func (f *follower) status(now time.Time) UserStatus {
 	defer f.mu.Unlock()
 	return UserStatus{User: f.cal.User, Source: f.cal.Source.String(),
 		Now: StatusAt(f.events, now, f.cal.Tentative), LastFetch: f.fetched, LastTry: f.tried,
-		NextChange: f.next, Error: f.err, Events: len(f.events), Skipped: f.skipped}
+		NextChange: f.next, NextRead: f.nextRd, Error: f.err, Events: len(f.events), Skipped: f.skipped}
 }
 
 // Status returns every followed calendar's status, by user id.

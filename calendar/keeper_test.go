@@ -304,3 +304,137 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
+
+// runKeeper runs k until the test ends.
+func runKeeper(t *testing.T, k *Keeper) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { k.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// A feed larger than the bound, and a server that never answers, are
+// errors the status shows (and nothing is kept of them); neither holds
+// a read slot for long.
+func TestKeeperBounds(t *testing.T) {
+	big := strings.Repeat("X-PAD:"+strings.Repeat("x", 60)+"\r\n", 20000) // ~1.3 MB
+	huge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "BEGIN:VCALENDAR\r\n"+big+"END:VCALENDAR\r\n")
+	}))
+	defer huge.Close()
+	hang := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(hang)
+	clk := &fakeClock{now: utc("2026-12-08T11:00:00Z")}
+	k := New(Options{People: newPeople(), Clock: clk, MaxBody: 1 << 20, Timeout: 300 * time.Millisecond})
+	k.Set([]Calendar{
+		{User: "big", Source: Source{Kind: KindICal, URL: huge.URL}, Location: time.UTC},
+		{User: "slow", Source: Source{Kind: KindICal, URL: slow.URL}, Location: time.UTC},
+	})
+	runKeeper(t, k)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := k.Status()
+		if len(st) == 2 && st[0].Error != "" && st[1].Error != "" {
+			if !strings.Contains(st[0].Error, "larger than the limit") || !strings.Contains(st[1].Error, "Timeout") && !strings.Contains(st[1].Error, "deadline") {
+				t.Errorf("errors: %q, %q", st[0].Error, st[1].Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A restart while the calendar server is down: the last good read, kept
+// in the state directory, still shows the meeting.
+func TestKeeperRestartKeepsTheLastRead(t *testing.T) {
+	f := &feed{}
+	f.set(ics("20261208T120000Z 20261208T130000Z Lunch"), 0)
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	dir := t.TempDir()
+	cal := []Calendar{{User: "alice", Source: Source{Kind: KindICal, URL: srv.URL}, Location: time.UTC}}
+	clk := &fakeClock{now: utc("2026-12-08T11:00:00Z")}
+	who := newPeople()
+	k := New(Options{People: who, Clock: clk, StateDir: dir})
+	k.Set(cal)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { k.Run(ctx); close(done) }()
+	who.expect(t, "alice: -")
+	cancel()
+	<-done // and the state file is written
+
+	f.set("", 503)
+	clk.set(utc("2026-12-08T12:10:00Z"))
+	who = newPeople()
+	k = New(Options{People: who, Clock: clk, StateDir: dir})
+	k.Set(cal)
+	runKeeper(t, k)
+	who.expect(t, "alice: In a meeting until 13:00")
+	// Read again within a tenth of the interval (not all at once).
+	clk.settle(t, 2)
+	clk.set(utc("2026-12-08T12:10:31Z"))
+	waitFor := time.Now().Add(10 * time.Second)
+	for st, _ := k.StatusOf("alice"); st.Error == ""; st, _ = k.StatusOf("alice") {
+		if time.Now().After(waitFor) {
+			t.Fatal("the server's failure was not read")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A changed source is read afresh, not taken from the file.
+	k2 := New(Options{People: newPeople(), Clock: clk, StateDir: dir})
+	other := cal[0]
+	other.Source.URL += "/other"
+	k2.Set([]Calendar{other})
+	if st, _ := k2.StatusOf("alice"); st.Events != 0 {
+		t.Errorf("another source's events were taken from the file: %+v", st)
+	}
+}
+
+// A thousand calendars read at once (a start with no state) are read
+// again spread over ±10 % of the interval, not in the same second.
+func TestReadsAreSpread(t *testing.T) {
+	f := &feed{}
+	f.set(ics("20261208T120000Z 20261208T130000Z Lunch"), 0)
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	clk := &fakeClock{now: utc("2026-12-08T11:00:00Z")}
+	k := New(Options{People: discard{}, Clock: clk, Parallel: 32})
+	var cals []Calendar
+	for i := range 1000 {
+		cals = append(cals, Calendar{User: fmt.Sprint("u", i), Source: Source{Kind: KindICal, URL: fmt.Sprintf("%s/%d", srv.URL, i)}, Location: time.UTC})
+	}
+	k.Set(cals)
+	runKeeper(t, k)
+	clk.settle(t, 1001)
+	perSecond := map[int64]int{}
+	for _, s := range k.Status() {
+		d := s.NextRead.Sub(clk.Now())
+		if d < 270*time.Second || d > 330*time.Second {
+			t.Fatalf("%s is read next in %v, want 5 min ± 10 %%", s.User, d)
+		}
+		perSecond[s.NextRead.Unix()]++
+	}
+	most := 0
+	for _, n := range perSecond {
+		most = max(most, n)
+	}
+	if most > 60 || len(perSecond) < 50 {
+		t.Errorf("the next reads fall in %d seconds, up to %d in one", len(perSecond), most)
+	}
+}
+
+type discard struct{}
+
+func (discard) SetPerson(string, string, bridge.PersonState) error { return nil }
+func (discard) ClearPerson(string, string)                        {}
