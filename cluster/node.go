@@ -69,6 +69,7 @@ type Node struct {
 	synced        bool               // the persons bucket was read whole since the watch began
 	dsynced       bool               // the dialogs bucket too
 	members       []string
+	created       time.Time // when New made the node
 	lastError     string
 	lastErrorOp   string // the operation lastError came from
 	// view holds the leases as the lease watch last showed them, by
@@ -224,7 +225,8 @@ func New(cfg Config, local Local, log *slog.Logger) *Node {
 		wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), keys: map[string]*keyState{}, followers: map[string]func(string, []byte){}, queue: map[string]*personValue{},
 		bindSums: map[string]uint64{}, sweep: map[string]sweepItem{}, sweepEvery: sweepEvery, tombstoneAge: tombstoneAge,
 		markerAge: deleteMarkerAge, dqueue: map[string]dialogOp{}, dindex: map[string]dialogEntry{}, dgone: map[string]time.Time{}, byOwner: map[unique.Handle[string]]int{}, dwake: make(chan struct{}, 1),
-		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1), view: map[string]leaseSeen{}, lrewatch: make(chan struct{}, 1)}
+		drewatch: make(chan struct{}, 1), dsyncedCh: make(chan struct{}, 1), view: map[string]leaseSeen{}, lrewatch: make(chan struct{}, 1),
+		created: time.Now()}
 }
 
 // Provisional tells the node which person states the daemon applied at
@@ -295,6 +297,16 @@ func (n *Node) Leads() bool {
 		}
 	}
 	return true
+}
+
+// Settled reports whether Leads can be believed for work every node
+// could do but one should (reading people's calendars): the node has
+// judged the members from the engine's leases, or it has run a lease's
+// length without an engine (and then does the work alone).
+func (n *Node) Settled() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.members) > 0 || time.Since(n.created) > n.cfg.LeaseTTL
 }
 
 // leaseFresh reports whether this node's lease was renewed within its

@@ -169,8 +169,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	// with the cluster, where one node, the leader, reads them).
 	copt := cfg.CalendarOptions()
 	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, cmp.Or(cfg.SIP.UserAgent, "Lamplighter")
-	if d.node != nil {
-		copt.Leads = d.node.Leads
+	if node := d.node; node != nil {
+		copt.Leads = func() bool { return node.Settled() && node.Leads() }
 	}
 	d.cals = calendar.New(copt)
 	cals, err := cfg.Calendars(dir.Users(), nil)

@@ -109,7 +109,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.api.SetTenantTokens(tenantToks)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
-	d.cals.Set(cals) // new and changed calendars are read, removed ones cleared
+	d.cals.Set(cals)  // new and changed calendars are read, removed ones cleared
 	d.found.Refresh() // and the PBXs' directories are read again
 	return nil
 }
