@@ -60,6 +60,10 @@ func TestCalendarOnARealCalDAVServer(t *testing.T) {
 	if res := w.subscribe(sipAddr, "100", "presence", 600); res.StatusCode != 200 {
 		t.Fatalf("SUBSCRIBE 100: %d", res.StatusCode)
 	}
+	key := newWatcher(t, "UDP") // a busy-lamp key on 100
+	if res := key.subscribe(sipAddr, "100", "dialog", 600); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE 100 dialog: %d", res.StatusCode)
+	}
 	until := fmt.Sprintf(`until="%s"`, end.Format(time.RFC3339))
 	n := w.notifyWhere("<rpid:meeting/>", 10*time.Second)
 	if b := string(n.Body()); !strings.Contains(b, until) || !strings.Contains(b, "In a meeting until "+end.Format("15:04")) ||
@@ -87,6 +91,13 @@ func TestCalendarOnARealCalDAVServer(t *testing.T) {
 	n = w.notifyWhere("<dm:note>Unavailable</dm:note>", 15*time.Second)
 	if at := time.Now(); at.Before(end.Add(-200 * time.Millisecond)) {
 		t.Errorf("the meeting ended at %v, before its end %v: %s", at, end, n.Body())
+	}
+
+	// The busy-lamp key showed no call, whatever the calendar said.
+	for len(key.notifies) > 0 {
+		if n := <-key.notifies; strings.Contains(string(n.Body()), "<dialog ") {
+			t.Errorf("the busy lamp showed the meeting:\n%s", n.Body())
+		}
 	}
 
 	// A meeting booked now; alice says dnd through the API: hers wins,

@@ -443,6 +443,14 @@ func sectionName(pkg, typeName string) string {
 		return "a sip listener"
 	case "List":
 		return "a list"
+	case "Calendars":
+		return "the calendar section"
+	case "CalendarSource":
+		return "a calendar source"
+	case "UserCalendar":
+		return "a user's calendar"
+	case "CalendarNotes":
+		return "the calendar notes"
 	}
 	return strings.ToLower(typeName) + " section"
 }
