@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/lamplighter/lamplighter/calendar/radicaletest"
 )
@@ -131,4 +134,43 @@ func TestCalendarOnARealCalDAVServer(t *testing.T) {
 // noCalendar is the config without its calendar section.
 func noCalendar(cfg string) string {
 	return regexp.MustCompile(`(?s)calendar:\n(  .*?\n)+`).ReplaceAllString(cfg, "")
+}
+
+// TestCalendarOnTheSwitchboardInChromium: the open switchboard page shows
+// a person's meeting from their calendar once, with its end.
+func TestCalendarOnTheSwitchboardInChromium(t *testing.T) {
+	browser := chromium(t)
+	srv := radicaletest.Start(t, map[string]string{"alice": "secret"})
+	work := srv.MakeCalendar("alice", "work")
+	now := time.Now().UTC().Truncate(time.Minute)
+	end := now.Add(2 * time.Hour)
+	srv.Put("alice", work, "offsite", radicaletest.Event("offsite", now.Add(-time.Hour), end, "Offsite"))
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "caldav.secret")
+	os.WriteFile(pass, []byte("secret\n"), 0o600)
+	path := filepath.Join(dir, "lamplighter.yaml")
+	os.WriteFile(path, []byte(fmt.Sprintf(calendarConfig, filepath.Join(dir, "state"), srv.URL, pass)), 0o644)
+	_, httpAddr := runInProcess(t, path)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
+		chromedp.Flag("disable-dev-shm-usage", true))
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+	bctx, tcancel := context.WithTimeout(bctx, time.Minute)
+	defer tcancel()
+	if err := chromedp.Do(bctx, chromedp.Navigate("http://"+httpAddr+"/"), chromedp.WaitVisible(`.tile[data-user="alice"] .person`)); err != nil {
+		t.Fatal(err)
+	}
+	text, err := chromedp.Run(bctx, chromedp.Text(`.tile[data-user="alice"] .person`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "“In a meeting until " + end.Format("15:04") + "”"; text != want {
+		t.Errorf("alice's tile says %q, want %q", text, want)
+	}
+	if hidden, _ := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector('.tile[data-user="bob"] .person').hidden`)); !hidden {
+		t.Error("bob's tile shows a person state he has not")
+	}
 }

@@ -106,10 +106,14 @@ function callText(u) {
 
 function personText(u) {
   const p = u.person || {};
-  const parts = (p.activities || []).map((a) => ACTIVITIES[a] || a);
-  if (p.note) parts.push(`“${p.note}”`);
-  if (parts.length && p.expires) {
-    parts.push("until " + new Date(p.expires).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  const note = p.note || "";
+  // A note that names the activity itself (a calendar's "In a meeting
+  // until 13:00") stands for it, and for its end.
+  const parts = (p.activities || []).map((a) => ACTIVITIES[a] || a).filter((label) => !note.startsWith(label));
+  if (note) parts.push(`“${note}”`);
+  const end = p.until || p.expires;
+  if (parts.length && end && !note.includes("until")) {
+    parts.push("until " + new Date(end).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
   }
   return parts.join(" · ");
 }
