@@ -109,7 +109,9 @@ type people struct {
 	ch  chan string
 }
 
-func newPeople() *people { return &people{now: map[string]bridge.PersonState{}, ch: make(chan string, 100)} }
+func newPeople() *people {
+	return &people{now: map[string]bridge.PersonState{}, ch: make(chan string, 100)}
+}
 
 func (p *people) SetPerson(user, origin string, s bridge.PersonState) error {
 	p.mu.Lock()
@@ -437,4 +439,4 @@ func TestReadsAreSpread(t *testing.T) {
 type discard struct{}
 
 func (discard) SetPerson(string, string, bridge.PersonState) error { return nil }
-func (discard) ClearPerson(string, string)                        {}
+func (discard) ClearPerson(string, string)                         {}
