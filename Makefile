@@ -31,7 +31,7 @@ build:
 
 # Go benchmarks of the hot paths, with allocations (BENCHMARKS.md).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count=5 ./bridge/ ./presence/ ./presence/body/ ./presence/sipmsg/ ./presence/durable/ ./cmd/lamplighter/config/
+	$(GO) test -run '^$$' -bench . -benchmem -count=5 ./bridge/ ./presence/ ./presence/body/ ./presence/sipmsg/ ./presence/durable/ ./cmd/lamplighter/config/ ./calendar/
 
 # The load tool against a freshly built Lamplighter, on loopback
 # (BENCHMARKS.md): make load SUBS=100000 LOADFLAGS="-pprof /tmp/prof".

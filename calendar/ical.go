@@ -118,7 +118,7 @@ func ExpandCalendars(cals []*ical.Calendar, from, to time.Time, r Rules) (events
 	byUID := map[string]*series{}
 	var order []string
 	for _, cal := range cals {
-		zs := newZones(cal.Component, r.Location)
+		zs := newZones(cal.Component, r.Location, from, to)
 		for _, c := range cal.Children {
 			if c.Name != ical.CompEvent {
 				continue

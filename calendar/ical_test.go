@@ -147,3 +147,44 @@ func TestBadCalendars(t *testing.T) {
 		t.Errorf("a hostile rule took %v", d)
 	}
 }
+
+// Floating times are in the calendar's X-WR-TIMEZONE where it names one
+// (Google, Apple), else in the person's zone; dates are the person's.
+func TestFloatingTimes(t *testing.T) {
+	cal := func(header string) []byte {
+		return []byte("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\n" + header +
+			"BEGIN:VEVENT\r\nUID:f\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:20261208T100000\r\nDTEND:20261208T110000\r\nEND:VEVENT\r\n" +
+			"BEGIN:VEVENT\r\nUID:d\r\nDTSTAMP:20261201T000000Z\r\nDTSTART;VALUE=DATE:20261209\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+	}
+	for _, c := range []struct {
+		header, start string
+	}{{"", "2026-12-08T09:00:00Z"}, {"X-WR-TIMEZONE:America/New_York\r\n", "2026-12-08T15:00:00Z"}} {
+		evs, _, err := Expand(cal(c.header), utc("2026-12-07T00:00:00Z"), utc("2026-12-11T00:00:00Z"), Rules{Location: berlin(t)})
+		if err != nil || len(evs) != 2 {
+			t.Fatalf("%q: %v %v", c.header, evs, err)
+		}
+		if !evs[0].Start.Equal(utc(c.start)) {
+			t.Errorf("%q: the floating 10:00 is %v, want %s", c.header, evs[0].Start.UTC(), c.start)
+		}
+		if !evs[1].Start.Equal(utc("2026-12-08T23:00:00Z")) || !evs[1].AllDay || !evs[1].End.Equal(utc("2026-12-09T23:00:00Z")) {
+			t.Errorf("%q: the all-day event %+v is not Berlin's 9 December", c.header, evs[1])
+		}
+	}
+}
+
+// BenchmarkExpandOutlook reads the Outlook fixture's two weeks: a
+// weekly series, zones defined by VTIMEZONE, an all-day event.
+func BenchmarkExpandOutlook(b *testing.B) {
+	data, err := os.ReadFile("testdata/outlook.ics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	loc, _ := time.LoadLocation("Europe/Berlin")
+	from, to := utc("2026-12-07T00:00:00Z"), utc("2026-12-21T00:00:00Z")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Expand(data, from, to, Rules{Location: loc}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

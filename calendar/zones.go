@@ -46,20 +46,33 @@ func (z locZone) wall(i time.Time) time.Time {
 
 // zones resolves a calendar's TZIDs.
 type zones struct {
-	local zone
-	defs  map[string]*ical.Component // VTIMEZONE by TZID
-	cache map[string]zone
+	local    zone                       // the person's: all-day events
+	floating zone                       // times without a zone: the calendar's X-WR-TIMEZONE, else the person's
+	defs     map[string]*ical.Component // VTIMEZONE by TZID
+	cache    map[string]zone
+	// years bounds the onsets a VTIMEZONE's rules are expanded to: the
+	// years around the window read.
+	years [2]int
 }
 
 // newZones reads a calendar's VTIMEZONEs; local is the person's zone
 // (floating times, all-day events).
-func newZones(cal *ical.Component, local *time.Location) *zones {
-	zs := &zones{local: locZone{local}, defs: map[string]*ical.Component{}, cache: map[string]zone{}}
+func newZones(cal *ical.Component, local *time.Location, from, to time.Time) *zones {
+	zs := &zones{local: locZone{local}, defs: map[string]*ical.Component{}, cache: map[string]zone{},
+		years: [2]int{from.Year() - 1, to.Year() + 2}}
 	for _, c := range cal.Children {
 		if c.Name == ical.CompTimezone {
 			if id, _ := c.Props.Text(ical.PropTimezoneID); id != "" {
 				zs.defs[id] = c
 			}
+		}
+	}
+	// Google and Apple write the calendar's own zone here and mean it
+	// for times that name none.
+	zs.floating = zs.local
+	if name, _ := cal.Props.Text("X-WR-TIMEZONE"); name != "" {
+		if loc, err := time.LoadLocation(name); err == nil {
+			zs.floating = locZone{loc}
 		}
 	}
 	return zs
@@ -92,7 +105,7 @@ func (zs *zones) resolve(tzid string) zone {
 		}
 	}
 	if def := zs.defs[tzid]; def != nil {
-		if z, err := newDefinedZone(tzid, def); err == nil {
+		if z, err := newDefinedZone(tzid, def, zs.years); err == nil {
 			return z
 		}
 	}
@@ -126,7 +139,7 @@ func (zs *zones) wallOf(p *ical.Prop) (time.Time, zone, bool, error) {
 	if tzid := p.Params.Get(ical.PropTimezoneID); tzid != "" {
 		return t, zs.lookup(tzid), false, nil
 	}
-	return t, zs.local, false, nil
+	return t, zs.floating, false, nil
 }
 
 // definedZone is a zone a VTIMEZONE defines by its observances.
@@ -142,10 +155,7 @@ type observance struct {
 	onsets   []time.Time // sorted
 }
 
-// firstYear and lastYear bound the onsets a zone's rule is expanded to.
-const firstYear, lastYear = 1970, 2200
-
-func newDefinedZone(id string, c *ical.Component) (*definedZone, error) {
+func newDefinedZone(id string, c *ical.Component, years [2]int) (*definedZone, error) {
 	z := &definedZone{id: id}
 	for _, o := range c.Children {
 		if o.Name != ical.CompTimezoneStandard && o.Name != ical.CompTimezoneDaylight {
@@ -167,12 +177,14 @@ func newDefinedZone(id string, c *ical.Component) (*definedZone, error) {
 			if err != nil {
 				return nil, fmt.Errorf("VTIMEZONE %s: %w", id, err)
 			}
-			// rrule-go reckons in time.Duration, which spans only 292
-			// years: Outlook's rules that begin in 1601 begin in 1970
-			// instead (a yearly rule's month and day are its own).
+			// Only the onsets around the window matter (the last one
+			// before a time gives its offset), and rrule-go reckons in
+			// time.Duration, which spans only 292 years: a rule that
+			// began in 1601 (Outlook's) is begun a year before the
+			// window (a yearly rule's month and day are its own).
 			opt.Dtstart = start
-			if start.Year() < firstYear {
-				opt.Dtstart = start.AddDate(firstYear-start.Year(), 0, 0)
+			if start.Year() < years[0] {
+				opt.Dtstart = start.AddDate(years[0]-start.Year(), 0, 0)
 			}
 			if !opt.Until.IsZero() && untilIsUTC(rr.Value) {
 				opt.Until = opt.Until.Add(from)
@@ -181,7 +193,7 @@ func newDefinedZone(id string, c *ical.Component) (*definedZone, error) {
 			if err != nil {
 				return nil, fmt.Errorf("VTIMEZONE %s: %w", id, err)
 			}
-			ob.onsets = append(ob.onsets, rule.Between(opt.Dtstart, time.Date(lastYear, 1, 1, 0, 0, 0, 0, time.UTC), true)...)
+			ob.onsets = append(ob.onsets, rule.Between(opt.Dtstart, time.Date(years[1], 1, 1, 0, 0, 0, 0, time.UTC), true)...)
 		}
 		for _, rd := range o.Props.Values(ical.PropRecurrenceDates) {
 			for _, v := range strings.Split(rd.Value, ",") {
