@@ -77,6 +77,11 @@ type Rules struct {
 // CPU for hours).
 const maxInstances = 100000
 
+// maxEvents bounds the events kept of one calendar's window (the
+// earliest); no person has more, and what they say is worked out anew at
+// every boundary.
+const maxEvents = 2000
+
 // Expand reads iCalendar data (one or more VCALENDAR objects) and
 // returns its events that overlap [from, to), ordered by start. A
 // calendar that cannot be read at all is an error; an event that cannot
@@ -168,6 +173,10 @@ func ExpandCalendars(cals []*ical.Calendar, from, to time.Time, r Rules) (events
 		}
 		return a.End.Compare(b.End)
 	})
+	if len(x.out) > maxEvents {
+		skipped += len(x.out) - maxEvents
+		x.out = x.out[:maxEvents]
+	}
 	return x.out, skipped, nil
 }
 

@@ -188,3 +188,32 @@ func BenchmarkExpandOutlook(b *testing.B) {
 		}
 	}
 }
+
+// A calendar of 5,000 overlapping events in the window keeps the
+// earliest 2,000; what they say and when it next changes are worked out
+// in bounded time.
+func TestManyEvents(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\n")
+	start := utc("2026-12-08T08:00:00Z")
+	for i := range 5000 {
+		s := start.Add(time.Duration(i) * time.Minute)
+		fmt.Fprintf(&b, "BEGIN:VEVENT\r\nUID:%d\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:%s\r\nDTEND:%s\r\nEND:VEVENT\r\n",
+			i, s.Format("20060102T150405Z"), s.Add(time.Hour).Format("20060102T150405Z"))
+	}
+	b.WriteString("END:VCALENDAR\r\n")
+	evs, skipped, err := Expand([]byte(b.String()), utc("2026-12-07T00:00:00Z"), utc("2026-12-21T00:00:00Z"), Rules{})
+	if err != nil || len(evs) != maxEvents || skipped != 5000-maxEvents {
+		t.Fatalf("%d events, %d skipped, %v", len(evs), skipped, err)
+	}
+	began := time.Now()
+	at := start.Add(30 * time.Minute)
+	s := StatusAt(evs, at, false)
+	next := NextChange(evs, at, false)
+	if want := start.Add((maxEvents-1)*time.Minute + time.Hour); !s.Until.Equal(want) || !next.Equal(want) {
+		t.Errorf("until %v, next change %v; want both %v (one run)", s.Until, next, want)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Errorf("took %v", d)
+	}
+}

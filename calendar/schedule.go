@@ -68,16 +68,14 @@ func StatusAt(events []Event, t time.Time, tentativeBusy bool) Status {
 	if s.Show == ShowFree {
 		return Status{}
 	}
-	// Back-to-back events of the same show make one run.
-	for grown := true; grown; {
-		grown = false
-		for _, e := range events {
-			if e.Start.After(s.Until) {
-				break
-			}
-			if effective(e, tentativeBusy) == s.Show && e.End.After(s.Until) {
-				s.Until, grown = e.End, true
-			}
+	// Back-to-back events of the same show make one run: in order of
+	// start, each that begins by the run's end may take it further.
+	for _, e := range events {
+		if e.Start.After(s.Until) {
+			break
+		}
+		if effective(e, tentativeBusy) == s.Show && e.End.After(s.Until) {
+			s.Until = e.End
 		}
 	}
 	return s
