@@ -112,9 +112,10 @@ func (k *Keeper) Reads() Reads {
 // follower reads one person's calendar.
 type follower struct {
 	cal  Calendar
-	kick chan struct{}
-	stop context.CancelFunc
-	done chan struct{}
+	kick  chan struct{}
+	stop  context.CancelFunc
+	done  chan struct{}
+	after chan struct{} // the follower it replaces, which ends first
 
 	mu      sync.Mutex
 	events  []Event
@@ -178,17 +179,13 @@ func New(opt Options) *Keeper {
 // person state stays (the cluster's other nodes, a restart) and lapses
 // by itself at its end.
 func (k *Keeper) Run(ctx context.Context) {
+	k.leading.Store(k.opt.Leads == nil || k.opt.Leads())
 	k.mu.Lock()
 	k.ctx = ctx
-	pending := make([]*follower, 0, len(k.running))
 	for _, f := range k.running {
-		pending = append(pending, f)
-	}
-	k.mu.Unlock()
-	k.leading.Store(k.opt.Leads == nil || k.opt.Leads())
-	for _, f := range pending {
 		k.start(f)
 	}
+	k.mu.Unlock()
 	// Leadership changes, and the state file is written, every few
 	// seconds.
 	t := k.opt.Clock.NewTimer(leadCheck)
@@ -228,20 +225,28 @@ func (k *Keeper) Set(cals []Calendar) {
 	for _, c := range cals {
 		want[c.User] = c
 	}
+	replaced := map[string]chan struct{}{} // a changed calendar's old follower
 	for user, f := range k.running {
 		if c, ok := want[user]; ok && c.same(f.cal) {
 			delete(want, user)
 			continue
 		}
 		delete(k.running, user)
-		if f.stop != nil {
+		_, stays := want[user]
+		switch {
+		case f.stop == nil: // never started (before Run)
+			if !stays {
+				k.opt.People.ClearPerson(user, bridge.OriginCalendar)
+			}
+		case !stays:
 			f.stop()
-		}
-		if _, stays := want[user]; !stays {
 			go func() {
-				<-f.done
+				<-f.done // its last word first
 				k.opt.People.ClearPerson(user, bridge.OriginCalendar)
 			}()
+		default:
+			f.stop()
+			replaced[user] = f.done
 		}
 		k.dirty.Store(true)
 	}
@@ -249,7 +254,7 @@ func (k *Keeper) Set(cals []Calendar) {
 		if _, ok := want[c.User]; !ok {
 			continue
 		}
-		f := &follower{cal: c, kick: make(chan struct{}, 1), done: make(chan struct{})}
+		f := &follower{cal: c, kick: make(chan struct{}, 1), done: make(chan struct{}), after: replaced[c.User]}
 		if s, ok := k.saved[c.User]; ok && s.Source == sourceHash(c) {
 			f.events, f.etag, f.lastMod, f.fetched = s.Events, s.ETag, s.LastMod, s.Fetched
 		}
@@ -260,7 +265,7 @@ func (k *Keeper) Set(cals []Calendar) {
 	}
 }
 
-// start runs a follower; called with k.mu held or before Run shares it.
+// start runs a follower; called with k.mu held.
 func (k *Keeper) start(f *follower) {
 	ctx, cancel := context.WithCancel(k.ctx)
 	f.stop = cancel
@@ -268,6 +273,9 @@ func (k *Keeper) start(f *follower) {
 	go func() {
 		defer k.wg.Done()
 		defer close(f.done)
+		if f.after != nil {
+			<-f.after // the old word is set before the new
+		}
 		k.follow(ctx, f)
 	}()
 }
