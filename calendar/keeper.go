@@ -111,7 +111,7 @@ func (k *Keeper) Reads() Reads {
 
 // follower reads one person's calendar.
 type follower struct {
-	cal  Calendar
+	cal   Calendar
 	kick  chan struct{}
 	stop  context.CancelFunc
 	done  chan struct{}
