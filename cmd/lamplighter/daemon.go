@@ -30,6 +30,7 @@ import (
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/memtrim"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/switchboard"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/durable"
@@ -168,7 +169,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	// People's calendars: their word goes where the API's does (shared
 	// with the cluster, where one node, the leader, reads them).
 	copt := cfg.CalendarOptions()
-	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, cmp.Or(cfg.SIP.UserAgent, "Lamplighter")
+	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, cmp.Or(cfg.SIP.UserAgent, version.UserAgent())
 	if node := d.node; node != nil {
 		copt.Leads = func() bool { return node.Settled() && node.Leads() }
 	}

@@ -7,6 +7,7 @@
 //	lamplighter -check-config FILE                     check a file, print ok or FILE:LINE: problems
 //	lamplighter -check-config FILE -discover           ... and print the directory the PBXs and the YAML make
 //	lamplighter -demo                                  run on the demo PBX (also with no -config)
+//	lamplighter -version                               print the version, commit and Go version
 package main
 
 import (
@@ -24,10 +25,18 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
+	"github.com/lamplighter/lamplighter/presence/durable"
 )
 
 //go:embed demo.yaml
 var demoConfig []byte
+
+// exitNewerState is the exit status when the state file is of a newer
+// Lamplighter (a downgrade): the unit does not restart on it
+// (RestartPreventExitStatus=), since every start would fail the same
+// way. 78 is sysexits' EX_CONFIG.
+const exitNewerState = 78
 
 // builtInConfig names the demo config in messages (it has no file).
 const builtInConfig = "(built-in demo config)"
@@ -53,9 +62,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "configuration `file` (without it, or with -demo, Lamplighter runs on its demo PBX)")
 	check := fs.String("check-config", "", "check the configuration `file`, print ok or every problem as FILE:LINE: what, and exit")
 	demo := fs.Bool("demo", false, "run on the built-in demo PBX with a built-in directory")
+	showVersion := fs.Bool("version", false, "print the version, the commit it was built from and the Go version, and exit")
 	discover := fs.Bool("discover", false, "with -check-config: also read the directory of each PBX with discover on, and print the users it and the YAML make, from where, and what is left out")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: lamplighter [-config FILE | -demo | -check-config FILE [-discover]]\n\n")
+		fmt.Fprintf(stderr, "Usage: lamplighter [-config FILE | -demo | -check-config FILE [-discover] | -version]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -67,6 +77,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "lamplighter: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprint(stdout, version.Get())
+		return 0
 	}
 	if *discover && *check == "" {
 		fmt.Fprintln(stderr, "lamplighter: -discover goes with -check-config FILE")
@@ -115,6 +129,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	d, err := newDaemon(cfg, log, level)
 	if err != nil {
 		log.Error("cannot start", "err", err)
+		if newer := (*durable.NewerError)(nil); errors.As(err, &newer) {
+			return exitNewerState
+		}
 		return 1
 	}
 	if err := d.Run(ctx); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters/sipcalls"
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/config"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
@@ -33,7 +35,7 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		Realm:                     cfg.SIP.Realm,
 		TenantRealms:              tenantRealms(cfg),
 		DigestAlgorithms:          cfg.SIP.DigestAlgorithms,
-		UserAgent:                 cfg.SIP.UserAgent,
+		UserAgent:                 cmp.Or(cfg.SIP.UserAgent, version.UserAgent()),
 		MinExpires:                cfg.Policy.MinExpires,
 		MaxExpires:                cfg.Policy.MaxExpires,
 		DefaultExpires:            cfg.Policy.DefaultExpires,

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/durable"
@@ -195,4 +199,47 @@ func metaOf(data []byte) (freelist, pages int) {
 		fl, hw = fl1, hw1
 	}
 	return int(fl), int(hw)
+}
+
+// TestNewerStateFileRefusesToStart: a state file of a newer Lamplighter
+// (a downgrade) stops the start with exit status 78 (the unit does not
+// restart on it) and a message that says what to do; the file is left
+// as it was.
+func TestNewerStateFileRefusesToStart(t *testing.T) {
+	config, state, _ := stateConfig(t)
+	path := filepath.Join(state, durable.FileName)
+	if err := os.WriteFile(path, sampleStateFile(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte("3")) })
+	db.Close()
+	before, _ := os.ReadFile(path)
+	out := &syncBuffer{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if code := run(ctx, []string{"-config", config}, out, out); code != exitNewerState {
+		t.Errorf("exit status %d, want %d", code, exitNewerState)
+	}
+	if !strings.Contains(out.String(), "written by a newer Lamplighter (state format 3") || !strings.Contains(out.String(), "move the file aside") {
+		t.Errorf("the message:\n%s", out.String())
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("the state file was changed")
+	}
+	if !strings.Contains(readFile(t, "../../systemd/lamplighter.service"), fmt.Sprintf("RestartPreventExitStatus=%d", exitNewerState)) {
+		t.Error("the unit restarts on the exit status of a newer state file")
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

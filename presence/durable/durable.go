@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,8 +41,26 @@ var (
 	bucketPersons       = []byte("persons")
 	bucketMeta          = []byte("meta")
 	keySchema           = []byte("schema")
-	schemaVersion       = []byte("1")
+	schemaVersion       = []byte(strconv.Itoa(currentSchema))
 )
+
+// currentSchema is the state file format this Lamplighter writes; it
+// reads it and every earlier one.
+const currentSchema = 1
+
+// NewerError says the state file was written by a newer Lamplighter, in
+// a format this one cannot read: Open refuses it, and leaves it as it
+// is, rather than start without what it holds (a downgrade).
+type NewerError struct {
+	Path   string
+	Schema int
+}
+
+func (e *NewerError) Error() string {
+	return fmt.Sprintf("state file %s was written by a newer Lamplighter (state format %d; this one reads format %d and earlier): "+
+		"run the newer version again, or move the file aside to start without its subscriptions, publications and registrations",
+		e.Path, e.Schema, currentSchema)
+}
 
 // DB is the open store. It implements presence.Store.
 type DB struct {
@@ -286,6 +305,9 @@ func readFile(path string) (records map[string][][2][]byte, subs map[string]pres
 			var schema []byte
 			if m := tx.Bucket(bucketMeta); m != nil {
 				schema = m.Get(keySchema)
+			}
+			if n, err := strconv.Atoi(string(schema)); err == nil && n > currentSchema {
+				return &NewerError{Path: path, Schema: n}
 			}
 			switch {
 			case len(seen) == 0 && len(strays) == 0:

@@ -2,6 +2,7 @@ package durable
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -79,10 +80,38 @@ func TestARenamedBucketKeepsItsRecords(t *testing.T) {
 	}
 }
 
-func TestAnotherSchemaVersionIsKeptAside(t *testing.T) {
+// A file of a newer format (a downgrade) is refused and left as it
+// is: Lamplighter does not start rather than start without it.
+func TestANewerSchemaRefusesToStart(t *testing.T) {
 	data := edited(t, func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, []byte("2")) })
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(dir, nil)
+	if err == nil {
+		db.Close()
+		t.Fatal("a state file of a newer format was opened")
+	}
+	var newer *NewerError
+	if !errors.As(err, &newer) || newer.Schema != 2 || !strings.Contains(err.Error(), "written by a newer Lamplighter (state format 2; this one reads format 1") {
+		t.Errorf("error: %v", err)
+	}
+	if kept, _ := os.ReadFile(path); !bytes.Equal(kept, data) {
+		t.Error("the newer file was changed")
+	}
+	if m, _ := filepath.Glob(path + ".*"); len(m) != 0 {
+		t.Errorf("files beside it: %v", m)
+	}
+}
+
+// A schema that is no version at all (a damaged byte) is damage: what
+// can be read is kept, the file aside.
+func TestAGarbledSchemaIsKeptAside(t *testing.T) {
+	data := edited(t, func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, []byte("1\x07")) })
 	restored, aside, log := openStructured(t, data)
-	if restored != 1200 || !aside || !strings.Contains(log, `schema version \"2\", this Lamplighter writes 1`) {
+	if restored != 1200 || !aside || !strings.Contains(log, `schema version`) {
 		t.Errorf("restored %d of 1200, kept aside %v, log:\n%s", restored, aside, log)
 	}
 }

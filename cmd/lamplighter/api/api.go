@@ -24,6 +24,7 @@ import (
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/calendar"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/discovery"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
@@ -145,6 +146,9 @@ func (a *API) Handle(mux interface {
 	mux.Handle("POST /api/v1/discovery/refresh", a.authorised(a.refreshDiscovery, adminOnly))
 	mux.Handle("POST /api/v1/stream-ticket", a.authorised(a.streamTicket, forUsers))
 	mux.Handle("GET /api/v1/calendars", a.authorised(a.listCalendars, forUsers))
+	mux.Handle("GET /api/v1/version", a.authorised(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, version.Get())
+	}, forUsers))
 	mux.Handle("POST /api/v1/users/{id}/calendar/refresh", a.authorised(a.refreshCalendar, forUsers))
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/lamplighter/lamplighter/adapters"
 	"github.com/lamplighter/lamplighter/calendar"
 	"github.com/lamplighter/lamplighter/cluster"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 	"github.com/lamplighter/lamplighter/netlimit"
 	"github.com/lamplighter/lamplighter/presence"
 )
@@ -90,8 +91,12 @@ func New() *Server {
 		s.self = []string{h, short}
 	}
 	s.SetHosts(nil)
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lamplighter_build_info",
+		Help: "Always 1: the version, commit and Go version this Lamplighter was built as."}, []string{"version", "commit", "goversion"})
+	v := version.Get()
+	build.WithLabelValues(v.Version, v.Commit, v.Go).Set(1)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&stateCollector{s: s})
+		&stateCollector{s: s}, build)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/api"
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 )
 
 //go:embed static
@@ -211,6 +212,7 @@ func (s *Switchboard) audiences() []Audience {
 // snapshot) and ids of users gone.
 type message struct {
 	Title   string     `json:"title,omitempty"`
+	Version string     `json:"version,omitempty"` // Lamplighter's, in the page's footer
 	Users   []api.User `json:"users"`
 	Removed []string   `json:"removed,omitempty"`
 	PBXs    []PBX      `json:"pbxs,omitempty"` // every PBX, when any changed (and in a snapshot)
@@ -322,7 +324,7 @@ func (s *Switchboard) events(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush()
 	}
-	snap := message{Title: s.opt.Title}
+	snap := message{Title: s.opt.Title, Version: version.Get().Version}
 	if s.opt.PBXs != nil {
 		snap.PBXs = s.opt.PBXs()
 	}

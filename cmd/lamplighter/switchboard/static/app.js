@@ -280,6 +280,7 @@ async function connect() {
     const m = JSON.parse(ev.data);
     if (m.now) clockSkew = Date.parse(m.now) - Date.now();
     if (m.title) { $("#title").textContent = m.title; }
+    if (m.version) { $("#version").textContent = "Lamplighter " + m.version; }
     if (m.pbxs) showPBXs(m.pbxs);
     if (full) users.clear();
     for (const u of m.users) users.set(u.id, u);
