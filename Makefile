@@ -3,7 +3,7 @@
 # test, after installing the real peers the tests use). CI runs `make test`.
 GO ?= go
 
-.PHONY: test deps vet build fuzz bench load storm ceiling compare cluster
+.PHONY: test deps vet build package fuzz bench load storm ceiling compare cluster
 
 # LAMPLIGHTER_E2E=require makes a missing test peer a failure, not a skip.
 test: deps vet
@@ -26,8 +26,20 @@ vet:
 deps:
 	bash .ci/deps
 
+# The version (packaging/VERSION) and commit are stamped into the binary:
+# lamplighter -version, /metrics, the API and the switchboard show them.
+VERSION := $(shell cat packaging/VERSION)
+COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
+STAMP := -X github.com/lamplighter/lamplighter/cmd/lamplighter/version.stamped=$(VERSION) \
+	-X github.com/lamplighter/lamplighter/cmd/lamplighter/version.stampedCommit=$(COMMIT)
 build:
-	$(GO) build -trimpath -o lamplighter ./cmd/lamplighter
+	$(GO) build -trimpath -ldflags "$(STAMP)" -o lamplighter ./cmd/lamplighter
+
+# The .deb and .rpm for amd64 and arm64 in dist/ (packaging/build.sh;
+# nfpm is a Go tool of packaging/go.mod): make package ARCHES=amd64.
+ARCHES ?= amd64 arm64
+package:
+	bash packaging/build.sh -o dist $(ARCHES)
 
 # Go benchmarks of the hot paths, with allocations (BENCHMARKS.md).
 bench:

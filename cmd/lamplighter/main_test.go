@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -216,6 +218,55 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		res.Body.Close()
 		if res.StatusCode != want {
 			t.Errorf("%s: /debug/pprof/heap answered %d, want %d", filepath.Base(config), res.StatusCode, want)
+		}
+	}
+}
+
+// TestVersionIsShown: -version prints the build's version, commit and Go
+// version; the running server names its version in /metrics
+// (lamplighter_build_info), GET /api/v1/version, the switchboard's
+// snapshot and its SIP User-Agent, unless sip.user_agent says otherwise.
+func TestVersionIsShown(t *testing.T) {
+	v := version.Get()
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-version"}, &out, &out); code != 0 ||
+		!strings.HasPrefix(out.String(), "lamplighter "+v.Version+"\n") || !strings.Contains(out.String(), v.Go) {
+		t.Errorf("-version: %d %q", code, out.String())
+	}
+	for _, ua := range []string{"", "PBX presence"} {
+		config, _, _ := stateConfig(t)
+		src := strings.Replace(mustRead(t, config), `http: {listen: "127.0.0.1:`, `http: {token: s3cret, listen: "127.0.0.1:`, 1)
+		if ua != "" {
+			src = strings.Replace(src, "  trusted_networks:", "  user_agent: "+ua+"\n  trusted_networks:", 1)
+		}
+		os.WriteFile(config, []byte(src), 0o644)
+		log, httpAddr := runInProcess(t, config)
+		sipAddr := regexp.MustCompile(`"sip listening".* transport=udp address=(\S+)`).FindStringSubmatch(log.String())[1]
+		w := newWatcher(t, "UDP")
+		res := w.subscribe(sipAddr, "100", "dialog", 600)
+		n := w.notifyWhere("active", 5*time.Second)
+		want := "Lamplighter/" + v.Version
+		if ua != "" {
+			want = ua
+		}
+		for what, h := range map[string]sip.Header{"NOTIFY User-Agent": n.GetHeader("User-Agent"), "200 Server": res.GetHeader("Server")} {
+			if h == nil || h.Value() != want {
+				t.Errorf("user_agent %q: %s %v, want %q", ua, what, h, want)
+			}
+		}
+		if ua != "" {
+			continue
+		}
+		if code, body := apiDo(t, "GET", "http://"+httpAddr+"/api/v1/version", "s3cret", ""); code != 200 ||
+			!strings.Contains(body, `"version": "`+v.Version+`"`) || !strings.Contains(body, `"go": "`+v.Go+`"`) {
+			t.Errorf("GET /api/v1/version: %d %s", code, body)
+		}
+		if m := metricsText(t, httpAddr); !strings.Contains(m, `lamplighter_build_info{commit="`+v.Commit+`",goversion="`+v.Go+`",version="`+v.Version+`"} 1`) {
+			t.Errorf("metrics: %s", grepLines(m, "build_info"))
+		}
+		snap := firstEvent(t, "http://"+httpAddr+"/events")
+		if !strings.Contains(snap, `"version":"`+v.Version+`"`) {
+			t.Errorf("the switchboard's snapshot: %.300s", snap)
 		}
 	}
 }

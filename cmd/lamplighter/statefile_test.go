@@ -230,16 +230,7 @@ func TestNewerStateFileRefusesToStart(t *testing.T) {
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
 		t.Error("the state file was changed")
 	}
-	if !strings.Contains(readFile(t, "../../systemd/lamplighter.service"), fmt.Sprintf("RestartPreventExitStatus=%d", exitNewerState)) {
+	if !strings.Contains(mustRead(t, "../../systemd/lamplighter.service"), fmt.Sprintf("RestartPreventExitStatus=%d", exitNewerState)) {
 		t.Error("the unit restarts on the exit status of a newer state file")
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

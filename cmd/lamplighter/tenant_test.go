@@ -242,6 +242,39 @@ func TestTenantThatSeesAnother(t *testing.T) {
 // the ids of the users its first snapshot shows (or the status code).
 func readSnapshot(t *testing.T, url string) ([]string, int) {
 	t.Helper()
+	data, code := firstData(t, url)
+	if code != 200 {
+		return nil, code
+	}
+	var m struct {
+		Users []struct {
+			ID string `json:"id"`
+		} `json:"users"`
+	}
+	if err := json.Unmarshal([]byte(data), &m); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, u := range m.Users {
+		ids = append(ids, u.ID)
+	}
+	slices.Sort(ids)
+	return ids, 200
+}
+
+// firstEvent is the data of the first event on a switchboard stream.
+func firstEvent(t *testing.T, url string) string {
+	t.Helper()
+	data, code := firstData(t, url)
+	if code != 200 {
+		t.Fatalf("%s: %d", url, code)
+	}
+	return data
+}
+
+// firstData reads an event stream's first event's data, or its status.
+func firstData(t *testing.T, url string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
@@ -251,32 +284,17 @@ func readSnapshot(t *testing.T, url string) ([]string, int) {
 	}
 	defer res.Body.Close()
 	if res.StatusCode != 200 {
-		return nil, res.StatusCode
+		return "", res.StatusCode
 	}
 	sc := bufio.NewScanner(res.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok {
-			continue
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			return data, 200
 		}
-		var m struct {
-			Users []struct {
-				ID string `json:"id"`
-			} `json:"users"`
-		}
-		if err := json.Unmarshal([]byte(data), &m); err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for _, u := range m.Users {
-			ids = append(ids, u.ID)
-		}
-		slices.Sort(ids)
-		return ids, 200
 	}
 	t.Fatal("no snapshot on the stream")
-	return nil, 0
+	return "", 0
 }
 
 // TestTenantSwitchboards: the open switchboard shows the default domain's

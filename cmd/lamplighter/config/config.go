@@ -64,7 +64,8 @@ type SIP struct {
 	Listen []Listener `yaml:"listen"`
 	// TrustedNetworks are CIDRs whose requests skip authentication.
 	TrustedNetworks []string `yaml:"trusted_networks"`
-	// UserAgent is sent in requests and responses.
+	// UserAgent is sent in requests (User-Agent) and responses (Server);
+	// default "Lamplighter/<version>".
 	UserAgent string `yaml:"user_agent"`
 	// DigestAlgorithms are the digest challenges offered, in order: MD5
 	// and/or SHA-256. Default [MD5]: many phones give up on a SHA-256
@@ -484,9 +485,6 @@ func (c *Config) defaults() {
 	}
 	if len(c.SIP.Listen) == 0 {
 		c.SIP.Listen = []Listener{{Transport: "udp", Address: "0.0.0.0:5060"}, {Transport: "tcp", Address: "0.0.0.0:5060"}}
-	}
-	if c.SIP.UserAgent == "" {
-		c.SIP.UserAgent = "Lamplighter"
 	}
 	if len(c.SIP.DigestAlgorithms) == 0 {
 		c.SIP.DigestAlgorithms = []string{"MD5"}
