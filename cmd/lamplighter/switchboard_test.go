@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 )
 
 // chromium returns Debian's Chromium, or skips (fails where end-to-end
@@ -109,6 +111,9 @@ func TestSwitchboardInChromium(t *testing.T) {
 	title, _ := chromedp.Run(bctx, chromedp.Text(`#title`))
 	if title != "Front desk" {
 		t.Errorf("title %q", title)
+	}
+	if footer, _ := chromedp.Run(bctx, chromedp.Text(`#version`)); footer != "Lamplighter "+version.Get().Version {
+		t.Errorf("footer %q", footer)
 	}
 	// Any tile that rings: follow it through the call.
 	// The tile and its text are read in one go: a demo call may be
