@@ -47,14 +47,7 @@ func TestCalendarOnARealCalDAVServer(t *testing.T) {
 	end := now.Add(6 * time.Second)
 	srv.Put("alice", work, "standup", radicaletest.Event("standup", now.Add(-time.Minute), end, "Stand-up"))
 
-	dir := t.TempDir()
-	pass := filepath.Join(dir, "caldav.secret")
-	os.WriteFile(pass, []byte("secret\n"), 0o600)
-	path := filepath.Join(dir, "lamplighter.yaml")
-	cfg := fmt.Sprintf(calendarConfig, filepath.Join(dir, "state"), srv.URL, pass)
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path, cfg := writeCalendarConfig(t, srv)
 	out, httpAddr := runInProcess(t, path)
 	sipAddr := regexp.MustCompile(`"sip listening".* transport=udp address=(\S+)`).FindStringSubmatch(out.String())[1]
 	api := "http://" + httpAddr + "/api/v1"
@@ -131,6 +124,22 @@ func TestCalendarOnARealCalDAVServer(t *testing.T) {
 	}
 }
 
+// writeCalendarConfig writes calendarConfig for a Radicale whose alice
+// has the password "secret" (in a file, as an administrator keeps it),
+// and returns its path and text.
+func writeCalendarConfig(t *testing.T, srv *radicaletest.Server) (path, cfg string) {
+	t.Helper()
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "caldav.secret")
+	os.WriteFile(pass, []byte("secret\n"), 0o600)
+	path = filepath.Join(dir, "lamplighter.yaml")
+	cfg = fmt.Sprintf(calendarConfig, filepath.Join(dir, "state"), srv.URL, pass)
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, cfg
+}
+
 // noCalendar is the config without its calendar section.
 func noCalendar(cfg string) string {
 	return regexp.MustCompile(`(?s)calendar:\n(  .*?\n)+`).ReplaceAllString(cfg, "")
@@ -145,11 +154,7 @@ func TestCalendarOnTheSwitchboardInChromium(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Minute)
 	end := now.Add(2 * time.Hour)
 	srv.Put("alice", work, "offsite", radicaletest.Event("offsite", now.Add(-time.Hour), end, "Offsite"))
-	dir := t.TempDir()
-	pass := filepath.Join(dir, "caldav.secret")
-	os.WriteFile(pass, []byte("secret\n"), 0o600)
-	path := filepath.Join(dir, "lamplighter.yaml")
-	os.WriteFile(path, []byte(fmt.Sprintf(calendarConfig, filepath.Join(dir, "state"), srv.URL, pass)), 0o644)
+	path, _ := writeCalendarConfig(t, srv)
 	_, httpAddr := runInProcess(t, path)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
