@@ -35,7 +35,7 @@ func TestCalDAVOnRadicale(t *testing.T) {
 	go func() { k.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	who.expect(t, "alice: -")
+	waitStatus(t, k, func(s UserStatus) bool { return !s.LastFetch.IsZero() })
 	clk.settle(t, 2)
 	st, _ := k.StatusOf("alice")
 	if st.Error != "" || st.Events != 2 || !st.NextChange.Equal(at("09:00")) { // the 8th and 15th; not the 29th

@@ -46,6 +46,7 @@ func (c Calendar) same(o Calendar) bool {
 type People interface {
 	SetPerson(userID, origin string, p bridge.PersonState) error
 	ClearPerson(userID, origin string)
+	Person(userID, origin string) (bridge.PersonState, bool)
 }
 
 // Options configure a Keeper.
@@ -202,6 +203,13 @@ func (k *Keeper) Run(ctx context.Context) {
 			now := k.opt.Leads()
 			if was := k.leading.Swap(now); now && !was {
 				k.opt.Logger.Info("reading calendars: this node leads")
+				k.mu.Lock()
+				for _, f := range k.running {
+					f.mu.Lock()
+					f.once = false // what another node set is set again
+					f.mu.Unlock()
+				}
+				k.mu.Unlock()
 				k.kickAll()
 			}
 		}
@@ -450,7 +458,11 @@ func (k *Keeper) apply(f *follower, now time.Time) time.Time {
 		return next
 	}
 	if s.Show == ShowFree {
-		k.opt.People.ClearPerson(f.cal.User, bridge.OriginCalendar)
+		// (Nothing to clear is the common case at a start: no word to
+		// the bridge, nor to a cluster's other nodes.)
+		if _, had := k.opt.People.Person(f.cal.User, bridge.OriginCalendar); had {
+			k.opt.People.ClearPerson(f.cal.User, bridge.OriginCalendar)
+		}
 		return next
 	}
 	p := s.Person(now, f.cal.Location, f.cal.Notes, f.cal.Titles)

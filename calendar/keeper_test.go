@@ -121,6 +121,13 @@ func (p *people) SetPerson(user, origin string, s bridge.PersonState) error {
 	return nil
 }
 
+func (p *people) Person(user, origin string) (bridge.PersonState, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.now[user]
+	return s, ok
+}
+
 func (p *people) ClearPerson(user, origin string) {
 	p.mu.Lock()
 	delete(p.now, user)
@@ -218,13 +225,14 @@ func TestKeeperFollowsACalendar(t *testing.T) {
 	var logMu sync.Mutex
 	k := New(Options{People: who, Clock: clk, Logger: slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, nil)),
 		UserAgent: "Lamplighter/test", StateDir: t.TempDir(), Interval: 2 * time.Hour})
+	who.now["alice"] = bridge.PersonState{Note: "In a meeting until yesterday"}
 	k.Set([]Calendar{{User: "alice", Source: Source{Kind: KindICal, URL: srv.URL + "/alice.ics"}, Location: loc}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { k.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	who.expect(t, "alice: -") // free at 11:00: nothing of an earlier run stays
+	who.expect(t, "alice: -") // what an earlier run (or another node) left is cleared
 	clk.settle(t, 2)          // Run's own timer and alice's
 	if f.gets.Load() != 1 || f.lastAgent.Load() != "Lamplighter/test" {
 		t.Fatalf("%d reads (agent %v), want 1", f.gets.Load(), f.lastAgent.Load())
@@ -372,7 +380,7 @@ func TestKeeperRestartKeepsTheLastRead(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { k.Run(ctx); close(done) }()
-	who.expect(t, "alice: -")
+	waitStatus(t, k, func(s UserStatus) bool { return !s.LastFetch.IsZero() })
 	cancel()
 	<-done // and the state file is written
 
@@ -440,3 +448,4 @@ type discard struct{}
 
 func (discard) SetPerson(string, string, bridge.PersonState) error { return nil }
 func (discard) ClearPerson(string, string)                         {}
+func (discard) Person(string, string) (bridge.PersonState, bool)   { return bridge.PersonState{}, false }
