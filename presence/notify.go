@@ -292,10 +292,13 @@ func (s *Server) sendNotify(sub *Subscription) {
 		sub.mu.Unlock()
 		return
 	}
-	if final == "" && !sub.force && heldBack {
+	if final == "" && heldBack {
 		// Queued before the user's NOTIFY began to wait for a leg's
 		// ids (holdForIDs): this state is the one held back; the
-		// release queues it again (it stays dirty).
+		// release queues it again (it stays dirty). A NOTIFY that must
+		// be sent (a subscription's first, a refresh's, one after a
+		// restart) waits too, at most PickupWait: sent now it would
+		// show a ringing call without the ids a pickup needs.
 		sub.mu.Unlock()
 		return
 	}

@@ -150,12 +150,14 @@ func TestDiscoveryOnTheRealAsterisk(t *testing.T) {
 	if m == nil || m[1] != "2" || m[2] != "0" {
 		t.Errorf("after a restart: %v\n%s", m, r.out.String())
 	}
-	// ... and their lamps show calls (the pickup data a ringing lamp
-	// carries is TestAsteriskLamps' to check).
+	// ... and their lamps show calls, ringing with what a pickup needs
+	// from the first NOTIFY (the one that follows a restart waits for
+	// the ids too).
 	r.markAll()
 	r.dial("101", "100")
-	if in := r.lamps["100"].waitCall("early", "recipient", "101", 10*time.Second); in.RemoteName != "Phone 101" {
-		t.Errorf("after the restart the ringing lamp names %q", in.RemoteName)
+	if in := r.lamps["100"].waitCall("early", "recipient", "101", 10*time.Second); in.RemoteName != "Phone 101" ||
+		in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
+		t.Errorf("after the restart the ringing lamp: %+v", in)
 	}
 	r.cmd("101", "/hangup")
 	r.lamps["100"].waitIdle(10 * time.Second)
