@@ -217,3 +217,18 @@ func TestManyEvents(t *testing.T) {
 		t.Errorf("took %v", d)
 	}
 }
+
+// Exporters that name a Windows zone without its VTIMEZONE (quoted, as
+// some write it) still mean that zone.
+func TestWindowsZoneWithoutItsVTIMEZONE(t *testing.T) {
+	cal := "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:w\r\nDTSTAMP:20261201T000000Z\r\n" +
+		"DTSTART;TZID=\"Eastern Standard Time\":20261208T090000\r\nDTEND;TZID=\"Eastern Standard Time\":20261208T093000\r\n" +
+		"X-MICROSOFT-CDO-BUSYSTATUS:OOF\r\nX-MICROSOFT-CDO-INTENDEDSTATUS:BUSY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+	evs, _, err := Expand([]byte(cal), utc("2026-12-07T00:00:00Z"), utc("2026-12-09T00:00:00Z"), Rules{Location: berlin(t)})
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("%v %v", evs, err)
+	}
+	if !evs[0].Start.Equal(utc("2026-12-08T14:00:00Z")) || evs[0].Show != ShowOutOfOffice {
+		t.Errorf("9:00 Eastern out of office read as %v %v", evs[0].Start.UTC(), evs[0].Show)
+	}
+}
