@@ -70,6 +70,10 @@ type Rules struct {
 	// OutOfOffice are categories (CATEGORIES, any case) that make an
 	// event out of office besides Outlook's BUSYSTATUS:OOF.
 	OutOfOffice []string
+	// Owner is the person's address in the calendar ("alice@example.com"):
+	// an invitation they declined is free, one they have not answered
+	// is tentative. Empty: every event counts as the calendar says.
+	Owner string
 }
 
 // maxInstances bounds the instances one recurring event may expand to
@@ -192,6 +196,14 @@ func (x *expander) show(c *ical.Component) Show {
 	if st, _ := c.Props.Text(ical.PropStatus); strings.EqualFold(st, "CANCELLED") {
 		return ShowFree
 	}
+	// The person's own answer to an invitation (Google's feed lists the
+	// meetings they declined too).
+	switch x.answer(c) {
+	case "DECLINED":
+		return ShowFree
+	case "NEEDS-ACTION", "TENTATIVE":
+		return x.categorised(c, ShowTentative)
+	}
 	for _, name := range []string{"X-MICROSOFT-CDO-BUSYSTATUS", "X-MICROSOFT-CDO-INTENDEDSTATUS"} {
 		v, _ := c.Props.Text(name)
 		switch strings.ToUpper(v) {
@@ -212,6 +224,24 @@ func (x *expander) show(c *ical.Component) Show {
 		return x.categorised(c, ShowTentative)
 	}
 	return x.categorised(c, ShowBusy)
+}
+
+// answer is the owner's PARTSTAT among the event's attendees, "" when
+// the owner is not one (their own event) or unknown.
+func (x *expander) answer(c *ical.Component) string {
+	if x.rules.Owner == "" {
+		return ""
+	}
+	for _, a := range c.Props.Values(ical.PropAttendee) {
+		addr := strings.TrimSpace(a.Value)
+		if len(addr) > 7 && strings.EqualFold(addr[:7], "mailto:") {
+			addr = addr[7:]
+		}
+		if strings.EqualFold(addr, x.rules.Owner) {
+			return strings.ToUpper(a.Params.Get(ical.ParamParticipationStatus))
+		}
+	}
+	return ""
 }
 
 // categorised is s, or out of office when the event has one of the

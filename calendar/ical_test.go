@@ -232,3 +232,36 @@ func TestWindowsZoneWithoutItsVTIMEZONE(t *testing.T) {
 		t.Errorf("9:00 Eastern out of office read as %v %v", evs[0].Start.UTC(), evs[0].Show)
 	}
 }
+
+// The person's own answer to an invitation: declined shows nothing, not
+// answered yet is tentative, accepted is busy; their own event (not an
+// attendee) is busy; without an owner every event counts.
+func TestTheOwnersAnswer(t *testing.T) {
+	ev := func(uid, start, partstat string) string {
+		return "BEGIN:VEVENT\r\nUID:" + uid + "\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:20261208T" + start + "00Z\r\nDTEND:20261208T" + start[:2] + "3000Z\r\n" +
+			"SUMMARY:" + uid + "\r\nORGANIZER;CN=Boss:mailto:boss@example.com\r\n" +
+			"ATTENDEE;CN=Boss;PARTSTAT=ACCEPTED:mailto:boss@example.com\r\n" +
+			"ATTENDEE;CUTYPE=INDIVIDUAL;ROLE=REQ-PARTICIPANT;PARTSTAT=" + partstat + ";CN=Alice:mailto:Alice@Example.com\r\nEND:VEVENT\r\n"
+	}
+	cal := "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\n" + ev("declined", "0900", "DECLINED") + ev("unanswered", "1000", "NEEDS-ACTION") +
+		ev("accepted", "1100", "ACCEPTED") + ev("maybe", "1200", "TENTATIVE") +
+		"BEGIN:VEVENT\r\nUID:own\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:20261208T130000Z\r\nDTEND:20261208T133000Z\r\nSUMMARY:own\r\nEND:VEVENT\r\n" +
+		"END:VCALENDAR\r\n"
+	show := func(owner string) string {
+		evs, _, err := Expand([]byte(cal), utc("2026-12-08T00:00:00Z"), utc("2026-12-09T00:00:00Z"), Rules{Owner: owner})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range evs {
+			out = append(out, e.Title+"="+e.Show.String())
+		}
+		return strings.Join(out, " ")
+	}
+	if got, want := show("alice@example.com"), "unanswered=tentative accepted=busy maybe=tentative own=busy"; got != want {
+		t.Errorf("alice's answers: %s, want %s", got, want)
+	}
+	if got, want := show(""), "declined=busy unanswered=busy accepted=busy maybe=busy own=busy"; got != want {
+		t.Errorf("no owner: %s, want %s", got, want)
+	}
+}

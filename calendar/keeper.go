@@ -32,13 +32,16 @@ type Calendar struct {
 	Tentative bool
 	// OutOfOffice are categories that make an event out of office.
 	OutOfOffice []string
-	Notes       Notes
+	// Owner is the person's address in the calendar (Rules.Owner).
+	Owner string
+	Notes Notes
 }
 
 // same reports whether two calendars are read and shown alike.
 func (c Calendar) same(o Calendar) bool {
 	return c.User == o.User && c.Source == o.Source && c.Location.String() == o.Location.String() &&
-		c.Titles == o.Titles && c.Tentative == o.Tentative && slices.Equal(c.OutOfOffice, o.OutOfOffice) && c.Notes == o.Notes
+		c.Titles == o.Titles && c.Tentative == o.Tentative && slices.Equal(c.OutOfOffice, o.OutOfOffice) && c.Owner == o.Owner &&
+		c.Notes == o.Notes
 }
 
 // People is where the calendars' word goes: the bridge, or the bridge
@@ -399,7 +402,7 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 		etag, lastMod = "", "" // nothing to keep if it did not change
 	}
 	f.mu.Unlock()
-	rules := Rules{Location: f.cal.Location, OutOfOffice: f.cal.OutOfOffice}
+	rules := Rules{Location: f.cal.Location, OutOfOffice: f.cal.OutOfOffice, Owner: f.cal.Owner}
 	rctx, cancel := context.WithTimeout(ctx, k.opt.Timeout)
 	got, err := k.fetch.fetch(rctx, f.cal.Source, etag, lastMod, now.Add(-24*time.Hour), now.Add(k.opt.Horizon), rules)
 	cancel()
@@ -536,8 +539,8 @@ func (k *Keeper) Status() []UserStatus {
 // without its secrets.
 func sourceHash(c Calendar) string {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%v\x00%v", c.Source.Kind, c.Source.URL, c.Source.Username, c.Source.Password,
-		c.Location, c.Titles, c.OutOfOffice)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%v\x00%v\x00%s", c.Source.Kind, c.Source.URL, c.Source.Username, c.Source.Password,
+		c.Location, c.Titles, c.OutOfOffice, c.Owner)
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 

@@ -56,11 +56,15 @@ type CalendarSource struct {
 	// URL is the feed or the CalDAV collection (or calendar home). A
 	// secret iCal address is a secret: url_file or url_env keep it out
 	// of the config.
-	URL          string `yaml:"url"`
-	URLFile      string `yaml:"url_file"`
-	URLEnv       string `yaml:"url_env"`
-	Username     string `yaml:"username"`
-	Password     string `yaml:"password"`
+	URL      string `yaml:"url"`
+	URLFile  string `yaml:"url_file"`
+	URLEnv   string `yaml:"url_env"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// Email is the person's address in the calendar's invitations
+	// ("{user}@example.com" in a template): a meeting they declined
+	// shows nothing, one they have not answered is tentative.
+	Email        string `yaml:"email"`
 	PasswordFile string `yaml:"password_file"`
 	PasswordEnv  string `yaml:"password_env"`
 }
@@ -159,6 +163,9 @@ func (v *validator) checkCalendarSource(path []any, s *CalendarSource, template 
 			v.at(append(path, "url"), "calendar url %q is not an http(s) or webcal URL", s.URL)
 		}
 	}
+	if s.Email != "" && (!strings.Contains(s.Email, "@") || strings.ContainsAny(s.Email, " <>")) {
+		v.at(append(path, "email"), "calendar email %q is no address (alice@example.com, or {user}@example.com in a template)", s.Email)
+	}
 	v.checkSecret(path, "url", s.URLFile, s.URLEnv)
 	v.checkSecret(path, "password", s.PasswordFile, s.PasswordEnv)
 }
@@ -233,6 +240,10 @@ func (c *Config) Calendars(users []*bridge.User, env Env) ([]calendar.Calendar, 
 		if cal.Source, err = src.resolve(u, template, env); err != nil {
 			return nil, fmt.Errorf("calendar of %s: %w", u.ID, err)
 		}
+		cal.Owner = src.Email
+		if template {
+			cal.Owner = names(u).Replace(src.Email)
+		}
 		if uc != nil {
 			cal.Titles = uc.Titles
 			if uc.Tentative != nil {
@@ -249,6 +260,11 @@ func (c *Config) Calendars(users []*bridge.User, env Env) ([]calendar.Calendar, 
 	return out, nil
 }
 
+// names puts a user's names into a template that is no URL.
+func names(u *bridge.User) *strings.Replacer {
+	return strings.NewReplacer("{user}", u.ID, "{extension}", u.Presentity(), "{domain}", u.Tenant)
+}
+
 // resolve is the source for one user, its secrets read.
 func (s *CalendarSource) resolve(u *bridge.User, template bool, env Env) (calendar.Source, error) {
 	raw, err := resolveSecret(s.URL, s.URLFile, s.URLEnv, env)
@@ -261,9 +277,8 @@ func (s *CalendarSource) resolve(u *bridge.User, template bool, env Env) (calend
 	}
 	user := s.Username
 	if template {
-		ext := u.Presentity()
-		raw = fillTemplate(raw, u.ID, ext, u.Tenant)
-		user = strings.NewReplacer("{user}", u.ID, "{extension}", ext, "{domain}", u.Tenant).Replace(user)
+		raw = fillTemplate(raw, u.ID, u.Presentity(), u.Tenant)
+		user = names(u).Replace(user)
 	}
 	kind := calendar.KindICal
 	if s.Kind == string(calendar.KindCalDAV) {

@@ -28,7 +28,7 @@ func TestCalendars(t *testing.T) {
   tentative: true
   out_of_office_categories: [Vacation]
   notes: {meeting: "Busy until {until}", time_layout: "3:04 PM"}
-  default: {kind: caldav, url: "https://dav.example.com/dav/{user}/", username: "{user}", password_env: DAV_PASSWORD}
+  default: {kind: caldav, url: "https://dav.example.com/dav/{user}/", username: "{user}", password_env: DAV_PASSWORD, email: "{user}@example.com"}
   groups:
     sales: {url: "https://crm.example.com/cal/{extension}.ics"}
 `
@@ -63,7 +63,8 @@ func TestCalendars(t *testing.T) {
 		t.Fatalf("calendars of %v, want a, b and c", cals)
 	}
 	if a := got["a"]; a.Source != (calendar.Source{Kind: calendar.KindCalDAV, URL: "https://dav.example.com/dav/a/", Username: "a", Password: "dav-secret"}) ||
-		a.Location.String() != "Europe/Berlin" || !a.Tentative || a.Titles || a.Notes.Meeting != "Busy until {until}" || a.OutOfOffice[0] != "Vacation" {
+		a.Location.String() != "Europe/Berlin" || !a.Tentative || a.Titles || a.Notes.Meeting != "Busy until {until}" || a.OutOfOffice[0] != "Vacation" ||
+		a.Owner != "a@example.com" {
 		t.Errorf("a (the default): %+v", a)
 	}
 	if b := got["b"]; b.Source != (calendar.Source{Kind: calendar.KindICal, URL: "https://crm.example.com/cal/101.ics"}) {
@@ -98,6 +99,7 @@ func TestCalendarErrors(t *testing.T) {
 		{"interval", "calendar:\n  interval: 5s\n", 22, "calendar interval 5s is below 30s"},
 		{"unset env", "calendar:\n  default: {url_env: NOPE}\n", 22, "environment variable NOPE is not set"},
 		{"layout", "calendar:\n  notes: {time_layout: \"HH:mm\"}\n", 22, "is no Go time layout"},
+		{"email", "calendar:\n  default: {url: \"https://x/{user}\", email: \"{user}\"}\n", 22, "is no address"},
 		{"unknown key", "calendar:\n  defualt: {url: \"https://x/\"}\n", 22, "defualt"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
