@@ -343,25 +343,21 @@ func (r *rig) scenarios(t *testing.T, phones []string, native nativeLamps) func(
 	}
 }
 
-// plainCall is a call from caller to callee, answered, held and resumed
-// by the caller, and hung up: the callee's lamp rings with the caller
-// (named callerName, when given) and the ids to pick up; both are
-// confirmed with each other; the caller's shows hold; both go idle.
-func (r *rig) plainCall(t *testing.T, caller, callee, callerName string) {
+// ringCall has caller's phone call callee and waits until both lamps
+// show it ringing; it returns the callee's ringing dialog. A PBX under
+// load once refused the call itself while the callee rang (FreeSWITCH:
+// 488, INCOMPATIBLE_DESTINATION); the lamps showed that truly (ringing,
+// then idle). Such a call is placed once more; any other failure is the
+// test's.
+func (r *rig) ringCall(t *testing.T, caller, callee string) lampDialog {
+	t.Helper()
 	const d = 10 * time.Second
 	lc, le := r.lamps[caller], r.lamps[callee]
 	for attempt := 1; ; attempt++ {
 		mark := len(r.phones[caller].Output())
 		r.dial(caller, callee)
 		in := le.waitCall("early", "recipient", caller, d)
-		if callerName != "" && in.RemoteName != callerName || in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
-			t.Errorf("ringing lamp lacks who calls or the ids to pick up: %+v", in)
-		}
 		lc.waitCall("early", "initiator", callee, d)
-		// A PBX under load once refused the call itself while the callee
-		// rang (FreeSWITCH: 488, INCOMPATIBLE_DESTINATION); the lamps
-		// showed that truly (ringing, then idle). Such a call is placed
-		// once more; any other failure is the test's.
 		refused := func() bool { return strings.Contains(r.phones[caller].Output()[mark:], "session closed: 488") }
 		if attempt == 1 && pbxtest.Wait(300*time.Millisecond, refused) {
 			t.Logf("the PBX refused the call itself (the caller's phone: 488): placing it once more")
@@ -369,7 +365,20 @@ func (r *rig) plainCall(t *testing.T, caller, callee, callerName string) {
 			le.waitIdle(d)
 			continue
 		}
-		break
+		return in
+	}
+}
+
+// plainCall is a call from caller to callee, answered, held and resumed
+// by the caller, and hung up: the callee's lamp rings with the caller
+// (named callerName, when given) and the ids to pick up; both are
+// confirmed with each other; the caller's shows hold; both go idle.
+func (r *rig) plainCall(t *testing.T, caller, callee, callerName string) {
+	const d = 10 * time.Second
+	lc, le := r.lamps[caller], r.lamps[callee]
+	in := r.ringCall(t, caller, callee)
+	if callerName != "" && in.RemoteName != callerName || in.CallID == "" || in.LocalTag == "" || in.RemoteTag == "" {
+		t.Errorf("ringing lamp lacks who calls or the ids to pick up: %+v", in)
 	}
 	r.cmd(callee, "/accept")
 	le.waitCall("confirmed", "recipient", caller, d)

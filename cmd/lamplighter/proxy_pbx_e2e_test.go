@@ -50,8 +50,7 @@ func TestProxyModeOnTheRealPBXs(t *testing.T) {
 				for _, c := range [][2]string{{r.caller, r.callee}, {r.callee, r.caller}} {
 					from, to := c[0], c[1]
 					mark := len(r.phones[to].Output())
-					r.dial(from, to)
-					r.lamps[to].waitCall("early", "recipient", from, d)
+					r.ringCall(t, from, to)
 					r.phones[to].WaitOutput("Incoming call", d)
 					// The PBX's INVITE reached the phone through Lamplighter.
 					if got := inviteSource(r.phones[to].Output()[mark:]); got != r.ll {
@@ -413,8 +412,7 @@ func TestProxyModeFreeSWITCHForgetsThePath(t *testing.T) {
 	const d = 10 * time.Second
 	for _, c := range [][2]string{{"1010", "1000"}, {"1000", "1010"}} {
 		from, to := c[0], c[1]
-		r.dial(from, to)
-		r.lamps[to].waitCall("early", "recipient", from, d)
+		r.ringCall(t, from, to)
 		r.phones[to].WaitOutput("Incoming call", d)
 		r.cmd(to, "/accept")
 		r.lamps[from].waitCall("confirmed", "initiator", to, d)
