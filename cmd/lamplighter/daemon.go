@@ -59,6 +59,7 @@ type daemon struct {
 	cfgMu     sync.Mutex // held through a reload and a discovered change
 	cfg       *config.Config
 	yamlCreds []presence.Credential                // the YAML's SIP logins, secrets read at the last (re)load
+	calPlan   *config.CalendarPlan                 // the calendars, secrets read at the last (re)load
 	liveMu    sync.RWMutex                         // guards single, logins and conflicts, which reloads replace
 	single    func(userAgent, watcher string) bool // follows reloads
 	logins    map[string]presence.Credential       // by SIP username and user id; follows reloads
@@ -174,11 +175,10 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 		copt.Leads = func() bool { return node.Settled() && node.Leads() }
 	}
 	d.cals = calendar.New(copt)
-	cals, err := cfg.Calendars(dir.Users(), nil)
-	if err != nil {
+	if d.calPlan, err = cfg.CalendarPlan(nil); err != nil {
 		return nil, err
 	}
-	d.cals.Set(cals)
+	d.cals.Set(d.calPlan.For(dir.Users()))
 	if d.node != nil {
 		d.node.Attach(d.sip)
 	}

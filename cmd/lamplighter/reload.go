@@ -89,7 +89,7 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	if err != nil {
 		return err
 	}
-	cals, err := cfg.Calendars(dir.Users(), nil)
+	calPlan, err := cfg.CalendarPlan(nil)
 	if err != nil {
 		return err
 	}
@@ -109,8 +109,9 @@ func (d *daemon) applyConfig(cfg *config.Config, res *api.ReloadResult) error {
 	d.api.SetTenantTokens(tenantToks)
 	d.ops.SetHosts(cfg.HTTP.Hosts)
 	setLevel(d.level, cfg.Log.Level)
-	d.cals.Set(cals)  // new and changed calendars are read, removed ones cleared
-	d.found.Refresh() // and the PBXs' directories are read again
+	d.calPlan = calPlan
+	d.cals.Set(calPlan.For(dir.Users())) // new and changed calendars are read, removed ones cleared
+	d.found.Refresh()                    // and the PBXs' directories are read again
 	return nil
 }
 
@@ -179,12 +180,8 @@ func (d *daemon) rediscovered() {
 	}
 	added, removed, changed := d.installDirectory(dir, conflicts)
 	// Discovered people get the default calendar, removed ones lose
-	// theirs.
-	if cals, err := d.cfg.Calendars(dir.Users(), nil); err == nil {
-		d.cals.Set(cals)
-	} else {
-		d.log.Error("calendars unchanged", "err", err)
-	}
+	// theirs (the secrets read at the last (re)load).
+	d.cals.Set(d.calPlan.For(dir.Users()))
 	// The logins follow: a discovered user's read from its PBX, a
 	// removed one's gone. The YAML's were read at the last (re)load.
 	creds := d.withDiscoveredCreds(d.cfg, dir, d.yamlCreds)

@@ -184,45 +184,115 @@ func (c *Config) CalendarOptions() calendar.Options {
 	return calendar.Options{Interval: cs.Interval, Horizon: cs.Horizon, Timeout: cs.Timeout, MaxBody: cs.MaxBytes, Parallel: cs.Parallel}
 }
 
-// Calendars is every person's calendar: their own, else their group's,
-// else the default; users of the directory (YAML or discovered).
-// Secrets are read here (files, environment).
-func (c *Config) Calendars(users []*bridge.User, env Env) ([]calendar.Calendar, error) {
-	cs := c.Calendar
-	own := map[string]*UserCalendar{}
+// CalendarPlan is the calendar section and the users' own calendars
+// with their secrets read (files, environment) and their zones loaded:
+// For gives each user of a directory their calendar. The daemon keeps
+// the plan of the last (re)load, so that a directory the PBX changes
+// reads no secret again (a default with a password file would read it
+// once per person otherwise).
+type CalendarPlan struct {
+	section Calendars
+	zone    *time.Location
+	notes   calendar.Notes
+	own     map[string]*UserCalendar // by user id
+	ownZone map[string]*time.Location
+	sources map[*CalendarSource]resolvedSource
+}
+
+// resolvedSource is a source's URL (or template) and password, read.
+type resolvedSource struct{ url, password string }
+
+// CalendarPlan reads what the calendars need once; nil when no calendar
+// is configured.
+func (c *Config) CalendarPlan(env Env) (*CalendarPlan, error) {
+	p := &CalendarPlan{own: map[string]*UserCalendar{}, ownZone: map[string]*time.Location{},
+		sources: map[*CalendarSource]resolvedSource{}, zone: time.Local}
 	for i := range c.Users {
-		if c.Users[i].Calendar != nil {
-			own[c.Users[i].ID] = c.Users[i].Calendar
+		if uc := c.Users[i].Calendar; uc != nil {
+			p.own[c.Users[i].ID] = uc
 		}
 	}
-	if cs == nil && len(own) == 0 {
+	if c.Calendar == nil && len(p.own) == 0 {
 		return nil, nil
 	}
-	if cs == nil {
-		cs = &Calendars{}
+	if c.Calendar != nil {
+		p.section = *c.Calendar
 	}
-	zone := time.Local
+	cs := &p.section
 	if cs.TimeZone != "" {
 		z, err := time.LoadLocation(cs.TimeZone)
 		if err != nil {
 			return nil, err
 		}
-		zone = z
+		p.zone = z
 	}
-	notes := calendar.Notes{Meeting: cs.Notes.Meeting, MeetingTitled: cs.Notes.MeetingTitled,
+	p.notes = calendar.Notes{Meeting: cs.Notes.Meeting, MeetingTitled: cs.Notes.MeetingTitled,
 		OutOfOffice: cs.Notes.OutOfOffice, OutOfOfficeTitled: cs.Notes.OutOfOfficeTitled, TimeLayout: cs.Notes.TimeLayout}
+	read := func(src *CalendarSource, what string) error {
+		url, err := resolveSecret(src.URL, src.URLFile, src.URLEnv, env)
+		if err == nil {
+			var pass string
+			if pass, err = resolveSecret(src.Password, src.PasswordFile, src.PasswordEnv, env); err == nil {
+				p.sources[src] = resolvedSource{url: strings.TrimSpace(url), password: pass}
+				return nil
+			}
+		}
+		return fmt.Errorf("calendar of %s: %w", what, err)
+	}
+	if cs.Default != nil {
+		if err := read(cs.Default, "the default"); err != nil {
+			return nil, err
+		}
+	}
+	for g, src := range cs.Groups {
+		if src != nil {
+			if err := read(src, "group "+g); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for id, uc := range p.own {
+		if uc.Off {
+			continue
+		}
+		if uc.URL != "" || uc.URLFile != "" || uc.URLEnv != "" {
+			if err := read(&uc.CalendarSource, id); err != nil {
+				return nil, err
+			}
+		}
+		if uc.TimeZone != "" {
+			z, err := time.LoadLocation(uc.TimeZone)
+			if err != nil {
+				return nil, fmt.Errorf("calendar of %s: %w", id, err)
+			}
+			p.ownZone[id] = z
+		}
+	}
+	return p, nil
+}
+
+// For is every person's calendar: their own, else their group's, else
+// the default; users of the directory (YAML or discovered), no
+// resources. A nil plan has none.
+func (p *CalendarPlan) For(users []*bridge.User) []calendar.Calendar {
+	if p == nil {
+		return nil
+	}
+	cs := &p.section
 	var out []calendar.Calendar
 	for _, u := range users {
 		if u.Resource {
 			continue
 		}
-		uc := own[u.ID]
+		uc := p.own[u.ID]
 		if uc != nil && uc.Off {
 			continue
 		}
 		src, template := (*CalendarSource)(nil), false
-		if uc != nil && (uc.URL != "" || uc.URLFile != "" || uc.URLEnv != "") {
-			src = &uc.CalendarSource
+		if uc != nil {
+			if _, ok := p.sources[&uc.CalendarSource]; ok {
+				src = &uc.CalendarSource
+			}
 		}
 		for _, g := range u.Groups {
 			if src == nil && cs.Groups[g] != nil {
@@ -235,54 +305,27 @@ func (c *Config) Calendars(users []*bridge.User, env Env) ([]calendar.Calendar, 
 		if src == nil {
 			continue
 		}
-		cal := calendar.Calendar{User: u.ID, Location: zone, Tentative: cs.Tentative, OutOfOffice: cs.OutOfOffice, Notes: notes}
-		var err error
-		if cal.Source, err = src.resolve(u, template, env); err != nil {
-			return nil, fmt.Errorf("calendar of %s: %w", u.ID, err)
+		r := p.sources[src]
+		cal := calendar.Calendar{User: u.ID, Location: p.zone, Tentative: cs.Tentative, OutOfOffice: cs.OutOfOffice, Notes: p.notes,
+			Source: calendar.Source{Kind: calendar.KindICal, URL: r.url, Username: src.Username, Password: r.password}, Owner: src.Email}
+		if src.Kind == string(calendar.KindCalDAV) {
+			cal.Source.Kind = calendar.KindCalDAV
 		}
-		cal.Owner = src.Email
 		if template {
-			cal.Owner = names(u).Replace(src.Email)
+			cal.Source.URL = fillTemplate(r.url, u.ID, u.Presentity(), u.Tenant)
+			n := strings.NewReplacer("{user}", u.ID, "{extension}", u.Presentity(), "{domain}", u.Tenant)
+			cal.Source.Username, cal.Owner = n.Replace(src.Username), n.Replace(src.Email)
 		}
 		if uc != nil {
 			cal.Titles = uc.Titles
 			if uc.Tentative != nil {
 				cal.Tentative = *uc.Tentative
 			}
-			if uc.TimeZone != "" {
-				if cal.Location, err = time.LoadLocation(uc.TimeZone); err != nil {
-					return nil, fmt.Errorf("calendar of %s: %w", u.ID, err)
-				}
+			if z := p.ownZone[u.ID]; z != nil {
+				cal.Location = z
 			}
 		}
 		out = append(out, cal)
 	}
-	return out, nil
-}
-
-// names puts a user's names into a template that is no URL.
-func names(u *bridge.User) *strings.Replacer {
-	return strings.NewReplacer("{user}", u.ID, "{extension}", u.Presentity(), "{domain}", u.Tenant)
-}
-
-// resolve is the source for one user, its secrets read.
-func (s *CalendarSource) resolve(u *bridge.User, template bool, env Env) (calendar.Source, error) {
-	raw, err := resolveSecret(s.URL, s.URLFile, s.URLEnv, env)
-	if err != nil {
-		return calendar.Source{}, err
-	}
-	pass, err := resolveSecret(s.Password, s.PasswordFile, s.PasswordEnv, env)
-	if err != nil {
-		return calendar.Source{}, err
-	}
-	user := s.Username
-	if template {
-		raw = fillTemplate(raw, u.ID, u.Presentity(), u.Tenant)
-		user = names(u).Replace(user)
-	}
-	kind := calendar.KindICal
-	if s.Kind == string(calendar.KindCalDAV) {
-		kind = calendar.KindCalDAV
-	}
-	return calendar.Source{Kind: kind, URL: strings.TrimSpace(raw), Username: user, Password: pass}, nil
+	return out
 }

@@ -51,10 +51,11 @@ func TestCalendars(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cals, err := cfg.Calendars(dir2.Users(), env)
+	plan, err := cfg.CalendarPlan(env)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cals := plan.For(dir2.Users())
 	got := map[string]calendar.Calendar{}
 	for _, c := range cals {
 		got[c.User] = c
@@ -76,8 +77,12 @@ func TestCalendars(t *testing.T) {
 	// A discovered user gets the default too; a feature key none.
 	more := append(dir2.Users(), &bridge.User{ID: "200", Extensions: []string{"200"}, Discovered: []string{"ast"}},
 		&bridge.User{ID: "*76200", Extensions: []string{"*76200"}, Resource: true})
-	cals, _ = cfg.Calendars(more, env)
-	if len(cals) != 4 || cals[3].User != "200" || cals[3].Source.URL != "https://dav.example.com/dav/200/" {
+	// The plan read the secrets once: a directory the PBX changes later
+	// reads no file again.
+	os.Remove(filepath.Join(dir, "feed"))
+	cals = plan.For(more)
+	if len(cals) != 4 || cals[3].User != "200" || cals[3].Source.URL != "https://dav.example.com/dav/200/" ||
+		!strings.HasPrefix(cals[2].Source.URL, "https://calendar.google.com/") {
 		t.Errorf("with discovered users: %+v", cals)
 	}
 	if cfg.CalendarOptions().Interval != 0 {
