@@ -272,6 +272,11 @@ func title(c *ical.Component) string {
 	return strings.TrimSpace(t)
 }
 
+// same reports whether two events are the same span, show and title.
+func (e Event) same(o Event) bool {
+	return e.Start.Equal(o.Start) && e.End.Equal(o.End) && e.Show == o.Show && e.AllDay == o.AllDay && e.Title == o.Title
+}
+
 // add keeps an instance that overlaps the window.
 func (x *expander) add(e Event) {
 	if e.End.After(x.from) && e.Start.Before(x.to) && e.End.After(e.Start) {
@@ -378,8 +383,8 @@ func (x *expander) master(c *ical.Component, zs *zones, replaced map[int64]bool)
 	// The wall-clock window in which instances may overlap [from, to):
 	// widened by a day each side for the zone's offset and the event's
 	// length.
-	lo := wallIn(s.zone, x.from).Add(-s.wallLen - s.absLen - 26*time.Hour)
-	hi := wallIn(s.zone, x.to).Add(26 * time.Hour)
+	lo := s.zone.wall(x.from).Add(-s.wallLen - s.absLen - 26*time.Hour)
+	hi := s.zone.wall(x.to).Add(26 * time.Hour)
 	starts := []time.Time{s.start}
 	if rr != nil {
 		opt, err := rrule.StrToROption(rr.Value)
@@ -390,7 +395,7 @@ func (x *expander) master(c *ical.Component, zs *zones, replaced map[int64]bool)
 		if !opt.Until.IsZero() && untilIsUTC(rr.Value) {
 			// A UTC UNTIL (RFC 5545 asks for one with a zoned DTSTART)
 			// is compared in the event's wall clock.
-			opt.Until = wallIn(s.zone, opt.Until)
+			opt.Until = s.zone.wall(opt.Until)
 		}
 		rule, err := rrule.NewRRule(*opt)
 		if err != nil {
@@ -413,7 +418,7 @@ func (x *expander) master(c *ical.Component, zs *zones, replaced map[int64]bool)
 	}
 	for _, p := range rdates {
 		for _, at := range x.instantsOf(&p, zs) {
-			starts = append(starts, wallIn(s.zone, at))
+			starts = append(starts, s.zone.wall(at))
 		}
 	}
 	t := title(c)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -398,9 +399,6 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 	now := k.opt.Clock.Now()
 	f.mu.Lock()
 	etag, lastMod := f.etag, f.lastMod
-	if f.events == nil && f.fetched.IsZero() {
-		etag, lastMod = "", "" // nothing to keep if it did not change
-	}
 	f.mu.Unlock()
 	rules := Rules{Location: f.cal.Location, OutOfOffice: f.cal.OutOfOffice, Owner: f.cal.Owner}
 	rctx, cancel := context.WithTimeout(ctx, k.opt.Timeout)
@@ -424,7 +422,6 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 		log.Info("calendar read again")
 	}
 	f.err = ""
-	f.fetched = now
 	if got.notModified {
 		k.reads[1].Add(1)
 	} else {
@@ -434,12 +431,18 @@ func (k *Keeper) read(ctx context.Context, f *follower, log *slog.Logger) error 
 				got.events[i].Title = "" // never kept where it is never shown
 			}
 		}
+		// The state file is written again only for other events (a feed
+		// whose DTSTAMPs, and so ETag, change at every read says nothing
+		// new).
+		if f.fetched.IsZero() || !slices.EqualFunc(f.events, got.events, Event.same) {
+			k.dirty.Store(true)
+		}
 		f.events, f.skipped, f.etag, f.lastMod = got.events, got.skipped, got.etag, got.lastMo
 		if got.skipped > 0 {
 			log.Debug("calendar events not understood", "skipped", got.skipped)
 		}
 	}
-	k.dirty.Store(true)
+	f.fetched = now
 	return nil
 }
 
@@ -523,23 +526,16 @@ func (k *Keeper) Status() []UserStatus {
 	for _, f := range fs {
 		out = append(out, f.status(now))
 	}
-	slices.SortFunc(out, func(a, b UserStatus) int {
-		if a.User < b.User {
-			return -1
-		}
-		if a.User > b.User {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b UserStatus) int { return strings.Compare(a.User, b.User) })
 	return out
 }
 
-// sourceHash names a calendar's source and reading in the state file
-// without its secrets.
+// sourceHash names a calendar's source and how it is read, for the
+// state file: not its password (a changed password reads the same
+// calendar, and a hash of it is no business of the file's).
 func sourceHash(c Calendar) string {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%v\x00%v\x00%s", c.Source.Kind, c.Source.URL, c.Source.Username, c.Source.Password,
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%v\x00%v\x00%s", c.Source.Kind, c.Source.URL, c.Source.Username,
 		c.Location, c.Titles, c.OutOfOffice, c.Owner)
 	return fmt.Sprintf("%016x", h.Sum64())
 }

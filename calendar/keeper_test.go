@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -178,7 +179,9 @@ func (f *feed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", status)
 		return
 	}
-	etag := fmt.Sprintf(`"%x"`, len(body)*31+int(body[len(body)/2]))
+	h := fnv.New64a()
+	h.Write([]byte(body))
+	etag := fmt.Sprintf(`"%x"`, h.Sum64())
 	if r.Header.Get("If-None-Match") == etag {
 		f.unmod.Add(1)
 		w.WriteHeader(http.StatusNotModified)
@@ -449,3 +452,33 @@ type discard struct{}
 func (discard) SetPerson(string, string, bridge.PersonState) error { return nil }
 func (discard) ClearPerson(string, string)                         {}
 func (discard) Person(string, string) (bridge.PersonState, bool)   { return bridge.PersonState{}, false }
+
+// The state file is written again only when the events changed: a feed
+// whose DTSTAMPs (and so its ETag) change at every read, as Google's do,
+// costs no write.
+func TestUnchangedEventsWriteNothing(t *testing.T) {
+	f := &feed{}
+	stamp := func(body, at string) string { return strings.ReplaceAll(body, "DTSTAMP:20261201T000000Z", "DTSTAMP:"+at) }
+	lunch := ics("20261208T120000Z 20261208T130000Z Lunch")
+	f.set(stamp(lunch, "20261208T100000Z"), 0)
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	clk := &fakeClock{now: utc("2026-12-08T11:00:00Z")}
+	k := New(Options{People: newPeople(), Clock: clk, StateDir: t.TempDir()})
+	k.Set([]Calendar{{User: "alice", Source: Source{Kind: KindICal, URL: srv.URL}, Location: time.UTC}})
+	runKeeper(t, k)
+	clk.settle(t, 2)
+	if !k.dirty.Swap(false) {
+		t.Fatal("the first read left nothing to write")
+	}
+	f.set(stamp(lunch, "20261208T110100Z"), 0) // another ETag, the same events
+	read(t, k, clk, &f.gets)
+	if k.dirty.Load() {
+		t.Error("the same events (a new DTSTAMP) are to be written again")
+	}
+	f.set(stamp(ics("20261208T120000Z 20261208T140000Z Lunch"), "20261208T110200Z"), 0)
+	read(t, k, clk, &f.gets)
+	if !k.dirty.Load() {
+		t.Error("changed events are not to be written")
+	}
+}

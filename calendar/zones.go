@@ -27,9 +27,6 @@ type zone interface {
 	wall(instant time.Time) time.Time
 }
 
-// wallIn is the wall-clock time of an instant in z.
-func wallIn(z zone, instant time.Time) time.Time { return z.wall(instant) }
-
 // locZone is a zone of Go's time zone database.
 type locZone struct{ loc *time.Location }
 
