@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/subtle"
 	"fmt"
@@ -30,7 +29,6 @@ import (
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/memtrim"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/ops"
 	"github.com/lamplighter/lamplighter/cmd/lamplighter/switchboard"
-	"github.com/lamplighter/lamplighter/cmd/lamplighter/version"
 	"github.com/lamplighter/lamplighter/presence"
 	"github.com/lamplighter/lamplighter/presence/body"
 	"github.com/lamplighter/lamplighter/presence/durable"
@@ -170,7 +168,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (d *d
 	// People's calendars: their word goes where the API's does (shared
 	// with the cluster, where one node, the leader, reads them).
 	copt := cfg.CalendarOptions()
-	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, cmp.Or(cfg.SIP.UserAgent, version.UserAgent())
+	copt.People, copt.Logger, copt.StateDir, copt.UserAgent = states, log.With("component", "calendar"), cfg.StateDir, userAgent(cfg)
 	if node := d.node; node != nil {
 		copt.Leads = func() bool { return node.Settled() && node.Leads() }
 	}

@@ -17,6 +17,11 @@ import (
 	"github.com/lamplighter/lamplighter/presence/proxy"
 )
 
+// userAgent is how Lamplighter names itself to phones (SIP User-Agent,
+// Server) and to calendar servers: sip.user_agent, else
+// "Lamplighter/<version>".
+func userAgent(cfg *config.Config) string { return cmp.Or(cfg.SIP.UserAgent, version.UserAgent()) }
+
 // presenceOptions turns the config's sip and policy sections and the
 // users' credentials into the SIP server's options.
 // tenantRealms are the tenants' realms where the YAML sets one.
@@ -35,7 +40,7 @@ func presenceOptions(cfg *config.Config) (presence.Options, error) {
 		Realm:                     cfg.SIP.Realm,
 		TenantRealms:              tenantRealms(cfg),
 		DigestAlgorithms:          cfg.SIP.DigestAlgorithms,
-		UserAgent:                 cmp.Or(cfg.SIP.UserAgent, version.UserAgent()),
+		UserAgent:                 userAgent(cfg),
 		MinExpires:                cfg.Policy.MinExpires,
 		MaxExpires:                cfg.Policy.MaxExpires,
 		DefaultExpires:            cfg.Policy.DefaultExpires,
