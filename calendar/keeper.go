@@ -540,28 +540,45 @@ func sourceHash(c Calendar) string {
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
-// load reads the state file; a damaged one is kept aside and nothing is
-// taken from it.
+// savedFile is the state file: its format's version and each user's
+// calendar.
+type savedFile struct {
+	Version   int                      `json:"version"`
+	Calendars map[string]savedCalendar `json:"calendars"`
+}
+
+// fileVersion is the state file's format.
+const fileVersion = 1
+
+// load reads the state file; one that cannot be read (damaged, another
+// format) is kept aside as FILE.broken-TIME, as the other state files
+// are, and the calendars are read afresh.
 func (k *Keeper) load() map[string]savedCalendar {
-	out := map[string]savedCalendar{}
 	if k.opt.StateDir == "" {
-		return out
+		return map[string]savedCalendar{}
 	}
 	path := filepath.Join(k.opt.StateDir, FileName)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return out
-	}
-	if err == nil {
-		err = json.Unmarshal(data, &out)
-	}
-	if err != nil {
-		aside := path + ".damaged"
-		os.Rename(path, aside)
-		k.opt.Logger.Warn("calendar state file unreadable, kept aside; calendars are read afresh", "file", path, "aside", aside, "error", err)
 		return map[string]savedCalendar{}
 	}
-	return out
+	var f savedFile
+	if err == nil {
+		err = json.Unmarshal(data, &f)
+		if err == nil && f.Version != fileVersion {
+			err = fmt.Errorf("format version %d, this Lamplighter reads %d", f.Version, fileVersion)
+		}
+	}
+	if err != nil {
+		aside := fmt.Sprintf("%s.broken-%s", path, time.Now().UTC().Format("20060102T150405.000000000"))
+		k.opt.Logger.Warn("the calendars' state file cannot be read: kept aside, the calendars are read again", "file", path, "err", err, "kept_as", aside)
+		_ = os.Rename(path, aside)
+		return map[string]savedCalendar{}
+	}
+	if f.Calendars == nil {
+		f.Calendars = map[string]savedCalendar{}
+	}
+	return f.Calendars
 }
 
 // save writes every calendar's last good read (atomically).
@@ -579,7 +596,7 @@ func (k *Keeper) save() {
 		f.mu.Unlock()
 	}
 	k.mu.Unlock()
-	data, err := json.Marshal(out)
+	data, err := json.Marshal(savedFile{Version: fileVersion, Calendars: out})
 	if err == nil {
 		path := filepath.Join(k.opt.StateDir, FileName)
 		tmp := path + ".tmp"

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -458,7 +460,9 @@ func (discard) Person(string, string) (bridge.PersonState, bool)   { return brid
 // costs no write.
 func TestUnchangedEventsWriteNothing(t *testing.T) {
 	f := &feed{}
-	stamp := func(body, at string) string { return strings.ReplaceAll(body, "DTSTAMP:20261201T000000Z", "DTSTAMP:"+at) }
+	stamp := func(body, at string) string {
+		return strings.ReplaceAll(body, "DTSTAMP:20261201T000000Z", "DTSTAMP:"+at)
+	}
 	lunch := ics("20261208T120000Z 20261208T130000Z Lunch")
 	f.set(stamp(lunch, "20261208T100000Z"), 0)
 	srv := httptest.NewServer(f)
@@ -480,5 +484,30 @@ func TestUnchangedEventsWriteNothing(t *testing.T) {
 	read(t, k, clk, &f.gets)
 	if !k.dirty.Load() {
 		t.Error("changed events are not to be written")
+	}
+}
+
+// A damaged state file (or one of another format) is kept aside and
+// logged; the keeper starts without it and reads the calendars afresh.
+func TestDamagedStateFileIsKeptAside(t *testing.T) {
+	for name, data := range map[string]string{"cut short": `{"version":1,"calendars":{"alice":{"source":"x","ev`,
+		"another format": `{"version":2,"calendars":{}}`} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, FileName)
+			os.WriteFile(path, []byte(data), 0o600)
+			var logs bytes.Buffer
+			k := New(Options{People: discard{}, StateDir: dir, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if len(k.saved) != 0 || !strings.Contains(logs.String(), "kept aside") {
+				t.Errorf("saved %v, log %s", k.saved, logs.String())
+			}
+			aside, _ := filepath.Glob(path + ".broken-*")
+			if len(aside) != 1 {
+				t.Fatalf("kept aside: %v", aside)
+			}
+			if b, _ := os.ReadFile(aside[0]); string(b) != data {
+				t.Errorf("the file kept aside is not the file as it was")
+			}
+		})
 	}
 }
