@@ -1,12 +1,10 @@
 package config
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/lamplighter/lamplighter/bridge"
 	"github.com/lamplighter/lamplighter/calendar"
@@ -108,18 +106,7 @@ func TestCalendarErrors(t *testing.T) {
 		{"unknown key", "calendar:\n  defualt: {url: \"https://x/\"}\n", 22, "defualt"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			src := base + c.yaml
-			_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
-			var errs Errors
-			if !errors.As(err, &errs) {
-				t.Fatalf("no config errors (err = %v)", err)
-			}
-			for _, e := range errs {
-				if e.Line == c.line && strings.Contains(e.Msg, c.want) {
-					return
-				}
-			}
-			t.Errorf("no error %q at line %d in %v", c.want, c.line, errs)
+			wantConfigError(t, base+c.yaml, c.line, c.want)
 		})
 	}
 	// A user's calendar without a url and no section to default from.
@@ -128,5 +115,4 @@ func TestCalendarErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `user "b" has a calendar without a url`) {
 		t.Errorf("a calendar without a url: %v", err)
 	}
-	_ = time.Second
 }

@@ -187,20 +187,26 @@ func TestCheckConfigErrors(t *testing.T) {
 			if !strings.Contains(base, c.replace[0]) {
 				t.Fatalf("base lacks %q", c.replace[0])
 			}
-			src := strings.Replace(base, c.replace[0], c.replace[1], 1)
-			_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
-			var errs Errors
-			if !errors.As(err, &errs) {
-				t.Fatalf("no config errors for:\n%s\n(err = %v)", src, err)
-			}
-			for _, e := range errs {
-				if e.Line == c.line && strings.Contains(e.Msg, c.want) && strings.HasPrefix(e.Error(), "c.yaml:") {
-					return
-				}
-			}
-			t.Errorf("want c.yaml:%d: …%s…, got:\n%v", c.line, c.want, err)
+			wantConfigError(t, strings.Replace(base, c.replace[0], c.replace[1], 1), c.line, c.want)
 		})
 	}
+}
+
+// wantConfigError checks that src (as c.yaml) is refused with an error
+// at line whose message holds want.
+func wantConfigError(t *testing.T, src string, line int, want string) {
+	t.Helper()
+	_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("no config errors for:\n%s\n(err = %v)", src, err)
+	}
+	for _, e := range errs {
+		if e.Line == line && strings.Contains(e.Msg, want) && strings.HasPrefix(e.Error(), "c.yaml:") {
+			return
+		}
+	}
+	t.Errorf("want c.yaml:%d: …%s…, got:\n%v", line, want, err)
 }
 
 // TestTenantsShareExtensions: two tenants (and the sip domain) may each

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -53,18 +52,7 @@ func TestDiscoverSectionErrors(t *testing.T) {
 		{"bad type", "discover: {contexts: 7}", 9, "cannot unmarshal"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			src := strings.Replace(base, "    password: p\n", "    password: p\n    "+c.section+"\n", 1)
-			_, err := Parse("c.yaml", []byte(src), fakeEnv(t))
-			var errs Errors
-			if !errors.As(err, &errs) {
-				t.Fatalf("no config errors (err = %v)", err)
-			}
-			for _, e := range errs {
-				if e.Line == c.line && strings.Contains(e.Msg, c.want) {
-					return
-				}
-			}
-			t.Errorf("want c.yaml:%d: …%s…, got:\n%v", c.line, c.want, err)
+			wantConfigError(t, strings.Replace(base, "    password: p\n", "    password: p\n    "+c.section+"\n", 1), c.line, c.want)
 		})
 	}
 	src := strings.Replace(base, "kind: sim", "kind: sip\n    proxy: {address: \"127.0.0.1:5070\"}\n    discover: true", 1)
