@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -47,12 +48,42 @@ func Start(t testing.TB, users map[string]string) *Server {
 	if err := os.WriteFile(filepath.Join(dir, "users"), []byte(htpasswd.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	s := &Server{t: t, users: users, log: &lockedBuffer{}}
+	// A port from below Linux's ephemeral range (32768-60999), so that no
+	// connection another test opens meanwhile takes it first; should
+	// another test's server have it after all, Radicale exits and
+	// another port is tried.
+	for attempt := 1; ; attempt++ {
+		addr := freeAddr(t)
+		ok, log := s.launch(path, dir, addr)
+		if ok {
+			s.URL = "http://" + addr
+			return s
+		}
+		if attempt == 3 {
+			t.Fatalf("radicale did not start: %s", log)
+		}
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+}
+
+// freeAddr is a loopback address with a TCP port free now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	for range 1000 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port for radicale")
+	return ""
+}
+
+// launch starts Radicale on addr, kept until the test ends, and waits
+// until it listens; false (with its output) when it exited first.
+func (s *Server) launch(path, dir, addr string) (bool, string) {
+	t := s.t
 	conf := fmt.Sprintf(`[server]
 hosts = %s
 [auth]
@@ -71,7 +102,6 @@ level = warning
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{t: t, URL: "http://" + addr, users: users, log: &lockedBuffer{}}
 	cmd := exec.Command(path, "--config", cfg)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	if err := cmd.Start(); err != nil {
@@ -88,22 +118,20 @@ level = warning
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
 		select {
 		case <-exited:
-			t.Fatalf("radicale exited: %s", s.log.String())
+			return false, s.log.String()
 		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return true, ""
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("radicale did not listen on %s: %s", addr, s.log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return s
 }
 
 // do makes one request as user and fails the test on an unexpected
